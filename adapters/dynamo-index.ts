@@ -1,0 +1,225 @@
+// ReplicaIndex on one DynamoDB table. Item shapes: docs/design.md, "DynamoDB items".
+
+import { DynamoDBClient, TransactionCanceledException, ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
+import {
+  DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  QueryCommand,
+  TransactWriteCommand,
+  UpdateCommand,
+  type QueryCommandInput,
+} from '@aws-sdk/lib-dynamodb';
+import type { AdvancePlan } from '../core/advance';
+import { seqKey } from '../core/keys';
+import type { BatchRecord, Pair, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
+import type { RegisterResult, ReplicaIndex } from '../replica/ports';
+
+export const ACRP_INDEX = 'acrp';
+
+const pk = (pairId: string): string => `PAIR#${pairId}`;
+const PAIR_SK = 'PAIR';
+const batchSk = (seq: number): string => `BATCH#${seqKey(seq)}`;
+const rpSk = (seq: number): string => `RP#${seqKey(seq)}`;
+/** One quarantine item per refused object: a redelivered event rewrites the same item. */
+const quarantineSk = (seq: number, key: string): string => `QUAR#${seqKey(seq)}#${key.slice(key.lastIndexOf('/') + 1)}`;
+/** DynamoDB's per-transaction item limit. */
+const MAX_TRANSACTION_ITEMS = 100;
+
+export class DynamoIndex implements ReplicaIndex {
+  private readonly doc: DynamoDBDocumentClient;
+
+  constructor(
+    readonly table: string,
+    client: DynamoDBClient = new DynamoDBClient({}),
+  ) {
+    this.doc = DynamoDBDocumentClient.from(client, { marshallOptions: { removeUndefinedValues: true } });
+  }
+
+  async createPair(pair: Pair): Promise<void> {
+    try {
+      await this.doc.send(
+        new PutCommand({
+          TableName: this.table,
+          Item: { pk: pk(pair.pairId), sk: PAIR_SK, kind: 'pair', rev: 0, ...pair },
+          ConditionExpression: 'attribute_not_exists(pk)',
+        }),
+      );
+    } catch (err) {
+      if (err instanceof ConditionalCheckFailedException) throw new Error(`pair '${pair.pairId}' already exists`);
+      throw err;
+    }
+  }
+
+  async getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined> {
+    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: PAIR_SK }, ConsistentRead: true }));
+    if (!out.Item) return undefined;
+    const { pk: _pk, sk: _sk, kind: _kind, ...pair } = out.Item;
+    return pair as Pair & { rev: number };
+  }
+
+  async registerBatch(pairId: string, batch: BatchRecord): Promise<RegisterResult> {
+    try {
+      await this.doc.send(
+        new PutCommand({
+          TableName: this.table,
+          Item: { pk: pk(pairId), sk: batchSk(batch.seq), kind: 'batch', ...batch },
+          ConditionExpression: 'attribute_not_exists(pk)',
+        }),
+      );
+      return { registered: true };
+    } catch (err) {
+      if (!(err instanceof ConditionalCheckFailedException)) throw err;
+      const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: batchSk(batch.seq) }, ConsistentRead: true }));
+      return { registered: false, existing: strip(out.Item!) as BatchRecord };
+    }
+  }
+
+  async batchesAfter(pairId: string, afterSeq: number, limit: number): Promise<BatchRecord[]> {
+    return (await this.query(
+      {
+        KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
+        ExpressionAttributeValues: { ':pk': pk(pairId), ':from': batchSk(afterSeq + 1), ':to': batchSk(Number.MAX_SAFE_INTEGER) },
+      },
+      limit,
+    )) as BatchRecord[];
+  }
+
+  async segmentsUpTo(pairId: string, uptoSeq: number): Promise<BatchRecord[]> {
+    return (await this.query({
+      KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
+      ExpressionAttributeValues: { ':pk': pk(pairId), ':from': batchSk(0), ':to': batchSk(uptoSeq) },
+    })) as BatchRecord[];
+  }
+
+  async commitAdvance(pairId: string, rev: number, plan: AdvancePlan, clearError: boolean): Promise<boolean> {
+    const p = plan.progress;
+    const now = Date.now();
+    const set = ['watermark = :w', 'rev = :next', 'updatedMs = :now'];
+    const values: Record<string, unknown> = { ':w': p.watermark, ':rev': rev, ':next': rev + 1, ':now': now };
+    for (const [name, v] of [['watermarkMs', p.watermarkMs], ['lastRpMs', p.lastRpMs], ['lastAppRpMs', p.lastAppRpMs]] as const) {
+      if (v === undefined) continue;
+      set.push(`${name} = :${name}`);
+      values[`:${name}`] = v;
+    }
+    let update = `SET ${set.join(', ')}`;
+    if (clearError) {
+      update += ', #state = :replicating, stateChangedMs = :now REMOVE #error';
+      values[':replicating'] = 'REPLICATING';
+    }
+    const items = [
+      {
+        Update: {
+          TableName: this.table,
+          Key: { pk: pk(pairId), sk: PAIR_SK },
+          UpdateExpression: update,
+          ConditionExpression: 'rev = :rev',
+          ExpressionAttributeValues: values,
+          ...(clearError ? { ExpressionAttributeNames: { '#state': 'state', '#error': 'error' } } : {}),
+        },
+      },
+      ...plan.rps.map((rp) => ({ Put: { TableName: this.table, Item: rpItem(rp) } })),
+    ];
+    if (items.length > MAX_TRANSACTION_ITEMS) throw new RangeError(`advance plan of ${items.length} items exceeds one transaction`);
+    try {
+      await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
+      return true;
+    } catch (err) {
+      if (err instanceof TransactionCanceledException && err.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return false;
+      throw err;
+    }
+  }
+
+  async quarantine(r: QuarantineRecord, blocksWatermark: boolean): Promise<void> {
+    await this.doc.send(new PutCommand({ TableName: this.table, Item: { pk: pk(r.pairId), sk: quarantineSk(r.seq, r.key), kind: 'quarantine', ...r } }));
+    if (!blocksWatermark) return;
+    try {
+      // Only while the watermark is still below the seq: a good copy may have won meanwhile.
+      await this.doc.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: { pk: pk(r.pairId), sk: PAIR_SK },
+          UpdateExpression: 'SET #error = :error, #state = :state, stateChangedMs = :now, rev = rev + :one',
+          ConditionExpression: 'watermark < :seq',
+          ExpressionAttributeNames: { '#error': 'error', '#state': 'state' },
+          ExpressionAttributeValues: {
+            ':error': { seq: r.seq, code: r.code, reason: r.reason, key: r.key, atMs: r.atMs },
+            ':state': 'ERROR',
+            ':now': r.atMs,
+            ':one': 1,
+            ':seq': r.seq,
+          },
+        }),
+      );
+    } catch (err) {
+      if (!(err instanceof ConditionalCheckFailedException)) throw err;
+    }
+  }
+
+  async listQuarantine(pairId: string): Promise<QuarantineRecord[]> {
+    return (await this.query({
+      KeyConditionExpression: 'pk = :pk AND begins_with(sk, :q)',
+      ExpressionAttributeValues: { ':pk': pk(pairId), ':q': 'QUAR#' },
+    })) as QuarantineRecord[];
+  }
+
+  async listRecoveryPoints(pairId: string, nowSec: number, type?: RpType): Promise<RecoveryPoint[]> {
+    // TTL deletion lags expiry (by up to days in AWS), so expired items are filtered here.
+    const items =
+      type === 'APP'
+        ? await this.query({
+            IndexName: ACRP_INDEX,
+            KeyConditionExpression: 'acrpPk = :pk',
+            FilterExpression: 'expiresAt > :now',
+            ExpressionAttributeValues: { ':pk': pk(pairId), ':now': nowSec },
+          })
+        : await this.query({
+            KeyConditionExpression: 'pk = :pk AND begins_with(sk, :rp)',
+            FilterExpression: 'expiresAt > :now',
+            ExpressionAttributeValues: { ':pk': pk(pairId), ':rp': 'RP#', ':now': nowSec },
+          });
+    return items.map(fromRpItem);
+  }
+
+  private async query(input: Omit<QueryCommandInput, 'TableName'>, limit = Infinity): Promise<Record<string, unknown>[]> {
+    const out: Record<string, unknown>[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.doc.send(
+        new QueryCommand({
+          TableName: this.table,
+          ...input,
+          ConsistentRead: input.IndexName ? undefined : true,
+          ExclusiveStartKey: start,
+          Limit: Number.isFinite(limit) ? limit - out.length : undefined,
+        }),
+      );
+      out.push(...(page.Items ?? []).map(strip));
+      start = page.LastEvaluatedKey;
+    } while (start && out.length < limit);
+    return out;
+  }
+}
+
+function rpItem(rp: RecoveryPoint): Record<string, unknown> {
+  const { expiresAtSec, ...rest } = rp;
+  return {
+    pk: pk(rp.pairId),
+    sk: rpSk(rp.seq),
+    kind: 'rp',
+    ...rest,
+    expiresAt: expiresAtSec,
+    // Sparse GSI: only ACRPs carry the index keys.
+    ...(rp.type === 'APP' ? { acrpPk: pk(rp.pairId), acrpSk: seqKey(rp.seq) } : {}),
+  };
+}
+
+function fromRpItem(item: Record<string, unknown>): RecoveryPoint {
+  const { expiresAt, acrpPk: _a, acrpSk: _b, ...rest } = item;
+  return { ...(rest as Omit<RecoveryPoint, 'expiresAtSec'>), expiresAtSec: expiresAt as number };
+}
+
+function strip(item: Record<string, unknown>): Record<string, unknown> {
+  const { pk: _pk, sk: _sk, kind: _kind, ...rest } = item;
+  return rest;
+}

@@ -1,0 +1,57 @@
+// Advancing a pair's watermark over contiguous registered batches, and the RPs that
+// creates. Pure: the apply service feeds it index reads and writes its result in one
+// conditional transaction.
+
+import { BATCH_FLAGS } from './batch-format';
+import { expiryFor, type RetentionPolicy } from './retention';
+import type { BatchRecord, PairProgress, RecoveryPoint } from './model';
+
+export interface AdvancePlan {
+  progress: PairProgress;
+  /** Batches the watermark moves over, in seq order. */
+  applied: BatchRecord[];
+  rps: RecoveryPoint[];
+}
+
+export interface AdvanceInput {
+  pairId: string;
+  progress: PairProgress;
+  ccrpIntervalMs: number;
+  retention: RetentionPolicy;
+  /** Registered batches above the watermark, sorted by seq (gaps allowed). */
+  pending: BatchRecord[];
+  /** At most this many RPs per plan (one DynamoDB transaction holds 100 items). */
+  maxRps?: number;
+}
+
+/**
+ * Moves the watermark over the gap-free run of pending batches. A batch becomes an RP
+ * when it carries an application-consistent marker (APP, with its tag), when the source
+ * asked for one, or when ccrpInterval has passed since the previous RP (CRASH).
+ */
+export function planAdvance(input: AdvanceInput): AdvancePlan {
+  const maxRps = input.maxRps ?? 90;
+  const p: PairProgress = { ...input.progress };
+  const applied: BatchRecord[] = [];
+  const rps: RecoveryPoint[] = [];
+  for (const b of input.pending) {
+    if (b.seq <= p.watermark) continue;
+    if (b.seq !== p.watermark + 1 || rps.length >= maxRps) break;
+    const app = (b.flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
+    const due =
+      app ||
+      (b.flags & BATCH_FLAGS.RP_REQUESTED) !== 0 ||
+      p.lastRpMs === undefined ||
+      b.cutMs - p.lastRpMs >= input.ccrpIntervalMs;
+    if (due) {
+      const { expiresAtSec, keptBy } = expiryFor({ atMs: b.cutMs, prevRpMs: p.lastRpMs, prevAppMs: p.lastAppRpMs, app }, input.retention);
+      rps.push({ pairId: input.pairId, seq: b.seq, type: app ? 'APP' : 'CRASH', tag: b.appTag, atMs: b.cutMs, expiresAtSec, keptBy });
+      p.lastRpMs = b.cutMs;
+      if (app) p.lastAppRpMs = b.cutMs;
+    }
+    p.watermark = b.seq;
+    p.watermarkMs = b.cutMs;
+    applied.push(b);
+  }
+  return { progress: p, applied, rps };
+}

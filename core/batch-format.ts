@@ -1,0 +1,365 @@
+// The batch (L0 segment) object format. Byte layout: docs/design.md, "Batch format".
+// A batch is immutable; every byte of it is covered by a checksum, and a decoder
+// either returns exactly what the encoder was given or throws a BatchError.
+
+import { zstdCompressSync, zstdDecompressSync, constants as zlibConstants } from 'node:zlib';
+import { crc32c } from './crc32c';
+import { BatchError } from './errors';
+
+export const BLOCK_SIZE = 4096;
+/** Longer runs are split so one extent can be fetched and decompressed on its own. */
+export const MAX_EXTENT_BLOCKS = 256;
+export const FORMAT_VERSION = 1;
+
+export const BATCH_FLAGS = {
+  /** The batch ends at an application-consistent point (an ACRP); the header carries its tag. */
+  APP_CONSISTENT: 1 << 0,
+  /** The source asks for a crash-consistent RP at this boundary, whatever the interval. */
+  RP_REQUESTED: 1 << 1,
+} as const;
+
+export const EXTENT_FLAGS = {
+  /** No payload: the blocks read as zeros (a TRIM, WRITE_ZEROES or all-zero write). */
+  ZERO: 1 << 0,
+  /** The payload is zstd-compressed; otherwise it is stored raw. */
+  ZSTD: 1 << 1,
+} as const;
+
+const MAGIC = Buffer.from('LSB1', 'ascii');
+const END_MAGIC = Buffer.from('LSBE', 'ascii');
+const FIXED_HEADER = 64;
+const INDEX_ENTRY = 32;
+export const TRAILER_SIZE = 32;
+const MAX_NAME = 255;
+const KNOWN_BATCH_FLAGS = BATCH_FLAGS.APP_CONSISTENT | BATCH_FLAGS.RP_REQUESTED;
+const KNOWN_EXTENT_FLAGS = EXTENT_FLAGS.ZERO | EXTENT_FLAGS.ZSTD;
+
+export interface BatchHeader {
+  pairId: string;
+  seq: number;
+  prevSeq: number;
+  /** Source clock (ms since epoch) of the first write in the batch. */
+  firstWriteMs: number;
+  /** Source clock when the batch was cut: the crash-consistent boundary it ends at. */
+  cutMs: number;
+  flags: number;
+  /** Tag of the quiesced application; present iff APP_CONSISTENT is set. */
+  appTag?: string;
+  /** Disk names; extents refer to them by position. */
+  disks: string[];
+}
+
+/** One extent as given to the encoder: `data` (a multiple of 4 KiB) or a run of zeros. */
+export interface ExtentInput {
+  disk: number;
+  blockIndex: number;
+  data?: Buffer;
+  zeroBlocks?: number;
+}
+
+/** One index entry as stored. Offsets are from the start of the object. */
+export interface ExtentEntry {
+  disk: number;
+  flags: number;
+  blockIndex: number;
+  blockCount: number;
+  payloadOffset: number;
+  payloadLength: number;
+  /** CRC-32C of the uncompressed blocks (0 for ZERO extents). */
+  dataCrc: number;
+}
+
+export interface BatchTrailer {
+  indexOffset: number;
+  extentCount: number;
+  indexCrc: number;
+  seq: number;
+  objectCrc: number;
+}
+
+export interface DecodedBatch {
+  header: BatchHeader;
+  extents: ExtentEntry[];
+  trailer: BatchTrailer;
+  /** Total uncompressed bytes the batch writes (zero extents included). */
+  dataBytes: number;
+}
+
+export function encodeBatch(header: BatchHeader, extents: ExtentInput[]): Buffer {
+  checkHeaderInput(header);
+  const parts: Buffer[] = [];
+  const headerBuf = encodeHeader(header);
+  parts.push(headerBuf);
+  let offset = headerBuf.length;
+  const entries: ExtentEntry[] = [];
+  for (const e of splitAndSort(extents, header.disks.length)) {
+    if (!e.data) {
+      entries.push({ disk: e.disk, flags: EXTENT_FLAGS.ZERO, blockIndex: e.blockIndex, blockCount: e.zeroBlocks!, payloadOffset: offset, payloadLength: 0, dataCrc: 0 });
+      continue;
+    }
+    const packed = zstdCompressSync(e.data, { params: { [zlibConstants.ZSTD_c_compressionLevel]: 1 } });
+    const useZstd = packed.length < e.data.length;
+    const payload = useZstd ? packed : e.data;
+    entries.push({
+      disk: e.disk,
+      flags: useZstd ? EXTENT_FLAGS.ZSTD : 0,
+      blockIndex: e.blockIndex,
+      blockCount: e.data.length / BLOCK_SIZE,
+      payloadOffset: offset,
+      payloadLength: payload.length,
+      dataCrc: crc32c(e.data),
+    });
+    parts.push(payload);
+    offset += payload.length;
+  }
+  const index = Buffer.alloc(entries.length * INDEX_ENTRY);
+  entries.forEach((e, i) => writeEntry(index, i * INDEX_ENTRY, e));
+  parts.push(index);
+  const trailer = Buffer.alloc(TRAILER_SIZE);
+  writeU64(trailer, 0, offset);
+  trailer.writeUInt32LE(entries.length, 8);
+  trailer.writeUInt32LE(crc32c(index), 12);
+  writeU64(trailer, 16, header.seq);
+  END_MAGIC.copy(trailer, 28);
+  parts.push(trailer);
+  const out = Buffer.concat(parts);
+  // The object checksum covers everything before its own field.
+  let crc = 0;
+  for (const p of parts.slice(0, -1)) crc = crc32c(p, crc);
+  crc = crc32c(trailer.subarray(0, 24), crc);
+  out.writeUInt32LE(crc, out.length - 8);
+  return out;
+}
+
+/** Decodes and fully verifies a whole batch object: every checksum, every extent. */
+export function decodeBatch(buf: Buffer, where: string): DecodedBatch {
+  checkEnd(buf, buf.length, where);
+  // The whole-object checksum first: after it, a bad field is a bug, not corruption.
+  const objectCrc = crc32c(buf.subarray(0, buf.length - 8));
+  const storedCrc = buf.readUInt32LE(buf.length - 8);
+  if (objectCrc !== storedCrc) throw new BatchError('CHECKSUM_MISMATCH', where, `object checksum ${hex(objectCrc)} != stored ${hex(storedCrc)}`);
+  const trailer = decodeTrailer(buf, buf.length, where);
+  const header = decodeHeader(buf, where);
+  if (header.seq !== trailer.seq) throw new BatchError('MALFORMED', where, `trailer seq ${trailer.seq} != header seq ${header.seq}`);
+  const headerLen = buf.readUInt32LE(40);
+  const indexEnd = buf.length - TRAILER_SIZE;
+  if (trailer.indexOffset < headerLen || trailer.indexOffset + trailer.extentCount * INDEX_ENTRY !== indexEnd) {
+    throw new BatchError('MALFORMED', where, `index at ${trailer.indexOffset} with ${trailer.extentCount} entries does not end at the trailer (${indexEnd})`);
+  }
+  const extents = decodeIndex(buf.subarray(trailer.indexOffset, indexEnd), trailer, header.disks.length, where);
+  let expectedOffset = headerLen;
+  let dataBytes = 0;
+  for (const [i, e] of extents.entries()) {
+    if (e.payloadOffset !== expectedOffset) throw new BatchError('MALFORMED', where, `extent ${i} payload at ${e.payloadOffset}, expected ${expectedOffset}`);
+    expectedOffset += e.payloadLength;
+    if (expectedOffset > trailer.indexOffset) throw new BatchError('MALFORMED', where, `extent ${i} payload runs into the index`);
+    decodeExtent(e, buf.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), `${where} extent ${i}`);
+    dataBytes += e.blockCount * BLOCK_SIZE;
+  }
+  if (expectedOffset !== trailer.indexOffset) throw new BatchError('MALFORMED', where, `${trailer.indexOffset - expectedOffset} stray bytes before the index`);
+  return { header, extents, trailer, dataBytes };
+}
+
+/** Reads the fixed-size trailer from the last TRAILER_SIZE bytes of an object of `objectSize` bytes. */
+export function decodeTrailer(tail: Buffer, objectSize: number, where: string): BatchTrailer {
+  checkEnd(tail, objectSize, where);
+  const t = tail.subarray(tail.length - TRAILER_SIZE);
+  return {
+    indexOffset: readU64(t, 0, where),
+    extentCount: t.readUInt32LE(8),
+    indexCrc: t.readUInt32LE(12),
+    seq: readU64(t, 16, where),
+    objectCrc: t.readUInt32LE(24),
+  };
+}
+
+function checkEnd(tail: Buffer, objectSize: number, where: string): void {
+  if (objectSize < FIXED_HEADER + TRAILER_SIZE || tail.length < TRAILER_SIZE) {
+    throw new BatchError('TRUNCATED', where, `${objectSize} bytes is shorter than an empty batch`);
+  }
+  if (!tail.subarray(tail.length - 4).equals(END_MAGIC)) throw new BatchError('TRUNCATED', where, 'end marker missing (object cut short or not a batch)');
+}
+
+/** Verifies and parses an index read on its own (e.g. by a ranged GET). */
+export function decodeIndex(index: Buffer, trailer: BatchTrailer, diskCount: number, where: string): ExtentEntry[] {
+  if (index.length !== trailer.extentCount * INDEX_ENTRY) throw new BatchError('TRUNCATED', where, `index is ${index.length} bytes, expected ${trailer.extentCount * INDEX_ENTRY}`);
+  const crc = crc32c(index);
+  if (crc !== trailer.indexCrc) throw new BatchError('CHECKSUM_MISMATCH', where, `index checksum ${hex(crc)} != stored ${hex(trailer.indexCrc)}`);
+  const extents: ExtentEntry[] = [];
+  for (let i = 0; i < trailer.extentCount; i++) {
+    const e = readEntry(index, i * INDEX_ENTRY, where);
+    const at = `${where} extent ${i}`;
+    if (e.disk >= diskCount) throw new BatchError('MALFORMED', where, `extent ${i} names disk #${e.disk} of ${diskCount}`);
+    if (e.flags & ~KNOWN_EXTENT_FLAGS) throw new BatchError('MALFORMED', at, `unknown flags ${hex(e.flags)}`);
+    if (e.blockCount < 1 || e.blockCount > MAX_EXTENT_BLOCKS) throw new BatchError('MALFORMED', at, `block count ${e.blockCount} outside 1..${MAX_EXTENT_BLOCKS}`);
+    if (e.flags & EXTENT_FLAGS.ZERO && (e.payloadLength !== 0 || e.flags & EXTENT_FLAGS.ZSTD)) throw new BatchError('MALFORMED', at, 'zero extent with a payload');
+    if (!(e.flags & EXTENT_FLAGS.ZERO) && !(e.flags & EXTENT_FLAGS.ZSTD) && e.payloadLength !== e.blockCount * BLOCK_SIZE) {
+      throw new BatchError('MALFORMED', at, `raw payload of ${e.payloadLength} bytes for ${e.blockCount} blocks`);
+    }
+    const prev = extents[i - 1];
+    if (prev && (prev.disk > e.disk || (prev.disk === e.disk && prev.blockIndex + prev.blockCount > e.blockIndex))) {
+      throw new BatchError('MALFORMED', at, 'extents are not sorted by (disk, block) or overlap');
+    }
+    extents.push(e);
+  }
+  return extents;
+}
+
+/** Returns the verified, uncompressed blocks of one extent from its stored payload. */
+export function decodeExtent(e: ExtentEntry, payload: Buffer, where: string): Buffer {
+  const size = e.blockCount * BLOCK_SIZE;
+  if (e.flags & EXTENT_FLAGS.ZERO) return Buffer.alloc(size);
+  if (payload.length !== e.payloadLength) throw new BatchError('TRUNCATED', where, `payload is ${payload.length} bytes, expected ${e.payloadLength}`);
+  let data: Buffer;
+  if (e.flags & EXTENT_FLAGS.ZSTD) {
+    try {
+      data = zstdDecompressSync(payload, { maxOutputLength: size });
+    } catch (err) {
+      throw new BatchError('CHECKSUM_MISMATCH', where, `payload does not decompress: ${(err as Error).message}`);
+    }
+  } else {
+    data = payload;
+  }
+  if (data.length !== size) throw new BatchError('MALFORMED', where, `payload holds ${data.length} bytes, expected ${size}`);
+  const crc = crc32c(data);
+  if (crc !== e.dataCrc) throw new BatchError('CHECKSUM_MISMATCH', where, `data checksum ${hex(crc)} != stored ${hex(e.dataCrc)}`);
+  return data;
+}
+
+export function decodeHeader(buf: Buffer, where: string): BatchHeader {
+  if (buf.length < FIXED_HEADER) throw new BatchError('TRUNCATED', where, `header needs ${FIXED_HEADER} bytes, have ${buf.length}`);
+  if (!buf.subarray(0, 4).equals(MAGIC)) throw new BatchError('BAD_MAGIC', where, `magic ${buf.subarray(0, 4).toString('hex')} is not ${MAGIC.toString('hex')}`);
+  const version = buf.readUInt16LE(4);
+  if (version !== FORMAT_VERSION) throw new BatchError('BAD_VERSION', where, `format version ${version}, this build reads ${FORMAT_VERSION}`);
+  const headerLen = buf.readUInt32LE(40);
+  if (headerLen < FIXED_HEADER || headerLen > buf.length) throw new BatchError('TRUNCATED', where, `header length ${headerLen} outside the object (${buf.length} bytes)`);
+  const stored = buf.readUInt32LE(60);
+  const copy = Buffer.from(buf.subarray(0, headerLen));
+  copy.writeUInt32LE(0, 60);
+  if (crc32c(copy) !== stored) throw new BatchError('CHECKSUM_MISMATCH', where, 'header checksum mismatch');
+  const flags = buf.readUInt16LE(6);
+  if (flags & ~KNOWN_BATCH_FLAGS) throw new BatchError('MALFORMED', where, `unknown batch flags ${hex(flags)}`);
+  let at = FIXED_HEADER;
+  const text = (len: number): string => {
+    if (at + len > headerLen) throw new BatchError('MALFORMED', where, 'header strings overrun the header');
+    const s = buf.toString('utf8', at, at + len);
+    at += len;
+    return s;
+  };
+  const pairId = text(buf.readUInt16LE(44));
+  const tag = text(buf.readUInt16LE(46));
+  const disks: string[] = [];
+  for (let i = buf.readUInt16LE(48); i > 0; i--) {
+    if (at + 1 > headerLen) throw new BatchError('MALFORMED', where, 'disk table overruns the header');
+    const len = buf[at++];
+    disks.push(text(len));
+  }
+  if (at !== headerLen) throw new BatchError('MALFORMED', where, `${headerLen - at} stray header bytes`);
+  const app = (flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
+  if (app !== tag.length > 0) throw new BatchError('MALFORMED', where, app ? 'application-consistent batch without a tag' : 'tag on a batch that is not application-consistent');
+  return {
+    pairId,
+    seq: readU64(buf, 8, where),
+    prevSeq: readU64(buf, 16, where),
+    firstWriteMs: readU64(buf, 24, where),
+    cutMs: readU64(buf, 32, where),
+    flags,
+    appTag: app ? tag : undefined,
+    disks,
+  };
+}
+
+function encodeHeader(h: BatchHeader): Buffer {
+  const pair = Buffer.from(h.pairId, 'utf8');
+  const tag = Buffer.from(h.appTag ?? '', 'utf8');
+  const names = h.disks.map((d) => Buffer.from(d, 'utf8'));
+  const len = FIXED_HEADER + pair.length + tag.length + names.reduce((n, b) => n + 1 + b.length, 0);
+  const buf = Buffer.alloc(len);
+  MAGIC.copy(buf, 0);
+  buf.writeUInt16LE(FORMAT_VERSION, 4);
+  buf.writeUInt16LE(h.flags, 6);
+  writeU64(buf, 8, h.seq);
+  writeU64(buf, 16, h.prevSeq);
+  writeU64(buf, 24, h.firstWriteMs);
+  writeU64(buf, 32, h.cutMs);
+  buf.writeUInt32LE(len, 40);
+  buf.writeUInt16LE(pair.length, 44);
+  buf.writeUInt16LE(tag.length, 46);
+  buf.writeUInt16LE(names.length, 48);
+  let at = FIXED_HEADER;
+  at += pair.copy(buf, at);
+  at += tag.copy(buf, at);
+  for (const n of names) {
+    buf[at++] = n.length;
+    at += n.copy(buf, at);
+  }
+  buf.writeUInt32LE(crc32c(buf), 60);
+  return buf;
+}
+
+function checkHeaderInput(h: BatchHeader): void {
+  const where = `${h.pairId}/${h.seq}`;
+  const app = (h.flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
+  if (h.flags & ~KNOWN_BATCH_FLAGS) throw new BatchError('MALFORMED', where, `unknown batch flags ${hex(h.flags)}`);
+  if (app !== Boolean(h.appTag)) throw new BatchError('MALFORMED', where, 'APP_CONSISTENT flag and tag must come together');
+  if (Buffer.byteLength(h.appTag ?? '') > MAX_NAME || Buffer.byteLength(h.pairId) > MAX_NAME) throw new BatchError('MALFORMED', where, 'pair id or tag longer than 255 bytes');
+  if (h.disks.length === 0 || h.disks.some((d) => d.length === 0 || Buffer.byteLength(d) > MAX_NAME)) throw new BatchError('MALFORMED', where, 'disk names must be 1..255 bytes');
+}
+
+/** Validates extents, splits long runs and returns them sorted by (disk, block). */
+function splitAndSort(extents: ExtentInput[], diskCount: number): ExtentInput[] {
+  const out: ExtentInput[] = [];
+  for (const e of extents) {
+    if (e.disk < 0 || e.disk >= diskCount) throw new RangeError(`extent names disk #${e.disk} of ${diskCount}`);
+    const blocks = e.data ? e.data.length / BLOCK_SIZE : e.zeroBlocks ?? 0;
+    if (!Number.isInteger(blocks) || blocks < 1) throw new RangeError(`extent at block ${e.blockIndex} is not a positive number of 4 KiB blocks`);
+    for (let b = 0; b < blocks; b += MAX_EXTENT_BLOCKS) {
+      const n = Math.min(MAX_EXTENT_BLOCKS, blocks - b);
+      out.push(e.data
+        ? { disk: e.disk, blockIndex: e.blockIndex + b, data: e.data.subarray(b * BLOCK_SIZE, (b + n) * BLOCK_SIZE) }
+        : { disk: e.disk, blockIndex: e.blockIndex + b, zeroBlocks: n });
+    }
+  }
+  out.sort((a, b) => a.disk - b.disk || a.blockIndex - b.blockIndex);
+  for (let i = 1; i < out.length; i++) {
+    const p = out[i - 1];
+    const pEnd = p.blockIndex + (p.data ? p.data.length / BLOCK_SIZE : p.zeroBlocks!);
+    if (p.disk === out[i].disk && pEnd > out[i].blockIndex) throw new RangeError(`extents overlap at disk #${p.disk} block ${out[i].blockIndex}`);
+  }
+  return out;
+}
+
+function writeEntry(buf: Buffer, at: number, e: ExtentEntry): void {
+  buf.writeUInt16LE(e.disk, at);
+  buf.writeUInt16LE(e.flags, at + 2);
+  buf.writeUInt32LE(e.blockCount, at + 4);
+  writeU64(buf, at + 8, e.blockIndex);
+  writeU64(buf, at + 16, e.payloadOffset);
+  buf.writeUInt32LE(e.payloadLength, at + 24);
+  buf.writeUInt32LE(e.dataCrc, at + 28);
+}
+
+function readEntry(buf: Buffer, at: number, where: string): ExtentEntry {
+  return {
+    disk: buf.readUInt16LE(at),
+    flags: buf.readUInt16LE(at + 2),
+    blockCount: buf.readUInt32LE(at + 4),
+    blockIndex: readU64(buf, at + 8, where),
+    payloadOffset: readU64(buf, at + 16, where),
+    payloadLength: buf.readUInt32LE(at + 24),
+    dataCrc: buf.readUInt32LE(at + 28),
+  };
+}
+
+function writeU64(buf: Buffer, at: number, v: number): void {
+  buf.writeBigUInt64LE(BigInt(v), at);
+}
+
+/** u64 fields hold JS-safe integers; anything larger is corruption, not data. */
+function readU64(buf: Buffer, at: number, where: string): number {
+  const v = buf.readBigUInt64LE(at);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BatchError('MALFORMED', where, `64-bit field at byte ${at} out of range`);
+  return Number(v);
+}
+
+const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;

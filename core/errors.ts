@@ -1,0 +1,48 @@
+// Typed errors: each says what was wrong and where, so an operator can act on it.
+
+/** Why a batch object was refused. Stable codes: they are stored on quarantine items. */
+export type BatchErrorCode =
+  | 'TRUNCATED'
+  | 'BAD_MAGIC'
+  | 'BAD_VERSION'
+  | 'CHECKSUM_MISMATCH'
+  | 'MALFORMED'
+  | 'FOREIGN_PAIR'
+  | 'SEQ_MISMATCH'
+  | 'CONFLICT'
+  | 'REPLAY';
+
+/** A batch that must not be applied. `where` names the batch (key or pair/seq). */
+export class BatchError extends Error {
+  constructor(
+    readonly code: BatchErrorCode,
+    readonly where: string,
+    readonly reason: string,
+  ) {
+    super(`batch ${where}: ${code}: ${reason}`);
+    this.name = 'BatchError';
+  }
+}
+
+export class UnknownPairError extends Error {
+  constructor(readonly pair: string) {
+    super(`unknown pair '${pair}'`);
+    this.name = 'UnknownPairError';
+  }
+}
+
+/** Bad caller input (CLI arguments, API parameters). */
+export class InvalidArgumentError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'InvalidArgumentError';
+  }
+}
+
+/** A stored extent whose bytes do not match their checksum on the read path. */
+export class CorruptExtentError extends Error {
+  constructor(readonly where: string, readonly reason: string) {
+    super(`extent ${where}: ${reason}`);
+    this.name = 'CorruptExtentError';
+  }
+}

@@ -1,0 +1,42 @@
+// The S3 key layout (docs/design.md, "S3 key layout"). One canonical form per object kind.
+
+import { randomBytes } from 'node:crypto';
+import { InvalidArgumentError } from './errors';
+
+const PAIR_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const DISK_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+const SEQ_DIGITS = 20;
+export const JOURNAL_SUFFIX = '.batch';
+const JOURNAL_KEY = /^pairs\/([a-z0-9][a-z0-9-]{0,62})\/journal\/(\d{20})-([0-9a-f]{16})\.batch$/;
+
+export function checkPairId(pair: string): string {
+  if (!PAIR_ID.test(pair)) throw new InvalidArgumentError(`pair id '${pair}' must be 1-63 of [a-z0-9-], starting with a letter or digit`);
+  return pair;
+}
+
+export function checkDiskName(disk: string): string {
+  if (!DISK_NAME.test(disk)) throw new InvalidArgumentError(`disk name '${disk}' must be 1-63 of [A-Za-z0-9._-], starting with a letter or digit`);
+  return disk;
+}
+
+export const seqKey = (seq: number): string => String(seq).padStart(SEQ_DIGITS, '0');
+
+/**
+ * Each upload attempt of a batch gets its own key (a random suffix): a corrupt copy
+ * is never overwritten by the good one that replaces it, so it can be kept in quarantine.
+ */
+export function journalKey(pair: string, seq: number, nonce = randomBytes(8).toString('hex')): string {
+  return `pairs/${pair}/journal/${seqKey(seq)}-${nonce}${JOURNAL_SUFFIX}`;
+}
+
+export interface JournalKey {
+  pair: string;
+  seq: number;
+}
+
+/** Parses a journal key; undefined for any other key (not ours to apply). */
+export function parseJournalKey(key: string): JournalKey | undefined {
+  const m = JOURNAL_KEY.exec(key);
+  if (!m) return undefined;
+  return { pair: m[1], seq: Number(m[2]) };
+}

@@ -1,0 +1,160 @@
+// Applying a journal object: validate, register (idempotently), advance the watermark,
+// record RPs. Ordering rules (docs/design.md, "Crash safety"): the batch object is
+// already durable when we run; the index is written last; every step is safe to repeat.
+
+import { planAdvance } from '../core/advance';
+import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format';
+import { BatchError } from '../core/errors';
+import { parseJournalKey } from '../core/keys';
+import type { BatchRecord, Pair } from '../core/model';
+import { ObjectNotFoundError, type ObjectStore, type ReplicaIndex } from './ports';
+
+export type ApplyOutcome =
+  /** Registered, and the watermark now covers it. */
+  | 'applied'
+  /** Registered, held until the gap before it closes. */
+  | 'pending'
+  /** The same batch was registered before; nothing changed (beyond finishing its advance). */
+  | 'duplicate'
+  /** Refused and kept; see the quarantine record. */
+  | 'quarantined'
+  /** Not a batch of a known pair, or gone: nothing to do, nothing to retry. */
+  | 'ignored';
+
+export interface ApplyResult {
+  outcome: ApplyOutcome;
+  key: string;
+  pairId?: string;
+  seq?: number;
+  detail?: string;
+}
+
+export interface Logger {
+  info(msg: string, data?: object): void;
+  warn(msg: string, data?: object): void;
+}
+
+const quietLogger: Logger = { info: () => {}, warn: () => {} };
+
+/** Batches advanced per index read; bounded by the RPs one transaction can hold. */
+const ADVANCE_PAGE = 90;
+
+export class ApplyService {
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly index: ReplicaIndex,
+    private readonly log: Logger = quietLogger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Applies one journal object. Throws only on transient faults, which the caller retries. */
+  async applyObject(key: string): Promise<ApplyResult> {
+    const parsed = parseJournalKey(key);
+    if (!parsed) return this.ignore(key, 'not a journal key');
+    const { pair: pairId, seq } = parsed;
+    const pair = await this.index.getPair(pairId);
+    if (!pair) return this.ignore(key, `unknown pair '${pairId}'`, pairId, seq);
+
+    let body: Buffer;
+    try {
+      body = await this.store.get(key);
+    } catch (err) {
+      if (err instanceof ObjectNotFoundError) return this.ignore(key, 'object no longer exists', pairId, seq);
+      throw err;
+    }
+
+    let record: BatchRecord;
+    try {
+      record = toRecord(key, body.length, validate(decodeBatch(body, key), pair, seq, key), this.now());
+    } catch (err) {
+      if (!(err instanceof BatchError)) throw err;
+      return this.quarantine(pair, seq, key, err.code, err.reason);
+    }
+
+    const reg = await this.index.registerBatch(pairId, record);
+    if (!reg.registered) {
+      if (reg.existing.objectCrc !== record.objectCrc) {
+        const applied = seq <= pair.watermark;
+        return this.quarantine(
+          pair,
+          seq,
+          key,
+          applied ? 'REPLAY' : 'CONFLICT',
+          `a different batch (${reg.existing.key}) is already ${applied ? 'applied' : 'registered'} at this seq`,
+        );
+      }
+      // Same bytes: an event redelivery or a re-upload. Finish any advance a crash interrupted.
+      await this.advance(pairId);
+      return { outcome: 'duplicate', key, pairId, seq };
+    }
+    const watermark = await this.advance(pairId);
+    const outcome = seq <= watermark ? 'applied' : 'pending';
+    this.log.info(`batch ${outcome}`, { pairId, seq, key, watermark });
+    return { outcome, key, pairId, seq };
+  }
+
+  /** Moves the watermark over every contiguous registered batch; returns the new watermark. */
+  async advance(pairId: string): Promise<number> {
+    for (;;) {
+      const pair = await this.index.getPair(pairId);
+      if (!pair) throw new Error(`pair '${pairId}' vanished during apply`);
+      const pending = await this.index.batchesAfter(pairId, pair.watermark, ADVANCE_PAGE);
+      const plan = planAdvance({ pairId, progress: pair, ccrpIntervalMs: pair.ccrpIntervalMs, retention: pair.retention, pending });
+      if (plan.applied.length === 0) return pair.watermark;
+      const clearError = pair.error !== undefined && pair.error.seq <= plan.progress.watermark;
+      // false: another applier moved the pair first; re-read and go on from there.
+      if (await this.index.commitAdvance(pairId, pair.rev, plan, clearError)) {
+        for (const rp of plan.rps) this.log.info('recovery point', { pairId, seq: rp.seq, type: rp.type, tag: rp.tag });
+      }
+    }
+  }
+
+  private async quarantine(pair: Pair, seq: number, key: string, code: string, reason: string): Promise<ApplyResult> {
+    const blocks = seq > pair.watermark;
+    await this.index.quarantine({ pairId: pair.pairId, seq, key, code, reason, atMs: this.now() }, blocks);
+    this.log.warn('batch quarantined', { pairId: pair.pairId, seq, key, code, reason });
+    return { outcome: 'quarantined', key, pairId: pair.pairId, seq, detail: `${code}: ${reason}` };
+  }
+
+  private ignore(key: string, detail: string, pairId?: string, seq?: number): ApplyResult {
+    this.log.warn('object ignored', { key, detail });
+    return { outcome: 'ignored', key, pairId, seq, detail };
+  }
+}
+
+/** Checks a decoded batch against its key and its pair; throws BatchError. */
+function validate(b: DecodedBatch, pair: Pair, keySeq: number, where: string): DecodedBatch {
+  const h = b.header;
+  if (h.pairId !== pair.pairId) throw new BatchError('FOREIGN_PAIR', where, `batch belongs to pair '${h.pairId}', not '${pair.pairId}'`);
+  if (h.seq !== keySeq) throw new BatchError('SEQ_MISMATCH', where, `header seq ${h.seq} != key seq ${keySeq}`);
+  if (h.prevSeq !== h.seq - 1) throw new BatchError('MALFORMED', where, `previous seq ${h.prevSeq} does not precede seq ${h.seq}`);
+  const sizes = h.disks.map((name) => {
+    const disk = pair.disks.find((d) => d.name === name);
+    if (!disk) throw new BatchError('MALFORMED', where, `disk '${name}' is not a disk of pair '${pair.pairId}'`);
+    return disk.sizeBytes;
+  });
+  for (const e of b.extents) {
+    if ((e.blockIndex + e.blockCount) * BLOCK_SIZE > sizes[e.disk]) {
+      throw new BatchError('MALFORMED', where, `extent at block ${e.blockIndex} (+${e.blockCount}) ends past disk '${h.disks[e.disk]}' (${sizes[e.disk]} bytes)`);
+    }
+  }
+  return b;
+}
+
+function toRecord(key: string, sizeBytes: number, b: DecodedBatch, nowMs: number): BatchRecord {
+  const h = b.header;
+  return {
+    seq: h.seq,
+    key,
+    sizeBytes,
+    objectCrc: b.trailer.objectCrc,
+    firstWriteMs: h.firstWriteMs,
+    cutMs: h.cutMs,
+    flags: h.flags,
+    appTag: h.appTag,
+    extentCount: b.extents.length,
+    dataBytes: b.dataBytes,
+    disks: h.disks,
+    registeredMs: nowMs,
+  };
+}

@@ -1,0 +1,209 @@
+// Recovery: reconstruct every disk of a pair at an RP, streaming, in bounded memory,
+// verifying every extent's checksum as it is read.
+
+import { open } from 'node:fs/promises';
+import { PassThrough } from 'node:stream';
+import { once } from 'node:events';
+import { BLOCK_SIZE, TRAILER_SIZE, decodeExtent, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
+import { CorruptExtentError, BatchError, InvalidArgumentError, UnknownPairError } from '../core/errors';
+import type { BatchRecord, RecoveryPoint } from '../core/model';
+import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
+import type { ObjectStore, ReplicaIndex } from './ports';
+import { mapLimit } from './concurrency';
+
+/** A stored extent that some RP reads: which object, which entry. */
+interface ExtentRef {
+  batch: BatchRecord;
+  entry: ExtentEntry;
+}
+
+/** Receives one disk image as consecutive windows; `pieces` say which bytes hold data. */
+export interface ImageSink {
+  write(offset: number, window: Buffer, dataRanges: { start: number; end: number }[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface MaterializeOptions {
+  pairId: string;
+  /** The RP's seq; it must be a live (unexpired) RP of the pair. */
+  seq: number;
+  /** Called once per disk for its sink. */
+  sinkFor: (disk: string, sizeBytes: number) => Promise<ImageSink>;
+  /** Memory bound: bytes of image assembled at a time (default 32 MiB). */
+  windowBytes?: number;
+  /** Parallel object reads (default 16). */
+  concurrency?: number;
+  nowMs?: number;
+}
+
+export interface MaterializeResult {
+  rp: RecoveryPoint;
+  disks: { name: string; sizeBytes: number; dataBytes: number }[];
+  segments: number;
+  gets: number;
+  bytesRead: number;
+}
+
+/** Two extents of one object closer than this are fetched with one ranged GET. */
+const MERGE_GAP = 1024 * 1024;
+
+export async function materialize(store: ObjectStore, index: ReplicaIndex, o: MaterializeOptions): Promise<MaterializeResult> {
+  const windowBytes = o.windowBytes ?? 32 * 1024 * 1024;
+  if (windowBytes % BLOCK_SIZE !== 0 || windowBytes <= 0) throw new InvalidArgumentError(`window of ${windowBytes} bytes is not a positive multiple of ${BLOCK_SIZE}`);
+  const concurrency = o.concurrency ?? 16;
+  const pair = await index.getPair(o.pairId);
+  if (!pair) throw new UnknownPairError(o.pairId);
+  const nowSec = Math.floor((o.nowMs ?? Date.now()) / 1000);
+  const rp = (await index.listRecoveryPoints(o.pairId, nowSec)).find((r) => r.seq === o.seq);
+  if (!rp) throw new InvalidArgumentError(`pair '${o.pairId}' has no live recovery point at seq ${o.seq}`);
+  if (rp.seq > pair.watermark) throw new Error(`RP ${rp.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
+
+  const stats = { gets: 0, bytesRead: 0 };
+  const segments = await index.segmentsUpTo(o.pairId, rp.seq);
+  const versions = new Map<string, BlockVersion<ExtentRef>[]>(pair.disks.map((d) => [d.name, []]));
+  await mapLimit(segments, concurrency, async (batch) => {
+    for (const entry of await readIndex(store, batch, stats)) {
+      versions.get(batch.disks[entry.disk])!.push({ blockIndex: entry.blockIndex, blockCount: entry.blockCount, seq: batch.seq, ref: { batch, entry } });
+    }
+  });
+
+  const disks: MaterializeResult['disks'] = [];
+  for (const disk of pair.disks) {
+    const pieces = resolvePieces(versions.get(disk.name)!);
+    const sink = await o.sinkFor(disk.name, disk.sizeBytes);
+    let dataBytes = 0;
+    let p = 0;
+    for (let offset = 0; offset < disk.sizeBytes; offset += windowBytes) {
+      const size = Math.min(windowBytes, disk.sizeBytes - offset);
+      const first = offset / BLOCK_SIZE;
+      const last = first + Math.ceil(size / BLOCK_SIZE);
+      const inWindow: Piece<ExtentRef>[] = [];
+      while (p < pieces.length && pieces[p].blockIndex < last) {
+        inWindow.push(clip(pieces[p], first, last));
+        if (pieces[p].blockIndex + pieces[p].blockCount > last) break;
+        p++;
+      }
+      const window = Buffer.alloc(size);
+      await fillWindow(store, window, first, inWindow, concurrency, stats);
+      const ranges = inWindow.map((q) => ({ start: (q.blockIndex - first) * BLOCK_SIZE, end: Math.min(size, (q.blockIndex - first + q.blockCount) * BLOCK_SIZE) }));
+      dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
+      await sink.write(offset, window, ranges);
+    }
+    await sink.close();
+    disks.push({ name: disk.name, sizeBytes: disk.sizeBytes, dataBytes });
+  }
+  return { rp, disks, segments: segments.length, ...stats };
+}
+
+/** One ranged GET of a segment's index and trailer; both are checksum-verified. */
+async function readIndex(store: ObjectStore, b: BatchRecord, stats: { gets: number; bytesRead: number }): Promise<ExtentEntry[]> {
+  const len = b.extentCount * 32 + TRAILER_SIZE;
+  const tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes });
+  stats.gets++;
+  stats.bytesRead += tail.length;
+  const trailer = decodeTrailer(tail, b.sizeBytes, b.key);
+  if (trailer.seq !== b.seq || trailer.objectCrc !== b.objectCrc) {
+    throw new CorruptExtentError(b.key, `trailer (seq ${trailer.seq}, crc ${trailer.objectCrc}) does not match the registered batch (seq ${b.seq}, crc ${b.objectCrc})`);
+  }
+  return decodeIndex(tail.subarray(0, len - TRAILER_SIZE), trailer, b.disks.length, b.key);
+}
+
+/** Fetches the extents the window's pieces need, in merged ranged GETs per object, and copies them in. */
+async function fillWindow(
+  store: ObjectStore,
+  window: Buffer,
+  firstBlock: number,
+  pieces: Piece<ExtentRef>[],
+  concurrency: number,
+  stats: { gets: number; bytesRead: number },
+): Promise<void> {
+  const byObject = new Map<string, Piece<ExtentRef>[]>();
+  for (const q of pieces) {
+    if (q.ref.entry.payloadLength === 0) continue; // zero extent: the window is already zeros
+    const list = byObject.get(q.ref.batch.key) ?? [];
+    list.push(q);
+    byObject.set(q.ref.batch.key, list);
+  }
+  const reads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs));
+  await mapLimit(reads, concurrency, async (r) => {
+    const bytes = await store.get(r.key, { start: r.start, end: r.end });
+    stats.gets++;
+    stats.bytesRead += bytes.length;
+    const decoded = new Map<ExtentEntry, Buffer>();
+    for (const q of r.pieces) {
+      const e = q.ref.entry;
+      let data = decoded.get(e);
+      if (!data) {
+        const payload = bytes.subarray(e.payloadOffset - r.start, e.payloadOffset - r.start + e.payloadLength);
+        try {
+          data = decodeExtent(e, payload, `${r.key} block ${e.blockIndex}`);
+        } catch (err) {
+          if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
+          throw err;
+        }
+        decoded.set(e, data);
+      }
+      const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
+      const src = q.offsetBlocks * BLOCK_SIZE;
+      data.copy(window, dst, src, src + Math.min(q.blockCount * BLOCK_SIZE, window.length - dst));
+    }
+  });
+}
+
+interface RangeRead {
+  key: string;
+  start: number;
+  end: number;
+  pieces: Piece<ExtentRef>[];
+}
+
+function mergeReads(key: string, pieces: Piece<ExtentRef>[]): RangeRead[] {
+  const sorted = [...pieces].sort((a, b) => a.ref.entry.payloadOffset - b.ref.entry.payloadOffset);
+  const reads: RangeRead[] = [];
+  for (const q of sorted) {
+    const start = q.ref.entry.payloadOffset;
+    const end = start + q.ref.entry.payloadLength;
+    const last = reads[reads.length - 1];
+    if (last && start - last.end <= MERGE_GAP) {
+      last.end = Math.max(last.end, end);
+      last.pieces.push(q);
+    } else {
+      reads.push({ key, start, end, pieces: [q] });
+    }
+  }
+  return reads;
+}
+
+function clip<R>(q: Piece<R>, first: number, last: number): Piece<R> {
+  const start = Math.max(q.blockIndex, first);
+  const end = Math.min(q.blockIndex + q.blockCount, last);
+  return { blockIndex: start, blockCount: end - start, offsetBlocks: q.offsetBlocks + (start - q.blockIndex), ref: q.ref };
+}
+
+/** A local image file: sized up front (sparse), only data ranges written. */
+export async function fileSink(path: string, sizeBytes: number): Promise<ImageSink> {
+  const fh = await open(path, 'w');
+  await fh.truncate(sizeBytes);
+  return {
+    async write(offset, window, ranges) {
+      for (const r of ranges) await fh.write(window, r.start, r.end - r.start, offset + r.start);
+    },
+    close: () => fh.close(),
+  };
+}
+
+/** A raw image object, uploaded in parts as the windows arrive. */
+export function objectSink(store: ObjectStore, key: string): ImageSink {
+  const stream = new PassThrough({ highWaterMark: 8 * 1024 * 1024 });
+  const done = store.upload(key, stream);
+  done.catch(() => {}); // surfaced by close()
+  return {
+    async write(_offset, window) {
+      if (!stream.write(window)) await Promise.race([once(stream, 'drain'), done]);
+    },
+    async close() {
+      stream.end();
+      await done;
+    },
+  };
+}

@@ -1,0 +1,55 @@
+// The two ports the replication core speaks through, in domain words. Adapters:
+// adapters/s3-object-store.ts, adapters/memory-object-store.ts, adapters/dynamo-index.ts.
+
+import type { Readable } from 'node:stream';
+import type { AdvancePlan } from '../core/advance';
+import type { BatchRecord, Pair, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
+
+/** Byte range, end exclusive. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+/**
+ * Immutable objects. Contract: read-after-write for new keys; an object is either
+ * wholly visible or absent (never partial); `get` of a missing key throws ObjectNotFoundError.
+ */
+export interface ObjectStore {
+  put(key: string, body: Buffer): Promise<void>;
+  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /** Streams a large object (multipart where the backend has it). */
+  upload(key: string, body: Readable): Promise<void>;
+}
+
+export class ObjectNotFoundError extends Error {
+  constructor(readonly key: string) {
+    super(`object '${key}' not found`);
+    this.name = 'ObjectNotFoundError';
+  }
+}
+
+export type RegisterResult = { registered: true } | { registered: false; existing: BatchRecord };
+
+/** The RP Store index: pairs, registered batches (L0 segments), RPs, quarantine. */
+export interface ReplicaIndex {
+  createPair(pair: Pair): Promise<void>;
+  /** Strongly consistent read, with `rev` for optimistic concurrency. */
+  getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined>;
+  /** Registers a validated batch once; a second registration of the seq returns the first. */
+  registerBatch(pairId: string, batch: BatchRecord): Promise<RegisterResult>;
+  /** Registered batches with seq > afterSeq, ascending. */
+  batchesAfter(pairId: string, afterSeq: number, limit: number): Promise<BatchRecord[]>;
+  /** Applied batches with seq <= uptoSeq, ascending: the segments an RP at uptoSeq reads. */
+  segmentsUpTo(pairId: string, uptoSeq: number): Promise<BatchRecord[]>;
+  /**
+   * Writes an advance plan atomically if the pair is still at `rev`; false if it moved
+   * (another applier won; re-read and retry). Clears a pair error the watermark has passed.
+   */
+  commitAdvance(pairId: string, rev: number, plan: AdvancePlan, clearError: boolean): Promise<boolean>;
+  /** Keeps a record of a refused batch; marks the pair ERROR if the batch blocks its watermark. */
+  quarantine(record: QuarantineRecord, blocksWatermark: boolean): Promise<void>;
+  listQuarantine(pairId: string): Promise<QuarantineRecord[]>;
+  /** Live (unexpired at nowSec) RPs, ascending by seq; only ACRPs when type is APP. */
+  listRecoveryPoints(pairId: string, nowSec: number, type?: RpType): Promise<RecoveryPoint[]>;
+}

@@ -1,0 +1,250 @@
+// The source side: collects block writes, coalesces overwrites, cuts batches at
+// consistency boundaries and uploads them to the pair's journal with retry and backoff.
+// The NBD agent sits on top of this.
+
+import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch, type ExtentInput } from '../core/batch-format';
+import { InvalidArgumentError } from '../core/errors';
+import { checkPairId, journalKey } from '../core/keys';
+import type { DiskSpec } from '../core/model';
+import type { ObjectStore } from '../replica/ports';
+import { sleep } from '../replica/concurrency';
+
+export interface RetryPolicy {
+  attempts: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
+export interface UploadedBatch {
+  seq: number;
+  key: string;
+  bytes: number;
+  dataBytes: number;
+  flags: number;
+  appTag?: string;
+  cutMs: number;
+}
+
+export interface BatchWriterOptions {
+  pairId: string;
+  disks: DiskSpec[];
+  store: ObjectStore;
+  /** Seq of the first batch this writer cuts (default 1: a new pair). */
+  firstSeq?: number;
+  /** Cut once this many bytes of distinct blocks are pending (default 8 MiB). */
+  maxBatchBytes?: number;
+  /** Cut once the oldest pending write is this old (default 1000 ms; 0 disables). */
+  maxBatchAgeMs?: number;
+  /** Uploads in flight before `write` waits (default 4). */
+  maxInFlight?: number;
+  retry?: Partial<RetryPolicy>;
+  /** Current contents of a block, for writes that cover only part of one. */
+  readBlock?: (disk: string, blockIndex: number) => Promise<Buffer>;
+  clock?: () => number;
+  onUploaded?: (b: UploadedBatch) => void;
+}
+
+export interface CutOptions {
+  /** Mark the boundary application-consistent (an ACRP) with this tag. */
+  appTag?: string;
+  /** Ask for a crash-consistent RP at this boundary regardless of the interval. */
+  rp?: boolean;
+}
+
+/** A block's pending content: its bytes, or null for zeros (trim / write-zeroes). */
+type Pending = Map<number, Buffer | null>;
+
+const DEFAULT_RETRY: RetryPolicy = { attempts: 10, baseDelayMs: 100, maxDelayMs: 10_000 };
+
+export class BatchWriter {
+  private readonly diskIndex: Map<string, number>;
+  private readonly pending: Pending[];
+  private pendingBytes = 0;
+  private firstWriteMs: number | undefined;
+  private nextSeqValue: number;
+  private readonly inFlight = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onUploaded' | 'retry'>> & Pick<BatchWriterOptions, 'readBlock' | 'onUploaded'> & { retry: RetryPolicy };
+
+  constructor(options: BatchWriterOptions) {
+    checkPairId(options.pairId);
+    this.o = {
+      firstSeq: 1,
+      maxBatchBytes: 8 * 1024 * 1024,
+      maxBatchAgeMs: 1000,
+      maxInFlight: 4,
+      clock: Date.now,
+      ...options,
+      retry: { ...DEFAULT_RETRY, ...options.retry },
+    };
+    this.diskIndex = new Map(options.disks.map((d, i) => [d.name, i]));
+    this.pending = options.disks.map(() => new Map());
+    this.nextSeqValue = this.o.firstSeq;
+    if (this.o.maxBatchAgeMs > 0) {
+      this.timer = setInterval(() => this.cutIfOld(), Math.max(10, this.o.maxBatchAgeMs / 4));
+      this.timer.unref();
+    }
+  }
+
+  /** Seq the next cut batch will get. */
+  get nextSeq(): number {
+    return this.nextSeqValue;
+  }
+
+  /** Records a write of `data` at byte `offset` of `disk`. Resolves once accepted (backpressure). */
+  async write(disk: string, offset: number, data: Buffer): Promise<void> {
+    const d = this.checkRange(disk, offset, data.length);
+    const end = offset + data.length;
+    for (let at = offset; at < end; ) {
+      const block = Math.floor(at / BLOCK_SIZE);
+      const inBlock = at - block * BLOCK_SIZE;
+      const n = Math.min(BLOCK_SIZE - inBlock, end - at);
+      const src = data.subarray(at - offset, at - offset + n);
+      if (n === BLOCK_SIZE) {
+        this.put(d, block, Buffer.from(src));
+      } else {
+        const base = await this.currentBlock(disk, d, block);
+        src.copy(base, inBlock);
+        this.put(d, block, base);
+      }
+      at += n;
+    }
+    await this.afterWrite();
+  }
+
+  /** Records that a byte range now reads as zeros (TRIM / WRITE_ZEROES). */
+  async zero(disk: string, offset: number, length: number): Promise<void> {
+    const d = this.checkRange(disk, offset, length);
+    if (offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0) {
+      // Partial blocks at the edges are ordinary writes of zeros.
+      const head = Math.min(length, (BLOCK_SIZE - (offset % BLOCK_SIZE)) % BLOCK_SIZE);
+      if (head) await this.write(disk, offset, Buffer.alloc(head));
+      const bodyLen = Math.floor((length - head) / BLOCK_SIZE) * BLOCK_SIZE;
+      if (bodyLen) await this.zero(disk, offset + head, bodyLen);
+      const tail = length - head - bodyLen;
+      if (tail) await this.write(disk, offset + head + bodyLen, Buffer.alloc(tail));
+      return;
+    }
+    for (let b = offset / BLOCK_SIZE; b < (offset + length) / BLOCK_SIZE; b++) this.put(d, b, null);
+    await this.afterWrite();
+  }
+
+  /**
+   * Cuts a batch at this boundary (every point between writes is crash-consistent).
+   * An ACRP or RP request cuts even with no pending writes. Returns the seq, if any.
+   */
+  cut(opts: CutOptions = {}): number | undefined {
+    this.throwIfFailed();
+    if (opts.appTag !== undefined && (opts.appTag.length === 0 || Buffer.byteLength(opts.appTag) > 255)) {
+      throw new InvalidArgumentError(`application tag '${opts.appTag}' must be 1-255 bytes`);
+    }
+    const marked = opts.appTag !== undefined || opts.rp === true;
+    if (this.pendingBytes === 0 && this.pending.every((m) => m.size === 0) && !marked) return undefined;
+    const seq = this.nextSeqValue++;
+    const cutMs = this.o.clock();
+    const flags = (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0);
+    const extents = this.takeExtents();
+    const body = encodeBatch(
+      { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) },
+      extents,
+    );
+    const dataBytes = extents.reduce((n, e) => n + (e.data?.length ?? (e.zeroBlocks ?? 0) * BLOCK_SIZE), 0);
+    this.firstWriteMs = undefined;
+    const key = journalKey(this.o.pairId, seq);
+    const upload = this.upload(key, body).then(
+      () => this.o.onUploaded?.({ seq, key, bytes: body.length, dataBytes, flags, appTag: opts.appTag, cutMs }),
+      (err: Error) => {
+        this.failure ??= new Error(`upload of batch ${seq} (${key}) failed after ${this.o.retry.attempts} attempts: ${err.message}`);
+      },
+    );
+    this.inFlight.add(upload);
+    void upload.finally(() => this.inFlight.delete(upload));
+    return seq;
+  }
+
+  /** Cuts (with `opts`) and waits until every batch cut so far is stored. Returns the last seq. */
+  async flush(opts: CutOptions = {}): Promise<number> {
+    this.cut(opts);
+    while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
+    this.throwIfFailed();
+    return this.nextSeqValue - 1;
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await this.flush();
+  }
+
+  private put(d: number, block: number, content: Buffer | null): void {
+    const m = this.pending[d];
+    if (!m.has(block)) this.pendingBytes += BLOCK_SIZE;
+    m.set(block, content);
+    this.firstWriteMs ??= this.o.clock();
+  }
+
+  private async currentBlock(disk: string, d: number, block: number): Promise<Buffer> {
+    const pending = this.pending[d].get(block);
+    if (pending !== undefined) return pending ? Buffer.from(pending) : Buffer.alloc(BLOCK_SIZE);
+    if (!this.o.readBlock) throw new InvalidArgumentError(`write to part of block ${block} of disk '${disk}' needs readBlock (writes must otherwise be 4 KiB aligned)`);
+    const b = await this.o.readBlock(disk, block);
+    if (b.length !== BLOCK_SIZE) throw new Error(`readBlock returned ${b.length} bytes for block ${block} of disk '${disk}'`);
+    return Buffer.from(b);
+  }
+
+  private async afterWrite(): Promise<void> {
+    if (this.pendingBytes >= this.o.maxBatchBytes) this.cut();
+    while (this.inFlight.size >= this.o.maxInFlight) await Promise.race(this.inFlight);
+    this.throwIfFailed();
+  }
+
+  private cutIfOld(): void {
+    if (this.firstWriteMs !== undefined && this.o.clock() - this.firstWriteMs >= this.o.maxBatchAgeMs && !this.failure) this.cut();
+  }
+
+  /** Turns pending blocks into sorted extents of contiguous data or zero runs. */
+  private takeExtents(): ExtentInput[] {
+    const out: ExtentInput[] = [];
+    this.pending.forEach((m, disk) => {
+      const blocks = [...m.keys()].sort((a, b) => a - b);
+      for (let i = 0; i < blocks.length; ) {
+        const zero = m.get(blocks[i]) === null;
+        let j = i + 1;
+        while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && (m.get(blocks[j]) === null) === zero) j++;
+        out.push(zero ? { disk, blockIndex: blocks[i], zeroBlocks: j - i } : { disk, blockIndex: blocks[i], data: Buffer.concat(blocks.slice(i, j).map((b) => m.get(b)!)) });
+        i = j;
+      }
+      m.clear();
+    });
+    this.pendingBytes = 0;
+    return out;
+  }
+
+  private async upload(key: string, body: Buffer): Promise<void> {
+    const { attempts, baseDelayMs, maxDelayMs } = this.o.retry;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.o.store.put(key, body);
+      } catch (err) {
+        if (attempt >= attempts) throw err;
+        // Full jitter: spreads retries of many agents after a shared outage.
+        await sleep(Math.random() * Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1)));
+      }
+    }
+  }
+
+  private checkRange(disk: string, offset: number, length: number): number {
+    this.throwIfFailed();
+    const d = this.diskIndex.get(disk);
+    if (d === undefined) throw new InvalidArgumentError(`unknown disk '${disk}' (pair '${this.o.pairId}' has ${[...this.diskIndex.keys()].join(', ')})`);
+    const size = this.o.disks[d].sizeBytes;
+    if (!Number.isInteger(offset) || offset < 0 || offset + length > size) {
+      throw new InvalidArgumentError(`write of ${length} bytes at ${offset} is outside disk '${disk}' (${size} bytes)`);
+    }
+    return d;
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+  }
+}
