@@ -71,25 +71,25 @@ export class DynamoIndex implements ReplicaIndex {
     } catch (err) {
       if (!(err instanceof ConditionalCheckFailedException)) throw err;
       const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: batchSk(batch.seq) }, ConsistentRead: true }));
-      return { registered: false, existing: strip(out.Item!) as BatchRecord };
+      return { registered: false, existing: strip(out.Item!) as unknown as BatchRecord };
     }
   }
 
   async batchesAfter(pairId: string, afterSeq: number, limit: number): Promise<BatchRecord[]> {
-    return (await this.query(
+    return this.query<BatchRecord>(
       {
         KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
         ExpressionAttributeValues: { ':pk': pk(pairId), ':from': batchSk(afterSeq + 1), ':to': batchSk(Number.MAX_SAFE_INTEGER) },
       },
       limit,
-    )) as BatchRecord[];
+    );
   }
 
   async segmentsUpTo(pairId: string, uptoSeq: number): Promise<BatchRecord[]> {
-    return (await this.query({
+    return this.query<BatchRecord>({
       KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
       ExpressionAttributeValues: { ':pk': pk(pairId), ':from': batchSk(0), ':to': batchSk(uptoSeq) },
-    })) as BatchRecord[];
+    });
   }
 
   async commitAdvance(pairId: string, rev: number, plan: AdvancePlan, clearError: boolean): Promise<boolean> {
@@ -157,10 +157,10 @@ export class DynamoIndex implements ReplicaIndex {
   }
 
   async listQuarantine(pairId: string): Promise<QuarantineRecord[]> {
-    return (await this.query({
+    return this.query<QuarantineRecord>({
       KeyConditionExpression: 'pk = :pk AND begins_with(sk, :q)',
       ExpressionAttributeValues: { ':pk': pk(pairId), ':q': 'QUAR#' },
-    })) as QuarantineRecord[];
+    });
   }
 
   async listRecoveryPoints(pairId: string, nowSec: number, type?: RpType): Promise<RecoveryPoint[]> {
@@ -181,8 +181,8 @@ export class DynamoIndex implements ReplicaIndex {
     return items.map(fromRpItem);
   }
 
-  private async query(input: Omit<QueryCommandInput, 'TableName'>, limit = Infinity): Promise<Record<string, unknown>[]> {
-    const out: Record<string, unknown>[] = [];
+  private async query<T = Record<string, unknown>>(input: Omit<QueryCommandInput, 'TableName'>, limit = Infinity): Promise<T[]> {
+    const out: unknown[] = [];
     let start: Record<string, unknown> | undefined;
     do {
       const page = await this.doc.send(
@@ -197,7 +197,7 @@ export class DynamoIndex implements ReplicaIndex {
       out.push(...(page.Items ?? []).map(strip));
       start = page.LastEvaluatedKey;
     } while (start && out.length < limit);
-    return out;
+    return out as T[];
   }
 }
 

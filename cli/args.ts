@@ -1,0 +1,37 @@
+// Parsing of CLI values, with errors that name the flag and the bad value.
+
+import { InvalidArgumentError } from '../core/errors';
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+const TIME_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** '256M', '1G', '4096' (binary units). */
+export function parseSize(flag: string, value: string): number {
+  const m = /^(\d+)([KMGT]?)(i?B)?$/i.exec(value.trim());
+  if (!m) throw new InvalidArgumentError(`--${flag}: '${value}' is not a size like 256M or 1G`);
+  return Number(m[1]) * SIZE_UNITS[m[2].toUpperCase()];
+}
+
+/** '5s', '500ms', '2m'. */
+export function parseDuration(flag: string, value: string): number {
+  const m = /^(\d+)(ms|s|m|h)$/.exec(value.trim());
+  if (!m) throw new InvalidArgumentError(`--${flag}: '${value}' is not a duration like 5s or 500ms`);
+  return Number(m[1]) * TIME_UNITS[m[2]];
+}
+
+export function parseIntArg(flag: string, value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`--${flag}: '${value}' is not a non-negative integer`);
+  return Number(value);
+}
+
+/** 'NAME=SIZE' for --disk. */
+export function parseDiskSpec(value: string): { name: string; sizeBytes: number } {
+  const i = value.indexOf('=');
+  if (i <= 0) throw new InvalidArgumentError(`--disk: '${value}' is not NAME=SIZE (e.g. disk0=256M)`);
+  return { name: value.slice(0, i), sizeBytes: parseSize('disk', value.slice(i + 1)) };
+}
+
+export function required<T>(flag: string, value: T | undefined): T {
+  if (value === undefined || value === '') throw new InvalidArgumentError(`--${flag} is required`);
+  return value;
+}

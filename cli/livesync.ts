@@ -1,0 +1,130 @@
+#!/usr/bin/env -S npx tsx
+// livesync command line. `livesync help` lists the commands; docs/cli.md describes them.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { rpStoreFromEnv } from '../adapters/from-env';
+import { InvalidArgumentError } from '../core/errors';
+import { startLocalStack } from '../local/stack';
+import { fileSink, materialize, objectSink } from '../replica/materialize';
+import { createPair } from '../replica/pairs';
+import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
+import { runDemo } from './demo';
+
+const USAGE = `usage: livesync <command> [options]
+
+  demo [--disk-size 256M] [--seconds 12] [--rate 8M] [--ccrp-interval 2s] [--seed N] [--keep]
+        the main job on the embedded local stack: replicate, take RPs, recover, verify
+  local up [--json] [--until-stdin-closes]
+        start DynamoDB Local, S3 and SQS on 127.0.0.1 with the apply event path; prints
+        the environment to use (export lines, or one JSON line); stops on SIGINT/SIGTERM
+  pair create --pair P --disk NAME=SIZE [--disk ...] [--ccrp-interval 5s]
+  pair show --pair P
+  rp list --pair P [--app]
+  recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
+
+The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, endpoints through
+AWS_ENDPOINT_URL* (unset in AWS).`;
+
+type Opts = Record<string, string | boolean | string[] | undefined>;
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, sub] = argv;
+  const rest = argv.slice(['pair', 'local', 'rp'].includes(cmd) ? 2 : 1);
+  const opts = (spec: ParseArgsConfig['options']): Opts => parseArgs({ args: rest, options: spec, strict: true, allowPositionals: false }).values as Opts;
+  const str = (o: Opts, k: string): string | undefined => o[k] as string | undefined;
+
+  switch (`${cmd}${['pair', 'local', 'rp'].includes(cmd) ? ` ${sub}` : ''}`) {
+    case 'demo': {
+      const o = opts({ 'disk-size': { type: 'string' }, seconds: { type: 'string' }, rate: { type: 'string' }, 'ccrp-interval': { type: 'string' }, seed: { type: 'string' }, keep: { type: 'boolean' } });
+      const ok = await runDemo({
+        diskBytes: parseSize('disk-size', str(o, 'disk-size') ?? '256M'),
+        seconds: parseIntArg('seconds', str(o, 'seconds') ?? '12'),
+        rate: parseSize('rate', str(o, 'rate') ?? '8M'),
+        ccrpIntervalMs: parseDuration('ccrp-interval', str(o, 'ccrp-interval') ?? '2s'),
+        seed: parseIntArg('seed', str(o, 'seed') ?? String(Date.now() % 1e6)),
+        keep: Boolean(o.keep),
+        log: (line) => console.log(line),
+      });
+      return ok ? 0 : 1;
+    }
+    case 'local up': {
+      const o = opts({ json: { type: 'boolean' }, 'until-stdin-closes': { type: 'boolean' } });
+      const stack = await startLocalStack({ log: (m) => console.error(m) });
+      if (o.json) console.log(JSON.stringify(stack.env));
+      else for (const [k, v] of Object.entries(stack.env)) console.log(`export ${k}=${v}`);
+      console.error('local stack up; Ctrl-C stops it');
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+        if (o['until-stdin-closes']) {
+          // The parent (a test runner) holds our stdin; when it dies, we stop too.
+          process.stdin.once('end', resolve).resume();
+        }
+      });
+      await stack.stop();
+      return 0;
+    }
+    case 'pair create': {
+      const o = opts({ pair: { type: 'string' }, disk: { type: 'string', multiple: true }, 'ccrp-interval': { type: 'string' } });
+      const disks = ((o.disk as string[] | undefined) ?? []).map(parseDiskSpec);
+      const interval = str(o, 'ccrp-interval');
+      const pair = await createPair(rpStoreFromEnv().index, {
+        pairId: required('pair', str(o, 'pair')),
+        disks,
+        ccrpIntervalMs: interval ? parseDuration('ccrp-interval', interval) : undefined,
+      });
+      console.log(JSON.stringify(pair, null, 2));
+      return 0;
+    }
+    case 'pair show': {
+      const o = opts({ pair: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const { index } = rpStoreFromEnv();
+      const pair = await index.getPair(pairId);
+      if (!pair) throw new InvalidArgumentError(`unknown pair '${pairId}'`);
+      console.log(JSON.stringify({ ...pair, quarantine: await index.listQuarantine(pairId) }, null, 2));
+      return 0;
+    }
+    case 'rp list': {
+      const o = opts({ pair: { type: 'string' }, app: { type: 'boolean' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const rps = await rpStoreFromEnv().index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), o.app ? 'APP' : undefined);
+      for (const rp of rps) console.log(`${rp.seq}\t${rp.type}\t${new Date(rp.atMs).toISOString()}\texpires ${new Date(rp.expiresAtSec * 1000).toISOString()}\t${rp.tag ?? ''}`);
+      return 0;
+    }
+    case 'recover': {
+      const o = opts({ pair: { type: 'string' }, seq: { type: 'string' }, out: { type: 'string' }, 'to-s3': { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const seq = parseIntArg('seq', required('seq', str(o, 'seq')));
+      const out = str(o, 'out');
+      const prefix = str(o, 'to-s3');
+      if (Boolean(out) === Boolean(prefix)) throw new InvalidArgumentError('give exactly one of --out DIR or --to-s3 PREFIX');
+      const { store, index } = rpStoreFromEnv();
+      if (out) await mkdir(out, { recursive: true });
+      const res = await materialize(store, index, {
+        pairId,
+        seq,
+        sinkFor: async (disk, size) => (out ? fileSink(join(out, `${disk}.img`), size) : objectSink(store, `${prefix!.replace(/\/$/, '')}/${disk}.img`)),
+      });
+      console.log(JSON.stringify(res, null, 2));
+      return 0;
+    }
+    case 'help':
+    case 'undefined':
+      console.log(USAGE);
+      return 0;
+    default:
+      throw new InvalidArgumentError(`unknown command '${argv.join(' ')}'\n\n${USAGE}`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: Error) => {
+    const known = err instanceof InvalidArgumentError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    console.error(`livesync: ${known ? err.message : err.stack ?? err}`);
+    process.exit(known ? 2 : 1);
+  },
+);

@@ -1,0 +1,24 @@
+// Handler configuration, read once per cold start from the environment that the CDK
+// construct (or the local stack) sets. Endpoints are never configured here: the AWS SDK
+// reads AWS_ENDPOINT_URL* itself, so the same bundle runs in AWS, LocalStack and locally.
+
+export interface HandlerConfig {
+  bucket: string;
+  table: string;
+}
+
+export function readConfig(env: NodeJS.ProcessEnv = process.env): HandlerConfig {
+  const missing = ['LIVESYNC_BUCKET', 'LIVESYNC_TABLE'].filter((k) => !env[k]);
+  if (missing.length) throw new Error(`handler environment lacks ${missing.join(', ')}`);
+  return { bucket: env.LIVESYNC_BUCKET!, table: env.LIVESYNC_TABLE! };
+}
+
+const quiet = (process.env.LOG_LEVEL ?? 'info').toLowerCase() !== 'info';
+
+/** One JSON line per event, the shape CloudWatch Logs Insights queries well. LOG_LEVEL=warn quiets info. */
+export const jsonLogger = {
+  info: (msg: string, data?: object): void => {
+    if (!quiet) console.log(JSON.stringify({ level: 'info', msg, ...data }));
+  },
+  warn: (msg: string, data?: object): void => console.warn(JSON.stringify({ level: 'warn', msg, ...data })),
+};

@@ -1,0 +1,90 @@
+import * as path from 'node:path';
+import { Duration } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
+import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as s3n from 'aws-cdk-lib/aws-s3-notifications';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import { JOURNAL_SUFFIX, PAIRS_PREFIX } from './names';
+import type { ReplicaStore } from './replica-store';
+
+export const APPLY_ENTRY = path.join(__dirname, '../lambdas/apply.ts');
+
+export interface ApplyPipelineProps {
+  readonly store: ReplicaStore;
+  /** @default Duration.seconds(60) */
+  readonly applyTimeout?: Duration;
+  /** Deliveries of one journal object before it is parked in the DLQ. @default 5 */
+  readonly maxReceiveCount?: number;
+}
+
+/** Journal object created under `pairs/` → SQS → apply Lambda (with a DLQ for poison batches). */
+export class ApplyPipeline extends Construct {
+  readonly queue: sqs.Queue;
+  readonly deadLetterQueue: sqs.Queue;
+  readonly applyFunction: nodejs.NodejsFunction;
+
+  constructor(scope: Construct, id: string, props: ApplyPipelineProps) {
+    super(scope, id);
+    const applyTimeout = props.applyTimeout ?? Duration.seconds(60);
+
+    this.deadLetterQueue = new sqs.Queue(this, 'DeadLetterQueue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14), // the maximum: time for an operator to look
+    });
+    this.queue = new sqs.Queue(this, 'Queue', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      // AWS guidance for SQS event sources: ≥ 6 × function timeout, so retries and
+      // batching windows never make a message visible while it is still being applied.
+      visibilityTimeout: Duration.seconds(6 * applyTimeout.toSeconds()),
+      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: props.maxReceiveCount ?? 5 },
+    });
+
+    props.store.bucket.addEventNotification(s3.EventType.OBJECT_CREATED, new s3n.SqsDestination(this.queue), {
+      prefix: PAIRS_PREFIX,
+      suffix: JOURNAL_SUFFIX,
+    });
+
+    const logGroup = new logs.LogGroup(this, 'ApplyLogs', { retention: logs.RetentionDays.ONE_MONTH });
+    // An explicit role, so CDK does not attach the AWSLambdaBasicExecutionRole managed
+    // policy (logs:* on every log group); this one may write only to its own log group.
+    const role = new iam.Role(this, 'ApplyRole', { assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com') });
+    logGroup.grantWrite(role);
+
+    this.applyFunction = new nodejs.NodejsFunction(this, 'ApplyFunction', {
+      entry: APPLY_ENTRY,
+      handler: 'handler',
+      runtime: lambda.Runtime.NODEJS_22_X,
+      architecture: lambda.Architecture.ARM_64,
+      memorySize: 1024,
+      timeout: applyTimeout,
+      role,
+      logGroup,
+      tracing: lambda.Tracing.ACTIVE,
+      environment: { NODE_OPTIONS: '--enable-source-maps' },
+      bundling: {
+        minify: true,
+        sourceMap: true,
+        target: 'node22',
+        format: nodejs.OutputFormat.CJS,
+        // Bundle AWS SDK v3 instead of using the runtime's copy, so the version is the one we tested.
+        externalModules: [],
+      },
+    });
+    props.store.grantApply(this.applyFunction);
+
+    this.applyFunction.addEventSource(
+      new SqsEventSource(this.queue, {
+        batchSize: 10,
+        reportBatchItemFailures: true, // one bad batch must not redeliver the other nine
+        maxBatchingWindow: Duration.seconds(1),
+      }),
+    );
+  }
+}

@@ -1,0 +1,13 @@
+// Names shared by the CDK stack, the Lambda handlers and the local emulators, so that
+// the deployed schema and the code that reads it cannot disagree.
+
+export const TABLE_KEYS = { pk: 'pk', sk: 'sk' } as const;
+/** GSI over recovery points (acrpPk / acrpSk). */
+export const ACRP_INDEX = 'acrp';
+export const TTL_ATTRIBUTE = 'expiresAt';
+export const JOURNAL_SUFFIX = '.batch';
+export const PAIRS_PREFIX = 'pairs/';
+/** Environment variables the apply handler reads its resource names from. */
+export const ENV = { bucket: 'LIVESYNC_BUCKET', table: 'LIVESYNC_TABLE' } as const;
+/** Key attributes of the `acrp` GSI. */
+export const ACRP_KEYS = { pk: 'acrpPk', sk: 'acrpSk' } as const;

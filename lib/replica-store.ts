@@ -1,0 +1,100 @@
+import { Duration, RemovalPolicy } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import { Construct } from 'constructs';
+import { ACRP_INDEX, ACRP_KEYS, ENV, PAIRS_PREFIX, TABLE_KEYS, TTL_ATTRIBUTE } from './names';
+
+export interface ReplicaStoreProps {
+  /** Applies to both buckets and the table. @default RemovalPolicy.RETAIN (replicas are the product) */
+  readonly removalPolicy?: RemovalPolicy;
+}
+
+/**
+ * The RP Store's storage: a bucket for journal batches and block data under `pairs/`,
+ * and one DynamoDB table (single-table design) for pairs, batches and recovery points.
+ */
+export class ReplicaStore extends Construct {
+  readonly bucket: s3.Bucket;
+  readonly accessLogBucket: s3.Bucket;
+  readonly table: dynamodb.Table;
+
+  constructor(scope: Construct, id: string, props: ReplicaStoreProps = {}) {
+    super(scope, id);
+    const removalPolicy = props.removalPolicy ?? RemovalPolicy.RETAIN;
+    // Grant S3 log delivery through the log bucket's policy, not the legacy ACL
+    // (what AWS recommends), whatever the app's cdk.json says; scoped to this construct.
+    this.node.setContext('@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy', true);
+
+    this.accessLogBucket = new s3.Bucket(this, 'AccessLogBucket', {
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      enforceSSL: true,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      // Log delivery is granted by bucket policy; ACLs stay disabled.
+      objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+      removalPolicy,
+    });
+
+    this.bucket = new s3.Bucket(this, 'Bucket', {
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      enforceSSL: true,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      // Pruning must really free storage; noncurrent versions would keep pruned data alive.
+      versioned: false,
+      lifecycleRules: [{ id: 'abort-incomplete-multipart', abortIncompleteMultipartUploadAfter: Duration.days(7) }],
+      serverAccessLogsBucket: this.accessLogBucket,
+      serverAccessLogsPrefix: 'replica-bucket/',
+      removalPolicy,
+    });
+
+    this.table = new dynamodb.Table(this, 'Table', {
+      partitionKey: { name: TABLE_KEYS.pk, type: dynamodb.AttributeType.STRING },
+      sortKey: { name: TABLE_KEYS.sk, type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      timeToLiveAttribute: TTL_ATTRIBUTE,
+      stream: dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
+      removalPolicy,
+    });
+    this.table.addGlobalSecondaryIndex({
+      indexName: ACRP_INDEX,
+      partitionKey: { name: ACRP_KEYS.pk, type: dynamodb.AttributeType.STRING },
+      sortKey: { name: ACRP_KEYS.sk, type: dynamodb.AttributeType.STRING },
+      projectionType: dynamodb.ProjectionType.ALL,
+    });
+  }
+
+  /** The object ARN pattern for everything the replication writes (`pairs/*`). */
+  get pairsObjectsArn(): string {
+    return this.bucket.arnForObjects(`${PAIRS_PREFIX}*`);
+  }
+
+  /**
+   * Least privilege for the apply handler: it only reads batches and records their
+   * effect with conditional writes. It never deletes items (pruning is TTL's job) nor scans.
+   */
+  grantApply(fn: lambda.IFunction): iam.Grant[] {
+    const grants = [
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn] }),
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        // ConditionCheckItem: TransactWriteItems has no action of its own and needs it per condition.
+        actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query', 'ConditionCheckItem'].map((a) => `dynamodb:${a}`),
+        // The one GSI by name rather than `index/*`: no wildcard to justify.
+        resourceArns: [this.table.tableArn, `${this.table.tableArn}/index/${ACRP_INDEX}`],
+      }),
+    ];
+    if (fn instanceof lambda.Function) {
+      fn.addEnvironment(ENV.bucket, this.bucket.bucketName);
+      fn.addEnvironment(ENV.table, this.table.tableName);
+    }
+    return grants;
+  }
+
+  /** For CLI / operator roles (never Lambda): read/write `pairs/*` objects and all items. */
+  grantOperator(grantee: iam.IGrantable): iam.Grant[] {
+    return [this.bucket.grantReadWrite(grantee, `${PAIRS_PREFIX}*`), this.table.grantReadWriteData(grantee)];
+  }
+}

@@ -1,0 +1,43 @@
+// Local resources derived from the synthesized CDK template, so the local schema is the
+// deployed one: the DynamoDB table, the journal notification filter, the queue's redrive.
+
+import type { CreateTableCommandInput } from '@aws-sdk/client-dynamodb';
+
+type Resource = { Type: string; Properties: Record<string, any> };
+
+export interface LocalSchema {
+  table: CreateTableCommandInput;
+  ttlAttribute?: string;
+  /** S3 notification filter for journal objects. */
+  notification: { prefix: string; suffix: string };
+  maxReceiveCount: number;
+}
+
+export function schemaFromTemplate(template: { Resources: Record<string, Resource> }, tableName: string): LocalSchema {
+  const resources = Object.values(template.Resources);
+  const one = (type: string, pick: (r: Resource) => boolean = () => true): Resource => {
+    const found = resources.filter((r) => r.Type === type && pick(r));
+    if (found.length !== 1) throw new Error(`template has ${found.length} ${type} resources, expected 1`);
+    return found[0];
+  };
+  const t = one('AWS::DynamoDB::Table').Properties;
+  const table: CreateTableCommandInput = {
+    TableName: tableName,
+    KeySchema: t.KeySchema,
+    AttributeDefinitions: t.AttributeDefinitions,
+    BillingMode: t.BillingMode ?? 'PAY_PER_REQUEST',
+    GlobalSecondaryIndexes: t.GlobalSecondaryIndexes,
+    StreamSpecification: t.StreamSpecification ? { StreamEnabled: true, StreamViewType: t.StreamSpecification.StreamViewType } : undefined,
+  };
+  const queueConfigs = one('Custom::S3BucketNotifications').Properties.NotificationConfiguration.QueueConfigurations as any[];
+  if (queueConfigs.length !== 1) throw new Error(`expected one queue notification, found ${queueConfigs.length}`);
+  const rules: { Name: string; Value: string }[] = queueConfigs[0].Filter?.Key?.FilterRules ?? [];
+  const rule = (name: string): string => rules.find((r) => r.Name.toLowerCase() === name)?.Value ?? '';
+  const queue = one('AWS::SQS::Queue', (r) => r.Properties.RedrivePolicy !== undefined).Properties;
+  return {
+    table,
+    ttlAttribute: t.TimeToLiveSpecification?.Enabled ? t.TimeToLiveSpecification.AttributeName : undefined,
+    notification: { prefix: rule('prefix'), suffix: rule('suffix') },
+    maxReceiveCount: queue.RedrivePolicy.maxReceiveCount,
+  };
+}

@@ -1,0 +1,119 @@
+// The embedded local default: DynamoDB Local + an S3-compatible server + SQS on
+// 127.0.0.1, the bucket, table and queues derived from the synthesized CDK template,
+// and the apply handler fed through the same S3 → SQS → Lambda event path as in AWS.
+
+import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { CreateTableCommand, DynamoDBClient, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { synthTemplate } from '../lib/synth';
+import { startDynamoLocal } from './dynamodb-local';
+import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal } from './event-source';
+import { startS3Local } from './s3-local';
+import { schemaFromTemplate } from './schema';
+
+export const LOCAL_BUCKET = 'livesync-local';
+export const LOCAL_TABLE = 'livesync-local';
+/** Locally a failed message is retried after 2 s, not 6 × the Lambda timeout as in AWS. */
+const LOCAL_VISIBILITY_TIMEOUT_SEC = 2;
+
+export interface LocalStack {
+  /** Environment for SDK clients and handlers (endpoints, region, names). */
+  env: Record<string, string>;
+  deadLetterUrl: string;
+  stop(): Promise<void>;
+}
+
+export interface LocalStackOptions {
+  /** Working directory for S3 objects and pid files (default .livesync/local). */
+  dir?: string;
+  log?: (msg: string) => void;
+}
+
+export async function startLocalStack(opts: LocalStackOptions = {}): Promise<LocalStack> {
+  const dir = opts.dir ?? process.env.LIVESYNC_LOCAL_DIR ?? join(process.cwd(), '.livesync', 'local');
+  const log = opts.log ?? (() => {});
+  await mkdir(dir, { recursive: true });
+  await killStaleDynamo(dir);
+  const schema = schemaFromTemplate(synthTemplate(), LOCAL_TABLE);
+  const s3dir = join(dir, 's3');
+  await rm(s3dir, { recursive: true, force: true });
+
+  const started = await Promise.allSettled([startDynamoLocal(await freePort()), startS3Local(s3dir, LOCAL_BUCKET), startSqsLocal()] as const);
+  const failed = started.find((s) => s.status === 'rejected');
+  if (failed) {
+    // Never leave a half-started stack (an orphan Java process) behind.
+    await Promise.allSettled(started.map((s) => (s.status === 'fulfilled' ? s.value.stop() : undefined)));
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  const [dynamo, s3, sqsServer] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [
+    Awaited<ReturnType<typeof startDynamoLocal>>,
+    Awaited<ReturnType<typeof startS3Local>>,
+    Awaited<ReturnType<typeof startSqsLocal>>,
+  ];
+  await writeFile(join(dir, 'dynamodb.pid'), String(dynamo.pid));
+  const env: Record<string, string> = {
+    AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: 'S3RVER',
+    AWS_SECRET_ACCESS_KEY: 'S3RVER',
+    AWS_ENDPOINT_URL_S3: s3.endpoint,
+    AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+    AWS_ENDPOINT_URL_DYNAMODB_STREAMS: dynamo.endpoint,
+    AWS_ENDPOINT_URL_SQS: sqsServer.endpoint,
+    AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
+    AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
+    LIVESYNC_BUCKET: LOCAL_BUCKET,
+    LIVESYNC_TABLE: LOCAL_TABLE,
+  };
+  // The handler reads its configuration from the process environment at import.
+  Object.assign(process.env, env);
+
+  const ddb = new DynamoDBClient({});
+  await ddb.send(new CreateTableCommand(schema.table));
+  if (schema.ttlAttribute) {
+    await ddb.send(new UpdateTimeToLiveCommand({ TableName: LOCAL_TABLE, TimeToLiveSpecification: { Enabled: true, AttributeName: schema.ttlAttribute } }));
+  }
+  ddb.destroy();
+
+  const sqs = new SQSClient({});
+  const queues = await createApplyQueues(sqs, sqsServer.endpoint, 'livesync-apply', schema.maxReceiveCount, LOCAL_VISIBILITY_TIMEOUT_SEC);
+  env.LIVESYNC_APPLY_QUEUE_URL = queues.queueUrl;
+  env.LIVESYNC_DLQ_URL = queues.deadLetterUrl;
+  const onError = (err: unknown): void => log(`event path: ${String(err)}`);
+  s3.onEvent(forwardNotifications(sqs, queues.queueUrl, schema.notification, onError));
+  const { handler } = await import('../lambdas/apply');
+  const mapping = startEventSourceMapping(sqs, queues.queueUrl, handler, { batchSize: 10, concurrency: 4, onError });
+
+  let stopped = false;
+  return {
+    env,
+    deadLetterUrl: queues.deadLetterUrl,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await mapping.stop();
+      sqs.destroy();
+      await Promise.allSettled([dynamo.stop(), s3.stop(), sqsServer.stop()]);
+      await rm(join(dir, 'dynamodb.pid'), { force: true });
+    },
+  };
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** A previous run killed with SIGKILL cannot stop its Java child; this one does. */
+async function killStaleDynamo(dir: string): Promise<void> {
+  const pidFile = join(dir, 'dynamodb.pid');
+  const pid = Number(await readFile(pidFile, 'utf8').catch(() => ''));
+  if (!pid) return;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  if (cmdline.includes('DynamoDBLocal')) process.kill(pid, 'SIGKILL');
+  await rm(pidFile, { force: true });
+}

@@ -1,0 +1,49 @@
+// Operator-facing pair operations: create (validated), status.
+
+import { BLOCK_SIZE } from '../core/batch-format';
+import { InvalidArgumentError } from '../core/errors';
+import { checkDiskName, checkPairId } from '../core/keys';
+import type { DiskSpec, Pair } from '../core/model';
+import { DEFAULT_RETENTION, checkPolicy, type RetentionPolicy } from '../core/retention';
+import type { ReplicaIndex } from './ports';
+
+export const DEFAULT_CCRP_INTERVAL_MS = 5000;
+/** 64 TiB: the largest disk EBS offers; beyond it a size is a typo. */
+const MAX_DISK_BYTES = 64 * 2 ** 40;
+
+export interface CreatePairInput {
+  pairId: string;
+  disks: DiskSpec[];
+  ccrpIntervalMs?: number;
+  retention?: RetentionPolicy;
+}
+
+export async function createPair(index: ReplicaIndex, input: CreatePairInput, nowMs = Date.now()): Promise<Pair> {
+  checkPairId(input.pairId);
+  if (input.disks.length === 0) throw new InvalidArgumentError(`pair '${input.pairId}' needs at least one disk`);
+  const names = new Set<string>();
+  for (const d of input.disks) {
+    checkDiskName(d.name);
+    if (names.has(d.name)) throw new InvalidArgumentError(`disk '${d.name}' given twice`);
+    names.add(d.name);
+    if (!Number.isSafeInteger(d.sizeBytes) || d.sizeBytes <= 0 || d.sizeBytes % BLOCK_SIZE !== 0 || d.sizeBytes > MAX_DISK_BYTES) {
+      throw new InvalidArgumentError(`disk '${d.name}': size ${d.sizeBytes} must be a positive multiple of 4 KiB up to 64 TiB`);
+    }
+  }
+  const ccrpIntervalMs = input.ccrpIntervalMs ?? DEFAULT_CCRP_INTERVAL_MS;
+  if (!Number.isInteger(ccrpIntervalMs) || ccrpIntervalMs < 100) throw new InvalidArgumentError(`ccrpInterval ${ccrpIntervalMs} ms must be at least 100 ms`);
+  const pair: Pair = {
+    pairId: input.pairId,
+    // Seeding from a backup (CONFIGURED → SEEDING) comes later; a pair without one
+    // replicates from an all-zero replica straight away.
+    state: 'REPLICATING',
+    stateChangedMs: nowMs,
+    disks: input.disks,
+    ccrpIntervalMs,
+    retention: checkPolicy(input.retention ?? DEFAULT_RETENTION),
+    createdMs: nowMs,
+    watermark: 0,
+  };
+  await index.createPair(pair);
+  return pair;
+}

@@ -1,0 +1,174 @@
+import { App, PolicyViolation, Validations } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { LivesyncStack } from '../lib/livesync-stack';
+import { synthTemplate } from '../lib/synth';
+
+// No esbuild bundling in tests: fast, and independent of the handler's code.
+const newApp = () => new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+
+describe('LivesyncStack', () => {
+  const app = newApp();
+  const stack = new LivesyncStack(app, 'Livesync');
+  const template = Template.fromStack(stack);
+  const ref = (c: { node: { defaultChild?: unknown } }) => stack.getLogicalId(c.node.defaultChild as any);
+  const bucketId = ref(stack.store.bucket);
+  const pairsArn = { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*']] };
+
+  test('buckets are encrypted, private and TLS-only', () => {
+    template.resourceCountIs('AWS::S3::Bucket', 2);
+    template.allResourcesProperties('AWS::S3::Bucket', {
+      BucketEncryption: { ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] },
+      PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
+    });
+    const denyInsecure = Match.objectLike({ Effect: 'Deny', Action: 's3:*', Condition: { Bool: { 'aws:SecureTransport': 'false' } } });
+    template.resourceCountIs('AWS::S3::BucketPolicy', 2);
+    template.allResourcesProperties('AWS::S3::BucketPolicy', {
+      PolicyDocument: { Statement: Match.arrayWith([denyInsecure]) },
+    });
+  });
+
+  test('replica bucket: unversioned, aborts stale multipart uploads, logs access', () => {
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      VersioningConfiguration: Match.absent(),
+      LifecycleConfiguration: { Rules: [Match.objectLike({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 7 }, Status: 'Enabled' })] },
+      LoggingConfiguration: { DestinationBucketName: { Ref: ref(stack.store.accessLogBucket) }, LogFilePrefix: Match.anyValue() },
+    });
+  });
+
+  test('table: keys, TTL, stream, GSI acrp, PITR, SSE', () => {
+    template.resourceCountIs('AWS::DynamoDB::Table', 1);
+    template.hasResourceProperties('AWS::DynamoDB::Table', {
+      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
+      BillingMode: 'PAY_PER_REQUEST',
+      TimeToLiveSpecification: { AttributeName: 'expiresAt', Enabled: true },
+      StreamSpecification: { StreamViewType: 'NEW_AND_OLD_IMAGES' },
+      PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+      SSESpecification: { SSEEnabled: true },
+      GlobalSecondaryIndexes: [{
+        IndexName: 'acrp',
+        KeySchema: [{ AttributeName: 'acrpPk', KeyType: 'HASH' }, { AttributeName: 'acrpSk', KeyType: 'RANGE' }],
+        Projection: { ProjectionType: 'ALL' },
+      }],
+    });
+  });
+
+  test('apply Lambda: nodejs22.x on arm64, traced, env from the store', () => {
+    template.hasResourceProperties('AWS::Lambda::Function', {
+      Runtime: 'nodejs22.x',
+      Architectures: ['arm64'],
+      MemorySize: 1024,
+      Timeout: 60,
+      TracingConfig: { Mode: 'Active' },
+      Environment: {
+        Variables: {
+          LIVESYNC_BUCKET: { Ref: bucketId },
+          LIVESYNC_TABLE: { Ref: ref(stack.store.table) },
+          NODE_OPTIONS: '--enable-source-maps',
+        },
+      },
+    });
+    template.hasResourceProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
+  });
+
+  test('SQS event source reports partial batch failures', () => {
+    template.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
+      EventSourceArn: { 'Fn::GetAtt': [ref(stack.pipeline.queue), 'Arn'] },
+      BatchSize: 10,
+      MaximumBatchingWindowInSeconds: 1,
+      FunctionResponseTypes: ['ReportBatchItemFailures'],
+    });
+  });
+
+  test('queue redrives to the DLQ after 5 receives; visibility = 6 x timeout', () => {
+    template.hasResourceProperties('AWS::SQS::Queue', {
+      SqsManagedSseEnabled: true,
+      VisibilityTimeout: 360,
+      RedrivePolicy: { deadLetterTargetArn: { 'Fn::GetAtt': [ref(stack.pipeline.deadLetterQueue), 'Arn'] }, maxReceiveCount: 5 },
+    });
+    template.hasResourceProperties('AWS::SQS::Queue', { SqsManagedSseEnabled: true, MessageRetentionPeriod: 14 * 24 * 3600 });
+    template.allResourcesProperties('AWS::SQS::QueuePolicy', {
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]) },
+    });
+  });
+
+  test('journal objects (pairs/*.batch) notify the queue', () => {
+    template.hasResourceProperties('Custom::S3BucketNotifications', {
+      BucketName: { Ref: bucketId },
+      NotificationConfiguration: {
+        QueueConfigurations: [{
+          Events: ['s3:ObjectCreated:*'],
+          Filter: { Key: { FilterRules: Match.arrayEquals([{ Name: 'suffix', Value: '.batch' }, { Name: 'prefix', Value: 'pairs/' }]) } },
+          QueueArn: { 'Fn::GetAtt': [ref(stack.pipeline.queue), 'Arn'] },
+        }],
+      },
+    });
+  });
+
+  test('apply role: least privilege (no deletes/scans; S3 read of pairs/* only)', () => {
+    const roleId = ref(stack.pipeline.applyFunction.role as iam.Role);
+    const statements = Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === roleId))
+      .flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+    const actionsOf = (s: any): string[] => [s.Action].flat();
+    const actions = statements.flatMap(actionsOf);
+    expect(actions).toEqual(expect.arrayContaining(['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem']));
+    for (const denied of ['dynamodb:DeleteItem', 'dynamodb:Scan', 'dynamodb:BatchWriteItem', 'dynamodb:*']) expect(actions).not.toContain(denied);
+    expect(statements.every((s: any) => s.Effect === 'Allow' && !s.NotAction && !s.NotResource)).toBe(true);
+
+    const s3Statements = statements.filter((s: any) => actionsOf(s).some((a) => a.startsWith('s3:')));
+    expect(s3Statements).toEqual([expect.objectContaining({ Action: 's3:GetObject', Resource: pairsArn })]);
+    // No managed policies (e.g. AWSLambdaBasicExecutionRole) on the apply role.
+    expect(template.findResources('AWS::IAM::Role')[roleId].Properties.ManagedPolicyArns).toBeUndefined();
+  });
+
+  test('outputs', () => {
+    for (const name of ['BucketName', 'TableName', 'ApplyQueueUrl', 'DeadLetterQueueUrl']) template.hasOutput(name, {});
+  });
+
+  test('synthTemplate() is the same stack', () => {
+    const synthesized = synthTemplate();
+    expect(Object.keys(synthesized.Resources).sort()).toEqual(Object.keys(template.toJSON().Resources).sort());
+    expect(Object.values(synthesized.Resources).filter((r: any) => r.Type === 'AWS::DynamoDB::Table')).toHaveLength(1);
+  });
+});
+
+describe('cdk-nag AwsSolutions', () => {
+  // cdk-nag 3 is a policy-validation plugin: findings are not Annotations, they are the
+  // plugin's report (and fail synth). Acknowledgements are written to `cdk_nag` metadata.
+  const nagged = (extra?: (stack: LivesyncStack) => void) => {
+    const app = newApp();
+    const stack = new LivesyncStack(app, 'Livesync');
+    extra?.(stack);
+    const checks = new AwsSolutionsChecks(app, { verbose: true, writeSuppressionsToCloudFormation: true });
+    Validations.of(app).addPlugins(checks);
+    return { app, stack, checks };
+  };
+  const describeViolations = (vs: PolicyViolation[]) =>
+    vs.map((v) => `${v.ruleName} @ ${v.violatingResources.map((r) => r.constructPath).join(', ')}`);
+
+  test('no unacknowledged errors or warnings; synth passes validation', () => {
+    const { app, stack, checks } = nagged();
+    const template = Template.fromStack(stack); // runs the Aspect that writes cdk_nag metadata
+    const { violations } = checks.validateScope(app);
+    expect(describeViolations(violations.filter((v) => v.severity === 'error'))).toEqual([]);
+    expect(describeViolations(violations.filter((v) => v.severity === 'warning'))).toEqual([]);
+    expect(() => app.synth()).not.toThrow();
+
+    const suppressions = Object.values(template.toJSON().Resources).flatMap(
+      (r: any) => r.Metadata?.cdk_nag?.rules_to_suppress ?? [],
+    ) as { id: string; reason: string }[];
+    expect(suppressions.length).toBeGreaterThan(0);
+    expect(suppressions.filter((s) => !(s.reason?.length >= 10))).toEqual([]);
+  });
+
+  test('the check is not vacuous: an unencrypted, DLQ-less queue fails synth', () => {
+    const { app, checks } = nagged((stack) => new sqs.Queue(stack, 'Careless', { encryption: sqs.QueueEncryption.UNENCRYPTED }));
+    expect(describeViolations(checks.validateScope(app).violations)).toEqual(
+      expect.arrayContaining([expect.stringMatching(/^AwsSolutions-SQS2 @ Livesync\/Careless/), expect.stringMatching(/^AwsSolutions-SQS3 @ Livesync\/Careless/)]),
+    );
+    expect(() => app.synth()).toThrow(/AwsSolutions-SQS2/);
+  });
+});
