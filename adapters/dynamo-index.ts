@@ -134,13 +134,14 @@ export class DynamoIndex implements ReplicaIndex {
     await this.doc.send(new PutCommand({ TableName: this.table, Item: { pk: pk(r.pairId), sk: quarantineSk(r.seq, r.key), kind: 'quarantine', ...r } }));
     if (!blocksWatermark) return;
     try {
-      // Only while the watermark is still below the seq: a good copy may have won meanwhile.
+      // Only while the watermark is still below the seq (a good copy may have won meanwhile),
+      // and the pair shows the lowest blocking seq: the one the operator must fix first.
       await this.doc.send(
         new UpdateCommand({
           TableName: this.table,
           Key: { pk: pk(r.pairId), sk: PAIR_SK },
           UpdateExpression: 'SET #error = :error, #state = :state, stateChangedMs = :now, rev = rev + :one',
-          ConditionExpression: 'watermark < :seq',
+          ConditionExpression: 'watermark < :seq AND (attribute_not_exists(#error) OR #error.seq >= :seq)',
           ExpressionAttributeNames: { '#error': 'error', '#state': 'state' },
           ExpressionAttributeValues: {
             ':error': { seq: r.seq, code: r.code, reason: r.reason, key: r.key, atMs: r.atMs },

@@ -8,8 +8,7 @@ import { rpStoreFromEnv } from '../adapters/from-env';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { startLocalStack } from '../local/stack';
 import { fileSink, materialize } from '../replica/materialize';
-import { createPair } from '../replica/pairs';
-import type { ReplicaIndex } from '../replica/ports';
+import { createPair, waitForWatermark } from '../replica/pairs';
 import { sleep } from '../replica/concurrency';
 import { BatchWriter } from '../source/batch-writer';
 import { randomOp, rng } from '../source/workload';
@@ -126,18 +125,6 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   } finally {
     await stack.stop();
     o.log('local stack stopped');
-  }
-}
-
-export async function waitForWatermark(index: ReplicaIndex, pairId: string, seq: number, timeoutMs: number) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const pair = await index.getPair(pairId);
-    if (pair && pair.watermark >= seq) return pair;
-    if (Date.now() > deadline) {
-      throw new Error(`pair '${pairId}' reached watermark ${pair?.watermark} (state ${pair?.state}${pair?.error ? `, error at seq ${pair.error.seq}: ${pair.error.reason}` : ''}), not ${seq}, within ${timeoutMs} ms`);
-    }
-    await sleep(100);
   }
 }
 

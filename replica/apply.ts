@@ -103,9 +103,17 @@ export class ApplyService {
       if (plan.applied.length === 0) return pair.watermark;
       const clearError = pair.error !== undefined && pair.error.seq <= plan.progress.watermark;
       // false: another applier moved the pair first; re-read and go on from there.
-      if (await this.index.commitAdvance(pairId, pair.rev, plan, clearError)) {
-        for (const rp of plan.rps) this.log.info('recovery point', { pairId, seq: rp.seq, type: rp.type, tag: rp.tag });
-      }
+      if (!(await this.index.commitAdvance(pairId, pair.rev, plan, clearError))) continue;
+      for (const rp of plan.rps) this.log.info('recovery point', { pairId, seq: rp.seq, type: rp.type, tag: rp.tag });
+      if (clearError) await this.reraiseNextError(pairId, plan.progress.watermark);
+    }
+  }
+
+  /** After an error clears, a refused copy of the very next seq (if any) blocks the pair next. */
+  private async reraiseNextError(pairId: string, watermark: number): Promise<void> {
+    const next = (await this.index.listQuarantine(pairId)).find((q) => q.seq === watermark + 1);
+    if (next && (await this.index.batchesAfter(pairId, watermark, 1))[0]?.seq !== next.seq) {
+      await this.index.quarantine(next, true);
     }
   }
 

@@ -6,6 +6,7 @@ import { checkDiskName, checkPairId } from '../core/keys';
 import type { DiskSpec, Pair } from '../core/model';
 import { DEFAULT_RETENTION, checkPolicy, type RetentionPolicy } from '../core/retention';
 import type { ReplicaIndex } from './ports';
+import { sleep } from './concurrency';
 
 export const DEFAULT_CCRP_INTERVAL_MS = 5000;
 /** 64 TiB: the largest disk EBS offers; beyond it a size is a typo. */
@@ -47,3 +48,17 @@ export async function createPair(index: ReplicaIndex, input: CreatePairInput, no
   await index.createPair(pair);
   return pair;
 }
+
+/** Polls until the pair's watermark reaches `seq`; the error names where it stopped and why. */
+export async function waitForWatermark(index: ReplicaIndex, pairId: string, seq: number, timeoutMs: number): Promise<Pair> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const pair = await index.getPair(pairId);
+    if (pair && pair.watermark >= seq) return pair;
+    if (Date.now() > deadline) {
+      throw new Error(`pair '${pairId}' reached watermark ${pair?.watermark} (state ${pair?.state}${pair?.error ? `, error at seq ${pair.error.seq}: ${pair.error.reason}` : ''}), not ${seq}, within ${timeoutMs} ms`);
+    }
+    await sleep(100);
+  }
+}
+

@@ -1,0 +1,289 @@
+// Bad input and faults on the apply path, through the event path (no direct handler
+// calls), except where a crash has to be injected between two index writes.
+
+import fc from 'fast-check';
+import { MemoryObjectStore } from '../adapters/memory-object-store';
+import { BLOCK_SIZE, encodeBatch } from '../core/batch-format';
+import { journalKey, parseJournalKey } from '../core/keys';
+import type { BatchRecord } from '../core/model';
+import { ApplyService } from '../replica/apply';
+import { createPair, waitForWatermark } from '../replica/pairs';
+import type { ObjectStore, ReplicaIndex } from '../replica/ports';
+import { BatchWriter } from '../source/batch-writer';
+import { rng, randomOp } from '../source/workload';
+import { cloud, eventually, firstDifference, newPairId, nowSec, recover, SourceModel } from './helpers';
+
+const disks = [{ name: 'disk0', sizeBytes: 2 * 1024 * 1024 }];
+
+interface Captured {
+  /** seq → the batch object as the writer produced it. */
+  bodies: Map<number, Buffer>;
+  model: SourceModel;
+}
+
+/** Produces `count` batches (each an RP) of a random workload without uploading them. */
+async function produceBatches(pairId: string, count: number, seed: number): Promise<Captured> {
+  const mem = new MemoryObjectStore();
+  const model = new SourceModel(disks);
+  const writer = new BatchWriter({ pairId, disks, store: mem, maxBatchAgeMs: 0, maxBatchBytes: 1 << 30 });
+  const r = rng(seed);
+  for (let seq = 1; seq <= count; seq++) {
+    for (let i = 0; i < 6; i++) {
+      const op = randomOp(r, disks[0].sizeBytes, 64 * 1024);
+      const aligned = { ...op, offset: op.offset - (op.offset % BLOCK_SIZE), length: Math.ceil(op.length / BLOCK_SIZE) * BLOCK_SIZE };
+      const data = Buffer.alloc(aligned.length, seq);
+      model.write('disk0', aligned.offset, data);
+      await writer.write('disk0', aligned.offset, data);
+    }
+    model.snapshot(writer.cut({ rp: true })!);
+  }
+  await writer.close();
+  const bodies = new Map<number, Buffer>();
+  for (const [key, body] of mem.objects) bodies.set(parseJournalKey(key)!.seq, body);
+  return { bodies, model };
+}
+
+async function expectRecovers(pairId: string, seq: number, model: SourceModel, store: ObjectStore = cloud().store): Promise<void> {
+  const got = await recover({ store, index: cloud().index }, pairId, seq);
+  expect({ seq, diff: firstDifference(got.get('disk0')!, model.atSeq.get(seq)!.get('disk0')!) }).toEqual({ seq, diff: undefined });
+}
+
+async function registered(pairId: string): Promise<number[]> {
+  return (await cloud().index.batchesAfter(pairId, 0, 1000)).map((b) => b.seq);
+}
+
+describe('apply path: ordering, duplicates, bad batches', () => {
+  test('out-of-order batches are held until the gap closes (random arrival orders)', async () => {
+    const c = cloud();
+    await fc.assert(
+      fc.asyncProperty(fc.shuffledSubarray([1, 2, 3, 4, 5, 6], { minLength: 6, maxLength: 6 }), fc.boolean(), async (order, concurrent) => {
+        const pairId = newPairId('order');
+        await createPair(c.index, { pairId, disks });
+        const { bodies, model } = await produceBatches(pairId, 6, order[0]);
+        if (concurrent) {
+          await Promise.all(order.map((seq) => c.store.put(journalKey(pairId, seq), bodies.get(seq)!)));
+        } else {
+          for (const [i, seq] of order.entries()) {
+            await c.store.put(journalKey(pairId, seq), bodies.get(seq)!);
+            // Wait until this batch is registered; the watermark must be exactly the gap-free prefix.
+            const arrived = new Set(order.slice(0, i + 1));
+            await eventually(`seq ${seq} registered`, async () => ((await registered(pairId)).includes(seq) ? true : undefined));
+            let prefix = 0;
+            while (arrived.has(prefix + 1)) prefix++;
+            const pair = await waitForWatermark(c.index, pairId, prefix, 20_000);
+            expect(pair.watermark).toBe(prefix);
+          }
+        }
+        await waitForWatermark(c.index, pairId, 6, 30_000);
+        expect((await c.index.listRecoveryPoints(pairId, nowSec())).map((r) => r.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+        await expectRecovers(pairId, 3, model);
+        await expectRecovers(pairId, 6, model);
+      }),
+      { numRuns: 4 },
+    );
+  });
+
+  test('the same batch twice (re-PUT of a key, a second key with the same bytes) changes nothing', async () => {
+    const c = cloud();
+    const pairId = newPairId('dup');
+    await createPair(c.index, { pairId, disks });
+    const { bodies, model } = await produceBatches(pairId, 3, 7);
+    const key1 = journalKey(pairId, 1);
+    await c.store.put(key1, bodies.get(1)!);
+    await c.store.put(key1, bodies.get(1)!); // the same object again: a second event
+    await c.store.put(journalKey(pairId, 1), bodies.get(1)!); // another upload attempt of seq 1
+    await c.store.put(journalKey(pairId, 2), bodies.get(2)!);
+    await c.store.put(journalKey(pairId, 3), bodies.get(3)!);
+    await waitForWatermark(c.index, pairId, 3, 30_000);
+    await c.store.put(key1, bodies.get(1)!); // late duplicate after the watermark passed
+    await c.store.put(journalKey(pairId, 2), bodies.get(2)!);
+    await eventually('late duplicates processed', async () => ((await c.index.batchesAfter(pairId, 0, 10)).length === 3 ? true : undefined));
+    await new Promise((r) => setTimeout(r, 1500));
+    const pair = (await c.index.getPair(pairId))!;
+    expect(pair.state).toBe('REPLICATING');
+    expect(pair.error).toBeUndefined();
+    expect(await c.index.listQuarantine(pairId)).toEqual([]);
+    expect((await c.index.batchesAfter(pairId, 0, 10)).map((b) => b.key)[0]).toMatch(/journal\/0+1-/);
+    expect((await c.index.listRecoveryPoints(pairId, nowSec())).map((r) => r.seq)).toEqual([1, 2, 3]);
+    await expectRecovers(pairId, 3, model);
+  });
+
+  test('corrupt, truncated and foreign copies are quarantined; a good copy resumes without losing later batches', async () => {
+    const c = cloud();
+    const pairId = newPairId('bad');
+    await createPair(c.index, { pairId, disks });
+    const { bodies, model } = await produceBatches(pairId, 5, 11);
+    await c.store.put(journalKey(pairId, 1), bodies.get(1)!);
+    await waitForWatermark(c.index, pairId, 1, 30_000);
+
+    const flipped = Buffer.from(bodies.get(2)!);
+    flipped[Math.floor(flipped.length / 2)] ^= 0x10;
+    const corruptKey = journalKey(pairId, 2);
+    await c.store.put(corruptKey, flipped);
+    const truncatedKey = journalKey(pairId, 2);
+    await c.store.put(truncatedKey, bodies.get(2)!.subarray(0, bodies.get(2)!.length - 100));
+    // A batch of another pair, uploaded under this pair's key for seq 3.
+    const other = await produceBatches('some-other-pair', 3, 12);
+    const foreignKey = journalKey(pairId, 3);
+    await c.store.put(foreignKey, other.bodies.get(3)!);
+    // Later good batches arrive meanwhile: they must be held, not lost.
+    await c.store.put(journalKey(pairId, 4), bodies.get(4)!);
+    await c.store.put(journalKey(pairId, 5), bodies.get(5)!);
+
+    const quarantine = await eventually('three quarantine records', async () => {
+      const q = await c.index.listQuarantine(pairId);
+      return q.length === 3 ? q : undefined;
+    });
+    expect(quarantine.map((q) => [q.seq, q.key, q.code]).sort()).toEqual(
+      [
+        [2, corruptKey, 'CHECKSUM_MISMATCH'],
+        [2, truncatedKey, 'TRUNCATED'],
+        [3, foreignKey, 'FOREIGN_PAIR'],
+      ].sort(),
+    );
+    expect(quarantine.find((q) => q.code === 'FOREIGN_PAIR')!.reason).toContain("pair 'some-other-pair'");
+    const stuck = await eventually('pair in ERROR', async () => {
+      const p = (await c.index.getPair(pairId))!;
+      return p.state === 'ERROR' && (await registered(pairId)).includes(5) ? p : undefined;
+    });
+    expect(stuck.watermark).toBe(1);
+    expect(stuck.error).toMatchObject({ seq: 2 });
+    expect([corruptKey, truncatedKey]).toContain(stuck.error!.key);
+    // The corrupt objects are kept (quarantined), not deleted.
+    await expect(c.store.get(corruptKey)).resolves.toEqual(flipped);
+
+    await c.store.put(journalKey(pairId, 2), bodies.get(2)!); // the good copy of seq 2
+    // Now the foreign copy of seq 3 is what blocks the pair, and it says so.
+    const afterTwo = await eventually('blocked at the foreign seq 3', async () => {
+      const p = (await c.index.getPair(pairId))!;
+      return p.watermark === 2 ? p : undefined;
+    });
+    expect(afterTwo).toMatchObject({ state: 'ERROR', error: { seq: 3, code: 'FOREIGN_PAIR', key: foreignKey } });
+
+    await c.store.put(journalKey(pairId, 3), bodies.get(3)!);
+    const resumed = await waitForWatermark(c.index, pairId, 5, 30_000);
+    expect(resumed.state).toBe('REPLICATING');
+    expect(resumed.error).toBeUndefined();
+    for (const seq of [1, 2, 3, 4, 5]) await expectRecovers(pairId, seq, model);
+  });
+
+  test('a different batch for an applied seq (a replay) is quarantined and changes nothing', async () => {
+    const c = cloud();
+    const pairId = newPairId('replay');
+    await createPair(c.index, { pairId, disks });
+    const { bodies, model } = await produceBatches(pairId, 2, 21);
+    await c.store.put(journalKey(pairId, 1), bodies.get(1)!);
+    await c.store.put(journalKey(pairId, 2), bodies.get(2)!);
+    await waitForWatermark(c.index, pairId, 2, 30_000);
+    const replay = encodeBatch(
+      { pairId, seq: 1, prevSeq: 0, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['disk0'] },
+      [{ disk: 0, blockIndex: 0, data: Buffer.alloc(BLOCK_SIZE, 0xee) }],
+    );
+    const replayKey = journalKey(pairId, 1);
+    await c.store.put(replayKey, replay);
+    const [q] = await eventually('replay quarantined', async () => {
+      const list = await c.index.listQuarantine(pairId);
+      return list.length ? list : undefined;
+    });
+    expect(q).toMatchObject({ seq: 1, key: replayKey, code: 'REPLAY' });
+    const pair = (await c.index.getPair(pairId))!;
+    expect(pair.state).toBe('REPLICATING');
+    await expectRecovers(pairId, 1, model);
+    await expectRecovers(pairId, 2, model);
+  });
+
+  test('a batch naming a disk the pair lacks, or writing past its end, is refused', async () => {
+    const c = cloud();
+    const pairId = newPairId('disk');
+    await createPair(c.index, { pairId, disks });
+    const h = { pairId, seq: 1, prevSeq: 0, firstWriteMs: 1, cutMs: 2, flags: 0 };
+    const wrongDisk = encodeBatch({ ...h, disks: ['disk9'] }, [{ disk: 0, blockIndex: 0, zeroBlocks: 1 }]);
+    const pastEnd = encodeBatch({ ...h, disks: ['disk0'] }, [{ disk: 0, blockIndex: disks[0].sizeBytes / BLOCK_SIZE, zeroBlocks: 1 }]);
+    await c.store.put(journalKey(pairId, 1), wrongDisk);
+    await c.store.put(journalKey(pairId, 1), pastEnd);
+    const q = await eventually('both refused', async () => {
+      const list = await c.index.listQuarantine(pairId);
+      return list.length === 2 ? list : undefined;
+    });
+    expect(q.map((x) => x.reason).sort()).toEqual([expect.stringContaining("disk 'disk9' is not a disk of pair"), expect.stringContaining('ends past disk')].sort());
+    expect((await c.index.getPair(pairId))!.watermark).toBe(0);
+  });
+});
+
+describe('apply service: crashes and unknown input', () => {
+  /** An index that fails once at a chosen operation, as a Lambda killed mid-apply would. */
+  function crashingIndex(inner: ReplicaIndex, crashAt: 'afterRegister' | 'beforeCommit'): ReplicaIndex {
+    let crashed = false;
+    const crash = (): void => {
+      if (!crashed) {
+        crashed = true;
+        throw new Error(`injected crash ${crashAt}`);
+      }
+    };
+    return new Proxy(inner, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver);
+        if (typeof v !== 'function') return v;
+        if (prop === 'registerBatch' && crashAt === 'afterRegister') {
+          return async (pairId: string, b: BatchRecord) => {
+            const res = await target.registerBatch(pairId, b);
+            crash();
+            return res;
+          };
+        }
+        if (prop === 'commitAdvance' && crashAt === 'beforeCommit') {
+          return async (...args: Parameters<ReplicaIndex['commitAdvance']>) => {
+            crash();
+            return target.commitAdvance(...args);
+          };
+        }
+        return v.bind(target);
+      },
+    });
+  }
+
+  test.each(['afterRegister', 'beforeCommit'] as const)('a crash %s is finished by the retried event', async (crashAt) => {
+    const c = cloud();
+    const pairId = newPairId('crash');
+    await createPair(c.index, { pairId, disks });
+    const { bodies, model } = await produceBatches(pairId, 2, 31);
+    // The batches live in a memory store: only this service applies them.
+    const keys = [journalKey(pairId, 1), journalKey(pairId, 2)];
+    const mem = new MemoryObjectStore();
+    mem.objects.set(keys[0], bodies.get(1)!);
+    mem.objects.set(keys[1], bodies.get(2)!);
+    const service = new ApplyService(mem, crashingIndex(c.index, crashAt));
+    await expect(service.applyObject(keys[0])).rejects.toThrow(/injected crash/);
+    // The redelivered event finds the batch registered and finishes the advance.
+    await expect(service.applyObject(keys[0])).resolves.toMatchObject({ outcome: 'duplicate' });
+    expect((await c.index.getPair(pairId))!.watermark).toBe(1);
+    await expect(service.applyObject(keys[1])).resolves.toMatchObject({ outcome: 'applied' });
+    expect((await c.index.getPair(pairId))!.watermark).toBe(2);
+    await expectRecovers(pairId, 1, model, mem);
+    await expectRecovers(pairId, 2, model, mem);
+  });
+
+  test('objects of unknown pairs and foreign keys are ignored, never retried forever', async () => {
+    const c = cloud();
+    const service = new ApplyService(c.store, c.index);
+    await expect(service.applyObject(journalKey('no-such-pair', 1))).resolves.toMatchObject({ outcome: 'ignored', detail: "unknown pair 'no-such-pair'" });
+    await expect(service.applyObject('pairs/x/other/thing.batch')).resolves.toMatchObject({ outcome: 'ignored', detail: 'not a journal key' });
+    const pairId = newPairId('gone');
+    await createPair(c.index, { pairId, disks });
+    await expect(service.applyObject(journalKey(pairId, 1))).resolves.toMatchObject({ outcome: 'ignored', detail: 'object no longer exists' });
+  });
+
+  test('expired RPs are not listed and cannot be recovered, although TTL has not deleted them yet', async () => {
+    const c = cloud();
+    const pairId = newPairId('ttl');
+    await createPair(c.index, { pairId, disks, retention: { all: [{ windowSec: 1, spacingSec: 0 }], app: [] } });
+    const { bodies } = await produceBatches(pairId, 1, 41);
+    await c.store.put(journalKey(pairId, 1), bodies.get(1)!);
+    await waitForWatermark(c.index, pairId, 1, 30_000);
+    const later = nowSec() + 5;
+    expect(await c.index.listRecoveryPoints(pairId, nowSec() - 3)).toHaveLength(1);
+    expect(await c.index.listRecoveryPoints(pairId, later)).toEqual([]);
+    await new Promise((r) => setTimeout(r, 2500));
+    await expect(recover(c, pairId, 1)).rejects.toThrow(`pair '${pairId}' has no live recovery point at seq 1`);
+  });
+});

@@ -1,0 +1,72 @@
+// Shared by the integration tests: the RP Store from the environment (the embedded local
+// stack, LocalStack or a real account), a source model, and recovery into memory.
+
+import { randomBytes } from 'node:crypto';
+import { rpStoreFromEnv, type RpStore } from '../adapters/from-env';
+import type { DiskSpec } from '../core/model';
+import { materialize, type ImageSink } from '../replica/materialize';
+import { sleep } from '../replica/concurrency';
+import type { ObjectStore, ReplicaIndex } from '../replica/ports';
+
+export const cloud = (): RpStore => rpStoreFromEnv();
+
+export const newPairId = (prefix: string): string => `${prefix}-${randomBytes(4).toString('hex')}`;
+
+/** The source's disks in memory, with a copy taken at every batch boundary we care about. */
+export class SourceModel {
+  readonly disks = new Map<string, Buffer>();
+  readonly atSeq = new Map<number, Map<string, Buffer>>();
+
+  constructor(specs: DiskSpec[]) {
+    for (const d of specs) this.disks.set(d.name, Buffer.alloc(d.sizeBytes));
+  }
+
+  write(disk: string, offset: number, data: Buffer): void {
+    data.copy(this.disks.get(disk)!, offset);
+  }
+
+  zero(disk: string, offset: number, length: number): void {
+    this.disks.get(disk)!.fill(0, offset, offset + length);
+  }
+
+  snapshot(seq: number): void {
+    this.atSeq.set(seq, new Map([...this.disks].map(([k, v]) => [k, Buffer.from(v)])));
+  }
+}
+
+/** Materializes every disk of the pair at `seq` into memory. */
+export async function recover(store: { store: ObjectStore; index: ReplicaIndex }, pairId: string, seq: number, windowBytes?: number): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  await materialize(store.store, store.index, {
+    pairId,
+    seq,
+    windowBytes,
+    sinkFor: async (disk, size): Promise<ImageSink> => {
+      const image = Buffer.alloc(size);
+      out.set(disk, image);
+      return { write: async (offset, window) => void window.copy(image, offset), close: async () => {} };
+    },
+  });
+  return out;
+}
+
+/** Polls `probe` until it returns a value (not undefined) or the time is up. */
+export async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+/** Compares images without printing megabytes on failure: the first differing byte. */
+export function firstDifference(a: Buffer, b: Buffer): number | undefined {
+  if (a.equals(b)) return undefined;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return n;
+}
+
+export const nowSec = (): number => Math.floor(Date.now() / 1000);
