@@ -78,6 +78,14 @@ export class ReplicaStore extends Construct {
   grantApply(fn: lambda.IFunction): iam.Grant[] {
     const grants = [
       iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn] }),
+      // Without ListBucket S3 answers a missing key with 403 instead of 404; the handler
+      // must tell "gone" (ignore) from "denied" (retry). Limited to the pairs/ prefix.
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['s3:ListBucket'],
+        resourceArns: [this.bucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`] } },
+      }),
       iam.Grant.addToPrincipal({
         grantee: fn,
         // ConditionCheckItem: TransactWriteItems has no action of its own and needs it per condition.

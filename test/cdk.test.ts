@@ -107,7 +107,7 @@ describe('LivesyncStack', () => {
     });
   });
 
-  test('apply role: least privilege (no deletes/scans; S3 read of pairs/* only)', () => {
+  test('apply role: least privilege (no deletes/scans; S3 read and list of pairs/* only)', () => {
     const roleId = ref(stack.pipeline.applyFunction.role as iam.Role);
     const statements = Object.values(template.findResources('AWS::IAM::Policy'))
       .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === roleId))
@@ -119,7 +119,11 @@ describe('LivesyncStack', () => {
     expect(statements.every((s: any) => s.Effect === 'Allow' && !s.NotAction && !s.NotResource)).toBe(true);
 
     const s3Statements = statements.filter((s: any) => actionsOf(s).some((a) => a.startsWith('s3:')));
-    expect(s3Statements).toEqual([expect.objectContaining({ Action: 's3:GetObject', Resource: pairsArn })]);
+    expect(s3Statements).toEqual([
+      expect.objectContaining({ Action: 's3:GetObject', Resource: pairsArn }),
+      // ListBucket only so a missing key reads as 404, and only under pairs/.
+      expect.objectContaining({ Action: 's3:ListBucket', Condition: { StringLike: { 's3:prefix': ['pairs/*'] } } }),
+    ]);
     // No managed policies (e.g. AWSLambdaBasicExecutionRole) on the apply role.
     expect(template.findResources('AWS::IAM::Role')[roleId].Properties.ManagedPolicyArns).toBeUndefined();
   });
