@@ -12,7 +12,7 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import type { AdvancePlan } from '../core/advance';
 import { seqKey } from '../core/keys';
-import type { BatchRecord, Pair, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
+import type { BatchRecord, Pair, PairError, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
 import type { RegisterResult, ReplicaIndex } from '../replica/ports';
 
 export const ACRP_INDEX = 'acrp';
@@ -92,7 +92,7 @@ export class DynamoIndex implements ReplicaIndex {
     });
   }
 
-  async commitAdvance(pairId: string, rev: number, plan: AdvancePlan, clearError: boolean): Promise<boolean> {
+  async commitAdvance(pairId: string, rev: number, plan: AdvancePlan, error?: { next?: PairError }): Promise<boolean> {
     const p = plan.progress;
     const now = Date.now();
     const set = ['watermark = :w', 'rev = :next', 'updatedMs = :now'];
@@ -103,9 +103,15 @@ export class DynamoIndex implements ReplicaIndex {
       values[`:${name}`] = v;
     }
     let update = `SET ${set.join(', ')}`;
-    if (clearError) {
+    const names: Record<string, string> = {};
+    if (error?.next) {
+      update += ', #error = :error, stateChangedMs = :now';
+      values[':error'] = error.next;
+      names['#error'] = 'error';
+    } else if (error) {
       update += ', #state = :replicating, stateChangedMs = :now REMOVE #error';
       values[':replicating'] = 'REPLICATING';
+      Object.assign(names, { '#state': 'state', '#error': 'error' });
     }
     const items = [
       {
@@ -115,7 +121,7 @@ export class DynamoIndex implements ReplicaIndex {
           UpdateExpression: update,
           ConditionExpression: 'rev = :rev',
           ExpressionAttributeValues: values,
-          ...(clearError ? { ExpressionAttributeNames: { '#state': 'state', '#error': 'error' } } : {}),
+          ...(error ? { ExpressionAttributeNames: names } : {}),
         },
       },
       ...plan.rps.map((rp) => ({ Put: { TableName: this.table, Item: rpItem(rp) } })),

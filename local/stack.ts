@@ -29,6 +29,8 @@ export interface LocalStackOptions {
   /** Working directory for S3 objects and pid files (default .livesync/local). */
   dir?: string;
   log?: (msg: string) => void;
+  /** Run the S3 → SQS → apply handler path (default true; benchmarks drive apply themselves). */
+  eventPath?: boolean;
 }
 
 export async function startLocalStack(opts: LocalStackOptions = {}): Promise<LocalStack> {
@@ -82,8 +84,7 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
   env.LIVESYNC_DLQ_URL = queues.deadLetterUrl;
   const onError = (err: unknown): void => log(`event path: ${String(err)}`);
   s3.onEvent(forwardNotifications(sqs, queues.queueUrl, schema.notification, onError));
-  const { handler } = await import('../lambdas/apply');
-  const mapping = startEventSourceMapping(sqs, queues.queueUrl, handler, { batchSize: 10, concurrency: 4, onError });
+  const mapping = opts.eventPath === false ? undefined : startEventSourceMapping(sqs, queues.queueUrl, (await import('../lambdas/apply')).handler, { batchSize: 10, concurrency: 4, onError });
 
   let stopped = false;
   return {
@@ -92,7 +93,7 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
     async stop() {
       if (stopped) return;
       stopped = true;
-      await mapping.stop();
+      await mapping?.stop();
       sqs.destroy();
       await Promise.allSettled([dynamo.stop(), s3.stop(), sqsServer.stop()]);
       await rm(join(dir, 'dynamodb.pid'), { force: true });

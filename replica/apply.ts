@@ -6,7 +6,7 @@ import { planAdvance } from '../core/advance';
 import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format';
 import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
-import type { BatchRecord, Pair } from '../core/model';
+import type { BatchRecord, Pair, PairError } from '../core/model';
 import { ObjectNotFoundError, type ObjectStore, type ReplicaIndex } from './ports';
 
 export type ApplyOutcome =
@@ -84,37 +84,49 @@ export class ApplyService {
         );
       }
       // Same bytes: an event redelivery or a re-upload. Finish any advance a crash interrupted.
-      await this.advance(pairId);
+      await this.advance(pairId, pair);
       return { outcome: 'duplicate', key, pairId, seq };
     }
-    const watermark = await this.advance(pairId);
+    // The pair as read before registering: if it moved since, the commit fails on rev and re-reads.
+    const watermark = await this.advance(pairId, pair);
     const outcome = seq <= watermark ? 'applied' : 'pending';
     this.log.info(`batch ${outcome}`, { pairId, seq, key, watermark });
     return { outcome, key, pairId, seq };
   }
 
-  /** Moves the watermark over every contiguous registered batch; returns the new watermark. */
-  async advance(pairId: string): Promise<number> {
+  /**
+   * Moves the watermark over every contiguous registered batch; returns the new watermark.
+   * Stopping after one successful commit is enough: a batch registered after our query is
+   * advanced by its own applier, whose commit either sees ours or fails on `rev` and retries.
+   */
+  async advance(pairId: string, known?: Pair & { rev: number }): Promise<number> {
+    let pair = known;
     for (;;) {
-      const pair = await this.index.getPair(pairId);
+      pair ??= await this.index.getPair(pairId);
       if (!pair) throw new Error(`pair '${pairId}' vanished during apply`);
       const pending = await this.index.batchesAfter(pairId, pair.watermark, ADVANCE_PAGE);
       const plan = planAdvance({ pairId, progress: pair, ccrpIntervalMs: pair.ccrpIntervalMs, retention: pair.retention, pending });
       if (plan.applied.length === 0) return pair.watermark;
-      const clearError = pair.error !== undefined && pair.error.seq <= plan.progress.watermark;
-      // false: another applier moved the pair first; re-read and go on from there.
-      if (!(await this.index.commitAdvance(pairId, pair.rev, plan, clearError))) continue;
+      // The error the watermark passed gives way to the next refused seq, if one blocks now.
+      const errorUpdate =
+        pair.error !== undefined && pair.error.seq <= plan.progress.watermark
+          ? { next: await this.blockingError(pairId, plan.progress.watermark, pending) }
+          : undefined;
+      const committed = await this.index.commitAdvance(pairId, pair.rev, plan, errorUpdate);
+      pair = undefined; // stale either way: re-read before planning again
+      // Not committed: another applier moved the pair first; re-read and go on from there.
+      if (!committed) continue;
       for (const rp of plan.rps) this.log.info('recovery point', { pairId, seq: rp.seq, type: rp.type, tag: rp.tag });
-      if (clearError) await this.reraiseNextError(pairId, plan.progress.watermark);
+      const truncated = plan.applied.length < pending.length && pending[plan.applied.length].seq === plan.progress.watermark + 1;
+      if (!truncated && pending.length < ADVANCE_PAGE) return plan.progress.watermark;
     }
   }
 
-  /** After an error clears, a refused copy of the very next seq (if any) blocks the pair next. */
-  private async reraiseNextError(pairId: string, watermark: number): Promise<void> {
-    const next = (await this.index.listQuarantine(pairId)).find((q) => q.seq === watermark + 1);
-    if (next && (await this.index.batchesAfter(pairId, watermark, 1))[0]?.seq !== next.seq) {
-      await this.index.quarantine(next, true);
-    }
+  /** A quarantined copy of seq watermark+1 with no good copy registered blocks the pair. */
+  private async blockingError(pairId: string, watermark: number, registered: BatchRecord[]): Promise<PairError | undefined> {
+    if (registered.some((b) => b.seq === watermark + 1)) return undefined;
+    const q = (await this.index.listQuarantine(pairId)).find((r) => r.seq === watermark + 1);
+    return q && { seq: q.seq, code: q.code, reason: q.reason, key: q.key, atMs: q.atMs };
   }
 
   private async quarantine(pair: Pair, seq: number, key: string, code: string, reason: string): Promise<ApplyResult> {

@@ -85,7 +85,7 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
       }
       const window = Buffer.alloc(size);
       await fillWindow(store, window, first, inWindow, concurrency, stats);
-      const ranges = inWindow.map((q) => ({ start: (q.blockIndex - first) * BLOCK_SIZE, end: Math.min(size, (q.blockIndex - first + q.blockCount) * BLOCK_SIZE) }));
+      const ranges = dataRanges(inWindow, first, size);
       dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
       await sink.write(offset, window, ranges);
     }
@@ -172,6 +172,19 @@ function mergeReads(key: string, pieces: Piece<ExtentRef>[]): RangeRead[] {
     }
   }
   return reads;
+}
+
+/** Byte ranges of the window that hold data, adjacent pieces merged (fewer, larger writes). */
+function dataRanges(pieces: Piece<ExtentRef>[], firstBlock: number, size: number): { start: number; end: number }[] {
+  const out: { start: number; end: number }[] = [];
+  for (const q of pieces) {
+    const start = (q.blockIndex - firstBlock) * BLOCK_SIZE;
+    const end = Math.min(size, start + q.blockCount * BLOCK_SIZE);
+    const last = out[out.length - 1];
+    if (last && last.end === start) last.end = end;
+    else out.push({ start, end });
+  }
+  return out;
 }
 
 function clip<R>(q: Piece<R>, first: number, last: number): Piece<R> {

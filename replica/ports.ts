@@ -3,7 +3,7 @@
 
 import type { Readable } from 'node:stream';
 import type { AdvancePlan } from '../core/advance';
-import type { BatchRecord, Pair, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
+import type { BatchRecord, Pair, PairError, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
 
 /** Byte range, end exclusive. */
 export interface ByteRange {
@@ -44,9 +44,10 @@ export interface ReplicaIndex {
   segmentsUpTo(pairId: string, uptoSeq: number): Promise<BatchRecord[]>;
   /**
    * Writes an advance plan atomically if the pair is still at `rev`; false if it moved
-   * (another applier won; re-read and retry). Clears a pair error the watermark has passed.
+   * (another applier won; re-read and retry). With `error`, the pair's error (which the
+   * watermark passed) is replaced by `error.next`, or cleared and the pair REPLICATING.
    */
-  commitAdvance(pairId: string, rev: number, plan: AdvancePlan, clearError: boolean): Promise<boolean>;
+  commitAdvance(pairId: string, rev: number, plan: AdvancePlan, error?: { next?: PairError }): Promise<boolean>;
   /** Keeps a record of a refused batch; marks the pair ERROR if the batch blocks its watermark. */
   quarantine(record: QuarantineRecord, blocksWatermark: boolean): Promise<void>;
   listQuarantine(pairId: string): Promise<QuarantineRecord[]>;

@@ -154,10 +154,11 @@ describe('apply path: ordering, duplicates, bad batches', () => {
 
     await c.store.put(journalKey(pairId, 2), bodies.get(2)!); // the good copy of seq 2
     // Now the foreign copy of seq 3 is what blocks the pair, and it says so.
-    const afterTwo = await eventually('blocked at the foreign seq 3', async () => {
+    const afterTwo = await eventually('seq 2 applied', async () => {
       const p = (await c.index.getPair(pairId))!;
       return p.watermark === 2 ? p : undefined;
     });
+    // In the same write that applied seq 2.
     expect(afterTwo).toMatchObject({ state: 'ERROR', error: { seq: 3, code: 'FOREIGN_PAIR', key: foreignKey } });
 
     await c.store.put(journalKey(pairId, 3), bodies.get(3)!);
