@@ -56,6 +56,10 @@ type Pending = Map<number, Buffer | null>;
 
 const DEFAULT_RETRY: RetryPolicy = { attempts: 10, baseDelayMs: 100, maxDelayMs: 10_000 };
 
+/**
+ * Callers await each write before the next one that may overlap it (the NBD agent orders
+ * overlapping requests): a write covering part of a block reads that block first.
+ */
 export class BatchWriter {
   private readonly diskIndex: Map<string, number>;
   private readonly pending: Pending[];
