@@ -27,6 +27,6 @@ export default async function globalSetup(): Promise<void> {
     lines.once('line', resolve);
     child.once('exit', (code) => reject(new Error(`local stack exited with ${code} before it was up`)));
   });
-  Object.assign(process.env, JSON.parse(firstLine));
+  Object.assign(process.env, JSON.parse(firstLine), { LIVESYNC_EMBEDDED_STACK: '1' });
   (globalThis as { __LIVESYNC_LOCAL__?: ChildProcess }).__LIVESYNC_LOCAL__ = child;
 }
