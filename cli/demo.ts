@@ -64,7 +64,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     let acrps = 0;
     const start = Date.now();
     const end = start + o.seconds * 1000;
-    let nextMarker = start + 1500;
+    let nextMarker = start + 3000;
     while (Date.now() < end) {
       const op = randomOp(r, o.diskBytes);
       if (op.kind === 'write') {
@@ -83,7 +83,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       } else if (Date.now() >= nextMarker) {
         writer.cut({ appTag: 'app=demo-db' });
         acrps++;
-        nextMarker += 1500;
+        nextMarker += 4000;
       }
       const ahead = written / o.rate - (Date.now() - start) / 1000;
       if (ahead > 0) await sleep(ahead * 1000);
