@@ -1,7 +1,8 @@
-// Ends the run with one plain line, "N passed, N failed, N skipped", that CI reads.
+// Keeps one plain line, "N passed, N failed, N skipped", for global teardown to print last
+// (teardown runs after every reporter), so a run ends on a line CI can read.
 class SummaryReporter {
   onRunComplete(_contexts, results) {
-    console.log(`${results.numPassedTests} passed, ${results.numFailedTests} failed, ${results.numPendingTests} skipped`);
+    globalThis.__LIVESYNC_SUMMARY__ = `${results.numPassedTests} passed, ${results.numFailedTests} failed, ${results.numPendingTests} skipped`;
   }
 }
 module.exports = SummaryReporter;
