@@ -29,7 +29,7 @@ export interface MaterializeOptions {
   seq: number;
   /** Called once per disk for its sink. */
   sinkFor: (disk: string, sizeBytes: number) => Promise<ImageSink>;
-  /** Memory bound: bytes of image assembled at a time (default 32 MiB). */
+  /** Memory bound: bytes of image assembled at a time, two windows at most (default 32 MiB). */
   windowBytes?: number;
   /** Parallel object reads (default 16). */
   concurrency?: number;
@@ -73,6 +73,7 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
     const sink = await o.sinkFor(disk.name, disk.sizeBytes);
     let dataBytes = 0;
     let p = 0;
+    let writing: Promise<void> = Promise.resolve();
     for (let offset = 0; offset < disk.sizeBytes; offset += windowBytes) {
       const size = Math.min(windowBytes, disk.sizeBytes - offset);
       const first = offset / BLOCK_SIZE;
@@ -87,8 +88,12 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
       await fillWindow(store, window, first, inWindow, concurrency, stats);
       const ranges = dataRanges(inWindow, first, size);
       dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
-      await sink.write(offset, window, ranges);
+      // One window is written while the next is fetched: at most two in memory.
+      await writing;
+      writing = sink.write(offset, window, ranges);
+      writing.catch(() => {}); // handled: the next `await writing` rethrows it
     }
+    await writing;
     await sink.close();
     disks.push({ name: disk.name, sizeBytes: disk.sizeBytes, dataBytes });
   }
