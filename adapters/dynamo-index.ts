@@ -160,6 +160,22 @@ export class DynamoIndex implements ReplicaIndex {
       );
     } catch (err) {
       if (!(err instanceof ConditionalCheckFailedException)) throw err;
+      // A lower error stays shown, but bump `rev` anyway: an advance planned before this
+      // quarantine then fails its condition and re-reads, and so sees this record when
+      // it clears the lower error.
+      await this.doc
+        .send(
+          new UpdateCommand({
+            TableName: this.table,
+            Key: { pk: pk(r.pairId), sk: PAIR_SK },
+            UpdateExpression: 'SET rev = rev + :one',
+            ConditionExpression: 'watermark < :seq',
+            ExpressionAttributeValues: { ':one': 1, ':seq': r.seq },
+          }),
+        )
+        .catch((e: unknown) => {
+          if (!(e instanceof ConditionalCheckFailedException)) throw e;
+        });
     }
   }
 

@@ -1,7 +1,7 @@
 // In-memory ObjectStore: for unit tests of code above the port.
 
 import type { Readable } from 'node:stream';
-import { ObjectNotFoundError, type ByteRange, type ObjectStore } from '../replica/ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore } from '../replica/ports';
 
 export class MemoryObjectStore implements ObjectStore {
   readonly objects = new Map<string, Buffer>();
@@ -10,9 +10,10 @@ export class MemoryObjectStore implements ObjectStore {
     this.objects.set(key, Buffer.from(body));
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer> {
     const o = this.objects.get(key);
     if (!o) throw new ObjectNotFoundError(key);
+    if (maxBytes !== undefined && o.length > maxBytes) throw new ObjectTooLargeError(key, o.length, maxBytes);
     return range ? o.subarray(range.start, range.end) : o;
   }
 

@@ -4,7 +4,7 @@
 import type { Readable } from 'node:stream';
 import { GetObjectCommand, NoSuchKey, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { ObjectNotFoundError, type ByteRange, type ObjectStore } from '../replica/ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore } from '../replica/ports';
 
 export class S3ObjectStore implements ObjectStore {
   constructor(
@@ -16,11 +16,15 @@ export class S3ObjectStore implements ObjectStore {
     await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length }));
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer> {
     try {
       const out = await this.client.send(
         new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: range ? `bytes=${range.start}-${range.end - 1}` : undefined }),
       );
+      if (maxBytes !== undefined && (out.ContentLength ?? 0) > maxBytes) {
+        await out.Body!.transformToWebStream().cancel(); // do not read it into memory
+        throw new ObjectTooLargeError(key, out.ContentLength!, maxBytes);
+      }
       const body = Buffer.from(await out.Body!.transformToByteArray());
       if (range && body.length !== range.end - range.start) {
         throw new Error(`short read of ${key} ${range.start}-${range.end}: got ${body.length} bytes`);

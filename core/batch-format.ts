@@ -7,8 +7,10 @@ import { crc32c } from './crc32c';
 import { BatchError } from './errors';
 
 export const BLOCK_SIZE = 4096;
-/** Longer runs are split so one extent can be fetched and decompressed on its own. */
+/** Longer data runs are split so one extent can be fetched and decompressed on its own. */
 export const MAX_EXTENT_BLOCKS = 256;
+/** A zero extent has no payload, so one entry may cover up to 2^32 − 1 blocks (16 TiB). */
+export const MAX_ZERO_EXTENT_BLOCKS = 0xffffffff;
 export const FORMAT_VERSION = 1;
 
 export const BATCH_FLAGS = {
@@ -153,7 +155,7 @@ export function decodeBatch(buf: Buffer, where: string): DecodedBatch {
     if (e.payloadOffset !== expectedOffset) throw new BatchError('MALFORMED', where, `extent ${i} payload at ${e.payloadOffset}, expected ${expectedOffset}`);
     expectedOffset += e.payloadLength;
     if (expectedOffset > trailer.indexOffset) throw new BatchError('MALFORMED', where, `extent ${i} payload runs into the index`);
-    decodeExtent(e, buf.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), `${where} extent ${i}`);
+    if (!(e.flags & EXTENT_FLAGS.ZERO)) decodeExtent(e, buf.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), `${where} extent ${i}`);
     dataBytes += e.blockCount * BLOCK_SIZE;
   }
   if (expectedOffset !== trailer.indexOffset) throw new BatchError('MALFORMED', where, `${trailer.indexOffset - expectedOffset} stray bytes before the index`);
@@ -191,7 +193,8 @@ export function decodeIndex(index: Buffer, trailer: BatchTrailer, diskCount: num
     const at = `${where} extent ${i}`;
     if (e.disk >= diskCount) throw new BatchError('MALFORMED', where, `extent ${i} names disk #${e.disk} of ${diskCount}`);
     if (e.flags & ~KNOWN_EXTENT_FLAGS) throw new BatchError('MALFORMED', at, `unknown flags ${hex(e.flags)}`);
-    if (e.blockCount < 1 || e.blockCount > MAX_EXTENT_BLOCKS) throw new BatchError('MALFORMED', at, `block count ${e.blockCount} outside 1..${MAX_EXTENT_BLOCKS}`);
+    const max = e.flags & EXTENT_FLAGS.ZERO ? MAX_ZERO_EXTENT_BLOCKS : MAX_EXTENT_BLOCKS;
+    if (e.blockCount < 1 || e.blockCount > max) throw new BatchError('MALFORMED', at, `block count ${e.blockCount} outside 1..${max}`);
     if (e.flags & EXTENT_FLAGS.ZERO && (e.payloadLength !== 0 || e.flags & EXTENT_FLAGS.ZSTD)) throw new BatchError('MALFORMED', at, 'zero extent with a payload');
     if (!(e.flags & EXTENT_FLAGS.ZERO) && !(e.flags & EXTENT_FLAGS.ZSTD) && e.payloadLength !== e.blockCount * BLOCK_SIZE) {
       throw new BatchError('MALFORMED', at, `raw payload of ${e.payloadLength} bytes for ${e.blockCount} blocks`);
@@ -239,6 +242,7 @@ export function decodeHeader(buf: Buffer, where: string): BatchHeader {
   if (crc32c(copy) !== stored) throw new BatchError('CHECKSUM_MISMATCH', where, 'header checksum mismatch');
   const flags = buf.readUInt16LE(6);
   if (flags & ~KNOWN_BATCH_FLAGS) throw new BatchError('MALFORMED', where, `unknown batch flags ${hex(flags)}`);
+  if (buf.subarray(50, 60).some((b) => b !== 0)) throw new BatchError('MALFORMED', where, 'reserved header bytes 50..59 are not zero');
   let at = FIXED_HEADER;
   const text = (len: number): string => {
     if (at + len > headerLen) throw new BatchError('MALFORMED', where, 'header strings overrun the header');
@@ -255,6 +259,7 @@ export function decodeHeader(buf: Buffer, where: string): BatchHeader {
     disks.push(text(len));
   }
   if (at !== headerLen) throw new BatchError('MALFORMED', where, `${headerLen - at} stray header bytes`);
+  if (disks.length === 0 || new Set(disks).size !== disks.length) throw new BatchError('MALFORMED', where, `disk table [${disks.join(', ')}] is empty or names a disk twice`);
   const app = (flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
   if (app !== tag.length > 0) throw new BatchError('MALFORMED', where, app ? 'application-consistent batch without a tag' : 'tag on a batch that is not application-consistent');
   return {
@@ -304,6 +309,7 @@ function checkHeaderInput(h: BatchHeader): void {
   if (app !== Boolean(h.appTag)) throw new BatchError('MALFORMED', where, 'APP_CONSISTENT flag and tag must come together');
   if (Buffer.byteLength(h.appTag ?? '') > MAX_NAME || Buffer.byteLength(h.pairId) > MAX_NAME) throw new BatchError('MALFORMED', where, 'pair id or tag longer than 255 bytes');
   if (h.disks.length === 0 || h.disks.some((d) => d.length === 0 || Buffer.byteLength(d) > MAX_NAME)) throw new BatchError('MALFORMED', where, 'disk names must be 1..255 bytes');
+  if (new Set(h.disks).size !== h.disks.length) throw new BatchError('MALFORMED', where, `disk table [${h.disks.join(', ')}] names a disk twice`);
 }
 
 /** Validates extents, splits long runs and returns them sorted by (disk, block). */
@@ -313,8 +319,9 @@ function splitAndSort(extents: ExtentInput[], diskCount: number): ExtentInput[] 
     if (e.disk < 0 || e.disk >= diskCount) throw new RangeError(`extent names disk #${e.disk} of ${diskCount}`);
     const blocks = e.data ? e.data.length / BLOCK_SIZE : e.zeroBlocks ?? 0;
     if (!Number.isInteger(blocks) || blocks < 1) throw new RangeError(`extent at block ${e.blockIndex} is not a positive number of 4 KiB blocks`);
-    for (let b = 0; b < blocks; b += MAX_EXTENT_BLOCKS) {
-      const n = Math.min(MAX_EXTENT_BLOCKS, blocks - b);
+    const max = e.data ? MAX_EXTENT_BLOCKS : MAX_ZERO_EXTENT_BLOCKS;
+    for (let b = 0; b < blocks; b += max) {
+      const n = Math.min(max, blocks - b);
       out.push(e.data
         ? { disk: e.disk, blockIndex: e.blockIndex + b, data: e.data.subarray(b * BLOCK_SIZE, (b + n) * BLOCK_SIZE) }
         : { disk: e.disk, blockIndex: e.blockIndex + b, zeroBlocks: n });

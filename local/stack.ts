@@ -8,10 +8,10 @@ import { join } from 'node:path';
 import { CreateTableCommand, DynamoDBClient, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { synthTemplate } from '../lib/synth';
-import { startDynamoLocal } from './dynamodb-local';
-import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal } from './event-source';
-import { startS3Local } from './s3-local';
-import { schemaFromTemplate } from './schema';
+import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
+import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
+import { startS3Local, type RunningS3 } from './s3-local';
+import { schemaFromTemplate, type LocalSchema } from './schema';
 
 export const LOCAL_BUCKET = 'livesync-local';
 export const LOCAL_TABLE = 'livesync-local';
@@ -35,7 +35,6 @@ export interface LocalStackOptions {
 
 export async function startLocalStack(opts: LocalStackOptions = {}): Promise<LocalStack> {
   const dir = opts.dir ?? process.env.LIVESYNC_LOCAL_DIR ?? join(process.cwd(), '.livesync', 'local');
-  const log = opts.log ?? (() => {});
   await mkdir(dir, { recursive: true });
   await killStaleDynamo(dir);
   const schema = schemaFromTemplate(synthTemplate(), LOCAL_TABLE);
@@ -49,12 +48,29 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
     await Promise.allSettled(started.map((s) => (s.status === 'fulfilled' ? s.value.stop() : undefined)));
     throw (failed as PromiseRejectedResult).reason;
   }
-  const [dynamo, s3, sqsServer] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [
-    Awaited<ReturnType<typeof startDynamoLocal>>,
-    Awaited<ReturnType<typeof startS3Local>>,
-    Awaited<ReturnType<typeof startSqsLocal>>,
-  ];
+  const [dynamo, s3, sqs] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [RunningDynamo, RunningS3, RunningSqs];
   await writeFile(join(dir, 'dynamodb.pid'), String(dynamo.pid));
+  const stopServers = async (): Promise<void> => {
+    await Promise.allSettled([dynamo.stop(), s3.stop(), sqs.stop()]);
+    await rm(join(dir, 'dynamodb.pid'), { force: true });
+  };
+  try {
+    return await provision(schema, { dynamo, s3, sqs }, stopServers, opts);
+  } catch (err) {
+    await stopServers(); // a failure after the servers started must not leave them running
+    throw err;
+  }
+}
+
+/** Creates the resources and the event path on the started servers. */
+async function provision(
+  schema: LocalSchema,
+  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: RunningSqs },
+  stopServers: () => Promise<void>,
+  opts: LocalStackOptions,
+): Promise<LocalStack> {
+  const { dynamo, s3, sqs: sqsServer } = servers;
+  const log = opts.log ?? (() => {});
   const env: Record<string, string> = {
     AWS_REGION: 'us-east-1',
     AWS_ACCESS_KEY_ID: 'S3RVER',
@@ -95,8 +111,7 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
       stopped = true;
       await mapping?.stop();
       sqs.destroy();
-      await Promise.allSettled([dynamo.stop(), s3.stop(), sqsServer.stop()]);
-      await rm(join(dir, 'dynamodb.pid'), { force: true });
+      await stopServers();
     },
   };
 }

@@ -7,7 +7,7 @@ import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format
 import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
 import type { BatchRecord, Pair, PairError } from '../core/model';
-import { ObjectNotFoundError, type ObjectStore, type ReplicaIndex } from './ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ObjectStore, type ReplicaIndex } from './ports';
 
 export type ApplyOutcome =
   /** Registered, and the watermark now covers it. */
@@ -38,6 +38,11 @@ const quietLogger: Logger = { info: () => {}, warn: () => {} };
 
 /** Batches advanced per index read; bounded by the RPs one transaction can hold. */
 const ADVANCE_PAGE = 90;
+/**
+ * Largest batch object apply reads (writers cut at 8 MiB by default). A larger one is
+ * quarantined instead of exhausting the function's memory on every retry.
+ */
+export const MAX_BATCH_OBJECT_BYTES = 256 * 1024 * 1024;
 
 export class ApplyService {
   constructor(
@@ -45,6 +50,7 @@ export class ApplyService {
     private readonly index: ReplicaIndex,
     private readonly log: Logger = quietLogger,
     private readonly now: () => number = Date.now,
+    private readonly maxObjectBytes = MAX_BATCH_OBJECT_BYTES,
   ) {}
 
   /** Applies one journal object. Throws only on transient faults, which the caller retries. */
@@ -57,9 +63,10 @@ export class ApplyService {
 
     let body: Buffer;
     try {
-      body = await this.store.get(key);
+      body = await this.store.get(key, undefined, this.maxObjectBytes);
     } catch (err) {
       if (err instanceof ObjectNotFoundError) return this.ignore(key, 'object no longer exists', pairId, seq);
+      if (err instanceof ObjectTooLargeError) return this.quarantine(pair, seq, key, 'MALFORMED', err.message);
       throw err;
     }
 
@@ -110,7 +117,7 @@ export class ApplyService {
       // The error the watermark passed gives way to the next refused seq, if one blocks now.
       const errorUpdate =
         pair.error !== undefined && pair.error.seq <= plan.progress.watermark
-          ? { next: await this.blockingError(pairId, plan.progress.watermark, pending) }
+          ? { next: await this.blockingError(pairId, plan.progress.watermark) }
           : undefined;
       const committed = await this.index.commitAdvance(pairId, pair.rev, plan, errorUpdate);
       pair = undefined; // stale either way: re-read before planning again
@@ -122,11 +129,14 @@ export class ApplyService {
     }
   }
 
-  /** A quarantined copy of seq watermark+1 with no good copy registered blocks the pair. */
-  private async blockingError(pairId: string, watermark: number, registered: BatchRecord[]): Promise<PairError | undefined> {
-    if (registered.some((b) => b.seq === watermark + 1)) return undefined;
-    const q = (await this.index.listQuarantine(pairId)).find((r) => r.seq === watermark + 1);
-    return q && { seq: q.seq, code: q.code, reason: q.reason, key: q.key, atMs: q.atMs };
+  /** The lowest quarantined seq above the watermark that has no good copy registered. */
+  private async blockingError(pairId: string, watermark: number): Promise<PairError | undefined> {
+    const candidates = (await this.index.listQuarantine(pairId)).filter((r) => r.seq > watermark).sort((a, b) => a.seq - b.seq);
+    for (const q of candidates) {
+      if ((await this.index.batchesAfter(pairId, q.seq - 1, 1))[0]?.seq === q.seq) continue;
+      return { seq: q.seq, code: q.code, reason: q.reason, key: q.key, atMs: q.atMs };
+    }
+    return undefined;
   }
 
   private async quarantine(pair: Pair, seq: number, key: string, code: string, reason: string): Promise<ApplyResult> {

@@ -1,7 +1,7 @@
 // Recovery: reconstruct every disk of a pair at an RP, streaming, in bounded memory,
 // verifying every extent's checksum as it is read.
 
-import { open } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { once } from 'node:events';
 import { BLOCK_SIZE, TRAILER_SIZE, decodeExtent, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
@@ -21,6 +21,8 @@ interface ExtentRef {
 export interface ImageSink {
   write(offset: number, window: Buffer, dataRanges: { start: number; end: number }[]): Promise<void>;
   close(): Promise<void>;
+  /** Recovery failed: release resources and leave no partial image behind. */
+  abort(err: Error): Promise<void>;
 }
 
 export interface MaterializeOptions {
@@ -51,10 +53,11 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
   const windowBytes = o.windowBytes ?? 32 * 1024 * 1024;
   if (windowBytes % BLOCK_SIZE !== 0 || windowBytes <= 0) throw new InvalidArgumentError(`window of ${windowBytes} bytes is not a positive multiple of ${BLOCK_SIZE}`);
   const concurrency = o.concurrency ?? 16;
+  const nowSec = Math.floor((o.nowMs ?? Date.now()) / 1000);
+  // The RP first, then the pair: an RP is written with (or after) the watermark covering it.
+  const rp = (await index.listRecoveryPoints(o.pairId, nowSec)).find((r) => r.seq === o.seq);
   const pair = await index.getPair(o.pairId);
   if (!pair) throw new UnknownPairError(o.pairId);
-  const nowSec = Math.floor((o.nowMs ?? Date.now()) / 1000);
-  const rp = (await index.listRecoveryPoints(o.pairId, nowSec)).find((r) => r.seq === o.seq);
   if (!rp) throw new InvalidArgumentError(`pair '${o.pairId}' has no live recovery point at seq ${o.seq}`);
   if (rp.seq > pair.watermark) throw new Error(`RP ${rp.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
 
@@ -72,32 +75,51 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
     const pieces = resolvePieces(versions.get(disk.name)!);
     const sink = await o.sinkFor(disk.name, disk.sizeBytes);
     let dataBytes = 0;
-    let p = 0;
-    let writing: Promise<void> = Promise.resolve();
-    for (let offset = 0; offset < disk.sizeBytes; offset += windowBytes) {
-      const size = Math.min(windowBytes, disk.sizeBytes - offset);
-      const first = offset / BLOCK_SIZE;
-      const last = first + Math.ceil(size / BLOCK_SIZE);
-      const inWindow: Piece<ExtentRef>[] = [];
-      while (p < pieces.length && pieces[p].blockIndex < last) {
-        inWindow.push(clip(pieces[p], first, last));
-        if (pieces[p].blockIndex + pieces[p].blockCount > last) break;
-        p++;
-      }
-      const window = Buffer.alloc(size);
-      await fillWindow(store, window, first, inWindow, concurrency, stats);
-      const ranges = dataRanges(inWindow, first, size);
-      dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
-      // One window is written while the next is fetched: at most two in memory.
-      await writing;
-      writing = sink.write(offset, window, ranges);
-      writing.catch(() => {}); // handled: the next `await writing` rethrows it
+    try {
+      dataBytes = await writeDisk(store, sink, disk.sizeBytes, pieces, windowBytes, concurrency, stats);
+      await sink.close();
+    } catch (err) {
+      await sink.abort(err as Error).catch(() => {});
+      throw err;
     }
-    await writing;
-    await sink.close();
     disks.push({ name: disk.name, sizeBytes: disk.sizeBytes, dataBytes });
   }
   return { rp, disks, segments: segments.length, ...stats };
+}
+
+/** Writes one disk window by window; one window is written while the next is fetched. */
+async function writeDisk(
+  store: ObjectStore,
+  sink: ImageSink,
+  sizeBytes: number,
+  pieces: Piece<ExtentRef>[],
+  windowBytes: number,
+  concurrency: number,
+  stats: { gets: number; bytesRead: number },
+): Promise<number> {
+  let dataBytes = 0;
+  let p = 0;
+  let writing: Promise<void> = Promise.resolve();
+  for (let offset = 0; offset < sizeBytes; offset += windowBytes) {
+    const size = Math.min(windowBytes, sizeBytes - offset);
+    const first = offset / BLOCK_SIZE;
+    const last = first + Math.ceil(size / BLOCK_SIZE);
+    const inWindow: Piece<ExtentRef>[] = [];
+    while (p < pieces.length && pieces[p].blockIndex < last) {
+      inWindow.push(clip(pieces[p], first, last));
+      if (pieces[p].blockIndex + pieces[p].blockCount > last) break;
+      p++;
+    }
+    const window = Buffer.alloc(size);
+    await fillWindow(store, window, first, inWindow, concurrency, stats);
+    const ranges = dataRanges(inWindow, first, size);
+    dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
+    await writing; // at most two windows in memory: one being written, one being filled
+    writing = sink.write(offset, window, ranges);
+    writing.catch(() => {}); // handled: the next `await writing` rethrows it
+  }
+  await writing;
+  return dataBytes;
 }
 
 /** One ranged GET of a segment's index and trailer; both are checksum-verified. */
@@ -204,9 +226,20 @@ export async function fileSink(path: string, sizeBytes: number): Promise<ImageSi
   await fh.truncate(sizeBytes);
   return {
     async write(offset, window, ranges) {
-      for (const r of ranges) await fh.write(window, r.start, r.end - r.start, offset + r.start);
+      for (const r of ranges) {
+        // fs may write less than asked (e.g. a full disk); go on until all is written or it throws.
+        for (let at = r.start; at < r.end; ) {
+          const { bytesWritten } = await fh.write(window, at, r.end - at, offset + at);
+          if (bytesWritten === 0) throw new Error(`no progress writing ${path} at byte ${offset + at}`);
+          at += bytesWritten;
+        }
+      }
     },
     close: () => fh.close(),
+    async abort() {
+      await fh.close().catch(() => {});
+      await rm(path, { force: true });
+    },
   };
 }
 
@@ -222,6 +255,10 @@ export function objectSink(store: ObjectStore, key: string): ImageSink {
     async close() {
       stream.end();
       await done;
+    },
+    async abort(err) {
+      stream.destroy(err); // lib-storage then aborts the multipart upload
+      await done.catch(() => {});
     },
   };
 }

@@ -17,7 +17,8 @@ export interface ByteRange {
  */
 export interface ObjectStore {
   put(key: string, body: Buffer): Promise<void>;
-  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /** Reads an object or a range of it; with `maxBytes`, a larger object throws ObjectTooLargeError unread. */
+  get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer>;
   /** Streams a large object (multipart where the backend has it). */
   upload(key: string, body: Readable): Promise<void>;
 }
@@ -26,6 +27,13 @@ export class ObjectNotFoundError extends Error {
   constructor(readonly key: string) {
     super(`object '${key}' not found`);
     this.name = 'ObjectNotFoundError';
+  }
+}
+
+export class ObjectTooLargeError extends Error {
+  constructor(readonly key: string, readonly size: number, readonly limit: number) {
+    super(`object '${key}' is ${size} bytes, over the limit of ${limit}`);
+    this.name = 'ObjectTooLargeError';
   }
 }
 

@@ -4,7 +4,7 @@
 
 import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch, type ExtentInput } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
-import { checkPairId, journalKey } from '../core/keys';
+import { checkDiskName, checkPairId, journalKey } from '../core/keys';
 import type { DiskSpec } from '../core/model';
 import type { ObjectStore } from '../replica/ports';
 import { sleep } from '../replica/concurrency';
@@ -41,6 +41,8 @@ export interface BatchWriterOptions {
   /** Current contents of a block, for writes that cover only part of one. */
   readBlock?: (disk: string, blockIndex: number) => Promise<Buffer>;
   clock?: () => number;
+  /** Called synchronously when a batch is cut, before the write that caused it (if any) is recorded. */
+  onCut?: (seq: number) => void;
   onUploaded?: (b: UploadedBatch) => void;
 }
 
@@ -53,6 +55,15 @@ export interface CutOptions {
 
 /** A block's pending content: its bytes, or null for zeros (trim / write-zeroes). */
 type Pending = Map<number, Buffer | null>;
+/** A pending zeroed run of blocks [start, end): large TRIMs cost one entry, not one per block. */
+interface ZeroRun {
+  start: number;
+  end: number;
+}
+
+/** Zeroing at least this many blocks is kept as a run (mkfs may discard a whole disk). */
+const ZERO_RUN_BLOCKS = 256;
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 
 const DEFAULT_RETRY: RetryPolicy = { attempts: 10, baseDelayMs: 100, maxDelayMs: 10_000 };
 
@@ -63,16 +74,25 @@ const DEFAULT_RETRY: RetryPolicy = { attempts: 10, baseDelayMs: 100, maxDelayMs:
 export class BatchWriter {
   private readonly diskIndex: Map<string, number>;
   private readonly pending: Pending[];
+  private readonly zeroRuns: ZeroRun[][];
   private pendingBytes = 0;
   private firstWriteMs: number | undefined;
   private nextSeqValue: number;
   private readonly inFlight = new Set<Promise<void>>();
   private failure: Error | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onUploaded' | 'retry'>> & Pick<BatchWriterOptions, 'readBlock' | 'onUploaded'> & { retry: RetryPolicy };
+  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry'>> &
+    Pick<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded'> & { retry: RetryPolicy };
 
   constructor(options: BatchWriterOptions) {
     checkPairId(options.pairId);
+    for (const d of options.disks) {
+      checkDiskName(d.name);
+      if (!Number.isSafeInteger(d.sizeBytes) || d.sizeBytes <= 0 || d.sizeBytes % BLOCK_SIZE) throw new InvalidArgumentError(`disk '${d.name}': size ${d.sizeBytes} is not a positive multiple of 4 KiB`);
+    }
+    if (options.disks.length === 0 || new Set(options.disks.map((d) => d.name)).size !== options.disks.length) {
+      throw new InvalidArgumentError(`pair '${options.pairId}' needs disks with distinct names`);
+    }
     this.o = {
       firstSeq: 1,
       maxBatchBytes: 8 * 1024 * 1024,
@@ -84,6 +104,7 @@ export class BatchWriter {
     };
     this.diskIndex = new Map(options.disks.map((d, i) => [d.name, i]));
     this.pending = options.disks.map(() => new Map());
+    this.zeroRuns = options.disks.map(() => []);
     this.nextSeqValue = this.o.firstSeq;
     if (this.o.maxBatchAgeMs > 0) {
       this.timer = setInterval(() => this.cutIfOld(), Math.max(10, this.o.maxBatchAgeMs / 4));
@@ -100,13 +121,14 @@ export class BatchWriter {
   async write(disk: string, offset: number, data: Buffer): Promise<void> {
     const d = this.checkRange(disk, offset, data.length);
     const end = offset + data.length;
+    this.makeRoom(offset, data.length);
     for (let at = offset; at < end; ) {
       const block = Math.floor(at / BLOCK_SIZE);
       const inBlock = at - block * BLOCK_SIZE;
       const n = Math.min(BLOCK_SIZE - inBlock, end - at);
       const src = data.subarray(at - offset, at - offset + n);
       if (n === BLOCK_SIZE) {
-        this.put(d, block, Buffer.from(src));
+        this.put(d, block, src);
       } else {
         const base = await this.currentBlock(disk, d, block);
         src.copy(base, inBlock);
@@ -120,6 +142,7 @@ export class BatchWriter {
   /** Records that a byte range now reads as zeros (TRIM / WRITE_ZEROES). */
   async zero(disk: string, offset: number, length: number): Promise<void> {
     const d = this.checkRange(disk, offset, length);
+    this.makeRoom(offset, length);
     if (offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0) {
       // Partial blocks at the edges are ordinary writes of zeros.
       const head = Math.min(length, (BLOCK_SIZE - (offset % BLOCK_SIZE)) % BLOCK_SIZE);
@@ -130,7 +153,16 @@ export class BatchWriter {
       if (tail) await this.write(disk, offset + head + bodyLen, Buffer.alloc(tail));
       return;
     }
-    for (let b = offset / BLOCK_SIZE; b < (offset + length) / BLOCK_SIZE; b++) this.put(d, b, null);
+    const start = offset / BLOCK_SIZE;
+    const end = (offset + length) / BLOCK_SIZE;
+    if (end - start >= ZERO_RUN_BLOCKS) {
+      // Runs and blocks of one batch never overlap: cut first if this run would.
+      if (this.overlapsPending(d, start, end)) this.cut();
+      this.zeroRuns[d].push({ start, end });
+      this.firstWriteMs ??= this.o.clock();
+    } else {
+      for (let b = start; b < end; b++) this.put(d, b, null);
+    }
     await this.afterWrite();
   }
 
@@ -144,17 +176,24 @@ export class BatchWriter {
       throw new InvalidArgumentError(`application tag '${opts.appTag}' must be 1-255 bytes`);
     }
     const marked = opts.appTag !== undefined || opts.rp === true;
-    if (this.pendingBytes === 0 && this.pending.every((m) => m.size === 0) && !marked) return undefined;
-    const seq = this.nextSeqValue++;
+    const empty = this.pending.every((m) => m.size === 0) && this.zeroRuns.every((r) => r.length === 0);
+    if (empty && !marked) return undefined;
+    const seq = this.nextSeqValue;
     const cutMs = this.o.clock();
     const flags = (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0);
-    const extents = this.takeExtents();
+    const extents = this.pendingExtents();
+    // Encode before touching any state: if it throws, nothing is lost and no seq is skipped.
     const body = encodeBatch(
       { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) },
       extents,
     );
     const dataBytes = extents.reduce((n, e) => n + (e.data?.length ?? (e.zeroBlocks ?? 0) * BLOCK_SIZE), 0);
+    this.nextSeqValue++;
     this.firstWriteMs = undefined;
+    this.pending.forEach((m) => m.clear());
+    this.zeroRuns.forEach((r) => (r.length = 0));
+    this.pendingBytes = 0;
+    this.o.onCut?.(seq);
     const key = journalKey(this.o.pairId, seq);
     const upload = this.upload(key, body).then(
       () => this.o.onUploaded?.({ seq, key, bytes: body.length, dataBytes, flags, appTag: opts.appTag, cutMs }),
@@ -181,10 +220,33 @@ export class BatchWriter {
   }
 
   private put(d: number, block: number, content: Buffer | null): void {
+    if (this.zeroRuns[d].some((r) => block >= r.start && block < r.end)) this.cut();
     const m = this.pending[d];
-    if (!m.has(block)) this.pendingBytes += BLOCK_SIZE;
-    m.set(block, content);
+    if (!m.has(block)) {
+      // makeRoom left room for the whole operation, unless it is larger than a batch:
+      // only then is it split here.
+      if (this.pendingBytes + BLOCK_SIZE > this.o.maxBatchBytes) this.cut();
+      this.pendingBytes += BLOCK_SIZE;
+    }
+    // All-zero data is stored as a zero extent: no payload at all.
+    m.set(block, content === null || content.equals(ZERO_BLOCK) ? null : Buffer.from(content));
     this.firstWriteMs ??= this.o.clock();
+  }
+
+  /**
+   * Batches end between writes: cut first if the blocks this operation touches would
+   * overflow the batch. Only one operation larger than maxBatchBytes is split (in put):
+   * a disk may tear such a write in a crash anyway.
+   */
+  private makeRoom(offset: number, length: number): void {
+    const span = (Math.ceil((offset + length) / BLOCK_SIZE) - Math.floor(offset / BLOCK_SIZE)) * BLOCK_SIZE;
+    if (this.pendingBytes > 0 && this.pendingBytes + span > this.o.maxBatchBytes) this.cut();
+  }
+
+  private overlapsPending(d: number, start: number, end: number): boolean {
+    if (this.zeroRuns[d].some((r) => r.start < end && start < r.end)) return true;
+    for (const block of this.pending[d].keys()) if (block >= start && block < end) return true;
+    return false;
   }
 
   private async currentBlock(disk: string, d: number, block: number): Promise<Buffer> {
@@ -197,18 +259,23 @@ export class BatchWriter {
   }
 
   private async afterWrite(): Promise<void> {
-    if (this.pendingBytes >= this.o.maxBatchBytes) this.cut();
     while (this.inFlight.size >= this.o.maxInFlight) await Promise.race(this.inFlight);
     this.throwIfFailed();
   }
 
   private cutIfOld(): void {
-    if (this.firstWriteMs !== undefined && this.o.clock() - this.firstWriteMs >= this.o.maxBatchAgeMs && !this.failure) this.cut();
+    if (this.firstWriteMs === undefined || this.failure || this.o.clock() - this.firstWriteMs < this.o.maxBatchAgeMs) return;
+    try {
+      this.cut();
+    } catch (err) {
+      this.failure = err as Error; // surfaced by the next write or flush, not an uncaught timer error
+    }
   }
 
-  /** Turns pending blocks into sorted extents of contiguous data or zero runs. */
-  private takeExtents(): ExtentInput[] {
+  /** Pending blocks as extents of contiguous data or zeros, plus the zero runs. */
+  private pendingExtents(): ExtentInput[] {
     const out: ExtentInput[] = [];
+    this.zeroRuns.forEach((runs, disk) => runs.forEach((r) => out.push({ disk, blockIndex: r.start, zeroBlocks: r.end - r.start })));
     this.pending.forEach((m, disk) => {
       const blocks = [...m.keys()].sort((a, b) => a - b);
       for (let i = 0; i < blocks.length; ) {
@@ -218,9 +285,7 @@ export class BatchWriter {
         out.push(zero ? { disk, blockIndex: blocks[i], zeroBlocks: j - i } : { disk, blockIndex: blocks[i], data: Buffer.concat(blocks.slice(i, j).map((b) => m.get(b)!)) });
         i = j;
       }
-      m.clear();
     });
-    this.pendingBytes = 0;
     return out;
   }
 

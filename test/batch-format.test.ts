@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { BATCH_FLAGS, BLOCK_SIZE, decodeBatch, decodeExtent, encodeBatch, type BatchHeader, type ExtentInput } from '../core/batch-format';
 import { BatchError } from '../core/errors';
+import { crc32c } from '../core/crc32c';
 
 const header = (over: Partial<BatchHeader> = {}): BatchHeader => ({
   pairId: 'pair-a', seq: 7, prevSeq: 6, firstWriteMs: 1_700_000_000_000, cutMs: 1_700_000_000_500, flags: 0, disks: ['disk0', 'disk1'], ...over,
@@ -89,11 +90,27 @@ describe('batch format', () => {
     expect(catchError(() => decodeBatch(Buffer.alloc(0), 'b'))).toMatchObject({ code: 'TRUNCATED', message: expect.stringContaining('batch b') });
   });
 
+  test('reserved header bytes and duplicate disk names are refused', () => {
+    const buf = Buffer.from(encodeBatch(header(), []));
+    buf[52] = 0xff;
+    resign(buf);
+    expect(catchError(() => decodeBatch(buf, 'b'))).toMatchObject({ code: 'MALFORMED', reason: expect.stringContaining('reserved') });
+    expect(() => encodeBatch(header({ disks: ['d0', 'd0'] }), [])).toThrow(/names a disk twice/);
+  });
+
   test('the encoder refuses overlapping extents and a tag without the flag', () => {
     expect(() => encodeBatch(header(), [{ disk: 0, blockIndex: 0, zeroBlocks: 4 }, { disk: 0, blockIndex: 3, zeroBlocks: 1 }])).toThrow(/overlap/);
     expect(() => encodeBatch(header({ appTag: 'x' }), [])).toThrow(/APP_CONSISTENT/);
   });
 });
+
+/** Recomputes header and object checksums after a deliberate edit (a forged batch). */
+function resign(buf: Buffer): void {
+  const headerLen = buf.readUInt32LE(40);
+  buf.writeUInt32LE(0, 60);
+  buf.writeUInt32LE(crc32c(buf.subarray(0, headerLen)), 60);
+  buf.writeUInt32LE(crc32c(buf.subarray(0, buf.length - 8)), buf.length - 8);
+}
 
 function catchError(fn: () => unknown): unknown {
   try {

@@ -31,11 +31,13 @@ describe('BatchWriter', () => {
     w.cut({ appTag: 'app=db' });
     await w.flush({ rp: true }); // nothing pending: still cuts, an empty batch carrying the marker
     const bs = decoded(mem);
-    expect(bs.map((b) => b.header.seq)).toEqual([10, 11, 12, 13, 14, 15, 16]);
+    // A full batch is cut when the next write does not fit; the last one by the ACRP marker.
+    expect(bs.map((b) => b.header.seq)).toEqual([10, 11, 12, 13, 14, 15]);
     expect(bs.slice(0, 5).every((b) => b.dataBytes === 4 * BLOCK_SIZE)).toBe(true);
-    expect(bs[5].header).toMatchObject({ flags: BATCH_FLAGS.APP_CONSISTENT, appTag: 'app=db' });
-    expect(bs[6].header.flags).toBe(BATCH_FLAGS.RP_REQUESTED);
-    expect(bs[6].extents).toEqual([]);
+    expect(bs.slice(0, 4).every((b) => b.header.flags === 0)).toBe(true);
+    expect(bs[4].header).toMatchObject({ flags: BATCH_FLAGS.APP_CONSISTENT, appTag: 'app=db' });
+    expect(bs[5].header.flags).toBe(BATCH_FLAGS.RP_REQUESTED);
+    expect(bs[5].extents).toEqual([]);
     expect(bs.every((b) => parseJournalKey(b.key)!.seq === b.header.seq)).toBe(true);
   });
 
@@ -79,6 +81,32 @@ describe('BatchWriter', () => {
     await expect(w2.write('d0', 0, Buffer.alloc(BLOCK_SIZE))).rejects.toThrow(/failed after 3 attempts/);
   });
 
+  test('a TRIM of a whole large disk is one zero extent, not one entry per block', async () => {
+    const mem = new MemoryObjectStore();
+    const big = [{ name: 'd0', sizeBytes: 2 ** 40 }];
+    const w = new BatchWriter({ pairId: 'p', disks: big, store: mem, maxBatchAgeMs: 0 });
+    await w.write('d0', 0, Buffer.alloc(BLOCK_SIZE, 1));
+    await w.zero('d0', 0, 2 ** 40); // overlaps the pending write: cut first, then one run
+    await w.write('d0', 8 * BLOCK_SIZE, Buffer.alloc(BLOCK_SIZE, 2)); // inside the run: cut again
+    await w.flush();
+    const bs = decoded(mem);
+    expect(bs.map((b) => b.extents.map((e) => [e.blockIndex, e.blockCount, e.payloadLength]))).toEqual([[[0, 1, expect.any(Number)]], [[0, 2 ** 28, 0]], [[8, 1, expect.any(Number)]]]);
+    expect(bs.map((b) => b.header.seq)).toEqual([1, 2, 3]);
+  });
+
+  test('all-zero data is stored as a zero extent, and one large write is cut into bounded batches', async () => {
+    const mem = new MemoryObjectStore();
+    const w = new BatchWriter({ pairId: 'p', disks, store: mem, maxBatchAgeMs: 0, maxBatchBytes: 64 * BLOCK_SIZE });
+    await w.write('d0', 0, Buffer.alloc(4 * BLOCK_SIZE)); // zeros
+    await w.write('d0', 4 * BLOCK_SIZE, Buffer.alloc(200 * BLOCK_SIZE, 3)); // one write, several batches
+    await w.flush();
+    const bs = decoded(mem);
+    expect(bs[0].extents[0]).toMatchObject({ blockIndex: 0, blockCount: 4, payloadLength: 0 });
+    // The zeros alone (the big write did not fit), then the write in bounded pieces.
+    expect(bs.map((b) => b.dataBytes / BLOCK_SIZE)).toEqual([4, 64, 64, 64, 8]);
+    expect(bs.every((b) => b.dataBytes <= 64 * BLOCK_SIZE)).toBe(true);
+  });
+
   test('bad arguments name what and where', async () => {
     const w = new BatchWriter({ pairId: 'p', disks, store: new MemoryObjectStore(), maxBatchAgeMs: 0 });
     await expect(w.write('nope', 0, Buffer.alloc(BLOCK_SIZE))).rejects.toThrow(new InvalidArgumentError("unknown disk 'nope' (pair 'p' has d0)"));
@@ -86,5 +114,7 @@ describe('BatchWriter', () => {
     await expect(w.write('d0', 100, Buffer.alloc(10))).rejects.toThrow(/needs readBlock/);
     expect(() => w.cut({ appTag: '' })).toThrow(/application tag/);
     expect(() => new BatchWriter({ pairId: 'Bad_Pair', disks, store: new MemoryObjectStore() })).toThrow(/pair id 'Bad_Pair'/);
+    expect(() => new BatchWriter({ pairId: 'p', disks: [...disks, ...disks], store: new MemoryObjectStore() })).toThrow(/distinct names/);
+    expect(() => new BatchWriter({ pairId: 'p', disks: [{ name: 'd0', sizeBytes: 1000 }], store: new MemoryObjectStore() })).toThrow(/multiple of 4 KiB/);
   });
 });

@@ -168,6 +168,37 @@ describe('apply path: ordering, duplicates, bad batches', () => {
     for (const seq of [1, 2, 3, 4, 5]) await expectRecovers(pairId, seq, model);
   });
 
+  test('when a blocking error clears, the pair shows the next refused seq above the watermark', async () => {
+    const c = cloud();
+    const pairId = newPairId('next');
+    await createPair(c.index, { pairId, disks });
+    const { bodies, model } = await produceBatches(pairId, 5, 13);
+    const corrupt = (seq: number): Buffer => {
+      const b = Buffer.from(bodies.get(seq)!);
+      b[70] ^= 1;
+      return b;
+    };
+    await c.store.put(journalKey(pairId, 1), bodies.get(1)!);
+    await waitForWatermark(c.index, pairId, 1, 30_000);
+    const bad4 = journalKey(pairId, 4);
+    await c.store.put(bad4, corrupt(4));
+    await eventually('seq 4 shown', async () => ((await c.index.getPair(pairId))!.error?.seq === 4 ? true : undefined));
+    await c.store.put(journalKey(pairId, 2), corrupt(2));
+    await eventually('seq 2 shown (the lowest)', async () => ((await c.index.getPair(pairId))!.error?.seq === 2 ? true : undefined));
+    await c.store.put(journalKey(pairId, 3), bodies.get(3)!);
+    await eventually('seq 3 registered', async () => ((await registered(pairId)).includes(3) ? true : undefined));
+    await c.store.put(journalKey(pairId, 2), bodies.get(2)!);
+    const moved = await eventually('watermark 3', async () => {
+      const p = (await c.index.getPair(pairId))!;
+      return p.watermark === 3 ? p : undefined;
+    });
+    expect(moved).toMatchObject({ state: 'ERROR', error: { seq: 4, key: bad4, code: 'CHECKSUM_MISMATCH' } });
+    await c.store.put(journalKey(pairId, 4), bodies.get(4)!);
+    await c.store.put(journalKey(pairId, 5), bodies.get(5)!);
+    expect(await waitForWatermark(c.index, pairId, 5, 30_000)).toMatchObject({ state: 'REPLICATING' });
+    await expectRecovers(pairId, 5, model);
+  });
+
   test('a different batch for an applied seq (a replay) is quarantined and changes nothing', async () => {
     const c = cloud();
     const pairId = newPairId('replay');
@@ -262,6 +293,19 @@ describe('apply service: crashes and unknown input', () => {
     expect((await c.index.getPair(pairId))!.watermark).toBe(2);
     await expectRecovers(pairId, 1, model, mem);
     await expectRecovers(pairId, 2, model, mem);
+  });
+
+  test('an object over the size limit is quarantined unread, not retried until the DLQ', async () => {
+    const c = cloud();
+    const pairId = newPairId('huge');
+    await createPair(c.index, { pairId, disks });
+    const { bodies } = await produceBatches(pairId, 1, 51);
+    const mem = new MemoryObjectStore();
+    const key = journalKey(pairId, 1);
+    mem.objects.set(key, bodies.get(1)!);
+    const service = new ApplyService(mem, c.index, undefined, Date.now, 100);
+    await expect(service.applyObject(key)).resolves.toMatchObject({ outcome: 'quarantined', detail: expect.stringContaining('over the limit of 100') });
+    expect((await c.index.getPair(pairId))!).toMatchObject({ state: 'ERROR', error: { seq: 1, code: 'MALFORMED' } });
   });
 
   test('objects of unknown pairs and foreign keys are ignored, never retried forever', async () => {

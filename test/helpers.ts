@@ -44,7 +44,7 @@ export async function recover(store: { store: ObjectStore; index: ReplicaIndex }
     sinkFor: async (disk, size): Promise<ImageSink> => {
       const image = Buffer.alloc(size);
       out.set(disk, image);
-      return { write: async (offset, window) => void window.copy(image, offset), close: async () => {} };
+      return { write: async (offset, window) => void window.copy(image, offset), close: async () => {}, abort: async () => {} };
     },
   });
   return out;

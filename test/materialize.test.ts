@@ -72,6 +72,10 @@ describe('materialize', () => {
     await c.store.put(key, body); // bit rot (or tampering) after apply
     await expect(recover(c, pairId, seq)).rejects.toThrow(CorruptExtentError);
     await expect(recover(c, pairId, seq)).rejects.toThrow(key);
+    // No partial image is left behind.
+    const out = join(await mkdtemp(join(tmpdir(), 'livesync-')), 'd.img');
+    await expect(materialize(c.store, c.index, { pairId, seq, sinkFor: async (_d, size) => fileSink(out, size) })).rejects.toThrow(CorruptExtentError);
+    await expect(stat(out)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   test('recovery of an unknown pair or a seq that is not an RP is refused clearly', async () => {

@@ -27,28 +27,29 @@ describe('replication through the event path', () => {
           disks,
           store: c.store,
           maxBatchAgeMs: 0,
-          maxBatchBytes: randInt(r, 16, 512) * 1024,
+          // Above the largest operation (96 KiB), so batches end between operations.
+          maxBatchBytes: randInt(r, 100, 512) * 1024,
           readBlock: async (disk, block) => Buffer.from(model.disks.get(disk)!.subarray(block * 4096, (block + 1) * 4096)),
+          // Cuts happen between operations; the model is updated after each one reaches the
+          // writer, so at a cut it holds exactly the state the batch ends at.
+          onCut: (seq) => model.snapshot(seq),
         });
         const ops = randInt(r, 20, 120);
         for (let i = 0; i < ops; i++) {
           const disk = disks[randInt(r, 0, 1)];
           const op = randomOp(r, disk.sizeBytes, 96 * 1024);
-          const before = writer.nextSeq;
           if (op.kind === 'write') {
-            model.write(disk.name, op.offset, op.data!);
             await writer.write(disk.name, op.offset, op.data!);
+            model.write(disk.name, op.offset, op.data!);
           } else {
-            model.zero(disk.name, op.offset, op.length);
             await writer.zero(disk.name, op.offset, op.length);
+            model.zero(disk.name, op.offset, op.length);
           }
-          if (writer.nextSeq > before) model.snapshot(writer.nextSeq - 1); // a size cut after this write
           const roll = r();
-          if (roll < 0.08) model.snapshot(writer.cut({ appTag: `app=db;i=${i}` })!);
-          else if (roll < 0.16) model.snapshot(writer.cut({ rp: true })!);
+          if (roll < 0.08) writer.cut({ appTag: `app=db;i=${i}` });
+          else if (roll < 0.16) writer.cut({ rp: true });
         }
         const last = await writer.flush({ rp: true });
-        model.snapshot(last);
         await writer.close();
         await waitForWatermark(c.index, pairId, last, 60_000);
 
