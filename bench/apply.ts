@@ -156,7 +156,7 @@ async function main(): Promise<void> {
       const requests = Object.values(s3Counts).reduce((a, b) => a + b, 0) + Object.values(ddbCounts).reduce((a, b) => a + b, 0);
       return { applyS, requests };
     };
-    for (let i = 0; i < Math.max(5, reps); i++) {
+    for (let i = 0; i < Math.max(9, reps); i++) {
       const g1 = await applyCost(GiB);
       const t1 = await applyCost(TiB);
       const t2 = await applyCost(TiB);
