@@ -11,6 +11,7 @@ import { fileSink, materialize, objectSink } from '../replica/materialize';
 import { createPair } from '../replica/pairs';
 import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
 import { runDemo } from './demo';
+import { startAgent } from '../agent/agent';
 
 const USAGE = `usage: livesync <command> [options]
 
@@ -23,6 +24,8 @@ const USAGE = `usage: livesync <command> [options]
   pair show --pair P
   rp list --pair P [--app]
   recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
+  agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809]
+        serve the images over NBD; every write goes to the image and to the journal
 
 The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, endpoints through
 AWS_ENDPOINT_URL* (unset in AWS).`;
@@ -109,6 +112,27 @@ async function main(argv: string[]): Promise<number> {
         sinkFor: async (disk, size) => (out ? fileSink(join(out, `${disk}.img`), size) : objectSink(store, `${prefix!.replace(/\/$/, '')}/${disk}.img`)),
       });
       console.log(JSON.stringify(res, null, 2));
+      return 0;
+    }
+    case 'agent': {
+      const o = opts({ pair: { type: 'string' }, disk: { type: 'string', multiple: true }, listen: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const disks = ((o.disk as string[] | undefined) ?? []).map((v) => {
+        const i = v.indexOf('=');
+        if (i <= 0) throw new InvalidArgumentError(`--disk: '${v}' is not NAME=PATH`);
+        return { name: v.slice(0, i), path: v.slice(i + 1) };
+      });
+      const listen = str(o, 'listen') ?? '127.0.0.1:10809';
+      const m = /^(.+):(\d+)$/.exec(listen);
+      if (!m) throw new InvalidArgumentError(`--listen: '${listen}' is not HOST:PORT`);
+      const { store, index } = rpStoreFromEnv();
+      const agent = await startAgent({ pairId, disks, host: m[1], port: Number(m[2]), store, index, log: (l) => console.error(l) });
+      console.log(JSON.stringify({ port: agent.port }));
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await agent.stop();
       return 0;
     }
     case 'help':

@@ -1,0 +1,338 @@
+// An NBD server (fixed newstyle) for the agent's exports: negotiation, then requests
+// served in order per connection. What an export does with writes (pass-through and
+// capture) lives behind BlockExport.
+
+import { createServer, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import {
+  BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, MAX_PAYLOAD, NBDMAGIC, OPT,
+  REP, REPLY_FLAG_DONE, REPLY_TYPE, TFLAG, optionReply, parseRequest, simpleReply, structuredReply, type Request,
+} from './nbd-protocol';
+
+export interface Extent {
+  length: number;
+  /** base:allocation state bits (STATE_HOLE, STATE_ZERO). */
+  state: number;
+}
+
+/** One exported disk. Errors thrown become EIO replies; the connection stays up. */
+export interface BlockExport {
+  readonly name: string;
+  readonly size: number;
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer, fua: boolean): Promise<void>;
+  /** TRIM (`punch` true) or WRITE_ZEROES: the range reads as zeros afterwards. */
+  zero(offset: number, length: number, fua: boolean): Promise<void>;
+  /** Everything acknowledged before is durable when this resolves. */
+  flush(): Promise<void>;
+  allocation(offset: number, length: number): Promise<Extent[]>;
+}
+
+export interface NbdServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+export async function startNbdServer(exports: BlockExport[], host = '127.0.0.1', port = 10809, log: (m: string) => void = () => {}): Promise<NbdServer> {
+  const byName = new Map(exports.map((e) => [e.name, e]));
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((sock) => {
+    sockets.add(sock);
+    sock.setNoDelay(true);
+    sock.on('close', () => sockets.delete(sock));
+    serve(sock, byName).catch((err: Error) => {
+      log(`nbd connection: ${err.message}`);
+      sock.destroy();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Exact-length reads from a socket, with backpressure. */
+class SocketReader {
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private waiting?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
+  private done?: Error;
+
+  constructor(private readonly sock: Socket) {
+    sock.on('data', (c: Buffer) => {
+      this.chunks.push(c);
+      this.have += c.length;
+      if (this.have > 2 * MAX_PAYLOAD) sock.pause();
+      this.pump();
+    });
+    const end = (): void => {
+      this.done ??= new Error('client closed the connection');
+      this.pump();
+    };
+    sock.on('end', end);
+    sock.on('close', end);
+    sock.on('error', (e) => {
+      this.done ??= e;
+      this.pump();
+    });
+  }
+
+  read(n: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      this.waiting = { n, resolve, reject };
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    const w = this.waiting;
+    if (!w) return;
+    if (this.have >= w.n) {
+      this.waiting = undefined;
+      const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+      const out = all.subarray(0, w.n);
+      const rest = all.subarray(w.n);
+      this.chunks = rest.length ? [rest] : [];
+      this.have = rest.length;
+      if (this.sock.isPaused() && this.have <= MAX_PAYLOAD) this.sock.resume();
+      w.resolve(out);
+    } else if (this.done) {
+      this.waiting = undefined;
+      w.reject(this.done);
+    }
+  }
+}
+
+const write = (sock: Socket, b: Buffer): Promise<void> =>
+  new Promise((resolve, reject) => {
+    if (sock.write(b, (err) => (err ? reject(err) : undefined))) resolve();
+    else sock.once('drain', resolve);
+  });
+
+interface Session {
+  exp: BlockExport;
+  structured: boolean;
+  /** Context id of base:allocation, if the client selected it. */
+  allocationContext?: number;
+}
+
+async function serve(sock: Socket, exports: Map<string, BlockExport>): Promise<void> {
+  const r = new SocketReader(sock);
+  const hello = Buffer.alloc(18);
+  hello.writeBigUInt64BE(NBDMAGIC, 0);
+  hello.writeBigUInt64BE(IHAVEOPT, 8);
+  hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
+  await write(sock, hello);
+  const clientFlags = (await r.read(4)).readUInt32BE(0);
+  const session = await negotiate(sock, r, exports, (clientFlags & FLAG_NO_ZEROES) !== 0);
+  if (session) await transmit(sock, r, session);
+}
+
+function transmissionFlags(structured: boolean): number {
+  return (
+    TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.SEND_TRIM | TFLAG.SEND_WRITE_ZEROES | TFLAG.CAN_MULTI_CONN | (structured ? TFLAG.SEND_DF : 0)
+  );
+}
+
+async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, BlockExport>, noZeroes: boolean): Promise<Session | undefined> {
+  let structured = false;
+  let allocationContext: number | undefined;
+  for (;;) {
+    const head = await r.read(16);
+    if (head.readBigUInt64BE(0) !== IHAVEOPT) throw new Error('bad option magic');
+    const opt = head.readUInt32BE(8);
+    const len = head.readUInt32BE(12);
+    if (len > 64 * 1024) throw new Error(`option ${opt} payload of ${len} bytes`);
+    const data = await r.read(len);
+    const reply = (type: number, payload?: Buffer): Promise<void> => write(sock, optionReply(opt, type, payload));
+    switch (opt) {
+      case OPT.EXPORT_NAME: {
+        const exp = exports.get(data.toString('utf8'));
+        if (!exp) throw new Error(`unknown export '${data.toString('utf8')}'`); // the protocol's only answer: hang up
+        const b = Buffer.alloc(noZeroes ? 10 : 134);
+        b.writeBigUInt64BE(BigInt(exp.size), 0);
+        b.writeUInt16BE(transmissionFlags(structured), 8);
+        await write(sock, b);
+        return { exp, structured, allocationContext };
+      }
+      case OPT.ABORT:
+        await reply(REP.ACK);
+        sock.end();
+        return undefined;
+      case OPT.LIST:
+        if (len !== 0) {
+          await reply(REP.ERR_INVALID);
+          break;
+        }
+        for (const name of exports.keys()) {
+          const n = Buffer.from(name, 'utf8');
+          const p = Buffer.alloc(4 + n.length);
+          p.writeUInt32BE(n.length, 0);
+          n.copy(p, 4);
+          await reply(REP.SERVER, p);
+        }
+        await reply(REP.ACK);
+        break;
+      case OPT.INFO:
+      case OPT.GO: {
+        const nameLen = data.length >= 4 ? data.readUInt32BE(0) : -1;
+        if (nameLen < 0 || 4 + nameLen + 2 > data.length) {
+          await reply(REP.ERR_INVALID);
+          break;
+        }
+        const exp = exports.get(data.toString('utf8', 4, 4 + nameLen));
+        if (!exp) {
+          await reply(REP.ERR_UNKNOWN, Buffer.from(`no export named '${data.toString('utf8', 4, 4 + nameLen)}'`));
+          break;
+        }
+        const info = Buffer.alloc(12);
+        info.writeUInt16BE(INFO.EXPORT, 0);
+        info.writeBigUInt64BE(BigInt(exp.size), 2);
+        info.writeUInt16BE(transmissionFlags(structured), 10);
+        await reply(REP.INFO, info);
+        const sizes = Buffer.alloc(14);
+        sizes.writeUInt16BE(INFO.BLOCK_SIZE, 0);
+        sizes.writeUInt32BE(1, 2); // any alignment works (partial blocks are merged)
+        sizes.writeUInt32BE(4096, 6);
+        sizes.writeUInt32BE(MAX_PAYLOAD, 10);
+        await reply(REP.INFO, sizes);
+        await reply(REP.ACK);
+        if (opt === OPT.GO) return { exp, structured, allocationContext };
+        break;
+      }
+      case OPT.STRUCTURED_REPLY:
+        if (len !== 0 || structured) {
+          await reply(REP.ERR_INVALID);
+          break;
+        }
+        structured = true;
+        await reply(REP.ACK);
+        break;
+      case OPT.LIST_META_CONTEXT:
+      case OPT.SET_META_CONTEXT: {
+        const queries = parseMetaContext(data);
+        if (!queries || (opt === OPT.SET_META_CONTEXT && !structured)) {
+          await reply(REP.ERR_INVALID);
+          break;
+        }
+        const wanted = opt === OPT.LIST_META_CONTEXT && queries.length === 0 ? [BASE_ALLOCATION] : queries;
+        if (opt === OPT.SET_META_CONTEXT) allocationContext = undefined;
+        for (const q of wanted) {
+          if (q !== BASE_ALLOCATION && !(opt === OPT.LIST_META_CONTEXT && q === 'base:')) continue;
+          const name = Buffer.from(BASE_ALLOCATION);
+          const p = Buffer.alloc(4 + name.length);
+          p.writeUInt32BE(1, 0);
+          name.copy(p, 4);
+          await reply(REP.META_CONTEXT, p);
+          if (opt === OPT.SET_META_CONTEXT) allocationContext = 1;
+        }
+        await reply(REP.ACK);
+        break;
+      }
+      default:
+        await reply(REP.ERR_UNSUP);
+    }
+  }
+}
+
+function parseMetaContext(data: Buffer): string[] | undefined {
+  if (data.length < 8) return undefined;
+  let at = 4 + data.readUInt32BE(0);
+  if (at + 4 > data.length) return undefined;
+  const n = data.readUInt32BE(at);
+  at += 4;
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    if (at + 4 > data.length) return undefined;
+    const len = data.readUInt32BE(at);
+    if (at + 4 + len > data.length) return undefined;
+    out.push(data.toString('utf8', at + 4, at + 4 + len));
+    at += 4 + len;
+  }
+  return out;
+}
+
+async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void> {
+  for (;;) {
+    const req = parseRequest(await r.read(28));
+    if ('badMagic' in req) throw new Error(`bad request magic 0x${req.badMagic.toString(16)}`);
+    // A WRITE's payload is consumed whatever happens to the request.
+    let payload: Buffer | undefined;
+    if (req.type === CMD.WRITE) {
+      if (req.length > MAX_PAYLOAD) throw new Error(`write of ${req.length} bytes exceeds the advertised maximum`);
+      payload = await r.read(req.length);
+    }
+    if (req.type === CMD.DISC) {
+      await s.exp.flush().catch(() => {});
+      sock.end();
+      return;
+    }
+    await write(sock, await handle(s, req, payload));
+  }
+}
+
+async function handle(s: Session, req: Request, payload: Buffer | undefined): Promise<Buffer> {
+  const fail = (errno: number): Buffer =>
+    s.structured
+      ? structuredReply(req.cookie, REPLY_TYPE.ERROR, REPLY_FLAG_DONE, [errorPayload(errno)])
+      : simpleReply(req.cookie, errno);
+  const ok = (): Buffer => (s.structured ? structuredReply(req.cookie, REPLY_TYPE.NONE, REPLY_FLAG_DONE) : simpleReply(req.cookie, 0));
+  const inRange = req.offset + req.length <= s.exp.size;
+  const fua = (req.flags & CMD_FLAG.FUA) !== 0;
+  try {
+    switch (req.type) {
+      case CMD.READ: {
+        if (!inRange) return fail(ERRNO.EINVAL);
+        if (req.length > MAX_PAYLOAD) return fail(ERRNO.EOVERFLOW);
+        const data = await s.exp.read(req.offset, req.length);
+        if (!s.structured) return simpleReply(req.cookie, 0, data);
+        const off = Buffer.alloc(8);
+        off.writeBigUInt64BE(BigInt(req.offset));
+        return structuredReply(req.cookie, REPLY_TYPE.OFFSET_DATA, REPLY_FLAG_DONE, [off, data]);
+      }
+      case CMD.WRITE:
+        if (!inRange) return fail(ERRNO.ENOSPC);
+        await s.exp.write(req.offset, payload!, fua);
+        return ok();
+      case CMD.FLUSH:
+        await s.exp.flush();
+        return ok();
+      case CMD.TRIM:
+      case CMD.WRITE_ZEROES:
+        if (!inRange) return fail(ERRNO.ENOSPC);
+        await s.exp.zero(req.offset, req.length, fua);
+        return ok();
+      case CMD.BLOCK_STATUS: {
+        if (!s.structured || s.allocationContext === undefined) return fail(ERRNO.EINVAL);
+        if (!inRange || req.length === 0) return fail(ERRNO.EINVAL);
+        let extents = await s.exp.allocation(req.offset, req.length);
+        if (req.flags & CMD_FLAG.REQ_ONE) extents = extents.slice(0, 1);
+        const p = Buffer.alloc(4 + 8 * extents.length);
+        p.writeUInt32BE(s.allocationContext, 0);
+        extents.forEach((e, i) => {
+          p.writeUInt32BE(e.length, 4 + 8 * i);
+          p.writeUInt32BE(e.state, 8 + 8 * i);
+        });
+        return structuredReply(req.cookie, REPLY_TYPE.BLOCK_STATUS, REPLY_FLAG_DONE, [p]);
+      }
+      default:
+        return fail(ERRNO.EINVAL);
+    }
+  } catch {
+    return fail(ERRNO.EIO);
+  }
+}
+
+function errorPayload(errno: number): Buffer {
+  const p = Buffer.alloc(6);
+  p.writeUInt32BE(errno, 0);
+  p.writeUInt16BE(0, 4);
+  return p;
+}
