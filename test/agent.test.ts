@@ -1,4 +1,4 @@
-// The agent under real NBD clients (qemu-io, qemu-img, nbdcopy, nbdinfo): what a client
+// The agent under real NBD clients (qemu-io, qemu-img, nbdcopy, nbdinfo, fio): what a client
 // reads is what it wrote, and the latest RP recovered through the cloud side equals the
 // served image byte for byte.
 
@@ -22,8 +22,8 @@ const have = (cmd: string): boolean => {
     return false;
   }
 };
-const clients = ['qemu-io', 'qemu-img', 'nbdcopy', 'nbdinfo'].every(have);
-if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get install qemu-utils libnbd-bin; .ci/run does)');
+const clients = ['qemu-io', 'qemu-img', 'nbdcopy', 'nbdinfo', 'fio'].every(have);
+if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get install qemu-utils libnbd-bin fio; .ci/run does)');
 
 (clients ? describe : describe.skip)('agent over NBD', () => {
   let dir: string;
@@ -84,6 +84,16 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
     await writeFile(src, data);
     await run('nbdcopy', [src, url]);
     await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', src, url]);
+    await expectReplicaMatchesImage();
+  });
+
+  test('fio (nbd engine, queue depth 16, two connections) verifies crc32c of everything it wrote', async () => {
+    const { stdout } = await run('fio', [
+      '--name=verify', '--ioengine=nbd', `--uri=${url}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
+      '--size=8M', '--numjobs=2', '--offset_increment=16M', '--verify=crc32c', '--do_verify=1', '--group_reporting',
+    ]);
+    expect(stdout).toMatch(/err= 0/);
+    expect(stdout).not.toMatch(/verify:.*bad|crc32c: verify failed/i);
     await expectReplicaMatchesImage();
   });
 
