@@ -96,11 +96,14 @@ class SocketReader {
     if (!w) return;
     if (this.have >= w.n) {
       this.waiting = undefined;
-      const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
-      const out = all.subarray(0, w.n);
-      const rest = all.subarray(w.n);
-      this.chunks = rest.length ? [rest] : [];
-      this.have = rest.length;
+      // Join only the chunks this read needs: a 28-byte header must not copy a queued payload.
+      let k = 0;
+      for (let got = 0; got < w.n; k++) got += this.chunks[k].length;
+      const head = k === 1 ? this.chunks[0] : Buffer.concat(this.chunks.slice(0, k));
+      const out = head.subarray(0, w.n);
+      const rest = head.subarray(w.n);
+      this.chunks = rest.length ? [rest, ...this.chunks.slice(k)] : this.chunks.slice(k);
+      this.have -= w.n;
       if (this.sock.isPaused() && this.have <= MAX_PAYLOAD) this.sock.resume();
       w.resolve(out);
     } else if (this.done) {
@@ -112,8 +115,14 @@ class SocketReader {
 
 const write = (sock: Socket, b: Buffer): Promise<void> =>
   new Promise((resolve, reject) => {
-    if (sock.write(b, (err) => (err ? reject(err) : undefined))) resolve();
-    else sock.once('drain', resolve);
+    if (sock.write(b, (err) => (err ? reject(err) : undefined))) return resolve();
+    const done = (): void => {
+      sock.off('drain', done);
+      sock.off('close', done);
+      resolve();
+    };
+    sock.once('drain', done);
+    sock.once('close', done); // a dead client must not leave this connection's loop waiting
   });
 
 interface Session {
