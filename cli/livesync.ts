@@ -5,7 +5,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { rpStoreFromEnv } from '../adapters/from-env';
-import { InvalidArgumentError } from '../core/errors';
+import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { startLocalStack } from '../local/stack';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
 import { createPair } from '../replica/pairs';
@@ -147,7 +147,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: Error) => {
-    const known = err instanceof InvalidArgumentError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    const known = err instanceof InvalidArgumentError || err instanceof UnknownPairError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
     console.error(`livesync: ${known ? err.message : err.stack ?? err}`);
     process.exit(known ? 2 : 1);
   },

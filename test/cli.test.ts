@@ -32,6 +32,9 @@ describe('livesync CLI', () => {
     [['pair', 'show', '--pair', 'no-such-pair'], "unknown pair 'no-such-pair'"],
     [['rp', 'list', '--pair', 'p', '--bogus'], "Unknown option '--bogus'"],
     [['frobnicate'], "unknown command 'frobnicate'"],
+    [['agent', '--pair', 'p', '--disk', 'foo'], "--disk: 'foo' is not NAME=PATH"],
+    [['agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', 'nope'], "--listen: 'nope' is not HOST:PORT"],
+    [['agent', '--pair', 'no-such-pair', '--disk', 'd=/tmp/x'], "unknown pair 'no-such-pair'"],
   ])('livesync %j fails with exit 2: %s', async (args, message) => {
     const res = await run(...args);
     expect(res.stderr).toContain(message);
