@@ -1,7 +1,9 @@
 // `livesync agent`: serves the pair's disk images over NBD and streams every write to the
 // pair's journal through one batch writer (all disks of a pair: one seq stream).
 
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+import { mkdir, open, readFile, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
@@ -17,6 +19,8 @@ export interface AgentOptions {
   port: number;
   store: ObjectStore;
   index: ReplicaIndex;
+  /** Where the agent keeps its local state (the next seq); default .livesync/agent/{pair}. */
+  stateDir?: string;
   log?: (m: string) => void;
 }
 
@@ -36,9 +40,14 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const size = (await stat(given.get(d.name)!)).size;
     if (size !== d.sizeBytes) throw new InvalidArgumentError(`image ${given.get(d.name)} is ${size} bytes; disk '${d.name}' of pair '${o.pairId}' is ${d.sizeBytes}`);
   }
-  // Continue the pair's seq stream after everything already registered.
+  // Continue the pair's seq stream after everything registered and everything this agent
+  // ever cut (a batch may be uploaded but not yet registered when the agent restarts).
+  const stateDir = o.stateDir ?? join(process.cwd(), '.livesync', 'agent', o.pairId);
+  await mkdir(stateDir, { recursive: true });
+  const seqFile = join(stateDir, 'next-seq');
   const registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
-  const firstSeq = Math.max(pair.watermark, ...registered.map((b) => b.seq)) + 1;
+  const cutBefore = Number((await readFile(seqFile, 'utf8').catch(() => '0')).trim()) || 0;
+  const firstSeq = Math.max(pair.watermark + 1, cutBefore, ...registered.map((b) => b.seq + 1));
 
   const files = new Map<string, FileHandle>();
   for (const d of pair.disks) files.set(d.name, await open(given.get(d.name)!, 'r+'));
@@ -47,6 +56,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     disks: pair.disks,
     store: o.store,
     firstSeq,
+    // Recorded (and synced) before the batch is uploaded: a restarted agent never reuses it.
+    onCut: (seq) => writeDurably(seqFile, String(seq + 1)),
     readBlock: async (disk, block) => (await files.get(disk)!.read(Buffer.alloc(BLOCK_SIZE), 0, BLOCK_SIZE, block * BLOCK_SIZE)).buffer,
   });
   const exports = pair.disks.map((d) => new CapturedDisk(d.name, d.sizeBytes, given.get(d.name)!, files.get(d.name)!, writer));
@@ -61,4 +72,23 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       for (const fh of files.values()) await fh.close();
     },
   };
+}
+
+/** Replaces a small file atomically and durably (write, fsync, rename, fsync the directory). */
+function writeDurably(path: string, text: string): void {
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, 'w');
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  const dir = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
 }

@@ -39,7 +39,7 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
     dir = await mkdtemp(join(tmpdir(), 'livesync-agent-'));
     await writeFile(join(dir, 'disk0.img'), '');
     await truncate(join(dir, 'disk0.img'), size);
-    agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: join(dir, 'disk0.img') }], host: '127.0.0.1', port: 0, store: c.store, index: c.index });
+    agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: join(dir, 'disk0.img') }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
     url = `nbd://127.0.0.1:${agent.port}/disk0`;
   });
 
@@ -95,6 +95,19 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
     expect(stdout).toMatch(/err= 0/);
     expect(stdout).not.toMatch(/verify:.*bad|crc32c: verify failed/i);
     await expectReplicaMatchesImage();
+  });
+
+  test('a restarted agent continues the seq stream after every batch it cut, applied yet or not', async () => {
+    await run('qemu-io', ['-f', 'raw', url, '-c', 'write -P 0x31 8M 1M', '-c', 'flush']);
+    const cutSoFar = agent.writer.nextSeq;
+    await agent.stop();
+    const c = cloud();
+    agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: join(dir, 'disk0.img') }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
+    url = `nbd://127.0.0.1:${agent.port}/disk0`;
+    expect(agent.writer.nextSeq).toBe(cutSoFar);
+    await run('qemu-io', ['-f', 'raw', url, '-c', 'write -P 0x32 9M 1M', '-c', 'flush']);
+    await expectReplicaMatchesImage();
+    expect((await c.index.listQuarantine(pairId))).toEqual([]);
   });
 
   test('block status shows holes, and unknown exports and options are refused', async () => {
