@@ -8,7 +8,9 @@ import { BLOCK_SIZE } from '../core/batch-format';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
+import { takeAcrp, type AcrpHooks } from './acrp';
 import { CapturedDisk } from './captured-disk';
+import { startControlSocket } from './control';
 import { startNbdServer } from './nbd-server';
 
 export interface AgentOptions {
@@ -21,12 +23,18 @@ export interface AgentOptions {
   index: ReplicaIndex;
   /** Where the agent keeps its local state (the next seq); default .livesync/agent/{pair}. */
   stateDir?: string;
+  hooks?: Partial<AcrpHooks>;
+  /** Take an ACRP tagged `acrpTag` this often (0: only on request). */
+  acrpIntervalMs?: number;
+  acrpTag?: string;
   log?: (m: string) => void;
 }
 
 export interface RunningAgent {
   port: number;
   writer: BatchWriter;
+  /** Takes an ACRP now (hooks, flush, mark); rejects with the hook's error. */
+  acrp(tag: string): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -62,11 +70,27 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   });
   const exports = pair.disks.map((d) => new CapturedDisk(d.name, d.sizeBytes, given.get(d.name)!, files.get(d.name)!, writer));
   const server = await startNbdServer(exports, o.host, o.port, o.log);
+  const hooks: AcrpHooks = { timeoutMs: 60_000, ...o.hooks };
+  // One ACRP at a time: a periodic one and a requested one must not interleave their hooks.
+  let acrpChain: Promise<unknown> = Promise.resolve();
+  const acrp = (tag: string): Promise<number> => {
+    const run = acrpChain.then(() => takeAcrp(writer, exports, tag, hooks));
+    acrpChain = run.catch(() => {});
+    return run;
+  };
+  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp });
+  const periodic = o.acrpIntervalMs
+    ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => o.log?.(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
+    : undefined;
   o.log?.(`agent for pair '${o.pairId}' serving ${pair.disks.map((d) => d.name).join(', ')} on nbd://${o.host}:${server.port}, next seq ${firstSeq}`);
   return {
     port: server.port,
     writer,
+    acrp,
     async stop() {
+      if (periodic) clearInterval(periodic);
+      await control.close();
+      await acrpChain;
       await server.close();
       await writer.close();
       for (const fh of files.values()) await fh.close();

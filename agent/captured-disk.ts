@@ -58,9 +58,14 @@ export class CapturedDisk implements BlockExport {
   }
 
   async flush(): Promise<void> {
+    await this.settle();
+    await this.writer.flush();
+  }
+
+  /** Every mutation accepted so far is in the image (synced) and in the writer. */
+  async settle(): Promise<void> {
     await this.tail;
     await this.fh.sync();
-    await this.writer.flush();
   }
 
   async allocation(offset: number, length: number): Promise<Extent[]> {

@@ -12,6 +12,7 @@ import { createPair } from '../replica/pairs';
 import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
 import { runDemo } from './demo';
 import { startAgent } from '../agent/agent';
+import { callAgent } from '../agent/control';
 
 const USAGE = `usage: livesync <command> [options]
 
@@ -24,8 +25,11 @@ const USAGE = `usage: livesync <command> [options]
   pair show --pair P
   rp list --pair P [--app]
   recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
-  agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809]
+  agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
+        [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
         serve the images over NBD; every write goes to the image and to the journal
+  acrp --pair P --tag T [--state-dir DIR]
+        ask the pair's running agent for an application-consistent RP now
 
 The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, endpoints through
 AWS_ENDPOINT_URL* (unset in AWS).`;
@@ -115,7 +119,17 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'agent': {
-      const o = opts({ pair: { type: 'string' }, disk: { type: 'string', multiple: true }, listen: { type: 'string' } });
+      const o = opts({
+        pair: { type: 'string' },
+        disk: { type: 'string', multiple: true },
+        listen: { type: 'string' },
+        'state-dir': { type: 'string' },
+        'pre-freeze': { type: 'string' },
+        'post-thaw': { type: 'string' },
+        'hook-timeout': { type: 'string' },
+        'acrp-interval': { type: 'string' },
+        'acrp-tag': { type: 'string' },
+      });
       const pairId = required('pair', str(o, 'pair'));
       const disks = ((o.disk as string[] | undefined) ?? []).map((v) => {
         const i = v.indexOf('=');
@@ -126,13 +140,39 @@ async function main(argv: string[]): Promise<number> {
       const m = /^(.+):(\d+)$/.exec(listen);
       if (!m) throw new InvalidArgumentError(`--listen: '${listen}' is not HOST:PORT`);
       const { store, index } = rpStoreFromEnv();
-      const agent = await startAgent({ pairId, disks, host: m[1], port: Number(m[2]), store, index, log: (l) => console.error(l) });
+      const interval = str(o, 'acrp-interval');
+      const agent = await startAgent({
+        pairId,
+        disks,
+        host: m[1],
+        port: Number(m[2]),
+        store,
+        index,
+        stateDir: str(o, 'state-dir'),
+        hooks: { preFreeze: str(o, 'pre-freeze'), postThaw: str(o, 'post-thaw'), timeoutMs: parseDuration('hook-timeout', str(o, 'hook-timeout') ?? '60s') },
+        acrpIntervalMs: interval ? parseDuration('acrp-interval', interval) : undefined,
+        acrpTag: str(o, 'acrp-tag'),
+        log: (l) => console.error(l),
+      });
       console.log(JSON.stringify({ port: agent.port }));
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
       });
       await agent.stop();
+      return 0;
+    }
+    case 'acrp': {
+      const o = opts({ pair: { type: 'string' }, tag: { type: 'string' }, 'state-dir': { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const tag = required('tag', str(o, 'tag'));
+      const dir = str(o, 'state-dir') ?? join(process.cwd(), '.livesync', 'agent', pairId);
+      const res = await callAgent(join(dir, 'control.sock'), { op: 'acrp', tag });
+      if (!res.ok) {
+        console.error(`livesync: no ACRP for pair '${pairId}': ${res.error}`);
+        return 1;
+      }
+      console.log(JSON.stringify({ pairId, seq: res.seq, tag }));
       return 0;
     }
     case 'help':

@@ -4,7 +4,7 @@
 
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -117,5 +117,61 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
     await expect(run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${agent.port}/nope`, '-c', 'read 0 512'])).rejects.toThrow();
     const { stdout: list } = await run('nbdinfo', ['--list', `nbd://127.0.0.1:${agent.port}`]);
     expect(list).toContain('export="disk0"');
+  });
+});
+
+(clients ? describe : describe.skip)('application-consistent recovery points', () => {
+  let dir: string;
+  let agent: RunningAgent;
+  let pairId: string;
+  const log = (): Promise<string> => readFile(join(dir, 'hooks.log'), 'utf8').catch(() => '');
+
+  beforeAll(async () => {
+    const c = cloud();
+    pairId = newPairId('acrp');
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 16 * MiB }] });
+    dir = await mkdtemp(join(tmpdir(), 'livesync-acrp-'));
+    await writeFile(join(dir, 'disk0.img'), '');
+    await truncate(join(dir, 'disk0.img'), 16 * MiB);
+    // The freeze hook fails while FAIL exists and hangs while SLOW exists.
+    const preFreeze = `cd ${dir} && if [ -e FAIL ]; then echo cannot freeze >&2; exit 3; fi; if [ -e SLOW ]; then sleep 5; fi; echo "freeze $LIVESYNC_ACRP_TAG" >> hooks.log`;
+    agent = await startAgent({
+      pairId, disks: [{ name: 'disk0', path: join(dir, 'disk0.img') }], host: '127.0.0.1', port: 0, store: c.store, index: c.index,
+      stateDir: join(dir, 'state'), hooks: { preFreeze, postThaw: `echo thaw >> ${dir}/hooks.log`, timeoutMs: 1000 },
+    });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+  });
+
+  test('`livesync acrp` freezes, marks, thaws; the ACRP is listed with its tag and recovers the data', async () => {
+    const c = cloud();
+    await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${agent.port}/disk0`, '-c', 'write -P 0x41 0 1M']);
+    const { stdout } = await promisify(execFile)(join(__dirname, '../node_modules/.bin/tsx'), [join(__dirname, '../cli/livesync.ts'), 'acrp', '--pair', pairId, '--tag', 'app=postgres', '--state-dir', join(dir, 'state')], { env: process.env });
+    const { seq } = JSON.parse(stdout);
+    expect(await log()).toBe('freeze app=postgres\nthaw\n');
+    await waitForWatermark(c.index, pairId, seq, 30_000);
+    const acrps = await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), 'APP');
+    expect(acrps.map((r) => [r.seq, r.tag])).toEqual([[seq, 'app=postgres']]);
+    const got = (await recover(c, pairId, seq)).get('disk0')!;
+    expect(got.subarray(0, MiB).every((b) => b === 0x41)).toBe(true);
+  });
+
+  test('a failing or timed-out freeze gives no ACRP and a clear error; thaw still runs; replication goes on', async () => {
+    const c = cloud();
+    const before = (await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), 'APP')).length;
+    await writeFile(join(dir, 'FAIL'), '');
+    await expect(agent.acrp('app=db')).rejects.toThrow(/pre-freeze hook .* failed \(exit 3\): cannot freeze/);
+    await rm(join(dir, 'FAIL'));
+    await writeFile(join(dir, 'SLOW'), '');
+    await expect(agent.acrp('app=db')).rejects.toThrow(/pre-freeze hook .* timed out after 1000 ms/);
+    await rm(join(dir, 'SLOW'));
+    expect((await log()).match(/thaw/g)).toHaveLength(3); // after the success and both failures
+    await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${agent.port}/disk0`, '-c', 'write -P 0x42 1M 1M', '-c', 'flush']);
+    const seq = await agent.writer.flush({ rp: true });
+    await waitForWatermark(c.index, pairId, seq, 30_000);
+    expect((await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), 'APP')).length).toBe(before);
+    await expect(agent.acrp('')).rejects.toThrow(/ACRP tag '' must be 1-255 bytes/);
   });
 });

@@ -1,0 +1,70 @@
+// Application-consistent recovery points: quiesce the application (pre-freeze hook), make
+// everything written so far durable, mark the batch boundary with the tag, thaw (always).
+
+import { spawn } from 'node:child_process';
+import { InvalidArgumentError } from '../core/errors';
+import type { BatchWriter } from '../source/batch-writer';
+
+export interface AcrpHooks {
+  /** Shell command run before the mark (e.g. `fsfreeze -f /mnt`, a database checkpoint). */
+  preFreeze?: string;
+  /** Shell command run after the mark, and after a failed freeze too. */
+  postThaw?: string;
+  timeoutMs: number;
+}
+
+export class HookError extends Error {
+  constructor(readonly hook: 'pre-freeze' | 'post-thaw', reason: string) {
+    super(`${hook} hook ${reason}`);
+    this.name = 'HookError';
+  }
+}
+
+/** Something the ACRP must settle before the mark: all disks' pending mutations, synced. */
+export interface Settleable {
+  settle(): Promise<void>;
+}
+
+/** Takes one ACRP; returns its seq. A failed or timed-out freeze gives no ACRP. */
+export async function takeAcrp(writer: BatchWriter, disks: Settleable[], tag: string, hooks: AcrpHooks): Promise<number> {
+  if (tag.length === 0 || Buffer.byteLength(tag) > 255) throw new InvalidArgumentError(`ACRP tag '${tag}' must be 1-255 bytes`);
+  const env = { LIVESYNC_ACRP_TAG: tag };
+  let seq: number | undefined;
+  let failure: unknown;
+  try {
+    if (hooks.preFreeze) await runHook('pre-freeze', hooks.preFreeze, hooks.timeoutMs, env);
+    for (const d of disks) await d.settle();
+    seq = await writer.flush({ appTag: tag });
+  } catch (err) {
+    failure = err;
+  }
+  try {
+    if (hooks.postThaw) await runHook('post-thaw', hooks.postThaw, hooks.timeoutMs, env);
+  } catch (err) {
+    // The mark (if made) stands: the application was quiesced at that point.
+    failure ??= err;
+  }
+  if (failure !== undefined) throw failure;
+  return seq!;
+}
+
+function runHook(hook: 'pre-freeze' | 'post-thaw', command: string, timeoutMs: number, env: Record<string, string>): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-500)));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new HookError(hook, `'${command}' timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new HookError(hook, `'${command}' could not start: ${err.message}`));
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new HookError(hook, `'${command}' failed (${signal ?? `exit ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`));
+    });
+  });
+}

@@ -1,0 +1,51 @@
+// The agent's control socket (a Unix socket in its state directory): one JSON request per
+// line, one JSON answer per line. `livesync acrp` talks to it.
+
+import { createConnection, createServer } from 'node:net';
+import { rm } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+
+export interface ControlHandlers {
+  acrp(tag: string): Promise<number>;
+}
+
+export type ControlRequest = { op: 'acrp'; tag: string };
+export type ControlAnswer = { ok: true; seq: number } | { ok: false; error: string };
+
+export async function startControlSocket(path: string, h: ControlHandlers): Promise<{ close(): Promise<void> }> {
+  await rm(path, { force: true }); // a stale socket of a killed agent
+  const server = createServer((sock) => {
+    createInterface({ input: sock }).on('line', (line) => {
+      void answer(line, h).then((a) => sock.write(`${JSON.stringify(a)}\n`));
+    });
+    sock.on('error', () => {});
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, resolve);
+  });
+  return { close: () => new Promise<void>((r) => server.close(() => r())) };
+}
+
+async function answer(line: string, h: ControlHandlers): Promise<ControlAnswer> {
+  try {
+    const req = JSON.parse(line) as ControlRequest;
+    if (req.op !== 'acrp' || typeof req.tag !== 'string') return { ok: false, error: `unknown request ${line.slice(0, 100)}` };
+    return { ok: true, seq: await h.acrp(req.tag) };
+  } catch (err) {
+    return { ok: false, error: (err as Error).message };
+  }
+}
+
+/** Sends one request to a running agent's control socket. */
+export function callAgent(path: string, req: ControlRequest): Promise<ControlAnswer> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(path);
+    sock.on('error', (err) => reject(new Error(`no agent answers on ${path}: ${err.message}`)));
+    createInterface({ input: sock }).once('line', (line) => {
+      sock.end();
+      resolve(JSON.parse(line) as ControlAnswer);
+    });
+    sock.write(`${JSON.stringify(req)}\n`);
+  });
+}
