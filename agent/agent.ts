@@ -55,7 +55,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const seqFile = join(stateDir, 'next-seq');
   const registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
   const cutBefore = Number((await readFile(seqFile, 'utf8').catch(() => '0')).trim()) || 0;
-  const firstSeq = Math.max(pair.watermark + 1, cutBefore, ...registered.map((b) => b.seq + 1));
+  const firstSeq = registered.reduce((n, b) => Math.max(n, b.seq + 1), Math.max(pair.watermark + 1, cutBefore));
 
   const files = new Map<string, FileHandle>();
   for (const d of pair.disks) files.set(d.name, await open(given.get(d.name)!, 'r+'));
@@ -70,7 +70,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   });
   const exports = pair.disks.map((d) => new CapturedDisk(d.name, d.sizeBytes, given.get(d.name)!, files.get(d.name)!, writer));
   const server = await startNbdServer(exports, o.host, o.port, o.log);
-  const hooks: AcrpHooks = { timeoutMs: 60_000, ...o.hooks };
+  const hooks: AcrpHooks = { ...o.hooks, timeoutMs: o.hooks?.timeoutMs ?? 60_000 };
   // One ACRP at a time: a periodic one and a requested one must not interleave their hooks.
   let acrpChain: Promise<unknown> = Promise.resolve();
   const acrp = (tag: string): Promise<number> => {
