@@ -2,7 +2,7 @@
 // everything written so far durable, mark the batch boundary with the tag, thaw (always).
 
 import { spawn } from 'node:child_process';
-import { InvalidArgumentError } from '../core/errors';
+import { checkAppTag } from '../core/keys';
 import type { BatchWriter } from '../source/batch-writer';
 
 export interface AcrpHooks {
@@ -27,7 +27,7 @@ export interface Settleable {
 
 /** Takes one ACRP; returns its seq. A failed or timed-out freeze gives no ACRP. */
 export async function takeAcrp(writer: BatchWriter, disks: Settleable[], tag: string, hooks: AcrpHooks): Promise<number> {
-  if (tag.length === 0 || Buffer.byteLength(tag) > 255) throw new InvalidArgumentError(`ACRP tag '${tag}' must be 1-255 bytes`);
+  checkAppTag(tag, 'ACRP tag'); // before any hook runs
   const env = { LIVESYNC_ACRP_TAG: tag };
   let seq: number | undefined;
   let failure: unknown;

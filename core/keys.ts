@@ -19,6 +19,12 @@ export function checkDiskName(disk: string): string {
   return disk;
 }
 
+/** The tag of an application-consistent point: 1-255 bytes (it is stored in the batch header). */
+export function checkAppTag(tag: string, what = 'application tag'): string {
+  if (tag.length === 0 || Buffer.byteLength(tag) > 255) throw new InvalidArgumentError(`${what} '${tag}' must be 1-255 bytes`);
+  return tag;
+}
+
 export const seqKey = (seq: number): string => String(seq).padStart(SEQ_DIGITS, '0');
 
 /**

@@ -4,7 +4,7 @@
 
 import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch, type ExtentInput } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
-import { checkDiskName, checkPairId, journalKey } from '../core/keys';
+import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/keys';
 import type { DiskSpec } from '../core/model';
 import type { ObjectStore } from '../replica/ports';
 import { sleep } from '../replica/concurrency';
@@ -172,9 +172,7 @@ export class BatchWriter {
    */
   cut(opts: CutOptions = {}): number | undefined {
     this.throwIfFailed();
-    if (opts.appTag !== undefined && (opts.appTag.length === 0 || Buffer.byteLength(opts.appTag) > 255)) {
-      throw new InvalidArgumentError(`application tag '${opts.appTag}' must be 1-255 bytes`);
-    }
+    if (opts.appTag !== undefined) checkAppTag(opts.appTag);
     const marked = opts.appTag !== undefined || opts.rp === true;
     const empty = this.pending.every((m) => m.size === 0) && this.zeroRuns.every((r) => r.length === 0);
     if (empty && !marked) return undefined;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startAgent, type RunningAgent } from '../agent/agent';
 import { createPair, waitForWatermark } from '../replica/pairs';
-import { cloud, firstDifference, newPairId, recover } from './helpers';
+import { cloud, firstDifference, newPairId, recover, runCli } from './helpers';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -148,8 +148,9 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
   test('`livesync acrp` freezes, marks, thaws; the ACRP is listed with its tag and recovers the data', async () => {
     const c = cloud();
     await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${agent.port}/disk0`, '-c', 'write -P 0x41 0 1M']);
-    const { stdout } = await promisify(execFile)(join(__dirname, '../node_modules/.bin/tsx'), [join(__dirname, '../cli/livesync.ts'), 'acrp', '--pair', pairId, '--tag', 'app=postgres', '--state-dir', join(dir, 'state')], { env: process.env });
-    const { seq } = JSON.parse(stdout);
+    const res = await runCli('acrp', '--pair', pairId, '--tag', 'app=postgres', '--state-dir', join(dir, 'state'));
+    expect(res.code).toBe(0);
+    const { seq } = JSON.parse(res.stdout);
     expect(await log()).toBe('freeze app=postgres\nthaw\n');
     await waitForWatermark(c.index, pairId, seq, 30_000);
     const acrps = await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), 'APP');

@@ -1,23 +1,11 @@
 // The CLI as an operator runs it, against the same RP Store as the other tests.
 
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
-import { cloud, newPairId } from './helpers';
-
-const run = async (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(join(__dirname, '../node_modules/.bin/tsx'), [join(__dirname, '../cli/livesync.ts'), ...args], { env: process.env });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-};
+import { cloud, newPairId, runCli } from './helpers';
 
 describe('livesync CLI', () => {
   test.each([
@@ -36,7 +24,7 @@ describe('livesync CLI', () => {
     [['agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', 'nope'], "--listen: 'nope' is not HOST:PORT"],
     [['agent', '--pair', 'no-such-pair', '--disk', 'd=/tmp/x'], "unknown pair 'no-such-pair'"],
   ])('livesync %j fails with exit 2: %s', async (args, message) => {
-    const res = await run(...args);
+    const res = await runCli(...args);
     expect(res.stderr).toContain(message);
     expect(res.code).toBe(2);
   });
@@ -44,21 +32,21 @@ describe('livesync CLI', () => {
   test('pair create, rp list and recover --out work end to end', async () => {
     const c = cloud();
     const pairId = newPairId('cli');
-    expect((await run('pair', 'create', '--pair', pairId, '--disk', 'sda=1M', '--ccrp-interval', '1s')).code).toBe(0);
+    expect((await runCli('pair', 'create', '--pair', pairId, '--disk', 'sda=1M', '--ccrp-interval', '1s')).code).toBe(0);
     const data = Buffer.alloc(8192, 0x5a);
     const w = new BatchWriter({ pairId, disks: [{ name: 'sda', sizeBytes: 1 << 20 }], store: c.store, maxBatchAgeMs: 0 });
     await w.write('sda', 65536, data);
     const seq = await w.flush({ appTag: 'app=cli' });
     await waitForWatermark(c.index, pairId, seq, 30_000);
-    const list = await run('rp', 'list', '--pair', pairId, '--app');
+    const list = await runCli('rp', 'list', '--pair', pairId, '--app');
     expect(list.stdout).toMatch(new RegExp(`^${seq}\\tAPP\\t.*\\tapp=cli$`, 'm'));
     const dir = await mkdtemp(join(tmpdir(), 'livesync-cli-'));
-    expect((await run('recover', '--pair', pairId, '--seq', String(seq), '--out', dir)).code).toBe(0);
+    expect((await runCli('recover', '--pair', pairId, '--seq', String(seq), '--out', dir)).code).toBe(0);
     const image = await readFile(join(dir, 'sda.img'));
     expect(image.length).toBe(1 << 20);
     expect(image.subarray(65536, 65536 + 8192).equals(data)).toBe(true);
     expect(image.subarray(0, 65536).every((b) => b === 0)).toBe(true);
-    const show = JSON.parse((await run('pair', 'show', '--pair', pairId)).stdout);
+    const show = JSON.parse((await runCli('pair', 'show', '--pair', pairId)).stdout);
     expect(show).toMatchObject({ pairId, state: 'REPLICATING', watermark: seq, quarantine: [] });
   });
 });

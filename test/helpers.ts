@@ -1,7 +1,10 @@
 // Shared by the integration tests: the RP Store from the environment (the embedded local
 // stack, LocalStack or a real account), a source model, and recovery into memory.
 
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { rpStoreFromEnv, type RpStore } from '../adapters/from-env';
 import type { DiskSpec } from '../core/model';
 import { materialize, type ImageSink } from '../replica/materialize';
@@ -67,6 +70,17 @@ export function firstDifference(a: Buffer, b: Buffer): number | undefined {
   const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
   return n;
+}
+
+/** Runs the `livesync` CLI as an operator would, with the tests' environment. */
+export async function runCli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(join(__dirname, '../node_modules/.bin/tsx'), [join(__dirname, '../cli/livesync.ts'), ...args], { env: process.env });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
 }
 
 export const nowSec = (): number => Math.floor(Date.now() / 1000);
