@@ -43,6 +43,14 @@ async function produceBatches(pairId: string, count: number, seed: number): Prom
   return { bodies, model };
 }
 
+/** A new pair and `count` batches for it, not yet uploaded. */
+async function pairWithBatches(prefix: string, count: number, seed: number) {
+  const c = cloud();
+  const pairId = newPairId(prefix);
+  await createPair(c.index, { pairId, disks });
+  return { c, pairId, ...(await produceBatches(pairId, count, seed)) };
+}
+
 async function expectRecovers(pairId: string, seq: number, model: SourceModel, store: ObjectStore = cloud().store): Promise<void> {
   const got = await recover({ store, index: cloud().index }, pairId, seq);
   expect({ seq, diff: firstDifference(got.get('disk0')!, model.atSeq.get(seq)!.get('disk0')!) }).toEqual({ seq, diff: undefined });
@@ -84,10 +92,7 @@ describe('apply path: ordering, duplicates, bad batches', () => {
   });
 
   test('the same batch twice (re-PUT of a key, a second key with the same bytes) changes nothing', async () => {
-    const c = cloud();
-    const pairId = newPairId('dup');
-    await createPair(c.index, { pairId, disks });
-    const { bodies, model } = await produceBatches(pairId, 3, 7);
+    const { c, pairId, bodies, model } = await pairWithBatches('dup', 3, 7);
     const key1 = journalKey(pairId, 1);
     await c.store.put(key1, bodies.get(1)!);
     await c.store.put(key1, bodies.get(1)!); // the same object again: a second event
@@ -109,10 +114,7 @@ describe('apply path: ordering, duplicates, bad batches', () => {
   });
 
   test('corrupt, truncated and foreign copies are quarantined; a good copy resumes without losing later batches', async () => {
-    const c = cloud();
-    const pairId = newPairId('bad');
-    await createPair(c.index, { pairId, disks });
-    const { bodies, model } = await produceBatches(pairId, 5, 11);
+    const { c, pairId, bodies, model } = await pairWithBatches('bad', 5, 11);
     await c.store.put(journalKey(pairId, 1), bodies.get(1)!);
     await waitForWatermark(c.index, pairId, 1, 30_000);
 
@@ -169,10 +171,7 @@ describe('apply path: ordering, duplicates, bad batches', () => {
   });
 
   test('when a blocking error clears, the pair shows the next refused seq above the watermark', async () => {
-    const c = cloud();
-    const pairId = newPairId('next');
-    await createPair(c.index, { pairId, disks });
-    const { bodies, model } = await produceBatches(pairId, 5, 13);
+    const { c, pairId, bodies, model } = await pairWithBatches('next', 5, 13);
     const corrupt = (seq: number): Buffer => {
       const b = Buffer.from(bodies.get(seq)!);
       b[70] ^= 1;
@@ -200,10 +199,7 @@ describe('apply path: ordering, duplicates, bad batches', () => {
   });
 
   test('a different batch for an applied seq (a replay) is quarantined and changes nothing', async () => {
-    const c = cloud();
-    const pairId = newPairId('replay');
-    await createPair(c.index, { pairId, disks });
-    const { bodies, model } = await produceBatches(pairId, 2, 21);
+    const { c, pairId, bodies, model } = await pairWithBatches('replay', 2, 21);
     await c.store.put(journalKey(pairId, 1), bodies.get(1)!);
     await c.store.put(journalKey(pairId, 2), bodies.get(2)!);
     await waitForWatermark(c.index, pairId, 2, 30_000);
@@ -275,10 +271,7 @@ describe('apply service: crashes and unknown input', () => {
   }
 
   test.each(['afterRegister', 'beforeCommit'] as const)('a crash %s is finished by the retried event', async (crashAt) => {
-    const c = cloud();
-    const pairId = newPairId('crash');
-    await createPair(c.index, { pairId, disks });
-    const { bodies, model } = await produceBatches(pairId, 2, 31);
+    const { c, pairId, bodies, model } = await pairWithBatches('crash', 2, 31);
     // The batches live in a memory store: only this service applies them.
     const keys = [journalKey(pairId, 1), journalKey(pairId, 2)];
     const mem = new MemoryObjectStore();
@@ -296,10 +289,7 @@ describe('apply service: crashes and unknown input', () => {
   });
 
   test('an object over the size limit is quarantined unread, not retried until the DLQ', async () => {
-    const c = cloud();
-    const pairId = newPairId('huge');
-    await createPair(c.index, { pairId, disks });
-    const { bodies } = await produceBatches(pairId, 1, 51);
+    const { c, pairId, bodies } = await pairWithBatches('huge', 1, 51);
     const mem = new MemoryObjectStore();
     const key = journalKey(pairId, 1);
     mem.objects.set(key, bodies.get(1)!);
