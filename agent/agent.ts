@@ -78,7 +78,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     acrpChain = run.catch(() => {});
     return run;
   };
-  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp });
+  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, status: () => ({ pairId: o.pairId, lastCutSeq: writer.nextSeq - 1 }) });
   const periodic = o.acrpIntervalMs
     ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => o.log?.(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
     : undefined;

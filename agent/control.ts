@@ -5,12 +5,21 @@ import { createConnection, createServer } from 'node:net';
 import { rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 
-export interface ControlHandlers {
-  acrp(tag: string): Promise<number>;
+/** What `livesync agent status` shows; fields are only ever added. */
+export interface AgentStatus {
+  pairId: string;
+  /** Seq of the last batch cut (0: none yet); a flush acknowledged before this call is in it or earlier. */
+  lastCutSeq: number;
+  [more: string]: unknown;
 }
 
-export type ControlRequest = { op: 'acrp'; tag: string };
-export type ControlAnswer = { ok: true; seq: number } | { ok: false; error: string };
+export interface ControlHandlers {
+  acrp(tag: string): Promise<number>;
+  status(): AgentStatus;
+}
+
+export type ControlRequest = { op: 'acrp'; tag: string } | { op: 'status' };
+export type ControlAnswer = { ok: true; seq: number } | { ok: true; status: AgentStatus } | { ok: false; error: string };
 
 export async function startControlSocket(path: string, h: ControlHandlers): Promise<{ close(): Promise<void> }> {
   await rm(path, { force: true }); // a stale socket of a killed agent
@@ -30,6 +39,7 @@ export async function startControlSocket(path: string, h: ControlHandlers): Prom
 async function answer(line: string, h: ControlHandlers): Promise<ControlAnswer> {
   try {
     const req = JSON.parse(line) as ControlRequest;
+    if (req.op === 'status') return { ok: true, status: h.status() };
     if (req.op !== 'acrp' || typeof req.tag !== 'string') return { ok: false, error: `unknown request ${line.slice(0, 100)}` };
     return { ok: true, seq: await h.acrp(req.tag) };
   } catch (err) {

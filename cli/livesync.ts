@@ -30,6 +30,8 @@ const USAGE = `usage: livesync <command> [options]
         serve the images over NBD; every write goes to the image and to the journal
   acrp --pair P --tag T [--state-dir DIR]
         ask the pair's running agent for an application-consistent RP now
+  agent-status --pair P [--state-dir DIR]
+        the running agent's state as JSON (last cut seq, spool, mode)
 
 The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, endpoints through
 AWS_ENDPOINT_URL* (unset in AWS).`;
@@ -172,7 +174,19 @@ async function main(argv: string[]): Promise<number> {
         console.error(`livesync: no ACRP for pair '${pairId}': ${res.error}`);
         return 1;
       }
-      console.log(JSON.stringify({ pairId, seq: res.seq, tag }));
+      console.log(JSON.stringify({ pairId, seq: 'seq' in res ? res.seq : undefined, tag }));
+      return 0;
+    }
+    case 'agent-status': {
+      const o = opts({ pair: { type: 'string' }, 'state-dir': { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const dir = str(o, 'state-dir') ?? join(process.cwd(), '.livesync', 'agent', pairId);
+      const res = await callAgent(join(dir, 'control.sock'), { op: 'status' });
+      if (!res.ok || !('status' in res)) {
+        console.error(`livesync: no status from the agent of pair '${pairId}': ${res.ok ? 'unexpected answer' : res.error}`);
+        return 1;
+      }
+      console.log(JSON.stringify(res.status));
       return 0;
     }
     case 'help':
