@@ -97,7 +97,7 @@ export class DynamoIndex implements ReplicaIndex {
     const now = Date.now();
     const set = ['watermark = :w', 'rev = :next', 'updatedMs = :now'];
     const values: Record<string, unknown> = { ':w': p.watermark, ':rev': rev, ':next': rev + 1, ':now': now };
-    for (const [name, v] of [['watermarkMs', p.watermarkMs], ['lastRpMs', p.lastRpMs], ['lastAppRpMs', p.lastAppRpMs]] as const) {
+    for (const [name, v] of [['watermarkMs', p.watermarkMs], ['lastRpMs', p.lastRpMs], ['lastAppRpMs', p.lastAppRpMs], ['resyncing', p.resyncing]] as const) {
       if (v === undefined) continue;
       set.push(`${name} = :${name}`);
       values[`:${name}`] = v;
@@ -109,9 +109,13 @@ export class DynamoIndex implements ReplicaIndex {
       values[':error'] = error.next;
       names['#error'] = 'error';
     } else if (error) {
-      update += ', #state = :replicating, stateChangedMs = :now REMOVE #error';
-      values[':replicating'] = 'REPLICATING';
+      update += ', #state = :state, stateChangedMs = :now REMOVE #error';
+      values[':state'] = plan.state ?? 'REPLICATING';
       Object.assign(names, { '#state': 'state', '#error': 'error' });
+    } else if (plan.state) {
+      update += ', #state = :state, stateChangedMs = :now';
+      values[':state'] = plan.state;
+      names['#state'] = 'state';
     }
     const items = [
       {
@@ -121,7 +125,7 @@ export class DynamoIndex implements ReplicaIndex {
           UpdateExpression: update,
           ConditionExpression: 'rev = :rev',
           ExpressionAttributeValues: values,
-          ...(error ? { ExpressionAttributeNames: names } : {}),
+          ...(Object.keys(names).length ? { ExpressionAttributeNames: names } : {}),
         },
       },
       ...plan.rps.map((rp) => ({ Put: { TableName: this.table, Item: rpItem(rp) } })),

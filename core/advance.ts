@@ -4,10 +4,12 @@
 
 import { BATCH_FLAGS } from './batch-format';
 import { expiryFor, type RetentionPolicy } from './retention';
-import type { BatchRecord, PairProgress, RecoveryPoint } from './model';
+import type { BatchRecord, PairProgress, PairState, RecoveryPoint } from './model';
 
 export interface AdvancePlan {
   progress: PairProgress;
+  /** Set when the plan enters or leaves a resync: the pair's new state. */
+  state?: Extract<PairState, 'RESYNCING' | 'REPLICATING'>;
   /** Batches the watermark moves over, in seq order. */
   applied: BatchRecord[];
   rps: RecoveryPoint[];
@@ -28,6 +30,7 @@ export interface AdvanceInput {
  * Moves the watermark over the gap-free run of pending batches. A batch becomes an RP
  * when it carries an application-consistent marker (APP, with its tag), when the source
  * asked for one, or when ccrpInterval has passed since the previous RP (CRASH).
+ * Resync batches are never RPs; the first batch after them always is.
  */
 export function planAdvance(input: AdvanceInput): AdvancePlan {
   const maxRps = input.maxRps ?? 90;
@@ -37,12 +40,15 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
   for (const b of input.pending) {
     if (b.seq <= p.watermark) continue;
     if (b.seq !== p.watermark + 1 || rps.length >= maxRps) break;
-    const app = (b.flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
+    const resync = (b.flags & BATCH_FLAGS.RESYNC) !== 0;
+    const app = !resync && (b.flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
     const due =
-      app ||
-      (b.flags & BATCH_FLAGS.RP_REQUESTED) !== 0 ||
-      p.lastRpMs === undefined ||
-      b.cutMs - p.lastRpMs >= input.ccrpIntervalMs;
+      !resync &&
+      (app ||
+        p.resyncing === true ||
+        (b.flags & BATCH_FLAGS.RP_REQUESTED) !== 0 ||
+        p.lastRpMs === undefined ||
+        b.cutMs - p.lastRpMs >= input.ccrpIntervalMs);
     if (due) {
       const { expiresAtSec, keptBy } = expiryFor({ atMs: b.cutMs, prevRpMs: p.lastRpMs, prevAppMs: p.lastAppRpMs, app }, input.retention);
       rps.push({ pairId: input.pairId, seq: b.seq, type: app ? 'APP' : 'CRASH', tag: b.appTag, atMs: b.cutMs, expiresAtSec, keptBy });
@@ -51,7 +57,10 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
     }
     p.watermark = b.seq;
     p.watermarkMs = b.cutMs;
+    p.resyncing = resync;
     applied.push(b);
   }
-  return { progress: p, applied, rps };
+  const was = input.progress.resyncing === true;
+  if (applied.length === 0 || p.resyncing === was) return { progress: p, applied, rps };
+  return { progress: p, applied, rps, state: p.resyncing ? 'RESYNCING' : 'REPLICATING' };
 }

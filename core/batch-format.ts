@@ -18,6 +18,12 @@ export const BATCH_FLAGS = {
   APP_CONSISTENT: 1 << 0,
   /** The source asks for a crash-consistent RP at this boundary, whatever the interval. */
   RP_REQUESTED: 1 << 1,
+  /**
+   * The batch is part of a resync (after a spool overflow or an unclean stop): the replica
+   * is a mix of old and new regions at its end, so it is never an RP. The first batch
+   * without the flag after resync batches ends the resync (and is an RP).
+   */
+  RESYNC: 1 << 2,
 } as const;
 
 export const EXTENT_FLAGS = {
@@ -33,7 +39,7 @@ const FIXED_HEADER = 64;
 const INDEX_ENTRY = 32;
 export const TRAILER_SIZE = 32;
 const MAX_NAME = 255;
-const KNOWN_BATCH_FLAGS = BATCH_FLAGS.APP_CONSISTENT | BATCH_FLAGS.RP_REQUESTED;
+const KNOWN_BATCH_FLAGS = BATCH_FLAGS.APP_CONSISTENT | BATCH_FLAGS.RP_REQUESTED | BATCH_FLAGS.RESYNC;
 const KNOWN_EXTENT_FLAGS = EXTENT_FLAGS.ZERO | EXTENT_FLAGS.ZSTD;
 
 export interface BatchHeader {

@@ -17,6 +17,8 @@ export interface PairProgress {
   watermarkMs?: number;
   lastRpMs?: number;
   lastAppRpMs?: number;
+  /** The batch at the watermark is a resync batch (BATCH_FLAGS.RESYNC): no RP until it ends. */
+  resyncing?: boolean;
 }
 
 export interface PairError {

@@ -119,6 +119,9 @@ export class ApplyService {
         pair.error !== undefined && pair.error.seq <= plan.progress.watermark
           ? { next: await this.blockingError(pairId, plan.progress.watermark) }
           : undefined;
+      // A pair in ERROR stays there until its error clears; then it takes the resync state.
+      if (errorUpdate) plan.state = errorUpdate.next ? undefined : plan.progress.resyncing ? 'RESYNCING' : 'REPLICATING';
+      else if (pair.error) plan.state = undefined;
       const committed = await this.index.commitAdvance(pairId, pair.rev, plan, errorUpdate);
       pair = undefined; // stale either way: re-read before planning again
       // Not committed: another applier moved the pair first; re-read and go on from there.

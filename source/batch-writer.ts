@@ -25,10 +25,30 @@ export interface UploadedBatch {
   cutMs: number;
 }
 
+/** A batch as cut: its seq, encoded bytes and what it holds. */
+export interface CutBatch {
+  seq: number;
+  body: Buffer;
+  dataBytes: number;
+  flags: number;
+  appTag?: string;
+  cutMs: number;
+}
+
+/**
+ * Where cut batches go. Called in seq order, synchronously from the cut; the writer waits
+ * for the promise before `flush` resolves and counts it against maxInFlight. A rejection
+ * fails the writer.
+ */
+export type BatchSink = (batch: CutBatch) => Promise<void>;
+
 export interface BatchWriterOptions {
   pairId: string;
   disks: DiskSpec[];
-  store: ObjectStore;
+  /** Uploads each batch to the journal with retry (unless `sink` is given). */
+  store?: ObjectStore;
+  /** Instead of uploading: hand each batch to this (the agent's spool). */
+  sink?: BatchSink;
   /** Seq of the first batch this writer cuts (default 1: a new pair). */
   firstSeq?: number;
   /** Cut once this many bytes of distinct blocks are pending (default 8 MiB). */
@@ -67,6 +87,11 @@ const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 
 const DEFAULT_RETRY: RetryPolicy = { attempts: 10, baseDelayMs: 100, maxDelayMs: 10_000 };
 
+/** Full jitter: spreads the retries of many agents after a shared outage. */
+export function backoffMs(p: Pick<RetryPolicy, 'baseDelayMs' | 'maxDelayMs'>, attempt: number): number {
+  return Math.random() * Math.min(p.maxDelayMs, p.baseDelayMs * 2 ** (attempt - 1));
+}
+
 /**
  * Callers await each write before the next one that may overlap it (the NBD agent orders
  * overlapping requests): a write covering part of a block reads that block first.
@@ -81,7 +106,10 @@ export class BatchWriter {
   private readonly inFlight = new Set<Promise<void>>();
   private failure: Error | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry'>> &
+  private readonly sink: BatchSink;
+  /** OR-ed into the flags of every batch cut (the agent sets BATCH_FLAGS.RESYNC while resyncing). */
+  extraFlags = 0;
+  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry' | 'store' | 'sink'>> &
     Pick<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded'> & { retry: RetryPolicy };
 
   constructor(options: BatchWriterOptions) {
@@ -93,15 +121,18 @@ export class BatchWriter {
     if (options.disks.length === 0 || new Set(options.disks.map((d) => d.name)).size !== options.disks.length) {
       throw new InvalidArgumentError(`pair '${options.pairId}' needs disks with distinct names`);
     }
+    const { store, sink, ...rest } = options;
+    if (!sink && !store) throw new InvalidArgumentError('a batch writer needs a store or a sink');
     this.o = {
       firstSeq: 1,
       maxBatchBytes: 8 * 1024 * 1024,
       maxBatchAgeMs: 1000,
       maxInFlight: 4,
       clock: Date.now,
-      ...options,
+      ...rest,
       retry: { ...DEFAULT_RETRY, ...options.retry },
     };
+    this.sink = sink ?? ((b) => this.upload(store!, journalKey(this.o.pairId, b.seq), b.body).then(() => {}));
     this.diskIndex = new Map(options.disks.map((d, i) => [d.name, i]));
     this.pending = options.disks.map(() => new Map());
     this.zeroRuns = options.disks.map(() => []);
@@ -178,7 +209,7 @@ export class BatchWriter {
     if (empty && !marked) return undefined;
     const seq = this.nextSeqValue;
     const cutMs = this.o.clock();
-    const flags = (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0);
+    const flags = (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0) | this.extraFlags;
     const extents = this.pendingExtents();
     // Encode before touching any state: if it throws, nothing is lost and no seq is skipped.
     const body = encodeBatch(
@@ -192,11 +223,10 @@ export class BatchWriter {
     this.zeroRuns.forEach((r) => (r.length = 0));
     this.pendingBytes = 0;
     this.o.onCut?.(seq);
-    const key = journalKey(this.o.pairId, seq);
-    const upload = this.upload(key, body).then(
-      () => this.o.onUploaded?.({ seq, key, bytes: body.length, dataBytes, flags, appTag: opts.appTag, cutMs }),
+    const upload = this.sink({ seq, body, dataBytes, flags, appTag: opts.appTag, cutMs }).then(
+      () => this.o.onUploaded?.({ seq, key: journalKey(this.o.pairId, seq), bytes: body.length, dataBytes, flags, appTag: opts.appTag, cutMs }),
       (err: Error) => {
-        this.failure ??= new Error(`upload of batch ${seq} (${key}) failed after ${this.o.retry.attempts} attempts: ${err.message}`);
+        this.failure ??= new Error(`batch ${seq} of pair '${this.o.pairId}' was not stored: ${err.message}`);
       },
     );
     this.inFlight.add(upload);
@@ -287,15 +317,15 @@ export class BatchWriter {
     return out;
   }
 
-  private async upload(key: string, body: Buffer): Promise<void> {
-    const { attempts, baseDelayMs, maxDelayMs } = this.o.retry;
+  private async upload(store: ObjectStore, key: string, body: Buffer): Promise<string> {
+    const { attempts } = this.o.retry;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.o.store.put(key, body);
+        await store.put(key, body);
+        return key;
       } catch (err) {
-        if (attempt >= attempts) throw err;
-        // Full jitter: spreads retries of many agents after a shared outage.
-        await sleep(Math.random() * Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1)));
+        if (attempt >= attempts) throw new Error(`upload to ${key} failed after ${attempts} attempts: ${(err as Error).message}`);
+        await sleep(backoffMs(this.o.retry, attempt));
       }
     }
   }

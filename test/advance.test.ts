@@ -28,4 +28,16 @@ describe('planAdvance', () => {
     const pending = Array.from({ length: 30 }, (_, i) => batch(i + 1, i * 10_000));
     expect(planAdvance({ ...base, progress: { watermark: 0 }, pending, maxRps: 10 }).progress.watermark).toBe(10);
   });
+
+  test('resync batches are never RPs; the first batch after them is one and the state follows', () => {
+    const R = BATCH_FLAGS.RESYNC;
+    const enter = planAdvance({ ...base, progress: { watermark: 1, lastRpMs: 0 }, pending: [batch(2, 9000, R), batch(3, 9500, R | BATCH_FLAGS.APP_CONSISTENT, 'app=db')] });
+    expect(enter.rps).toEqual([]);
+    expect(enter.state).toBe('RESYNCING');
+    expect(enter.progress.resyncing).toBe(true);
+    const leave = planAdvance({ ...base, progress: enter.progress, pending: [batch(4, 9600, R), batch(5, 9700), batch(6, 9800)] });
+    expect(leave.rps.map((r) => [r.seq, r.type])).toEqual([[5, 'CRASH']]); // interval not due, but the resync ended at 5
+    expect(leave.state).toBe('REPLICATING');
+    expect(planAdvance({ ...base, progress: leave.progress, pending: [batch(7, 9900)] }).state).toBeUndefined();
+  });
 });

@@ -77,7 +77,7 @@ describe('BatchWriter', () => {
     const dead: ObjectStore = { ...flaky, put: async () => Promise.reject(new Error('network down')) };
     const w2 = new BatchWriter({ pairId: 'p', disks, store: dead, maxBatchAgeMs: 0, retry: { attempts: 3, baseDelayMs: 1 } });
     await w2.write('d0', 0, Buffer.alloc(BLOCK_SIZE, 1));
-    await expect(w2.flush()).rejects.toThrow(/upload of batch 1 \(pairs\/p\/journal\/0+1-[0-9a-f]+\.batch\) failed after 3 attempts: network down/);
+    await expect(w2.flush()).rejects.toThrow(/batch 1 of pair 'p' was not stored: upload to pairs\/p\/journal\/0+1-[0-9a-f]+\.batch failed after 3 attempts: network down/);
     await expect(w2.write('d0', 0, Buffer.alloc(BLOCK_SIZE))).rejects.toThrow(/failed after 3 attempts/);
   });
 
