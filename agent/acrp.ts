@@ -3,7 +3,7 @@
 
 import { spawn } from 'node:child_process';
 import { checkAppTag } from '../core/keys';
-import type { BatchWriter } from '../source/batch-writer';
+import type { CutOptions } from '../source/batch-writer';
 
 export interface AcrpHooks {
   /** Shell command run before the mark (e.g. `fsfreeze -f /mnt`, a database checkpoint). */
@@ -25,8 +25,13 @@ export interface Settleable {
   settle(): Promise<void>;
 }
 
+/** Where the mark goes: cuts at this boundary once everything before it is stored. */
+export interface Marker {
+  flush(opts: CutOptions): Promise<number>;
+}
+
 /** Takes one ACRP; returns its seq. A failed or timed-out freeze gives no ACRP. */
-export async function takeAcrp(writer: BatchWriter, disks: Settleable[], tag: string, hooks: AcrpHooks): Promise<number> {
+export async function takeAcrp(marker: Marker, disks: Settleable[], tag: string, hooks: AcrpHooks): Promise<number> {
   checkAppTag(tag, 'ACRP tag'); // before any hook runs
   const env = { LIVESYNC_ACRP_TAG: tag };
   let seq: number | undefined;
@@ -34,7 +39,7 @@ export async function takeAcrp(writer: BatchWriter, disks: Settleable[], tag: st
   try {
     if (hooks.preFreeze) await runHook('pre-freeze', hooks.preFreeze, hooks.timeoutMs, env);
     for (const d of disks) await d.settle();
-    seq = await writer.flush({ appTag: tag });
+    seq = await marker.flush({ appTag: tag });
   } catch (err) {
     failure = err;
   }

@@ -1,17 +1,28 @@
-// `livesync agent`: serves the pair's disk images over NBD and streams every write to the
-// pair's journal through one batch writer (all disks of a pair: one seq stream).
+// `livesync agent`: serves the pair's disk images over NBD and captures every write for the
+// pair's journal (agent/pair-capture.ts). Start-up decides how far its local state can be
+// trusted: a clean stop resumes from the spool; an unclean stop also resyncs the regions
+// the dirty map holds; lost or doubtful state resyncs the regions whose checksums differ
+// from the replica's (docs/design.md, "Agent").
 
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
-import { mkdir, open, readFile, stat, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { BLOCK_SIZE } from '../core/batch-format';
+import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BATCH_FLAGS, encodeBatch } from '../core/batch-format';
+import { crc32c } from '../core/crc32c';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
+import type { Pair } from '../core/model';
+import { replicaDigests } from '../replica/digests';
+import { sleep } from '../replica/concurrency';
+import { waitForWatermark } from '../replica/pairs';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
-import { BatchWriter } from '../source/batch-writer';
+import type { CutOptions } from '../source/batch-writer';
 import { takeAcrp, type AcrpHooks } from './acrp';
+import { identityChange, imageIdentity, readState, writeState, type AgentState } from './agent-state';
 import { CapturedDisk } from './captured-disk';
-import { startControlSocket } from './control';
+import { startControlSocket, type AgentStatus } from './control';
+import { DirtyMap, type Region } from './dirty-map';
 import { startNbdServer } from './nbd-server';
+import { PairCapture, readRange } from './pair-capture';
+import { Spool, SpoolCorruptError } from './spool';
 
 export interface AgentOptions {
   pairId: string;
@@ -21,26 +32,145 @@ export interface AgentOptions {
   port: number;
   store: ObjectStore;
   index: ReplicaIndex;
-  /** Where the agent keeps its local state (the next seq); default .livesync/agent/{pair}. */
+  /** Where the agent keeps its spool, dirty map and state; default .livesync/agent/{pair}. */
   stateDir?: string;
+  /** Spool limit (default 1 GiB); beyond it the agent tracks dirty regions instead. */
+  spoolBytes?: number;
+  /** Upload rate limit, bytes per second (default none). */
+  bandwidthBytesPerSec?: number;
+  /** Compare every region with the replica and resend those that differ, whatever the local state says. */
+  verifyReplica?: boolean;
   hooks?: Partial<AcrpHooks>;
   /** Take an ACRP tagged `acrpTag` this often (0: only on request). */
   acrpIntervalMs?: number;
   acrpTag?: string;
+  /** How long a clean stop waits for the spool to drain (default 10 s). */
+  drainMs?: number;
+  maxBatchBytes?: number;
+  maxBatchAgeMs?: number;
+  /** Retry pacing of uploads (tests make outages short). */
+  retryBaseDelayMs?: number;
   log?: (m: string) => void;
 }
 
 export interface RunningAgent {
   port: number;
-  writer: BatchWriter;
+  capture: PairCapture;
+  /** Cuts (with `opts`) once every write so far is in the images; resolves when spooled. Returns the seq. */
+  flush(opts?: CutOptions): Promise<number>;
+  /** Resolves when the spool is empty (everything cut is in the journal). */
+  drained(timeoutMs?: number): Promise<void>;
   /** Takes an ACRP now (hooks, flush, mark); rejects with the hook's error. */
   acrp(tag: string): Promise<number>;
+  status(): AgentStatus;
   stop(): Promise<void>;
 }
 
+const GiB = 2 ** 30;
+
 export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
+  const log = o.log ?? (() => {});
   const pair = await o.index.getPair(o.pairId);
   if (!pair) throw new UnknownPairError(o.pairId);
+  const paths = await checkDisks(pair, o);
+  const stateDir = o.stateDir ?? join(process.cwd(), '.livesync', 'agent', o.pairId);
+  await mkdir(stateDir, { recursive: true });
+  const statePath = join(stateDir, 'state.json');
+  const previous = await readState(statePath);
+  if (previous && previous.pairId !== o.pairId) throw new InvalidArgumentError(`state directory ${stateDir} belongs to pair '${previous.pairId}', not '${o.pairId}'`);
+  const spool = await Spool.open(join(stateDir, 'spool'), o.spoolBytes ?? GiB);
+  const { map: dirty, trusted: mapTrusted } = await DirtyMap.open(join(stateDir, 'dirty.map'), pair.disks);
+
+  // Continue the seq stream past everything registered, spooled or ever cut here.
+  let registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
+  const dropped = await dropCorruptSpool(spool, log);
+  const doubt = dropped > 0 ? `${dropped} spooled batches were corrupt` : await whyUntrusted(o, pair, previous, mapTrusted, registered.length > 0, paths);
+  if (doubt && !previous && (pair.watermark > 0 || registered.length > 0)) {
+    // Without local state, uploads of a lost run may still be on their way to the index.
+    await sleep(5000);
+    registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
+  }
+  const firstSeq = Math.max(pair.watermark + 1, ...registered.map((b) => b.seq + 1), previous?.nextSeq ?? 1, ...spool.seqs().map((s) => s + 1));
+  const state: AgentState = { version: 1, pairId: o.pairId, nextSeq: firstSeq, running: true };
+  await writeState(statePath, state);
+  if (doubt) {
+    log(`local state not trusted (${doubt}): comparing every region with the replica`);
+    await fillGaps(o.pairId, pair, spool, new Set(registered.map((b) => b.seq)), firstSeq, log);
+  }
+
+  const files: FileHandle[] = [];
+  for (const d of pair.disks) files.push(await open(paths.get(d.name)!, 'r+'));
+  const capture = new PairCapture({
+    pairId: o.pairId,
+    disks: pair.disks,
+    files,
+    store: o.store,
+    spool,
+    dirty,
+    firstSeq,
+    maxBatchBytes: o.maxBatchBytes,
+    maxBatchAgeMs: o.maxBatchAgeMs,
+    bandwidthBytesPerSec: o.bandwidthBytesPerSec,
+    retryBaseDelayMs: o.retryBaseDelayMs,
+    persistNextSeq: async (n) => {
+      state.nextSeq = Math.max(state.nextSeq, n);
+      await writeState(statePath, state);
+    },
+    log,
+  });
+  if (doubt) capture.startResync(() => markDifferences(o, capture, dirty, files, log));
+  else if (dirty.pendingResync > 0) {
+    log(`${previous?.running ? 'unclean stop' : 'dirty regions left'}: resyncing ${dirty.pendingResync} regions`);
+    capture.startResync();
+  }
+
+  const exports = pair.disks.map((d, i) => new CapturedDisk(d.name, d.sizeBytes, i, paths.get(d.name)!, files[i], capture));
+  const server = await startNbdServer(exports, o.host, o.port, log);
+  const flush = async (opts: CutOptions = {}): Promise<number> => {
+    for (const e of exports) await e.settle();
+    return capture.flush(opts);
+  };
+  const hooks: AcrpHooks = { ...o.hooks, timeoutMs: o.hooks?.timeoutMs ?? 60_000 };
+  // One ACRP at a time: a periodic one and a requested one must not interleave their hooks.
+  let acrpChain: Promise<unknown> = Promise.resolve();
+  const acrp = (tag: string): Promise<number> => {
+    const run = acrpChain.then(() => {
+      if (capture.mode !== 'streaming') throw new Error(`pair '${o.pairId}' is ${capture.mode === 'overflow' ? 'tracking dirty regions (spool full)' : 'resyncing'}: no application-consistent RP until it streams again`);
+      return takeAcrp(capture, exports, tag, hooks);
+    });
+    acrpChain = run.catch(() => {});
+    return run;
+  };
+  const status = (): AgentStatus => ({ pairId: o.pairId, ...capture.status(), lastCutSeq: capture.writer.nextSeq - 1 });
+  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, status });
+  const periodic = o.acrpIntervalMs
+    ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => log(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
+    : undefined;
+  log(`agent for pair '${o.pairId}' serving ${pair.disks.map((d) => d.name).join(', ')} on nbd://${o.host}:${server.port}, next seq ${firstSeq}, ${spool.count} batches spooled`);
+
+  return {
+    port: server.port,
+    capture,
+    flush,
+    drained: (timeoutMs) => capture.uploader.idle(timeoutMs),
+    acrp,
+    status,
+    async stop() {
+      if (periodic) clearInterval(periodic);
+      await control.close();
+      await acrpChain;
+      await server.close();
+      for (const e of exports) await e.settle();
+      await capture.close(o.drainMs ?? 10_000);
+      for (const fh of files) await fh.close();
+      state.running = false;
+      state.images = await Promise.all(pair.disks.map((d) => imageIdentity(d.name, paths.get(d.name)!)));
+      await writeState(statePath, state);
+    },
+  };
+}
+
+async function checkDisks(pair: Pair, o: AgentOptions): Promise<Map<string, string>> {
   const given = new Map(o.disks.map((d) => [d.name, d.path]));
   for (const d of pair.disks) if (!given.has(d.name)) throw new InvalidArgumentError(`--disk ${d.name}=PATH missing: pair '${o.pairId}' has disk '${d.name}'`);
   for (const name of given.keys()) if (!pair.disks.some((d) => d.name === name)) throw new InvalidArgumentError(`pair '${o.pairId}' has no disk '${name}'`);
@@ -48,71 +178,71 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const size = (await stat(given.get(d.name)!)).size;
     if (size !== d.sizeBytes) throw new InvalidArgumentError(`image ${given.get(d.name)} is ${size} bytes; disk '${d.name}' of pair '${o.pairId}' is ${d.sizeBytes}`);
   }
-  // Continue the pair's seq stream after everything registered and everything this agent
-  // ever cut (a batch may be uploaded but not yet registered when the agent restarts).
-  const stateDir = o.stateDir ?? join(process.cwd(), '.livesync', 'agent', o.pairId);
-  await mkdir(stateDir, { recursive: true });
-  const seqFile = join(stateDir, 'next-seq');
-  const registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
-  const cutBefore = Number((await readFile(seqFile, 'utf8').catch(() => '0')).trim()) || 0;
-  const firstSeq = registered.reduce((n, b) => Math.max(n, b.seq + 1), Math.max(pair.watermark + 1, cutBefore));
-
-  const files = new Map<string, FileHandle>();
-  for (const d of pair.disks) files.set(d.name, await open(given.get(d.name)!, 'r+'));
-  const writer = new BatchWriter({
-    pairId: o.pairId,
-    disks: pair.disks,
-    store: o.store,
-    firstSeq,
-    // Recorded (and synced) before the batch is uploaded: a restarted agent never reuses it.
-    onCut: (seq) => writeDurably(seqFile, String(seq + 1)),
-    readBlock: async (disk, block) => (await files.get(disk)!.read(Buffer.alloc(BLOCK_SIZE), 0, BLOCK_SIZE, block * BLOCK_SIZE)).buffer,
-  });
-  const exports = pair.disks.map((d) => new CapturedDisk(d.name, d.sizeBytes, given.get(d.name)!, files.get(d.name)!, writer));
-  const server = await startNbdServer(exports, o.host, o.port, o.log);
-  const hooks: AcrpHooks = { ...o.hooks, timeoutMs: o.hooks?.timeoutMs ?? 60_000 };
-  // One ACRP at a time: a periodic one and a requested one must not interleave their hooks.
-  let acrpChain: Promise<unknown> = Promise.resolve();
-  const acrp = (tag: string): Promise<number> => {
-    const run = acrpChain.then(() => takeAcrp(writer, exports, tag, hooks));
-    acrpChain = run.catch(() => {});
-    return run;
-  };
-  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, status: () => ({ pairId: o.pairId, lastCutSeq: writer.nextSeq - 1 }) });
-  const periodic = o.acrpIntervalMs
-    ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => o.log?.(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
-    : undefined;
-  o.log?.(`agent for pair '${o.pairId}' serving ${pair.disks.map((d) => d.name).join(', ')} on nbd://${o.host}:${server.port}, next seq ${firstSeq}`);
-  return {
-    port: server.port,
-    writer,
-    acrp,
-    async stop() {
-      if (periodic) clearInterval(periodic);
-      await control.close();
-      await acrpChain;
-      await server.close();
-      await writer.close();
-      for (const fh of files.values()) await fh.close();
-    },
-  };
+  return given;
 }
 
-/** Replaces a small file atomically and durably (write, fsync, rename, fsync the directory). */
-function writeDurably(path: string, text: string): void {
-  const tmp = `${path}.tmp`;
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+/** Why the spool and dirty map may not describe the images, or undefined if they do. */
+async function whyUntrusted(o: AgentOptions, pair: Pair, previous: AgentState | undefined, mapTrusted: boolean, hasPending: boolean, paths: Map<string, string>): Promise<string | undefined> {
+  if (o.verifyReplica) return 'asked to verify against the replica';
+  if (!previous) return pair.watermark > 0 || hasPending ? `no local state, but the pair's journal reaches seq ${pair.watermark} or beyond` : undefined;
+  if (!mapTrusted) return 'the dirty map is missing or describes other disks';
+  if (!previous.running && previous.images) {
+    return identityChange(previous.images, await Promise.all(pair.disks.map((d) => imageIdentity(d.name, paths.get(d.name)!))));
   }
-  renameSync(tmp, path);
-  const dir = openSync(dirname(path), 'r');
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
+  return undefined;
+}
+
+/** Drops spooled batches that fail their checksums (their seqs become gaps that fillGaps closes). */
+async function dropCorruptSpool(spool: Spool, log: (m: string) => void): Promise<number> {
+  let dropped = 0;
+  for (const seq of spool.seqs()) {
+    try {
+      await spool.read(seq);
+    } catch (err) {
+      if (!(err instanceof SpoolCorruptError)) throw err;
+      log(`${err.message}: dropped (the comparison with the replica finds its regions)`);
+      await spool.remove(seq);
+      dropped++;
+    }
   }
+  return dropped;
+}
+
+/**
+ * Seqs below `firstSeq` that are neither registered nor spooled were lost with the local
+ * state: an empty RESYNC batch takes each one, so the journal has no gap and no RP is made
+ * until the resync that follows ends.
+ */
+async function fillGaps(pairId: string, pair: Pair, spool: Spool, registered: Set<number>, firstSeq: number, log: (m: string) => void): Promise<void> {
+  const spooled = new Set(spool.seqs());
+  const now = Date.now();
+  for (let seq = pair.watermark + 1; seq < firstSeq; seq++) {
+    if (registered.has(seq) || spooled.has(seq)) continue;
+    log(`seq ${seq} was lost with the local state: filled with a resync marker`);
+    const disks = pair.disks.map((d) => d.name);
+    await spool.add(seq, encodeBatch({ pairId, seq, prevSeq: seq - 1, firstWriteMs: now, cutMs: now, flags: BATCH_FLAGS.RESYNC, disks }, []));
+  }
+}
+
+/**
+ * Waits until the replica holds every batch cut so far, then marks for resync each region
+ * whose checksum differs from the image's. Writes made meanwhile are captured; a region
+ * they touch at worst compares unequal and is resent.
+ */
+async function markDifferences(o: AgentOptions, capture: PairCapture, dirty: DirtyMap, files: FileHandle[], log: (m: string) => void): Promise<void> {
+  const upTo = capture.writer.nextSeq - 1;
+  const pair = await waitForWatermark(o.index, o.pairId, upTo, 24 * 3600 * 1000);
+  const digests = await replicaDigests(o.store, o.index, { pairId: o.pairId, seq: pair.watermark, regionBytes: (disk) => dirty.regionBytes(pair.disks.findIndex((d) => d.name === disk)) });
+  const differ: Region[] = [];
+  let regions = 0;
+  for (let disk = 0; disk < pair.disks.length; disk++) {
+    const want = digests.get(pair.disks[disk].name)!;
+    for (let r = 0; r < dirty.regionCount(disk); r++) {
+      const region = dirty.region(disk, r);
+      regions++;
+      if (crc32c(await readRange(files[disk], region.offset, region.length)) !== want[r]) differ.push(region);
+    }
+  }
+  log(`${differ.length} of ${regions} regions differ from the replica at seq ${pair.watermark}: resending them`);
+  await dirty.markResync(differ);
 }

@@ -1,13 +1,15 @@
 // A disk image served by the agent: every write passes through to the local image and is
-// captured into the pair's batch writer. FLUSH (and FUA) return only once the captured
-// writes are stored in the journal, so an acknowledged flush survives an agent crash.
+// captured for the pair (agent/pair-capture.ts). Requests run concurrently; overlapping
+// ones keep their arrival order (range lock, whole 4 KiB blocks). FLUSH and FUA return once
+// the image is synced and the captured writes are in the spool.
 
 import { execFile } from 'node:child_process';
 import type { FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import type { BatchWriter } from '../source/batch-writer';
+import { BLOCK_SIZE } from '../core/batch-format';
 import type { BlockExport, Extent } from './nbd-server';
 import { STATE_HOLE, STATE_ZERO } from './nbd-protocol';
+import { readRange, type PairCapture } from './pair-capture';
 
 /** Zeroing at least this much punches a hole instead of writing zeros. */
 const PUNCH_BYTES = 1024 * 1024;
@@ -16,55 +18,57 @@ const STATUS_CHUNK = 64 * 1024;
 const STATUS_MAX = 8 * 1024 * 1024;
 
 export class CapturedDisk implements BlockExport {
-  /** Mutations run one at a time, so the image and the capture see the same order. */
-  private tail: Promise<unknown> = Promise.resolve();
-
   constructor(
     readonly name: string,
     readonly size: number,
+    /** Position of the disk in the pair. */
+    private readonly index: number,
     private readonly path: string,
     private readonly fh: FileHandle,
-    private readonly writer: BatchWriter,
+    private readonly capture: PairCapture,
   ) {}
 
   async read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.alloc(length);
-    let at = 0;
-    while (at < length) {
-      const { bytesRead } = await this.fh.read(buf, at, length - at, offset + at);
-      if (bytesRead === 0) break; // past the end of a sparse file: zeros
-      at += bytesRead;
+    const release = await this.lock(offset, length, true);
+    try {
+      return await readRange(this.fh, offset, length);
+    } finally {
+      release();
     }
-    return buf;
   }
 
-  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    return this.mutate(async () => {
-      await writeAll(this.fh, data, offset);
-      await this.writer.write(this.name, offset, data);
-    }, fua);
+  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    await this.mutate(
+      offset,
+      data.length,
+      () => writeAll(this.fh, data, offset),
+      (w) => w.write(this.name, offset, data),
+    );
+    if (fua) await this.flush();
   }
 
-  zero(offset: number, length: number, fua: boolean): Promise<void> {
-    return this.mutate(async () => {
-      if (length >= PUNCH_BYTES) {
+  async zero(offset: number, length: number, fua: boolean): Promise<void> {
+    await this.mutate(
+      offset,
+      length,
+      async () => {
         // Node has no fallocate(2); util-linux's fallocate punches the hole (keeps the size).
-        await promisify(execFile)('fallocate', ['--punch-hole', '--offset', String(offset), '--length', String(length), this.path]);
-      } else {
-        await writeAll(this.fh, Buffer.alloc(length), offset);
-      }
-      await this.writer.zero(this.name, offset, length);
-    }, fua);
+        if (length >= PUNCH_BYTES) await promisify(execFile)('fallocate', ['--punch-hole', '--offset', String(offset), '--length', String(length), this.path]);
+        else await writeAll(this.fh, Buffer.alloc(length), offset);
+      },
+      (w) => w.zero(this.name, offset, length),
+    );
+    if (fua) await this.flush();
   }
 
   async flush(): Promise<void> {
     await this.settle();
-    await this.writer.flush();
+    await this.capture.flush();
   }
 
-  /** Every mutation accepted so far is in the image (synced) and in the writer. */
+  /** Every mutation that arrived before this call is in the image (synced) and captured. */
   async settle(): Promise<void> {
-    await this.tail;
+    await this.capture.locks[this.index].drain();
     await this.fh.sync();
   }
 
@@ -83,10 +87,20 @@ export class CapturedDisk implements BlockExport {
     return out;
   }
 
-  private mutate(op: () => Promise<void>, fua: boolean): Promise<void> {
-    const run = this.tail.then(op);
-    this.tail = run.catch(() => {});
-    return fua ? run.then(() => this.flush()) : run;
+  private async mutate(offset: number, length: number, toImage: () => Promise<void>, toWriter: Parameters<PairCapture['mutate']>[4]): Promise<void> {
+    const release = await this.lock(offset, length, false);
+    try {
+      await this.capture.mutate(this.index, offset, length, toImage, toWriter);
+    } finally {
+      release();
+    }
+  }
+
+  /** Queues the whole blocks of the range now, in arrival order (this call is synchronous up to here). */
+  private lock(offset: number, length: number, shared: boolean): Promise<() => void> {
+    const start = Math.floor(offset / BLOCK_SIZE) * BLOCK_SIZE;
+    const end = Math.ceil((offset + Math.max(length, 1)) / BLOCK_SIZE) * BLOCK_SIZE;
+    return this.capture.locks[this.index].acquire(start, end, shared);
   }
 }
 

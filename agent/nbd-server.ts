@@ -1,5 +1,5 @@
 // An NBD server (fixed newstyle) for the agent's exports: negotiation, then requests
-// served in order per connection. What an export does with writes (pass-through and
+// served concurrently per connection. What an export does with writes (pass-through and
 // capture) lives behind BlockExport.
 
 import { createServer, type Server, type Socket } from 'node:net';
@@ -268,8 +268,18 @@ function parseMetaContext(data: Buffer): string[] | undefined {
   return out;
 }
 
+/** Requests a connection may have in flight before the server stops reading more. */
+const MAX_IN_FLIGHT = 64;
+
+/**
+ * Requests are dispatched in arrival order and run concurrently; each reply goes out as
+ * one socket write when its request completes (replies may overtake each other, as the
+ * protocol allows). Exports order overlapping requests themselves.
+ */
 async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void> {
+  const inFlight = new Set<Promise<void>>();
   for (;;) {
+    while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
     const req = parseRequest(await r.read(28));
     if ('badMagic' in req) throw new Error(`bad request magic 0x${req.badMagic.toString(16)}`);
     // A WRITE's payload is consumed whatever happens to the request.
@@ -279,11 +289,16 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
       payload = await r.read(req.length);
     }
     if (req.type === CMD.DISC) {
+      await Promise.all(inFlight);
       await s.exp.flush().catch(() => {});
       sock.end();
       return;
     }
-    await write(sock, await handle(s, req, payload));
+    const done: Promise<void> = handle(s, req, payload)
+      .then((reply) => write(sock, reply))
+      .catch(() => void sock.destroy())
+      .finally(() => inFlight.delete(done));
+    inFlight.add(done);
   }
 }
 

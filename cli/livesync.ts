@@ -27,6 +27,7 @@ const USAGE = `usage: livesync <command> [options]
   recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
+        [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--verify-replica]
         serve the images over NBD; every write goes to the image and to the journal
   acrp --pair P --tag T [--state-dir DIR]
         ask the pair's running agent for an application-consistent RP now
@@ -131,6 +132,9 @@ async function main(argv: string[]): Promise<number> {
         'hook-timeout': { type: 'string' },
         'acrp-interval': { type: 'string' },
         'acrp-tag': { type: 'string' },
+        'spool-size': { type: 'string' },
+        bandwidth: { type: 'string' },
+        'verify-replica': { type: 'boolean' },
       });
       const pairId = required('pair', str(o, 'pair'));
       const disks = ((o.disk as string[] | undefined) ?? []).map((v) => {
@@ -154,6 +158,9 @@ async function main(argv: string[]): Promise<number> {
         hooks: { preFreeze: str(o, 'pre-freeze'), postThaw: str(o, 'post-thaw'), timeoutMs: parseDuration('hook-timeout', str(o, 'hook-timeout') ?? '60s') },
         acrpIntervalMs: interval ? parseDuration('acrp-interval', interval) : undefined,
         acrpTag: str(o, 'acrp-tag'),
+        spoolBytes: o['spool-size'] ? parseSize('spool-size', str(o, 'spool-size')!) : undefined,
+        bandwidthBytesPerSec: o.bandwidth ? parseSize('bandwidth', str(o, 'bandwidth')!) : undefined,
+        verifyReplica: o['verify-replica'] === true,
         log: (l) => console.error(l),
       });
       console.log(JSON.stringify({ port: agent.port }));

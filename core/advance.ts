@@ -30,7 +30,8 @@ export interface AdvanceInput {
  * Moves the watermark over the gap-free run of pending batches. A batch becomes an RP
  * when it carries an application-consistent marker (APP, with its tag), when the source
  * asked for one, or when ccrpInterval has passed since the previous RP (CRASH).
- * Resync batches are never RPs; the first batch after them always is.
+ * From a RESYNC batch until a RESYNC_END batch there are no RPs (whatever the other flags);
+ * the RESYNC_END batch always is one.
  */
 export function planAdvance(input: AdvanceInput): AdvancePlan {
   const maxRps = input.maxRps ?? 90;
@@ -40,12 +41,13 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
   for (const b of input.pending) {
     if (b.seq <= p.watermark) continue;
     if (b.seq !== p.watermark + 1 || rps.length >= maxRps) break;
-    const resync = (b.flags & BATCH_FLAGS.RESYNC) !== 0;
-    const app = !resync && (b.flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
+    const ended = p.resyncing === true && (b.flags & BATCH_FLAGS.RESYNC_END) !== 0;
+    const resyncing = (p.resyncing === true || (b.flags & BATCH_FLAGS.RESYNC) !== 0) && (b.flags & BATCH_FLAGS.RESYNC_END) === 0;
+    const app = !resyncing && (b.flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
     const due =
-      !resync &&
+      !resyncing &&
       (app ||
-        p.resyncing === true ||
+        ended ||
         (b.flags & BATCH_FLAGS.RP_REQUESTED) !== 0 ||
         p.lastRpMs === undefined ||
         b.cutMs - p.lastRpMs >= input.ccrpIntervalMs);
@@ -57,7 +59,7 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
     }
     p.watermark = b.seq;
     p.watermarkMs = b.cutMs;
-    p.resyncing = resync;
+    p.resyncing = resyncing;
     applied.push(b);
   }
   const was = input.progress.resyncing === true;

@@ -19,11 +19,13 @@ export const BATCH_FLAGS = {
   /** The source asks for a crash-consistent RP at this boundary, whatever the interval. */
   RP_REQUESTED: 1 << 1,
   /**
-   * The batch is part of a resync (after a spool overflow or an unclean stop): the replica
-   * is a mix of old and new regions at its end, so it is never an RP. The first batch
-   * without the flag after resync batches ends the resync (and is an RP).
+   * A resync begins (or goes on) with this batch: after a spool overflow, an unclean stop
+   * or lost local state, the source resends regions rather than writes, so the replica is
+   * a mix of old and new regions until the resync ends. No RP while it lasts.
    */
   RESYNC: 1 << 2,
+  /** The resync is complete at the end of this batch: the replica is consistent again (an RP). */
+  RESYNC_END: 1 << 3,
 } as const;
 
 export const EXTENT_FLAGS = {
@@ -39,7 +41,7 @@ const FIXED_HEADER = 64;
 const INDEX_ENTRY = 32;
 export const TRAILER_SIZE = 32;
 const MAX_NAME = 255;
-const KNOWN_BATCH_FLAGS = BATCH_FLAGS.APP_CONSISTENT | BATCH_FLAGS.RP_REQUESTED | BATCH_FLAGS.RESYNC;
+const KNOWN_BATCH_FLAGS = BATCH_FLAGS.APP_CONSISTENT | BATCH_FLAGS.RP_REQUESTED | BATCH_FLAGS.RESYNC | BATCH_FLAGS.RESYNC_END;
 const KNOWN_EXTENT_FLAGS = EXTENT_FLAGS.ZERO | EXTENT_FLAGS.ZSTD;
 
 export interface BatchHeader {

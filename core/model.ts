@@ -17,7 +17,7 @@ export interface PairProgress {
   watermarkMs?: number;
   lastRpMs?: number;
   lastAppRpMs?: number;
-  /** The batch at the watermark is a resync batch (BATCH_FLAGS.RESYNC): no RP until it ends. */
+  /** A resync began (BATCH_FLAGS.RESYNC) at or below the watermark and has not ended: no RPs. */
   resyncing?: boolean;
 }
 

@@ -29,6 +29,11 @@ export interface MaterializeOptions {
   pairId: string;
   /** The RP's seq; it must be a live (unexpired) RP of the pair. */
   seq: number;
+  /**
+   * Internal reads (the agent's checksum resync): any applied seq, RP or not. Such a state
+   * may be mid-resync and is never offered to an operator as a recovery point.
+   */
+  anyAppliedSeq?: boolean;
   /** Called once per disk for its sink. */
   sinkFor: (disk: string, sizeBytes: number) => Promise<ImageSink>;
   /** Memory bound: bytes of image assembled at a time, two windows at most (default 32 MiB). */
@@ -39,7 +44,8 @@ export interface MaterializeOptions {
 }
 
 export interface MaterializeResult {
-  rp: RecoveryPoint;
+  /** The RP read (absent for an `anyAppliedSeq` read of a seq that is not one). */
+  rp?: RecoveryPoint;
   disks: { name: string; sizeBytes: number; dataBytes: number }[];
   segments: number;
   gets: number;
@@ -58,11 +64,11 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
   const rp = (await index.listRecoveryPoints(o.pairId, nowSec)).find((r) => r.seq === o.seq);
   const pair = await index.getPair(o.pairId);
   if (!pair) throw new UnknownPairError(o.pairId);
-  if (!rp) throw new InvalidArgumentError(`pair '${o.pairId}' has no live recovery point at seq ${o.seq}`);
-  if (rp.seq > pair.watermark) throw new Error(`RP ${rp.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
+  if (!rp && !(o.anyAppliedSeq && o.seq <= pair.watermark)) throw new InvalidArgumentError(`pair '${o.pairId}' has no live recovery point at seq ${o.seq}`);
+  if (o.seq > pair.watermark) throw new Error(`RP ${o.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
 
   const stats = { gets: 0, bytesRead: 0 };
-  const segments = await index.segmentsUpTo(o.pairId, rp.seq);
+  const segments = await index.segmentsUpTo(o.pairId, o.seq);
   const versions = new Map<string, BlockVersion<ExtentRef>[]>(pair.disks.map((d) => [d.name, []]));
   await mapLimit(segments, concurrency, async (batch) => {
     for (const entry of await readIndex(store, batch, stats)) {

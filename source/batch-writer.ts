@@ -71,6 +71,10 @@ export interface CutOptions {
   appTag?: string;
   /** Ask for a crash-consistent RP at this boundary regardless of the interval. */
   rp?: boolean;
+  /** The resync is complete at this boundary (BATCH_FLAGS.RESYNC_END). */
+  resyncEnd?: boolean;
+  /** Cut even with nothing pending (a marker batch, e.g. the start of a resync). */
+  force?: boolean;
 }
 
 /** A block's pending content: its bytes, or null for zeros (trim / write-zeroes). */
@@ -204,12 +208,13 @@ export class BatchWriter {
   cut(opts: CutOptions = {}): number | undefined {
     this.throwIfFailed();
     if (opts.appTag !== undefined) checkAppTag(opts.appTag);
-    const marked = opts.appTag !== undefined || opts.rp === true;
+    const marked = opts.appTag !== undefined || opts.rp === true || opts.resyncEnd === true || opts.force === true;
     const empty = this.pending.every((m) => m.size === 0) && this.zeroRuns.every((r) => r.length === 0);
     if (empty && !marked) return undefined;
     const seq = this.nextSeqValue;
     const cutMs = this.o.clock();
-    const flags = (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0) | this.extraFlags;
+    const flags =
+      (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0) | (opts.resyncEnd ? BATCH_FLAGS.RESYNC_END : 0) | this.extraFlags;
     const extents = this.pendingExtents();
     // Encode before touching any state: if it throws, nothing is lost and no seq is skipped.
     const body = encodeBatch(

@@ -29,15 +29,17 @@ describe('planAdvance', () => {
     expect(planAdvance({ ...base, progress: { watermark: 0 }, pending, maxRps: 10 }).progress.watermark).toBe(10);
   });
 
-  test('resync batches are never RPs; the first batch after them is one and the state follows', () => {
-    const R = BATCH_FLAGS.RESYNC;
-    const enter = planAdvance({ ...base, progress: { watermark: 1, lastRpMs: 0 }, pending: [batch(2, 9000, R), batch(3, 9500, R | BATCH_FLAGS.APP_CONSISTENT, 'app=db')] });
+  test('no RPs from a RESYNC batch until a RESYNC_END batch, which is one; the state follows', () => {
+    const { RESYNC, RESYNC_END, APP_CONSISTENT, RP_REQUESTED } = BATCH_FLAGS;
+    const enter = planAdvance({ ...base, progress: { watermark: 1, lastRpMs: 0 }, pending: [batch(2, 9000, RESYNC), batch(3, 9500, APP_CONSISTENT, 'app=db')] });
     expect(enter.rps).toEqual([]);
     expect(enter.state).toBe('RESYNCING');
     expect(enter.progress.resyncing).toBe(true);
-    const leave = planAdvance({ ...base, progress: enter.progress, pending: [batch(4, 9600, R), batch(5, 9700), batch(6, 9800)] });
-    expect(leave.rps.map((r) => [r.seq, r.type])).toEqual([[5, 'CRASH']]); // interval not due, but the resync ended at 5
+    const leave = planAdvance({ ...base, progress: enter.progress, pending: [batch(4, 20_000, RP_REQUESTED), batch(5, 20_100, RESYNC_END), batch(6, 20_200)] });
+    expect(leave.rps.map((r) => [r.seq, r.type])).toEqual([[5, 'CRASH']]); // 4 is inside the resync; 6 is not due
     expect(leave.state).toBe('REPLICATING');
-    expect(planAdvance({ ...base, progress: leave.progress, pending: [batch(7, 9900)] }).state).toBeUndefined();
+    expect(planAdvance({ ...base, progress: leave.progress, pending: [batch(7, 20_300)] }).state).toBeUndefined();
+    // A stray RESYNC_END outside a resync changes nothing.
+    expect(planAdvance({ ...base, progress: leave.progress, pending: [batch(7, 20_300, RESYNC_END)] }).rps).toEqual([]);
   });
 });

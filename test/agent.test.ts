@@ -49,7 +49,7 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
 
   /** Recovers the latest state through the cloud side and compares it with the served image. */
   async function expectReplicaMatchesImage(): Promise<void> {
-    const seq = await agent.writer.flush({ rp: true });
+    const seq = await agent.flush({ rp: true });
     const c = cloud();
     await waitForWatermark(c.index, pairId, seq, 60_000);
     const got = (await recover(c, pairId, seq)).get('disk0')!;
@@ -99,12 +99,12 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
 
   test('a restarted agent continues the seq stream after every batch it cut, applied yet or not', async () => {
     await run('qemu-io', ['-f', 'raw', url, '-c', 'write -P 0x31 8M 1M', '-c', 'flush']);
-    const cutSoFar = agent.writer.nextSeq;
+    const cutSoFar = agent.capture.writer.nextSeq;
     await agent.stop();
     const c = cloud();
     agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: join(dir, 'disk0.img') }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
     url = `nbd://127.0.0.1:${agent.port}/disk0`;
-    expect(agent.writer.nextSeq).toBe(cutSoFar);
+    expect(agent.capture.writer.nextSeq).toBe(cutSoFar);
     await run('qemu-io', ['-f', 'raw', url, '-c', 'write -P 0x32 9M 1M', '-c', 'flush']);
     await expectReplicaMatchesImage();
     expect((await c.index.listQuarantine(pairId))).toEqual([]);
@@ -170,7 +170,7 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
     await rm(join(dir, 'SLOW'));
     expect((await log()).match(/thaw/g)).toHaveLength(3); // after the success and both failures
     await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${agent.port}/disk0`, '-c', 'write -P 0x42 1M 1M', '-c', 'flush']);
-    const seq = await agent.writer.flush({ rp: true });
+    const seq = await agent.flush({ rp: true });
     await waitForWatermark(c.index, pairId, seq, 30_000);
     expect((await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), 'APP')).length).toBe(before);
     await expect(agent.acrp('')).rejects.toThrow(/ACRP tag '' must be 1-255 bytes/);

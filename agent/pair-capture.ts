@@ -1,0 +1,282 @@
+// Capture of one pair's writes (all its disks: one seq stream): the batch writer cuts
+// batches into the local spool, the uploader drains the spool into the journal, the dirty
+// map covers what no spooled batch holds. Modes (docs/design.md, "Agent"):
+//
+//   streaming  writes are captured; FLUSH = image synced + batch spooled
+//   overflow   the spool is full: writes only mark the dirty map (durably) until the
+//              uploads make room; the batch that did not fit becomes a RESYNC marker
+//   resyncing  regions marked dirty are read back from the images and resent in RESYNC
+//              batches, writes are captured as usual; a RESYNC_END batch closes it
+//
+// The cloud side shows the pair RESYNCING from the first RESYNC batch to RESYNC_END.
+
+import type { FileHandle } from 'node:fs/promises';
+import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch } from '../core/batch-format';
+import type { DiskSpec } from '../core/model';
+import type { ObjectStore } from '../replica/ports';
+import { BatchWriter, type CutBatch, type CutOptions } from '../source/batch-writer';
+import type { DirtyMap, Region } from './dirty-map';
+import { RangeLock } from './range-lock';
+import type { Spool } from './spool';
+import { Uploader } from './uploader';
+
+export type CaptureMode = 'streaming' | 'overflow' | 'resyncing';
+
+export interface PairCaptureOptions {
+  pairId: string;
+  disks: DiskSpec[];
+  /** Open image of each disk, in `disks` order. */
+  files: FileHandle[];
+  store: ObjectStore;
+  spool: Spool;
+  dirty: DirtyMap;
+  firstSeq: number;
+  maxBatchBytes?: number;
+  maxBatchAgeMs?: number;
+  uploadConcurrency?: number;
+  bandwidthBytesPerSec?: number;
+  retryBaseDelayMs?: number;
+  /** A region stays marked this long after its last write (default 2000 ms). */
+  coolMs?: number;
+  /** Makes "no seq below n is cut again" durable (the spool forgets uploaded batches). */
+  persistNextSeq: (n: number) => Promise<void>;
+  log?: (m: string) => void;
+}
+
+export class PairCapture {
+  readonly writer: BatchWriter;
+  readonly uploader: Uploader;
+  /** Per disk: overlapping requests keep their arrival order. */
+  readonly locks: RangeLock[];
+  private modeValue: CaptureMode = 'streaming';
+  private readonly sealed = new Set<number>();
+  private sealedThroughValue: number;
+  private persistedNextSeq = 0;
+  private resyncTask: Promise<void> | undefined;
+  private roomWaiters: (() => void)[] = [];
+  private stopping = false;
+  private readonly sweepTimer: NodeJS.Timeout;
+  /** Before the resync loop: what must run first (the comparison with the replica). */
+  private resyncPrelude: (() => Promise<void>) | undefined;
+  failure: Error | undefined;
+  readonly stats = { overflows: 0, resyncs: 0, resyncedRegions: 0, resyncedBytes: 0 };
+
+  constructor(private readonly o: PairCaptureOptions) {
+    this.locks = o.disks.map(() => new RangeLock());
+    this.sealedThroughValue = o.firstSeq - 1;
+    this.writer = new BatchWriter({
+      pairId: o.pairId,
+      disks: o.disks,
+      sink: (b) => this.spoolBatch(b),
+      firstSeq: o.firstSeq,
+      maxBatchBytes: o.maxBatchBytes,
+      maxBatchAgeMs: o.maxBatchAgeMs,
+      maxInFlight: 8,
+      readBlock: async (disk, block) => readRange(this.file(disk), block * BLOCK_SIZE, BLOCK_SIZE),
+    });
+    this.uploader = new Uploader({
+      pairId: o.pairId,
+      spool: o.spool,
+      store: o.store,
+      maxInFlight: o.uploadConcurrency,
+      bandwidthBytesPerSec: o.bandwidthBytesPerSec,
+      baseDelayMs: o.retryBaseDelayMs,
+      beforeRemove: (seq) => this.persistNextSeqPast(seq),
+      onUploaded: () => this.onRoom(),
+      onCorrupt: (err) => {
+        this.failure ??= err;
+        o.log?.(`${err.message}: uploads stop here (the journal cannot skip a seq); restart the agent with --verify-replica`);
+      },
+      log: o.log,
+    });
+    const coolMs = o.coolMs ?? 2000;
+    this.sweepTimer = setInterval(() => void o.dirty.sweep(this.sealedThroughValue, coolMs).catch((err: Error) => o.log?.(`dirty map: ${err.message}`)), Math.max(100, coolMs / 2));
+    this.sweepTimer.unref();
+    this.uploader.kick(); // batches a previous run left in the spool go first
+  }
+
+  get mode(): CaptureMode {
+    return this.modeValue;
+  }
+
+  /** Highest seq such that it and every seq below it are in the spool (or uploaded). */
+  get sealedThrough(): number {
+    return this.sealedThroughValue;
+  }
+
+  /**
+   * A client mutation of [offset, offset+length) on disk `d`: marked, applied to the image,
+   * captured. The caller holds the range lock.
+   */
+  async mutate(d: number, offset: number, length: number, toImage: () => Promise<void>, toWriter: (w: BatchWriter) => Promise<void>): Promise<void> {
+    if (this.failure) throw this.failure;
+    await this.o.dirty.beforeWrite(d, offset, length, this.modeValue !== 'overflow');
+    let seq: number | undefined;
+    try {
+      await toImage();
+      if (this.modeValue !== 'overflow') {
+        await toWriter(this.writer);
+        seq = this.writer.nextSeq;
+      }
+    } finally {
+      // Not captured (overflow, or an error after the image may have changed): resync it.
+      this.o.dirty.afterWrite(d, offset, length, this.modeValue === 'overflow' ? undefined : seq);
+    }
+  }
+
+  /** Cuts and waits until every batch cut so far is in the spool. Returns the last seq. */
+  async flush(opts: CutOptions = {}): Promise<number> {
+    if (this.failure) throw this.failure;
+    return this.writer.flush(opts);
+  }
+
+  /** Starts resyncing the regions the dirty map holds (after `prelude`, e.g. a comparison with the replica). */
+  startResync(prelude?: () => Promise<void>): void {
+    if (prelude) this.resyncPrelude = prelude;
+    if (this.resyncTask || this.stopping) return;
+    this.modeValue = 'resyncing';
+    this.writer.extraFlags = BATCH_FLAGS.RESYNC;
+    this.stats.resyncs++;
+    this.resyncTask = this.runResync()
+      .catch((err: Error) => {
+        this.failure ??= err;
+        this.o.log?.(`resync failed: ${err.message}`);
+      })
+      .finally(() => {
+        this.resyncTask = undefined;
+        if (this.modeValue === 'overflow') this.onRoom(); // the room may have come while it wound down
+      });
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      mode: this.modeValue,
+      lastCutSeq: this.writer.nextSeq - 1,
+      sealedThrough: this.sealedThroughValue,
+      spool: { batches: this.o.spool.count, bytes: this.o.spool.bytes, limitBytes: this.o.spool.limitBytes },
+      upload: { inFlight: this.uploader.inFlight, batches: this.uploader.uploadedBatches, bytes: this.uploader.uploadedBytes, lastError: this.uploader.lastError },
+      dirtyRegions: this.o.dirty.dirtyRegions,
+      resyncPendingRegions: this.o.dirty.pendingResync,
+      ...this.stats,
+      failure: this.failure?.message,
+    };
+  }
+
+  /**
+   * Clean stop: cut what is pending into the spool, give the uploads `drainMs` to empty it
+   * (what is left is uploaded by the next start), clear the map of spooled regions.
+   */
+  async close(drainMs: number): Promise<void> {
+    this.stopping = true;
+    this.wakeRoomWaiters();
+    await this.resyncTask;
+    clearInterval(this.sweepTimer);
+    await this.writer.close().catch((err: Error) => this.o.log?.(`final cut failed: ${err.message}`));
+    await this.uploader.idle(drainMs).catch((err: Error) => this.o.log?.(`${err.message}; the next start uploads them`));
+    await this.uploader.stop();
+    await this.o.dirty.sweep(this.sealedThroughValue, 0);
+    await this.o.dirty.close();
+    await this.o.persistNextSeq(this.writer.nextSeq);
+  }
+
+  private file(disk: string): FileHandle {
+    return this.o.files[this.o.disks.findIndex((d) => d.name === disk)];
+  }
+
+  /** The writer's sink. Runs synchronously inside the cut until the first await. */
+  private async spoolBatch(b: CutBatch): Promise<void> {
+    let body = b.body;
+    if (this.modeValue === 'overflow' || !this.o.spool.fits(b.body.length)) {
+      if (this.modeValue !== 'overflow') {
+        this.modeValue = 'overflow';
+        this.stats.overflows++;
+        this.o.log?.(`spool full (${this.o.spool.bytes} of ${this.o.spool.limitBytes} bytes): tracking dirty regions until the uploads catch up`);
+      }
+      // This batch's writes (and any in flight) are resent by the resync; its seq carries the marker.
+      this.o.dirty.escalate(b.seq);
+      body = encodeBatch({ pairId: this.o.pairId, seq: b.seq, prevSeq: b.seq - 1, firstWriteMs: b.cutMs, cutMs: b.cutMs, flags: BATCH_FLAGS.RESYNC, disks: this.o.disks.map((d) => d.name) }, []);
+    }
+    await this.o.spool.add(b.seq, body);
+    this.sealed.add(b.seq);
+    while (this.sealed.delete(this.sealedThroughValue + 1)) this.sealedThroughValue++;
+    this.uploader.kick();
+  }
+
+  private async runResync(): Promise<void> {
+    // The pair shows RESYNCING from this marker on; no RP until RESYNC_END.
+    this.writer.cut({ force: true });
+    const prelude = this.resyncPrelude;
+    this.resyncPrelude = undefined;
+    if (prelude) await prelude();
+    while (this.o.dirty.pendingResync > 0) {
+      for (const r of this.o.dirty.resyncRegions()) {
+        await this.waitForRoom();
+        if (this.modeValue !== 'resyncing' || this.stopping) return;
+        await this.resend(r);
+      }
+    }
+    if (this.modeValue !== 'resyncing' || this.stopping) return;
+    this.writer.extraFlags = 0;
+    await this.writer.flush({ resyncEnd: true });
+    // An overflow during that last cut turned it into a marker: the mode says so.
+    if (this.modeValue === 'resyncing') {
+      this.modeValue = 'streaming';
+      this.o.log?.(`resync complete at seq ${this.writer.nextSeq - 1}`);
+    }
+  }
+
+  /** Reads a dirty region back from the image (no client write overlaps) and captures it. */
+  private async resend(r: Region): Promise<void> {
+    const release = await this.locks[r.disk].acquire(r.offset, r.offset + r.length);
+    try {
+      if (this.modeValue !== 'resyncing') return;
+      const data = await readRange(this.o.files[r.disk], r.offset, r.length);
+      await this.writer.write(this.o.disks[r.disk].name, r.offset, data);
+      if (this.modeValue !== 'resyncing') return; // it went into a batch the overflow dropped
+      this.o.dirty.resynced(r.disk, r.region, this.writer.nextSeq);
+      this.stats.resyncedRegions++;
+      this.stats.resyncedBytes += r.length;
+    } finally {
+      release();
+    }
+  }
+
+  /** Resync paces itself: it waits while the spool is over half full. */
+  private async waitForRoom(): Promise<void> {
+    while (!this.stopping && this.o.spool.bytes > this.o.spool.limitBytes / 2) {
+      await new Promise<void>((r) => this.roomWaiters.push(r));
+    }
+  }
+
+  private onRoom(): void {
+    this.wakeRoomWaiters();
+    if (this.modeValue === 'overflow' && this.o.spool.bytes <= this.o.spool.limitBytes / 2 && !this.stopping) {
+      this.o.log?.(`spool has room again: resyncing ${this.o.dirty.pendingResync} dirty regions`);
+      this.startResync();
+    }
+  }
+
+  private wakeRoomWaiters(): void {
+    const w = this.roomWaiters;
+    this.roomWaiters = [];
+    for (const f of w) f();
+  }
+
+  private async persistNextSeqPast(seq: number): Promise<void> {
+    if (this.persistedNextSeq > seq) return;
+    const n = this.writer.nextSeq;
+    await this.o.persistNextSeq(n);
+    this.persistedNextSeq = Math.max(this.persistedNextSeq, n);
+  }
+}
+
+/** Reads exactly `length` bytes (zeros past the end of a sparse file). */
+export async function readRange(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  for (let at = 0; at < length; ) {
+    const { bytesRead } = await fh.read(buf, at, length - at, offset + at);
+    if (bytesRead === 0) break;
+    at += bytesRead;
+  }
+  return buf;
+}

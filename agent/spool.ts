@@ -1,0 +1,115 @@
+// The agent's local spool: cut batches, durable on local disk before a FLUSH is
+// acknowledged, kept until the journal holds them. One file per batch, named by seq:
+// `{seq:020}.batch`, written to a temporary name, synced, renamed (docs/design.md, "Agent").
+
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { decodeBatch } from '../core/batch-format';
+import { BatchError } from '../core/errors';
+
+const NAME = /^(\d{20})\.batch$/;
+
+export class SpoolCorruptError extends Error {
+  constructor(readonly path: string, reason: string) {
+    super(`spooled batch ${path} is unreadable: ${reason}`);
+    this.name = 'SpoolCorruptError';
+  }
+}
+
+export class Spool {
+  private readonly sizes = new Map<number, number>();
+  private total = 0;
+
+  private constructor(
+    readonly dir: string,
+    readonly limitBytes: number,
+  ) {}
+
+  /** Opens (creating) the spool; leftovers of an interrupted write are removed. */
+  static async open(dir: string, limitBytes: number): Promise<Spool> {
+    await mkdir(dir, { recursive: true });
+    const spool = new Spool(dir, limitBytes);
+    for (const name of await readdir(dir)) {
+      const m = NAME.exec(name);
+      if (!m) {
+        await rm(join(dir, name), { force: true }); // a .tmp the crash left: never acknowledged
+        continue;
+      }
+      spool.track(Number(m[1]), (await stat(join(dir, name))).size);
+    }
+    return spool;
+  }
+
+  get bytes(): number {
+    return this.total;
+  }
+
+  get count(): number {
+    return this.sizes.size;
+  }
+
+  /** Spooled seqs, ascending. */
+  seqs(): number[] {
+    return [...this.sizes.keys()].sort((a, b) => a - b);
+  }
+
+  /** Whether `n` more bytes stay within the limit. */
+  fits(n: number): boolean {
+    return this.total + n <= this.limitBytes;
+  }
+
+  /** Stores a batch durably (data synced before the rename, the rename synced too). */
+  async add(seq: number, body: Buffer): Promise<void> {
+    const path = this.path(seq);
+    const tmp = `${path}.tmp`;
+    const fh = await open(tmp, 'w');
+    try {
+      await fh.writeFile(body);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+    await syncDir(this.dir);
+    this.track(seq, body.length);
+  }
+
+  /** Reads a spooled batch and checks it end to end (a torn or rotten file is refused). */
+  async read(seq: number): Promise<Buffer> {
+    const path = this.path(seq);
+    const body = await readFile(path);
+    try {
+      const b = decodeBatch(body, path);
+      if (b.header.seq !== seq) throw new SpoolCorruptError(path, `holds seq ${b.header.seq}`);
+    } catch (err) {
+      if (err instanceof BatchError) throw new SpoolCorruptError(path, err.message);
+      throw err;
+    }
+    return body;
+  }
+
+  async remove(seq: number): Promise<void> {
+    await rm(this.path(seq), { force: true });
+    this.total -= this.sizes.get(seq) ?? 0;
+    this.sizes.delete(seq);
+  }
+
+  private track(seq: number, size: number): void {
+    this.total += size - (this.sizes.get(seq) ?? 0);
+    this.sizes.set(seq, size);
+  }
+
+  private path(seq: number): string {
+    return join(this.dir, `${String(seq).padStart(20, '0')}.batch`);
+  }
+}
+
+/** Makes a rename in `dir` durable. */
+export async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
