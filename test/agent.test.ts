@@ -2,7 +2,7 @@
 // reads is what it wrote, and the latest RP recovered through the cloud side equals the
 // served image byte for byte.
 
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -10,18 +10,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startAgent, type RunningAgent } from '../agent/agent';
 import { createPair, waitForWatermark } from '../replica/pairs';
-import { cloud, firstDifference, newPairId, recover, runCli } from './helpers';
+import { cloud, firstDifference, have, newPairId, recover, runCli } from './helpers';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
-const have = (cmd: string): boolean => {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`]);
-    return true;
-  } catch {
-    return false;
-  }
-};
 const clients = ['qemu-io', 'qemu-img', 'nbdcopy', 'nbdinfo', 'fio'].every(have);
 if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get install qemu-utils libnbd-bin fio; .ci/run does)');
 

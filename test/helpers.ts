@@ -1,7 +1,7 @@
 // Shared by the integration tests: the RP Store from the environment (the embedded local
 // stack, LocalStack or a real account), a source model, and recovery into memory.
 
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -9,9 +9,20 @@ import { rpStoreFromEnv, type RpStore } from '../adapters/from-env';
 import type { DiskSpec } from '../core/model';
 import { materialize, type ImageSink } from '../replica/materialize';
 import { sleep } from '../replica/concurrency';
+import { waitForWatermark } from '../replica/pairs';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
 
 export const cloud = (): RpStore => rpStoreFromEnv();
+
+/** Whether a command is on PATH (call at load time: it blocks, and an agent may serve from this process later). */
+export function have(cmd: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`]);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 export const newPairId = (prefix: string): string => `${prefix}-${randomBytes(4).toString('hex')}`;
 
@@ -51,6 +62,13 @@ export async function recover(store: { store: ObjectStore; index: ReplicaIndex }
     },
   });
   return out;
+}
+
+/** An RP of everything the agent acknowledged so far (an ACRP, which flushes), applied by the cloud side. */
+export async function takeRp(agent: { acrp(tag: string): Promise<number> }, pairId: string, tag = 'test'): Promise<number> {
+  const seq = await agent.acrp(tag);
+  await waitForWatermark(cloud().index, pairId, seq, 60_000);
+  return seq;
 }
 
 /** Polls `probe` until it returns a value (not undefined) or the time is up. */
