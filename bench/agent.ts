@@ -164,6 +164,8 @@ async function sparseImage(path: string): Promise<string> {
 
 interface Serving {
   port: number;
+  /** Progress note for stderr after a job (the agent: its peak RSS so far). */
+  note?(): Promise<string>;
   /** Stops the server (and, for the agent, waits for its batches to be applied). */
   close(): Promise<void>;
 }
@@ -173,13 +175,19 @@ interface Server {
   start(image: string): Promise<Serving>;
 }
 
+/** Peers flush their page cache on exit (qemu-nbd: seconds after a sequential run). */
+async function stopPeer(p: Proc, name: string): Promise<void> {
+  const how = await stop(p, 30_000);
+  if (how.killed) log(`${name} needed SIGKILL to stop`);
+}
+
 const qemuNbd: Server = {
   name: 'qemu-nbd',
   async start(image) {
     const port = await freePort();
     const p = launch('qemu-nbd', 'qemu-nbd', ['-f', 'raw', '-t', '-b', '127.0.0.1', '-p', String(port), '-x', EXPORT, image]);
     await waitForNbd(port, p, 'qemu-nbd');
-    return { port, close: async () => void (await stop(p, 5000)) };
+    return { port, close: () => stopPeer(p, 'qemu-nbd') };
   },
 };
 
@@ -189,7 +197,7 @@ const nbdkit: Server = {
     const port = await freePort();
     const p = launch('nbdkit', 'nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image]);
     await waitForNbd(port, p, 'nbdkit');
-    return { port, close: async () => void (await stop(p, 5000)) };
+    return { port, close: () => stopPeer(p, 'nbdkit') };
   },
 };
 
@@ -257,7 +265,8 @@ class AgentServer implements Server {
         if (how.code !== 0 || how.killed) log(`agent of ${pairId} did not stop cleanly: exit ${how.code ?? how.signal}${how.killed ? ' after SIGKILL' : ''}\n${p.tail.join('\n')}`);
         await this.drain(pairId, stateDir);
       };
-      return { port, pairId, pid: p.pid, controlSocket: join(stateDir, 'control.sock'), close };
+      const note = async (): Promise<string> => (await sample(), `agent peak RSS so far ${round(peak / MiB, 1)} MiB`);
+      return { port, pairId, pid: p.pid, controlSocket: join(stateDir, 'control.sock'), close, note };
     } catch (err) {
       clearInterval(sampler);
       await stop(p, 5000);
@@ -414,16 +423,22 @@ async function main(): Promise<void> {
     for (let rep = 0; rep < reps; rep++) {
       for (const server of servers) {
         const image = await sparseImage(join(tmp, `${server.name}.img`));
+        const t0 = performance.now();
         const serving = await server.start(image);
+        const t1 = performance.now();
         try {
           const r = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
+          if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after rand4k: ${await serving.note()}`);
           const s = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
           rand.get(server.name)!.push(r);
           seq.get(server.name)!.push(s);
           log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
         } finally {
+          const t2 = performance.now();
           await serving.close();
           await rm(image, { force: true });
+          const secs = (a: number, b: number): number => round((b - a) / 1000, 1);
+          log(`rep ${rep + 1}/${reps} ${server.name}: ${secs(t0, t1)} s to serve, ${secs(t1, t2)} s of fio, ${secs(t2, performance.now())} s to stop and clean up`);
         }
       }
     }
