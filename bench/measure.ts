@@ -36,3 +36,11 @@ export function median(xs: number[]): number {
 }
 
 export const round = (x: number, digits = 2): number => Number(x.toFixed(digits));
+
+/** The p-quantile (0..1) with linear interpolation between closest ranks. */
+export function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (s.length - 1) * p;
+  const lo = Math.floor(at);
+  return lo + 1 < s.length ? s[lo] + (s[lo + 1] - s[lo]) * (at - lo) : s[lo];
+}
