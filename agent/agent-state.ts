@@ -22,6 +22,15 @@ export interface AgentState {
   running: boolean;
   /** Images at the last clean stop. */
   images?: ImageIdentity[];
+  /** The host's boot while running: an unclean stop in another boot was a host crash. */
+  bootId?: string;
+  /** Dirty marks were synced before image writes (they survive a host crash). */
+  syncMarks?: boolean;
+}
+
+/** This boot of the host (Linux); undefined elsewhere. */
+export async function currentBootId(): Promise<string | undefined> {
+  return (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => undefined))?.trim();
 }
 
 export async function readState(path: string): Promise<AgentState | undefined> {

@@ -16,7 +16,7 @@ import { waitForWatermark } from '../replica/pairs';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
 import type { CutOptions } from '../source/batch-writer';
 import { takeAcrp, type AcrpHooks } from './acrp';
-import { identityChange, imageIdentity, readState, writeState, type AgentState } from './agent-state';
+import { currentBootId, identityChange, imageIdentity, readState, writeState, type AgentState } from './agent-state';
 import { CapturedDisk } from './captured-disk';
 import { startControlSocket, type AgentStatus } from './control';
 import { DirtyMap, type Region } from './dirty-map';
@@ -40,6 +40,8 @@ export interface AgentOptions {
   bandwidthBytesPerSec?: number;
   /** Compare every region with the replica and resend those that differ, whatever the local state says. */
   verifyReplica?: boolean;
+  /** Sync each new dirty mark before the image write, so the map survives a host crash (slower random writes). */
+  syncMarks?: boolean;
   hooks?: Partial<AcrpHooks>;
   /** Take an ACRP tagged `acrpTag` this often (0: only on request). */
   acrpIntervalMs?: number;
@@ -79,20 +81,25 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const previous = await readState(statePath);
   if (previous && previous.pairId !== o.pairId) throw new InvalidArgumentError(`state directory ${stateDir} belongs to pair '${previous.pairId}', not '${o.pairId}'`);
   const spool = await Spool.open(join(stateDir, 'spool'), o.spoolBytes ?? GiB);
-  const { map: dirty, trusted: mapTrusted } = await DirtyMap.open(join(stateDir, 'dirty.map'), pair.disks);
+  const syncMarks = o.syncMarks === true;
+  const { map: dirty, trusted: mapTrusted } = await DirtyMap.open(join(stateDir, 'dirty.map'), pair.disks, syncMarks);
+  const bootId = await currentBootId();
 
   // Continue the seq stream past everything registered, spooled or ever cut here.
   let registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
   const dropped = await dropCorruptSpool(spool, log);
-  const doubt = dropped > 0 ? `${dropped} spooled batches were corrupt` : await whyUntrusted(o, pair, previous, mapTrusted, registered.length > 0, paths);
+  const doubt = dropped > 0 ? `${dropped} spooled batches were corrupt` : await whyUntrusted(o, pair, previous, mapTrusted, registered.length > 0, paths, bootId);
   if (doubt && !previous && (pair.watermark > 0 || registered.length > 0)) {
     // Without local state, uploads of a lost run may still be on their way to the index.
     await sleep(5000);
     registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
   }
   const firstSeq = Math.max(pair.watermark + 1, ...registered.map((b) => b.seq + 1), previous?.nextSeq ?? 1, ...spool.seqs().map((s) => s + 1));
-  const state: AgentState = { version: 1, pairId: o.pairId, nextSeq: firstSeq, running: true };
-  await writeState(statePath, state);
+  const state: AgentState = { version: 1, pairId: o.pairId, nextSeq: firstSeq, running: true, bootId, syncMarks };
+  // One write of the state file at a time (they share its temporary name).
+  let stateWrites: Promise<void> = writeState(statePath, state);
+  const saveState = (): Promise<void> => (stateWrites = stateWrites.catch(() => {}).then(() => writeState(statePath, { ...state })));
+  await stateWrites;
   if (doubt) {
     log(`local state not trusted (${doubt}): comparing every region with the replica`);
     await fillGaps(o.pairId, pair, spool, new Set(registered.map((b) => b.seq)), firstSeq, log);
@@ -112,9 +119,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     maxBatchAgeMs: o.maxBatchAgeMs,
     bandwidthBytesPerSec: o.bandwidthBytesPerSec,
     retryBaseDelayMs: o.retryBaseDelayMs,
-    persistNextSeq: async (n) => {
+    persistNextSeq: (n) => {
       state.nextSeq = Math.max(state.nextSeq, n);
-      await writeState(statePath, state);
+      return saveState();
     },
     log,
   });
@@ -165,7 +172,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       for (const fh of files) await fh.close();
       state.running = false;
       state.images = await Promise.all(pair.disks.map((d) => imageIdentity(d.name, paths.get(d.name)!)));
-      await writeState(statePath, state);
+      await saveState();
     },
   };
 }
@@ -182,10 +189,20 @@ async function checkDisks(pair: Pair, o: AgentOptions): Promise<Map<string, stri
 }
 
 /** Why the spool and dirty map may not describe the images, or undefined if they do. */
-async function whyUntrusted(o: AgentOptions, pair: Pair, previous: AgentState | undefined, mapTrusted: boolean, hasPending: boolean, paths: Map<string, string>): Promise<string | undefined> {
+async function whyUntrusted(
+  o: AgentOptions,
+  pair: Pair,
+  previous: AgentState | undefined,
+  mapTrusted: boolean,
+  hasPending: boolean,
+  paths: Map<string, string>,
+  bootId: string | undefined,
+): Promise<string | undefined> {
   if (o.verifyReplica) return 'asked to verify against the replica';
   if (!previous) return pair.watermark > 0 || hasPending ? `no local state, but the pair's journal reaches seq ${pair.watermark} or beyond` : undefined;
   if (!mapTrusted) return 'the dirty map is missing or describes other disks';
+  // After a host crash, marks that were only in the page cache may be lost with it.
+  if (previous.running && !previous.syncMarks && previous.bootId !== bootId) return 'the host restarted after an unclean stop, and dirty marks were not synced';
   if (!previous.running && previous.images) {
     return identityChange(previous.images, await Promise.all(pair.disks.map((d) => imageIdentity(d.name, paths.get(d.name)!))));
   }

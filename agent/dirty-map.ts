@@ -9,6 +9,7 @@
 // bytes), then per disk {sizeBytes u64, regionBytes u32} (12 bytes), then each disk's
 // bitmap (bit r of byte r>>3, least significant first), padded to 4 KiB pages.
 
+import { writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { DiskSpec } from '../core/model';
 
@@ -63,7 +64,11 @@ export class DirtyMap {
   private constructor(
     private readonly fh: FileHandle,
     private readonly disks: DiskBits[],
-    /** fdatasync new marks before the image write (power-loss safety; a process crash needs only the write). */
+    /**
+     * fdatasync new marks before the image write. Without it a mark is written (to the page
+     * cache) before the image write, which survives an agent crash but not a host crash;
+     * the agent then compares with the replica after a reboot instead (agent.ts).
+     */
     private readonly syncMarks: boolean,
   ) {}
 
@@ -71,7 +76,7 @@ export class DirtyMap {
    * Opens the map for these disks. Every bit found set needs a resync (its region may hold
    * writes no batch has). `trusted` is false when the file was missing or describes other disks.
    */
-  static async open(path: string, disks: DiskSpec[], syncMarks = true): Promise<{ map: DirtyMap; trusted: boolean; existed: boolean }> {
+  static async open(path: string, disks: DiskSpec[], syncMarks = false): Promise<{ map: DirtyMap; trusted: boolean; existed: boolean }> {
     let at = 16 + 12 * disks.length;
     const layout: DiskBits[] = disks.map((d) => {
       const regionBytes = regionBytesFor(d.sizeBytes);
@@ -148,7 +153,12 @@ export class DirtyMap {
         fresh = true;
       }
     }
-    if (fresh) await this.persist(this.syncMarks);
+    if (!fresh) return;
+    // The mark must reach the file before the image write does. A synchronous write of a
+    // page to the page cache takes microseconds; queueing it on the thread pool behind
+    // other marks costs every write a round trip.
+    this.writeChangedPagesNow();
+    if (this.syncMarks) await this.persist(true);
   }
 
   /** After the write: `seq` is the batch that holds it (undefined: not captured). */
@@ -279,13 +289,24 @@ export class DirtyMap {
     return this.commit;
   }
 
+  private writeChangedPagesNow(): void {
+    for (const at of this.changedPages) {
+      const d = this.pageOwner(at);
+      writeSync(this.fh.fd, d.onDisk, at - d.fileOffset, PAGE, at);
+    }
+    this.changedPages.clear();
+  }
+
+  private pageOwner(at: number): DiskBits {
+    return this.disks.find((x) => at >= x.fileOffset && at < x.fileOffset + x.onDisk.length)!;
+  }
+
   private async writePages(sync: boolean): Promise<void> {
     const pages = [...this.changedPages];
     this.changedPages.clear();
     for (const at of pages) {
-      const d = this.disks.find((x) => at >= x.fileOffset && at < x.fileOffset + x.onDisk.length)!;
-      const from = at - d.fileOffset;
-      await this.fh.write(d.onDisk, from, PAGE, at);
+      const d = this.pageOwner(at);
+      await this.fh.write(d.onDisk, at - d.fileOffset, PAGE, at);
     }
     if (sync && pages.length) await this.fh.datasync();
   }

@@ -71,7 +71,7 @@ export class PairCapture {
       firstSeq: o.firstSeq,
       maxBatchBytes: o.maxBatchBytes,
       maxBatchAgeMs: o.maxBatchAgeMs,
-      maxInFlight: 8,
+      maxInFlight: 2, // spool writes: local, and each holds a batch in memory
       readBlock: async (disk, block) => readRange(this.file(disk), block * BLOCK_SIZE, BLOCK_SIZE),
     });
     this.uploader = new Uploader({

@@ -27,7 +27,7 @@ const USAGE = `usage: livesync <command> [options]
   recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
-        [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--verify-replica]
+        [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--verify-replica] [--sync-marks]
         serve the images over NBD; every write goes to the image and to the journal
   acrp --pair P --tag T [--state-dir DIR]
         ask the pair's running agent for an application-consistent RP now
@@ -135,6 +135,7 @@ async function main(argv: string[]): Promise<number> {
         'spool-size': { type: 'string' },
         bandwidth: { type: 'string' },
         'verify-replica': { type: 'boolean' },
+        'sync-marks': { type: 'boolean' },
       });
       const pairId = required('pair', str(o, 'pair'));
       const disks = ((o.disk as string[] | undefined) ?? []).map((v) => {
@@ -161,6 +162,7 @@ async function main(argv: string[]): Promise<number> {
         spoolBytes: o['spool-size'] ? parseSize('spool-size', str(o, 'spool-size')!) : undefined,
         bandwidthBytesPerSec: o.bandwidth ? parseSize('bandwidth', str(o, 'bandwidth')!) : undefined,
         verifyReplica: o['verify-replica'] === true,
+        syncMarks: o['sync-marks'] === true,
         log: (l) => console.error(l),
       });
       console.log(JSON.stringify({ port: agent.port }));

@@ -2,7 +2,8 @@
 // A batch is immutable; every byte of it is covered by a checksum, and a decoder
 // either returns exactly what the encoder was given or throws a BatchError.
 
-import { zstdCompressSync, zstdDecompressSync, constants as zlibConstants } from 'node:zlib';
+import { promisify } from 'node:util';
+import { zstdCompress, zstdCompressSync, zstdDecompressSync, constants as zlibConstants } from 'node:zlib';
 import { crc32c } from './crc32c';
 import { BatchError } from './errors';
 
@@ -95,35 +96,68 @@ export interface DecodedBatch {
   dataBytes: number;
 }
 
+/** An extent ready to be laid out: its payload, compressed or not. */
+interface PackedExtent {
+  e: ExtentInput;
+  payload?: Buffer;
+  zstd: boolean;
+}
+
+/**
+ * Extents smaller than this are stored uncompressed: zstd gains little on a lone 4 KiB
+ * block, and a call per block is what limits an agent under random writes.
+ */
+export const MIN_COMPRESS_BYTES = 16 * 1024;
+const ZSTD_OPTIONS = { params: { [zlibConstants.ZSTD_c_compressionLevel]: 1 } };
+const zstdCompressAsync = promisify(zstdCompress);
+
+const pickSmaller = (e: ExtentInput, packed: Buffer | undefined): PackedExtent =>
+  packed && packed.length < e.data!.length ? { e, payload: packed, zstd: true } : { e, payload: e.data, zstd: false };
+
 export function encodeBatch(header: BatchHeader, extents: ExtentInput[]): Buffer {
   checkHeaderInput(header);
+  const packed = splitAndSort(extents, header.disks.length).map((e) =>
+    !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? zstdCompressSync(e.data, ZSTD_OPTIONS) : undefined),
+  );
+  return layOut(header, packed);
+}
+
+/** encodeBatch with compression on the thread pool: the caller's event loop stays free. */
+export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[]): Promise<Buffer> {
+  checkHeaderInput(header);
+  const packed = await Promise.all(
+    splitAndSort(extents, header.disks.length).map(async (e) =>
+      !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, ZSTD_OPTIONS) : undefined),
+    ),
+  );
+  return layOut(header, packed);
+}
+
+function layOut(header: BatchHeader, packed: PackedExtent[]): Buffer {
   const parts: Buffer[] = [];
   const headerBuf = encodeHeader(header);
   parts.push(headerBuf);
   let offset = headerBuf.length;
   const entries: ExtentEntry[] = [];
-  for (const e of splitAndSort(extents, header.disks.length)) {
-    if (!e.data) {
+  for (const { e, payload, zstd } of packed) {
+    if (!payload) {
       entries.push({ disk: e.disk, flags: EXTENT_FLAGS.ZERO, blockIndex: e.blockIndex, blockCount: e.zeroBlocks!, payloadOffset: offset, payloadLength: 0, dataCrc: 0 });
       continue;
     }
-    const packed = zstdCompressSync(e.data, { params: { [zlibConstants.ZSTD_c_compressionLevel]: 1 } });
-    const useZstd = packed.length < e.data.length;
-    const payload = useZstd ? packed : e.data;
     entries.push({
       disk: e.disk,
-      flags: useZstd ? EXTENT_FLAGS.ZSTD : 0,
+      flags: zstd ? EXTENT_FLAGS.ZSTD : 0,
       blockIndex: e.blockIndex,
-      blockCount: e.data.length / BLOCK_SIZE,
+      blockCount: e.data!.length / BLOCK_SIZE,
       payloadOffset: offset,
       payloadLength: payload.length,
-      dataCrc: crc32c(e.data),
+      dataCrc: crc32c(e.data!),
     });
     parts.push(payload);
     offset += payload.length;
   }
   const index = Buffer.alloc(entries.length * INDEX_ENTRY);
-  entries.forEach((e, i) => writeEntry(index, i * INDEX_ENTRY, e));
+  entries.forEach((x, i) => writeEntry(index, i * INDEX_ENTRY, x));
   parts.push(index);
   const trailer = Buffer.alloc(TRAILER_SIZE);
   writeU64(trailer, 0, offset);

@@ -2,7 +2,7 @@
 // consistency boundaries and uploads them to the pair's journal with retry and backoff.
 // The NBD agent sits on top of this.
 
-import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch, type ExtentInput } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, encodeBatchAsync, type ExtentInput } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
 import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/keys';
 import type { DiskSpec } from '../core/model';
@@ -36,9 +36,9 @@ export interface CutBatch {
 }
 
 /**
- * Where cut batches go. Called in seq order, synchronously from the cut; the writer waits
- * for the promise before `flush` resolves and counts it against maxInFlight. A rejection
- * fails the writer.
+ * Where cut batches go, once encoded. Called in seq order (the calls' promises may overlap);
+ * the writer waits for them before `flush` resolves and counts them against maxInFlight.
+ * A rejection fails the writer.
  */
 export type BatchSink = (batch: CutBatch) => Promise<void>;
 
@@ -111,6 +111,8 @@ export class BatchWriter {
   private failure: Error | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly sink: BatchSink;
+  /** Sink calls in seq order: each waits for the one before (uploads themselves overlap). */
+  private sinkChain: Promise<void> = Promise.resolve();
   /** OR-ed into the flags of every batch cut (the agent sets BATCH_FLAGS.RESYNC while resyncing). */
   extraFlags = 0;
   private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry' | 'store' | 'sink'>> &
@@ -125,7 +127,9 @@ export class BatchWriter {
     if (options.disks.length === 0 || new Set(options.disks.map((d) => d.name)).size !== options.disks.length) {
       throw new InvalidArgumentError(`pair '${options.pairId}' needs disks with distinct names`);
     }
-    const { store, sink, ...rest } = options;
+    const { store, sink, ...given } = options;
+    // An option passed as undefined takes its default.
+    const rest = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as typeof given;
     if (!sink && !store) throw new InvalidArgumentError('a batch writer needs a store or a sink');
     this.o = {
       firstSeq: 1,
@@ -216,11 +220,10 @@ export class BatchWriter {
     const flags =
       (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0) | (opts.resyncEnd ? BATCH_FLAGS.RESYNC_END : 0) | this.extraFlags;
     const extents = this.pendingExtents();
-    // Encode before touching any state: if it throws, nothing is lost and no seq is skipped.
-    const body = encodeBatch(
-      { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) },
-      extents,
-    );
+    const header = { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) };
+    // Compression runs on the thread pool, so the caller's event loop keeps serving; batches
+    // still reach the sink in seq order.
+    const body = encodeBatchAsync(header, extents);
     const dataBytes = extents.reduce((n, e) => n + (e.data?.length ?? (e.zeroBlocks ?? 0) * BLOCK_SIZE), 0);
     this.nextSeqValue++;
     this.firstWriteMs = undefined;
@@ -228,12 +231,22 @@ export class BatchWriter {
     this.zeroRuns.forEach((r) => (r.length = 0));
     this.pendingBytes = 0;
     this.o.onCut?.(seq);
-    const upload = this.sink({ seq, body, dataBytes, flags, appTag: opts.appTag, cutMs }).then(
-      () => this.o.onUploaded?.({ seq, key: journalKey(this.o.pairId, seq), bytes: body.length, dataBytes, flags, appTag: opts.appTag, cutMs }),
-      (err: Error) => {
-        this.failure ??= new Error(`batch ${seq} of pair '${this.o.pairId}' was not stored: ${err.message}`);
-      },
+    const started = this.sinkChain.then(async () => {
+      const b = await body;
+      return { b, stored: this.sink({ seq, body: b, dataBytes, flags, appTag: opts.appTag, cutMs }) };
+    });
+    this.sinkChain = started.then(
+      () => {},
+      () => {},
     );
+    const upload = started
+      .then(async ({ b, stored }) => {
+        await stored;
+        this.o.onUploaded?.({ seq, key: journalKey(this.o.pairId, seq), bytes: b.length, dataBytes, flags, appTag: opts.appTag, cutMs });
+      })
+      .catch((err: Error) => {
+        this.failure ??= new Error(`batch ${seq} of pair '${this.o.pairId}' was not stored: ${err.message}`);
+      });
     this.inFlight.add(upload);
     void upload.finally(() => this.inFlight.delete(upload));
     return seq;
