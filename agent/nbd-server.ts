@@ -310,11 +310,14 @@ async function handle(s: Session, req: Request, payload: Buffer | undefined): Pr
   const ok = (): Buffer => (s.structured ? structuredReply(req.cookie, REPLY_TYPE.NONE, REPLY_FLAG_DONE) : simpleReply(req.cookie, 0));
   const inRange = req.offset + req.length <= s.exp.size;
   const fua = (req.flags & CMD_FLAG.FUA) !== 0;
+  // Unknown command flags are refused, as the protocol asks.
+  if (req.flags & ~(CMD_FLAG.FUA | CMD_FLAG.NO_HOLE | CMD_FLAG.DF | CMD_FLAG.REQ_ONE)) return fail(ERRNO.EINVAL);
   try {
     switch (req.type) {
       case CMD.READ: {
-        if (!inRange) return fail(ERRNO.EINVAL);
-        if (req.length > MAX_PAYLOAD) return fail(ERRNO.EOVERFLOW);
+        if (!inRange || req.length > MAX_PAYLOAD) return fail(ERRNO.EINVAL);
+        // A structured chunk must describe at least one byte: an empty read is a plain success.
+        if (req.length === 0) return ok();
         const data = await s.exp.read(req.offset, req.length);
         if (!s.structured) return simpleReply(req.cookie, 0, data);
         const off = Buffer.alloc(8);
@@ -330,7 +333,7 @@ async function handle(s: Session, req: Request, payload: Buffer | undefined): Pr
         return ok();
       case CMD.TRIM:
       case CMD.WRITE_ZEROES:
-        if (!inRange) return fail(ERRNO.ENOSPC);
+        if (!inRange) return fail(req.type === CMD.TRIM ? ERRNO.EINVAL : ERRNO.ENOSPC);
         await s.exp.zero(req.offset, req.length, fua);
         return ok();
       case CMD.BLOCK_STATUS: {
