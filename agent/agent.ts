@@ -88,7 +88,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   // Continue the seq stream past everything registered, spooled or ever cut here.
   let registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
   const dropped = await dropCorruptSpool(spool, log);
-  const doubt = dropped > 0 ? `${dropped} spooled batches were corrupt` : await whyUntrusted(o, pair, previous, mapTrusted, registered.length > 0, paths, bootId);
+  const doubt = dropped.length > 0 ? `${dropped.length} spooled batches were corrupt` : await whyUntrusted(o, pair, previous, mapTrusted, registered.length > 0, paths, bootId);
   if (doubt && !previous && (pair.watermark > 0 || registered.length > 0)) {
     // Without local state, uploads of a lost run may still be on their way to the index.
     await sleep(5000);
@@ -102,7 +102,10 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   await stateWrites;
   if (doubt) {
     log(`local state not trusted (${doubt}): comparing every region with the replica`);
-    await fillGaps(o.pairId, pair, spool, new Set(registered.map((b) => b.seq)), firstSeq, log);
+    // With its state, the agent knows every seq it cut is uploaded or spooled: only dropped
+    // ones are missing. Without, any seq the index does not hold (after the wait) is.
+    const lost = previous ? dropped : range(pair.watermark + 1, firstSeq).filter((seq) => !registered.some((b) => b.seq === seq) && !spool.seqs().includes(seq));
+    await fillGaps(o.pairId, pair, spool, lost, log);
   }
 
   const files: FileHandle[] = [];
@@ -148,7 +151,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     acrpChain = run.catch(() => {});
     return run;
   };
-  const status = (): AgentStatus => ({ pairId: o.pairId, ...capture.status(), lastCutSeq: capture.writer.nextSeq - 1 });
+  const status = (): AgentStatus => ({ pairId: o.pairId, ...capture.status() });
   const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, status });
   const periodic = o.acrpIntervalMs
     ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => log(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
@@ -209,9 +212,9 @@ async function whyUntrusted(
   return undefined;
 }
 
-/** Drops spooled batches that fail their checksums (their seqs become gaps that fillGaps closes). */
-async function dropCorruptSpool(spool: Spool, log: (m: string) => void): Promise<number> {
-  let dropped = 0;
+/** Drops spooled batches that fail their checksums; returns their seqs (gaps that fillGaps closes). */
+async function dropCorruptSpool(spool: Spool, log: (m: string) => void): Promise<number[]> {
+  const dropped: number[] = [];
   for (const seq of spool.seqs()) {
     try {
       await spool.read(seq);
@@ -219,27 +222,26 @@ async function dropCorruptSpool(spool: Spool, log: (m: string) => void): Promise
       if (!(err instanceof SpoolCorruptError)) throw err;
       log(`${err.message}: dropped (the comparison with the replica finds its regions)`);
       await spool.remove(seq);
-      dropped++;
+      dropped.push(seq);
     }
   }
   return dropped;
 }
 
 /**
- * Seqs below `firstSeq` that are neither registered nor spooled were lost with the local
- * state: an empty RESYNC batch takes each one, so the journal has no gap and no RP is made
- * until the resync that follows ends.
+ * Seqs lost with the local state: an empty RESYNC batch takes each one, so the journal has
+ * no gap and no RP is made until the resync that follows ends.
  */
-async function fillGaps(pairId: string, pair: Pair, spool: Spool, registered: Set<number>, firstSeq: number, log: (m: string) => void): Promise<void> {
-  const spooled = new Set(spool.seqs());
+async function fillGaps(pairId: string, pair: Pair, spool: Spool, lost: number[], log: (m: string) => void): Promise<void> {
   const now = Date.now();
-  for (let seq = pair.watermark + 1; seq < firstSeq; seq++) {
-    if (registered.has(seq) || spooled.has(seq)) continue;
+  const disks = pair.disks.map((d) => d.name);
+  for (const seq of lost) {
     log(`seq ${seq} was lost with the local state: filled with a resync marker`);
-    const disks = pair.disks.map((d) => d.name);
     await spool.add(seq, encodeBatch({ pairId, seq, prevSeq: seq - 1, firstWriteMs: now, cutMs: now, flags: BATCH_FLAGS.RESYNC, disks }, []));
   }
 }
+
+const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
 
 /**
  * Waits until the replica holds every batch cut so far, then marks for resync each region

@@ -4,13 +4,11 @@
 import { createConnection, createServer } from 'node:net';
 import { rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
+import type { CaptureStatus } from './pair-capture';
 
-/** What `livesync agent status` shows; fields are only ever added. */
-export interface AgentStatus {
+/** What `livesync agent-status` shows; fields are only ever added. */
+export interface AgentStatus extends CaptureStatus {
   pairId: string;
-  /** Seq of the last batch cut (0: none yet); a flush acknowledged before this call is in it or earlier. */
-  lastCutSeq: number;
-  [more: string]: unknown;
 }
 
 export interface ControlHandlers {

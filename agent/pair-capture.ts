@@ -22,6 +22,23 @@ import { Uploader } from './uploader';
 
 export type CaptureMode = 'streaming' | 'overflow' | 'resyncing';
 
+/** What `livesync agent-status` shows of the capture. */
+export interface CaptureStatus {
+  mode: CaptureMode;
+  /** Seq of the last batch cut (0: none yet); a flush acknowledged before is in it or earlier. */
+  lastCutSeq: number;
+  sealedThrough: number;
+  spool: { batches: number; bytes: number; limitBytes: number };
+  upload: { inFlight: number; batches: number; bytes: number; lastError?: string };
+  dirtyRegions: number;
+  resyncPendingRegions: number;
+  overflows: number;
+  resyncs: number;
+  resyncedRegions: number;
+  resyncedBytes: number;
+  failure?: string;
+}
+
 export interface PairCaptureOptions {
   pairId: string;
   disks: DiskSpec[];
@@ -148,7 +165,7 @@ export class PairCapture {
       });
   }
 
-  status(): Record<string, unknown> {
+  status(): CaptureStatus {
     return {
       mode: this.modeValue,
       lastCutSeq: this.writer.nextSeq - 1,

@@ -1,0 +1,248 @@
+// The agent under faults: SIGKILL at random points of a write workload, an upload outage
+// that fills the spool, an image changed while the agent was stopped, lost local state.
+// After each, the replica equals the image and every acknowledged flushed write is in it.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { startAgent, type RunningAgent } from '../agent/agent';
+import { callAgent } from '../agent/control';
+import { NbdClient } from '../bench/nbd-client';
+import { BATCH_FLAGS } from '../core/batch-format';
+import { rng } from '../source/workload';
+import { createPair, waitForWatermark } from '../replica/pairs';
+import type { ObjectStore } from '../replica/ports';
+import { cloud, eventually, firstDifference, have, newPairId, recover } from './helpers';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SLOT = 64 * KiB;
+const clients = ['qemu-io', 'fallocate'].every(have);
+
+/** 64 KiB of a write id repeated: a slot of the replica tells which write it holds. */
+const content = (id: number): Buffer => {
+  const b = Buffer.alloc(SLOT);
+  for (let i = 0; i < SLOT; i += 4) b.writeUInt32LE(id, i);
+  return b;
+};
+
+async function newImage(dir: string, size: number): Promise<string> {
+  const path = join(dir, 'disk0.img');
+  await writeFile(path, '');
+  await truncate(path, size);
+  return path;
+}
+
+/** The latest RP of everything written so far, recovered through the cloud side. */
+async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
+  await waitForWatermark(cloud().index, pairId, seq, 60_000);
+  return (await recover(cloud(), pairId, seq)).get('disk0')!;
+}
+
+(clients ? describe : describe.skip)('agent crashes (SIGKILL)', () => {
+  const size = 32 * MiB;
+  const slots = size / SLOT;
+
+  /** `livesync agent` as an operator runs it, as a child process we can kill. */
+  async function spawnAgent(pairId: string, image: string, stateDir: string): Promise<{ child: ChildProcess; port: number; log: string[] }> {
+    const child = spawn(
+      join(__dirname, '../node_modules/.bin/node'),
+      ['--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, '../cli/livesync.ts'), 'agent', '--pair', pairId, '--disk', `disk0=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
+      { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    const log: string[] = [];
+    createInterface({ input: child.stderr! }).on('line', (l) => log.push(l));
+    const port = await new Promise<number>((resolve, reject) => {
+      createInterface({ input: child.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { port: number }).port));
+      child.once('exit', (code, signal) => reject(new Error(`agent exited (${code ?? signal}) before serving: ${log.join('\n')}`)));
+    });
+    return { child, port, log };
+  }
+
+  test('killed at random points of a workload and restarted, it loses and duplicates nothing', async () => {
+    const seed = Number(process.env.LIVESYNC_SEED ?? Date.now() % 1e9);
+    const r = rng(seed);
+    const pairId = newPairId('crash');
+    await createPair(cloud().index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }] });
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-crash-'));
+    const image = await newImage(dir, size);
+    const stateDir = join(dir, 'state');
+    /** Per slot: ids sent, in order, and the last id covered by an acknowledged FLUSH. */
+    const sent = new Map<number, number[]>();
+    const flushed = new Map<number, number>();
+    let nextId = 1;
+
+    for (let round = 0; round < 4; round++) {
+      const agent = await spawnAgent(pairId, image, stateDir);
+      const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
+      const killAt = Date.now() + 300 + Math.floor(r() * 1200);
+      const killed = new Promise<void>((resolve) => setTimeout(() => {
+        agent.child.kill('SIGKILL');
+        resolve();
+      }, killAt - Date.now()));
+      // Writes (8 in flight) with a FLUSH every 16; what a FLUSH acknowledges is recorded.
+      try {
+        for (let n = 0; Date.now() < killAt + 1000; n++) {
+          const inFlight: Promise<void>[] = [];
+          const batch: [number, number][] = [];
+          for (let k = 0; k < 16; k++) {
+            const slot = Math.floor(r() * slots);
+            const id = nextId++;
+            sent.set(slot, [...(sent.get(slot) ?? []), id]);
+            batch.push([slot, id]);
+            inFlight.push(client.write(slot * SLOT, content(id)));
+            if (inFlight.length >= 8) await Promise.all(inFlight.splice(0));
+          }
+          await Promise.all(inFlight);
+          await client.flush();
+          for (const [slot, id] of batch) flushed.set(slot, Math.max(flushed.get(slot) ?? 0, id));
+        }
+      } catch {
+        // The agent died under the client: expected.
+      }
+      await killed;
+      await new Promise((res) => (agent.child.exitCode !== null || agent.child.signalCode !== null ? res(undefined) : agent.child.once('exit', res)));
+    }
+
+    // A last run resyncs what the kill left uncaptured, takes an RP of everything, stops cleanly.
+    const agent = await spawnAgent(pairId, image, stateDir);
+    const sock = join(stateDir, 'control.sock');
+    await eventually('the resync after the kill', async () => {
+      const st = await callAgent(sock, { op: 'status' });
+      return st.ok && 'status' in st && st.status.mode === 'streaming' ? true : undefined;
+    });
+    const ans = await callAgent(join(stateDir, 'control.sock'), { op: 'acrp', tag: 'final' });
+    if (!ans.ok || !('seq' in ans)) throw new Error(`no final RP: ${JSON.stringify(ans)}`);
+    agent.child.kill('SIGTERM');
+    const got = await recoverLatest(pairId, ans.seq);
+    const img = await readFile(image);
+    expect({ seed, diff: firstDifference(got, img) }).toEqual({ seed, diff: undefined });
+    // Every slot holds its last flushed write or one sent after it; never an older one.
+    for (const [slot, ids] of sent) {
+      const holds = img.readUInt32LE(slot * SLOT);
+      expect(img.subarray(slot * SLOT, (slot + 1) * SLOT).equals(content(holds))).toBe(true);
+      const minimum = flushed.get(slot) ?? 0;
+      expect({ seed, slot, ok: ids.includes(holds) && holds >= minimum }).toEqual({ seed, slot, ok: true });
+    }
+    // Exactly once: no batch was refused as a duplicate of a different one, no seq skipped.
+    const c = cloud();
+    expect(await c.index.listQuarantine(pairId)).toEqual([]);
+    const pair = await c.index.getPair(pairId);
+    expect(pair?.state).toBe('REPLICATING');
+    expect(pair?.error).toBeUndefined();
+    await rm(dir, { recursive: true, force: true });
+  }, 180_000);
+});
+
+/** An object store whose uploads fail while `down` is set (a network outage). */
+function outage(store: ObjectStore): ObjectStore & { down: boolean } {
+  const s = {
+    down: false,
+    put: (key: string, body: Buffer) => (s.down ? Promise.reject(new Error('network unreachable')) : store.put(key, body)),
+    get: store.get.bind(store),
+    upload: store.upload.bind(store),
+  };
+  return s;
+}
+
+(clients ? describe : describe.skip)('agent spool and resync', () => {
+  let dir: string;
+  let agent: RunningAgent | undefined;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'livesync-resync-'));
+  });
+  afterEach(async () => {
+    await agent?.stop();
+    agent = undefined;
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const write = async (image: string, offset: number, data: Buffer): Promise<void> => {
+    const fh = await open(image, 'r+');
+    await fh.write(data, 0, data.length, offset);
+    await fh.close();
+  };
+
+  test('an outage fills the spool; writes go on, the pair shows RESYNCING, only dirty regions are resent, no RP while inconsistent', async () => {
+    const size = 64 * MiB;
+    const pairId = newPairId('spool');
+    const c = cloud();
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }], ccrpIntervalMs: 100 });
+    const image = await newImage(dir, size);
+    const store = outage(c.store);
+    agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store, index: c.index, stateDir: join(dir, 'state'), spoolBytes: 2 * MiB, maxBatchBytes: 512 * KiB, retryBaseDelayMs: 5 });
+    const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
+    await client.write(0, content(1));
+    await client.flush();
+    store.down = true;
+    // 8 MiB of incompressible 256 KiB writes at scattered places: far more than the spool holds.
+    for (let i = 0; i < 32; i++) await client.write(i * 2 * MiB, randomBytes(256 * KiB));
+    await client.flush();
+    expect(agent.status().mode).toBe('overflow');
+    // Writes still succeed while only the dirty map tracks them.
+    await client.write(40 * MiB + 4 * KiB, content(7));
+    await client.flush();
+    const states = new Set<string>();
+    const watch = setInterval(() => void c.index.getPair(pairId).then((p) => p && states.add(p.state)), 20);
+    store.down = false;
+    await eventually('the resync to complete', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    await client.close();
+    const seq = await agent.flush({ rp: true });
+    const got = await recoverLatest(pairId, seq);
+    clearInterval(watch);
+    expect(firstDifference(got, await readFile(image))).toBeUndefined();
+    expect(states).toContain('RESYNCING');
+    expect((await c.index.getPair(pairId))?.state).toBe('REPLICATING');
+    // Resent: the dirty regions (64 KiB each), not the disk.
+    const st = agent.status();
+    expect(st.overflows).toBeGreaterThanOrEqual(1);
+    expect(st.resyncedBytes).toBeLessThanOrEqual(8 * MiB + 64 * KiB * 4);
+    // No RP from the first RESYNC batch until RESYNC_END; one at RESYNC_END.
+    const batches = await c.index.batchesAfter(pairId, 0, Infinity);
+    const begin = batches.find((b) => b.flags & BATCH_FLAGS.RESYNC)!.seq;
+    const end = batches.find((b) => b.flags & BATCH_FLAGS.RESYNC_END)!.seq;
+    const rps = (await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000))).map((rp) => rp.seq);
+    expect(rps.filter((s) => s >= begin && s < end)).toEqual([]);
+    expect(rps).toContain(end);
+    expect(await c.index.listQuarantine(pairId)).toEqual([]);
+  });
+
+  test('an image changed while the agent was stopped, or lost local state, is compared with the replica and only differing regions are resent', async () => {
+    const size = 32 * MiB;
+    const pairId = newPairId('verify');
+    const c = cloud();
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }] });
+    const image = await newImage(dir, size);
+    const start = (): Promise<RunningAgent> => startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
+    agent = await start();
+    const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
+    for (let i = 0; i < 16; i++) await client.write(i * MiB, content(100 + i));
+    await client.flush();
+    await client.close();
+    await agent.stop();
+
+    // Offline edits the spool and dirty map know nothing of.
+    await write(image, 5 * MiB + 12_345, Buffer.from('changed offline'));
+    await write(image, 30 * MiB, content(999));
+    agent = await start();
+    await eventually('the comparison and resync', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    let seq = await agent.flush({ rp: true });
+    expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
+    expect(agent.status().resyncedRegions).toBe(2);
+    await agent.stop();
+
+    // The state directory is lost (a new host, a wiped disk) and the image changes again.
+    await rm(join(dir, 'state'), { recursive: true, force: true });
+    await write(image, 17 * MiB, content(4242));
+    agent = await start();
+    await eventually('the comparison and resync', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    seq = await agent.flush({ rp: true });
+    expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
+    expect(agent.status().resyncedRegions).toBe(1);
+    expect(await c.index.listQuarantine(pairId)).toEqual([]);
+  }, 120_000);
+});
