@@ -63,6 +63,7 @@ export interface BatchWriterOptions {
   clock?: () => number;
   /** Called synchronously when a batch is cut, before the write that caused it (if any) is recorded. */
   onCut?: (seq: number) => void;
+  /** After each upload by the default sink (with the key it went to). */
   onUploaded?: (b: UploadedBatch) => void;
 }
 
@@ -140,7 +141,12 @@ export class BatchWriter {
       ...rest,
       retry: { ...DEFAULT_RETRY, ...options.retry },
     };
-    this.sink = sink ?? ((b) => this.upload(store!, journalKey(this.o.pairId, b.seq), b.body).then(() => {}));
+    this.sink =
+      sink ??
+      (async (b) => {
+        const key = await this.upload(store!, journalKey(this.o.pairId, b.seq), b.body);
+        this.o.onUploaded?.({ seq: b.seq, key, bytes: b.body.length, dataBytes: b.dataBytes, flags: b.flags, appTag: b.appTag, cutMs: b.cutMs });
+      });
     this.diskIndex = new Map(options.disks.map((d, i) => [d.name, i]));
     this.pending = options.disks.map(() => new Map());
     this.zeroRuns = options.disks.map(() => []);
@@ -240,10 +246,7 @@ export class BatchWriter {
       () => {},
     );
     const upload = started
-      .then(async ({ b, stored }) => {
-        await stored;
-        this.o.onUploaded?.({ seq, key: journalKey(this.o.pairId, seq), bytes: b.length, dataBytes, flags, appTag: opts.appTag, cutMs });
-      })
+      .then(({ stored }) => stored)
       .catch((err: Error) => {
         this.failure ??= new Error(`batch ${seq} of pair '${this.o.pairId}' was not stored: ${err.message}`);
       });
