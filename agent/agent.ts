@@ -151,7 +151,11 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     acrpChain = run.catch(() => {});
     return run;
   };
-  const status = (): AgentStatus => ({ pairId: o.pairId, ...capture.status() });
+  const status = (): AgentStatus => {
+    const m = process.memoryUsage();
+    const mib = (n: number): number => Math.round(n / 2 ** 20);
+    return { pairId: o.pairId, ...capture.status(), memoryMiB: { rss: mib(m.rss), heap: mib(m.heapUsed), external: mib(m.external), buffers: mib(m.arrayBuffers) } };
+  };
   const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, status });
   const periodic = o.acrpIntervalMs
     ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => log(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)

@@ -9,6 +9,8 @@ import type { CaptureStatus } from './pair-capture';
 /** What `livesync agent-status` shows; fields are only ever added. */
 export interface AgentStatus extends CaptureStatus {
   pairId: string;
+  /** The agent process's memory (MiB): resident, JS heap, external, buffers. */
+  memoryMiB?: { rss: number; heap: number; external: number; buffers: number };
 }
 
 export interface ControlHandlers {

@@ -9,7 +9,6 @@
 // bytes), then per disk {sizeBytes u64, regionBytes u32} (12 bytes), then each disk's
 // bitmap (bit r of byte r>>3, least significant first), padded to 4 KiB pages.
 
-import { writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { DiskSpec } from '../core/model';
 
@@ -153,12 +152,8 @@ export class DirtyMap {
         fresh = true;
       }
     }
-    if (!fresh) return;
-    // The mark must reach the file before the image write does. A synchronous write of a
-    // page to the page cache takes microseconds; queueing it on the thread pool behind
-    // other marks costs every write a round trip.
-    this.writeChangedPagesNow();
-    if (this.syncMarks) await this.persist(true);
+    // The mark reaches the file before the image write does; concurrent marks share a write.
+    if (fresh) await this.persist(this.syncMarks);
   }
 
   /** After the write: `seq` is the batch that holds it (undefined: not captured). */
@@ -287,14 +282,6 @@ export class DirtyMap {
     this.wantSync = false;
     this.commit = this.writePages(sync).finally(() => (this.commit = undefined));
     return this.commit;
-  }
-
-  private writeChangedPagesNow(): void {
-    for (const at of this.changedPages) {
-      const d = this.pageOwner(at);
-      writeSync(this.fh.fd, d.onDisk, at - d.fileOffset, PAGE, at);
-    }
-    this.changedPages.clear();
   }
 
   private pageOwner(at: number): DiskBits {

@@ -58,6 +58,9 @@ export async function startNbdServer(exports: BlockExport[], host = '127.0.0.1',
   };
 }
 
+/** Bytes a connection reads ahead of the request being parsed. */
+const HIGH_WATER = 4 * 1024 * 1024;
+
 /** Exact-length reads from a socket, with backpressure. */
 class SocketReader {
   private chunks: Buffer[] = [];
@@ -69,7 +72,6 @@ class SocketReader {
     sock.on('data', (c: Buffer) => {
       this.chunks.push(c);
       this.have += c.length;
-      if (this.have > 2 * MAX_PAYLOAD) sock.pause();
       this.pump();
     });
     const end = (): void => {
@@ -104,12 +106,19 @@ class SocketReader {
       const rest = head.subarray(w.n);
       this.chunks = rest.length ? [rest, ...this.chunks.slice(k)] : this.chunks.slice(k);
       this.have -= w.n;
-      if (this.sock.isPaused() && this.have <= MAX_PAYLOAD) this.sock.resume();
       w.resolve(out);
     } else if (this.done) {
       this.waiting = undefined;
       w.reject(this.done);
     }
+    this.flow();
+  }
+
+  /** Reads ahead at most HIGH_WATER bytes, or what the pending read needs. */
+  private flow(): void {
+    const limit = Math.max(HIGH_WATER, this.waiting?.n ?? 0);
+    if (this.have > limit && !this.sock.isPaused()) this.sock.pause();
+    else if (this.have <= limit && this.sock.isPaused()) this.sock.resume();
   }
 }
 
@@ -268,8 +277,9 @@ function parseMetaContext(data: Buffer): string[] | undefined {
   return out;
 }
 
-/** Requests a connection may have in flight before the server stops reading more. */
+/** Requests, and bytes of write payload, a connection may have in flight before the server stops reading more. */
 const MAX_IN_FLIGHT = 64;
+const MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024;
 
 /**
  * Requests are dispatched in arrival order and run concurrently; each reply goes out as
@@ -278,8 +288,24 @@ const MAX_IN_FLIGHT = 64;
  */
 async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void> {
   const inFlight = new Set<Promise<void>>();
+  let inFlightBytes = 0;
+  // Replies completed in one turn of the event loop leave in one send: a syscall per
+  // reply is what limits small random writes otherwise.
+  let corked = false;
+  const reply = (b: Buffer): Promise<void> => {
+    if (!corked) {
+      corked = true;
+      sock.cork();
+      setImmediate(() => {
+        corked = false;
+        sock.uncork();
+      });
+    }
+    return write(sock, b);
+  };
   for (;;) {
     while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
+    while (inFlightBytes > MAX_IN_FLIGHT_BYTES) await Promise.race(inFlight);
     const req = parseRequest(await r.read(28));
     if ('badMagic' in req) throw new Error(`bad request magic 0x${req.badMagic.toString(16)}`);
     // A WRITE's payload is consumed whatever happens to the request.
@@ -294,10 +320,15 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
       sock.end();
       return;
     }
+    const bytes = payload?.length ?? 0;
+    inFlightBytes += bytes;
     const done: Promise<void> = handle(s, req, payload)
-      .then((reply) => write(sock, reply))
+      .then(reply)
       .catch(() => void sock.destroy())
-      .finally(() => inFlight.delete(done));
+      .finally(() => {
+        inFlight.delete(done);
+        inFlightBytes -= bytes;
+      });
     inFlight.add(done);
   }
 }

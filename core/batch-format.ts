@@ -125,11 +125,12 @@ export function encodeBatch(header: BatchHeader, extents: ExtentInput[]): Buffer
 /** encodeBatch with compression on the thread pool: the caller's event loop stays free. */
 export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[]): Promise<Buffer> {
   checkHeaderInput(header);
-  const packed = await Promise.all(
-    splitAndSort(extents, header.disks.length).map(async (e) =>
-      !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, ZSTD_OPTIONS) : undefined),
-    ),
-  );
+  // One extent at a time: parallel zstd contexts on the pool threads cost more memory
+  // (per-thread allocator arenas) than they gain on a host with few cores.
+  const packed: PackedExtent[] = [];
+  for (const e of splitAndSort(extents, header.disks.length)) {
+    packed.push(!e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, ZSTD_OPTIONS) : undefined));
+  }
   return layOut(header, packed);
 }
 
