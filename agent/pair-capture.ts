@@ -75,6 +75,7 @@ export class PairCapture {
   private readonly sweepTimer: NodeJS.Timeout;
   /** Before the resync loop: what must run first (the comparison with the replica). */
   private resyncPrelude: (() => Promise<void>) | undefined;
+  /** A fault that stopped uploads or the resync (shown in status; client I/O goes on). */
   failure: Error | undefined;
   readonly stats = { overflows: 0, resyncs: 0, resyncedRegions: 0, resyncedBytes: 0 };
 
@@ -102,7 +103,8 @@ export class PairCapture {
       onUploaded: () => this.onRoom(),
       onCorrupt: (err) => {
         this.failure ??= err;
-        o.log?.(`${err.message}: uploads stop here (the journal cannot skip a seq); restart the agent with --verify-replica`);
+        // Client I/O goes on (a replication fault never fails the machine's writes).
+        o.log?.(`${err.message}: uploads stop here (the journal cannot skip a seq); a restart drops it and compares with the replica`);
       },
       log: o.log,
     });
@@ -126,7 +128,6 @@ export class PairCapture {
    * captured. The caller holds the range lock.
    */
   async mutate(d: number, offset: number, length: number, toImage: () => Promise<void>, toWriter: (w: BatchWriter) => Promise<void>): Promise<void> {
-    if (this.failure) throw this.failure;
     await this.o.dirty.beforeWrite(d, offset, length, this.modeValue !== 'overflow');
     let seq: number | undefined;
     try {
@@ -143,7 +144,6 @@ export class PairCapture {
 
   /** Cuts and waits until every batch cut so far is in the spool. Returns the last seq. */
   async flush(opts: CutOptions = {}): Promise<number> {
-    if (this.failure) throw this.failure;
     return this.writer.flush(opts);
   }
 

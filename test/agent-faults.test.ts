@@ -4,7 +4,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -245,6 +245,43 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
     seq = await agent.flush({ rp: true });
     expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
     expect(agent.status().resyncedRegions).toBe(1);
+    expect(await c.index.listQuarantine(pairId)).toEqual([]);
+  }, 120_000);
+  test('a corrupt spooled batch is dropped at start; its seq becomes a resync marker and its regions are found by comparison', async () => {
+    const size = 32 * MiB;
+    const pairId = newPairId('rot');
+    const c = cloud();
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }] });
+    const image = await newImage(dir, size);
+    const store = outage(c.store);
+    const start = (): Promise<RunningAgent> =>
+      startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store, index: c.index, stateDir: join(dir, 'state'), drainMs: 200, retryBaseDelayMs: 5 });
+    agent = await start();
+    const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
+    await client.write(0, randomBytes(MiB));
+    await client.flush();
+    await agent.drained(30_000);
+    store.down = true;
+    for (let i = 1; i < 5; i++) {
+      await client.write(i * 4 * MiB, randomBytes(MiB));
+      await client.flush();
+    }
+    await client.close();
+    await agent.stop(); // the last batches stay spooled
+    agent = undefined;
+    const spooled = (await readdir(join(dir, 'state', 'spool'))).sort();
+    expect(spooled.length).toBeGreaterThanOrEqual(2);
+    const victim = join(dir, 'state', 'spool', spooled[0]);
+    const body = await readFile(victim);
+    body[body.length >> 1] ^= 0x40;
+    await writeFile(victim, body);
+
+    store.down = false;
+    agent = await start();
+    await eventually('the comparison and resync', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    const seq = await agent.flush({ rp: true });
+    expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
+    expect(agent.status().resyncedRegions).toBeGreaterThan(0);
     expect(await c.index.listQuarantine(pairId)).toEqual([]);
   }, 120_000);
 });
