@@ -118,7 +118,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     spool,
     dirty,
     firstSeq,
-    maxBatchBytes: o.maxBatchBytes,
+    // Smaller batches than the writer's default: less memory in flight, sooner uploads.
+    maxBatchBytes: o.maxBatchBytes ?? 4 * 1024 * 1024,
     maxBatchAgeMs: o.maxBatchAgeMs,
     bandwidthBytesPerSec: o.bandwidthBytesPerSec,
     retryBaseDelayMs: o.retryBaseDelayMs,
