@@ -1,16 +1,16 @@
 #!/usr/bin/env -S npx tsx
-// livesync command line. `livesync help` lists the commands; docs/cli.md describes them.
+// livesync command line. `livesync help` lists the commands; README.md describes them.
+// The local stack and the demo (which pull in the CDK app, for the table schema) load only
+// when asked for: the agent stays small.
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
-import { startLocalStack } from '../local/stack';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
 import { createPair } from '../replica/pairs';
 import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
-import { runDemo } from './demo';
 import { startAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
 
@@ -48,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
   switch (`${cmd}${['pair', 'local', 'rp'].includes(cmd) ? ` ${sub}` : ''}`) {
     case 'demo': {
       const o = opts({ 'disk-size': { type: 'string' }, seconds: { type: 'string' }, rate: { type: 'string' }, 'ccrp-interval': { type: 'string' }, seed: { type: 'string' }, keep: { type: 'boolean' } });
+      const { runDemo } = await import('./demo');
       const ok = await runDemo({
         diskBytes: parseSize('disk-size', str(o, 'disk-size') ?? '256M'),
         seconds: parseIntArg('seconds', str(o, 'seconds') ?? '12'),
@@ -61,6 +62,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'local up': {
       const o = opts({ json: { type: 'boolean' }, 'until-stdin-closes': { type: 'boolean' } });
+      const { startLocalStack } = await import('../local/stack');
       const stack = await startLocalStack({ log: (m) => console.error(m) });
       if (o.json) console.log(JSON.stringify(stack.env));
       else for (const [k, v] of Object.entries(stack.env)) console.log(`export ${k}=${v}`);
