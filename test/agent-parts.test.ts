@@ -1,0 +1,112 @@
+// The agent's local pieces on their own: range lock ordering, the dirty map's persistence
+// and clearing rules, the spool's durability and corruption checks.
+
+import { mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DirtyMap } from '../agent/dirty-map';
+import { RangeLock } from '../agent/range-lock';
+import { Spool, SpoolCorruptError } from '../agent/spool';
+import { encodeBatch } from '../core/batch-format';
+
+const MiB = 1024 * 1024;
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+describe('RangeLock', () => {
+  test('overlapping writes run in arrival order, disjoint ones and shared reads at once', async () => {
+    const lock = new RangeLock();
+    const order: string[] = [];
+    const a = await lock.acquire(0, 8192);
+    const b = lock.acquire(4096, 12288).then((release) => (order.push('b'), release));
+    const c = lock.acquire(16384, 20480).then((release) => (order.push('c'), release));
+    const d = lock.acquire(8192, 12288).then((release) => (order.push('d'), release)); // after b: overlaps it
+    await tick();
+    expect(order).toEqual(['c']);
+    a();
+    (await b)();
+    (await d)();
+    (await c)();
+    expect(order).toEqual(['c', 'b', 'd']);
+    const r1 = await lock.acquire(0, 4096, true);
+    const r2 = await lock.acquire(0, 4096, true); // readers share
+    let wrote = false;
+    const w = lock.acquire(0, 4096).then((release) => ((wrote = true), release));
+    await tick();
+    expect(wrote).toBe(false);
+    r1();
+    r2();
+    (await w)();
+    expect(wrote).toBe(true);
+  });
+});
+
+describe('DirtyMap', () => {
+  const disks = [{ name: 'a', sizeBytes: 64 * MiB }, { name: 'b', sizeBytes: 8 * MiB }];
+
+  test('a mark survives a reopen as a region to resync; a cleared one does not', async () => {
+    const path = join(await mkdtemp(join(tmpdir(), 'livesync-map-')), 'dirty.map');
+    const { map, trusted, existed } = await DirtyMap.open(path, disks);
+    expect({ trusted, existed }).toEqual({ trusted: false, existed: false });
+    await map.beforeWrite(0, 3 * 65536 + 100, 10, true);
+    map.afterWrite(0, 3 * 65536 + 100, 10, 7, 0);
+    await map.beforeWrite(1, 0, 2 * 65536, true);
+    map.afterWrite(1, 0, 2 * 65536, 9, 0);
+    // Seq 7 is spooled and the region idle: cleared. Seq 9 is not spooled yet: kept.
+    await map.sweep(8, 1000, 5000);
+    expect(map.dirtyRegions).toBe(2);
+    await map.close();
+
+    const again = await DirtyMap.open(path, disks);
+    expect(again.trusted).toBe(true);
+    expect([...again.map.resyncRegions()].map((r) => [r.disk, r.offset, r.length])).toEqual([[1, 0, 65536], [1, 65536, 65536]]);
+    again.map.resynced(1, 0, 12, 0);
+    again.map.resynced(1, 1, 12, 0);
+    expect(again.map.pendingResync).toBe(0);
+    await again.map.close();
+    // Other disks: the map is not trusted and starts empty.
+    const other = await DirtyMap.open(path, [{ name: 'a', sizeBytes: 32 * MiB }]);
+    expect({ trusted: other.trusted, dirty: other.map.dirtyRegions }).toEqual({ trusted: false, dirty: 0 });
+    await other.map.close();
+  });
+
+  test('an overflow escalates captured regions of lost batches and writes in flight; a hot region is not cleared', async () => {
+    const path = join(await mkdtemp(join(tmpdir(), 'livesync-map-')), 'dirty.map');
+    const { map } = await DirtyMap.open(path, disks);
+    await map.beforeWrite(0, 0, 4096, true);
+    map.afterWrite(0, 0, 4096, 3, 0); // in batch 3 (kept)
+    await map.beforeWrite(0, MiB, 4096, true);
+    map.afterWrite(0, MiB, 4096, 5, 0); // in batch 5 (lost)
+    await map.beforeWrite(0, 2 * MiB, 4096, true); // still in flight
+    map.escalate(5);
+    map.afterWrite(0, 2 * MiB, 4096, 6, 0);
+    expect([...map.resyncRegions()].map((r) => r.offset)).toEqual([MiB, 2 * MiB]);
+    await map.sweep(10, 1000, 500); // region 0 was written 500 ms ago: still hot
+    expect(map.dirtyRegions).toBe(3);
+    await map.close();
+  });
+});
+
+describe('Spool', () => {
+  const batch = (seq: number): Buffer => encodeBatch({ pairId: 'p', seq, prevSeq: seq - 1, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['d'] }, [{ disk: 0, blockIndex: seq, data: Buffer.alloc(4096, seq) }]);
+
+  test('keeps batches across a reopen, drops leftovers of interrupted writes, refuses a rotten file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
+    const spool = await Spool.open(dir, MiB);
+    await spool.add(2, batch(2));
+    await spool.add(1, batch(1));
+    expect(spool.seqs()).toEqual([1, 2]);
+    expect(spool.fits(MiB)).toBe(false);
+    await writeFile(join(dir, '00000000000000000003.batch.tmp'), 'half a batch');
+    const again = await Spool.open(dir, MiB);
+    expect(again.seqs()).toEqual([1, 2]);
+    expect(await readdir(dir)).not.toContain('00000000000000000003.batch.tmp');
+    expect((await again.read(1)).equals(batch(1))).toBe(true);
+    const file = join(dir, '00000000000000000002.batch');
+    const body = await readFile(file);
+    body[100] ^= 1;
+    await writeFile(file, body);
+    await expect(again.read(2)).rejects.toThrow(SpoolCorruptError);
+    await again.remove(2);
+    expect(again.seqs()).toEqual([1]);
+  });
+});
