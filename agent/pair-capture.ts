@@ -90,6 +90,7 @@ export class PairCapture {
       maxBatchBytes: o.maxBatchBytes,
       maxBatchAgeMs: o.maxBatchAgeMs,
       maxInFlight: 2, // spool writes: local, and each holds a batch in memory
+      compressConcurrency: 1, // one zstd context at a time: pool threads' allocator arenas stay small
       readBlock: async (disk, block) => readRange(this.file(disk), block * BLOCK_SIZE, BLOCK_SIZE),
     });
     this.uploader = new Uploader({

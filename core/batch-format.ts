@@ -122,15 +122,22 @@ export function encodeBatch(header: BatchHeader, extents: ExtentInput[]): Buffer
   return layOut(header, packed);
 }
 
-/** encodeBatch with compression on the thread pool: the caller's event loop stays free. */
-export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[]): Promise<Buffer> {
+/**
+ * encodeBatch with compression on the thread pool: the caller's event loop stays free.
+ * `concurrency` extents are compressed at a time (each holds a zstd context).
+ */
+export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[], concurrency = 4): Promise<Buffer> {
   checkHeaderInput(header);
-  // One extent at a time: parallel zstd contexts on the pool threads cost more memory
-  // (per-thread allocator arenas) than they gain on a host with few cores.
-  const packed: PackedExtent[] = [];
-  for (const e of splitAndSort(extents, header.disks.length)) {
-    packed.push(!e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, ZSTD_OPTIONS) : undefined));
-  }
+  const sorted = splitAndSort(extents, header.disks.length);
+  const packed: PackedExtent[] = new Array(sorted.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < sorted.length; i = next++) {
+      const e = sorted[i];
+      packed[i] = !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, ZSTD_OPTIONS) : undefined);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
   return layOut(header, packed);
 }
 

@@ -57,6 +57,8 @@ export interface BatchWriterOptions {
   maxBatchAgeMs?: number;
   /** Uploads in flight before `write` waits (default 4). */
   maxInFlight?: number;
+  /** Extents of one batch compressed at once (default 4; the agent uses 1 to save memory). */
+  compressConcurrency?: number;
   retry?: Partial<RetryPolicy>;
   /** Current contents of a block, for writes that cover only part of one. */
   readBlock?: (disk: string, blockIndex: number) => Promise<Buffer>;
@@ -137,6 +139,7 @@ export class BatchWriter {
       maxBatchBytes: 8 * 1024 * 1024,
       maxBatchAgeMs: 1000,
       maxInFlight: 4,
+      compressConcurrency: 4,
       clock: Date.now,
       ...rest,
       retry: { ...DEFAULT_RETRY, ...options.retry },
@@ -229,7 +232,7 @@ export class BatchWriter {
     const header = { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) };
     // Compression runs on the thread pool, so the caller's event loop keeps serving; batches
     // still reach the sink in seq order.
-    const body = encodeBatchAsync(header, extents);
+    const body = encodeBatchAsync(header, extents, this.o.compressConcurrency);
     const dataBytes = extents.reduce((n, e) => n + (e.data?.length ?? (e.zeroBlocks ?? 0) * BLOCK_SIZE), 0);
     this.nextSeqValue++;
     this.firstWriteMs = undefined;
