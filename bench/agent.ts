@@ -31,14 +31,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, readFile, readlink, realpath, rm } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { callAgent } from '../agent/control';
-import { startLocalStack, type LocalStack } from '../local/stack';
+import { freePort, startLocalStack, type LocalStack } from '../local/stack';
 import { sleep } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
@@ -127,14 +126,6 @@ async function run(cmd: string, args: string[]): Promise<string> {
   const { code, signal } = await p.exited;
   if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited with ${code ?? signal}: ${p.tail.join('\n')}`);
   return out;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 /** Waits until an NBD handshake for our export succeeds (then disconnects). */
