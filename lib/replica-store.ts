@@ -101,6 +101,27 @@ export class ReplicaStore extends Construct {
     return grants;
   }
 
+  /**
+   * Least privilege for the source agent of one pair (e.g. a role its host assumes through
+   * IAM Roles Anywhere): write that pair's journal objects; read that pair's objects and
+   * items, which start-up and the comparison with the replica need (docs/design.md,
+   * "Agent"). Nothing of other pairs, no deletes, no index writes.
+   */
+  grantAgent(grantee: iam.IGrantable, pairId: string): iam.Grant[] {
+    const pairPrefix = `${PAIRS_PREFIX}${pairId}/`;
+    return [
+      iam.Grant.addToPrincipal({ grantee, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${pairPrefix}journal/*`)] }),
+      iam.Grant.addToPrincipal({ grantee, actions: ['s3:GetObject'], resourceArns: [this.bucket.arnForObjects(`${pairPrefix}*`)] }),
+      iam.Grant.addToPrincipal({
+        grantee,
+        actions: ['dynamodb:GetItem', 'dynamodb:Query'],
+        resourceArns: [this.table.tableArn],
+        // Only the pair's own items: they all share the partition key PAIR#{pair}.
+        conditions: { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': [`PAIR#${pairId}`] } },
+      }),
+    ];
+  }
+
   /** For CLI / operator roles (never Lambda): read/write `pairs/*` objects and all items. */
   grantOperator(grantee: iam.IGrantable): iam.Grant[] {
     return [this.bucket.grantReadWrite(grantee, `${PAIRS_PREFIX}*`), this.table.grantReadWriteData(grantee)];

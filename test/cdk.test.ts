@@ -1,9 +1,11 @@
-import { App, PolicyViolation, Validations } from 'aws-cdk-lib';
+import { App, PolicyViolation, Stack, Validations } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { LivesyncStack } from '../lib/livesync-stack';
+import { ReplicaStore } from '../lib/replica-store';
 import { synthTemplate } from '../lib/synth';
 
 // No esbuild bundling in tests: fast, and independent of the handler's code.
@@ -126,6 +128,22 @@ describe('LivesyncStack', () => {
     ]);
     // No managed policies (e.g. AWSLambdaBasicExecutionRole) on the apply role.
     expect(template.findResources('AWS::IAM::Role')[roleId].Properties.ManagedPolicyArns).toBeUndefined();
+  });
+
+  test('agent grant: one pair\'s journal writable, its objects and items readable, nothing else', () => {
+    const app = new App();
+    const other = new Stack(app, 'AgentGrant');
+    const store = new ReplicaStore(other, 'Store');
+    const role = new iam.Role(other, 'Agent', { assumedBy: new iam.AccountRootPrincipal() });
+    store.grantAgent(role, 'db01');
+    const statements = Object.values(Template.fromStack(other).findResources('AWS::IAM::Policy')).flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+    const bucket = other.getLogicalId(store.bucket.node.defaultChild as s3.CfnBucket);
+    const objects = (suffix: string): unknown => ({ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucket, 'Arn'] }, `/pairs/db01/${suffix}`]] });
+    expect(statements).toEqual([
+      expect.objectContaining({ Action: 's3:PutObject', Resource: objects('journal/*') }),
+      expect.objectContaining({ Action: 's3:GetObject', Resource: objects('*') }),
+      expect.objectContaining({ Action: ['dynamodb:GetItem', 'dynamodb:Query'], Condition: { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': ['PAIR#db01'] } } }),
+    ]);
   });
 
   test('outputs', () => {
