@@ -280,11 +280,15 @@ export class PairCapture {
     for (const f of w) f();
   }
 
+  /**
+   * Before spooled batch `seq` is deleted: no seq up to it may be cut again. Not the
+   * writer's next seq: batches cut after `seq` may still be lost in a crash, and their seqs
+   * must then be reused, not skipped (a hole would stop the watermark).
+   */
   private async persistNextSeqPast(seq: number): Promise<void> {
     if (this.persistedNextSeq > seq) return;
-    const n = this.writer.nextSeq;
-    await this.o.persistNextSeq(n);
-    this.persistedNextSeq = Math.max(this.persistedNextSeq, n);
+    this.persistedNextSeq = seq + 1;
+    await this.o.persistNextSeq(seq + 1);
   }
 }
 

@@ -19,6 +19,7 @@ export class SpoolCorruptError extends Error {
 export class Spool {
   private readonly sizes = new Map<number, number>();
   private total = 0;
+  private lastAdd: Promise<unknown> = Promise.resolve();
 
   private constructor(
     readonly dir: string,
@@ -58,20 +59,22 @@ export class Spool {
     return this.total + n <= this.limitBytes;
   }
 
-  /** Stores a batch durably (data synced before the rename, the rename synced too). */
-  async add(seq: number, body: Buffer): Promise<void> {
+  /**
+   * Stores a batch durably (data synced before the rename, the rename synced too). Batches
+   * are written concurrently but appear in call order (the seq order): after a crash the
+   * spool never holds a seq whose predecessor was lost, so no seq stream has a hole.
+   */
+  add(seq: number, body: Buffer): Promise<void> {
     const path = this.path(seq);
     const tmp = `${path}.tmp`;
-    const fh = await open(tmp, 'w');
-    try {
-      await fh.writeFile(body);
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-    await syncDir(this.dir);
-    this.track(seq, body.length);
+    const written = writeSynced(tmp, body);
+    const visible = Promise.all([written, this.lastAdd]).then(async () => {
+      await rename(tmp, path);
+      await syncDir(this.dir);
+      this.track(seq, body.length);
+    });
+    this.lastAdd = visible.catch(() => {});
+    return visible;
   }
 
   /** Reads a spooled batch and checks it end to end (a torn or rotten file is refused). */
@@ -101,6 +104,16 @@ export class Spool {
 
   private path(seq: number): string {
     return join(this.dir, `${String(seq).padStart(20, '0')}.batch`);
+  }
+}
+
+async function writeSynced(path: string, body: Buffer): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.writeFile(body);
+    await fh.datasync();
+  } finally {
+    await fh.close();
   }
 }
 
