@@ -117,7 +117,9 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
     const ans = await callAgent(join(stateDir, 'control.sock'), { op: 'acrp', tag: 'final' });
     if (!ans.ok || !('seq' in ans)) throw new Error(`no final RP: ${JSON.stringify(ans)}`);
     agent.child.kill('SIGTERM');
-    const got = await recoverLatest(pairId, ans.seq);
+    const got = await recoverLatest(pairId, ans.seq).catch((err: Error) => {
+      throw new Error(`seed ${seed} (LIVESYNC_SEED replays it): ${err.message}`);
+    });
     const img = await readFile(image);
     expect({ seed, diff: firstDifference(got, img) }).toEqual({ seed, diff: undefined });
     // Every slot holds its last flushed write or one sent after it; never an older one.
