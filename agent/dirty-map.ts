@@ -140,17 +140,12 @@ export class DirtyMap {
    * Without `capturing` (the spool is full) they also need a resync.
    */
   async beforeWrite(disk: number, offset: number, length: number, capturing: boolean): Promise<void> {
-    const d = this.disks[disk];
     let fresh = false;
-    for (let r = Math.floor(offset / d.regionBytes), last = Math.floor((offset + Math.max(length, 1) - 1) / d.regionBytes); r <= last; r++) {
+    for (const r of this.regionsOf(disk, offset, length)) {
       const k = keyOf(disk, r);
       this.inflight.set(k, (this.inflight.get(k) ?? 0) + 1);
       if (!capturing) this.needResync(disk, r);
-      if (!has(d.onDisk, r)) {
-        set(d.onDisk, r);
-        this.changedPages.add(d.fileOffset + Math.floor((r >> 3) / PAGE) * PAGE);
-        fresh = true;
-      }
+      fresh = this.mark(disk, r) || fresh;
     }
     // The mark reaches the file before the image write does; concurrent marks share a write.
     if (fresh) await this.persist(this.syncMarks);
@@ -159,7 +154,7 @@ export class DirtyMap {
   /** After the write: `seq` is the batch that holds it (undefined: not captured). */
   afterWrite(disk: number, offset: number, length: number, seq: number | undefined, nowMs = Date.now()): void {
     const d = this.disks[disk];
-    for (let r = Math.floor(offset / d.regionBytes), last = Math.floor((offset + Math.max(length, 1) - 1) / d.regionBytes); r <= last; r++) {
+    for (const r of this.regionsOf(disk, offset, length)) {
       const k = keyOf(disk, r);
       const n = (this.inflight.get(k) ?? 1) - 1;
       if (n === 0) this.inflight.delete(k);
@@ -175,27 +170,11 @@ export class DirtyMap {
     for (const k of this.inflight.keys()) this.needResync(Math.floor(k / 2 ** 32), k % 2 ** 32);
   }
 
-  /** Marks every region of every disk for resync (local state cannot be trusted). */
-  async markAll(): Promise<void> {
-    this.disks.forEach((d, disk) => {
-      for (let r = 0; r < d.regions; r++) {
-        this.needResync(disk, r);
-        if (!has(d.onDisk, r)) set(d.onDisk, r);
-      }
-      for (let p = 0; p < d.onDisk.length; p += PAGE) this.changedPages.add(d.fileOffset + p);
-    });
-    await this.persist(true);
-  }
-
   /** Marks the given regions for resync (found to differ from the replica). */
   async markResync(regions: Region[]): Promise<void> {
     for (const { disk, region } of regions) {
-      const d = this.disks[disk];
       this.needResync(disk, region);
-      if (!has(d.onDisk, region)) {
-        set(d.onDisk, region);
-        this.changedPages.add(d.fileOffset + Math.floor((region >> 3) / PAGE) * PAGE);
-      }
+      this.mark(disk, region);
     }
     await this.persist(true);
   }
@@ -247,7 +226,7 @@ export class DirtyMap {
       const d = this.disks[disk];
       if (has(d.resync, r)) continue;
       unset(d.onDisk, r);
-      this.changedPages.add(d.fileOffset + Math.floor((r >> 3) / PAGE) * PAGE);
+      this.pageChanged(d, r);
     }
     if (this.changedPages.size) await this.persist(false);
   }
@@ -255,6 +234,25 @@ export class DirtyMap {
   async close(): Promise<void> {
     await this.persist(true);
     await this.fh.close();
+  }
+
+  /** Indexes of the regions a byte range touches. */
+  private *regionsOf(disk: number, offset: number, length: number): Generator<number> {
+    const size = this.disks[disk].regionBytes;
+    for (let r = Math.floor(offset / size), last = Math.floor((offset + Math.max(length, 1) - 1) / size); r <= last; r++) yield r;
+  }
+
+  /** Sets the region's bit in memory; true if it was clear (its page must then be written). */
+  private mark(disk: number, r: number): boolean {
+    const d = this.disks[disk];
+    if (has(d.onDisk, r)) return false;
+    set(d.onDisk, r);
+    this.pageChanged(d, r);
+    return true;
+  }
+
+  private pageChanged(d: DiskBits, r: number): void {
+    this.changedPages.add(d.fileOffset + Math.floor((r >> 3) / PAGE) * PAGE);
   }
 
   private needResync(disk: number, r: number): void {

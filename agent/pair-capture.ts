@@ -27,6 +27,7 @@ export interface CaptureStatus {
   mode: CaptureMode;
   /** Seq of the last batch cut (0: none yet); a flush acknowledged before is in it or earlier. */
   lastCutSeq: number;
+  /** Highest seq such that it and every seq below it are in the spool (or uploaded). */
   sealedThrough: number;
   spool: { batches: number; bytes: number; limitBytes: number };
   upload: { inFlight: number; batches: number; bytes: number; lastError?: string };
@@ -117,11 +118,6 @@ export class PairCapture {
 
   get mode(): CaptureMode {
     return this.modeValue;
-  }
-
-  /** Highest seq such that it and every seq below it are in the spool (or uploaded). */
-  get sealedThrough(): number {
-    return this.sealedThroughValue;
   }
 
   /**

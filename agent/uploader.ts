@@ -81,10 +81,6 @@ export class Uploader {
     return this.active.size;
   }
 
-  get failure(): SpoolCorruptError | undefined {
-    return this.corrupt;
-  }
-
   private async uploadOne(seq: number): Promise<void> {
     let body: Buffer;
     try {

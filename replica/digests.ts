@@ -49,7 +49,7 @@ export async function replicaDigests(store: ObjectStore, index: ReplicaIndex, r:
 const zeroDigests = new Map<number, number>();
 
 /** CRC-32C of `length` zero bytes. */
-export function zeroDigest(length: number): number {
+function zeroDigest(length: number): number {
   let d = zeroDigests.get(length);
   if (d === undefined) zeroDigests.set(length, (d = crc32c(new Uint8Array(length))));
   return d;

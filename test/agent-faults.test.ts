@@ -8,7 +8,7 @@ import { mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { startAgent, type RunningAgent } from '../agent/agent';
+import { startAgent, type AgentOptions, type RunningAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
 import { NbdClient } from '../bench/nbd-client';
 import { BATCH_FLAGS } from '../core/batch-format';
@@ -171,14 +171,23 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
     await fh.close();
   };
 
-  test('an outage fills the spool; writes go on, the pair shows RESYNCING, only dirty regions are resent, no RP while inconsistent', async () => {
-    const size = 64 * MiB;
-    const pairId = newPairId('spool');
+  /** A new pair with one disk on a sparse image, and how to start its agent (in this process). */
+  async function servedPair(prefix: string, size: number, ccrpIntervalMs?: number) {
+    const pairId = newPairId(prefix);
     const c = cloud();
-    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }], ccrpIntervalMs: 100 });
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }], ccrpIntervalMs });
     const image = await newImage(dir, size);
+    const start = (o: Partial<AgentOptions> = {}): Promise<RunningAgent> =>
+      startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state'), ...o });
+    return { pairId, c, image, start };
+  }
+
+  const untilStreaming = (what: string): Promise<true> => eventually(what, async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+
+  test('an outage fills the spool; writes go on, the pair shows RESYNCING, only dirty regions are resent, no RP while inconsistent', async () => {
+    const { pairId, c, image, start } = await servedPair('spool', 64 * MiB, 100);
     const store = outage(c.store);
-    agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store, index: c.index, stateDir: join(dir, 'state'), spoolBytes: 2 * MiB, maxBatchBytes: 512 * KiB, retryBaseDelayMs: 5 });
+    agent = await start({ store, spoolBytes: 2 * MiB, maxBatchBytes: 512 * KiB, retryBaseDelayMs: 5 });
     const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
     await client.write(0, content(1));
     await client.flush();
@@ -193,7 +202,7 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
     const states = new Set<string>();
     const watch = setInterval(() => void c.index.getPair(pairId).then((p) => p && states.add(p.state)), 20);
     store.down = false;
-    await eventually('the resync to complete', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    await untilStreaming('the resync to complete');
     await client.close();
     const seq = await agent.flush({ rp: true });
     const got = await recoverLatest(pairId, seq);
@@ -216,12 +225,7 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
   });
 
   test('an image changed while the agent was stopped, or lost local state, is compared with the replica and only differing regions are resent', async () => {
-    const size = 32 * MiB;
-    const pairId = newPairId('verify');
-    const c = cloud();
-    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }] });
-    const image = await newImage(dir, size);
-    const start = (): Promise<RunningAgent> => startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
+    const { pairId, c, image, start } = await servedPair('verify', 32 * MiB);
     agent = await start();
     const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
     for (let i = 0; i < 16; i++) await client.write(i * MiB, content(100 + i));
@@ -233,7 +237,7 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
     await write(image, 5 * MiB + 12_345, Buffer.from('changed offline'));
     await write(image, 30 * MiB, content(999));
     agent = await start();
-    await eventually('the comparison and resync', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    await untilStreaming('the comparison and resync');
     let seq = await agent.flush({ rp: true });
     expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
     expect(agent.status().resyncedRegions).toBe(2);
@@ -243,22 +247,17 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
     await rm(join(dir, 'state'), { recursive: true, force: true });
     await write(image, 17 * MiB, content(4242));
     agent = await start();
-    await eventually('the comparison and resync', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    await untilStreaming('the comparison and resync');
     seq = await agent.flush({ rp: true });
     expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
     expect(agent.status().resyncedRegions).toBe(1);
     expect(await c.index.listQuarantine(pairId)).toEqual([]);
   }, 120_000);
   test('a corrupt spooled batch is dropped at start; its seq becomes a resync marker and its regions are found by comparison', async () => {
-    const size = 32 * MiB;
-    const pairId = newPairId('rot');
-    const c = cloud();
-    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }] });
-    const image = await newImage(dir, size);
+    const { pairId, c, image, start } = await servedPair('rot', 32 * MiB);
     const store = outage(c.store);
-    const start = (): Promise<RunningAgent> =>
-      startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store, index: c.index, stateDir: join(dir, 'state'), drainMs: 200, retryBaseDelayMs: 5 });
-    agent = await start();
+    const startRot = (): Promise<RunningAgent> => start({ store, drainMs: 200, retryBaseDelayMs: 5 });
+    agent = await startRot();
     const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
     await client.write(0, randomBytes(MiB));
     await client.flush();
@@ -279,8 +278,8 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
     await writeFile(victim, body);
 
     store.down = false;
-    agent = await start();
-    await eventually('the comparison and resync', async () => (agent!.status().mode === 'streaming' ? true : undefined), 60_000);
+    agent = await startRot();
+    await untilStreaming('the comparison and resync');
     const seq = await agent.flush({ rp: true });
     expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
     expect(agent.status().resyncedRegions).toBeGreaterThan(0);
