@@ -4,6 +4,7 @@
 // the image is synced and the captured writes are in the spool.
 
 import { execFile } from 'node:child_process';
+import { writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { BLOCK_SIZE } from '../core/batch-format';
@@ -104,9 +105,11 @@ export class CapturedDisk implements BlockExport {
   }
 }
 
+/**
+ * A synchronous pwrite: into the page cache it takes microseconds, less than handing it to
+ * the libuv pool and waking the loop again (which, on a busy host, also costs a context
+ * switch per write). The image is synced before any FLUSH reply, as before.
+ */
 async function writeAll(fh: FileHandle, data: Buffer, offset: number): Promise<void> {
-  for (let at = 0; at < data.length; ) {
-    const { bytesWritten } = await fh.write(data, at, data.length - at, offset + at);
-    at += bytesWritten;
-  }
+  for (let at = 0; at < data.length; ) at += writeSync(fh.fd, data, at, data.length - at, offset + at);
 }

@@ -9,6 +9,7 @@
 // bytes), then per disk {sizeBytes u64, regionBytes u32} (12 bytes), then each disk's
 // bitmap (bit r of byte r>>3, least significant first), padded to 4 KiB pages.
 
+import { writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { DiskSpec } from '../core/model';
 
@@ -291,7 +292,7 @@ export class DirtyMap {
     this.changedPages.clear();
     for (const at of pages) {
       const d = this.pageOwner(at);
-      await this.fh.write(d.onDisk, at - d.fileOffset, PAGE, at);
+      writeSync(this.fh.fd, d.onDisk, at - d.fileOffset, PAGE, at); // page cache: cheaper than the pool round trip
     }
     if (sync && pages.length) await this.fh.datasync();
   }

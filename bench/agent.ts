@@ -8,6 +8,14 @@
 //   qemu_nbd_/nbdkit_…     the same job against `qemu-nbd -t` and `nbdkit file` on a fresh
 //                          sparse image of the same size
 //   ratio_vs_qemu_nbd      rand4k_iops / qemu_nbd_rand4k_iops (medians)
+//   rand4k_iops_apply_on_host, ratio_apply_on_host
+//                          the same rand4k job against the agent, run first, while the local
+//                          stand-ins of the cloud side (apply handler, DynamoDB Local) also
+//                          run on this host's 2 cores. For rand4k_iops and seq1m_mib_s the
+//                          apply handler's event source is disabled (as UpdateEventSourceMapping
+//                          would): the agent still cuts, spools and uploads every batch to the
+//                          local S3, but the apply work, which runs in AWS and not beside the
+//                          source, waits in the queue until the job ends
 //   seq1m_mib_s            fio, sequential 1 MiB writes, iodepth 8, from 1 GiB on → MiB/s
 //   rpo_p50_s / rpo_p99_s  a fresh agent under a paced load of 20 MB/s (64 KiB writes at random
 //                          offsets in the first 1 GiB) with an NBD FLUSH every ~250 ms, over
@@ -26,7 +34,8 @@
 // pair and image per run; after each run it is stopped and the pair's batches are applied
 // before the next server runs, so the apply backlog does not load the peers. S3, SQS and the
 // apply Lambda run in this process on the same 2 cores; the agent pays for them, the peers
-// do not. BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S (5), BENCH_RPO_S (20).
+// do not. BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S (5), BENCH_RPO_S (20),
+// BENCH_AGENT_NODE_ARGS (extra node flags for the agent, e.g. to profile it).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -50,6 +59,8 @@ const diskGib = Number(process.env.BENCH_DISK_GIB ?? 16);
 const reps = Number(process.env.BENCH_REPS ?? 3);
 const fioSeconds = Number(process.env.BENCH_FIO_S ?? 5);
 const rpoSeconds = Number(process.env.BENCH_RPO_S ?? 20);
+/** Extra node flags for the agent process, e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile it. */
+const nodeArgs = (process.env.BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const diskBytes = diskGib * GiB;
 const CCRP_INTERVAL_MS = 1000;
 const RPO_RATE = 20e6; // bytes per second
@@ -218,7 +229,7 @@ class AgentServer implements Server {
     const p = launch(
       'agent',
       nodeBin,
-      ['--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
+      [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
       { env: { ...process.env, ...this.stack.env }, echo: true },
     );
     let sampler: NodeJS.Timeout | undefined;
@@ -410,6 +421,7 @@ async function main(): Promise<void> {
     const servers: Server[] = [agent, qemuNbd, nbdkit];
     const rand = new Map<string, number[]>(servers.map((s) => [s.name, []]));
     const seq = new Map<string, number[]>(servers.map((s) => [s.name, []]));
+    const randApplyLive: number[] = [];
 
     for (let rep = 0; rep < reps; rep++) {
       for (const server of servers) {
@@ -418,6 +430,13 @@ async function main(): Promise<void> {
         const serving = await server.start(image);
         const t1 = performance.now();
         try {
+          if (server === agent) {
+            // First with the apply side busy on these cores too, then without it (as in AWS).
+            const live = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
+            randApplyLive.push(live);
+            log(`rep ${rep + 1}/${reps} agent, apply on this host: rand4k ${Math.round(live)} IOPS`);
+            stack.setEventPathEnabled(false);
+          }
           const r = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
           if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after rand4k: ${await serving.note()}`);
           const s = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
@@ -426,6 +445,7 @@ async function main(): Promise<void> {
           log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
         } finally {
           const t2 = performance.now();
+          stack.setEventPathEnabled(true); // the agent's batches are applied before the next server runs
           await serving.close();
           await rm(image, { force: true });
           const secs = (a: number, b: number): number => round((b - a) / 1000, 1);
@@ -454,6 +474,8 @@ async function main(): Promise<void> {
         qemu_nbd_rand4k_iops: Math.round(m(rand, 'qemu-nbd')),
         nbdkit_rand4k_iops: Math.round(m(rand, 'nbdkit')),
         ratio_vs_qemu_nbd: round(m(rand, 'agent') / m(rand, 'qemu-nbd'), 3),
+        rand4k_iops_apply_on_host: Math.round(median(randApplyLive)),
+        ratio_apply_on_host: round(median(randApplyLive) / m(rand, 'qemu-nbd'), 3),
         seq1m_mib_s: round(m(seq, 'agent'), 1),
         qemu_nbd_seq1m_mib_s: round(m(seq, 'qemu-nbd'), 1),
         nbdkit_seq1m_mib_s: round(m(seq, 'nbdkit'), 1),

@@ -67,6 +67,8 @@ export function forwardNotifications(
 }
 
 export interface EventSourceMapping {
+  /** Like UpdateEventSourceMapping's Enabled: while false no message is received (they wait in the queue). */
+  setEnabled(enabled: boolean): void;
   stop(): Promise<void>;
 }
 
@@ -78,8 +80,13 @@ export function startEventSourceMapping(
   opts: { batchSize: number; concurrency: number; onError: (err: unknown) => void },
 ): EventSourceMapping {
   let running = true;
+  let enabled = true;
   const poller = async (): Promise<void> => {
     while (running) {
+      if (!enabled) {
+        await sleep(100);
+        continue;
+      }
       try {
         const out = await sqs.send(
           new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: opts.batchSize, WaitTimeSeconds: 1, MessageSystemAttributeNames: ['All'] }),
@@ -120,6 +127,9 @@ export function startEventSourceMapping(
   };
   const pollers = Array.from({ length: opts.concurrency }, poller);
   return {
+    setEnabled(on) {
+      enabled = on;
+    },
     async stop() {
       running = false;
       await Promise.all(pollers);

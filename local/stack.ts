@@ -22,6 +22,8 @@ export interface LocalStack {
   /** Environment for SDK clients and handlers (endpoints, region, names). */
   env: Record<string, string>;
   deadLetterUrl: string;
+  /** Turns the apply handler's event source on or off (batches queue meanwhile); no-op without the event path. */
+  setEventPathEnabled(enabled: boolean): void;
   stop(): Promise<void>;
 }
 
@@ -106,6 +108,7 @@ async function provision(
   return {
     env,
     deadLetterUrl: queues.deadLetterUrl,
+    setEventPathEnabled: (on) => mapping?.setEnabled(on),
     async stop() {
       if (stopped) return;
       stopped = true;
