@@ -279,7 +279,7 @@ function parseMetaContext(data: Buffer): string[] | undefined {
 
 /** Requests, and bytes of write payload, a connection may have in flight before the server stops reading more. */
 const MAX_IN_FLIGHT = 64;
-const MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024;
+const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
 
 /**
  * Requests are dispatched in arrival order and run concurrently; each reply goes out as

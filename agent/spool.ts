@@ -16,20 +16,30 @@ export class SpoolCorruptError extends Error {
   }
 }
 
+/** Bodies this process spooled are kept in memory up to this many bytes, for the uploader. */
+const DEFAULT_MEMORY_BYTES = 10 * 1024 * 1024; // two 4 MiB batches and their framing
+
 export class Spool {
   private readonly sizes = new Map<number, number>();
   private total = 0;
   private lastAdd: Promise<unknown> = Promise.resolve();
+  /**
+   * Batches this process encoded and spooled, not yet uploaded: read() hands them out
+   * without reading the file back and checking it again (they never left memory).
+   */
+  private readonly inMemory = new Map<number, Buffer>();
+  private inMemoryBytes = 0;
 
   private constructor(
     readonly dir: string,
     readonly limitBytes: number,
+    private readonly memoryBytes: number,
   ) {}
 
   /** Opens (creating) the spool; leftovers of an interrupted write are removed. */
-  static async open(dir: string, limitBytes: number): Promise<Spool> {
+  static async open(dir: string, limitBytes: number, memoryBytes = DEFAULT_MEMORY_BYTES): Promise<Spool> {
     await mkdir(dir, { recursive: true });
-    const spool = new Spool(dir, limitBytes);
+    const spool = new Spool(dir, limitBytes, memoryBytes);
     for (const name of await readdir(dir)) {
       const m = NAME.exec(name);
       if (!m) {
@@ -72,13 +82,22 @@ export class Spool {
       await rename(tmp, path);
       await syncDir(this.dir);
       this.track(seq, body.length);
+      if (this.inMemoryBytes + body.length <= this.memoryBytes) {
+        this.inMemory.set(seq, body);
+        this.inMemoryBytes += body.length;
+      }
     });
     this.lastAdd = visible.catch(() => {});
     return visible;
   }
 
-  /** Reads a spooled batch and checks it end to end (a torn or rotten file is refused). */
+  /**
+   * A spooled batch: from memory if this process spooled it, else read from its file and
+   * checked end to end (a torn or rotten file is refused).
+   */
   async read(seq: number): Promise<Buffer> {
+    const kept = this.inMemory.get(seq);
+    if (kept) return kept;
     const path = this.path(seq);
     const body = await readFile(path);
     try {
@@ -95,6 +114,8 @@ export class Spool {
     await rm(this.path(seq), { force: true });
     this.total -= this.sizes.get(seq) ?? 0;
     this.sizes.delete(seq);
+    this.inMemoryBytes -= this.inMemory.get(seq)?.length ?? 0;
+    this.inMemory.delete(seq);
   }
 
   private track(seq: number, size: number): void {

@@ -4,7 +4,7 @@
 
 import { promisify } from 'node:util';
 import { zstdCompress, zstdCompressSync, zstdDecompressSync, constants as zlibConstants } from 'node:zlib';
-import { crc32c } from './crc32c';
+import { crc32c, crc32cCombine } from './crc32c';
 import { BatchError } from './errors';
 
 export const BLOCK_SIZE = 4096;
@@ -145,6 +145,9 @@ function layOut(header: BatchHeader, packed: PackedExtent[]): Buffer {
   const parts: Buffer[] = [];
   const headerBuf = encodeHeader(header);
   parts.push(headerBuf);
+  // The object checksum covers everything before its own field. It is combined from the
+  // parts' checksums: a raw payload's is its extent's data checksum, so no byte is read twice.
+  let objectCrc = crc32c(headerBuf);
   let offset = headerBuf.length;
   const entries: ExtentEntry[] = [];
   for (const { e, payload, zstd } of packed) {
@@ -152,6 +155,7 @@ function layOut(header: BatchHeader, packed: PackedExtent[]): Buffer {
       entries.push({ disk: e.disk, flags: EXTENT_FLAGS.ZERO, blockIndex: e.blockIndex, blockCount: e.zeroBlocks!, payloadOffset: offset, payloadLength: 0, dataCrc: 0 });
       continue;
     }
+    const dataCrc = crc32c(e.data!);
     entries.push({
       disk: e.disk,
       flags: zstd ? EXTENT_FLAGS.ZSTD : 0,
@@ -159,27 +163,26 @@ function layOut(header: BatchHeader, packed: PackedExtent[]): Buffer {
       blockCount: e.data!.length / BLOCK_SIZE,
       payloadOffset: offset,
       payloadLength: payload.length,
-      dataCrc: crc32c(e.data!),
+      dataCrc,
     });
+    objectCrc = crc32cCombine(objectCrc, zstd ? crc32c(payload) : dataCrc, payload.length);
     parts.push(payload);
     offset += payload.length;
   }
   const index = Buffer.alloc(entries.length * INDEX_ENTRY);
   entries.forEach((x, i) => writeEntry(index, i * INDEX_ENTRY, x));
   parts.push(index);
+  const indexCrc = crc32c(index);
   const trailer = Buffer.alloc(TRAILER_SIZE);
   writeU64(trailer, 0, offset);
   trailer.writeUInt32LE(entries.length, 8);
-  trailer.writeUInt32LE(crc32c(index), 12);
+  trailer.writeUInt32LE(indexCrc, 12);
   writeU64(trailer, 16, header.seq);
   END_MAGIC.copy(trailer, 28);
   parts.push(trailer);
+  objectCrc = crc32c(trailer.subarray(0, 24), crc32cCombine(objectCrc, indexCrc, index.length));
   const out = Buffer.concat(parts);
-  // The object checksum covers everything before its own field.
-  let crc = 0;
-  for (const p of parts.slice(0, -1)) crc = crc32c(p, crc);
-  crc = crc32c(trailer.subarray(0, 24), crc);
-  out.writeUInt32LE(crc, out.length - 8);
+  out.writeUInt32LE(objectCrc, out.length - 8);
   return out;
 }
 

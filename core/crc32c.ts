@@ -43,3 +43,46 @@ export function crc32c(buf: Uint8Array, crc = 0): number {
   for (; i < len; i++) c = T[(c ^ buf[i]) & 0xff] ^ (c >>> 8);
   return ~c >>> 0;
 }
+
+// Combining: the CRC of A‖B from crc(A), crc(B) and |B|, without reading A or B again
+// (zlib's crc32_combine, over the Castagnoli polynomial). Polynomials are reflected: bit 31
+// is x^0.
+
+/** a(x)·b(x) mod P. */
+function multModP(a: number, b: number): number {
+  let m = 0x80000000;
+  let p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) === 0) break;
+    }
+    m >>>= 1;
+    b = b & 1 ? (b >>> 1) ^ POLY : b >>> 1;
+  }
+  return p >>> 0;
+}
+
+/** X2N[k] = x^(2^k) mod P. */
+const X2N: Uint32Array = (() => {
+  const t = new Uint32Array(32);
+  let p = 0x40000000; // x^1
+  for (let k = 0; k < 32; k++, p = multModP(p, p)) t[k] = p;
+  return t;
+})();
+
+/** x^(8·n) mod P: the operator that shifts a CRC past n zero bytes, cached per length. */
+const shiftCache = new Map<number, number>();
+function shiftOperator(n: number): number {
+  let p = shiftCache.get(n);
+  if (p !== undefined) return p;
+  p = 0x80000000; // x^0
+  for (let k = 3, m = n; m > 0; m = Math.floor(m / 2), k++) if (m % 2) p = multModP(X2N[k & 31], p);
+  if (shiftCache.size < 4096) shiftCache.set(n, p);
+  return p;
+}
+
+/** CRC-32C of A‖B given crcA = crc32c(A), crcB = crc32c(B) and lengthB = |B|. */
+export function crc32cCombine(crcA: number, crcB: number, lengthB: number): number {
+  return (multModP(shiftOperator(lengthB), crcA) ^ crcB) >>> 0;
+}

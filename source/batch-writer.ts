@@ -334,7 +334,9 @@ export class BatchWriter {
         const zero = m.get(blocks[i]) === null;
         let j = i + 1;
         while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && (m.get(blocks[j]) === null) === zero) j++;
-        out.push(zero ? { disk, blockIndex: blocks[i], zeroBlocks: j - i } : { disk, blockIndex: blocks[i], data: Buffer.concat(blocks.slice(i, j).map((b) => m.get(b)!)) });
+        if (zero) out.push({ disk, blockIndex: blocks[i], zeroBlocks: j - i });
+        // A lone block is already its own buffer (the writer copied it): no concat, no copy.
+        else out.push({ disk, blockIndex: blocks[i], data: j - i === 1 ? m.get(blocks[i])! : Buffer.concat(blocks.slice(i, j).map((b) => m.get(b)!)) });
         i = j;
       }
     });

@@ -106,7 +106,29 @@ describe('Spool', () => {
     body[100] ^= 1;
     await writeFile(file, body);
     await expect(again.read(2)).rejects.toThrow(SpoolCorruptError);
+    // The process that spooled it still holds the encoded body: the upload sends that.
+    expect((await spool.read(2)).equals(batch(2))).toBe(true);
     await again.remove(2);
     expect(again.seqs()).toEqual([1]);
+  });
+
+  test('keeps only as many bodies in memory as allowed; the rest are read back and checked', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
+    const one = batch(1).length;
+    const spool = await Spool.open(dir, MiB, one);
+    await spool.add(1, batch(1));
+    await spool.add(2, batch(2));
+    for (const seq of [1, 2]) {
+      const file = join(dir, `${String(seq).padStart(20, '0')}.batch`);
+      const body = await readFile(file);
+      body[100] ^= 1;
+      await writeFile(file, body);
+    }
+    expect((await spool.read(1)).equals(batch(1))).toBe(true);
+    await expect(spool.read(2)).rejects.toThrow(SpoolCorruptError);
+    await spool.remove(1);
+    await spool.add(3, batch(3)); // room again
+    await writeFile(join(dir, '00000000000000000003.batch'), 'rot');
+    expect((await spool.read(3)).equals(batch(3))).toBe(true);
   });
 });

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { crc32c } from '../core/crc32c';
+import { crc32c, crc32cCombine } from '../core/crc32c';
 
 /** Bitwise reference: slow and obviously right. */
 function reference(buf: Uint8Array): number {
@@ -28,5 +28,18 @@ describe('crc32c', () => {
       }),
       { numRuns: 500 },
     );
+  });
+
+  test('combine gives the checksum of the concatenation, whatever the lengths', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), fc.uint8Array({ maxLength: 5000 }), (a, b) => {
+        expect(crc32cCombine(crc32c(a), crc32c(b), b.length)).toBe(reference(Buffer.concat([a, b])));
+      }),
+      { numRuns: 300 },
+    );
+    // A long length with many bits set.
+    const a = Buffer.from('livesync');
+    const zeros = Buffer.alloc(1_234_567);
+    expect(crc32cCombine(crc32c(a), crc32c(zeros), zeros.length)).toBe(crc32c(Buffer.concat([a, zeros])));
   });
 });
