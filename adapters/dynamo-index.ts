@@ -12,8 +12,8 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import type { AdvancePlan } from '../core/advance';
 import { seqKey } from '../core/keys';
-import type { BatchRecord, Pair, PairError, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
-import type { RegisterResult, ReplicaIndex } from '../replica/ports';
+import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
+import type { RegisterResult, ReplicaIndex, SeedUpdate } from '../replica/ports';
 
 export const ACRP_INDEX = 'acrp';
 
@@ -206,6 +206,83 @@ export class DynamoIndex implements ReplicaIndex {
             ExpressionAttributeValues: { ':pk': pk(pairId), ':rp': 'RP#', ':now': nowSec },
           });
     return items.map(fromRpItem);
+  }
+
+  async updateSeed(pairId: string, seedId: string, u: SeedUpdate): Promise<boolean> {
+    const set = ['rev = rev + :one', 'updatedMs = :now'];
+    const add: string[] = [];
+    const names: Record<string, string> = { '#seed': 'seed' };
+    if (u.state || u.fromStates) names['#state'] = 'state';
+    const values: Record<string, unknown> = { ':one': 1, ':now': Date.now(), ':id': seedId };
+    for (const [k, v] of Object.entries(u.seed ?? {})) {
+      if (v === undefined) continue;
+      names[`#s_${k}`] = k;
+      values[`:s_${k}`] = v;
+      set.push(`#seed.#s_${k} = :s_${k}`);
+    }
+    for (const [k, v] of Object.entries(u.add ?? {})) {
+      names[`#s_${k}`] = k;
+      values[`:a_${k}`] = v;
+      add.push(`#seed.#s_${k} :a_${k}`);
+    }
+    if (u.state) {
+      set.push('#state = :state', 'stateChangedMs = :now');
+      values[':state'] = u.state;
+    }
+    if (u.base) {
+      set.push('#base = :base');
+      names['#base'] = 'base';
+      values[':base'] = u.base;
+    }
+    let condition = '#seed.seedId = :id';
+    if (u.fromStates) {
+      condition += ` AND #state IN (${u.fromStates.map((_, i) => `:from${i}`).join(', ')})`;
+      u.fromStates.forEach((st, i) => (values[`:from${i}`] = st));
+    }
+    try {
+      await this.doc.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: { pk: pk(pairId), sk: PAIR_SK },
+          UpdateExpression: `SET ${set.join(', ')}${add.length ? ` ADD ${add.join(', ')}` : ''}`,
+          ConditionExpression: condition,
+          ExpressionAttributeNames: names,
+          ExpressionAttributeValues: values,
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (err instanceof ConditionalCheckFailedException) return false;
+      throw err;
+    }
+  }
+
+  async activateSeed(pairId: string, seedId: string, state: PairState, rp: RecoveryPoint): Promise<boolean> {
+    const now = Date.now();
+    const lastApp = rp.type === 'APP' ? ', lastAppRpMs = :at' : '';
+    try {
+      await this.doc.send(
+        new TransactWriteCommand({
+          TransactItems: [
+            {
+              Update: {
+                TableName: this.table,
+                Key: { pk: pk(pairId), sk: PAIR_SK },
+                UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at${lastApp}`,
+                ConditionExpression: '#seed.seedId = :id AND #seed.#status = :running AND watermark >= :seq',
+                ExpressionAttributeNames: { '#state': 'state', '#seed': 'seed', '#status': 'status' },
+                ExpressionAttributeValues: { ':state': state, ':now': now, ':one': 1, ':done': 'DONE', ':running': 'RUNNING', ':at': rp.atMs, ':id': seedId, ':seq': rp.seq },
+              },
+            },
+            { Put: { TableName: this.table, Item: rpItem(rp) } },
+          ],
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (err instanceof TransactionCanceledException && err.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return false;
+      throw err;
+    }
   }
 
   private async query<T = Record<string, unknown>>(input: Omit<QueryCommandInput, 'TableName'>, limit = Infinity): Promise<T[]> {

@@ -22,4 +22,8 @@ export class MemoryObjectStore implements ObjectStore {
     for await (const chunk of body) parts.push(chunk as Buffer);
     this.objects.set(key, Buffer.concat(parts));
   }
+
+  async size(key: string): Promise<number | undefined> {
+    return this.objects.get(key)?.length;
+  }
 }

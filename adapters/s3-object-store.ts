@@ -2,7 +2,7 @@
 // AWS_ENDPOINT_URL locally / for LocalStack; nothing in AWS): never a hard-coded endpoint.
 
 import type { Readable } from 'node:stream';
-import { GetObjectCommand, NoSuchKey, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore } from '../replica/ports';
 
@@ -38,5 +38,14 @@ export class S3ObjectStore implements ObjectStore {
 
   async upload(key: string, body: Readable): Promise<void> {
     await new Upload({ client: this.client, params: { Bucket: this.bucket, Key: key, Body: body }, partSize: 16 * 1024 * 1024, queueSize: 4 }).done();
+  }
+
+  async size(key: string): Promise<number | undefined> {
+    try {
+      return (await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }))).ContentLength;
+    } catch (err) {
+      if (err instanceof NotFound || (err as { name?: string }).name === 'NotFound' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return undefined;
+      throw err;
+    }
   }
 }

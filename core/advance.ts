@@ -8,8 +8,8 @@ import type { BatchRecord, PairProgress, PairState, RecoveryPoint } from './mode
 
 export interface AdvancePlan {
   progress: PairProgress;
-  /** Set when the plan enters or leaves a resync: the pair's new state. */
-  state?: Extract<PairState, 'RESYNCING' | 'REPLICATING'>;
+  /** Set when the plan enters or leaves a resync (or the apply service restores a seeding state): the pair's new state. */
+  state?: Extract<PairState, 'RESYNCING' | 'REPLICATING' | 'SEEDING' | 'SEED_FAILED'>;
   /** Batches the watermark moves over, in seq order. */
   applied: BatchRecord[];
   rps: RecoveryPoint[];
@@ -24,6 +24,8 @@ export interface AdvanceInput {
   pending: BatchRecord[];
   /** At most this many RPs per plan (one DynamoDB transaction holds 100 items). */
   maxRps?: number;
+  /** False while the pair is being seeded: the watermark moves, no RP is made, the state stays. */
+  offerRps?: boolean;
 }
 
 /**
@@ -45,6 +47,7 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
     const resyncing = (p.resyncing === true || (b.flags & BATCH_FLAGS.RESYNC) !== 0) && (b.flags & BATCH_FLAGS.RESYNC_END) === 0;
     const app = !resyncing && (b.flags & BATCH_FLAGS.APP_CONSISTENT) !== 0;
     const due =
+      input.offerRps !== false &&
       !resyncing &&
       (app ||
         ended ||
@@ -63,6 +66,6 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
     applied.push(b);
   }
   const was = input.progress.resyncing === true;
-  if (applied.length === 0 || p.resyncing === was) return { progress: p, applied, rps };
+  if (applied.length === 0 || p.resyncing === was || input.offerRps === false) return { progress: p, applied, rps };
   return { progress: p, applied, rps, state: p.resyncing ? 'RESYNCING' : 'REPLICATING' };
 }

@@ -46,3 +46,18 @@ export class CorruptExtentError extends Error {
     this.name = 'CorruptExtentError';
   }
 }
+
+/** Why a backup cannot seed a pair. Stable codes: they are shown on the pair (SEED_FAILED). */
+export type BackupErrorCode = 'MALFORMED' | 'MISMATCH' | 'MISSING_CHUNK' | 'TRUNCATED' | 'CHECKSUM_MISMATCH';
+
+/** A backup (manifest, chunk or raw image) refused. `where` names the object and, where it helps, the offset. */
+export class BackupError extends Error {
+  constructor(
+    readonly code: BackupErrorCode,
+    readonly where: string,
+    readonly reason: string,
+  ) {
+    super(`backup ${where}: ${code}: ${reason}`);
+    this.name = 'BackupError';
+  }
+}

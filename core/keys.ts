@@ -46,3 +46,17 @@ export function parseJournalKey(key: string): JournalKey | undefined {
   if (!m) return undefined;
   return { pair: m[1], seq: Number(m[2]) };
 }
+
+/** Base chunks of a pair, content-addressed (core/chunk-format.ts). */
+export const baseChunkKey = (pair: string, sha256: string): string => `pairs/${pair}/base/chunks/${sha256}`;
+export const baseManifestKey = (pair: string, seedId: string): string => `pairs/${pair}/base/${seedId}.json`;
+/** Work items of a seed run: range descriptors and the markers of finished ranges. */
+export const seedRangeKey = (pair: string, seedId: string, range: number): string => `pairs/${pair}/seed/${seedId}/range-${String(range).padStart(6, '0')}.json`;
+export const seedDoneKey = (pair: string, seedId: string, range: number): string => `pairs/${pair}/seed/${seedId}/done-${String(range).padStart(6, '0')}.json`;
+
+/** Parses `s3://bucket/key`. */
+export function parseS3Url(url: string): { bucket: string; key: string } {
+  const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])\/(.+)$/.exec(url);
+  if (!m) throw new InvalidArgumentError(`'${url}' is not an s3://bucket/key URL`);
+  return { bucket: m[1], key: m[2] };
+}

@@ -2,7 +2,33 @@
 
 import type { RetentionPolicy } from './retention';
 
-export type PairState = 'CONFIGURED' | 'SEEDING' | 'REPLICATING' | 'PAUSED' | 'RESYNCING' | 'ERROR';
+export type PairState = 'CONFIGURED' | 'SEEDING' | 'SEED_FAILED' | 'REPLICATING' | 'PAUSED' | 'RESYNCING' | 'ERROR';
+
+/** A seeding run of a pair (the seed workflow writes it; `livesync pair status` shows it). */
+export interface SeedStatus {
+  seedId: string;
+  /** s3://bucket/key of the backup or raw image. */
+  source: string;
+  status: 'RUNNING' | 'FAILED' | 'DONE';
+  startedMs: number;
+  finishedMs?: number;
+  rangesTotal?: number;
+  rangesDone?: number;
+  bytesTotal?: number;
+  bytesDone?: number;
+  /** Why it failed (status FAILED). */
+  reason?: string;
+}
+
+/** The seeded bottom level of the replica. */
+export interface BaseRef {
+  /** Key of the base manifest (core/seed-manifests.ts). */
+  key: string;
+  /** Segments above this seq are applied over the base. */
+  baseSeq: number;
+  /** The pair's first RP. */
+  firstRpSeq: number;
+}
 
 export interface DiskSpec {
   name: string;
@@ -39,7 +65,13 @@ export interface Pair extends PairProgress {
   createdMs: number;
   /** Set while a quarantined batch blocks the watermark; cleared when a good copy is applied. */
   error?: PairError;
+  /** Present on a pair created with a backup: until its status is DONE the pair offers no RP. */
+  seed?: SeedStatus;
+  base?: BaseRef;
 }
+
+/** Whether the pair may offer RPs: not while it is being seeded (its replica is not whole yet). */
+export const offersRps = (pair: Pick<Pair, 'seed'>): boolean => pair.seed === undefined || pair.seed.status === 'DONE';
 
 /** A validated batch registered in the index (an L0 segment). Applied iff seq <= watermark. */
 export interface BatchRecord {
@@ -81,3 +113,6 @@ export interface QuarantineRecord {
   reason: string;
   atMs: number;
 }
+
+/** The state a pair being seeded shows (when no error overrides it). */
+export const seedingState = (pair: Pick<Pair, 'seed'>): 'SEEDING' | 'SEED_FAILED' => (pair.seed?.status === 'FAILED' ? 'SEED_FAILED' : 'SEEDING');

@@ -6,7 +6,7 @@ import { planAdvance } from '../core/advance';
 import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format';
 import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
-import type { BatchRecord, Pair, PairError } from '../core/model';
+import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
 import { ObjectNotFoundError, ObjectTooLargeError, type ObjectStore, type ReplicaIndex } from './ports';
 
 export type ApplyOutcome =
@@ -112,7 +112,8 @@ export class ApplyService {
       pair ??= await this.index.getPair(pairId);
       if (!pair) throw new Error(`pair '${pairId}' vanished during apply`);
       const pending = await this.index.batchesAfter(pairId, pair.watermark, ADVANCE_PAGE);
-      const plan = planAdvance({ pairId, progress: pair, ccrpIntervalMs: pair.ccrpIntervalMs, retention: pair.retention, pending });
+      const seeded = offersRps(pair);
+      const plan = planAdvance({ pairId, progress: pair, ccrpIntervalMs: pair.ccrpIntervalMs, retention: pair.retention, pending, offerRps: seeded });
       if (plan.applied.length === 0) return pair.watermark;
       // The error the watermark passed gives way to the next refused seq, if one blocks now.
       const errorUpdate =
@@ -120,7 +121,7 @@ export class ApplyService {
           ? { next: await this.blockingError(pairId, plan.progress.watermark) }
           : undefined;
       // A pair in ERROR stays there until its error clears; then it takes the resync state.
-      if (errorUpdate) plan.state = errorUpdate.next ? undefined : plan.progress.resyncing ? 'RESYNCING' : 'REPLICATING';
+      if (errorUpdate) plan.state = errorUpdate.next ? undefined : !seeded ? seedingState(pair) : plan.progress.resyncing ? 'RESYNCING' : 'REPLICATING';
       else if (pair.error) plan.state = undefined;
       const committed = await this.index.commitAdvance(pairId, pair.rev, plan, errorUpdate);
       pair = undefined; // stale either way: re-read before planning again

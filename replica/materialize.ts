@@ -5,7 +5,10 @@ import { open, rm } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { once } from 'node:events';
 import { BLOCK_SIZE, TRAILER_SIZE, decodeExtent, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
-import { CorruptExtentError, BatchError, InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { CHUNK_BYTES, decodeChunk, type ChunkRef } from '../core/chunk-format';
+import { BackupError, CorruptExtentError, BatchError, InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { baseChunkKey } from '../core/keys';
+import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ObjectStore, ReplicaIndex } from './ports';
@@ -16,6 +19,15 @@ interface ExtentRef {
   batch: BatchRecord;
   entry: ExtentEntry;
 }
+
+/** A base chunk some RP reads where no segment above the base wrote. */
+interface ChunkVersionRef {
+  chunk: ChunkRef;
+  key: string;
+}
+
+type Ref = ExtentRef | ChunkVersionRef;
+const isChunk = (r: Ref): r is ChunkVersionRef => 'chunk' in r;
 
 /** Receives one disk image as consecutive windows; `pieces` say which bytes hold data. */
 export interface ImageSink {
@@ -68,8 +80,22 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
   if (o.seq > pair.watermark) throw new Error(`RP ${o.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
 
   const stats = { gets: 0, bytesRead: 0 };
-  const segments = await index.segmentsUpTo(o.pairId, o.seq);
-  const versions = new Map<string, BlockVersion<ExtentRef>[]>(pair.disks.map((d) => [d.name, []]));
+  // Segments at or below the base's seq are folded into it (a seeded pair's backup).
+  const baseSeq = pair.base?.baseSeq ?? 0;
+  const segments = (await index.segmentsUpTo(o.pairId, o.seq)).filter((b) => b.seq > baseSeq);
+  const versions = new Map<string, BlockVersion<Ref>[]>(pair.disks.map((d) => [d.name, []]));
+  if (pair.base) {
+    const base = parseBaseManifest((await store.get(pair.base.key)).toString('utf8'), pair.base.key);
+    stats.gets++;
+    for (const disk of base.disks) {
+      const list = versions.get(disk.name);
+      if (!list) throw new Error(`base ${pair.base.key} names disk '${disk.name}', which pair '${o.pairId}' does not have`);
+      for (const [index, sha256, crc32c, length] of disk.chunks) {
+        // Seq 0: every segment read over the base is newer.
+        list.push({ blockIndex: (index * CHUNK_BYTES) / BLOCK_SIZE, blockCount: length / BLOCK_SIZE, seq: 0, ref: { chunk: { index, sha256, crc32c, length }, key: baseChunkKey(o.pairId, sha256) } });
+      }
+    }
+  }
   await mapLimit(segments, concurrency, async (batch) => {
     for (const entry of await readIndex(store, batch, stats)) {
       versions.get(batch.disks[entry.disk])!.push({ blockIndex: entry.blockIndex, blockCount: entry.blockCount, seq: batch.seq, ref: { batch, entry } });
@@ -98,7 +124,7 @@ async function writeDisk(
   store: ObjectStore,
   sink: ImageSink,
   sizeBytes: number,
-  pieces: Piece<ExtentRef>[],
+  pieces: Piece<Ref>[],
   windowBytes: number,
   concurrency: number,
   stats: { gets: number; bytesRead: number },
@@ -110,7 +136,7 @@ async function writeDisk(
     const size = Math.min(windowBytes, sizeBytes - offset);
     const first = offset / BLOCK_SIZE;
     const last = first + Math.ceil(size / BLOCK_SIZE);
-    const inWindow: Piece<ExtentRef>[] = [];
+    const inWindow: Piece<Ref>[] = [];
     while (p < pieces.length && pieces[p].blockIndex < last) {
       inWindow.push(clip(pieces[p], first, last));
       if (pieces[p].blockIndex + pieces[p].blockCount > last) break;
@@ -146,17 +172,43 @@ async function fillWindow(
   store: ObjectStore,
   window: Buffer,
   firstBlock: number,
-  pieces: Piece<ExtentRef>[],
+  pieces: Piece<Ref>[],
   concurrency: number,
   stats: { gets: number; bytesRead: number },
 ): Promise<void> {
   const byObject = new Map<string, Piece<ExtentRef>[]>();
+  const byChunk = new Map<string, Piece<ChunkVersionRef>[]>();
   for (const q of pieces) {
+    if (isChunk(q.ref)) {
+      const list = byChunk.get(q.ref.key) ?? [];
+      list.push(q as Piece<ChunkVersionRef>);
+      byChunk.set(q.ref.key, list);
+      continue;
+    }
     if (q.ref.entry.payloadLength === 0) continue; // zero extent: the window is already zeros
     const list = byObject.get(q.ref.batch.key) ?? [];
-    list.push(q);
+    list.push(q as Piece<ExtentRef>);
     byObject.set(q.ref.batch.key, list);
   }
+  // Base chunks: one whole-object GET each, verified end to end (CRC-32C and SHA-256).
+  await mapLimit([...byChunk.values()], concurrency, async (qs) => {
+    const { key, chunk } = qs[0].ref;
+    const body = await store.get(key);
+    stats.gets++;
+    stats.bytesRead += body.length;
+    let data: Buffer;
+    try {
+      data = decodeChunk(body, chunk, key);
+    } catch (err) {
+      if (err instanceof BackupError) throw new CorruptExtentError(err.where, err.reason);
+      throw err;
+    }
+    for (const q of qs) {
+      const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
+      const src = q.offsetBlocks * BLOCK_SIZE;
+      data.copy(window, dst, src, src + Math.min(q.blockCount * BLOCK_SIZE, window.length - dst));
+    }
+  });
   const reads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs));
   await mapLimit(reads, concurrency, async (r) => {
     const bytes = await store.get(r.key, { start: r.start, end: r.end });
@@ -208,7 +260,7 @@ function mergeReads(key: string, pieces: Piece<ExtentRef>[]): RangeRead[] {
 }
 
 /** Byte ranges of the window that hold data, adjacent pieces merged (fewer, larger writes). */
-function dataRanges(pieces: Piece<ExtentRef>[], firstBlock: number, size: number): { start: number; end: number }[] {
+function dataRanges(pieces: Piece<Ref>[], firstBlock: number, size: number): { start: number; end: number }[] {
   const out: { start: number; end: number }[] = [];
   for (const q of pieces) {
     const start = (q.blockIndex - firstBlock) * BLOCK_SIZE;

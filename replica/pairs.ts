@@ -2,7 +2,7 @@
 
 import { BLOCK_SIZE } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
-import { checkDiskName, checkPairId } from '../core/keys';
+import { checkDiskName, checkPairId, parseS3Url } from '../core/keys';
 import type { DiskSpec, Pair } from '../core/model';
 import { DEFAULT_RETENTION, checkPolicy, type RetentionPolicy } from '../core/retention';
 import type { ReplicaIndex } from './ports';
@@ -17,6 +17,12 @@ export interface CreatePairInput {
   disks: DiskSpec[];
   ccrpIntervalMs?: number;
   retention?: RetentionPolicy;
+  /**
+   * s3://bucket/key of a backup (a livesync backup manifest, a raw-image manifest, or one
+   * raw image object): the pair starts CONFIGURED and the seed workflow (replica/seeding.ts)
+   * takes it to SEEDING and then REPLICATING. Without one the replica starts all zeros.
+   */
+  backup?: string;
 }
 
 export async function createPair(index: ReplicaIndex, input: CreatePairInput, nowMs = Date.now()): Promise<Pair> {
@@ -33,11 +39,12 @@ export async function createPair(index: ReplicaIndex, input: CreatePairInput, no
   }
   const ccrpIntervalMs = input.ccrpIntervalMs ?? DEFAULT_CCRP_INTERVAL_MS;
   if (!Number.isInteger(ccrpIntervalMs) || ccrpIntervalMs < 100) throw new InvalidArgumentError(`ccrpInterval ${ccrpIntervalMs} ms must be at least 100 ms`);
+  if (input.backup !== undefined) parseS3Url(input.backup);
   const pair: Pair = {
     pairId: input.pairId,
-    // Seeding from a backup (CONFIGURED → SEEDING) comes later; a pair without one
-    // replicates from an all-zero replica straight away.
-    state: 'REPLICATING',
+    // A pair without a backup replicates from an all-zero replica straight away.
+    state: input.backup ? 'CONFIGURED' : 'REPLICATING',
+    ...(input.backup ? { seed: { seedId: `seed-${nowMs.toString(36)}`, source: input.backup, status: 'RUNNING' as const, startedMs: nowMs } } : {}),
     stateChangedMs: nowMs,
     disks: input.disks,
     ccrpIntervalMs,

@@ -3,7 +3,7 @@
 
 import type { Readable } from 'node:stream';
 import type { AdvancePlan } from '../core/advance';
-import type { BatchRecord, Pair, PairError, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
+import type { BaseRef, BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType, SeedStatus } from '../core/model';
 
 /** Byte range, end exclusive. */
 export interface ByteRange {
@@ -21,6 +21,8 @@ export interface ObjectStore {
   get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer>;
   /** Streams a large object (multipart where the backend has it). */
   upload(key: string, body: Readable): Promise<void>;
+  /** The object's size, or undefined when there is no such object. */
+  size(key: string): Promise<number | undefined>;
 }
 
 export class ObjectNotFoundError extends Error {
@@ -61,4 +63,23 @@ export interface ReplicaIndex {
   listQuarantine(pairId: string): Promise<QuarantineRecord[]>;
   /** Live (unexpired at nowSec) RPs, ascending by seq; only ACRPs when type is APP. */
   listRecoveryPoints(pairId: string, nowSec: number, type?: RpType): Promise<RecoveryPoint[]>;
+  /**
+   * Updates the pair's seed run `seedId` (false if the pair's run is another one or its
+   * state is not in `fromStates`): fields of `seed`, counters added to it, the state, the base.
+   */
+  updateSeed(pairId: string, seedId: string, u: SeedUpdate): Promise<boolean>;
+  /**
+   * Ends seed run `seedId` in one transaction: the pair takes `state`, the run is DONE and
+   * `rp` (the first RP) is written, provided the watermark has reached it.
+   */
+  activateSeed(pairId: string, seedId: string, state: PairState, rp: RecoveryPoint): Promise<boolean>;
+}
+
+export interface SeedUpdate {
+  seed?: Partial<SeedStatus>;
+  add?: { rangesDone?: number; bytesDone?: number };
+  state?: PairState;
+  /** The update applies only while the pair is in one of these states. */
+  fromStates?: PairState[];
+  base?: BaseRef;
 }

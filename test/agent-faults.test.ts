@@ -148,6 +148,7 @@ function outage(store: ObjectStore): ObjectStore & { down: boolean } {
     put: (key: string, body: Buffer) => (s.down ? Promise.reject(new Error('network unreachable')) : store.put(key, body)),
     get: store.get.bind(store),
     upload: store.upload.bind(store),
+    size: store.size.bind(store),
   };
   return s;
 }

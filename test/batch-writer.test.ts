@@ -68,7 +68,7 @@ describe('BatchWriter', () => {
   test('retries failed uploads with backoff, and reports exhaustion with the seq and key', async () => {
     let failures = 2;
     const mem = new MemoryObjectStore();
-    const flaky: ObjectStore = { ...mem, get: mem.get.bind(mem), upload: mem.upload.bind(mem), put: async (k, b) => (failures-- > 0 ? Promise.reject(new Error('SlowDown')) : mem.put(k, b)) };
+    const flaky: ObjectStore = { ...mem, get: mem.get.bind(mem), upload: mem.upload.bind(mem), size: mem.size.bind(mem), put: async (k, b) => (failures-- > 0 ? Promise.reject(new Error('SlowDown')) : mem.put(k, b)) };
     const w = new BatchWriter({ pairId: 'p', disks, store: flaky, maxBatchAgeMs: 0, retry: { baseDelayMs: 1 } });
     await w.write('d0', 0, Buffer.alloc(BLOCK_SIZE, 1));
     await w.flush();

@@ -1,0 +1,341 @@
+// Seeding a pair from a backup in S3 (docs/design.md, "Seeding"): the steps of the seed
+// workflow, each a plain function over the ports. The state machine (lib/seed-workflow.ts)
+// runs them as Lambda tasks; locally the same definition runs them in-process.
+//
+//   validate → plan → seedRange × N (a Map, bounded concurrency, each retried) → finalize
+//   → catchUp (until the watermark reaches the first RP) → activate;  any failure → fail
+//
+// Crash safety: a range writes its chunks (content-addressed: rewriting one is harmless),
+// then its done marker; a re-run skips ranges with a marker. The base manifest is written
+// once every range is done, and the first RP only in activate's transaction, so nothing
+// half-written is ever offered.
+
+import { BLOCK_SIZE } from '../core/batch-format';
+import { CHUNK_BYTES, decodeChunk, encodeChunk, isAllZero, type ChunkRef } from '../core/chunk-format';
+import { BackupError, InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { baseChunkKey, baseManifestKey, checkPairId, parseS3Url, seedDoneKey, seedRangeKey } from '../core/keys';
+import type { Pair, PairState, RecoveryPoint } from '../core/model';
+import { expiryFor } from '../core/retention';
+import { backupChunkKey, parseBackupManifest, parseRawImageManifest, type BackupManifest, type BaseManifest, type RawImageManifest } from '../core/seed-manifests';
+import { mapLimit } from './concurrency';
+import type { ObjectStore, ReplicaIndex } from './ports';
+
+export interface SeedDeps {
+  /** The replica bucket. */
+  store: ObjectStore;
+  index: ReplicaIndex;
+  /** Read access to the bucket a backup is in. */
+  sourceStore(bucket: string): ObjectStore;
+  now?: () => number;
+}
+
+/** The workflow's input, and what every step passes on. */
+export interface SeedRun {
+  pairId: string;
+  seedId: string;
+}
+
+/** A range descriptor: the work of one Map item. */
+type RangeWork =
+  | { kind: 'backup'; bucket: string; manifestKey: string; disk: string; chunks: ChunkRef[] }
+  | { kind: 'raw'; bucket: string; disk: string; sizeBytes: number; parts: { key: string; bytes: number }[]; firstChunk: number; endChunk: number };
+
+/** A finished range: what it stored. */
+interface RangeDone {
+  disk: string;
+  chunks: ChunkRef[];
+  bytesRead: number;
+  bytesStored: number;
+  zeroChunks: number;
+}
+
+type Source =
+  | { kind: 'backup'; bucket: string; key: string; manifest: BackupManifest }
+  | { kind: 'raw'; bucket: string; key: string; manifest: RawImageManifest };
+
+/** Chunks per range at least; larger disks get larger ranges so a plan stays ≤ MAX_RANGES items. */
+const CHUNKS_PER_RANGE = 16;
+const MAX_RANGES = 2000;
+/** Chunk objects checked (HEAD) or copied at once within a step. */
+const CONCURRENCY = 8;
+/** A manifest or range descriptor larger than this is refused unread. */
+const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+
+// ---- validate --------------------------------------------------------------------------
+
+/**
+ * Reads the backup the pair was created with and checks it against the pair before
+ * anything is written: format, disk names and sizes, every chunk or part present with its
+ * size. Then the pair moves to SEEDING. Throws BackupError (→ SEED_FAILED with the reason).
+ */
+export async function validateSeed(d: SeedDeps, run: SeedRun): Promise<SeedRun & { kind: Source['kind'] }> {
+  const pair = await seedingPair(d, run, ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR']);
+  const src = await readSource(d, pair.seed!.source);
+  checkDisks(pair, src);
+  await checkObjects(d, src);
+  if (!(await d.index.updateSeed(run.pairId, run.seedId, { state: 'SEEDING', seed: { status: 'RUNNING', reason: undefined }, fromStates: ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR'] }))) {
+    throw new Error(`pair '${run.pairId}' moved on while seed ${run.seedId} was validated`);
+  }
+  return { ...run, kind: src.kind };
+}
+
+async function readSource(d: SeedDeps, url: string): Promise<Source> {
+  const { bucket, key } = parseS3Url(url);
+  const store = d.sourceStore(bucket);
+  const size = await store.size(key);
+  if (size === undefined) throw new BackupError('MISSING_CHUNK', url, 'no such object');
+  if (!key.endsWith('.json')) {
+    // A single raw image object: the whole of a one-disk pair (its name comes from the pair).
+    return { kind: 'raw', bucket, key, manifest: { format: 'livesync-raw-image', version: 1, disks: [{ name: '', sizeBytes: size, parts: [{ key, bytes: size }] }] } };
+  }
+  if (size > MAX_MANIFEST_BYTES) throw new BackupError('MALFORMED', url, `manifest of ${size} bytes is over ${MAX_MANIFEST_BYTES}`);
+  const text = (await store.get(key)).toString('utf8');
+  const format = /"format"\s*:\s*"([^"]*)"/.exec(text)?.[1];
+  if (format === 'livesync-raw-image') return { kind: 'raw', bucket, key, manifest: parseRawImageManifest(text, url) };
+  return { kind: 'backup', bucket, key, manifest: parseBackupManifest(text, url) };
+}
+
+function checkDisks(pair: Pair, src: Source): void {
+  const where = `s3://${src.bucket}/${src.key}`;
+  if (src.kind === 'backup' && src.manifest.pairId !== pair.pairId) throw new BackupError('MISMATCH', where, `is a backup of pair '${src.manifest.pairId}', not '${pair.pairId}'`);
+  const disks = src.manifest.disks;
+  if (src.kind === 'raw' && disks[0].name === '') {
+    if (pair.disks.length !== 1) throw new BackupError('MISMATCH', where, `one raw image cannot seed the ${pair.disks.length} disks of pair '${pair.pairId}': give a raw-image manifest`);
+    disks[0].name = pair.disks[0].name;
+  }
+  const names = (xs: { name: string }[]): string => xs.map((x) => x.name).sort().join(', ');
+  if (names(disks) !== names(pair.disks)) throw new BackupError('MISMATCH', where, `holds disks [${names(disks)}], pair '${pair.pairId}' has [${names(pair.disks)}]`);
+  for (const disk of pair.disks) {
+    const b = disks.find((x) => x.name === disk.name)!;
+    if (b.sizeBytes !== disk.sizeBytes) throw new BackupError('MISMATCH', where, `disk '${disk.name}' is ${b.sizeBytes} bytes, the pair's is ${disk.sizeBytes}`);
+  }
+}
+
+/** Every chunk (or part) exists with the size the manifest implies. */
+async function checkObjects(d: SeedDeps, src: Source): Promise<void> {
+  const store = d.sourceStore(src.bucket);
+  if (src.kind === 'raw') {
+    const parts = src.manifest.disks.flatMap((disk) => disk.parts.map((p) => ({ disk: disk.name, ...p })));
+    await mapLimit(parts, CONCURRENCY, async (p) => {
+      const size = await store.size(p.key);
+      const where = `s3://${src.bucket}/${p.key} (disk '${p.disk}')`;
+      if (size === undefined) throw new BackupError('MISSING_CHUNK', where, 'part missing');
+      if (size !== p.bytes) throw new BackupError('TRUNCATED', where, `part is ${size} bytes, the manifest says ${p.bytes}`);
+    });
+    return;
+  }
+  const chunks = src.manifest.disks.flatMap((disk) => disk.chunks.map((c) => ({ disk: disk.name, c })));
+  await mapLimit(chunks, CONCURRENCY, async ({ disk, c }) => {
+    const key = backupChunkKey(src.key, c.sha256);
+    const size = await store.size(key);
+    if (size === undefined) throw new BackupError('MISSING_CHUNK', `s3://${src.bucket}/${key}`, `chunk ${c.index} of disk '${disk}' (offset ${c.index * CHUNK_BYTES}) is missing`);
+  });
+}
+
+// ---- plan ------------------------------------------------------------------------------
+
+/** Cuts the work into ranges (descriptors in S3, small Map items) and records the totals. */
+export async function planSeed(d: SeedDeps, run: SeedRun): Promise<{ items: (SeedRun & { range: number })[]; ranges: number; bytesTotal: number }> {
+  const pair = await seedingPair(d, run, ['SEEDING']);
+  const src = await readSource(d, pair.seed!.source);
+  checkDisks(pair, src);
+  const work: RangeWork[] = [];
+  let bytesTotal = 0;
+  if (src.kind === 'backup') {
+    const total = src.manifest.disks.reduce((n, x) => n + x.chunks.length, 0);
+    const per = Math.max(CHUNKS_PER_RANGE, Math.ceil(total / MAX_RANGES));
+    for (const disk of src.manifest.disks) {
+      for (let i = 0; i < disk.chunks.length; i += per) {
+        const chunks = disk.chunks.slice(i, i + per);
+        work.push({ kind: 'backup', bucket: src.bucket, manifestKey: src.key, disk: disk.name, chunks });
+        bytesTotal += chunks.reduce((n, c) => n + c.length, 0);
+      }
+    }
+  } else {
+    const total = src.manifest.disks.reduce((n, x) => n + Math.ceil(x.sizeBytes / CHUNK_BYTES), 0);
+    const per = Math.max(CHUNKS_PER_RANGE, Math.ceil(total / MAX_RANGES));
+    for (const disk of src.manifest.disks) {
+      const count = Math.ceil(disk.sizeBytes / CHUNK_BYTES);
+      for (let c = 0; c < count; c += per) {
+        work.push({ kind: 'raw', bucket: src.bucket, disk: disk.name, sizeBytes: disk.sizeBytes, parts: disk.parts, firstChunk: c, endChunk: Math.min(count, c + per) });
+      }
+      bytesTotal += disk.sizeBytes;
+    }
+  }
+  // Descriptors are rewritten identically by a re-run: a finished range's marker stays valid.
+  await mapLimit(
+    work.map((w, i) => [w, i] as const),
+    CONCURRENCY,
+    ([w, i]) => d.store.put(seedRangeKey(run.pairId, run.seedId, i), Buffer.from(JSON.stringify(w))),
+  );
+  await d.index.updateSeed(run.pairId, run.seedId, { seed: { rangesTotal: work.length, bytesTotal } });
+  return { items: work.map((_, range) => ({ ...run, range })), ranges: work.length, bytesTotal };
+}
+
+// ---- seed one range --------------------------------------------------------------------
+
+/** Stores one range's chunks in the base, then its done marker. A finished range is skipped. */
+export async function seedRange(d: SeedDeps, item: SeedRun & { range: number }): Promise<{ range: number; skipped: boolean; bytesStored: number }> {
+  const doneKey = seedDoneKey(item.pairId, item.seedId, item.range);
+  if ((await d.store.size(doneKey)) !== undefined) return { range: item.range, skipped: true, bytesStored: 0 };
+  const work = JSON.parse((await d.store.get(seedRangeKey(item.pairId, item.seedId, item.range), undefined, MAX_MANIFEST_BYTES)).toString('utf8')) as RangeWork;
+  const done = work.kind === 'backup' ? await copyBackupChunks(d, item.pairId, work) : await chunkRawImage(d, item.pairId, work);
+  await d.store.put(doneKey, Buffer.from(JSON.stringify(done)));
+  await d.index.updateSeed(item.pairId, item.seedId, { add: { rangesDone: 1, bytesDone: done.bytesRead } });
+  return { range: item.range, skipped: false, bytesStored: done.bytesStored };
+}
+
+/** Backup chunks are verified end to end (decoded, CRC-32C and SHA-256) before they are stored. */
+async function copyBackupChunks(d: SeedDeps, pairId: string, w: Extract<RangeWork, { kind: 'backup' }>): Promise<RangeDone> {
+  const src = d.sourceStore(w.bucket);
+  const done: RangeDone = { disk: w.disk, chunks: w.chunks, bytesRead: 0, bytesStored: 0, zeroChunks: 0 };
+  await mapLimit(w.chunks, CONCURRENCY, async (c) => {
+    const key = backupChunkKey(w.manifestKey, c.sha256);
+    const body = await src.get(key, undefined, CHUNK_BYTES + 1024 * 1024);
+    decodeChunk(body, c, `s3://${w.bucket}/${key} (disk '${w.disk}' offset ${c.index * CHUNK_BYTES})`);
+    await d.store.put(baseChunkKey(pairId, c.sha256), body);
+    done.bytesRead += c.length;
+    done.bytesStored += body.length;
+  });
+  return done;
+}
+
+/** A raw image is read chunk by chunk (ranged GETs over its parts); zero chunks are skipped. */
+async function chunkRawImage(d: SeedDeps, pairId: string, w: Extract<RangeWork, { kind: 'raw' }>): Promise<RangeDone> {
+  const src = d.sourceStore(w.bucket);
+  const done: RangeDone = { disk: w.disk, chunks: [], bytesRead: 0, bytesStored: 0, zeroChunks: 0 };
+  const indexes = Array.from({ length: w.endChunk - w.firstChunk }, (_, i) => w.firstChunk + i);
+  await mapLimit(indexes, CONCURRENCY, async (index) => {
+    const start = index * CHUNK_BYTES;
+    const data = await readRaw(src, w, start, Math.min(start + CHUNK_BYTES, w.sizeBytes));
+    done.bytesRead += data.length;
+    if (isAllZero(data)) {
+      done.zeroChunks++;
+      return;
+    }
+    const { body, ref } = await encodeChunk(index, data);
+    await d.store.put(baseChunkKey(pairId, ref.sha256), body);
+    done.chunks.push(ref);
+    done.bytesStored += body.length;
+  });
+  done.chunks.sort((a, b) => a.index - b.index);
+  return done;
+}
+
+/** Bytes [start, end) of a disk stored as consecutive parts. */
+async function readRaw(src: ObjectStore, w: Extract<RangeWork, { kind: 'raw' }>, start: number, end: number): Promise<Buffer> {
+  const out: Buffer[] = [];
+  let partStart = 0;
+  for (const p of w.parts) {
+    const partEnd = partStart + p.bytes;
+    const a = Math.max(start, partStart);
+    const b = Math.min(end, partEnd);
+    if (a < b) {
+      const bytes = await src.get(p.key, { start: a - partStart, end: b - partStart });
+      if (bytes.length !== b - a) throw new BackupError('TRUNCATED', `s3://${w.bucket}/${p.key}`, `read ${bytes.length} of ${b - a} bytes at ${a - partStart}`);
+      out.push(bytes);
+    }
+    partStart = partEnd;
+  }
+  const data = out.length === 1 ? out[0] : Buffer.concat(out);
+  // A raw disk's size is a multiple of 4 KiB (validated), so every chunk is too.
+  if (data.length % BLOCK_SIZE !== 0) throw new BackupError('TRUNCATED', w.disk, `chunk at ${start} has ${data.length} bytes`);
+  return data;
+}
+
+// ---- finalize, catch up, activate, fail -------------------------------------------------
+
+/** Writes the base manifest from the ranges' markers and puts it on the pair. */
+export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<SeedRun & { firstRpSeq: number }> {
+  const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
+  const src = await readSource(d, pair.seed!.source);
+  checkDisks(pair, src);
+  const done: RangeDone[] = [];
+  await mapLimit(
+    Array.from({ length: run.ranges }, (_, i) => i),
+    CONCURRENCY,
+    async (i) => {
+      const key = seedDoneKey(run.pairId, run.seedId, i);
+      if ((await d.store.size(key)) === undefined) throw new Error(`seed ${run.seedId} of pair '${run.pairId}': range ${i} has no done marker`);
+      done[i] = JSON.parse((await d.store.get(key)).toString('utf8')) as RangeDone;
+    },
+  );
+  const baseSeq = src.kind === 'backup' ? src.manifest.startSeq - 1 : 0;
+  const firstRpSeq = src.kind === 'backup' ? Math.max(baseSeq, src.manifest.endSeq) : 0;
+  const manifest: BaseManifest = {
+    format: 'livesync-base',
+    version: 1,
+    pairId: run.pairId,
+    seedId: run.seedId,
+    baseSeq,
+    firstRpSeq,
+    source: pair.seed!.source,
+    createdMs: (d.now ?? Date.now)(),
+    chunkBytes: CHUNK_BYTES,
+    disks: pair.disks.map((disk) => ({
+      name: disk.name,
+      sizeBytes: disk.sizeBytes,
+      chunks: done
+        .filter((r) => r.disk === disk.name)
+        .flatMap((r) => r.chunks)
+        .sort((a, b) => a.index - b.index)
+        .map((c) => [c.index, c.sha256, c.crc32c, c.length] as [number, string, number, number]),
+    })),
+  };
+  const key = baseManifestKey(run.pairId, run.seedId);
+  await d.store.put(key, Buffer.from(JSON.stringify(manifest)));
+  const bytesDone = done.reduce((n, r) => n + r.bytesRead, 0);
+  if (!(await d.index.updateSeed(run.pairId, run.seedId, { base: { key, baseSeq, firstRpSeq }, seed: { rangesDone: run.ranges, bytesDone } }))) {
+    throw new Error(`pair '${run.pairId}' is no longer seeded by ${run.seedId}`);
+  }
+  return { pairId: run.pairId, seedId: run.seedId, firstRpSeq };
+}
+
+/** Whether the journal has been applied up to the first RP (writes made while the backup ran). */
+export async function catchUpSeed(d: SeedDeps, run: SeedRun & { firstRpSeq: number }): Promise<SeedRun & { firstRpSeq: number; caughtUp: boolean; watermark: number }> {
+  const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
+  return { ...run, caughtUp: pair.watermark >= run.firstRpSeq, watermark: pair.watermark };
+}
+
+/** The first RP (APP with the backup's tag when it was application-consistent) and REPLICATING, in one transaction. */
+export async function activateSeed(d: SeedDeps, run: SeedRun & { firstRpSeq: number }): Promise<{ pairId: string; seedId: string; state: PairState; rp: RecoveryPoint }> {
+  const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
+  const src = await readSource(d, pair.seed!.source);
+  const app = src.kind === 'backup' && src.manifest.appConsistent;
+  const batch = run.firstRpSeq > 0 ? (await d.index.batchesAfter(run.pairId, run.firstRpSeq - 1, 1))[0] : undefined;
+  const atMs = batch?.seq === run.firstRpSeq ? batch.cutMs : src.kind === 'backup' ? src.manifest.createdMs : (d.now ?? Date.now)();
+  const { expiresAtSec, keptBy } = expiryFor({ atMs, prevRpMs: undefined, prevAppMs: undefined, app }, pair.retention);
+  const rp: RecoveryPoint = {
+    pairId: run.pairId,
+    seq: run.firstRpSeq,
+    type: app ? 'APP' : 'CRASH',
+    tag: app ? (src.kind === 'backup' ? src.manifest.appTag : undefined) : undefined,
+    atMs,
+    expiresAtSec,
+    keptBy: ['seed', ...keptBy],
+  };
+  const state: PairState = pair.error ? 'ERROR' : pair.resyncing ? 'RESYNCING' : 'REPLICATING';
+  if (!(await d.index.activateSeed(run.pairId, run.seedId, state, rp))) {
+    throw new Error(`pair '${run.pairId}': seed ${run.seedId} could not be activated (watermark below ${run.firstRpSeq}, or the run moved on)`);
+  }
+  return { pairId: run.pairId, seedId: run.seedId, state, rp };
+}
+
+/** SEED_FAILED with the reason. Nothing the run wrote is referenced, so nothing is offered. */
+export async function failSeed(d: SeedDeps, run: SeedRun & { reason: string }): Promise<void> {
+  await d.index.updateSeed(run.pairId, run.seedId, {
+    state: 'SEED_FAILED',
+    seed: { status: 'FAILED', reason: run.reason.slice(0, 2000), finishedMs: (d.now ?? Date.now)() },
+    fromStates: ['CONFIGURED', 'SEEDING', 'ERROR'],
+  });
+}
+
+/** The pair, checked to be seeded by this run and in one of `states`. */
+async function seedingPair(d: SeedDeps, run: SeedRun, states: PairState[]): Promise<Pair & { rev: number }> {
+  checkPairId(run.pairId);
+  const pair = await d.index.getPair(run.pairId);
+  if (!pair) throw new UnknownPairError(run.pairId);
+  if (!pair.seed || pair.seed.seedId !== run.seedId) throw new InvalidArgumentError(`pair '${run.pairId}' is not being seeded by ${run.seedId}`);
+  if (!states.includes(pair.state)) throw new InvalidArgumentError(`pair '${run.pairId}' is ${pair.state}, not ${states.join(' or ')}`);
+  return pair;
+}
