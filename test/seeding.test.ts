@@ -128,3 +128,124 @@ describe('seeding from a livesync backup', () => {
     }
   });
 });
+
+describe('seeding from a raw image', () => {
+  test('one raw object (zero chunks skipped), a range killed mid-way and retried, then the journal', async () => {
+    const c = cloud();
+    const pairId = newPairId('raw');
+    const size = 40 * MiB;
+    const image = Buffer.alloc(size);
+    pattern(5 * MiB, 7).copy(image, 2 * MiB);
+    pattern(BLOCK_SIZE, 8).copy(image, size - BLOCK_SIZE);
+    const key = `backups/${pairId}/disk0.img`;
+    await c.store.put(key, image);
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }], backup: `s3://${c.bucket}/${key}`, ccrpIntervalMs: 100 });
+
+    // The seeding "Lambda" dies after storing 2 chunks of its first range: the retry completes it.
+    let puts = 0;
+    const dying: ObjectStore = {
+      put: async (k, b) => {
+        if (k.includes('/base/chunks/') && ++puts === 3) throw new Error('Lambda killed (timeout)');
+        return c.store.put(k, b);
+      },
+      get: c.store.get.bind(c.store),
+      upload: c.store.upload.bind(c.store),
+      size: c.store.size.bind(c.store),
+    };
+    const run = await pairRun(pairId);
+    const { firstRpSeq } = await runSeed(deps(dying), run);
+    expect(firstRpSeq).toBe(0);
+    expect(puts).toBeGreaterThan(3);
+    const pair = (await c.index.getPair(pairId))!;
+    expect(pair.state).toBe('REPLICATING');
+    expect((await recover(c, pairId, 0)).get('disk0')!.equals(image)).toBe(true);
+    // Only the chunks holding data were stored.
+    const base = JSON.parse((await c.store.get(pair.base!.key)).toString('utf8')) as { disks: { chunks: unknown[] }[] };
+    expect(base.disks[0].chunks.length).toBe(3);
+
+    // Replication goes on over the base.
+    const w = new BatchWriter({ pairId, disks: pair.disks, store: c.store, maxBatchAgeMs: 0 });
+    await w.write('disk0', 3 * MiB, pattern(MiB, 9));
+    pattern(MiB, 9).copy(image, 3 * MiB);
+    const seq = await w.flush({ rp: true });
+    await waitForWatermark(c.index, pairId, seq, 60_000);
+    expect(firstDifference((await recover(c, pairId, seq)).get('disk0')!, image)).toBeUndefined();
+
+    // A finished seed is not run again: the pair is REPLICATING now.
+    await expect(planSeed(deps(), run)).rejects.toThrow(`pair '${pairId}' is REPLICATING, not SEEDING`);
+  });
+});
+
+describe('bad backups are refused before anything is written', () => {
+  const cases: [string, (c: ReturnType<typeof cloud>, pairId: string, dir: string) => Promise<string>, RegExp][] = [
+    ['a missing chunk', async (c, pairId, dir) => {
+      const res = await backupOf(c, pairId, dir);
+      await c.store.put(`${dir}/manifest.json`, Buffer.from(JSON.stringify({ ...res, disks: [{ ...res.disks[0], chunks: [...res.disks[0].chunks, { index: 3, sha256: 'f'.repeat(64), crc32c: 1, length: CHUNK_BYTES }] }] })));
+      return `${dir}/manifest.json`;
+    }, /MISSING_CHUNK: chunk 3 of disk 'disk0' \(offset 12582912\) is missing/],
+    ['a disk of the wrong size', async (c, pairId, dir) => {
+      const res = await backupOf(c, pairId, dir);
+      await c.store.put(`${dir}/manifest.json`, Buffer.from(JSON.stringify({ ...res, disks: [{ ...res.disks[0], sizeBytes: 32 * MiB, chunks: [] }] })));
+      return `${dir}/manifest.json`;
+    }, /MISMATCH: disk 'disk0' is 33554432 bytes, the pair's is 16777216/],
+    ['another pair\'s backup', async (c, _pairId, dir) => (await backupOf(c, 'someone-else', dir), `${dir}/manifest.json`), /MISMATCH: is a backup of pair 'someone-else'/],
+    ['a truncated manifest', async (c, pairId, dir) => {
+      await backupOf(c, pairId, dir);
+      const text = (await c.store.get(`${dir}/manifest.json`)).toString('utf8');
+      await c.store.put(`${dir}/manifest.json`, Buffer.from(text.slice(0, text.length / 2)));
+      return `${dir}/manifest.json`;
+    }, /MALFORMED: not JSON/],
+    ['a raw image of the wrong size', async (c, _pairId, dir) => (await c.store.put(`${dir}/disk.img`, Buffer.alloc(MiB)), `${dir}/disk.img`), /MISMATCH: disk 'disk0' is 1048576 bytes/],
+  ];
+
+  test.each(cases)('%s', async (_name, make, message) => {
+    const c = cloud();
+    const pairId = newPairId('bad');
+    const dir = `backups/${pairId}`;
+    const key = await make(c, pairId, dir);
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 16 * MiB }], backup: `s3://${c.bucket}/${key}` });
+    const run = await pairRun(pairId);
+    await expect(runSeed(deps(), run)).rejects.toThrow(message);
+    const pair = (await c.index.getPair(pairId))!;
+    expect(pair).toMatchObject({ state: 'SEED_FAILED', seed: { status: 'FAILED' } });
+    expect(pair.seed!.reason).toMatch(message);
+    expect(pair.base).toBeUndefined();
+    expect(await c.store.size(seedRangeKey(pairId, run.seedId, 0))).toBeUndefined();
+    expect(await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000))).toEqual([]);
+  });
+
+  test('a chunk whose bytes rotted fails its range (named), and the pair offers nothing', async () => {
+    const c = cloud();
+    const pairId = newPairId('rot');
+    const dir = `backups/${pairId}`;
+    const m = await backupOf(c, pairId, dir);
+    const chunkKey = `${dir}/chunks/${m.disks[0].chunks[0].sha256}`;
+    const body = await c.store.get(chunkKey);
+    body[body.length - 1] ^= 0xff;
+    await c.store.put(chunkKey, body);
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 16 * MiB }], backup: `s3://${c.bucket}/${dir}/manifest.json` });
+    await expect(runSeed(deps(), await pairRun(pairId))).rejects.toThrow(/CHECKSUM_MISMATCH/);
+    const pair = (await c.index.getPair(pairId))!;
+    expect(pair.state).toBe('SEED_FAILED');
+    expect(pair.seed!.reason).toContain(chunkKey);
+    expect(pair.base).toBeUndefined();
+    expect(await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000))).toEqual([]);
+  });
+});
+
+/** A small valid backup of a 16 MiB disk with data in chunks 0 and 2. */
+async function backupOf(c: ReturnType<typeof cloud>, pairId: string, dir: string) {
+  const disk = Buffer.alloc(16 * MiB);
+  pattern(MiB, 1).copy(disk, 0);
+  pattern(MiB, 2).copy(disk, 9 * MiB);
+  const res = await writeBackup({
+    store: c.store,
+    manifestKey: `${dir}/manifest.json`,
+    pairId,
+    backupId: 'b',
+    disks: [{ name: 'disk0', sizeBytes: disk.length, read: async (o, n) => disk.subarray(o, o + n) }],
+    startSeq: async () => 1,
+    endSeq: async () => 0,
+  });
+  return res.manifest;
+}
