@@ -203,11 +203,7 @@ async function fillWindow(
       if (err instanceof BackupError) throw new CorruptExtentError(err.where, err.reason);
       throw err;
     }
-    for (const q of qs) {
-      const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
-      const src = q.offsetBlocks * BLOCK_SIZE;
-      data.copy(window, dst, src, src + Math.min(q.blockCount * BLOCK_SIZE, window.length - dst));
-    }
+    for (const q of qs) copyPiece(window, firstBlock, q, data);
   });
   const reads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs));
   await mapLimit(reads, concurrency, async (r) => {
@@ -228,11 +224,16 @@ async function fillWindow(
         }
         decoded.set(e, data);
       }
-      const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
-      const src = q.offsetBlocks * BLOCK_SIZE;
-      data.copy(window, dst, src, src + Math.min(q.blockCount * BLOCK_SIZE, window.length - dst));
+      copyPiece(window, firstBlock, q, data);
     }
   });
+}
+
+/** Copies a piece's blocks from its version's data into the window (clipped at the window's end). */
+function copyPiece(window: Buffer, firstBlock: number, q: Piece<Ref>, data: Buffer): void {
+  const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
+  const src = q.offsetBlocks * BLOCK_SIZE;
+  data.copy(window, dst, src, src + Math.min(q.blockCount * BLOCK_SIZE, window.length - dst));
 }
 
 interface RangeRead {

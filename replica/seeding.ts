@@ -73,7 +73,7 @@ export async function validateSeed(d: SeedDeps, run: SeedRun): Promise<SeedRun &
   const src = await readSource(d, pair.seed!.source);
   checkDisks(pair, src);
   await checkObjects(d, src);
-  if (!(await d.index.updateSeed(run.pairId, run.seedId, { state: 'SEEDING', seed: { status: 'RUNNING', reason: undefined }, fromStates: ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR'] }))) {
+  if (!(await d.index.updateSeed(run.pairId, run.seedId, { state: 'SEEDING', seed: { status: 'RUNNING' }, fromStates: ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR'] }))) {
     throw new Error(`pair '${run.pairId}' moved on while seed ${run.seedId} was validated`);
   }
   return { ...run, kind: src.kind };
@@ -245,8 +245,18 @@ async function readRaw(src: ObjectStore, w: Extract<RangeWork, { kind: 'raw' }>,
 
 // ---- finalize, catch up, activate, fail -------------------------------------------------
 
+/** What activate needs to write the first RP; finalize passes it on so no step reads the backup manifest again. */
+export interface FirstRp {
+  firstRpSeq: number;
+  /** The backup was application-consistent: the first RP is an ACRP with this tag. */
+  app: boolean;
+  appTag?: string;
+  /** When the backup was taken: the RP's time if no batch is at its seq. */
+  takenMs: number;
+}
+
 /** Writes the base manifest from the ranges' markers and puts it on the pair. */
-export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<SeedRun & { firstRpSeq: number }> {
+export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<SeedRun & FirstRp> {
   const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
   const src = await readSource(d, pair.seed!.source);
   checkDisks(pair, src);
@@ -288,28 +298,34 @@ export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number 
   if (!(await d.index.updateSeed(run.pairId, run.seedId, { base: { key, baseSeq, firstRpSeq }, seed: { rangesDone: run.ranges, bytesDone } }))) {
     throw new Error(`pair '${run.pairId}' is no longer seeded by ${run.seedId}`);
   }
-  return { pairId: run.pairId, seedId: run.seedId, firstRpSeq };
+  const app = src.kind === 'backup' && src.manifest.appConsistent;
+  return {
+    pairId: run.pairId,
+    seedId: run.seedId,
+    firstRpSeq,
+    app,
+    ...(app && src.kind === 'backup' && src.manifest.appTag ? { appTag: src.manifest.appTag } : {}),
+    takenMs: src.kind === 'backup' ? src.manifest.createdMs : manifest.createdMs,
+  };
 }
 
 /** Whether the journal has been applied up to the first RP (writes made while the backup ran). */
-export async function catchUpSeed(d: SeedDeps, run: SeedRun & { firstRpSeq: number }): Promise<SeedRun & { firstRpSeq: number; caughtUp: boolean; watermark: number }> {
+export async function catchUpSeed<R extends SeedRun & FirstRp>(d: SeedDeps, run: R): Promise<R & { caughtUp: boolean; watermark: number }> {
   const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
   return { ...run, caughtUp: pair.watermark >= run.firstRpSeq, watermark: pair.watermark };
 }
 
 /** The first RP (APP with the backup's tag when it was application-consistent) and REPLICATING, in one transaction. */
-export async function activateSeed(d: SeedDeps, run: SeedRun & { firstRpSeq: number }): Promise<{ pairId: string; seedId: string; state: PairState; rp: RecoveryPoint }> {
+export async function activateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise<{ pairId: string; seedId: string; state: PairState; rp: RecoveryPoint }> {
   const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
-  const src = await readSource(d, pair.seed!.source);
-  const app = src.kind === 'backup' && src.manifest.appConsistent;
   const batch = run.firstRpSeq > 0 ? (await d.index.batchesAfter(run.pairId, run.firstRpSeq - 1, 1))[0] : undefined;
-  const atMs = batch?.seq === run.firstRpSeq ? batch.cutMs : src.kind === 'backup' ? src.manifest.createdMs : (d.now ?? Date.now)();
-  const { expiresAtSec, keptBy } = expiryFor({ atMs, prevRpMs: undefined, prevAppMs: undefined, app }, pair.retention);
+  const atMs = batch?.seq === run.firstRpSeq ? batch.cutMs : run.takenMs;
+  const { expiresAtSec, keptBy } = expiryFor({ atMs, prevRpMs: undefined, prevAppMs: undefined, app: run.app }, pair.retention);
   const rp: RecoveryPoint = {
     pairId: run.pairId,
     seq: run.firstRpSeq,
-    type: app ? 'APP' : 'CRASH',
-    tag: app ? (src.kind === 'backup' ? src.manifest.appTag : undefined) : undefined,
+    type: run.app ? 'APP' : 'CRASH',
+    tag: run.app ? run.appTag : undefined,
     atMs,
     expiresAtSec,
     keptBy: ['seed', ...keptBy],
