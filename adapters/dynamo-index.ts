@@ -225,6 +225,10 @@ export class DynamoIndex implements ReplicaIndex {
       values[`:a_${k}`] = v;
       add.push(`#seed.#s_${k} :a_${k}`);
     }
+    const remove = (u.clear ?? []).map((k) => {
+      names[`#c_${k}`] = k;
+      return `#seed.#c_${k}`;
+    });
     if (u.state) {
       set.push('#state = :state', 'stateChangedMs = :now');
       values[':state'] = u.state;
@@ -244,7 +248,7 @@ export class DynamoIndex implements ReplicaIndex {
         new UpdateCommand({
           TableName: this.table,
           Key: { pk: pk(pairId), sk: PAIR_SK },
-          UpdateExpression: `SET ${set.join(', ')}${add.length ? ` ADD ${add.join(', ')}` : ''}`,
+          UpdateExpression: `SET ${set.join(', ')}${add.length ? ` ADD ${add.join(', ')}` : ''}${remove.length ? ` REMOVE ${remove.join(', ')}` : ''}`,
           ConditionExpression: condition,
           ExpressionAttributeNames: names,
           ExpressionAttributeValues: values,

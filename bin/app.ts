@@ -4,8 +4,11 @@ import { AwsSolutionsChecks } from 'cdk-nag';
 import { LivesyncStack } from '../lib/livesync-stack';
 
 const app = new App();
+// `cdk deploy -c backupBuckets=my-backups,other` lets the seed workflow read backups there.
+const backupBuckets = String(app.node.tryGetContext('backupBuckets') ?? '');
 new LivesyncStack(app, 'Livesync', {
   env: { account: process.env.CDK_DEFAULT_ACCOUNT, region: process.env.CDK_DEFAULT_REGION },
+  backupBucketNames: backupBuckets.split(',').map((b) => b.trim()).filter(Boolean),
 });
 // cdk-nag 3 is a policy-validation plugin (not an Aspect): any unacknowledged finding fails
 // synth. The acknowledgements are also written into the template as `cdk_nag` metadata.

@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
-import { createPair } from '../replica/pairs';
+import { createPair, seedProgress, startSeed } from '../replica/pairs';
+import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
+import type { Pair } from '../core/model';
 import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
 import { startAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
@@ -21,7 +23,12 @@ const USAGE = `usage: livesync <command> [options]
   local up [--json] [--until-stdin-closes]
         start DynamoDB Local, S3 and SQS on 127.0.0.1 with the apply event path; prints
         the environment to use (export lines, or one JSON line); stops on SIGINT/SIGTERM
-  pair create --pair P --disk NAME=SIZE [--disk ...] [--ccrp-interval 5s]
+  pair create --pair P --disk NAME=SIZE [--disk ...] [--ccrp-interval 5s] [--backup s3://BUCKET/KEY]
+        with --backup the seed workflow starts: CONFIGURED → SEEDING → REPLICATING
+  pair seed --pair P [--force]
+        re-run seeding after SEED_FAILED (finished ranges are kept)
+  pair status --pair P [--watch]
+        state and seeding progress (ranges, bytes, rate); --watch until seeding ends
   pair show --pair P
   rp list --pair P [--app]
   recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
@@ -34,8 +41,19 @@ const USAGE = `usage: livesync <command> [options]
   agent-status --pair P [--state-dir DIR]
         the running agent's state as JSON (last cut seq, spool, mode)
 
-The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, endpoints through
-AWS_ENDPOINT_URL* (unset in AWS).`;
+The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, the seed workflow through
+LIVESYNC_SEED_STATE_MACHINE_ARN, endpoints through AWS_ENDPOINT_URL* (unset in AWS).`;
+
+/** One line: the pair's state, and its seed run's progress while there is one to show. */
+function formatStatus(pair: Pair): string {
+  const p = seedProgress(pair);
+  const head = `${pair.pairId}\t${pair.state}\twatermark ${pair.watermark}`;
+  if (!p || (p.status === 'DONE' && pair.state !== 'SEEDING')) return head;
+  const mib = (n: number): string => (n / 2 ** 20).toFixed(1);
+  const ranges = `ranges ${p.rangesDone}/${p.rangesTotal ?? '?'}`;
+  const bytes = `${mib(p.bytesDone)}/${p.bytesTotal === undefined ? '?' : mib(p.bytesTotal)} MiB`;
+  return `${head}\tseed ${p.seedId} ${p.status}\t${ranges}\t${bytes}\t${mib(p.bytesPerSec)} MiB/s${p.reason ? `\treason: ${p.reason}` : ''}`;
+}
 
 type Opts = Record<string, string | boolean | string[] | undefined>;
 
@@ -79,16 +97,41 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'pair create': {
-      const o = opts({ pair: { type: 'string' }, disk: { type: 'string', multiple: true }, 'ccrp-interval': { type: 'string' } });
+      const o = opts({ pair: { type: 'string' }, disk: { type: 'string', multiple: true }, 'ccrp-interval': { type: 'string' }, backup: { type: 'string' } });
       const disks = ((o.disk as string[] | undefined) ?? []).map(parseDiskSpec);
       const interval = str(o, 'ccrp-interval');
-      const pair = await createPair(rpStoreFromEnv().index, {
+      const backup = str(o, 'backup');
+      // Checked before the pair exists, so a missing setting leaves nothing half-made.
+      const launcher = backup ? seedLauncherFromEnv() : undefined;
+      const { index } = rpStoreFromEnv();
+      const pair = await createPair(index, {
         pairId: required('pair', str(o, 'pair')),
         disks,
         ccrpIntervalMs: interval ? parseDuration('ccrp-interval', interval) : undefined,
+        backup,
       });
-      console.log(JSON.stringify(pair, null, 2));
+      const seed = launcher ? await startSeed(index, launcher, pair.pairId) : undefined;
+      console.log(JSON.stringify(seed ? { ...pair, seed: { ...pair.seed, ...seed } } : pair, null, 2));
       return 0;
+    }
+    case 'pair seed': {
+      const o = opts({ pair: { type: 'string' }, force: { type: 'boolean' } });
+      const pairId = required('pair', str(o, 'pair'));
+      console.log(JSON.stringify(await startSeed(rpStoreFromEnv().index, seedLauncherFromEnv(), pairId, o.force === true)));
+      return 0;
+    }
+    case 'pair status': {
+      const o = opts({ pair: { type: 'string' }, watch: { type: 'boolean' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const { index } = rpStoreFromEnv();
+      for (;;) {
+        const pair = await index.getPair(pairId);
+        if (!pair) throw new UnknownPairError(pairId);
+        console.log(formatStatus(pair));
+        const settled = pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING';
+        if (!o.watch || settled) return pair.state === 'SEED_FAILED' ? 1 : 0;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
     }
     case 'pair show': {
       const o = opts({ pair: { type: 'string' } });

@@ -18,6 +18,12 @@ export interface SeedStatus {
   bytesDone?: number;
   /** Why it failed (status FAILED). */
   reason?: string;
+  /** The last error a range attempt raised (ranges are retried; kept for the reason if the Map gives up). */
+  lastRangeError?: string;
+  /** Executions started for this run (a re-run after SEED_FAILED is the next attempt). */
+  attempts?: number;
+  /** The latest execution (Step Functions ARN). */
+  executionArn?: string;
 }
 
 /** The seeded bottom level of the replica. */

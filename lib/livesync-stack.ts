@@ -1,25 +1,39 @@
 import { CfnOutput, Stack, StackProps, Validations } from 'aws-cdk-lib';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { ApplyPipeline } from './apply-pipeline';
 import { PAIRS_PREFIX } from './names';
 import { ReplicaStore } from './replica-store';
+import { SeedWorkflow } from './seed-workflow';
+
+export interface LivesyncStackProps extends StackProps {
+  /** Buckets (names) the seed workflow may read backups and raw images from, besides the replica bucket. */
+  readonly backupBucketNames?: string[];
+}
 
 export class LivesyncStack extends Stack {
   readonly store: ReplicaStore;
   readonly pipeline: ApplyPipeline;
+  readonly seed: SeedWorkflow;
 
-  constructor(scope: Construct, id: string, props?: StackProps) {
+  constructor(scope: Construct, id: string, props: LivesyncStackProps = {}) {
     super(scope, id, props);
     this.store = new ReplicaStore(this, 'Store');
     this.pipeline = new ApplyPipeline(this, 'Apply', { store: this.store });
+    this.seed = new SeedWorkflow(this, 'Seed', {
+      store: this.store,
+      backupBuckets: (props.backupBucketNames ?? []).map((name, i) => s3.Bucket.fromBucketName(this, `BackupBucket${i}`, name)),
+    });
 
     new CfnOutput(this, 'BucketName', { value: this.store.bucket.bucketName });
     new CfnOutput(this, 'TableName', { value: this.store.table.tableName });
     new CfnOutput(this, 'ApplyQueueUrl', { value: this.pipeline.queue.queueUrl });
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: this.pipeline.deadLetterQueue.queueUrl });
+    new CfnOutput(this, 'SeedStateMachineArn', { value: this.seed.stateMachine.stateMachineArn });
 
-    this.acknowledgeNagFindings();
+    this.acknowledgeNagFindings(props.backupBucketNames ?? []);
   }
 
   /**
@@ -28,22 +42,50 @@ export class LivesyncStack extends Stack {
    * Not needed: S1 on the access-log bucket and SQS3 on the DLQ; cdk-nag already recognises
    * a log-destination bucket and a queue that is some queue's DLQ.
    */
-  private acknowledgeNagFindings(): void {
+  private acknowledgeNagFindings(backupBucketNames: string[]): void {
     const bucketId = this.getLogicalId(this.store.bucket.node.defaultChild as s3.CfnBucket);
-    Validations.of(this.pipeline.applyFunction.role!).acknowledge(
-      {
-        id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*]`,
-        reason: `Read-only s3:GetObject: batches are per-pair keys under ${PAIRS_PREFIX} and pairs are created at run time, so the key set is unknown at deploy time.`,
-      },
-      {
-        id: 'AwsSolutions-IAM5[Resource::*]',
-        reason: 'xray:PutTraceSegments and xray:PutTelemetryRecords (tracing ACTIVE) do not support resource-level permissions.',
-      },
-    );
-    Validations.of(this.pipeline.applyFunction.node.defaultChild!).acknowledge({
+    const pairsObjects = `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*]`;
+    const xray = {
+      id: 'AwsSolutions-IAM5[Resource::*]',
+      reason: 'xray:PutTraceSegments and xray:PutTelemetryRecords (tracing ACTIVE) do not support resource-level permissions.',
+    };
+    const nodeRuntime = {
       id: 'AwsSolutions-L1',
       reason: 'The project targets nodejs22.x deliberately, matching the local Node 22 toolchain the handler is built and tested with.',
-    });
+    };
+    Validations.of(this.pipeline.applyFunction.role!).acknowledge(
+      { id: pairsObjects, reason: `Read-only s3:GetObject: batches are per-pair keys under ${PAIRS_PREFIX} and pairs are created at run time, so the key set is unknown at deploy time.` },
+      xray,
+    );
+    Validations.of(this.pipeline.applyFunction.node.defaultChild!).acknowledge(nodeRuntime);
+
+    for (const fn of [this.seed.stepsFunction, this.seed.rangeFunction]) {
+      Validations.of(fn.role!).acknowledge(
+        { id: pairsObjects, reason: `Get/PutObject under ${PAIRS_PREFIX}: base chunks, seed work objects and backups are per-pair keys of pairs created at run time.` },
+        xray,
+        ...backupBucketNames.map((name) => ({
+          id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::${name}/*]`,
+          reason: `Read-only s3:GetObject in backup bucket ${name}: backups are named by the operator when a pair is created.`,
+        })),
+      );
+      Validations.of(fn.node.defaultChild!).acknowledge(nodeRuntime);
+    }
+    const machine = this.seed.stateMachine;
+    Validations.of(machine.role).acknowledge(
+      ...[this.seed.stepsFunction, this.seed.rangeFunction].map((fn) => ({
+        id: `AwsSolutions-IAM5[Resource::<${this.getLogicalId(fn.node.defaultChild as lambda.CfnFunction)}.Arn>:*]`,
+        reason: 'lambda:InvokeFunction on the seed functions\' versions and aliases (qualified ARNs), as CDK grants for Lambda tasks.',
+      })),
+      { id: 'AwsSolutions-IAM5[Resource::*]', reason: 'X-Ray (tracing enabled) and CloudWatch Logs delivery (logs:CreateLogDelivery and friends) do not support resource-level permissions.' },
+    );
+    const executions = `arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${this.getLogicalId(machine.node.defaultChild as sfn.CfnStateMachine)}"}]}]}`;
+    const mapPolicy = machine.node.tryFindChild('DistributedMapPolicy');
+    if (mapPolicy) {
+      Validations.of(mapPolicy).acknowledge(
+        { id: `AwsSolutions-IAM5[Resource::${executions}:*]`, reason: 'The Distributed Map describes and stops its own child executions, whose names Step Functions chooses at run time.' },
+        { id: `AwsSolutions-IAM5[Resource::${executions}/*:*]`, reason: 'The Distributed Map\'s map runs and their executions, named by Step Functions at run time.' },
+      );
+    }
 
     // The singleton Lambda CDK creates to configure S3 event notifications at deploy time.
     const notificationsHandler = this.node.children.find((c) => c.node.id.startsWith('BucketNotificationsHandler'));

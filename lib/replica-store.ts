@@ -122,6 +122,40 @@ export class ReplicaStore extends Construct {
     ];
   }
 
+  /**
+   * Least privilege for the seed workflow's functions: read backups (in the replica bucket
+   * under `pairs/`, or in the given buckets), write base chunks and seed work objects under
+   * `pairs/`, update the pair and write its first RP. No deletes, no scans.
+   */
+  grantSeed(fn: lambda.IFunction, backupBuckets: s3.IBucket[]): iam.Grant[] {
+    const grants = [
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject', 's3:PutObject'], resourceArns: [this.pairsObjectsArn] }),
+      // ListBucket: a missing chunk must read as 404 (MISSING_CHUNK), not 403.
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['s3:ListBucket'],
+        resourceArns: [this.bucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`] } },
+      }),
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query'].map((a) => `dynamodb:${a}`),
+        resourceArns: [this.table.tableArn],
+      }),
+    ];
+    for (const b of backupBuckets) {
+      grants.push(
+        iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [b.arnForObjects('*')] }),
+        iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:ListBucket'], resourceArns: [b.bucketArn] }),
+      );
+    }
+    if (fn instanceof lambda.Function) {
+      fn.addEnvironment(ENV.bucket, this.bucket.bucketName);
+      fn.addEnvironment(ENV.table, this.table.tableName);
+    }
+    return grants;
+  }
+
   /** For CLI / operator roles (never Lambda): read/write `pairs/*` objects and all items. */
   grantOperator(grantee: iam.IGrantable): iam.Grant[] {
     return [this.bucket.grantReadWrite(grantee, `${PAIRS_PREFIX}*`), this.table.grantReadWriteData(grantee)];

@@ -12,11 +12,14 @@ import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
 import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
 import { startS3Local, type RunningS3 } from './s3-local';
 import { schemaFromTemplate, type LocalSchema } from './schema';
+import { machinesFromTemplate, startStepFunctionsLocal, type RunningStepFunctions } from './stepfunctions-local';
 
 export const LOCAL_BUCKET = 'livesync-local';
 export const LOCAL_TABLE = 'livesync-local';
 /** Locally a failed message is retried after 2 s, not 6 × the Lambda timeout as in AWS. */
 const LOCAL_VISIBILITY_TIMEOUT_SEC = 2;
+/** Locally a Wait state (the seed workflow's catch-up poll) lasts 1 s, not 10 s. */
+const LOCAL_WAIT_MS = 1000;
 
 export interface LocalStack {
   /** Environment for SDK clients and handlers (endpoints, region, names). */
@@ -39,7 +42,8 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
   const dir = opts.dir ?? process.env.LIVESYNC_LOCAL_DIR ?? join(process.cwd(), '.livesync', 'local');
   await mkdir(dir, { recursive: true });
   await killStaleDynamo(dir);
-  const schema = schemaFromTemplate(synthTemplate(), LOCAL_TABLE);
+  const template = synthTemplate();
+  const schema = schemaFromTemplate(template, LOCAL_TABLE);
   const s3dir = join(dir, 's3');
   await rm(s3dir, { recursive: true, force: true });
 
@@ -57,7 +61,7 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
     await rm(join(dir, 'dynamodb.pid'), { force: true });
   };
   try {
-    return await provision(schema, { dynamo, s3, sqs }, stopServers, opts);
+    return await provision(schema, template, { dynamo, s3, sqs }, stopServers, opts);
   } catch (err) {
     await stopServers(); // a failure after the servers started must not leave them running
     throw err;
@@ -67,6 +71,7 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
 /** Creates the resources and the event path on the started servers. */
 async function provision(
   schema: LocalSchema,
+  template: unknown,
   servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: RunningSqs },
   stopServers: () => Promise<void>,
   opts: LocalStackOptions,
@@ -104,6 +109,19 @@ async function provision(
   s3.onEvent(forwardNotifications(sqs, queues.queueUrl, schema.notification, onError));
   const mapping = opts.eventPath === false ? undefined : startEventSourceMapping(sqs, queues.queueUrl, (await import('../lambdas/apply')).handler, { batchSize: 10, concurrency: 4, onError });
 
+  // The seed workflow: the template's state machine, its tasks run by the handlers here.
+  let stepFunctions: RunningStepFunctions | undefined;
+  try {
+    const seedHandlers = await import('../lambdas/seed');
+    stepFunctions = await startStepFunctionsLocal(machinesFromTemplate(template), { steps: seedHandlers.steps, range: seedHandlers.range }, { waitMs: LOCAL_WAIT_MS });
+  } catch (err) {
+    await mapping?.stop();
+    throw err;
+  }
+  env.AWS_ENDPOINT_URL_SFN = stepFunctions.endpoint;
+  env.LIVESYNC_SEED_STATE_MACHINE_ARN = stepFunctions.machines.find((m) => m.id.startsWith('Seed'))!.arn;
+  Object.assign(process.env, env);
+
   let stopped = false;
   return {
     env,
@@ -112,6 +130,7 @@ async function provision(
     async stop() {
       if (stopped) return;
       stopped = true;
+      await stepFunctions.stop();
       await mapping?.stop();
       sqs.destroy();
       await stopServers();

@@ -1,11 +1,11 @@
-// Operator-facing pair operations: create (validated), status.
+// Operator-facing pair operations: create (validated), seed, status.
 
 import { BLOCK_SIZE } from '../core/batch-format';
-import { InvalidArgumentError } from '../core/errors';
+import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { checkDiskName, checkPairId, parseS3Url } from '../core/keys';
 import type { DiskSpec, Pair } from '../core/model';
 import { DEFAULT_RETENTION, checkPolicy, type RetentionPolicy } from '../core/retention';
-import type { ReplicaIndex } from './ports';
+import type { ReplicaIndex, SeedLauncher } from './ports';
 import { sleep } from './concurrency';
 
 export const DEFAULT_CCRP_INTERVAL_MS = 5000;
@@ -69,3 +69,56 @@ export async function waitForWatermark(index: ReplicaIndex, pairId: string, seq:
   }
 }
 
+/**
+ * Starts the seed workflow for a pair created with a backup, or re-runs it after
+ * SEED_FAILED (finished ranges are not redone). A pair SEEDING has a run going: `force`
+ * starts another (for when that execution is known to be gone); the steps are idempotent.
+ */
+export async function startSeed(index: ReplicaIndex, launcher: SeedLauncher, pairId: string, force = false): Promise<{ seedId: string; attempt: number; executionArn: string }> {
+  checkPairId(pairId);
+  const pair = await index.getPair(pairId);
+  if (!pair) throw new UnknownPairError(pairId);
+  const seed = pair.seed;
+  if (!seed) throw new InvalidArgumentError(`pair '${pairId}' was created without a backup: there is nothing to seed`);
+  if (seed.status === 'DONE') throw new InvalidArgumentError(`pair '${pairId}' is seeded already (${seed.seedId}, ${pair.state})`);
+  if (pair.state === 'SEEDING' && seed.status === 'RUNNING' && !force) {
+    throw new InvalidArgumentError(`pair '${pairId}' is being seeded (${seed.executionArn ?? seed.seedId}); force a new run only if that one is gone`);
+  }
+  const attempt = (seed.attempts ?? 0) + 1;
+  const executionArn = await launcher.start({ pairId, seedId: seed.seedId }, attempt);
+  await index.updateSeed(pairId, seed.seedId, { seed: { attempts: attempt, executionArn } });
+  return { seedId: seed.seedId, attempt, executionArn };
+}
+
+export interface SeedProgress {
+  pairId: string;
+  state: Pair['state'];
+  seedId: string;
+  status: string;
+  rangesDone: number;
+  rangesTotal?: number;
+  bytesDone: number;
+  bytesTotal?: number;
+  /** Bytes of the backup seeded per second since the run started (to now, or to its end). */
+  bytesPerSec: number;
+  reason?: string;
+}
+
+/** What `livesync pair status` shows of a seed run. */
+export function seedProgress(pair: Pair, nowMs = Date.now()): SeedProgress | undefined {
+  const s = pair.seed;
+  if (!s) return undefined;
+  const elapsedSec = Math.max(0.001, ((s.finishedMs ?? nowMs) - s.startedMs) / 1000);
+  return {
+    pairId: pair.pairId,
+    state: pair.state,
+    seedId: s.seedId,
+    status: s.status,
+    rangesDone: s.rangesDone ?? 0,
+    rangesTotal: s.rangesTotal,
+    bytesDone: s.bytesDone ?? 0,
+    bytesTotal: s.bytesTotal,
+    bytesPerSec: Math.round((s.bytesDone ?? 0) / elapsedSec),
+    ...(s.reason ? { reason: s.reason } : {}),
+  };
+}

@@ -77,9 +77,17 @@ export interface ReplicaIndex {
 
 export interface SeedUpdate {
   seed?: Partial<SeedStatus>;
-  add?: { rangesDone?: number; bytesDone?: number };
+  add?: { rangesDone?: number; bytesDone?: number; attempts?: number };
+  /** Fields of `seed` removed (a re-run clears the previous failure). */
+  clear?: (keyof SeedStatus)[];
   state?: PairState;
   /** The update applies only while the pair is in one of these states. */
   fromStates?: PairState[];
   base?: BaseRef;
+}
+
+/** Starts runs of the seed workflow (Step Functions StartExecution, or the local runner behind the same API). */
+export interface SeedLauncher {
+  /** Starts `attempt` of run `seedId`; returns the execution's id (its ARN). */
+  start(run: { pairId: string; seedId: string }, attempt: number): Promise<string>;
 }

@@ -27,6 +27,8 @@ export interface SeedDeps {
   /** Read access to the bucket a backup is in. */
   sourceStore(bucket: string): ObjectStore;
   now?: () => number;
+  /** @default CATCH_UP_TIMEOUT_MS */
+  catchUpTimeoutMs?: number;
 }
 
 /** The workflow's input, and what every step passes on. */
@@ -58,6 +60,10 @@ const CHUNKS_PER_RANGE = 16;
 const MAX_RANGES = 2000;
 /** Chunk objects checked (HEAD) or copied at once within a step. */
 const CONCURRENCY = 8;
+/** States from which a run may (re)start: ERROR is a quarantined batch, which seeding does not touch. */
+const RESTARTABLE: PairState[] = ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR'];
+/** How long catch-up waits for the journal to reach the first RP before the run fails (the agent may be down). */
+export const CATCH_UP_TIMEOUT_MS = 24 * 3600 * 1000;
 /** A manifest or range descriptor larger than this is refused unread. */
 const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 
@@ -69,11 +75,13 @@ const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
  * size. Then the pair moves to SEEDING. Throws BackupError (→ SEED_FAILED with the reason).
  */
 export async function validateSeed(d: SeedDeps, run: SeedRun): Promise<SeedRun & { kind: Source['kind'] }> {
-  const pair = await seedingPair(d, run, ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR']);
+  const pair = await seedingPair(d, run, RESTARTABLE);
   const src = await readSource(d, pair.seed!.source);
   checkDisks(pair, src);
   await checkObjects(d, src);
-  if (!(await d.index.updateSeed(run.pairId, run.seedId, { state: 'SEEDING', seed: { status: 'RUNNING' }, fromStates: ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR'] }))) {
+  // A re-run after SEED_FAILED clears the previous failure.
+  const started = await d.index.updateSeed(run.pairId, run.seedId, { state: 'SEEDING', seed: { status: 'RUNNING' }, clear: ['reason', 'finishedMs', 'lastRangeError'], fromStates: RESTARTABLE });
+  if (!started) {
     throw new Error(`pair '${run.pairId}' moved on while seed ${run.seedId} was validated`);
   }
   return { ...run, kind: src.kind };
@@ -178,8 +186,16 @@ export async function planSeed(d: SeedDeps, run: SeedRun): Promise<{ items: (See
 export async function seedRange(d: SeedDeps, item: SeedRun & { range: number }): Promise<{ range: number; skipped: boolean; bytesStored: number }> {
   const doneKey = seedDoneKey(item.pairId, item.seedId, item.range);
   if ((await d.store.size(doneKey)) !== undefined) return { range: item.range, skipped: true, bytesStored: 0 };
-  const work = JSON.parse((await d.store.get(seedRangeKey(item.pairId, item.seedId, item.range), undefined, MAX_MANIFEST_BYTES)).toString('utf8')) as RangeWork;
-  const done = work.kind === 'backup' ? await copyBackupChunks(d, item.pairId, work) : await chunkRawImage(d, item.pairId, work);
+  let done: RangeDone;
+  try {
+    const work = JSON.parse((await d.store.get(seedRangeKey(item.pairId, item.seedId, item.range), undefined, MAX_MANIFEST_BYTES)).toString('utf8')) as RangeWork;
+    done = work.kind === 'backup' ? await copyBackupChunks(d, item.pairId, work) : await chunkRawImage(d, item.pairId, work);
+  } catch (err) {
+    // Kept on the pair: a Distributed Map that gives up reports only that a child failed.
+    const lastRangeError = `range ${item.range}: ${(err as Error).message}`.slice(0, 2000);
+    await d.index.updateSeed(item.pairId, item.seedId, { seed: { lastRangeError } }).catch(() => undefined);
+    throw err;
+  }
   await d.store.put(doneKey, Buffer.from(JSON.stringify(done)));
   await d.index.updateSeed(item.pairId, item.seedId, { add: { rangesDone: 1, bytesDone: done.bytesRead } });
   return { range: item.range, skipped: false, bytesStored: done.bytesStored };
@@ -309,10 +325,23 @@ export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number 
   };
 }
 
-/** Whether the journal has been applied up to the first RP (writes made while the backup ran). */
-export async function catchUpSeed<R extends SeedRun & FirstRp>(d: SeedDeps, run: R): Promise<R & { caughtUp: boolean; watermark: number }> {
+/**
+ * Whether the journal has been applied up to the first RP (writes made while the backup
+ * ran). The workflow polls it; after CATCH_UP_TIMEOUT_MS without getting there it fails.
+ */
+export async function catchUpSeed<R extends SeedRun & FirstRp & { catchUpSinceMs?: number }>(
+  d: SeedDeps,
+  run: R,
+): Promise<R & { caughtUp: boolean; watermark: number; catchUpSinceMs: number }> {
   const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
-  return { ...run, caughtUp: pair.watermark >= run.firstRpSeq, watermark: pair.watermark };
+  const now = (d.now ?? Date.now)();
+  const since = run.catchUpSinceMs ?? now;
+  const caughtUp = pair.watermark >= run.firstRpSeq;
+  if (!caughtUp && now - since > (d.catchUpTimeoutMs ?? CATCH_UP_TIMEOUT_MS)) {
+    const why = pair.error ? `: batch ${pair.error.seq} is quarantined (${pair.error.reason})` : ' (is the agent running and uploading?)';
+    throw new Error(`pair '${run.pairId}': the journal stayed at seq ${pair.watermark}, below the backup's end seq ${run.firstRpSeq}, for ${Math.round((now - since) / 1000)} s${why}`);
+  }
+  return { ...run, caughtUp, watermark: pair.watermark, catchUpSinceMs: since };
 }
 
 /** The first RP (APP with the backup's tag when it was application-consistent) and REPLICATING, in one transaction. */
@@ -337,13 +366,44 @@ export async function activateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise
   return { pairId: run.pairId, seedId: run.seedId, state, rp };
 }
 
-/** SEED_FAILED with the reason. Nothing the run wrote is referenced, so nothing is offered. */
-export async function failSeed(d: SeedDeps, run: SeedRun & { reason: string }): Promise<void> {
+/** A Step Functions error as a Catch passes it on: `Cause` is the Lambda's error JSON, or plain text. */
+export interface StepError {
+  Error?: string;
+  Cause?: string;
+}
+
+/**
+ * SEED_FAILED with the reason. Nothing the run wrote is referenced, so nothing is offered.
+ * The reason is `reason` if given, else taken from the caught error.
+ */
+export async function failSeed(d: SeedDeps, run: SeedRun & { reason?: string; error?: StepError }): Promise<{ pairId: string; seedId: string; reason: string }> {
+  const pair = await d.index.getPair(run.pairId);
+  const reason = (run.reason ?? failureReason(run.error ?? {}, pair?.seed?.seedId === run.seedId ? pair.seed.lastRangeError : undefined)).slice(0, 2000);
   await d.index.updateSeed(run.pairId, run.seedId, {
     state: 'SEED_FAILED',
-    seed: { status: 'FAILED', reason: run.reason.slice(0, 2000), finishedMs: (d.now ?? Date.now)() },
+    seed: { status: 'FAILED', reason, finishedMs: (d.now ?? Date.now)() },
     fromStates: ['CONFIGURED', 'SEEDING', 'ERROR'],
   });
+  return { pairId: run.pairId, seedId: run.seedId, reason };
+}
+
+/**
+ * The operator-facing reason of a caught error. A Lambda's Cause is JSON with its
+ * errorMessage; a Distributed Map that gave up says only that (States.*), so the last
+ * range error recorded on the pair says what happened.
+ */
+export function failureReason(error: StepError, lastRangeError?: string): string {
+  let message = error.Cause ?? '';
+  try {
+    const parsed = JSON.parse(message) as { errorMessage?: unknown };
+    if (typeof parsed?.errorMessage === 'string') message = parsed.errorMessage;
+  } catch {
+    // plain text
+  }
+  const name = error.Error ?? 'Error';
+  if (name.startsWith('States.') && lastRangeError) return `${name}: ${lastRangeError}`;
+  if (!message) return name;
+  return message.includes(name) || name === 'Error' ? message : `${name}: ${message}`;
 }
 
 /** The pair, checked to be seeded by this run and in one of `states`. */

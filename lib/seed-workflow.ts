@@ -1,0 +1,143 @@
+import * as path from 'node:path';
+import { Duration } from 'aws-cdk-lib';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
+import { Construct } from 'constructs';
+import type { ReplicaStore } from './replica-store';
+
+export const SEED_ENTRY = path.join(__dirname, '../lambdas/seed.ts');
+
+/** Errors that mean the backup or the request is wrong: retrying cannot help. */
+export const PERMANENT_ERRORS = ['BackupError', 'InvalidArgumentError', 'UnknownPairError'];
+
+export interface SeedWorkflowProps {
+  readonly store: ReplicaStore;
+  /** Buckets other than the replica bucket that backups and raw images may be read from. @default none */
+  readonly backupBuckets?: s3.IBucket[];
+  /** Ranges seeded at once (child executions of the Distributed Map). @default 32 */
+  readonly maxConcurrency?: number;
+  /** Between two checks of the journal while catching up. @default 10 s */
+  readonly catchUpInterval?: Duration;
+}
+
+/**
+ * The seed workflow (docs/design.md, "Seeding"): validate → plan → a Distributed Map over
+ * the ranges → finalize → catch up (a Wait/Choice loop) → activate; any failure → fail
+ * (SEED_FAILED with the reason). Kept to what Step Functions and the local runner
+ * (aws-local-stepfunctions) both run: JSONPath, Lambda tasks, Retry/Catch, Choice, Wait,
+ * a Map whose items come from the state (no ItemReader, no JSONata).
+ */
+export class SeedWorkflow extends Construct {
+  readonly stateMachine: sfn.StateMachine;
+  readonly stepsFunction: nodejs.NodejsFunction;
+  readonly rangeFunction: nodejs.NodejsFunction;
+
+  constructor(scope: Construct, id: string, props: SeedWorkflowProps) {
+    super(scope, id);
+    const backupBuckets = props.backupBuckets ?? [];
+    // validate HEADs every chunk of a backup: minutes for a multi-TiB one.
+    this.stepsFunction = this.seedFunction('Steps', 'steps', Duration.minutes(15), 1024);
+    // A range moves ≥ 16 chunks of 4 MiB, 8 at once, decoded and checked.
+    this.rangeFunction = this.seedFunction('Range', 'range', Duration.minutes(5), 2048);
+    for (const fn of [this.stepsFunction, this.rangeFunction]) props.store.grantSeed(fn, backupBuckets);
+
+    const step = (name: string, stepName: string, input: Record<string, unknown> | string, resultPath?: string): tasks.LambdaInvoke =>
+      this.retried(
+        new tasks.LambdaInvoke(this, name, {
+          lambdaFunction: this.stepsFunction,
+          payload: sfn.TaskInput.fromObject({ step: stepName, input: typeof input === 'string' ? sfn.JsonPath.objectAt(input) : input }),
+          payloadResponseOnly: true,
+          resultPath,
+          taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
+        }),
+      );
+    const run = { pairId: sfn.JsonPath.stringAt('$.pairId'), seedId: sfn.JsonPath.stringAt('$.seedId') };
+
+    const validate = step('Validate', 'validate', '$');
+    const plan = step('Plan', 'plan', '$', '$.plan');
+    const seedRange = this.retried(
+      new tasks.LambdaInvoke(this, 'SeedRange', {
+        lambdaFunction: this.rangeFunction,
+        payloadResponseOnly: true,
+        taskTimeout: sfn.Timeout.duration(Duration.minutes(5)),
+      }),
+    );
+    const ranges = new sfn.DistributedMap(this, 'SeedRanges', {
+      itemsPath: '$.plan.items',
+      maxConcurrency: props.maxConcurrency ?? 32,
+      // The items' results are counters already on the pair: keep the state small.
+      resultPath: sfn.JsonPath.DISCARD,
+      mapExecutionType: sfn.StateMachineType.STANDARD,
+    });
+    ranges.itemProcessor(seedRange);
+    const finalize = step('Finalize', 'finalize', { ...run, ranges: sfn.JsonPath.numberAt('$.plan.ranges') });
+    const catchUp = step('CatchUp', 'catchUp', '$');
+    const activate = step('Activate', 'activate', '$');
+    const wait = new sfn.Wait(this, 'WaitForJournal', { time: sfn.WaitTime.duration(props.catchUpInterval ?? Duration.seconds(10)) });
+
+    const fail = new tasks.LambdaInvoke(this, 'Fail', {
+      lambdaFunction: this.stepsFunction,
+      payload: sfn.TaskInput.fromObject({ step: 'fail', input: { ...run, error: sfn.JsonPath.objectAt('$.error') } }),
+      payloadResponseOnly: true,
+    }).addRetry({ errors: [sfn.Errors.ALL], interval: Duration.seconds(2), maxAttempts: 5, backoffRate: 2 });
+    fail.next(new sfn.Fail(this, 'SeedFailed', { error: 'SeedFailed', causePath: '$.reason' }));
+    for (const s of [validate, plan, ranges, finalize, catchUp, activate]) s.addCatch(fail, { errors: [sfn.Errors.ALL], resultPath: '$.error' });
+
+    const definition = validate
+      .next(plan)
+      .next(ranges)
+      .next(finalize)
+      .next(catchUp)
+      .next(new sfn.Choice(this, 'CaughtUp').when(sfn.Condition.booleanEquals('$.caughtUp', true), activate.next(new sfn.Succeed(this, 'Seeded'))).otherwise(wait.next(catchUp)));
+
+    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
+      definitionBody: sfn.DefinitionBody.fromChainable(definition),
+      // Catch-up gives up after 24 h (replica/seeding.ts); a run never outlives this.
+      timeout: Duration.days(2),
+      tracingEnabled: true,
+      logs: {
+        destination: new logs.LogGroup(this, 'ExecutionLogs', { retention: logs.RetentionDays.ONE_MONTH }),
+        level: sfn.LogLevel.ALL,
+        // Inputs and outputs are ids and counters; leave them out of the logs anyway.
+        includeExecutionData: false,
+      },
+    });
+  }
+
+  /** Lets an operator (the CLI's role) start runs and follow them. */
+  grantStart(grantee: iam.IGrantable): iam.Grant[] {
+    return [this.stateMachine.grantStartExecution(grantee), this.stateMachine.grantRead(grantee)];
+  }
+
+  private seedFunction(id: string, handler: string, timeout: Duration, memorySize: number): nodejs.NodejsFunction {
+    const logGroup = new logs.LogGroup(this, `${id}Logs`, { retention: logs.RetentionDays.ONE_MONTH });
+    // An explicit role writing only to its own log group (no AWSLambdaBasicExecutionRole).
+    const role = new iam.Role(this, `${id}Role`, { assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com') });
+    logGroup.grantWrite(role);
+    return new nodejs.NodejsFunction(this, `${id}Function`, {
+      entry: SEED_ENTRY,
+      handler,
+      runtime: lambda.Runtime.NODEJS_22_X,
+      architecture: lambda.Architecture.ARM_64,
+      memorySize,
+      timeout,
+      role,
+      logGroup,
+      tracing: lambda.Tracing.ACTIVE,
+      environment: { NODE_OPTIONS: '--enable-source-maps' },
+      bundling: { minify: true, sourceMap: true, target: 'node22', format: nodejs.OutputFormat.CJS, externalModules: [] },
+    });
+  }
+
+  /** A bad backup fails at once; anything else (throttling, a killed Lambda) is retried with backoff. */
+  private retried<T extends tasks.LambdaInvoke>(task: T): T {
+    task.addRetry({ errors: PERMANENT_ERRORS, maxAttempts: 0 });
+    task.addRetry({ errors: [sfn.Errors.ALL], interval: Duration.seconds(2), maxAttempts: 3, backoffRate: 2, maxDelay: Duration.seconds(30) });
+    return task;
+  }
+}
