@@ -261,9 +261,12 @@ export class DynamoIndex implements ReplicaIndex {
     }
   }
 
-  async activateSeed(pairId: string, seedId: string, state: PairState, rp: RecoveryPoint): Promise<boolean> {
+  async activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[]): Promise<boolean> {
     const now = Date.now();
-    const lastApp = rp.type === 'APP' ? ', lastAppRpMs = :at' : '';
+    const last = rps[rps.length - 1];
+    const lastApp = rps.filter((r) => r.type === 'APP').pop();
+    const values: Record<string, unknown> = { ':state': state, ':now': now, ':one': 1, ':done': 'DONE', ':running': 'RUNNING', ':at': last.atMs, ':id': seedId, ':seq': last.seq };
+    if (lastApp) values[':app'] = lastApp.atMs;
     try {
       await this.doc.send(
         new TransactWriteCommand({
@@ -272,13 +275,13 @@ export class DynamoIndex implements ReplicaIndex {
               Update: {
                 TableName: this.table,
                 Key: { pk: pk(pairId), sk: PAIR_SK },
-                UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at${lastApp}`,
+                UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at${lastApp ? ', lastAppRpMs = :app' : ''}`,
                 ConditionExpression: '#seed.seedId = :id AND #seed.#status = :running AND watermark >= :seq',
                 ExpressionAttributeNames: { '#state': 'state', '#seed': 'seed', '#status': 'status' },
-                ExpressionAttributeValues: { ':state': state, ':now': now, ':one': 1, ':done': 'DONE', ':running': 'RUNNING', ':at': rp.atMs, ':id': seedId, ':seq': rp.seq },
+                ExpressionAttributeValues: values,
               },
             },
-            { Put: { TableName: this.table, Item: rpItem(rp) } },
+            ...rps.map((rp) => ({ Put: { TableName: this.table, Item: rpItem(rp) } })),
           ],
         }),
       );

@@ -33,24 +33,37 @@ export interface Marker {
 /** Takes one ACRP; returns its seq. A failed or timed-out freeze gives no ACRP. */
 export async function takeAcrp(marker: Marker, disks: Settleable[], tag: string, hooks: AcrpHooks): Promise<number> {
   checkAppTag(tag, 'ACRP tag'); // before any hook runs
+  return inFreezeWindow(tag, hooks, async () => {
+    for (const d of disks) await d.settle();
+    return marker.flush({ appTag: tag });
+  });
+}
+
+/**
+ * Runs `body` between the pre-freeze and the post-thaw hook (both with `LIVESYNC_ACRP_TAG`).
+ * The post-thaw hook always runs, once: when `body` calls `thaw` (to end the window early),
+ * or after `body` ends or fails, and also after a failed freeze. The first failure is thrown.
+ */
+export async function inFreezeWindow<T>(tag: string, hooks: AcrpHooks, body: (thaw: () => Promise<void>) => Promise<T>): Promise<T> {
   const env = { LIVESYNC_ACRP_TAG: tag };
-  let seq: number | undefined;
+  let thawed: Promise<void> | undefined;
+  const thaw = (): Promise<void> => (thawed ??= hooks.postThaw ? runHook('post-thaw', hooks.postThaw, hooks.timeoutMs, env) : Promise.resolve());
+  let result: T | undefined;
   let failure: unknown;
   try {
     if (hooks.preFreeze) await runHook('pre-freeze', hooks.preFreeze, hooks.timeoutMs, env);
-    for (const d of disks) await d.settle();
-    seq = await marker.flush({ appTag: tag });
+    result = await body(thaw);
   } catch (err) {
     failure = err;
   }
   try {
-    if (hooks.postThaw) await runHook('post-thaw', hooks.postThaw, hooks.timeoutMs, env);
+    await thaw();
   } catch (err) {
-    // The mark (if made) stands: the application was quiesced at that point.
+    // A mark made inside the window stands: the application was quiesced at that point.
     failure ??= err;
   }
   if (failure !== undefined) throw failure;
-  return seq!;
+  return result as T;
 }
 
 function runHook(hook: 'pre-freeze' | 'post-thaw', command: string, timeoutMs: number, env: Record<string, string>): Promise<void> {

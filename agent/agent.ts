@@ -2,23 +2,26 @@
 // pair's journal (agent/pair-capture.ts). Start-up decides how far its local state can be
 // trusted: a clean stop resumes from the spool; an unclean stop also resyncs the regions
 // the dirty map holds; lost or doubtful state resyncs the regions whose checksums differ
-// from the replica's (docs/design.md, "Agent").
+// from the replica's (docs/design.md, "Agent"). It also takes full streaming backups of the
+// images as served (`livesync backup`, docs/design.md "Seeding").
 
 import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BATCH_FLAGS, encodeBatch } from '../core/batch-format';
 import { crc32c } from '../core/crc32c';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { backupManifestKey, checkAppTag, JOURNAL_SUFFIX, parseS3Url } from '../core/keys';
 import type { Pair } from '../core/model';
 import { replicaDigests } from '../replica/digests';
 import { sleep } from '../replica/concurrency';
 import { waitForWatermark } from '../replica/pairs';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
+import { writeBackup } from '../source/backup';
 import type { CutOptions } from '../source/batch-writer';
-import { takeAcrp, type AcrpHooks } from './acrp';
+import { inFreezeWindow, takeAcrp, type AcrpHooks } from './acrp';
 import { currentBootId, identityChange, imageIdentity, readState, writeState, type AgentState } from './agent-state';
 import { CapturedDisk } from './captured-disk';
-import { startControlSocket, type AgentStatus } from './control';
+import { startControlSocket, type AgentBackup, type AgentStatus, type BackupRequest } from './control';
 import { DirtyMap, type Region } from './dirty-map';
 import { startNbdServer } from './nbd-server';
 import { PairCapture, readRange } from './pair-capture';
@@ -32,6 +35,8 @@ export interface AgentOptions {
   port: number;
   store: ObjectStore;
   index: ReplicaIndex;
+  /** The bucket `store` writes to (LIVESYNC_BUCKET), for the s3:// URL of a backup; unknown: no URL. */
+  bucket?: string;
   /** Where the agent keeps its spool, dirty map and state; default .livesync/agent/{pair}. */
   stateDir?: string;
   /** Spool limit (default 1 GiB); beyond it the agent tracks dirty regions instead. */
@@ -64,6 +69,8 @@ export interface RunningAgent {
   drained(timeoutMs?: number): Promise<void>;
   /** Takes an ACRP now (hooks, flush, mark); rejects with the hook's error. */
   acrp(tag: string): Promise<number>;
+  /** Takes a full streaming backup of the images as served (an ACRP with `appTag`); resolves once its manifest is stored. */
+  backup(req?: BackupRequest): Promise<AgentBackup>;
   status(): AgentStatus;
   stop(): Promise<void>;
 }
@@ -142,26 +149,41 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     return capture.flush(opts);
   };
   const hooks: AcrpHooks = { ...o.hooks, timeoutMs: o.hooks?.timeoutMs ?? 60_000 };
-  // One ACRP at a time: a periodic one and a requested one must not interleave their hooks.
+  // One ACRP or backup at a time: a periodic one and a requested one must not interleave their hooks.
   let acrpChain: Promise<unknown> = Promise.resolve();
-  const acrp = (tag: string): Promise<number> => {
-    const run = acrpChain.then(() => {
-      if (capture.mode !== 'streaming') throw new Error(`pair '${o.pairId}' is ${capture.mode === 'overflow' ? 'tracking dirty regions (spool full)' : 'resyncing'}: no application-consistent RP until it streams again`);
-      return takeAcrp(capture, exports, tag, hooks);
-    });
+  const serialized = <T>(f: () => Promise<T>): Promise<T> => {
+    const run = acrpChain.then(f);
     acrpChain = run.catch(() => {});
     return run;
   };
+  const notStreaming = (what: string): Error =>
+    new Error(`pair '${o.pairId}' is ${capture.mode === 'overflow' ? 'tracking dirty regions (spool full)' : 'resyncing'}: no ${what} until it streams again`);
+  const acrp = (tag: string): Promise<number> =>
+    serialized(() => {
+      if (capture.mode !== 'streaming') throw notStreaming('application-consistent RP');
+      return takeAcrp(capture, exports, tag, hooks);
+    });
+  const backup = (req: BackupRequest = {}): Promise<AgentBackup> =>
+    serialized(() => {
+      if (capture.mode !== 'streaming') throw notStreaming('backup');
+      return takeBackup(o, capture, exports, flush, hooks, req, log);
+    });
   const status = (): AgentStatus => {
     const m = process.memoryUsage();
     const mib = (n: number): number => Math.round(n / 2 ** 20);
     return { pairId: o.pairId, ...capture.status(), memoryMiB: { rss: mib(m.rss), heap: mib(m.heapUsed), external: mib(m.external), buffers: mib(m.arrayBuffers) } };
   };
-  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, status });
+  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, backup, status });
   const periodic = o.acrpIntervalMs
     ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => log(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
     : undefined;
   log(`agent for pair '${o.pairId}' serving ${pair.disks.map((d) => d.name).join(', ')} on nbd://${o.host}:${server.port}, next seq ${firstSeq}, ${spool.count} batches spooled`);
+  const seeding = await seedBackupToTake(o, pair);
+  if (seeding) {
+    // The pair waits for a backup in its own prefix (`pair create --backup agent`): take it now.
+    log(`pair '${o.pairId}' is to be seeded from a backup at ${seeding}: taking it`);
+    backup({ manifestKey: seeding }).catch((err: Error) => log(`seeding backup failed (retry with \`livesync backup --pair ${o.pairId} --to ${seeding}\`): ${err.message}`));
+  }
 
   return {
     port: server.port,
@@ -169,6 +191,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     flush,
     drained: (timeoutMs) => capture.uploader.idle(timeoutMs),
     acrp,
+    backup,
     status,
     async stop() {
       if (periodic) clearInterval(periodic);
@@ -183,6 +206,101 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       await saveState();
     },
   };
+}
+
+/**
+ * A full streaming backup of the images as served (docs/design.md, "Seeding"): a cut, then
+ * every disk read through its export (under the range lock, so each block is read before or
+ * after a write, never half-way) while writes go on, then a cut. With an application tag it
+ * all runs inside one freeze window and the end cut carries the tag: the backup is an ACRP.
+ * The manifest is written last, and only if the capture streamed throughout (an overflow
+ * drops writes from the journal, which then cannot make the backup consistent).
+ */
+async function takeBackup(
+  o: AgentOptions,
+  capture: PairCapture,
+  exports: CapturedDisk[],
+  flush: (opts?: CutOptions) => Promise<number>,
+  hooks: AcrpHooks,
+  req: BackupRequest,
+  log: (m: string) => void,
+): Promise<AgentBackup> {
+  const appTag = req.appTag === undefined ? undefined : checkAppTag(req.appTag, 'backup tag'); // before any hook runs
+  const backupId = `b-${Date.now().toString(36)}`;
+  const manifestKey = backupKeyOf(o, req.manifestKey, backupId);
+  if ((await o.store.size(manifestKey)) !== undefined) throw new InvalidArgumentError(`a backup manifest already exists at ${manifestKey}: choose another key`);
+  const url = o.bucket ? `s3://${o.bucket}/${manifestKey}` : undefined;
+  const overflows = capture.stats.overflows;
+  const started = Date.now();
+  log(`backup ${backupId} of pair '${o.pairId}' started${appTag ? ` inside a freeze window (tag '${appTag}')` : ''}: ${url ?? manifestKey}`);
+  const run = (thaw?: () => Promise<void>) =>
+    writeBackup({
+      store: o.store,
+      manifestKey,
+      pairId: o.pairId,
+      backupId,
+      disks: exports.map((e) => ({ name: e.name, sizeBytes: e.size, read: (offset: number, length: number) => e.read(offset, length) })),
+      // Every write acknowledged before the backup is in a batch up to this cut.
+      startSeq: async () => (await flush()) + 1,
+      endSeq: async () => {
+        const seq = await flush(appTag ? { appTag } : {});
+        if (capture.mode !== 'streaming' || capture.stats.overflows !== overflows) {
+          throw new Error(`pair '${o.pairId}' stopped streaming during backup ${backupId} (spool full: writes went to the dirty map, not the journal): no backup; take it again`);
+        }
+        await thaw?.(); // the freeze window ends at the tagged cut, before the manifest is written
+        return seq;
+      },
+      appConsistent: appTag !== undefined,
+      appTag,
+    });
+  try {
+    const res = appTag ? await inFreezeWindow(appTag, hooks, run) : await run();
+    const m = res.manifest;
+    log(
+      `backup ${backupId} of pair '${o.pairId}' done in ${((Date.now() - started) / 1000).toFixed(1)} s: seqs ${m.startSeq}..${m.endSeq}, ` +
+        `${res.chunksStored} chunks (${res.bytesStored} bytes) stored, ${res.zeroChunks} zero chunks skipped: ${url ?? manifestKey}`,
+    );
+    return {
+      manifestKey,
+      ...(url ? { url } : {}),
+      backupId,
+      startSeq: m.startSeq,
+      endSeq: m.endSeq,
+      appConsistent: m.appConsistent,
+      ...(m.appTag ? { appTag: m.appTag } : {}),
+      bytesRead: res.bytesRead,
+      bytesStored: res.bytesStored,
+      chunksStored: res.chunksStored,
+      zeroChunks: res.zeroChunks,
+    };
+  } catch (err) {
+    log(`backup ${backupId} of pair '${o.pairId}' failed, no manifest written: ${(err as Error).message}`);
+    throw err;
+  }
+}
+
+/** The key of the backup the pair's seed run waits for in the pair's own prefix, if it is not there yet. */
+async function seedBackupToTake(o: AgentOptions, pair: Pair): Promise<string | undefined> {
+  if (!pair.seed || pair.seed.status !== 'RUNNING') return undefined;
+  const { key } = parseS3Url(pair.seed.source);
+  if (!key.startsWith(`pairs/${o.pairId}/backups/`)) return undefined;
+  return (await o.store.size(key)) === undefined ? key : undefined;
+}
+
+/** Where a backup's manifest goes: the given key (or s3:// URL of the agent's own bucket), or the pair's default. */
+function backupKeyOf(o: AgentOptions, given: string | undefined, backupId: string): string {
+  if (given === undefined) return backupManifestKey(o.pairId, backupId);
+  let key = given;
+  if (given.startsWith('s3://')) {
+    const url = parseS3Url(given);
+    if (!o.bucket) throw new InvalidArgumentError(`backup to '${given}': the agent does not know its bucket's name (LIVESYNC_BUCKET): give a key`);
+    if (url.bucket !== o.bucket) throw new InvalidArgumentError(`backup to '${given}': the agent writes only to its own bucket '${o.bucket}'`);
+    key = url.key;
+  }
+  if (key === '' || key.startsWith('/') || key.endsWith('/') || key.endsWith(JOURNAL_SUFFIX)) {
+    throw new InvalidArgumentError(`backup key '${given}' must name an object (not empty, no leading or trailing '/', not ending in '${JOURNAL_SUFFIX}')`);
+  }
+  return key;
 }
 
 async function checkDisks(pair: Pair, o: AgentOptions): Promise<Map<string, string>> {

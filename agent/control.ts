@@ -1,5 +1,5 @@
 // The agent's control socket (a Unix socket in its state directory): one JSON request per
-// line, one JSON answer per line. `livesync acrp` talks to it.
+// line, one JSON answer per line. `livesync acrp` and `livesync backup` talk to it.
 
 import { createConnection, createServer } from 'node:net';
 import { rm } from 'node:fs/promises';
@@ -13,13 +13,40 @@ export interface AgentStatus extends CaptureStatus {
   memoryMiB?: { rss: number; heap: number; external: number; buffers: number };
 }
 
+/** A full streaming backup the agent took (`livesync backup`); fields are only ever added. */
+export interface AgentBackup {
+  /** Key of the manifest in the agent's bucket (chunks at `chunks/` beside it). */
+  manifestKey: string;
+  /** `s3://{bucket}/{manifestKey}`, for `pair create --backup`; absent when the agent does not know its bucket. */
+  url?: string;
+  backupId: string;
+  /** Every write in a batch below this seq is in the backup (baseSeq = startSeq − 1). */
+  startSeq: number;
+  /** Cut after the last read: base + journal are consistent from here (the first RP). */
+  endSeq: number;
+  appConsistent: boolean;
+  appTag?: string;
+  bytesRead: number;
+  bytesStored: number;
+  chunksStored: number;
+  zeroChunks: number;
+}
+
+export interface BackupRequest {
+  /** Where the manifest goes (a key, or an s3:// URL of the agent's bucket); default `pairs/{pair}/backups/{id}/manifest.json`. */
+  manifestKey?: string;
+  /** Take it inside a freeze window (pre-freeze/post-thaw hooks): the backup is an ACRP with this tag. */
+  appTag?: string;
+}
+
 export interface ControlHandlers {
   acrp(tag: string): Promise<number>;
+  backup(req: BackupRequest): Promise<AgentBackup>;
   status(): AgentStatus;
 }
 
-export type ControlRequest = { op: 'acrp'; tag: string } | { op: 'status' };
-export type ControlAnswer = { ok: true; seq: number } | { ok: true; status: AgentStatus } | { ok: false; error: string };
+export type ControlRequest = { op: 'acrp'; tag: string } | ({ op: 'backup' } & BackupRequest) | { op: 'status' };
+export type ControlAnswer = { ok: true; seq: number } | { ok: true; backup: AgentBackup } | { ok: true; status: AgentStatus } | { ok: false; error: string };
 
 export async function startControlSocket(path: string, h: ControlHandlers): Promise<{ close(): Promise<void> }> {
   await rm(path, { force: true }); // a stale socket of a killed agent
@@ -40,6 +67,12 @@ async function answer(line: string, h: ControlHandlers): Promise<ControlAnswer> 
   try {
     const req = JSON.parse(line) as ControlRequest;
     if (req.op === 'status') return { ok: true, status: h.status() };
+    if (req.op === 'backup') {
+      if ((req.manifestKey !== undefined && typeof req.manifestKey !== 'string') || (req.appTag !== undefined && typeof req.appTag !== 'string')) {
+        return { ok: false, error: 'backup: manifestKey and appTag must be strings' };
+      }
+      return { ok: true, backup: await h.backup({ manifestKey: req.manifestKey, appTag: req.appTag }) };
+    }
     if (req.op !== 'acrp' || typeof req.tag !== 'string') return { ok: false, error: `unknown request ${line.slice(0, 100)}` };
     return { ok: true, seq: await h.acrp(req.tag) };
   } catch (err) {

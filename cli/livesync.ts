@@ -8,6 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { seedBackupKey } from '../core/keys';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
 import { createPair, seedProgress, startSeed } from '../replica/pairs';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
@@ -23,8 +24,9 @@ const USAGE = `usage: livesync <command> [options]
   local up [--json] [--until-stdin-closes]
         start DynamoDB Local, S3 and SQS on 127.0.0.1 with the apply event path; prints
         the environment to use (export lines, or one JSON line); stops on SIGINT/SIGTERM
-  pair create --pair P --disk NAME=SIZE [--disk ...] [--ccrp-interval 5s] [--backup s3://BUCKET/KEY]
-        with --backup the seed workflow starts: CONFIGURED → SEEDING → REPLICATING
+  pair create --pair P --disk NAME=SIZE [--disk ...] [--ccrp-interval 5s] [--backup s3://BUCKET/KEY | --backup agent]
+        with --backup the seed workflow starts: CONFIGURED → SEEDING → REPLICATING; with
+        'agent' the pair's agent takes the backup when it starts and the workflow waits for it
   pair seed --pair P [--force]
         re-run seeding after SEED_FAILED (finished ranges are kept)
   pair status --pair P [--watch]
@@ -38,6 +40,10 @@ const USAGE = `usage: livesync <command> [options]
         serve the images over NBD; every write goes to the image and to the journal
   acrp --pair P --tag T [--state-dir DIR]
         ask the pair's running agent for an application-consistent RP now
+  backup --pair P [--to KEY] [--app-tag T] [--state-dir DIR]
+        take a full streaming backup through the running agent; prints its s3:// URL for
+        \`pair create --backup\` (default key pairs/P/backups/ID/manifest.json; --app-tag: inside
+        a freeze window, an ACRP)
   agent-status --pair P [--state-dir DIR]
         the running agent's state as JSON (last cut seq, spool, mode)
 
@@ -100,12 +106,14 @@ async function main(argv: string[]): Promise<number> {
       const o = opts({ pair: { type: 'string' }, disk: { type: 'string', multiple: true }, 'ccrp-interval': { type: 'string' }, backup: { type: 'string' } });
       const disks = ((o.disk as string[] | undefined) ?? []).map(parseDiskSpec);
       const interval = str(o, 'ccrp-interval');
-      const backup = str(o, 'backup');
+      const { index, bucket } = rpStoreFromEnv();
+      const pairId = required('pair', str(o, 'pair'));
+      // `agent`: the pair's agent takes the backup when it starts; the workflow waits for it.
+      const backup = str(o, 'backup') === 'agent' ? `s3://${bucket}/${seedBackupKey(pairId)}` : str(o, 'backup');
       // Checked before the pair exists, so a missing setting leaves nothing half-made.
       const launcher = backup ? seedLauncherFromEnv() : undefined;
-      const { index } = rpStoreFromEnv();
       const pair = await createPair(index, {
-        pairId: required('pair', str(o, 'pair')),
+        pairId,
         disks,
         ccrpIntervalMs: interval ? parseDuration('ccrp-interval', interval) : undefined,
         backup,
@@ -128,7 +136,7 @@ async function main(argv: string[]): Promise<number> {
         const pair = await index.getPair(pairId);
         if (!pair) throw new UnknownPairError(pairId);
         console.log(formatStatus(pair));
-        const settled = pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING';
+        const settled = pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING' && pair.seed?.status !== 'RUNNING';
         if (!o.watch || settled) return pair.state === 'SEED_FAILED' ? 1 : 0;
         await new Promise((r) => setTimeout(r, 1000));
       }
@@ -200,6 +208,7 @@ async function main(argv: string[]): Promise<number> {
         port: Number(m[2]),
         store,
         index,
+        bucket: process.env.LIVESYNC_BUCKET,
         stateDir: str(o, 'state-dir'),
         hooks: { preFreeze: str(o, 'pre-freeze'), postThaw: str(o, 'post-thaw'), timeoutMs: parseDuration('hook-timeout', str(o, 'hook-timeout') ?? '60s') },
         acrpIntervalMs: interval ? parseDuration('acrp-interval', interval) : undefined,
@@ -229,6 +238,18 @@ async function main(argv: string[]): Promise<number> {
         return 1;
       }
       console.log(JSON.stringify({ pairId, seq: 'seq' in res ? res.seq : undefined, tag }));
+      return 0;
+    }
+    case 'backup': {
+      const o = opts({ pair: { type: 'string' }, to: { type: 'string' }, 'app-tag': { type: 'string' }, 'state-dir': { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const dir = str(o, 'state-dir') ?? join(process.cwd(), '.livesync', 'agent', pairId);
+      const res = await callAgent(join(dir, 'control.sock'), { op: 'backup', manifestKey: str(o, 'to'), appTag: str(o, 'app-tag') });
+      if (!res.ok || !('backup' in res)) {
+        console.error(`livesync: no backup of pair '${pairId}': ${res.ok ? 'unexpected answer' : res.error}`);
+        return 1;
+      }
+      console.log(JSON.stringify(res.backup));
       return 0;
     }
     case 'agent-status': {

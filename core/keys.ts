@@ -53,6 +53,10 @@ export const baseManifestKey = (pair: string, seedId: string): string => `pairs/
 /** Work items of a seed run: range descriptors and the markers of finished ranges. */
 export const seedRangeKey = (pair: string, seedId: string, range: number): string => `pairs/${pair}/seed/${seedId}/range-${String(range).padStart(6, '0')}.json`;
 export const seedDoneKey = (pair: string, seedId: string, range: number): string => `pairs/${pair}/seed/${seedId}/done-${String(range).padStart(6, '0')}.json`;
+/** The manifest of a backup the agent took (`livesync backup`); its chunks go to `chunks/` beside it. */
+export const backupManifestKey = (pair: string, backupId: string): string => `pairs/${pair}/backups/${backupId}/manifest.json`;
+/** The backup `pair create --backup agent` seeds from: the pair's agent takes it when it starts. */
+export const seedBackupKey = (pair: string): string => backupManifestKey(pair, 'seed');
 
 /** Parses `s3://bucket/key`. */
 export function parseS3Url(url: string): { bucket: string; key: string } {

@@ -103,14 +103,15 @@ export class ReplicaStore extends Construct {
 
   /**
    * Least privilege for the source agent of one pair (e.g. a role its host assumes through
-   * IAM Roles Anywhere): write that pair's journal objects; read that pair's objects and
+   * IAM Roles Anywhere): write that pair's journal objects and backups; read that pair's objects and
    * items, which start-up and the comparison with the replica need (docs/design.md,
    * "Agent"). Nothing of other pairs, no deletes, no index writes.
    */
   grantAgent(grantee: iam.IGrantable, pairId: string): iam.Grant[] {
     const pairPrefix = `${PAIRS_PREFIX}${pairId}/`;
     return [
-      iam.Grant.addToPrincipal({ grantee, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${pairPrefix}journal/*`)] }),
+      // Journal batches, and the backups `livesync backup` takes (the seed workflow reads them).
+      iam.Grant.addToPrincipal({ grantee, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${pairPrefix}journal/*`), this.bucket.arnForObjects(`${pairPrefix}backups/*`)] }),
       iam.Grant.addToPrincipal({ grantee, actions: ['s3:GetObject'], resourceArns: [this.bucket.arnForObjects(`${pairPrefix}*`)] }),
       iam.Grant.addToPrincipal({
         grantee,

@@ -26,8 +26,9 @@ export interface SeedWorkflowProps {
 }
 
 /**
- * The seed workflow (docs/design.md, "Seeding"): validate → plan → a Distributed Map over
- * the ranges → finalize → catch up (a Wait/Choice loop) → activate; any failure → fail
+ * The seed workflow (docs/design.md, "Seeding"): validate (a Wait/Choice loop while the
+ * agent's backup is not there yet) → plan → a Distributed Map over the ranges → finalize →
+ * catch up (a Wait/Choice loop) → activate; any failure → fail
  * (SEED_FAILED with the reason). Kept to what Step Functions and the local runner
  * (aws-local-stepfunctions) both run: JSONPath, Lambda tasks, Retry/Catch, Choice, Wait,
  * a Map whose items come from the state (no ItemReader, no JSONata).
@@ -78,7 +79,9 @@ export class SeedWorkflow extends Construct {
     const finalize = step('Finalize', 'finalize', { ...run, ranges: sfn.JsonPath.numberAt('$.plan.ranges') });
     const catchUp = step('CatchUp', 'catchUp', '$');
     const activate = step('Activate', 'activate', '$');
-    const wait = new sfn.Wait(this, 'WaitForJournal', { time: sfn.WaitTime.duration(props.catchUpInterval ?? Duration.seconds(10)) });
+    const poll = sfn.WaitTime.duration(props.catchUpInterval ?? Duration.seconds(10));
+    const waitForJournal = new sfn.Wait(this, 'WaitForJournal', { time: poll });
+    const waitForBackup = new sfn.Wait(this, 'WaitForBackup', { time: poll });
 
     const fail = new tasks.LambdaInvoke(this, 'Fail', {
       lambdaFunction: this.stepsFunction,
@@ -88,12 +91,11 @@ export class SeedWorkflow extends Construct {
     fail.next(new sfn.Fail(this, 'SeedFailed', { error: 'SeedFailed', causePath: '$.reason' }));
     for (const s of [validate, plan, ranges, finalize, catchUp, activate]) s.addCatch(fail, { errors: [sfn.Errors.ALL], resultPath: '$.error' });
 
-    const definition = validate
-      .next(plan)
-      .next(ranges)
-      .next(finalize)
-      .next(catchUp)
-      .next(new sfn.Choice(this, 'CaughtUp').when(sfn.Condition.booleanEquals('$.caughtUp', true), activate.next(new sfn.Succeed(this, 'Seeded'))).otherwise(wait.next(catchUp)));
+    // validate ⟲ until the backup is there (one the agent is taking), … catchUp ⟲ until the journal reaches the first RP.
+    const seeding = plan.next(ranges).next(finalize).next(catchUp).next(
+      new sfn.Choice(this, 'CaughtUp').when(sfn.Condition.booleanEquals('$.caughtUp', true), activate.next(new sfn.Succeed(this, 'Seeded'))).otherwise(waitForJournal.next(catchUp)),
+    );
+    const definition = validate.next(new sfn.Choice(this, 'BackupReady').when(sfn.Condition.booleanEquals('$.ready', true), seeding).otherwise(waitForBackup.next(validate)));
 
     this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
       definitionBody: sfn.DefinitionBody.fromChainable(definition),

@@ -85,8 +85,16 @@ export async function startSeed(index: ReplicaIndex, launcher: SeedLauncher, pai
     throw new InvalidArgumentError(`pair '${pairId}' is being seeded (${seed.executionArn ?? seed.seedId}); force a new run only if that one is gone`);
   }
   const attempt = (seed.attempts ?? 0) + 1;
-  const executionArn = await launcher.start({ pairId, seedId: seed.seedId }, attempt);
-  await index.updateSeed(pairId, seed.seedId, { seed: { attempts: attempt, executionArn } });
+  // RUNNING before the start: a run that fails at once must not be overwritten by this.
+  await index.updateSeed(pairId, seed.seedId, { seed: { attempts: attempt, status: 'RUNNING' }, clear: ['reason', 'finishedMs', 'lastRangeError'] });
+  let executionArn: string;
+  try {
+    executionArn = await launcher.start({ pairId, seedId: seed.seedId }, attempt);
+  } catch (err) {
+    await index.updateSeed(pairId, seed.seedId, { seed: { status: 'FAILED', reason: `the seed workflow did not start: ${(err as Error).message}`, finishedMs: Date.now() } });
+    throw err;
+  }
+  await index.updateSeed(pairId, seed.seedId, { seed: { executionArn } });
   return { seedId: seed.seedId, attempt, executionArn };
 }
 

@@ -70,9 +70,10 @@ export interface ReplicaIndex {
   updateSeed(pairId: string, seedId: string, u: SeedUpdate): Promise<boolean>;
   /**
    * Ends seed run `seedId` in one transaction: the pair takes `state`, the run is DONE and
-   * `rp` (the first RP) is written, provided the watermark has reached it.
+   * `rps` (the first RP, then any over batches applied while seeding; ascending, ≤ 98) are
+   * written, provided the watermark has reached the last of them.
    */
-  activateSeed(pairId: string, seedId: string, state: PairState, rp: RecoveryPoint): Promise<boolean>;
+  activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[]): Promise<boolean>;
 }
 
 export interface SeedUpdate {

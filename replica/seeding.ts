@@ -15,6 +15,7 @@ import { CHUNK_BYTES, decodeChunk, encodeChunk, isAllZero, type ChunkRef } from 
 import { BackupError, InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { baseChunkKey, baseManifestKey, checkPairId, parseS3Url, seedDoneKey, seedRangeKey } from '../core/keys';
 import type { Pair, PairState, RecoveryPoint } from '../core/model';
+import { planAdvance } from '../core/advance';
 import { expiryFor } from '../core/retention';
 import { backupChunkKey, parseBackupManifest, parseRawImageManifest, type BackupManifest, type BaseManifest, type RawImageManifest } from '../core/seed-manifests';
 import { mapLimit } from './concurrency';
@@ -74,8 +75,13 @@ const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
  * anything is written: format, disk names and sizes, every chunk or part present with its
  * size. Then the pair moves to SEEDING. Throws BackupError (→ SEED_FAILED with the reason).
  */
-export async function validateSeed(d: SeedDeps, run: SeedRun): Promise<SeedRun & { kind: Source['kind'] }> {
+export async function validateSeed(
+  d: SeedDeps,
+  run: SeedRun & { backupWaitSinceMs?: number },
+): Promise<SeedRun & ({ ready: true; kind: Source['kind'] } | { ready: false; backupWaitSinceMs: number })> {
   const pair = await seedingPair(d, run, RESTARTABLE);
+  const awaited = await awaitedBackup(d, pair, run.backupWaitSinceMs);
+  if (awaited) return { pairId: run.pairId, seedId: run.seedId, ready: false, backupWaitSinceMs: awaited };
   const src = await readSource(d, pair.seed!.source);
   checkDisks(pair, src);
   await checkObjects(d, src);
@@ -84,7 +90,24 @@ export async function validateSeed(d: SeedDeps, run: SeedRun): Promise<SeedRun &
   if (!started) {
     throw new Error(`pair '${run.pairId}' moved on while seed ${run.seedId} was validated`);
   }
-  return { ...run, kind: src.kind };
+  return { pairId: run.pairId, seedId: run.seedId, ready: true, kind: src.kind };
+}
+
+/**
+ * A backup the pair's agent is to take (under the pair's own `backups/` prefix) may not be
+ * there yet: the workflow waits for its manifest (returns since when), up to
+ * CATCH_UP_TIMEOUT_MS. A backup anywhere else must exist now.
+ */
+async function awaitedBackup(d: SeedDeps, pair: Pair, sinceMs: number | undefined): Promise<number | undefined> {
+  const url = pair.seed!.source;
+  const { key } = parseS3Url(url);
+  if (!key.startsWith(`pairs/${pair.pairId}/backups/`) || (await d.store.size(key)) !== undefined) return undefined;
+  const now = (d.now ?? Date.now)();
+  const since = sinceMs ?? now;
+  if (now - since > (d.catchUpTimeoutMs ?? CATCH_UP_TIMEOUT_MS)) {
+    throw new BackupError('MISSING_CHUNK', url, `no backup appeared within ${Math.round((now - since) / 1000)} s (is the pair's agent running? \`livesync backup --pair ${pair.pairId}\` takes it)`);
+  }
+  return since;
 }
 
 async function readSource(d: SeedDeps, url: string): Promise<Source> {
@@ -344,8 +367,11 @@ export async function catchUpSeed<R extends SeedRun & FirstRp & { catchUpSinceMs
   return { ...run, caughtUp, watermark: pair.watermark, catchUpSinceMs: since };
 }
 
-/** The first RP (APP with the backup's tag when it was application-consistent) and REPLICATING, in one transaction. */
-export async function activateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise<{ pairId: string; seedId: string; state: PairState; rp: RecoveryPoint }> {
+/**
+ * The first RP (APP with the backup's tag when it was application-consistent), the RPs of
+ * batches applied while seeding, and REPLICATING, in one transaction.
+ */
+export async function activateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise<{ pairId: string; seedId: string; state: PairState; rp: RecoveryPoint; laterRps: number }> {
   const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
   const batch = run.firstRpSeq > 0 ? (await d.index.batchesAfter(run.pairId, run.firstRpSeq - 1, 1))[0] : undefined;
   const atMs = batch?.seq === run.firstRpSeq ? batch.cutMs : run.takenMs;
@@ -359,11 +385,44 @@ export async function activateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise
     expiresAtSec,
     keptBy: ['seed', ...keptBy],
   };
+  const later = await laterRps(d, pair, rp);
   const state: PairState = pair.error ? 'ERROR' : pair.resyncing ? 'RESYNCING' : 'REPLICATING';
-  if (!(await d.index.activateSeed(run.pairId, run.seedId, state, rp))) {
+  if (!(await d.index.activateSeed(run.pairId, run.seedId, state, [rp, ...later]))) {
     throw new Error(`pair '${run.pairId}': seed ${run.seedId} could not be activated (watermark below ${run.firstRpSeq}, or the run moved on)`);
   }
-  return { pairId: run.pairId, seedId: run.seedId, state, rp };
+  return { pairId: run.pairId, seedId: run.seedId, state, rp, laterRps: later.length };
+}
+
+/** Batches applied while seeding that activation looks at for RPs (the most recent ones). */
+const LATER_BATCHES = 2000;
+/** RPs activation adds besides the first (one transaction holds 100 items). */
+const LATER_RPS = 90;
+
+/**
+ * Writes that arrived while seeding were applied without RPs. Activation offers them as
+ * the apply path would have (the pair's RP rules over its most recent LATER_BATCHES
+ * batches, the latest LATER_RPS of those RPs), and always one at the watermark, so the
+ * newest state is recoverable at once.
+ */
+async function laterRps(d: SeedDeps, pair: Pair, first: RecoveryPoint): Promise<RecoveryPoint[]> {
+  if (pair.watermark <= first.seq) return [];
+  const from = Math.max(first.seq, pair.watermark - LATER_BATCHES);
+  const batches = (await d.index.batchesAfter(pair.pairId, from, pair.watermark - from)).filter((b) => b.seq <= pair.watermark);
+  const plan = planAdvance({
+    pairId: pair.pairId,
+    progress: { watermark: from, lastRpMs: first.atMs, lastAppRpMs: first.type === 'APP' ? first.atMs : undefined },
+    ccrpIntervalMs: pair.ccrpIntervalMs,
+    retention: pair.retention,
+    pending: batches,
+    maxRps: Infinity,
+  });
+  const rps = plan.rps.slice(-LATER_RPS);
+  const top = batches[batches.length - 1];
+  if (top && top.seq === pair.watermark && rps[rps.length - 1]?.seq !== top.seq && !plan.progress.resyncing) {
+    const { expiresAtSec, keptBy } = expiryFor({ atMs: top.cutMs, prevRpMs: rps[rps.length - 1]?.atMs ?? first.atMs, prevAppMs: undefined, app: false }, pair.retention);
+    rps.push({ pairId: pair.pairId, seq: top.seq, type: 'CRASH', atMs: top.cutMs, expiresAtSec, keptBy });
+  }
+  return rps.slice(-LATER_RPS);
 }
 
 /** A Step Functions error as a Catch passes it on: `Cause` is the Lambda's error JSON, or plain text. */

@@ -130,7 +130,7 @@ describe('LivesyncStack', () => {
     expect(template.findResources('AWS::IAM::Role')[roleId].Properties.ManagedPolicyArns).toBeUndefined();
   });
 
-  test('agent grant: one pair\'s journal writable, its objects and items readable, nothing else', () => {
+  test('agent grant: one pair\'s journal and backups writable, its objects and items readable, nothing else', () => {
     const app = new App();
     const other = new Stack(app, 'AgentGrant');
     const store = new ReplicaStore(other, 'Store');
@@ -140,7 +140,7 @@ describe('LivesyncStack', () => {
     const bucket = other.getLogicalId(store.bucket.node.defaultChild as s3.CfnBucket);
     const objects = (suffix: string): unknown => ({ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucket, 'Arn'] }, `/pairs/db01/${suffix}`]] });
     expect(statements).toEqual([
-      expect.objectContaining({ Action: 's3:PutObject', Resource: objects('journal/*') }),
+      expect.objectContaining({ Action: 's3:PutObject', Resource: [objects('journal/*'), objects('backups/*')] }),
       expect.objectContaining({ Action: 's3:GetObject', Resource: objects('*') }),
       expect.objectContaining({ Action: ['dynamodb:GetItem', 'dynamodb:Query'], Condition: { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': ['PAIR#db01'] } } }),
     ]);

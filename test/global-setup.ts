@@ -20,7 +20,7 @@ export default async function globalSetup(): Promise<void> {
   const child = spawn(join(root, 'node_modules/.bin/tsx'), ['cli/livesync.ts', 'local', 'up', '--json', '--until-stdin-closes'], {
     cwd: root,
     stdio: ['pipe', 'pipe', 'inherit'],
-    env: { ...process.env, LIVESYNC_LOCAL_DIR: join(root, '.livesync', 'test-local') },
+    env: { ...process.env, LIVESYNC_LOCAL_DIR: process.env.LIVESYNC_LOCAL_DIR ?? join(root, '.livesync', 'test-local') },
   });
   const firstLine = await new Promise<string>((resolve, reject) => {
     const lines = createInterface({ input: child.stdout! });
