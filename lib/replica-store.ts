@@ -78,14 +78,8 @@ export class ReplicaStore extends Construct {
   grantApply(fn: lambda.IFunction): iam.Grant[] {
     const grants = [
       iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn] }),
-      // Without ListBucket S3 answers a missing key with 403 instead of 404; the handler
-      // must tell "gone" (ignore) from "denied" (retry). Limited to the pairs/ prefix.
-      iam.Grant.addToPrincipal({
-        grantee: fn,
-        actions: ['s3:ListBucket'],
-        resourceArns: [this.bucket.bucketArn],
-        conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`] } },
-      }),
+      // The handler must tell "gone" (ignore) from "denied" (retry).
+      this.grantListPairs(fn),
       iam.Grant.addToPrincipal({
         grantee: fn,
         // ConditionCheckItem: TransactWriteItems has no action of its own and needs it per condition.
@@ -94,10 +88,7 @@ export class ReplicaStore extends Construct {
         resourceArns: [this.table.tableArn, `${this.table.tableArn}/index/${ACRP_INDEX}`],
       }),
     ];
-    if (fn instanceof lambda.Function) {
-      fn.addEnvironment(ENV.bucket, this.bucket.bucketName);
-      fn.addEnvironment(ENV.table, this.table.tableName);
-    }
+    this.setEnvironment(fn);
     return grants;
   }
 
@@ -131,13 +122,8 @@ export class ReplicaStore extends Construct {
   grantSeed(fn: lambda.IFunction, backupBuckets: s3.IBucket[]): iam.Grant[] {
     const grants = [
       iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject', 's3:PutObject'], resourceArns: [this.pairsObjectsArn] }),
-      // ListBucket: a missing chunk must read as 404 (MISSING_CHUNK), not 403.
-      iam.Grant.addToPrincipal({
-        grantee: fn,
-        actions: ['s3:ListBucket'],
-        resourceArns: [this.bucket.bucketArn],
-        conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`] } },
-      }),
+      // A missing chunk must read as MISSING_CHUNK, not as access denied.
+      this.grantListPairs(fn),
       iam.Grant.addToPrincipal({
         grantee: fn,
         actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query'].map((a) => `dynamodb:${a}`),
@@ -150,11 +136,26 @@ export class ReplicaStore extends Construct {
         iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:ListBucket'], resourceArns: [b.bucketArn] }),
       );
     }
+    this.setEnvironment(fn);
+    return grants;
+  }
+
+  /** Without ListBucket S3 answers a missing key with 403 instead of 404. Limited to the pairs/ prefix. */
+  private grantListPairs(fn: lambda.IFunction): iam.Grant {
+    return iam.Grant.addToPrincipal({
+      grantee: fn,
+      actions: ['s3:ListBucket'],
+      resourceArns: [this.bucket.bucketArn],
+      conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`] } },
+    });
+  }
+
+  /** The handler's resource names (lambdas/config.ts reads them). */
+  private setEnvironment(fn: lambda.IFunction): void {
     if (fn instanceof lambda.Function) {
       fn.addEnvironment(ENV.bucket, this.bucket.bucketName);
       fn.addEnvironment(ENV.table, this.table.tableName);
     }
-    return grants;
   }
 
   /** For CLI / operator roles (never Lambda): read/write `pairs/*` objects and all items. */

@@ -7,6 +7,7 @@ import { AwsSolutionsChecks } from 'cdk-nag';
 import { LivesyncStack } from '../lib/livesync-stack';
 import { ReplicaStore } from '../lib/replica-store';
 import { synthTemplate } from '../lib/synth';
+import { machinesFromTemplate } from '../local/stepfunctions-local';
 
 // No esbuild bundling in tests: fast, and independent of the handler's code.
 const newApp = () => new App({ context: { 'aws:cdk:bundling-stacks': [] } });
@@ -147,7 +148,42 @@ describe('LivesyncStack', () => {
   });
 
   test('outputs', () => {
-    for (const name of ['BucketName', 'TableName', 'ApplyQueueUrl', 'DeadLetterQueueUrl']) template.hasOutput(name, {});
+    for (const name of ['BucketName', 'TableName', 'ApplyQueueUrl', 'DeadLetterQueueUrl', 'SeedStateMachineArn']) template.hasOutput(name, {});
+  });
+
+  test('seed state machine: traced, logs ALL, a Distributed Map with bounded concurrency, retries that skip bad backups', () => {
+    template.hasResourceProperties('AWS::StepFunctions::StateMachine', {
+      TracingConfiguration: { Enabled: true },
+      LoggingConfiguration: Match.objectLike({ Level: 'ALL', IncludeExecutionData: false }),
+    });
+    const [machine] = machinesFromTemplate(template.toJSON());
+    const states = machine.definition.States as Record<string, any>;
+    expect(states.SeedRanges).toMatchObject({ Type: 'Map', MaxConcurrency: 32, ItemsPath: '$.plan.items', ResultPath: null, ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED' } } });
+    expect(states.SeedRanges.ItemProcessor.States.SeedRange.Retry).toEqual(expect.arrayContaining([
+      { ErrorEquals: ['BackupError', 'InvalidArgumentError', 'UnknownPairError'], MaxAttempts: 0 },
+      expect.objectContaining({ ErrorEquals: ['States.ALL'], MaxAttempts: 3 }),
+    ]));
+    for (const name of ['Validate', 'Plan', 'SeedRanges', 'Finalize', 'CatchUp', 'Activate']) expect(states[name].Catch).toEqual([{ ErrorEquals: ['States.ALL'], ResultPath: '$.error', Next: 'Fail' }]);
+    // Only what the local runner also runs: no JSONata, Assign, ItemReader or ResultWriter.
+    const text = JSON.stringify(machine.definition);
+    for (const unsupported of ['JSONata', '"Assign"', 'ItemReader', 'ResultWriter', 'ItemBatcher']) expect(text).not.toContain(unsupported);
+    // Every task is a Lambda of this template, bound locally by its handler.
+    expect(new Set(Object.values(machine.handlerOfState))).toEqual(new Set(['steps', 'range']));
+  });
+
+  test('seed roles: read/write pairs/*, no deletes, no scans; backup buckets read-only', () => {
+    const app = newApp();
+    const other = new LivesyncStack(app, 'WithBackups', { backupBucketNames: ['my-backups'] });
+    const t = Template.fromStack(other);
+    const roleId = other.getLogicalId(other.seed.rangeFunction.role!.node.defaultChild as iam.CfnRole);
+    const statements = Object.values(t.findResources('AWS::IAM::Policy'))
+      .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === roleId))
+      .flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+    const actions = statements.flatMap((st: any) => [st.Action].flat());
+    for (const denied of ['s3:DeleteObject', 'dynamodb:DeleteItem', 'dynamodb:Scan', 's3:*', 'dynamodb:*']) expect(actions).not.toContain(denied);
+    expect(statements).toEqual(expect.arrayContaining([
+      expect.objectContaining({ Action: 's3:GetObject', Resource: { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':s3:::my-backups/*']] } }),
+    ]));
   });
 
   test('synthTemplate() is the same stack', () => {
