@@ -1,4 +1,4 @@
-import { CfnOutput, Stack, StackProps, Validations } from 'aws-cdk-lib';
+import { CfnOutput, Stack, StackProps, Token, Validations } from 'aws-cdk-lib';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
@@ -78,7 +78,10 @@ export class LivesyncStack extends Stack {
       })),
       { id: 'AwsSolutions-IAM5[Resource::*]', reason: 'X-Ray (tracing enabled) and CloudWatch Logs delivery (logs:CreateLogDelivery and friends) do not support resource-level permissions.' },
     );
-    const executions = `arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${this.getLogicalId(machine.node.defaultChild as sfn.CfnStateMachine)}"}]}]}`;
+    // cdk-nag writes concrete values where the stack's env has them, else the pseudo-parameter.
+    const region = Token.isUnresolved(this.region) ? '<AWS::Region>' : this.region;
+    const account = Token.isUnresolved(this.account) ? '<AWS::AccountId>' : this.account;
+    const executions = `arn:<AWS::Partition>:states:${region}:${account}:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${this.getLogicalId(machine.node.defaultChild as sfn.CfnStateMachine)}"}]}]}`;
     const mapPolicy = machine.node.tryFindChild('DistributedMapPolicy');
     if (mapPolicy) {
       Validations.of(mapPolicy).acknowledge(

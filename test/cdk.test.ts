@@ -4,7 +4,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { LivesyncStack } from '../lib/livesync-stack';
+import { LivesyncStack, type LivesyncStackProps } from '../lib/livesync-stack';
 import { ReplicaStore } from '../lib/replica-store';
 import { synthTemplate } from '../lib/synth';
 import { machinesFromTemplate } from '../local/stepfunctions-local';
@@ -196,9 +196,9 @@ describe('LivesyncStack', () => {
 describe('cdk-nag AwsSolutions', () => {
   // cdk-nag 3 is a policy-validation plugin: findings are not Annotations, they are the
   // plugin's report (and fail synth). Acknowledgements are written to `cdk_nag` metadata.
-  const nagged = (extra?: (stack: LivesyncStack) => void) => {
+  const nagged = (extra?: (stack: LivesyncStack) => void, props?: LivesyncStackProps) => {
     const app = newApp();
-    const stack = new LivesyncStack(app, 'Livesync');
+    const stack = new LivesyncStack(app, 'Livesync', props);
     extra?.(stack);
     const checks = new AwsSolutionsChecks(app, { verbose: true, writeSuppressionsToCloudFormation: true });
     Validations.of(app).addPlugins(checks);
@@ -220,6 +220,11 @@ describe('cdk-nag AwsSolutions', () => {
     ) as { id: string; reason: string }[];
     expect(suppressions.length).toBeGreaterThan(0);
     expect(suppressions.filter((s) => !(s.reason?.length >= 10))).toEqual([]);
+  });
+
+  test('also with a concrete account and region, and backup buckets (as `cdk deploy` synthesizes it)', () => {
+    const { app, checks } = nagged(undefined, { env: { account: '123456789012', region: 'eu-west-1' }, backupBucketNames: ['my-backups'] });
+    expect(describeViolations(checks.validateScope(app).violations)).toEqual([]);
   });
 
   test('the check is not vacuous: an unencrypted, DLQ-less queue fails synth', () => {
