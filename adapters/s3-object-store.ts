@@ -25,7 +25,9 @@ export class S3ObjectStore implements ObjectStore {
         await out.Body!.transformToWebStream().cancel(); // do not read it into memory
         throw new ObjectTooLargeError(key, out.ContentLength!, maxBytes);
       }
-      const body = Buffer.from(await out.Body!.transformToByteArray());
+      const bytes = await out.Body!.transformToByteArray();
+      // A view, not a copy: chunks are megabytes and the copy was pure GC work.
+      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       if (range && body.length !== range.end - range.start) {
         throw new Error(`short read of ${key} ${range.start}-${range.end}: got ${body.length} bytes`);
       }

@@ -40,7 +40,11 @@ let handlers: ReturnType<typeof seedHandlers> | undefined;
 const bound = (): ReturnType<typeof seedHandlers> => {
   if (!handlers) {
     const config = readConfig();
-    handlers = seedHandlers({ store: new S3ObjectStore(config.bucket), index: new DynamoIndex(config.table), sourceStore: (bucket) => new S3ObjectStore(bucket) });
+    const store = new S3ObjectStore(config.bucket);
+    // One client per bucket for the life of the function: its connections are reused.
+    const sources = new Map<string, S3ObjectStore>([[config.bucket, store]]);
+    const sourceStore = (bucket: string): S3ObjectStore => sources.get(bucket) ?? sources.set(bucket, new S3ObjectStore(bucket, store.client)).get(bucket)!;
+    handlers = seedHandlers({ store, index: new DynamoIndex(config.table), sourceStore });
   }
   return handlers;
 };

@@ -11,13 +11,14 @@
 // half-written is ever offered.
 
 import { BLOCK_SIZE } from '../core/batch-format';
-import { CHUNK_BYTES, decodeChunk, encodeChunk, isAllZero, type ChunkRef } from '../core/chunk-format';
+import { CHUNK_BYTES, encodeChunk, isAllZero, type ChunkRef } from '../core/chunk-format';
 import { BackupError, InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { baseChunkKey, baseManifestKey, checkPairId, parseS3Url, seedDoneKey, seedRangeKey } from '../core/keys';
 import type { Pair, PairState, RecoveryPoint } from '../core/model';
 import { planAdvance } from '../core/advance';
 import { expiryFor } from '../core/retention';
 import { backupChunkKey, parseBackupManifest, parseRawImageManifest, type BackupManifest, type BaseManifest, type RawImageManifest } from '../core/seed-manifests';
+import { verifyChunk } from './chunk-verifier';
 import { mapLimit } from './concurrency';
 import type { ObjectStore, ReplicaIndex } from './ports';
 
@@ -59,8 +60,10 @@ type Source =
 /** Chunks per range at least; larger disks get larger ranges so a plan stays ≤ MAX_RANGES items. */
 const CHUNKS_PER_RANGE = 16;
 const MAX_RANGES = 2000;
-/** Chunk objects checked (HEAD) or copied at once within a step. */
+/** Chunk objects copied at once within a range (each up to 4 MiB in and out of memory). */
 const CONCURRENCY = 8;
+/** HEADs at once while validating (no bodies: only the request rate matters). */
+const HEAD_CONCURRENCY = 32;
 /** States from which a run may (re)start: ERROR is a quarantined batch, which seeding does not touch. */
 const RESTARTABLE: PairState[] = ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR'];
 /** How long catch-up waits for the journal to reach the first RP before the run fails (the agent may be down). */
@@ -147,7 +150,7 @@ async function checkObjects(d: SeedDeps, src: Source): Promise<void> {
   const store = d.sourceStore(src.bucket);
   if (src.kind === 'raw') {
     const parts = src.manifest.disks.flatMap((disk) => disk.parts.map((p) => ({ disk: disk.name, ...p })));
-    await mapLimit(parts, CONCURRENCY, async (p) => {
+    await mapLimit(parts, HEAD_CONCURRENCY, async (p) => {
       const size = await store.size(p.key);
       const where = `s3://${src.bucket}/${p.key} (disk '${p.disk}')`;
       if (size === undefined) throw new BackupError('MISSING_CHUNK', where, 'part missing');
@@ -156,7 +159,7 @@ async function checkObjects(d: SeedDeps, src: Source): Promise<void> {
     return;
   }
   const chunks = src.manifest.disks.flatMap((disk) => disk.chunks.map((c) => ({ disk: disk.name, c })));
-  await mapLimit(chunks, CONCURRENCY, async ({ disk, c }) => {
+  await mapLimit(chunks, HEAD_CONCURRENCY, async ({ disk, c }) => {
     const key = backupChunkKey(src.key, c.sha256);
     const size = await store.size(key);
     if (size === undefined) throw new BackupError('MISSING_CHUNK', `s3://${src.bucket}/${key}`, `chunk ${c.index} of disk '${disk}' (offset ${c.index * CHUNK_BYTES}) is missing`);
@@ -231,7 +234,7 @@ async function copyBackupChunks(d: SeedDeps, pairId: string, w: Extract<RangeWor
   await mapLimit(w.chunks, CONCURRENCY, async (c) => {
     const key = backupChunkKey(w.manifestKey, c.sha256);
     const body = await src.get(key, undefined, CHUNK_BYTES + 1024 * 1024);
-    decodeChunk(body, c, `s3://${w.bucket}/${key} (disk '${w.disk}' offset ${c.index * CHUNK_BYTES})`);
+    await verifyChunk(body, c, `s3://${w.bucket}/${key} (disk '${w.disk}' offset ${c.index * CHUNK_BYTES})`);
     await d.store.put(baseChunkKey(pairId, c.sha256), body);
     done.bytesRead += c.length;
     done.bytesStored += body.length;
