@@ -1,6 +1,8 @@
-// The main job, end to end on the embedded local stack: replicate a disk under a random
-// write workload with application-consistent markers, let the event path apply it, list
-// the RPs, recover a mid-way RP and the latest one, and verify both bit for bit.
+// The main job, end to end on the embedded local stack: a disk with data on it is backed up
+// into S3 and seeds its pair through the seed workflow (the synthesized state machine),
+// while a random write workload with application-consistent markers goes on and the event
+// path applies it; then the RPs are listed, and the first (seeded) RP, a mid-way ACRP and the
+// latest RP are recovered and verified bit for bit.
 
 import { copyFile, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,7 +10,12 @@ import { rpStoreFromEnv } from '../adapters/from-env';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { startLocalStack } from '../local/stack';
 import { fileSink, materialize } from '../replica/materialize';
-import { createPair, waitForWatermark } from '../replica/pairs';
+import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
+import { seedBackupKey } from '../core/keys';
+import type { Pair } from '../core/model';
+import { createPair, seedProgress, startSeed, waitForWatermark } from '../replica/pairs';
+import type { ReplicaIndex } from '../replica/ports';
+import { writeBackup } from '../source/backup';
 import { sleep } from '../replica/concurrency';
 import { BatchWriter } from '../source/batch-writer';
 import { randomOp, rng } from '../source/workload';
@@ -32,16 +39,24 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   const stack = await startLocalStack({ log: o.log });
   try {
     o.log(`  S3 ${stack.env.AWS_ENDPOINT_URL_S3}  DynamoDB ${stack.env.AWS_ENDPOINT_URL_DYNAMODB}  SQS ${stack.env.AWS_ENDPOINT_URL_SQS}`);
-    const { store, index } = rpStoreFromEnv();
+    const { store, index, bucket } = rpStoreFromEnv();
     const pairId = `demo-${Date.now().toString(36)}`;
     const disks = [{ name: 'disk0', sizeBytes: o.diskBytes }];
-    await createPair(index, { pairId, disks, ccrpIntervalMs: o.ccrpIntervalMs });
+    const backupKey = seedBackupKey(pairId);
+    await createPair(index, { pairId, disks, ccrpIntervalMs: o.ccrpIntervalMs, backup: `s3://${bucket}/${backupKey}` });
     const dir = join(process.cwd(), '.livesync', 'demo', pairId);
     await mkdir(dir, { recursive: true });
     const sourcePath = join(dir, 'source-disk0.img');
     const source = await open(sourcePath, 'w+');
     await source.truncate(o.diskBytes);
-    o.log(`pair ${pairId}: disk0 ${mib(o.diskBytes)} MiB, crash RP every ${o.ccrpIntervalMs} ms`);
+    // The disk as it was before replication began: its first quarter holds data.
+    const initial = rng(o.seed ^ 0x5eed);
+    for (let at = 0; at < o.diskBytes / 4; at += MiB) {
+      const data = Buffer.alloc(MiB, Math.floor(initial() * 255) + 1); // half compressible,
+      for (let i = 0; i < MiB / 2; i += 4) data.writeUInt32LE((initial() * 4294967296) >>> 0, i); // half not
+      await source.write(data, 0, MiB, at);
+    }
+    o.log(`pair ${pairId}: disk0 ${mib(o.diskBytes)} MiB (${mib(o.diskBytes / 4)} MiB of data on it), crash RP every ${o.ccrpIntervalMs} ms, state CONFIGURED`);
 
     let batches = 0;
     let uploaded = 0;
@@ -57,6 +72,24 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
         uploaded += b.bytes;
       },
     });
+
+    // A full backup into S3 (what `livesync backup` does beside a live disk), then the seed
+    // workflow, started with StartExecution; the workload below runs while it seeds.
+    const backup = await writeBackup({
+      store,
+      manifestKey: backupKey,
+      pairId,
+      backupId: 'seed',
+      disks: [{ name: 'disk0', sizeBytes: o.diskBytes, read: async (offset, length) => (await source.read(Buffer.alloc(length), 0, length, offset)).buffer }],
+      startSeq: async () => (await writer.flush()) + 1,
+      endSeq: () => writer.flush(),
+    });
+    const firstSeq = backup.manifest.endSeq;
+    await copyFile(sourcePath, join(dir, `source-disk0-at-${firstSeq}.img`));
+    o.log(`backup: ${mib(backup.bytesRead)} MiB read, ${backup.chunksStored} chunks stored (${mib(backup.bytesStored)} MiB), ${backup.zeroChunks} zero chunks skipped`);
+    const seedRun = await startSeed(index, seedLauncherFromEnv(), pairId);
+    o.log(`seed workflow started: ${seedRun.executionArn}`);
+    const seeding = waitSeeded(index, pairId, o.log);
 
     const r = rng(o.seed);
     let written = 0;
@@ -90,6 +123,8 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     }
     const lastSeq = await writer.flush({ rp: true });
     await writer.close();
+    const seeded = await seeding;
+    if (seeded.state !== 'REPLICATING') throw new Error(`seeding ended ${seeded.state}: ${seeded.seed?.reason}`);
     o.log(`workload: ${mib(written)} MiB written in ${o.seconds} s, ${acrps} app-consistent markers, ${batches} batches (${mib(uploaded)} MiB uploaded)`);
 
     const applied = await waitForWatermark(index, pairId, lastSeq, 120_000);
@@ -104,6 +139,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
 
     let ok = true;
     for (const [label, seq, expected] of [
+      ['first RP (seeded)', firstSeq, join(dir, `source-disk0-at-${firstSeq}.img`)],
       ['mid-way ACRP', midSeq, join(dir, `source-disk0-at-${midSeq}.img`)],
       ['latest RP', lastSeq, sourcePath],
     ] as const) {
@@ -128,4 +164,19 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   }
 }
 
-const mib = (n: number): string => (n / 2 ** 20).toFixed(1);
+const MiB = 2 ** 20;
+const mib = (n: number): string => (n / MiB).toFixed(1);
+
+/** Follows the seed run as `livesync pair status --watch` does, until it ends. */
+async function waitSeeded(index: ReplicaIndex, pairId: string, log: (line: string) => void): Promise<Pair> {
+  let last = '';
+  for (const deadline = Date.now() + 300_000; Date.now() < deadline; await sleep(250)) {
+    const pair = (await index.getPair(pairId))!;
+    const p = seedProgress(pair)!;
+    const line = `seeding: ${pair.state}, ranges ${p.rangesDone}/${p.rangesTotal ?? '?'}, ${mib(p.bytesDone)}/${p.bytesTotal === undefined ? '?' : mib(p.bytesTotal)} MiB`;
+    if (line !== last) log(line);
+    last = line;
+    if (pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING' && p.status !== 'RUNNING') return pair;
+  }
+  throw new Error(`pair '${pairId}' was not seeded within 300 s`);
+}
