@@ -178,11 +178,29 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => log(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
     : undefined;
   log(`agent for pair '${o.pairId}' serving ${pair.disks.map((d) => d.name).join(', ')} on nbd://${o.host}:${server.port}, next seq ${firstSeq}, ${spool.count} batches spooled`);
-  const seeding = await seedBackupToTake(o, pair);
-  if (seeding) {
-    // The pair waits for a backup in its own prefix (`pair create --backup agent`): take it now.
-    log(`pair '${o.pairId}' is to be seeded from a backup at ${seeding}: taking it`);
-    backup({ manifestKey: seeding }).catch((err: Error) => log(`seeding backup failed (retry with \`livesync backup --pair ${o.pairId} --to ${seeding}\`): ${err.message}`));
+  // A pair waiting for a backup in its own prefix (`pair create --backup agent`) gets it from
+  // here: now, or once the capture streams (after a resync), retried every 10 s until taken.
+  let seedBackupTimer: NodeJS.Timeout | undefined;
+  let seedBackupBusy = false;
+  const takeSeedBackup = async (): Promise<void> => {
+    if (seedBackupBusy) return;
+    seedBackupBusy = true;
+    try {
+      const key = await seedBackupToTake(o, (await o.index.getPair(o.pairId)) ?? pair);
+      if (key && capture.mode === 'streaming') {
+        log(`pair '${o.pairId}' is to be seeded from a backup at ${key}: taking it`);
+        await backup({ manifestKey: key });
+      } else if (key) return; // not streaming yet: the next tick tries again
+      clearInterval(seedBackupTimer);
+    } catch (err) {
+      log(`seeding backup failed, trying again in 10 s: ${(err as Error).message}`);
+    } finally {
+      seedBackupBusy = false;
+    }
+  };
+  if (await seedBackupToTake(o, pair)) {
+    seedBackupTimer = setInterval(() => void takeSeedBackup(), 10_000);
+    void takeSeedBackup();
   }
 
   return {
@@ -195,6 +213,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     status,
     async stop() {
       if (periodic) clearInterval(periodic);
+      clearInterval(seedBackupTimer);
       await control.close();
       await acrpChain;
       await server.close();
