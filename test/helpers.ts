@@ -6,7 +6,10 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { rpStoreFromEnv, type RpStore } from '../adapters/from-env';
+import { BLOCK_SIZE } from '../core/batch-format';
+import { CHUNK_BYTES } from '../core/chunk-format';
 import type { DiskSpec } from '../core/model';
+import type { BackupDiskSource } from '../source/backup';
 import { materialize, type ImageSink } from '../replica/materialize';
 import { sleep } from '../replica/concurrency';
 import { waitForWatermark } from '../replica/pairs';
@@ -102,3 +105,28 @@ export async function runCli(...args: string[]): Promise<{ code: number; stdout:
 }
 
 export const nowSec = (): number => Math.floor(Date.now() / 1000);
+
+/** `n` bytes of a deterministic pattern (incompressible enough to be stored as written). */
+export function pattern(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i += 4) b.writeUInt32LE((i * 2654435761 + seed) >>> 0, i);
+  return b;
+}
+
+/**
+ * The model's disks as a backup source that writes (through `write`, which also journals)
+ * between the chunks it reads, and on every third chunk right before reading it: a fuzzy
+ * backup, made consistent only by the journal up to its end seq.
+ */
+export function fuzzyBackupDisks(disks: DiskSpec[], model: SourceModel, write: (disk: string, offset: number, data: Buffer) => Promise<void>): BackupDiskSource[] {
+  let during = 0;
+  return disks.map((d) => ({
+    ...d,
+    read: async (offset, length) => {
+      await write(disks[0].name, CHUNK_BYTES + ((during * 7) % 64) * BLOCK_SIZE, pattern(2 * BLOCK_SIZE, 100 + during));
+      if ((offset / CHUNK_BYTES) % 3 === 0) await write(d.name, offset, pattern(BLOCK_SIZE, 200 + during));
+      during++;
+      return Buffer.from(model.disks.get(d.name)!.subarray(offset, offset + length));
+    },
+  }));
+}

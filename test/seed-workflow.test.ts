@@ -17,15 +17,10 @@ import { createPair, startSeed, waitForWatermark } from '../replica/pairs';
 import type { ObjectStore } from '../replica/ports';
 import { writeBackup, type BackupDiskSource } from '../source/backup';
 import { BatchWriter } from '../source/batch-writer';
-import { cloud, firstDifference, newPairId, nowSec, recover, runCli, SourceModel } from './helpers';
+import { cloud, firstDifference, fuzzyBackupDisks, newPairId, nowSec, pattern, recover, runCli, SourceModel } from './helpers';
 
 const MiB = 1024 * 1024;
 
-const pattern = (n: number, seed: number): Buffer => {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i += 4) b.writeUInt32LE((i * 2654435761 + seed) >>> 0, i);
-  return b;
-};
 
 /** Polls the pair until seeding has ended (REPLICATING or SEED_FAILED). */
 async function seeded(pairId: string, timeoutMs = 120_000): Promise<Pair> {
@@ -66,22 +61,12 @@ describe('seed workflow through StartExecution', () => {
     expect(started).toMatchObject({ attempt: 1, executionArn: expect.stringContaining(pairId) });
     await write('os', 0, pattern(3 * MiB, 1));
     await write('data', 5 * MiB, pattern(MiB, 2));
-    let during = 0;
     const backup = await writeBackup({
       store: c.store,
       manifestKey,
       pairId,
       backupId: 'b1',
-      disks: disks.map((d) => ({
-        ...d,
-        read: async (offset, length) => {
-          // Writes land between and on the chunks being read: a fuzzy backup.
-          await write('os', CHUNK_BYTES + ((during * 7) % 64) * BLOCK_SIZE, pattern(2 * BLOCK_SIZE, 100 + during));
-          if ((offset / CHUNK_BYTES) % 3 === 0) await write(d.name, offset, pattern(BLOCK_SIZE, 200 + during));
-          during++;
-          return Buffer.from(model.disks.get(d.name)!.subarray(offset, offset + length));
-        },
-      })),
+      disks: fuzzyBackupDisks(disks, model, write),
       startSeq: async () => (await w.flush(), w.nextSeq),
       endSeq: async () => w.flush(),
       appConsistent: true,

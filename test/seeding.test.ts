@@ -13,15 +13,10 @@ import { sleep } from '../replica/concurrency';
 import type { ObjectStore } from '../replica/ports';
 import { writeBackup } from '../source/backup';
 import { BatchWriter } from '../source/batch-writer';
-import { cloud, firstDifference, newPairId, recover, SourceModel } from './helpers';
+import { cloud, firstDifference, fuzzyBackupDisks, newPairId, pattern, recover, SourceModel } from './helpers';
 
 const MiB = 1024 * 1024;
 
-const pattern = (n: number, seed: number): Buffer => {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i += 4) b.writeUInt32LE((i * 2654435761 + seed) >>> 0, i);
-  return b;
-};
 
 function deps(store?: ObjectStore): SeedDeps {
   const c = cloud();
@@ -81,24 +76,12 @@ describe('seeding from a livesync backup', () => {
     await write('os', 0, pattern(3 * MiB, 1));
     await write('data', 5 * MiB, pattern(MiB, 2));
     await w.flush();
-    let during = 0;
     const backup = await writeBackup({
       store: c.store,
       manifestKey,
       pairId,
       backupId: 'b1',
-      disks: disks.map((d) => ({
-        name: d.name,
-        sizeBytes: d.sizeBytes,
-        // Writes land between the backup's reads: the backup is fuzzy, the journal fixes it.
-        read: async (offset, length) => {
-          await write('os', CHUNK_BYTES + ((during * 7) % 64) * BLOCK_SIZE, pattern(2 * BLOCK_SIZE, 100 + during));
-          // Some chunks are written right as they are read (the others stay zero).
-          if ((offset / CHUNK_BYTES) % 3 === 0) await write(d.name, offset, pattern(BLOCK_SIZE, 200 + during));
-          during++;
-          return Buffer.from(model.disks.get(d.name)!.subarray(offset, offset + length));
-        },
-      })),
+      disks: fuzzyBackupDisks(disks, model, write),
       startSeq: async () => (await w.flush(), w.nextSeq),
       endSeq: async () => w.flush(),
     });
