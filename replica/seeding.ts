@@ -29,8 +29,8 @@ export interface SeedDeps {
   /** Read access to the bucket a backup is in. */
   sourceStore(bucket: string): ObjectStore;
   now?: () => number;
-  /** @default CATCH_UP_TIMEOUT_MS */
-  catchUpTimeoutMs?: number;
+  /** @default SEED_WAIT_TIMEOUT_MS */
+  waitTimeoutMs?: number;
 }
 
 /** The workflow's input, and what every step passes on. */
@@ -66,8 +66,8 @@ const CONCURRENCY = 8;
 const HEAD_CONCURRENCY = 32;
 /** States from which a run may (re)start: ERROR is a quarantined batch, which seeding does not touch. */
 const RESTARTABLE: PairState[] = ['CONFIGURED', 'SEEDING', 'SEED_FAILED', 'ERROR'];
-/** How long catch-up waits for the journal to reach the first RP before the run fails (the agent may be down). */
-export const CATCH_UP_TIMEOUT_MS = 24 * 3600 * 1000;
+/** How long the workflow waits for something the agent provides (its backup, the journal up to the first RP) before the run fails. */
+export const SEED_WAIT_TIMEOUT_MS = 24 * 3600 * 1000;
 /** A manifest or range descriptor larger than this is refused unread. */
 const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 
@@ -99,7 +99,7 @@ export async function validateSeed(
 /**
  * A backup the pair's agent is to take (under the pair's own `backups/` prefix) may not be
  * there yet: the workflow waits for its manifest (returns since when), up to
- * CATCH_UP_TIMEOUT_MS. A backup anywhere else must exist now.
+ * SEED_WAIT_TIMEOUT_MS. A backup anywhere else must exist now.
  */
 async function awaitedBackup(d: SeedDeps, pair: Pair, sinceMs: number | undefined): Promise<number | undefined> {
   const url = pair.seed!.source;
@@ -107,7 +107,7 @@ async function awaitedBackup(d: SeedDeps, pair: Pair, sinceMs: number | undefine
   if (!key.startsWith(`pairs/${pair.pairId}/backups/`) || (await d.store.size(key)) !== undefined) return undefined;
   const now = (d.now ?? Date.now)();
   const since = sinceMs ?? now;
-  if (now - since > (d.catchUpTimeoutMs ?? CATCH_UP_TIMEOUT_MS)) {
+  if (now - since > (d.waitTimeoutMs ?? SEED_WAIT_TIMEOUT_MS)) {
     throw new BackupError('MISSING_CHUNK', url, `no backup appeared within ${Math.round((now - since) / 1000)} s (is the pair's agent running? \`livesync backup --pair ${pair.pairId}\` takes it)`);
   }
   return since;
@@ -353,7 +353,7 @@ export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number 
 
 /**
  * Whether the journal has been applied up to the first RP (writes made while the backup
- * ran). The workflow polls it; after CATCH_UP_TIMEOUT_MS without getting there it fails.
+ * ran). The workflow polls it; after SEED_WAIT_TIMEOUT_MS without getting there it fails.
  */
 export async function catchUpSeed<R extends SeedRun & FirstRp & { catchUpSinceMs?: number }>(
   d: SeedDeps,
@@ -363,7 +363,7 @@ export async function catchUpSeed<R extends SeedRun & FirstRp & { catchUpSinceMs
   const now = (d.now ?? Date.now)();
   const since = run.catchUpSinceMs ?? now;
   const caughtUp = pair.watermark >= run.firstRpSeq;
-  if (!caughtUp && now - since > (d.catchUpTimeoutMs ?? CATCH_UP_TIMEOUT_MS)) {
+  if (!caughtUp && now - since > (d.waitTimeoutMs ?? SEED_WAIT_TIMEOUT_MS)) {
     const why = pair.error ? `: batch ${pair.error.seq} is quarantined (${pair.error.reason})` : ' (is the agent running and uploading?)';
     throw new Error(`pair '${run.pairId}': the journal stayed at seq ${pair.watermark}, below the backup's end seq ${run.firstRpSeq}, for ${Math.round((now - since) / 1000)} s${why}`);
   }

@@ -232,3 +232,33 @@ async function backupOf(c: ReturnType<typeof cloud>, pairId: string, dir: string
   });
   return res.manifest;
 }
+
+describe('waiting for what the agent provides', () => {
+  test('validate waits for a backup in the pair\'s own prefix, and catch-up for the journal, each up to the limit', async () => {
+    const c = cloud();
+    const pairId = newPairId('wait');
+    const key = `pairs/${pairId}/backups/seed/manifest.json`;
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 16 * MiB }], backup: `s3://${c.bucket}/${key}` });
+    const run = await pairRun(pairId);
+    let now = 1_000_000;
+    const d: SeedDeps = { ...deps(), now: () => now, waitTimeoutMs: 60_000 };
+    // Not there yet: ask again later (the state machine's WaitForBackup loop); the pair stays CONFIGURED.
+    expect(await validateSeed(d, run)).toEqual({ ...run, ready: false, backupWaitSinceMs: now });
+    now += 30_000;
+    expect(await validateSeed(d, { ...run, backupWaitSinceMs: 1_000_000 })).toMatchObject({ ready: false, backupWaitSinceMs: 1_000_000 });
+    expect((await c.index.getPair(pairId))!.state).toBe('CONFIGURED');
+    now += 31_000;
+    await expect(validateSeed(d, { ...run, backupWaitSinceMs: 1_000_000 })).rejects.toThrow(`backup s3://${c.bucket}/${key}: MISSING_CHUNK: no backup appeared within 61 s`);
+
+    // The backup arrives; its end seq is beyond anything journalled: catch-up waits, then gives up.
+    await writeBackup({ store: c.store, manifestKey: key, pairId, backupId: 'seed', disks: [{ name: 'disk0', sizeBytes: 16 * MiB, read: async (_o, n) => Buffer.alloc(n) }], startSeq: async () => 1, endSeq: async () => 5 });
+    expect(await validateSeed(d, run)).toEqual({ ...run, ready: true, kind: 'backup' });
+    const plan = await planSeed(d, run);
+    const fin = await finalizeSeed(d, { ...run, ranges: plan.ranges });
+    expect(fin.firstRpSeq).toBe(5);
+    const first = await catchUpSeed(d, fin);
+    expect(first).toMatchObject({ caughtUp: false, watermark: 0, catchUpSinceMs: now });
+    now += 61_000;
+    await expect(catchUpSeed(d, first)).rejects.toThrow(`pair '${pairId}': the journal stayed at seq 0, below the backup's end seq 5, for 61 s (is the agent running and uploading?)`);
+  });
+});
