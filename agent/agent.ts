@@ -198,7 +198,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       seedBackupBusy = false;
     }
   };
-  if (await seedBackupToTake(o, pair)) {
+  if (pair.seed?.status === 'RUNNING') {
+    // The first call finds out whether there is a backup to take; without one it stops the timer.
     seedBackupTimer = setInterval(() => void takeSeedBackup(), 10_000);
     void takeSeedBackup();
   }

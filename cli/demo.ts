@@ -12,7 +12,7 @@ import { startLocalStack } from '../local/stack';
 import { fileSink, materialize } from '../replica/materialize';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { seedBackupKey } from '../core/keys';
-import type { Pair } from '../core/model';
+import { seedRunEnded, type Pair } from '../core/model';
 import { createPair, seedProgress, startSeed, waitForWatermark } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
 import { writeBackup } from '../source/backup';
@@ -20,6 +20,7 @@ import { sleep } from '../replica/concurrency';
 import { BatchWriter } from '../source/batch-writer';
 import { randomOp, rng } from '../source/workload';
 import { compareFiles } from './compare';
+import { seedProgressText } from './status';
 
 export interface DemoOptions {
   diskBytes: number;
@@ -173,10 +174,10 @@ async function waitSeeded(index: ReplicaIndex, pairId: string, log: (line: strin
   for (const deadline = Date.now() + 300_000; Date.now() < deadline; await sleep(250)) {
     const pair = (await index.getPair(pairId))!;
     const p = seedProgress(pair)!;
-    const line = `seeding: ${pair.state}, ranges ${p.rangesDone}/${p.rangesTotal ?? '?'}, ${mib(p.bytesDone)}/${p.bytesTotal === undefined ? '?' : mib(p.bytesTotal)} MiB`;
+    const line = `seeding: ${pair.state}, ${seedProgressText(p)}`;
     if (line !== last) log(line);
     last = line;
-    if (pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING' && p.status !== 'RUNNING') return pair;
+    if (seedRunEnded(pair)) return pair;
   }
   throw new Error(`pair '${pairId}' was not seeded within 300 s`);
 }

@@ -10,9 +10,10 @@ import { rpStoreFromEnv } from '../adapters/from-env';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
-import { createPair, seedProgress, startSeed } from '../replica/pairs';
+import { createPair, startSeed } from '../replica/pairs';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
-import type { Pair } from '../core/model';
+import { seedRunEnded } from '../core/model';
+import { formatStatus } from './status';
 import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
 import { startAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
@@ -49,17 +50,6 @@ const USAGE = `usage: livesync <command> [options]
 
 The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, the seed workflow through
 LIVESYNC_SEED_STATE_MACHINE_ARN, endpoints through AWS_ENDPOINT_URL* (unset in AWS).`;
-
-/** One line: the pair's state, and its seed run's progress while there is one to show. */
-function formatStatus(pair: Pair): string {
-  const p = seedProgress(pair);
-  const head = `${pair.pairId}\t${pair.state}\twatermark ${pair.watermark}`;
-  if (!p || (p.status === 'DONE' && pair.state !== 'SEEDING')) return head;
-  const mib = (n: number): string => (n / 2 ** 20).toFixed(1);
-  const ranges = `ranges ${p.rangesDone}/${p.rangesTotal ?? '?'}`;
-  const bytes = `${mib(p.bytesDone)}/${p.bytesTotal === undefined ? '?' : mib(p.bytesTotal)} MiB`;
-  return `${head}\tseed ${p.seedId} ${p.status}\t${ranges}\t${bytes}\t${mib(p.bytesPerSec)} MiB/s${p.reason ? `\treason: ${p.reason}` : ''}`;
-}
 
 type Opts = Record<string, string | boolean | string[] | undefined>;
 
@@ -136,8 +126,7 @@ async function main(argv: string[]): Promise<number> {
         const pair = await index.getPair(pairId);
         if (!pair) throw new UnknownPairError(pairId);
         console.log(formatStatus(pair));
-        const settled = pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING' && pair.seed?.status !== 'RUNNING';
-        if (!o.watch || settled) return pair.state === 'SEED_FAILED' ? 1 : 0;
+        if (!o.watch || seedRunEnded(pair)) return pair.state === 'SEED_FAILED' ? 1 : 0;
         await new Promise((r) => setTimeout(r, 1000));
       }
     }

@@ -122,3 +122,6 @@ export interface QuarantineRecord {
 
 /** The state a pair being seeded shows (when no error overrides it). */
 export const seedingState = (pair: Pick<Pair, 'seed'>): 'SEEDING' | 'SEED_FAILED' => (pair.seed?.status === 'FAILED' ? 'SEED_FAILED' : 'SEEDING');
+
+/** Whether a pair's seed run has ended (REPLICATING, SEED_FAILED, …) rather than waiting, running or about to re-run. */
+export const seedRunEnded = (pair: Pick<Pair, 'state' | 'seed'>): boolean => pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING' && pair.seed?.status !== 'RUNNING';

@@ -227,7 +227,7 @@ export async function seedRange(d: SeedDeps, item: SeedRun & { range: number }):
   return { range: item.range, skipped: false, bytesStored: done.bytesStored };
 }
 
-/** Backup chunks are verified end to end (decoded, CRC-32C and SHA-256) before they are stored. */
+/** Backup chunks are verified end to end (header, then the data's SHA-256 on a worker thread) before they are stored. */
 async function copyBackupChunks(d: SeedDeps, pairId: string, w: Extract<RangeWork, { kind: 'backup' }>): Promise<RangeDone> {
   const src = d.sourceStore(w.bucket);
   const done: RangeDone = { disk: w.disk, chunks: w.chunks, bytesRead: 0, bytesStored: 0, zeroChunks: 0 };

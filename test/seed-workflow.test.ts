@@ -6,7 +6,7 @@
 
 import { BLOCK_SIZE } from '../core/batch-format';
 import { CHUNK_BYTES } from '../core/chunk-format';
-import type { Pair } from '../core/model';
+import { seedRunEnded, type Pair } from '../core/model';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { S3ObjectStore } from '../adapters/s3-object-store';
 import { seedHandlers } from '../lambdas/seed';
@@ -27,7 +27,7 @@ async function seeded(pairId: string, timeoutMs = 120_000): Promise<Pair> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const pair = (await cloud().index.getPair(pairId))!;
-    if (pair.state !== 'CONFIGURED' && pair.state !== 'SEEDING' && pair.seed?.status !== 'RUNNING') return pair;
+    if (seedRunEnded(pair)) return pair;
     if (Date.now() > deadline) throw new Error(`pair '${pairId}' still ${pair.state} after ${timeoutMs} ms: ${JSON.stringify(pair.seed)}`);
     await sleep(200);
   }
