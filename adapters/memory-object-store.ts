@@ -1,12 +1,15 @@
 // In-memory ObjectStore: for unit tests of code above the port.
 
 import type { Readable } from 'node:stream';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore } from '../replica/ports';
+import { crc32c } from '../core/crc32c';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore, type PutOptions } from '../replica/ports';
 
 export class MemoryObjectStore implements ObjectStore {
   readonly objects = new Map<string, Buffer>();
 
-  async put(key: string, body: Buffer): Promise<void> {
+  async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
+    // As S3 does with x-amz-checksum-crc32c: a body that does not match is refused.
+    if (opts.crc32c !== undefined && crc32c(body) !== opts.crc32c) throw new Error(`put ${key}: the body's CRC-32C is ${crc32c(body)}, not ${opts.crc32c}`);
     this.objects.set(key, Buffer.from(body));
   }
 

@@ -4,7 +4,21 @@
 import type { Readable } from 'node:stream';
 import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore } from '../replica/ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore, type PutOptions } from '../replica/ports';
+
+/** x-amz-checksum-crc32c: the big-endian CRC, base64. */
+export const crc32cHeader = (crc: number): string => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(crc >>> 0);
+  return b.toString('base64');
+};
+
+/** Signs the request with the literal UNSIGNED-PAYLOAD instead of the body's SHA-256 (SigV4, single chunk). */
+const unsignedPayload = <A extends { request: unknown }, R>(next: (args: A) => Promise<R>) => async (args: A): Promise<R> => {
+  const { headers } = args.request as { headers?: Record<string, string> };
+  if (headers) headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+  return next(args);
+};
 
 export class S3ObjectStore implements ObjectStore {
   constructor(
@@ -12,8 +26,12 @@ export class S3ObjectStore implements ObjectStore {
     readonly client: S3Client = new S3Client({}),
   ) {}
 
-  async put(key: string, body: Buffer): Promise<void> {
-    await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length }));
+  async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
+    const command = new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ChecksumCRC32C: opts.crc32c === undefined ? undefined : crc32cHeader(opts.crc32c) });
+    // S3 checks the CRC-32C on receipt, so the signature need not cover a SHA-256 of the body
+    // (a pass over every byte the agent uploads). TLS protects the request in transit.
+    if (opts.crc32c !== undefined) command.middlewareStack.add(unsignedPayload, { step: 'build', name: 'livesyncUnsignedPayload' });
+    await this.client.send(command);
   }
 
   async get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer> {

@@ -2,6 +2,7 @@
 // with backoff for as long as it takes (the spool, then the dirty map, absorb an outage),
 // an optional bandwidth limit. A batch leaves the spool only once the journal holds it.
 
+import { batchObjectCrc32c } from '../core/batch-format';
 import { journalKey } from '../core/keys';
 import { sleep } from '../replica/concurrency';
 import type { ObjectStore } from '../replica/ports';
@@ -92,9 +93,10 @@ export class Uploader {
       return;
     }
     await this.waitForBandwidth(body.length);
+    const crc32c = batchObjectCrc32c(body); // the spool checked a body read back from its file
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
-        await this.o.store.put(journalKey(this.o.pairId, seq), body);
+        await this.o.store.put(journalKey(this.o.pairId, seq), body, { crc32c });
         this.lastError = undefined;
         this.uploadedBatches++;
         this.uploadedBytes += body.length;

@@ -5,6 +5,15 @@ import type { Readable } from 'node:stream';
 import type { AdvancePlan } from '../core/advance';
 import type { BaseRef, BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType, SeedStatus } from '../core/model';
 
+export interface PutOptions {
+  /**
+   * The body's CRC-32C, when the caller already has it (a batch's trailer holds it): the
+   * store must have the service verify it on receipt, and may then skip hashing the body
+   * for the request signature.
+   */
+  crc32c?: number;
+}
+
 /** Byte range, end exclusive. */
 export interface ByteRange {
   start: number;
@@ -16,7 +25,7 @@ export interface ByteRange {
  * wholly visible or absent (never partial); `get` of a missing key throws ObjectNotFoundError.
  */
 export interface ObjectStore {
-  put(key: string, body: Buffer): Promise<void>;
+  put(key: string, body: Buffer, opts?: PutOptions): Promise<void>;
   /** Reads an object or a range of it; with `maxBytes`, a larger object throws ObjectTooLargeError unread. */
   get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer>;
   /** Streams a large object (multipart where the backend has it). */

@@ -2,7 +2,7 @@
 // consistency boundaries and uploads them to the pair's journal with retry and backoff.
 // The NBD agent sits on top of this.
 
-import { BATCH_FLAGS, BLOCK_SIZE, encodeBatchAsync, type ExtentInput } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, batchObjectCrc32c, encodeBatchAsync, type ExtentInput } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
 import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/keys';
 import type { DiskSpec } from '../core/model';
@@ -347,7 +347,7 @@ export class BatchWriter {
     const { attempts } = this.o.retry;
     for (let attempt = 1; ; attempt++) {
       try {
-        await store.put(key, body);
+        await store.put(key, body, { crc32c: batchObjectCrc32c(body) });
         return key;
       } catch (err) {
         if (attempt >= attempts) throw new Error(`upload to ${key} failed after ${attempts} attempts: ${(err as Error).message}`);
