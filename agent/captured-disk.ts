@@ -48,6 +48,23 @@ export class CapturedDisk implements BlockExport {
     if (fua) await this.flush();
   }
 
+  /**
+   * The write at once, when no request overlapping it is in flight and the capture needs no
+   * wait (agent/pair-capture.ts mutateNow); false: nothing was done. It runs to completion
+   * without yielding, so it needs no place in the range lock's queue.
+   */
+  writeNow(offset: number, data: Buffer): boolean {
+    const [start, end] = blockSpan(offset, data.length);
+    if (!this.capture.locks[this.index].isFree(start, end)) return false;
+    return this.capture.mutateNow(
+      this.index,
+      offset,
+      data.length,
+      () => writeImage(this.fh, data, offset),
+      (w) => w.writeNow(this.name, offset, data),
+    );
+  }
+
   async zero(offset: number, length: number, fua: boolean): Promise<void> {
     await this.mutate(
       offset,
@@ -99,10 +116,14 @@ export class CapturedDisk implements BlockExport {
 
   /** Queues the whole blocks of the range now, in arrival order (this call is synchronous up to here). */
   private lock(offset: number, length: number, shared: boolean): Promise<() => void> {
-    const start = Math.floor(offset / BLOCK_SIZE) * BLOCK_SIZE;
-    const end = Math.ceil((offset + Math.max(length, 1)) / BLOCK_SIZE) * BLOCK_SIZE;
+    const [start, end] = blockSpan(offset, length);
     return this.capture.locks[this.index].acquire(start, end, shared);
   }
+}
+
+/** The whole 4 KiB blocks a byte range touches, as a byte range. */
+function blockSpan(offset: number, length: number): [number, number] {
+  return [Math.floor(offset / BLOCK_SIZE) * BLOCK_SIZE, Math.ceil((offset + Math.max(length, 1)) / BLOCK_SIZE) * BLOCK_SIZE];
 }
 
 /**
@@ -110,6 +131,10 @@ export class CapturedDisk implements BlockExport {
  * the libuv pool and waking the loop again (which, on a busy host, also costs a context
  * switch per write). The image is synced before any FLUSH reply, as before.
  */
-async function writeAll(fh: FileHandle, data: Buffer, offset: number): Promise<void> {
+function writeImage(fh: FileHandle, data: Buffer, offset: number): void {
   for (let at = 0; at < data.length; ) at += writeSync(fh.fd, data, at, data.length - at, offset + at);
+}
+
+async function writeAll(fh: FileHandle, data: Buffer, offset: number): Promise<void> {
+  writeImage(fh, data, offset);
 }

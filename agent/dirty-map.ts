@@ -56,6 +56,12 @@ export class DirtyMap {
   private readonly inflight = new Map<number, number>();
   /** Bitmap pages changed in memory and not yet written, by file offset. */
   private readonly changedPages = new Set<number>();
+  /**
+   * Pages holding a mark that is not on file yet (not synced, with syncMarks), each with the
+   * commit that writes it. A write into such a region waits for that commit too, not only
+   * the write that set the mark: else its data could reach the image before the mark.
+   */
+  private readonly unsettled = new Map<number, Promise<void>>();
   private commit: Promise<void> | undefined;
   private commitQueued: Promise<void> | undefined;
   private wantSync = false;
@@ -141,15 +147,50 @@ export class DirtyMap {
    * Without `capturing` (the spool is full) they also need a resync.
    */
   async beforeWrite(disk: number, offset: number, length: number, capturing: boolean): Promise<void> {
-    let fresh = false;
+    const fresh: number[] = [];
+    const waits: Promise<void>[] = [];
     for (const r of this.regionsOf(disk, offset, length)) {
-      const k = keyOf(disk, r);
-      this.inflight.set(k, (this.inflight.get(k) ?? 0) + 1);
+      this.enter(disk, r);
       if (!capturing) this.needResync(disk, r);
-      fresh = this.mark(disk, r) || fresh;
+      const page = this.pageOf(this.disks[disk], r);
+      if (this.mark(disk, r)) fresh.push(page);
+      else if (this.unsettled.has(page)) waits.push(this.unsettled.get(page)!); // marked by a write still persisting it
     }
     // The mark reaches the file before the image write does; concurrent marks share a write.
-    if (fresh) await this.persist(this.syncMarks);
+    if (fresh.length) {
+      const commit = this.persist(this.syncMarks);
+      for (const page of fresh) this.unsettleUntil(page, commit);
+      waits.push(commit);
+    }
+    if (waits.length) await Promise.all(waits);
+  }
+
+  /**
+   * beforeWrite for a capturing write with nothing to wait for: every region of the range
+   * marked, and durably so. False: nothing was done (use beforeWrite).
+   */
+  enterMarked(disk: number, offset: number, length: number): boolean {
+    const d = this.disks[disk];
+    const first = Math.floor(offset / d.regionBytes);
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / d.regionBytes);
+    for (let r = first; r <= last; r++) if (!has(d.onDisk, r) || this.unsettled.has(this.pageOf(d, r))) return false;
+    for (let r = first; r <= last; r++) this.enter(disk, r);
+    return true;
+  }
+
+  /** A write into region r has begun (afterWrite ends it): the sweep leaves the region set meanwhile. */
+  private enter(disk: number, r: number): void {
+    const k = keyOf(disk, r);
+    this.inflight.set(k, (this.inflight.get(k) ?? 0) + 1);
+  }
+
+  /** The page's mark is not on file (synced, with syncMarks) until `commit` settles. */
+  private unsettleUntil(page: number, commit: Promise<void>): void {
+    this.unsettled.set(page, commit);
+    const settled = (): void => {
+      if (this.unsettled.get(page) === commit) this.unsettled.delete(page);
+    };
+    commit.then(settled, settled);
   }
 
   /** After the write: `seq` is the batch that holds it (undefined: not captured). */
@@ -253,7 +294,12 @@ export class DirtyMap {
   }
 
   private pageChanged(d: DiskBits, r: number): void {
-    this.changedPages.add(d.fileOffset + Math.floor((r >> 3) / PAGE) * PAGE);
+    this.changedPages.add(this.pageOf(d, r));
+  }
+
+  /** File offset of the bitmap page holding region r's bit. */
+  private pageOf(d: DiskBits, r: number): number {
+    return d.fileOffset + Math.floor((r >> 3) / PAGE) * PAGE;
   }
 
   private needResync(disk: number, r: number): void {

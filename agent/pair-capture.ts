@@ -139,6 +139,24 @@ export class PairCapture {
     }
   }
 
+  /**
+   * `mutate` at once, with no wait: only while streaming or resyncing, with every region of
+   * the range marked durably already and the writer taking the data now. False: nothing was
+   * done (the caller uses `mutate`). The caller checked that no request overlaps the range.
+   */
+  mutateNow(d: number, offset: number, length: number, toImage: () => void, toWriter: (w: BatchWriter) => void): boolean {
+    if (this.modeValue === 'overflow' || !this.writer.canWriteNow(offset, length) || !this.o.dirty.enterMarked(d, offset, length)) return false;
+    let seq: number | undefined;
+    try {
+      toImage();
+      toWriter(this.writer);
+      seq = this.writer.nextSeq;
+    } finally {
+      this.o.dirty.afterWrite(d, offset, length, seq);
+    }
+    return true;
+  }
+
   /** Cuts and waits until every batch cut so far is in the spool. Returns the last seq. */
   async flush(opts: CutOptions = {}): Promise<number> {
     return this.writer.flush(opts);

@@ -30,6 +30,12 @@ export class RangeLock {
     return waits.length === 0 ? Promise.resolve(unlock) : Promise.all(waits).then(() => unlock);
   }
 
+  /** Whether nothing holds or waits for any part of [start, end): a request there may run at once, unqueued. */
+  isFree(start: number, end: number): boolean {
+    for (const h of this.held) if (h.start < end && start < h.end) return false;
+    return true;
+  }
+
   /** Resolves once every request queued before this call has released. */
   async drain(): Promise<void> {
     await Promise.all([...this.held].map((h) => h.done));

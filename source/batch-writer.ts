@@ -187,6 +187,19 @@ export class BatchWriter {
     await this.afterWrite();
   }
 
+  /** Whether `writeNow` takes a write of this shape: whole blocks, and no wait for the sink. */
+  canWriteNow(offset: number, length: number): boolean {
+    return offset % BLOCK_SIZE === 0 && length % BLOCK_SIZE === 0 && this.inFlight.size < this.o.maxInFlight && !this.failure;
+  }
+
+  /** `write` without a promise, for a write `canWriteNow` takes (anything else throws). */
+  writeNow(disk: string, offset: number, data: Buffer): void {
+    if (!this.canWriteNow(offset, data.length)) throw new Error(`write of ${data.length} bytes at ${offset} of disk '${disk}' cannot be taken at once`);
+    const d = this.checkRange(disk, offset, data.length);
+    this.makeRoom(offset, data.length);
+    for (let at = 0; at < data.length; at += BLOCK_SIZE) this.put(d, (offset + at) / BLOCK_SIZE, data.subarray(at, at + BLOCK_SIZE));
+  }
+
   /** Records that a byte range now reads as zeros (TRIM / WRITE_ZEROES). */
   async zero(disk: string, offset: number, length: number): Promise<void> {
     const d = this.checkRange(disk, offset, length);
