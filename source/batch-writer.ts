@@ -80,8 +80,14 @@ export interface CutOptions {
   force?: boolean;
 }
 
-/** A block's pending content: its bytes, or null for zeros (trim / write-zeroes). */
-type Pending = Map<number, Buffer | null>;
+/**
+ * A block's pending content: its slot in the batch's slab (≥ 0), or zeros (trim /
+ * write-zeroes): -1, or -(slot + 2) when it had data first (the slot stays its own).
+ */
+type Pending = Map<number, number>;
+const isZeroed = (v: number): boolean => v < 0;
+/** The block's slot, with data now or before it was zeroed; undefined if it never had data. */
+const slotOf = (v: number): number | undefined => (v >= 0 ? v : v === -1 ? undefined : -v - 2);
 /** A pending zeroed run of blocks [start, end): large TRIMs cost one entry, not one per block. */
 interface ZeroRun {
   start: number;
@@ -106,6 +112,13 @@ export function backoffMs(p: Pick<RetryPolicy, 'baseDelayMs' | 'maxDelayMs'>, at
 export class BatchWriter {
   private readonly diskIndex: Map<string, number>;
   private readonly pending: Pending[];
+  /**
+   * The pending blocks' data, one 4 KiB slot per distinct block, so a write costs a copy and
+   * no allocation. A slab is reused once the batch it held is encoded.
+   */
+  private slab: Buffer | undefined;
+  private slots = 0;
+  private readonly spareSlabs: Buffer[] = [];
   private readonly zeroRuns: ZeroRun[][];
   private pendingBytes = 0;
   private firstWriteMs: number | undefined;
@@ -241,11 +254,16 @@ export class BatchWriter {
     const cutMs = this.o.clock();
     const flags =
       (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0) | (opts.resyncEnd ? BATCH_FLAGS.RESYNC_END : 0) | this.extraFlags;
-    const extents = this.pendingExtents();
+    const slab = this.slab;
+    const extents = this.pendingExtents(slab);
     const header = { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) };
     // Compression runs on the thread pool, so the caller's event loop keeps serving; batches
     // still reach the sink in seq order.
     const body = encodeBatchAsync(header, extents, this.o.compressConcurrency);
+    // The encoded body holds copies: the slab serves a later batch (two spares at most).
+    this.slab = undefined;
+    this.slots = 0;
+    if (slab) void body.then(() => this.spareSlabs.length < 2 && this.spareSlabs.push(slab), () => {});
     const dataBytes = extents.reduce((n, e) => n + (e.data?.length ?? (e.zeroBlocks ?? 0) * BLOCK_SIZE), 0);
     this.nextSeqValue++;
     this.firstWriteMs = undefined;
@@ -287,15 +305,32 @@ export class BatchWriter {
   private put(d: number, block: number, content: Buffer | null): void {
     if (this.zeroRuns[d].some((r) => block >= r.start && block < r.end)) this.cut();
     const m = this.pending[d];
-    if (!m.has(block)) {
+    const v = m.get(block);
+    if (v === undefined) {
       // makeRoom left room for the whole operation, unless it is larger than a batch:
       // only then is it split here.
       if (this.pendingBytes + BLOCK_SIZE > this.o.maxBatchBytes) this.cut();
       this.pendingBytes += BLOCK_SIZE;
     }
+    const slot = v === undefined ? undefined : slotOf(v);
     // All-zero data is stored as a zero extent: no payload at all.
-    m.set(block, content === null || content.equals(ZERO_BLOCK) ? null : Buffer.from(content));
+    if (content === null || content.equals(ZERO_BLOCK)) m.set(block, slot === undefined ? -1 : -slot - 2);
+    else {
+      // One slot per distinct block, and at most maxBatchBytes of distinct blocks: the slab never overflows.
+      const s = slot ?? this.slots++;
+      content.copy(this.currentSlab(), s * BLOCK_SIZE);
+      m.set(block, s);
+    }
     this.firstWriteMs ??= this.o.clock();
+  }
+
+  private currentSlab(): Buffer {
+    this.slab ??= this.spareSlabs.pop() ?? Buffer.allocUnsafeSlow(Math.ceil(this.o.maxBatchBytes / BLOCK_SIZE) * BLOCK_SIZE);
+    return this.slab;
+  }
+
+  private slotData(slab: Buffer, slot: number): Buffer {
+    return slab.subarray(slot * BLOCK_SIZE, (slot + 1) * BLOCK_SIZE);
   }
 
   /**
@@ -316,7 +351,7 @@ export class BatchWriter {
 
   private async currentBlock(disk: string, d: number, block: number): Promise<Buffer> {
     const pending = this.pending[d].get(block);
-    if (pending !== undefined) return pending ? Buffer.from(pending) : Buffer.alloc(BLOCK_SIZE);
+    if (pending !== undefined) return isZeroed(pending) ? Buffer.alloc(BLOCK_SIZE) : Buffer.from(this.slotData(this.slab!, pending));
     if (!this.o.readBlock) throw new InvalidArgumentError(`write to part of block ${block} of disk '${disk}' needs readBlock (writes must otherwise be 4 KiB aligned)`);
     const b = await this.o.readBlock(disk, block);
     if (b.length !== BLOCK_SIZE) throw new Error(`readBlock returned ${b.length} bytes for block ${block} of disk '${disk}'`);
@@ -337,19 +372,23 @@ export class BatchWriter {
     }
   }
 
-  /** Pending blocks as extents of contiguous data or zeros, plus the zero runs. */
-  private pendingExtents(): ExtentInput[] {
+  /** Pending blocks as extents of contiguous data or zeros (views of `slab` where it can), plus the zero runs. */
+  private pendingExtents(slab: Buffer | undefined): ExtentInput[] {
     const out: ExtentInput[] = [];
     this.zeroRuns.forEach((runs, disk) => runs.forEach((r) => out.push({ disk, blockIndex: r.start, zeroBlocks: r.end - r.start })));
     this.pending.forEach((m, disk) => {
       const blocks = [...m.keys()].sort((a, b) => a - b);
       for (let i = 0; i < blocks.length; ) {
-        const zero = m.get(blocks[i]) === null;
+        const first = m.get(blocks[i])!;
+        const zero = isZeroed(first);
         let j = i + 1;
-        while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && (m.get(blocks[j]) === null) === zero) j++;
+        let adjacent = true; // slots in block order: the run is one view of the slab (a sequential write)
+        for (; j < blocks.length && blocks[j] === blocks[j - 1] + 1 && isZeroed(m.get(blocks[j])!) === zero; j++) adjacent &&= m.get(blocks[j])! === m.get(blocks[j - 1])! + 1;
         if (zero) out.push({ disk, blockIndex: blocks[i], zeroBlocks: j - i });
-        // A lone block is already its own buffer (the writer copied it): no concat, no copy.
-        else out.push({ disk, blockIndex: blocks[i], data: j - i === 1 ? m.get(blocks[i])! : Buffer.concat(blocks.slice(i, j).map((b) => m.get(b)!)) });
+        else {
+          const data = adjacent ? slab!.subarray(first * BLOCK_SIZE, (first + j - i) * BLOCK_SIZE) : Buffer.concat(blocks.slice(i, j).map((b) => this.slotData(slab!, m.get(b)!)));
+          out.push({ disk, blockIndex: blocks[i], data });
+        }
         i = j;
       }
     });
