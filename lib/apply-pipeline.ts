@@ -9,6 +9,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as s3n from 'aws-cdk-lib/aws-s3-notifications';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
+import { LAMBDA_BUNDLING } from './bundling';
 import { JOURNAL_SUFFIX, PAIRS_PREFIX } from './names';
 import type { ReplicaStore } from './replica-store';
 
@@ -68,14 +69,7 @@ export class ApplyPipeline extends Construct {
       logGroup,
       tracing: lambda.Tracing.ACTIVE,
       environment: { NODE_OPTIONS: '--enable-source-maps' },
-      bundling: {
-        minify: true,
-        sourceMap: true,
-        target: 'node22',
-        format: nodejs.OutputFormat.CJS,
-        // Bundle AWS SDK v3 instead of using the runtime's copy, so the version is the one we tested.
-        externalModules: [],
-      },
+      bundling: LAMBDA_BUNDLING,
     });
     props.store.grantApply(this.applyFunction);
 

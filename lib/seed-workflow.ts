@@ -8,6 +8,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
+import { LAMBDA_BUNDLING } from './bundling';
 import type { ReplicaStore } from './replica-store';
 
 export const SEED_ENTRY = path.join(__dirname, '../lambdas/seed.ts');
@@ -132,7 +133,7 @@ export class SeedWorkflow extends Construct {
       logGroup,
       tracing: lambda.Tracing.ACTIVE,
       environment: { NODE_OPTIONS: '--enable-source-maps' },
-      bundling: { minify: true, sourceMap: true, target: 'node22', format: nodejs.OutputFormat.CJS, externalModules: [] },
+      bundling: LAMBDA_BUNDLING,
     });
   }
 

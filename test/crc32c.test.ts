@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { crc32c, crc32cCombine } from '../core/crc32c';
+import { crc32c, crc32cCombine, crc32cPortable, nativeCrc32c } from '../core/crc32c';
 
 /** Bitwise reference: slow and obviously right. */
 function reference(buf: Uint8Array): number {
@@ -25,6 +25,20 @@ describe('crc32c', () => {
         const at = Math.min(split, buf.length);
         expect(crc32c(buf)).toBe(reference(buf));
         expect(crc32c(buf.subarray(at), crc32c(buf.subarray(0, at)))).toBe(reference(buf));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  test('the hardware CRC-32C loads on this host, and agrees with the table code at any offset, length and start value', () => {
+    // .ci/run installs the prebuilt binary (npm ci); elsewhere the table code stands in.
+    if (process.env.CI || process.platform === 'linux') expect(nativeCrc32c).toBeDefined();
+    if (!nativeCrc32c) return;
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 5000 }), fc.nat(7), fc.nat(), (bytes, offset, start) => {
+        const buf = Buffer.concat([Buffer.alloc(offset), Buffer.from(bytes)]).subarray(offset);
+        expect(nativeCrc32c!(buf, start)).toBe(crc32cPortable(buf, start));
+        expect(crc32c(buf, start)).toBe(crc32cPortable(buf, start));
       }),
       { numRuns: 500 },
     );
