@@ -166,15 +166,14 @@ export class DirtyMap {
   }
 
   /**
-   * beforeWrite for a capturing write with nothing to wait for: every region of the range
-   * marked, and durably so. False: nothing was done (use beforeWrite).
+   * Whether a write there needs no beforeWrite: every region of the range marked, and on
+   * file. The caller then writes and captures it synchronously (no sweep can come between)
+   * and calls afterWriteNow.
    */
-  enterMarked(disk: number, offset: number, length: number): boolean {
+  markedOnFile(disk: number, offset: number, length: number): boolean {
     const d = this.disks[disk];
-    const first = Math.floor(offset / d.regionBytes);
     const last = Math.floor((offset + Math.max(length, 1) - 1) / d.regionBytes);
-    for (let r = first; r <= last; r++) if (!has(d.onDisk, r) || this.unsettled.has(this.pageOf(d, r))) return false;
-    for (let r = first; r <= last; r++) this.enter(disk, r);
+    for (let r = Math.floor(offset / d.regionBytes); r <= last; r++) if (!has(d.onDisk, r) || this.unsettled.has(this.pageOf(d, r))) return false;
     return true;
   }
 
@@ -195,14 +194,29 @@ export class DirtyMap {
 
   /** After the write: `seq` is the batch that holds it (undefined: not captured). */
   afterWrite(disk: number, offset: number, length: number, seq: number | undefined, nowMs = Date.now()): void {
-    const d = this.disks[disk];
     for (const r of this.regionsOf(disk, offset, length)) {
       const k = keyOf(disk, r);
       const n = (this.inflight.get(k) ?? 1) - 1;
       if (n === 0) this.inflight.delete(k);
       else this.inflight.set(k, n);
+    }
+    this.afterWriteNow(disk, offset, length, seq, nowMs);
+  }
+
+  /** After a write that `markedOnFile` let go without beforeWrite (or the end of afterWrite). */
+  afterWriteNow(disk: number, offset: number, length: number, seq: number | undefined, nowMs = Date.now()): void {
+    const d = this.disks[disk];
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / d.regionBytes);
+    for (let r = Math.floor(offset / d.regionBytes); r <= last; r++) {
       if (seq === undefined) this.needResync(disk, r);
-      else if (!has(d.resync, r)) this.captured.set(k, { seq: Math.max(seq, this.captured.get(k)?.seq ?? 0), atMs: nowMs });
+      else if (!has(d.resync, r)) {
+        const c = this.captured.get(keyOf(disk, r));
+        if (!c) this.captured.set(keyOf(disk, r), { seq, atMs: nowMs });
+        else {
+          c.seq = Math.max(seq, c.seq);
+          c.atMs = nowMs;
+        }
+      }
     }
   }
 

@@ -145,14 +145,14 @@ export class PairCapture {
    * done (the caller uses `mutate`). The caller checked that no request overlaps the range.
    */
   mutateNow(d: number, offset: number, length: number, toImage: () => void, toWriter: (w: BatchWriter) => void): boolean {
-    if (this.modeValue === 'overflow' || !this.writer.canWriteNow(offset, length) || !this.o.dirty.enterMarked(d, offset, length)) return false;
+    if (this.modeValue === 'overflow' || !this.writer.canWriteNow(offset, length) || !this.o.dirty.markedOnFile(d, offset, length)) return false;
     let seq: number | undefined;
     try {
       toImage();
       toWriter(this.writer);
       seq = this.writer.nextSeq;
     } finally {
-      this.o.dirty.afterWrite(d, offset, length, seq);
+      this.o.dirty.afterWriteNow(d, offset, length, seq);
     }
     return true;
   }

@@ -85,22 +85,22 @@ describe('DirtyMap', () => {
     await map.close();
   });
 
-  test("a write into a region whose mark is still on its way to the file waits for it; enterMarked refuses until then", async () => {
+  test("a write into a region whose mark is still on its way to the file waits for it; markedOnFile is false until then", async () => {
     const path = join(await mkdtemp(join(tmpdir(), 'livesync-map-')), 'dirty.map');
     const { map } = await DirtyMap.open(path, disks);
     const markOnFile = async (): Promise<boolean> => ((await readFile(path))[4096] & 1) === 1; // disk a's bitmap starts at page 1
     // A synced commit is running (a comparison's marks), so region 0's new mark queues behind it.
     const compared = map.markResync([{ disk: 1, region: 0, offset: 0, length: 65536 }]);
     const first = map.beforeWrite(0, 0, 4096, true);
-    expect(map.enterMarked(0, 4096, 4096)).toBe(false);
+    expect(map.markedOnFile(0, 4096, 4096)).toBe(false);
     let second = false;
     const seen = map.beforeWrite(0, 4096, 4096, true).then(async () => ((second = true), markOnFile()));
     expect(await seen).toBe(true); // the second write could go ahead only with the mark on file
     await Promise.all([first, compared]);
     expect(second).toBe(true);
-    expect(map.enterMarked(0, 8192, 4096)).toBe(true);
-    expect(map.enterMarked(0, 65536, 4096)).toBe(false); // region 1: never marked
-    for (const at of [0, 4096, 8192]) map.afterWrite(0, at, 4096, 1, 0);
+    expect(map.markedOnFile(0, 8192, 4096)).toBe(true);
+    expect(map.markedOnFile(0, 65536, 4096)).toBe(false); // region 1: never marked
+    for (const at of [0, 4096]) map.afterWrite(0, at, 4096, 1, 0);
     await map.close();
   });
 });
