@@ -9,13 +9,18 @@
 //                          sparse image of the same size
 //   ratio_vs_qemu_nbd      rand4k_iops / qemu_nbd_rand4k_iops (medians)
 //   rand4k_iops_apply_on_host, ratio_apply_on_host
-//                          the same rand4k job against the agent, run first, while the local
+//                          the same rand4k job against a fresh agent and image, while the local
 //                          stand-ins of the cloud side (apply handler, DynamoDB Local) also
 //                          run on this host's 2 cores. For rand4k_iops and seq1m_mib_s the
 //                          apply handler's event source is disabled (as UpdateEventSourceMapping
 //                          would): the agent still cuts, spools and uploads every batch to the
 //                          local S3, but the apply work, which runs in AWS and not beside the
 //                          source, waits in the queue until the job ends
+//   rand4k_iops_uploads_held, ratio_uploads_held
+//                          the same rand4k job against a fresh agent started with
+//                          `--bandwidth 1M`: it captures and spools every write as usual, but
+//                          its uploads wait, so the local S3's share of these 2 cores (in AWS
+//                          it is not on the source host) is left out: the agent's own cost
 //   seq1m_mib_s            fio, sequential 1 MiB writes, iodepth 8, from 1 GiB on → MiB/s
 //   rpo_p50_s / rpo_p99_s  a fresh agent under a paced load of 20 MB/s (64 KiB writes at random
 //                          offsets in the first 1 GiB) with an NBD FLUSH every ~250 ms, over
@@ -221,7 +226,8 @@ class AgentServer implements Server {
     private readonly tmp: string,
   ) {}
 
-  async start(image: string): Promise<AgentRun> {
+  /** `args`: extra agent flags; `drain` false: stop without waiting for the pair's batches to be applied. */
+  async start(image: string, variant: { args?: string[]; drain?: boolean } = {}): Promise<AgentRun> {
     const pairId = `bench-agent-${Date.now().toString(36)}-${this.runs}`;
     const stateDir = join(this.tmp, `state-${this.runs++}`);
     await createPair(this.index, { pairId, disks: [{ name: EXPORT, sizeBytes: diskBytes }], ccrpIntervalMs: CCRP_INTERVAL_MS });
@@ -229,7 +235,7 @@ class AgentServer implements Server {
     const p = launch(
       'agent',
       nodeBin,
-      [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
+      [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, ...(variant.args ?? [])],
       { env: { ...process.env, ...this.stack.env }, echo: true },
     );
     let sampler: NodeJS.Timeout | undefined;
@@ -265,7 +271,7 @@ class AgentServer implements Server {
         log(`agent of ${pairId}: RSS ${round(idle / MiB, 1)} MiB serving idle, peak ${round(peak / MiB, 1)} MiB`);
         const how = await stop(p);
         if (how.code !== 0 || how.killed) log(`agent of ${pairId} did not stop cleanly: exit ${how.code ?? how.signal}${how.killed ? ' after SIGKILL' : ''}\n${p.tail.join('\n')}`);
-        await this.drain(pairId, stateDir);
+        if (variant.drain !== false) await this.drain(pairId, stateDir);
       };
       const note = async (): Promise<string> => (await sample(), `agent peak RSS so far ${round(peak / MiB, 1)} MiB`);
       return { port, pairId, pid: p.pid, controlSocket: join(stateDir, 'control.sock'), close, note };
@@ -418,31 +424,36 @@ async function main(): Promise<void> {
     stack = await startLocalStack({ dir: stackDir, log });
     const { index } = rpStoreFromEnv();
     const agent = new AgentServer(stack, index, tmp);
-    const servers: Server[] = [agent, qemuNbd, nbdkit];
+    // The agent again, each on a fresh image: with the apply side live on these cores too; and
+    // with its uploads held back (paced to 1 MiB/s, into the spool) so that the local S3's work,
+    // which in AWS is not on the source host, is not on these cores either. Left unapplied.
+    const agentApplyLive: Server = { name: 'agent (apply on this host)', start: (image) => agent.start(image) };
+    const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image) => agent.start(image, { args: ['--bandwidth', '1M'], drain: false }) };
+    const servers: Server[] = [agent, qemuNbd, nbdkit, agentApplyLive, agentUploadsHeld];
     const rand = new Map<string, number[]>(servers.map((s) => [s.name, []]));
     const seq = new Map<string, number[]>(servers.map((s) => [s.name, []]));
-    const randApplyLive: number[] = [];
 
     for (let rep = 0; rep < reps; rep++) {
       for (const server of servers) {
         const image = await sparseImage(join(tmp, `${server.name}.img`));
+        // Each server starts with no dirty page cache left by the one before (its writeback
+        // would land in this run: qemu-nbd measured 12k or 33k IOPS depending on it).
+        await run('sync', []);
         const t0 = performance.now();
         const serving = await server.start(image);
         const t1 = performance.now();
         try {
-          if (server === agent) {
-            // First with the apply side busy on these cores too, then without it (as in AWS).
-            const live = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
-            randApplyLive.push(live);
-            log(`rep ${rep + 1}/${reps} agent, apply on this host: rand4k ${Math.round(live)} IOPS`);
-            stack.setEventPathEnabled(false);
-          }
+          // The apply work runs in AWS, not beside the source: it waits in the queue meanwhile.
+          if (server === agent || server === agentUploadsHeld) stack.setEventPathEnabled(false);
+          // Each server's rand4k runs first, on its fresh sparse image.
           const r = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
-          if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after rand4k: ${await serving.note()}`);
-          const s = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
           rand.get(server.name)!.push(r);
-          seq.get(server.name)!.push(s);
-          log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
+          if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after rand4k: ${await serving.note()}`);
+          if (server !== agentApplyLive && server !== agentUploadsHeld) {
+            const s = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
+            seq.get(server.name)!.push(s);
+            log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
+          } else log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS`);
         } finally {
           const t2 = performance.now();
           stack.setEventPathEnabled(true); // the agent's batches are applied before the next server runs
@@ -474,8 +485,10 @@ async function main(): Promise<void> {
         qemu_nbd_rand4k_iops: Math.round(m(rand, 'qemu-nbd')),
         nbdkit_rand4k_iops: Math.round(m(rand, 'nbdkit')),
         ratio_vs_qemu_nbd: round(m(rand, 'agent') / m(rand, 'qemu-nbd'), 3),
-        rand4k_iops_apply_on_host: Math.round(median(randApplyLive)),
-        ratio_apply_on_host: round(median(randApplyLive) / m(rand, 'qemu-nbd'), 3),
+        rand4k_iops_apply_on_host: Math.round(m(rand, agentApplyLive.name)),
+        ratio_apply_on_host: round(m(rand, agentApplyLive.name) / m(rand, 'qemu-nbd'), 3),
+        rand4k_iops_uploads_held: Math.round(m(rand, agentUploadsHeld.name)),
+        ratio_uploads_held: round(m(rand, agentUploadsHeld.name) / m(rand, 'qemu-nbd'), 3),
         seq1m_mib_s: round(m(seq, 'agent'), 1),
         qemu_nbd_seq1m_mib_s: round(m(seq, 'qemu-nbd'), 1),
         nbdkit_seq1m_mib_s: round(m(seq, 'nbdkit'), 1),
