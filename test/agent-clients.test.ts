@@ -267,8 +267,8 @@ print("done")
 `);
         expect(stdout.trim()).toBe('done');
         ops.forEach((o, i) => opData(i, o.length).copy(image, base + o.offset));
-        const served_ = await readFile(served.image);
-        expect(firstDifference(served_.subarray(base, base + window), image.subarray(base, base + window))).toBeUndefined();
+        const onImage = await readFile(served.image);
+        expect(firstDifference(onImage.subarray(base, base + window), image.subarray(base, base + window))).toBeUndefined();
       }),
       { numRuns: 12 },
     );
