@@ -74,8 +74,11 @@ export function optionReply(option: number, type: number, data: Buffer = Buffer.
   return Buffer.concat([b, data]);
 }
 
+// Replies are small and one per request: allocUnsafe takes them from Node's shared pool (every
+// byte is then written), where alloc would give each its own ArrayBuffer for the GC to track.
+
 export function simpleReply(cookie: Buffer, error: number, data?: Buffer): Buffer {
-  const b = Buffer.alloc(16);
+  const b = Buffer.allocUnsafe(16);
   b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   b.writeUInt32BE(error, 4);
   cookie.copy(b, 8);
@@ -84,13 +87,13 @@ export function simpleReply(cookie: Buffer, error: number, data?: Buffer): Buffe
 
 export function structuredReply(cookie: Buffer, type: number, flags: number, payload: Buffer[] = []): Buffer {
   const len = payload.reduce((n, p) => n + p.length, 0);
-  const b = Buffer.alloc(20);
+  const b = Buffer.allocUnsafe(20);
   b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
   b.writeUInt16BE(flags, 4);
   b.writeUInt16BE(type, 6);
   cookie.copy(b, 8);
   b.writeUInt32BE(len, 16);
-  return Buffer.concat([b, ...payload]);
+  return payload.length ? Buffer.concat([b, ...payload]) : b;
 }
 
 export interface Request {
@@ -104,13 +107,13 @@ export interface Request {
 export function parseRequest(b: Buffer): Request | { badMagic: number } {
   const magic = b.readUInt32BE(0);
   if (magic !== REQUEST_MAGIC) return { badMagic: magic };
-  const offset = b.readBigUInt64BE(16);
+  const high = b.readUInt32BE(16);
   return {
     flags: b.readUInt16BE(4),
     type: b.readUInt16BE(6),
     cookie: Buffer.from(b.subarray(8, 16)),
     // Offsets past 2^53 cannot be valid for any export; map them to an out-of-range number.
-    offset: offset > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(offset),
+    offset: high >= 2 ** 21 ? Number.MAX_SAFE_INTEGER : high * 2 ** 32 + b.readUInt32BE(20),
     length: b.readUInt32BE(24),
   };
 }
