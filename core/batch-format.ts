@@ -109,6 +109,12 @@ interface PackedExtent {
  */
 export const MIN_COMPRESS_BYTES = 16 * 1024;
 const ZSTD_OPTIONS = { params: { [zlibConstants.ZSTD_c_compressionLevel]: 1 } };
+/**
+ * The async call with room for the whole output (zstd's compress bound) in one chunk: with
+ * the default 16 KiB chunks a 1 MiB extent takes 64 trips between the pool and the event
+ * loop (3.3 ms instead of 1.0 here, and far more on a busy loop).
+ */
+const zstdOptionsFor = (n: number) => ({ ...ZSTD_OPTIONS, chunkSize: n + (n >> 8) + 1024 });
 const zstdCompressAsync = promisify(zstdCompress);
 
 const pickSmaller = (e: ExtentInput, packed: Buffer | undefined): PackedExtent =>
@@ -134,7 +140,7 @@ export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput
   const worker = async (): Promise<void> => {
     for (let i = next++; i < sorted.length; i = next++) {
       const e = sorted[i];
-      packed[i] = !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, ZSTD_OPTIONS) : undefined);
+      packed[i] = !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, zstdOptionsFor(e.data.length)) : undefined);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
