@@ -5,7 +5,6 @@
 import { promisify } from 'node:util';
 import { zstdCompress, zstdCompressSync, zstdDecompressSync, constants as zlibConstants } from 'node:zlib';
 import { crc32c, crc32cCombine } from './crc32c';
-import type { CompressionGate } from './compression-gate';
 import { BatchError } from './errors';
 
 export const BLOCK_SIZE = 4096;
@@ -131,10 +130,9 @@ export function encodeBatch(header: BatchHeader, extents: ExtentInput[]): Buffer
 
 /**
  * encodeBatch with compression on the thread pool: the caller's event loop stays free.
- * `concurrency` extents are compressed at a time (each holds a zstd context); `gate` may
- * say to store an extent raw without trying (data that has not been compressing).
+ * `concurrency` extents are compressed at a time (each holds a zstd context).
  */
-export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[], concurrency = 4, gate?: CompressionGate): Promise<Buffer> {
+export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[], concurrency = 4): Promise<Buffer> {
   checkHeaderInput(header);
   const sorted = splitAndSort(extents, header.disks.length);
   const packed: PackedExtent[] = new Array(sorted.length);
@@ -142,13 +140,7 @@ export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput
   const worker = async (): Promise<void> => {
     for (let i = next++; i < sorted.length; i = next++) {
       const e = sorted[i];
-      if (!e.data || e.data.length < MIN_COMPRESS_BYTES || gate?.shouldTry() === false) {
-        packed[i] = { e, payload: e.data, zstd: false };
-        continue;
-      }
-      const z = await zstdCompressAsync(e.data, zstdOptionsFor(e.data.length));
-      gate?.record(e.data.length, z.length);
-      packed[i] = pickSmaller(e, z);
+      packed[i] = !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, zstdOptionsFor(e.data.length)) : undefined);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
