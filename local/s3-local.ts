@@ -1,6 +1,12 @@
 // An S3-compatible server (s3rver, disk-backed) on 127.0.0.1, with its ObjectCreated
 // notifications exposed so the local event source can forward them like S3 does.
 
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import S3rver from 's3rver';
 
 export interface RunningS3 {
@@ -18,10 +24,53 @@ export async function startS3Local(directory: string, bucket: string): Promise<R
     configureBuckets: [{ name: bucket }],
     allowMismatchedSignatures: true,
   });
+  makePutsAtomic(server);
   const { port } = await server.run();
   return {
     endpoint: `http://127.0.0.1:${port}`,
     onEvent: (listener) => server.on('event', listener),
     stop: () => server.close(),
+  };
+}
+
+/**
+ * s3rver writes a PUT into the object's file in place (truncating it first), and answers
+ * before the write is done: a GET during a re-PUT of the same key could read a short object.
+ * S3 makes an object visible whole or not at all, as the ObjectStore contract says; here the
+ * body goes to a temporary file (not an object name to s3rver's listings), renamed over the
+ * object once written. Journal keys are written once or re-PUT with the same bytes, so the
+ * metadata written after the rename matches the object either way.
+ */
+function makePutsAtomic(server: S3rver): void {
+  const store = server.store;
+  store.putObject = async (object) => {
+    const objectPath = store.getResourcePath(object.bucket, object.key, 'object');
+    const tmp = `${objectPath}.${randomBytes(8).toString('hex')}.tmp`;
+    const md5 = createHash('md5');
+    let size = 0;
+    try {
+      await mkdir(dirname(objectPath), { recursive: true });
+      if (Buffer.isBuffer(object.content)) {
+        md5.update(object.content);
+        size = object.content.length;
+        await writeFile(tmp, object.content);
+      } else {
+        const count = new Transform({
+          transform(chunk: Buffer, _encoding, done) {
+            md5.update(chunk);
+            size += chunk.length;
+            done(null, chunk);
+          },
+        });
+        await pipeline(object.content as Readable, count, createWriteStream(tmp));
+      }
+      const digest = md5.digest('hex');
+      await rename(tmp, objectPath);
+      await store.putMetadata(object.bucket, object.key, object.metadata, digest);
+      return { size, md5: digest };
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
   };
 }

@@ -58,6 +58,21 @@ describe('S3ObjectStore.put', () => {
     expect(h['x-amz-checksum-crc32c']).toBeUndefined();
   });
 
+  test('an object is whole or absent: GETs during a re-PUT of the same key never see part of it', async () => {
+    const store = new S3ObjectStore(process.env.LIVESYNC_BUCKET!);
+    const key = `tests/object-store/reput-${Date.now()}`;
+    const body = Buffer.alloc(4 * 1024 * 1024, 0x5a);
+    await store.put(key, body);
+    const sizes: number[] = [];
+    const reads = (async () => {
+      for (let i = 0; i < 20; i++) sizes.push((await store.get(key)).length);
+    })();
+    for (let i = 0; i < 5; i++) await store.put(key, body); // a retried PUT reuses the key, same bytes
+    await reads;
+    expect(sizes.filter((n) => n !== body.length)).toEqual([]);
+    store.client.destroy();
+  });
+
   test('round trip through the stack under test', async () => {
     const store = new S3ObjectStore(process.env.LIVESYNC_BUCKET!);
     const key = `tests/object-store/${Date.now()}`;
