@@ -55,7 +55,7 @@ import { freePort, startLocalStack, type LocalStack } from '../local/stack';
 import { sleep } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
-import { median, percentile, round } from './measure';
+import { median, percentile, round, runBench } from './measure';
 import { NbdClient } from './nbd-client';
 
 const MiB = 2 ** 20;
@@ -402,7 +402,6 @@ async function measureRpo(agent: AgentRun, index: ReplicaIndex): Promise<number[
 
 async function main(): Promise<void> {
   process.env.LOG_LEVEL = 'warn';
-  const began = performance.now();
   // Short: the agent's control socket path lives in here (Unix sockets allow ~107 bytes).
   const tmp = await mkdtemp(join(tmpdir(), 'lsb-'));
   const stackDir = join(root, '.livesync', 'bench-agent', 'stack');
@@ -413,13 +412,7 @@ async function main(): Promise<void> {
     await rm(tmp, { recursive: true, force: true });
     await rm(stackDir, { recursive: true, force: true }); // the journal objects of this run
   };
-  const onSignal = (sig: NodeJS.Signals): void => {
-    log(`${sig}: cleaning up`);
-    void cleanup().finally(() => process.exit(130));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
+  await runBench(log, cleanup, async () => {
     log('starting the local stack (event path on)');
     stack = await startLocalStack({ dir: stackDir, log });
     const { index } = rpStoreFromEnv();
@@ -501,12 +494,7 @@ async function main(): Promise<void> {
         reps,
       }),
     );
-    log(`done in ${round((performance.now() - began) / 1000, 1)} s`);
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await cleanup();
-  }
+  });
 }
 
 main().catch((err) => {

@@ -44,3 +44,30 @@ export function percentile(xs: number[], p: number): number {
   const lo = Math.floor(at);
   return lo + 1 < s.length ? s[lo] + (s[lo + 1] - s[lo]) * (at - lo) : s[lo];
 }
+
+/**
+ * A bench's main: runs `body`, logs the total time, and always runs `cleanup` after it — also
+ * on SIGINT/SIGTERM (then exits 130), so no stack or server outlives an interrupted run.
+ */
+export async function runBench(log: (m: string) => void, cleanup: () => Promise<void>, body: () => Promise<void>): Promise<void> {
+  const began = performance.now();
+  // A Ctrl-C may arrive twice (from the terminal and relayed by tsx): the second must not end
+  // the process with its default action while the first is still stopping the stack.
+  let stopping = false;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    log(`${sig}: cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    await body();
+    log(`done in ${round((performance.now() - began) / 1000, 1)} s`);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanup();
+  }
+}

@@ -61,7 +61,7 @@ import { mapLimit, sleep } from '../replica/concurrency';
 import { createPair, startSeed } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
 import { writeBackup, type BackupDiskSource } from '../source/backup';
-import { median, round } from './measure';
+import { median, round, runBench } from './measure';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -259,7 +259,6 @@ const secs = (t: number): number => round((performance.now() - t) / 1000, 1);
 // ---- main ----------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const began = performance.now();
   const stackDir = join(dir, 'stack');
   let stack: LocalStack | undefined;
   let peakRss = 0;
@@ -269,13 +268,7 @@ async function main(): Promise<void> {
     await stack?.stop();
     await rm(stackDir, { recursive: true, force: true }); // this run's objects
   };
-  const onSignal = (sig: NodeJS.Signals): void => {
-    log(`${sig}: cleaning up`);
-    void cleanup().finally(() => process.exit(130));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
+  await runBench(log, cleanup, async () => {
     await mkdir(dir, { recursive: true });
     log('starting the local stack (event path off)');
     stack = await startLocalStack({ dir: stackDir, eventPath: false, log });
@@ -358,12 +351,7 @@ async function main(): Promise<void> {
         reps,
       }),
     );
-    log(`done in ${round((performance.now() - began) / 1000, 1)} s`);
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await cleanup();
-  }
+  });
 }
 
 const fmtPhases = (p: Phases): string => (Object.entries(p) as [string, number][]).map(([k, v]) => `${k} ${round(v)}`).join(', ');
