@@ -28,6 +28,8 @@ export class Spool {
    * without reading the file back and checking it again (they never left memory).
    */
   private readonly inMemory = new Map<number, Buffer>();
+  /** For a body kept in memory: what add() was told to call once the spool lets go of it. */
+  private readonly releases = new Map<number, (body: Buffer) => void>();
   private inMemoryBytes = 0;
 
   private constructor(
@@ -73,8 +75,10 @@ export class Spool {
    * Stores a batch durably (data synced before the rename, the rename synced too). Batches
    * are written concurrently but appear in call order (the seq order): after a crash the
    * spool never holds a seq whose predecessor was lost, so no seq stream has a hole.
+   * `release` is called once the spool no longer holds `body`: after the write, or, for a
+   * body kept in memory for the uploader, when the batch is removed (its upload done).
    */
-  add(seq: number, body: Buffer): Promise<void> {
+  add(seq: number, body: Buffer, release?: (body: Buffer) => void): Promise<void> {
     const path = this.path(seq);
     const tmp = `${path}.tmp`;
     const written = writeSynced(tmp, body);
@@ -85,6 +89,9 @@ export class Spool {
       if (this.inMemoryBytes + body.length <= this.memoryBytes) {
         this.inMemory.set(seq, body);
         this.inMemoryBytes += body.length;
+        if (release) this.releases.set(seq, release);
+      } else {
+        release?.(body);
       }
     });
     this.lastAdd = visible.catch(() => {});
@@ -114,8 +121,12 @@ export class Spool {
     await rm(this.path(seq), { force: true });
     this.total -= this.sizes.get(seq) ?? 0;
     this.sizes.delete(seq);
-    this.inMemoryBytes -= this.inMemory.get(seq)?.length ?? 0;
+    const kept = this.inMemory.get(seq);
+    this.inMemoryBytes -= kept?.length ?? 0;
     this.inMemory.delete(seq);
+    const release = this.releases.get(seq);
+    this.releases.delete(seq);
+    if (kept && release) release(kept);
   }
 
   private track(seq: number, size: number): void {

@@ -51,6 +51,7 @@ import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { callAgent } from '../agent/control';
+import { AGENT_NODE_FLAGS } from '../agent/node-flags';
 import { freePort, startLocalStack, type LocalStack } from '../local/stack';
 import { sleep } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
@@ -235,7 +236,7 @@ class AgentServer implements Server {
     const p = launch(
       'agent',
       nodeBin,
-      [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, ...(variant.args ?? [])],
+      [...AGENT_NODE_FLAGS, ...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, ...(variant.args ?? [])],
       { env: { ...process.env, ...this.stack.env }, echo: true },
     );
     let sampler: NodeJS.Timeout | undefined;

@@ -129,10 +129,18 @@ export function encodeBatch(header: BatchHeader, extents: ExtentInput[]): Buffer
 }
 
 /**
+ * Bytes of a body whose extents hold `dataBytes` of blocks, stored raw, one extent per block
+ * at most, with a header of up to `headerBytes`: an upper bound for sizing reused bodies.
+ */
+export function batchBodyBound(dataBytes: number, headerBytes = 4096): number {
+  return headerBytes + dataBytes + Math.ceil(dataBytes / BLOCK_SIZE) * INDEX_ENTRY + TRAILER_SIZE;
+}
+
+/**
  * encodeBatch with compression on the thread pool: the caller's event loop stays free.
  * `concurrency` extents are compressed at a time (each holds a zstd context).
  */
-export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[], concurrency = 4): Promise<Buffer> {
+export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[], concurrency = 4, alloc?: (size: number) => Buffer): Promise<Buffer> {
   checkHeaderInput(header);
   const sorted = splitAndSort(extents, header.disks.length);
   const packed: PackedExtent[] = new Array(sorted.length);
@@ -144,10 +152,11 @@ export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
-  return layOut(header, packed);
+  return layOut(header, packed, alloc);
 }
 
-function layOut(header: BatchHeader, packed: PackedExtent[]): Buffer {
+/** `alloc` gives the output buffer (default: a new one), e.g. a reused body. */
+function layOut(header: BatchHeader, packed: PackedExtent[], alloc: (size: number) => Buffer = Buffer.allocUnsafe): Buffer {
   const parts: Buffer[] = [];
   const headerBuf = encodeHeader(header);
   parts.push(headerBuf);
@@ -187,7 +196,9 @@ function layOut(header: BatchHeader, packed: PackedExtent[]): Buffer {
   END_MAGIC.copy(trailer, 28);
   parts.push(trailer);
   objectCrc = crc32c(trailer.subarray(0, 24), crc32cCombine(objectCrc, indexCrc, index.length));
-  const out = Buffer.concat(parts);
+  const out = alloc(offset + index.length + trailer.length);
+  let at = 0;
+  for (const part of parts) at += part.copy(out, at);
   out.writeUInt32LE(objectCrc, out.length - 8);
   return out;
 }

@@ -2,6 +2,7 @@
 // consistency boundaries and uploads them to the pair's journal with retry and backoff.
 // The NBD agent sits on top of this.
 
+import type { BodyPool } from './body-pool';
 import { BATCH_FLAGS, BLOCK_SIZE, batchObjectCrc32c, encodeBatchAsync, type ExtentInput } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
 import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/keys';
@@ -35,6 +36,9 @@ export interface CutBatch {
   cutMs: number;
 }
 
+/** Default cut size of pending distinct blocks. */
+export const DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024;
+
 /**
  * Where cut batches go, once encoded. Called in seq order (the calls' promises may overlap);
  * the writer waits for them before `flush` resolves and counts them against maxInFlight.
@@ -59,6 +63,8 @@ export interface BatchWriterOptions {
   maxInFlight?: number;
   /** Extents of one batch compressed at once (default 4; the agent uses 1 to save memory). */
   compressConcurrency?: number;
+  /** Where bodies come from (default: a new buffer each); the sink gives them back. */
+  bodies?: BodyPool;
   retry?: Partial<RetryPolicy>;
   /** Current contents of a block, for writes that cover only part of one. */
   readBlock?: (disk: string, blockIndex: number) => Promise<Buffer>;
@@ -131,8 +137,8 @@ export class BatchWriter {
   private sinkChain: Promise<void> = Promise.resolve();
   /** OR-ed into the flags of every batch cut (the agent sets BATCH_FLAGS.RESYNC while resyncing). */
   extraFlags = 0;
-  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry' | 'store' | 'sink'>> &
-    Pick<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded'> & { retry: RetryPolicy };
+  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry' | 'store' | 'sink' | 'bodies'>> &
+    Pick<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'bodies'> & { retry: RetryPolicy };
 
   constructor(options: BatchWriterOptions) {
     checkPairId(options.pairId);
@@ -149,7 +155,7 @@ export class BatchWriter {
     if (!sink && !store) throw new InvalidArgumentError('a batch writer needs a store or a sink');
     this.o = {
       firstSeq: 1,
-      maxBatchBytes: 8 * 1024 * 1024,
+      maxBatchBytes: DEFAULT_MAX_BATCH_BYTES,
       maxBatchAgeMs: 1000,
       maxInFlight: 4,
       compressConcurrency: 4,
@@ -259,7 +265,7 @@ export class BatchWriter {
     const header = { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) };
     // Compression runs on the thread pool, so the caller's event loop keeps serving; batches
     // still reach the sink in seq order.
-    const body = encodeBatchAsync(header, extents, this.o.compressConcurrency);
+    const body = encodeBatchAsync(header, extents, this.o.compressConcurrency, this.o.bodies && ((n) => this.o.bodies!.take(n)));
     // The encoded body holds copies: the slab serves a later batch (two spares at most).
     this.slab = undefined;
     this.slots = 0;

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startAgent, type AgentOptions, type RunningAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
+import { AGENT_NODE_FLAGS } from '../agent/node-flags';
 import { NbdClient } from '../bench/nbd-client';
 import { BATCH_FLAGS } from '../core/batch-format';
 import { rng } from '../source/workload';
@@ -50,7 +51,7 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
   async function spawnAgent(pairId: string, image: string, stateDir: string): Promise<{ child: ChildProcess; port: number; log: string[] }> {
     const child = spawn(
       join(__dirname, '../node_modules/.bin/node'),
-      ['--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, '../cli/livesync.ts'), 'agent', '--pair', pairId, '--disk', `disk0=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
+      [...AGENT_NODE_FLAGS, '--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, '../cli/livesync.ts'), 'agent', '--pair', pairId, '--disk', `disk0=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
       { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     const log: string[] = [];

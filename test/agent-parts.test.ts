@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { DirtyMap } from '../agent/dirty-map';
 import { RangeLock } from '../agent/range-lock';
 import { Spool, SpoolCorruptError } from '../agent/spool';
-import { encodeBatch } from '../core/batch-format';
+import { decodeBatch, encodeBatch } from '../core/batch-format';
 
 const MiB = 1024 * 1024;
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -129,6 +129,21 @@ describe('Spool', () => {
     expect((await spool.read(2)).equals(batch(2))).toBe(true);
     await again.remove(2);
     expect(again.seqs()).toEqual([1]);
+  });
+
+  test('lets go of each body once: after its write, or (kept in memory) when removed', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
+    const spool = await Spool.open(dir, MiB, batch(1).length); // room in memory for one
+    const released: number[] = [];
+    const release = (body: Buffer): void => void released.push(decodeBatch(body, 'released').header.seq);
+    await spool.add(1, batch(1), release);
+    await spool.add(2, batch(2), release);
+    expect(released).toEqual([2]); // written, not kept: the spool holds it no more
+    expect((await spool.read(1)).equals(batch(1))).toBe(true);
+    expect(released).toEqual([2]); // read for the upload: still held
+    await spool.remove(1);
+    await spool.remove(2);
+    expect(released).toEqual([2, 1]);
   });
 
   test('keeps only as many bodies in memory as allowed; the rest are read back and checked', async () => {

@@ -1,10 +1,11 @@
 import fc from 'fast-check';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
-import { BATCH_FLAGS, BLOCK_SIZE, EXTENT_FLAGS, decodeBatch, decodeExtent } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, EXTENT_FLAGS, batchBodyBound, decodeBatch, decodeExtent, encodeBatch, encodeBatchAsync } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
 import type { ObjectStore } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
+import { BodyPool } from '../source/body-pool';
 
 const disks = [{ name: 'd0', sizeBytes: 1024 * 1024 }];
 const decoded = (mem: MemoryObjectStore) =>
@@ -111,7 +112,8 @@ describe('BatchWriter', () => {
   // Random writes (whole and partial blocks, all-zero data), zeroings small and large, and
   // cuts, with batches small enough to be cut mid-workload: replaying every batch in seq order
   // gives exactly the disk. Overwrites, zeroed-then-rewritten blocks and split operations
-  // all go through the writer's slab slots.
+  // all go through the writer's slab slots. With a body pool, each body is replayed, spoiled
+  // and given back as soon as the sink has it: a byte the encoder did not write shows.
   test('replaying its batches in seq order gives exactly the disk written (property)', async () => {
     const size = 16 * BLOCK_SIZE; // small: writes overlap often, within a batch and across cuts
     const region = fc.record({ at: fc.nat(size - 1), len: fc.integer({ min: 1, max: 5 * BLOCK_SIZE }) }).map(({ at, len }) => ({ at, len: Math.min(len, size - at) }));
@@ -122,13 +124,24 @@ describe('BatchWriter', () => {
       fc.record({ kind: fc.constant('cut' as const) }),
     );
     await fc.assert(
-      fc.asyncProperty(fc.array(op, { maxLength: 60 }), fc.integer({ min: 1, max: 12 }), async (ops, batchBlocks) => {
+      fc.asyncProperty(fc.array(op, { maxLength: 60 }), fc.integer({ min: 1, max: 12 }), fc.boolean(), async (ops, batchBlocks, pooled) => {
         const disk = Buffer.alloc(size);
-        const bodies: Buffer[] = [];
+        const replayed = Buffer.alloc(size);
+        const pool = pooled ? new BodyPool(batchBodyBound(batchBlocks * BLOCK_SIZE), 1) : undefined;
+        let seqs = 0;
         const w = new BatchWriter({
           pairId: 'p',
           disks: [{ name: 'd0', sizeBytes: size }],
-          sink: async (b) => void bodies.push(b.body),
+          sink: async (c) => {
+            const b = decodeBatch(c.body, `batch ${c.seq}`);
+            expect(b.header.seq).toBe(++seqs);
+            for (const e of b.extents) {
+              if (e.flags & EXTENT_FLAGS.ZERO) replayed.fill(0, e.blockIndex * BLOCK_SIZE, (e.blockIndex + e.blockCount) * BLOCK_SIZE);
+              else decodeExtent(e, c.body.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), `batch ${c.seq}`).copy(replayed, e.blockIndex * BLOCK_SIZE);
+            }
+            if (pool) pool.give(Buffer.from(c.body.buffer).fill(0xee));
+          },
+          bodies: pool,
           maxBatchBytes: batchBlocks * BLOCK_SIZE,
           maxBatchAgeMs: 0,
           readBlock: async (_, block) => Buffer.from(disk.subarray(block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE)),
@@ -146,15 +159,6 @@ describe('BatchWriter', () => {
           }
         }
         await w.flush();
-        const replayed = Buffer.alloc(size);
-        for (const [k, body] of bodies.entries()) {
-          const b = decodeBatch(body, `batch ${k}`);
-          expect(b.header.seq).toBe(k + 1);
-          for (const e of b.extents) {
-            if (e.flags & EXTENT_FLAGS.ZERO) replayed.fill(0, e.blockIndex * BLOCK_SIZE, (e.blockIndex + e.blockCount) * BLOCK_SIZE);
-            else decodeExtent(e, body.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), `batch ${k}`).copy(replayed, e.blockIndex * BLOCK_SIZE);
-          }
-        }
         expect(replayed.equals(disk)).toBe(true);
       }),
       { numRuns: 150 },
@@ -170,5 +174,42 @@ describe('BatchWriter', () => {
     expect(() => new BatchWriter({ pairId: 'Bad_Pair', disks, store: new MemoryObjectStore() })).toThrow(/pair id 'Bad_Pair'/);
     expect(() => new BatchWriter({ pairId: 'p', disks: [...disks, ...disks], store: new MemoryObjectStore() })).toThrow(/distinct names/);
     expect(() => new BatchWriter({ pairId: 'p', disks: [{ name: 'd0', sizeBytes: 1000 }], store: new MemoryObjectStore() })).toThrow(/multiple of 4 KiB/);
+  });
+});
+
+describe('BodyPool', () => {
+  test('a body given back is the next one taken; a foreign, oversized or surplus one is not kept', () => {
+    const pool = new BodyPool(1000, 1);
+    const a = pool.take(600);
+    expect(a.length).toBe(600);
+    pool.give(a);
+    const b = pool.take(900);
+    expect(b.buffer).toBe(a.buffer); // reused
+    expect(b.length).toBe(900);
+    const big = pool.take(1001); // larger than the capacity: a body of its own
+    expect(big.length).toBe(1001);
+    pool.give(big);
+    pool.give(Buffer.alloc(1000)); // not the pool's
+    expect(pool.spareCount).toBe(0);
+    const c = pool.take(10);
+    pool.give(b);
+    pool.give(b); // twice: still one spare
+    pool.give(c); // over maxSpare: left to the GC
+    expect(pool.spareCount).toBe(1);
+  });
+
+  test('a body encoded into a reused, spoiled buffer equals a fresh encode', async () => {
+    const header = { pairId: 'p', seq: 3, prevSeq: 2, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['d'] };
+    const extents = [
+      { disk: 0, blockIndex: 7, data: Buffer.alloc(3 * BLOCK_SIZE, 9) },
+      { disk: 0, blockIndex: 1, zeroBlocks: 2 },
+      { disk: 0, blockIndex: 20, data: Buffer.from(Array.from({ length: 5 * BLOCK_SIZE }, (_, i) => (i * 7) % 251)) },
+    ];
+    const pool = new BodyPool(batchBodyBound(8 * BLOCK_SIZE));
+    pool.give(Buffer.from(pool.take(1).buffer).fill(0xee));
+    const pooled = await encodeBatchAsync(header, extents, 1, (n) => pool.take(n));
+    expect(pooled.equals(await encodeBatchAsync(header, extents, 1))).toBe(true);
+    expect(decodeBatch(pooled, 'pooled').extents).toEqual(decodeBatch(encodeBatch(header, extents), 'fresh').extents.map((e) => expect.objectContaining({ blockIndex: e.blockIndex, blockCount: e.blockCount, dataCrc: e.dataCrc })));
+    expect(pool.spareCount).toBe(0); // it came from the pool
   });
 });

@@ -3,11 +3,21 @@
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { AGENT_NODE_FLAGS } from '../agent/node-flags';
 import { waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, newPairId, runCli } from './helpers';
 
 describe('livesync CLI', () => {
+  test("the agent's node flags are in the npm script and the shebang (agent/node-flags.ts)", async () => {
+    const script = (JSON.parse(await readFile(join(__dirname, '../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.livesync;
+    const shebang = (await readFile(join(__dirname, '../cli/livesync.ts'), 'utf8')).split('\n')[0];
+    for (const flag of AGENT_NODE_FLAGS) {
+      expect(script.split(' ')).toContain(flag);
+      expect(shebang.split(' ')).toContain(flag);
+    }
+  });
+
   test.each([
     [['pair', 'create', '--disk', 'd=1M'], '--pair is required'],
     [['pair', 'create', '--pair', 'p', '--disk', 'd:1M'], "--disk: 'd:1M' is not NAME=SIZE"],
