@@ -21,6 +21,14 @@
 //                          `--bandwidth 1M`: it captures and spools every write as usual, but
 //                          its uploads wait, so the local S3's share of these 2 cores (in AWS
 //                          it is not on the source host) is left out: the agent's own cost
+//   agent_cpu_us_per_write, qemu_nbd_…, nbdkit_…, ratio_cpu_vs_qemu_nbd
+//                          CPU time (user + system, all threads, from /proc) the server's
+//                          process used during its rand4k job, per write: the filter's own
+//                          cost, less sensitive than IOPS to what else shares the cores
+//   local_s3_cpu_us_per_write
+//                          the same for this process (the local stack's S3, which receives
+//                          the uploads) during the agent's rand4k job: work that in AWS is
+//                          not on the source host, but here shares its 2 cores
 //   seq1m_mib_s            fio, sequential 1 MiB writes, iodepth 8, from 1 GiB on → MiB/s
 //   rpo_p50_s / rpo_p99_s  a fresh agent under a paced load of 20 MB/s (64 KiB writes at random
 //                          offsets in the first 1 GiB) with an NBD FLUSH every ~250 ms, over
@@ -42,7 +50,7 @@
 // do not. BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S (5), BENCH_RPO_S (20),
 // BENCH_AGENT_NODE_ARGS (extra node flags for the agent, e.g. to profile it).
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, readFile, readlink, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -60,6 +68,8 @@ import { median, percentile, round, runBench } from './measure';
 import { NbdClient } from './nbd-client';
 
 const MiB = 2 ** 20;
+/** /proc's clock ticks per second (USER_HZ). */
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }));
 const GiB = 2 ** 30;
 const diskGib = Number(process.env.BENCH_DISK_GIB ?? 16);
 const reps = Number(process.env.BENCH_REPS ?? 3);
@@ -172,6 +182,8 @@ async function sparseImage(path: string): Promise<string> {
 
 interface Serving {
   port: number;
+  /** The server's process, whose CPU time is counted. */
+  pid: number;
   /** Progress note for stderr after a job (the agent: its peak RSS so far). */
   note?(): Promise<string>;
   /** Stops the server (and, for the agent, waits for its batches to be applied). */
@@ -195,7 +207,7 @@ const qemuNbd: Server = {
     const port = await freePort();
     const p = launch('qemu-nbd', 'qemu-nbd', ['-f', 'raw', '-t', '-b', '127.0.0.1', '-p', String(port), '-x', EXPORT, image]);
     await waitForNbd(port, p, 'qemu-nbd');
-    return { port, close: () => stopPeer(p, 'qemu-nbd') };
+    return { port, pid: p.pid, close: () => stopPeer(p, 'qemu-nbd') };
   },
 };
 
@@ -205,7 +217,7 @@ const nbdkit: Server = {
     const port = await freePort();
     const p = launch('nbdkit', 'nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image]);
     await waitForNbd(port, p, 'nbdkit');
-    return { port, close: () => stopPeer(p, 'nbdkit') };
+    return { port, pid: p.pid, close: () => stopPeer(p, 'nbdkit') };
   },
 };
 
@@ -301,8 +313,8 @@ class AgentServer implements Server {
 
 type Job = 'rand4k' | 'seq1m';
 
-/** Runs one fio job against nbd://127.0.0.1:port/disk0; IOPS (rand4k) or MiB/s (seq1m). */
-async function fio(port: number, job: Job, out: string): Promise<number> {
+/** Runs one fio job against nbd://127.0.0.1:port/disk0: IOPS (rand4k) or MiB/s (seq1m), and its writes. */
+async function fio(port: number, job: Job, out: string): Promise<{ rate: number; writes: number }> {
   const common = ['--name=bench', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/${EXPORT}`, '--time_based', `--runtime=${fioSeconds}`, '--output-format=json', `--output=${out}`];
   const spec =
     job === 'rand4k'
@@ -312,7 +324,14 @@ async function fio(port: number, job: Job, out: string): Promise<number> {
   const res = JSON.parse(await readFile(out, 'utf8')) as { jobs: { error: number; write: { iops: number; bw_bytes: number; total_ios: number } }[] };
   const j = res.jobs[0];
   if (j.error !== 0 || j.write.total_ios === 0) throw new Error(`fio ${job} on port ${port}: error ${j.error}, ${j.write.total_ios} writes`);
-  return job === 'rand4k' ? j.write.iops : j.write.bw_bytes / MiB;
+  return { rate: job === 'rand4k' ? j.write.iops : j.write.bw_bytes / MiB, writes: j.write.total_ios };
+}
+
+/** CPU seconds (user + system, all threads) a process has used so far. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // after "pid (comm) "
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS; // utime, stime: fields 14 and 15
 }
 
 // ---- rpo -------------------------------------------------------------------------------
@@ -426,6 +445,10 @@ async function main(): Promise<void> {
     const servers: Server[] = [agent, qemuNbd, nbdkit, agentApplyLive, agentUploadsHeld];
     const rand = new Map<string, number[]>(servers.map((s) => [s.name, []]));
     const seq = new Map<string, number[]>(servers.map((s) => [s.name, []]));
+    // µs of CPU per rand4k write: the server's process, and this one (the local stack's S3 and,
+    // when on, its apply path; DynamoDB Local is a process of its own and idle meanwhile).
+    const cpu = new Map<string, number[]>(servers.map((s) => [s.name, []]));
+    const localStackCpu = new Map<string, number[]>(servers.map((s) => [s.name, []]));
 
     for (let rep = 0; rep < reps; rep++) {
       for (const server of servers) {
@@ -440,11 +463,15 @@ async function main(): Promise<void> {
           // The apply work runs in AWS, not beside the source: it waits in the queue meanwhile.
           if (server === agent || server === agentUploadsHeld) stack.setEventPathEnabled(false);
           // Each server's rand4k runs first, on its fresh sparse image.
-          const r = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
+          const [cpu0, here0] = [await cpuSeconds(serving.pid), process.cpuUsage()];
+          const { rate: r, writes } = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
+          const here = process.cpuUsage(here0);
           rand.get(server.name)!.push(r);
+          cpu.get(server.name)!.push(((await cpuSeconds(serving.pid)) - cpu0) * 1e6 / writes);
+          localStackCpu.get(server.name)!.push((here.user + here.system) / writes);
           if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after rand4k: ${await serving.note()}`);
           if (server !== agentApplyLive && server !== agentUploadsHeld) {
-            const s = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
+            const { rate: s } = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
             seq.get(server.name)!.push(s);
             log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
           } else log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS`);
@@ -483,6 +510,11 @@ async function main(): Promise<void> {
         ratio_apply_on_host: round(m(rand, agentApplyLive.name) / m(rand, 'qemu-nbd'), 3),
         rand4k_iops_uploads_held: Math.round(m(rand, agentUploadsHeld.name)),
         ratio_uploads_held: round(m(rand, agentUploadsHeld.name) / m(rand, 'qemu-nbd'), 3),
+        agent_cpu_us_per_write: round(m(cpu, 'agent'), 1),
+        qemu_nbd_cpu_us_per_write: round(m(cpu, 'qemu-nbd'), 1),
+        nbdkit_cpu_us_per_write: round(m(cpu, 'nbdkit'), 1),
+        ratio_cpu_vs_qemu_nbd: round(m(cpu, 'agent') / m(cpu, 'qemu-nbd'), 3),
+        local_s3_cpu_us_per_write: round(m(localStackCpu, 'agent'), 1),
         seq1m_mib_s: round(m(seq, 'agent'), 1),
         qemu_nbd_seq1m_mib_s: round(m(seq, 'qemu-nbd'), 1),
         nbdkit_seq1m_mib_s: round(m(seq, 'nbdkit'), 1),
