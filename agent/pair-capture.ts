@@ -12,10 +12,10 @@
 
 import type { FileHandle } from 'node:fs/promises';
 import { BATCH_FLAGS, BLOCK_SIZE, batchBodyBound, encodeBatch } from '../core/batch-format';
-import { BodyPool } from '../source/body-pool';
 import type { DiskSpec } from '../core/model';
 import type { ObjectStore } from '../replica/ports';
 import { BatchWriter, DEFAULT_MAX_BATCH_BYTES, type CutBatch, type CutOptions } from '../source/batch-writer';
+import { BodyPool } from '../source/body-pool';
 import type { DirtyMap, Region } from './dirty-map';
 import { RangeLock } from './range-lock';
 import type { Spool } from './spool';

@@ -1,8 +1,7 @@
-// Batch bodies reused instead of allocated per batch. Each fresh 4 MiB body is an
-// ArrayBuffer outside V8's heap that lives until its upload ends, long enough to reach the
-// old generation, and V8 counts such memory against the heap limit that starts a full
-// (mark-compact) GC. At the agent's write rates that meant several full GCs a second and
-// about a quarter of the agent's CPU in marking. Reused bodies add nothing to that count.
+// Batch bodies reused instead of allocated per batch. A fresh 4 MiB body is an ArrayBuffer
+// outside V8's heap that lives until its upload ends, long enough to reach the old
+// generation, so only a full (mark-compact) GC frees it. The agent makes full GCs rare (see
+// agent/node-flags.ts); without reuse, dead bodies would pile up in its memory between them.
 //
 // Ownership is the caller's promise: a body is given back exactly once, when nothing holds
 // it any more (the spool says when: see Spool.add).
