@@ -207,8 +207,8 @@ describe('BodyPool', () => {
     ];
     const pool = new BodyPool(batchBodyBound(8 * BLOCK_SIZE));
     pool.give(Buffer.from(pool.take(1).buffer).fill(0xee));
-    const pooled = await encodeBatchAsync(header, extents, 1, (n) => pool.take(n));
-    expect(pooled.equals(await encodeBatchAsync(header, extents, 1))).toBe(true);
+    const pooled = await encodeBatchAsync(header, extents, { concurrency: 1, alloc: (n) => pool.take(n) });
+    expect(pooled.equals(await encodeBatchAsync(header, extents, { concurrency: 1 }))).toBe(true);
     expect(decodeBatch(pooled, 'pooled').extents).toEqual(decodeBatch(encodeBatch(header, extents), 'fresh').extents.map((e) => expect.objectContaining({ blockIndex: e.blockIndex, blockCount: e.blockCount, dataCrc: e.dataCrc })));
     expect(pool.spareCount).toBe(0); // it came from the pool
   });
