@@ -7,7 +7,8 @@
 
 import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BATCH_FLAGS, encodeBatch } from '../core/batch-format';
+import { BATCH_FLAGS, batchBodyBound, encodeBatch } from '../core/batch-format';
+import { BodyPool } from '../source/body-pool';
 import { crc32c } from '../core/crc32c';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { backupManifestKey, checkAppTag, JOURNAL_SUFFIX, parseS3Url } from '../core/keys';
@@ -87,7 +88,11 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const statePath = join(stateDir, 'state.json');
   const previous = await readState(statePath);
   if (previous && previous.pairId !== o.pairId) throw new InvalidArgumentError(`state directory ${stateDir} belongs to pair '${previous.pairId}', not '${o.pairId}'`);
-  const spool = await Spool.open(join(stateDir, 'spool'), o.spoolBytes ?? GiB);
+  // Smaller batches than the writer's default: less memory in flight, sooner uploads.
+  const maxBatchBytes = o.maxBatchBytes ?? 4 * 1024 * 1024;
+  // Batch bodies: the writer takes them, the spool gives them back (source/body-pool.ts).
+  const bodies = new BodyPool(batchBodyBound(maxBatchBytes));
+  const spool = await Spool.open(join(stateDir, 'spool'), o.spoolBytes ?? GiB, { bodies });
   const syncMarks = o.syncMarks === true;
   const { map: dirty, trusted: mapTrusted } = await DirtyMap.open(join(stateDir, 'dirty.map'), pair.disks, syncMarks);
   const bootId = await currentBootId();
@@ -125,8 +130,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     spool,
     dirty,
     firstSeq,
-    // Smaller batches than the writer's default: less memory in flight, sooner uploads.
-    maxBatchBytes: o.maxBatchBytes ?? 4 * 1024 * 1024,
+    maxBatchBytes,
+    bodies,
     maxBatchAgeMs: o.maxBatchAgeMs,
     bandwidthBytesPerSec: o.bandwidthBytesPerSec,
     retryBaseDelayMs: o.retryBaseDelayMs,

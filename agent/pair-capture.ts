@@ -11,11 +11,11 @@
 // The cloud side shows the pair RESYNCING from the first RESYNC batch to RESYNC_END.
 
 import type { FileHandle } from 'node:fs/promises';
-import { BATCH_FLAGS, BLOCK_SIZE, batchBodyBound, encodeBatch } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch } from '../core/batch-format';
 import type { DiskSpec } from '../core/model';
 import type { ObjectStore } from '../replica/ports';
-import { BatchWriter, DEFAULT_MAX_BATCH_BYTES, type CutBatch, type CutOptions } from '../source/batch-writer';
-import { BodyPool } from '../source/body-pool';
+import { BatchWriter, type CutBatch, type CutOptions } from '../source/batch-writer';
+import type { BodyPool } from '../source/body-pool';
 import type { DirtyMap, Region } from './dirty-map';
 import { RangeLock } from './range-lock';
 import type { Spool } from './spool';
@@ -48,6 +48,8 @@ export interface PairCaptureOptions {
   files: FileHandle[];
   store: ObjectStore;
   spool: Spool;
+  /** Where batch bodies come from: the spool's pool, which they go back to. */
+  bodies?: BodyPool;
   dirty: DirtyMap;
   firstSeq: number;
   maxBatchBytes?: number;
@@ -80,13 +82,10 @@ export class PairCapture {
   /** A fault that stopped uploads or the resync (shown in status; client I/O goes on). */
   failure: Error | undefined;
   readonly stats = { overflows: 0, resyncs: 0, resyncedRegions: 0, resyncedBytes: 0 };
-  /** Batch bodies, back from the spool once uploaded (or written, if not kept in memory). */
-  private readonly bodies: BodyPool;
 
   constructor(private readonly o: PairCaptureOptions) {
     this.locks = o.disks.map(() => new RangeLock());
     this.sealedThroughValue = o.firstSeq - 1;
-    this.bodies = new BodyPool(batchBodyBound(o.maxBatchBytes ?? DEFAULT_MAX_BATCH_BYTES));
     this.writer = new BatchWriter({
       pairId: o.pairId,
       disks: o.disks,
@@ -96,7 +95,7 @@ export class PairCapture {
       maxBatchAgeMs: o.maxBatchAgeMs,
       maxInFlight: 2, // spool writes: local, and each holds a batch in memory
       compressConcurrency: 1, // one zstd context at a time: pool threads' allocator arenas stay small
-      bodies: this.bodies,
+      bodies: o.bodies,
       readBlock: async (disk, block) => readRange(this.file(disk), block * BLOCK_SIZE, BLOCK_SIZE),
     });
     this.uploader = new Uploader({
@@ -232,9 +231,9 @@ export class PairCapture {
       // This batch's writes (and any in flight) are resent by the resync; its seq carries the marker.
       this.o.dirty.escalate(b.seq);
       body = encodeBatch({ pairId: this.o.pairId, seq: b.seq, prevSeq: b.seq - 1, firstWriteMs: b.cutMs, cutMs: b.cutMs, flags: BATCH_FLAGS.RESYNC, disks: this.o.disks.map((d) => d.name) }, []);
-      this.bodies.give(b.body);
+      this.o.bodies?.give(b.body);
     }
-    await this.o.spool.add(b.seq, body, (done) => this.bodies.give(done));
+    await this.o.spool.add(b.seq, body);
     this.sealed.add(b.seq);
     while (this.sealed.delete(this.sealedThroughValue + 1)) this.sealedThroughValue++;
     this.uploader.kick();

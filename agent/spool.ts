@@ -2,10 +2,11 @@
 // acknowledged, kept until the journal holds them. One file per batch, named by seq:
 // `{seq:020}.batch`, written to a temporary name, synced, renamed (docs/design.md, "Agent").
 
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeBatch } from '../core/batch-format';
 import { BatchError } from '../core/errors';
+import type { BodyPool } from '../source/body-pool';
 
 const NAME = /^(\d{20})\.batch$/;
 
@@ -19,6 +20,17 @@ export class SpoolCorruptError extends Error {
 /** Bodies this process spooled are kept in memory up to this many bytes, for the uploader. */
 const DEFAULT_MEMORY_BYTES = 10 * 1024 * 1024; // two 4 MiB batches and their framing
 
+export interface SpoolOptions {
+  /** Bytes of spooled bodies kept in memory for the uploader (default 10 MiB). */
+  memoryBytes?: number;
+  /**
+   * Where bodies read back from files come from, and where every body the spool lets go of
+   * goes back to: after its write if not kept in memory, else when its batch is removed (its
+   * upload done). The batch writer takes its bodies from the same pool.
+   */
+  bodies?: BodyPool;
+}
+
 export class Spool {
   private readonly sizes = new Map<number, number>();
   private total = 0;
@@ -28,20 +40,21 @@ export class Spool {
    * without reading the file back and checking it again (they never left memory).
    */
   private readonly inMemory = new Map<number, Buffer>();
-  /** For a body kept in memory: what add() was told to call once the spool lets go of it. */
-  private readonly releases = new Map<number, (body: Buffer) => void>();
   private inMemoryBytes = 0;
+  /** Bodies read back from files for the uploader, given back when their batch is removed. */
+  private readonly lent = new Map<number, Buffer>();
 
   private constructor(
     readonly dir: string,
     readonly limitBytes: number,
     private readonly memoryBytes: number,
+    private readonly bodies: BodyPool | undefined,
   ) {}
 
   /** Opens (creating) the spool; leftovers of an interrupted write are removed. */
-  static async open(dir: string, limitBytes: number, memoryBytes = DEFAULT_MEMORY_BYTES): Promise<Spool> {
+  static async open(dir: string, limitBytes: number, o: SpoolOptions = {}): Promise<Spool> {
     await mkdir(dir, { recursive: true });
-    const spool = new Spool(dir, limitBytes, memoryBytes);
+    const spool = new Spool(dir, limitBytes, o.memoryBytes ?? DEFAULT_MEMORY_BYTES, o.bodies);
     for (const name of await readdir(dir)) {
       const m = NAME.exec(name);
       if (!m) {
@@ -75,10 +88,9 @@ export class Spool {
    * Stores a batch durably (data synced before the rename, the rename synced too). Batches
    * are written concurrently but appear in call order (the seq order): after a crash the
    * spool never holds a seq whose predecessor was lost, so no seq stream has a hole.
-   * `release` is called once the spool no longer holds `body`: after the write, or, for a
-   * body kept in memory for the uploader, when the batch is removed (its upload done).
+   * The spool owns `body` from here on (see SpoolOptions.bodies).
    */
-  add(seq: number, body: Buffer, release?: (body: Buffer) => void): Promise<void> {
+  add(seq: number, body: Buffer): Promise<void> {
     const path = this.path(seq);
     const tmp = `${path}.tmp`;
     const written = writeSynced(tmp, body);
@@ -89,9 +101,8 @@ export class Spool {
       if (this.inMemoryBytes + body.length <= this.memoryBytes) {
         this.inMemory.set(seq, body);
         this.inMemoryBytes += body.length;
-        if (release) this.releases.set(seq, release);
       } else {
-        release?.(body);
+        this.bodies?.give(body);
       }
     });
     this.lastAdd = visible.catch(() => {});
@@ -106,14 +117,18 @@ export class Spool {
     const kept = this.inMemory.get(seq);
     if (kept) return kept;
     const path = this.path(seq);
-    const body = await readFile(path);
+    const body = await this.readWhole(path);
     try {
       const b = decodeBatch(body, path);
       if (b.header.seq !== seq) throw new SpoolCorruptError(path, `holds seq ${b.header.seq}`);
     } catch (err) {
+      this.bodies?.give(body);
       if (err instanceof BatchError) throw new SpoolCorruptError(path, err.message);
       throw err;
     }
+    const earlier = this.lent.get(seq); // read again: the upload that read it has given up
+    if (earlier) this.bodies?.give(earlier);
+    this.lent.set(seq, body);
     return body;
   }
 
@@ -121,12 +136,29 @@ export class Spool {
     await rm(this.path(seq), { force: true });
     this.total -= this.sizes.get(seq) ?? 0;
     this.sizes.delete(seq);
-    const kept = this.inMemory.get(seq);
-    this.inMemoryBytes -= kept?.length ?? 0;
+    const kept = this.inMemory.get(seq) ?? this.lent.get(seq);
+    this.inMemoryBytes -= this.inMemory.get(seq)?.length ?? 0;
     this.inMemory.delete(seq);
-    const release = this.releases.get(seq);
-    this.releases.delete(seq);
-    if (kept && release) release(kept);
+    this.lent.delete(seq);
+    if (kept) this.bodies?.give(kept);
+  }
+
+  /** A file's bytes, in a body from the pool if there is one. */
+  private async readWhole(path: string): Promise<Buffer> {
+    const file = await open(path, 'r');
+    try {
+      const { size } = await file.stat();
+      const body = this.bodies ? this.bodies.take(size) : Buffer.allocUnsafe(size);
+      let at = 0;
+      while (at < size) {
+        const { bytesRead } = await file.read(body, at, size - at, at);
+        if (bytesRead === 0) break; // shorter than it was a moment ago: decodeBatch says so
+        at += bytesRead;
+      }
+      return body.subarray(0, at);
+    } finally {
+      await file.close();
+    }
   }
 
   private track(seq: number, size: number): void {

@@ -38,7 +38,7 @@ export interface CutBatch {
 }
 
 /** Default cut size of pending distinct blocks. */
-export const DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024;
+const DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024;
 
 /**
  * Where cut batches go, once encoded. Called in seq order (the calls' promises may overlap);

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { DirtyMap } from '../agent/dirty-map';
 import { RangeLock } from '../agent/range-lock';
 import { Spool, SpoolCorruptError } from '../agent/spool';
+import { BodyPool } from '../source/body-pool';
 import { decodeBatch, encodeBatch } from '../core/batch-format';
 
 const MiB = 1024 * 1024;
@@ -131,25 +132,30 @@ describe('Spool', () => {
     expect(again.seqs()).toEqual([1]);
   });
 
-  test('lets go of each body once: after its write, or (kept in memory) when removed', async () => {
+  test('gives each body back to its pool once: after its write, or (kept or read back) when removed', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
-    const spool = await Spool.open(dir, MiB, batch(1).length); // room in memory for one
-    const released: number[] = [];
-    const release = (body: Buffer): void => void released.push(decodeBatch(body, 'released').header.seq);
-    await spool.add(1, batch(1), release);
-    await spool.add(2, batch(2), release);
-    expect(released).toEqual([2]); // written, not kept: the spool holds it no more
+    const given: number[] = [];
+    const pool = new BodyPool(MiB);
+    const give = pool.give.bind(pool);
+    pool.give = (body) => void (given.push(decodeBatch(body, 'given back').header.seq), give(body));
+    const spool = await Spool.open(dir, MiB, { memoryBytes: batch(1).length, bodies: pool }); // room in memory for one
+    await spool.add(1, batch(1));
+    await spool.add(2, batch(2));
+    expect(given).toEqual([2]); // written, not kept: the spool holds it no more
     expect((await spool.read(1)).equals(batch(1))).toBe(true);
-    expect(released).toEqual([2]); // read for the upload: still held
-    await spool.remove(1);
+    const readBack = await spool.read(2); // from its file, into a body from the pool
+    expect(readBack.equals(batch(2))).toBe(true);
+    expect(given).toEqual([2]); // both held for their uploads
     await spool.remove(2);
-    expect(released).toEqual([2, 1]);
+    await spool.remove(1);
+    expect(given).toEqual([2, 2, 1]);
+    expect(pool.take(readBack.length).buffer).toBe(readBack.buffer); // reused
   });
 
   test('keeps only as many bodies in memory as allowed; the rest are read back and checked', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
     const one = batch(1).length;
-    const spool = await Spool.open(dir, MiB, one);
+    const spool = await Spool.open(dir, MiB, { memoryBytes: one });
     await spool.add(1, batch(1));
     await spool.add(2, batch(2));
     for (const seq of [1, 2]) {
