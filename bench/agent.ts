@@ -286,7 +286,12 @@ class AgentServer implements Server {
         if (how.code !== 0 || how.killed) log(`agent of ${pairId} did not stop cleanly: exit ${how.code ?? how.signal}${how.killed ? ' after SIGKILL' : ''}\n${p.tail.join('\n')}`);
         if (variant.drain !== false) await this.drain(pairId, stateDir);
       };
-      const note = async (): Promise<string> => (await sample(), `agent peak RSS so far ${round(peak / MiB, 1)} MiB`);
+      // With what the agent says of its memory now (where a peak came from: heap, buffers, the rest native).
+      const note = async (): Promise<string> => {
+        await sample();
+        const now = ((await callAgent(join(stateDir, 'control.sock'), { op: 'status' }).catch(() => undefined)) as { status?: { memoryMiB?: object } } | undefined)?.status?.memoryMiB;
+        return `agent peak RSS so far ${round(peak / MiB, 1)} MiB; now ${JSON.stringify(now ?? 'unknown')}`;
+      };
       return { port, pairId, pid: p.pid, controlSocket: join(stateDir, 'control.sock'), close, note };
     } catch (err) {
       clearInterval(sampler);
@@ -473,6 +478,7 @@ async function main(): Promise<void> {
           if (server !== agentApplyLive && server !== agentUploadsHeld) {
             const { rate: s } = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
             seq.get(server.name)!.push(s);
+            if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after seq1m: ${await serving.note()}`);
             log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
           } else log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS`);
         } finally {
