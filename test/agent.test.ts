@@ -89,6 +89,18 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
     await expectReplicaMatchesImage();
   });
 
+  // Payloads over 512 KiB are joined in reused buffers (over 1 MiB, fresh ones): a buffer given
+  // back too early, or a read-ahead left in one, shows as a verify failure or a replica mismatch.
+  test('fio with large writes (600 KiB to 2 MiB, queue depth 8) verifies crc32c of everything it wrote', async () => {
+    const { stdout } = await run('fio', [
+      '--name=large', '--ioengine=nbd', `--uri=${url}`, '--rw=randwrite', '--bsrange=600k-2m', '--bs_unaligned=0', '--iodepth=8',
+      '--size=24M', '--verify=crc32c', '--do_verify=1', '--verify_state_save=0',
+    ]);
+    expect(stdout).toMatch(/err= 0/);
+    expect(stdout).not.toMatch(/verify:.*bad|crc32c: verify failed/i);
+    await expectReplicaMatchesImage();
+  });
+
   test('a restarted agent continues the seq stream after every batch it cut, applied yet or not', async () => {
     await run('qemu-io', ['-f', 'raw', url, '-c', 'write -P 0x31 8M 1M', '-c', 'flush']);
     const cutSoFar = agent.capture.writer.nextSeq;
