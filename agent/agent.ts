@@ -365,7 +365,7 @@ async function dropCorruptSpool(spool: Spool, log: (m: string) => void): Promise
   const dropped: number[] = [];
   for (const seq of spool.seqs()) {
     try {
-      await spool.read(seq);
+      await spool.check(seq);
     } catch (err) {
       if (!(err instanceof SpoolCorruptError)) throw err;
       log(`${err.message}: dropped (the comparison with the replica finds its regions)`);

@@ -110,12 +110,26 @@ export class Spool {
   }
 
   /**
-   * A spooled batch: from memory if this process spooled it, else read from its file and
-   * checked end to end (a torn or rotten file is refused).
+   * A spooled batch, for its upload: from memory if this process spooled it, else read from
+   * its file and checked end to end (a torn or rotten file is refused). The body is the
+   * spool's until the batch is removed.
    */
   async read(seq: number): Promise<Buffer> {
     const kept = this.inMemory.get(seq);
     if (kept) return kept;
+    const body = await this.readChecked(seq);
+    const earlier = this.lent.get(seq); // read again: the upload that read it has given up
+    if (earlier) this.bodies?.give(earlier);
+    this.lent.set(seq, body);
+    return body;
+  }
+
+  /** Checks a spooled batch as `read` does, holding on to nothing (at start, for every one). */
+  async check(seq: number): Promise<void> {
+    if (!this.inMemory.has(seq)) this.bodies?.give(await this.readChecked(seq));
+  }
+
+  private async readChecked(seq: number): Promise<Buffer> {
     const path = this.path(seq);
     const body = await this.readWhole(path);
     try {
@@ -126,9 +140,6 @@ export class Spool {
       if (err instanceof BatchError) throw new SpoolCorruptError(path, err.message);
       throw err;
     }
-    const earlier = this.lent.get(seq); // read again: the upload that read it has given up
-    if (earlier) this.bodies?.give(earlier);
-    this.lent.set(seq, body);
     return body;
   }
 

@@ -152,6 +152,19 @@ describe('Spool', () => {
     expect(pool.take(readBack.length).buffer).toBe(readBack.buffer); // reused
   });
 
+  test('checking every spooled batch at start holds none of them', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
+    const first = await Spool.open(dir, 64 * MiB);
+    for (let seq = 1; seq <= 20; seq++) await first.add(seq, batch(seq));
+    const pool = new BodyPool(MiB, 1);
+    const taken: Buffer[] = [];
+    const take = pool.take.bind(pool);
+    pool.take = (n) => { const b = take(n); taken.push(b); return b; };
+    const again = await Spool.open(dir, 64 * MiB, { bodies: pool });
+    for (const seq of again.seqs()) await again.check(seq);
+    expect(new Set(taken.map((b) => b.buffer)).size).toBe(1); // one body, taken and given back each time
+  });
+
   test('keeps only as many bodies in memory as allowed; the rest are read back and checked', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
     const one = batch(1).length;
