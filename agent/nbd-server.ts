@@ -361,12 +361,13 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
     if ('badMagic' in req) throw new Error(`bad request magic 0x${req.badMagic.toString(16)}`);
     // A WRITE's payload is consumed whatever happens to the request.
     let payload: Buffer | undefined;
+    let into: BodyPool | undefined; // where a large payload is joined, and goes back after its write
     if (req.type === CMD.WRITE) {
       if (req.length > MAX_PAYLOAD) throw new Error(`write of ${req.length} bytes exceeds the advertised maximum`);
-      const into = req.length > PAYLOAD_BUFFER / 2 ? payloads : undefined;
+      into = req.length > PAYLOAD_BUFFER / 2 ? payloads : undefined;
       payload = r.readNow(req.length, into) ?? (await r.read(req.length, into));
       if (req.flags === 0 && writtenNow(s, req, payload)) {
-        payloads.give(payload);
+        into?.give(payload);
         // A client that does not read its replies stops this loop, as waiting replies would.
         if (!replyNow(okReply(s, req))) await drained(sock);
         continue;
@@ -386,7 +387,7 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
       .finally(() => {
         inFlight.delete(done);
         inFlightBytes -= bytes;
-        if (payload) payloads.give(payload);
+        if (into && payload) into.give(payload);
       });
     inFlight.add(done);
   }

@@ -18,6 +18,7 @@ import { BatchWriter, type CutBatch, type CutOptions } from '../source/batch-wri
 import type { BodyPool } from '../source/body-pool';
 import type { DirtyMap, Region } from './dirty-map';
 import { RangeLock } from './range-lock';
+import { readFully } from './read-fully';
 import type { Spool } from './spool';
 import { Uploader } from './uploader';
 
@@ -314,10 +315,6 @@ export class PairCapture {
 /** Reads exactly `length` bytes (zeros past the end of a sparse file). */
 export async function readRange(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
   const buf = Buffer.alloc(length);
-  for (let at = 0; at < length; ) {
-    const { bytesRead } = await fh.read(buf, at, length - at, offset + at);
-    if (bytesRead === 0) break;
-    at += bytesRead;
-  }
+  await readFully(fh, buf, offset);
   return buf;
 }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { decodeBatch } from '../core/batch-format';
 import { BatchError } from '../core/errors';
 import type { BodyPool } from '../source/body-pool';
+import { readFully } from './read-fully';
 
 const NAME = /^(\d{20})\.batch$/;
 
@@ -160,13 +161,8 @@ export class Spool {
     try {
       const { size } = await file.stat();
       const body = this.bodies ? this.bodies.take(size) : Buffer.allocUnsafe(size);
-      let at = 0;
-      while (at < size) {
-        const { bytesRead } = await file.read(body, at, size - at, at);
-        if (bytesRead === 0) break; // shorter than it was a moment ago: decodeBatch says so
-        at += bytesRead;
-      }
-      return body.subarray(0, at);
+      // Shorter than it was a moment ago: decodeBatch says so.
+      return body.subarray(0, await readFully(file, body, 0));
     } finally {
       await file.close();
     }
