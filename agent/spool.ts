@@ -148,11 +148,12 @@ export class Spool {
     await rm(this.path(seq), { force: true });
     this.total -= this.sizes.get(seq) ?? 0;
     this.sizes.delete(seq);
-    const kept = this.inMemory.get(seq) ?? this.lent.get(seq);
-    this.inMemoryBytes -= this.inMemory.get(seq)?.length ?? 0;
+    const kept = this.inMemory.get(seq);
+    this.inMemoryBytes -= kept?.length ?? 0;
+    const body = kept ?? this.lent.get(seq);
     this.inMemory.delete(seq);
     this.lent.delete(seq);
-    if (kept) this.bodies?.give(kept);
+    if (body) this.bodies?.give(body);
   }
 
   /** A file's bytes, in a body from the pool if there is one. */

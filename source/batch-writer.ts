@@ -125,7 +125,6 @@ export class BatchWriter {
   private slab: Buffer | undefined;
   private slots = 0;
   private readonly spareSlabs: Buffer[] = [];
-  /** Across batches: a source whose data has not been compressing is stored raw for a while. */
   private readonly zeroRuns: ZeroRun[][];
   private pendingBytes = 0;
   private firstWriteMs: number | undefined;

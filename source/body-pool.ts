@@ -1,10 +1,11 @@
-// Batch bodies reused instead of allocated per batch. A fresh 4 MiB body is an ArrayBuffer
-// outside V8's heap that lives until its upload ends, long enough to reach the old
-// generation, so only a full (mark-compact) GC frees it. The agent makes full GCs rare (see
-// agent/node-flags.ts); without reuse, dead bodies would pile up in its memory between them.
+// Buffers of one size reused instead of allocated each time: the agent's batch bodies (4 MiB)
+// and its large NBD write payloads (1 MiB). A fresh one is an ArrayBuffer outside V8's heap;
+// one that outlives a few young collections (a body lives until its upload ends) is freed
+// only by a full (mark-compact) GC. The agent makes full GCs rare (see agent/node-flags.ts);
+// without reuse, dead buffers would pile up in its memory between them.
 //
-// Ownership is the caller's promise: a body is given back exactly once, when nothing holds
-// it any more (the spool says when: see Spool.add).
+// Ownership is the caller's promise: a buffer is given back exactly once, when nothing holds
+// it any more (for bodies the spool says when: see SpoolOptions.bodies).
 
 export class BodyPool {
   private readonly spare: ArrayBuffer[] = [];
