@@ -2,9 +2,9 @@
 // with backoff for as long as it takes (the spool, then the dirty map, absorb an outage),
 // an optional bandwidth limit. A batch leaves the spool only once the journal holds it.
 
+import { setTimeout as wait } from 'node:timers/promises';
 import { batchObjectCrc32c } from '../core/batch-format';
 import { journalKey } from '../core/keys';
-import { sleep } from '../replica/concurrency';
 import type { ObjectStore } from '../replica/ports';
 import { backoffMs } from '../source/batch-writer';
 import { SpoolCorruptError, type Spool } from './spool';
@@ -30,6 +30,8 @@ export interface UploaderOptions {
 export class Uploader {
   private readonly active = new Set<number>();
   private stopped = false;
+  /** Ends the waits (bandwidth, backoff) when the uploader stops. */
+  private readonly stopping = new AbortController();
   private corrupt: SpoolCorruptError | undefined;
   private idleWaiters: (() => void)[] = [];
   /** When the bandwidth budget lets the next upload start. */
@@ -72,9 +74,13 @@ export class Uploader {
     });
   }
 
-  /** Stops starting uploads and retrying; in-flight PUTs finish or are abandoned. */
+  /**
+   * Stops starting uploads and retrying; in-flight PUTs finish or are abandoned, and uploads
+   * waiting for their turn (bandwidth, backoff) give up at once: their batches stay spooled.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopping.abort();
     await this.idle();
   }
 
@@ -107,7 +113,7 @@ export class Uploader {
       } catch (err) {
         this.lastError = `batch ${seq}: ${(err as Error).message}`;
         if (attempt === 1 || attempt % 10 === 0) this.o.log?.(`upload of batch ${seq} failed (attempt ${attempt}), retrying: ${(err as Error).message}`);
-        await sleep(backoffMs({ baseDelayMs: this.o.baseDelayMs ?? 100, maxDelayMs: this.o.maxDelayMs ?? 10_000 }, Math.min(attempt, 20)));
+        await this.pause(backoffMs({ baseDelayMs: this.o.baseDelayMs ?? 100, maxDelayMs: this.o.maxDelayMs ?? 10_000 }, Math.min(attempt, 20)));
       }
     }
   }
@@ -119,7 +125,12 @@ export class Uploader {
     const now = Date.now();
     const start = Math.max(now, this.nextSlotMs);
     this.nextSlotMs = start + (bytes / rate) * 1000;
-    if (start > now) await sleep(start - now);
+    if (start > now) await this.pause(start - now);
+  }
+
+  /** Waits `ms`, or until the uploader stops. */
+  private async pause(ms: number): Promise<void> {
+    await wait(ms, undefined, { signal: this.stopping.signal }).catch(() => {});
   }
 
   private wakeIdle(): void {

@@ -59,7 +59,7 @@ import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { callAgent } from '../agent/control';
-import { AGENT_NODE_FLAGS } from '../agent/node-flags';
+import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
 import { freePort, startLocalStack, type LocalStack } from '../local/stack';
 import { sleep } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
@@ -249,7 +249,7 @@ class AgentServer implements Server {
       'agent',
       nodeBin,
       [...AGENT_NODE_FLAGS, ...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, ...(variant.args ?? [])],
-      { env: { ...process.env, ...this.stack.env }, echo: true },
+      { env: { ...process.env, ...this.stack.env, ...AGENT_ENV }, echo: true },
     );
     let sampler: NodeJS.Timeout | undefined;
     let peak = 0; // this process's

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S npx tsx --max-semi-space-size=4
+#!/usr/bin/env -S MALLOC_MMAP_THRESHOLD_=131072 npx tsx --max-semi-space-size=4
 // livesync command line. `livesync help` lists the commands; README.md describes them.
 // The local stack and the demo (which pull in the CDK app, for the table schema) load only
 // when asked for: the agent stays small.
@@ -17,7 +17,7 @@ import { formatStatus } from './status';
 import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
 import { startAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
-import { missingAgentNodeFlags } from '../agent/node-flags';
+import { ensureAgentRuntime } from '../agent/runtime';
 
 const USAGE = `usage: livesync <command> [options]
 
@@ -165,6 +165,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'agent': {
+      const missing = ensureAgentRuntime((l) => console.error(`note: ${l}`));
+      if (missing.length > 0) console.error(`note: node was started without ${missing.join(' ')} (agent/runtime.ts says why): expect frequent full GCs, less throughput and more memory`);
       const o = opts({
         pair: { type: 'string' },
         disk: { type: 'string', multiple: true },
@@ -190,8 +192,6 @@ async function main(argv: string[]): Promise<number> {
       const m = /^(.+):(\d+)$/.exec(listen);
       if (!m) throw new InvalidArgumentError(`--listen: '${listen}' is not HOST:PORT`);
       const { store, index } = rpStoreFromEnv();
-      const missing = missingAgentNodeFlags();
-      if (missing.length > 0) console.error(`note: node was started without ${missing.join(' ')} (agent/node-flags.ts says why): expect frequent full GCs and less throughput`);
       const interval = str(o, 'acrp-interval');
       const agent = await startAgent({
         pairId,

@@ -1,7 +1,7 @@
 // Buffers of one size reused instead of allocated each time: the agent's batch bodies (4 MiB)
 // and its large NBD write payloads (1 MiB). A fresh one is an ArrayBuffer outside V8's heap;
 // one that outlives a few young collections (a body lives until its upload ends) is freed
-// only by a full (mark-compact) GC. The agent makes full GCs rare (see agent/node-flags.ts);
+// only by a full (mark-compact) GC. The agent makes full GCs rare (see agent/runtime.ts);
 // without reuse, dead buffers would pile up in its memory between them.
 //
 // Ownership is the caller's promise: a buffer is given back exactly once, when nothing holds

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startAgent, type AgentOptions, type RunningAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
-import { AGENT_NODE_FLAGS } from '../agent/node-flags';
+import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
 import { NbdClient } from '../bench/nbd-client';
 import { BATCH_FLAGS } from '../core/batch-format';
 import { rng } from '../source/workload';
@@ -52,7 +52,7 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
     const child = spawn(
       join(__dirname, '../node_modules/.bin/node'),
       [...AGENT_NODE_FLAGS, '--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, '../cli/livesync.ts'), 'agent', '--pair', pairId, '--disk', `disk0=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
-      { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] },
+      { env: { ...process.env, ...AGENT_ENV }, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     const log: string[] = [];
     createInterface({ input: child.stderr! }).on('line', (l) => log.push(l));

@@ -1,5 +1,5 @@
 // The agent's local pieces on their own: range lock ordering, the dirty map's persistence
-// and clearing rules, the spool's durability and corruption checks.
+// and clearing rules, the spool's durability and corruption checks, the uploader's pacing.
 
 import { mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -7,6 +7,8 @@ import { join } from 'node:path';
 import { DirtyMap } from '../agent/dirty-map';
 import { RangeLock } from '../agent/range-lock';
 import { Spool, SpoolCorruptError } from '../agent/spool';
+import { Uploader } from '../agent/uploader';
+import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { BodyPool } from '../source/body-pool';
 import { decodeBatch, encodeBatch } from '../core/batch-format';
 
@@ -183,5 +185,50 @@ describe('Spool', () => {
     await spool.add(3, batch(3)); // room again
     await writeFile(join(dir, '00000000000000000003.batch'), 'rot');
     expect((await spool.read(3)).equals(batch(3))).toBe(true);
+  });
+});
+
+describe('Uploader', () => {
+  const batch = (seq: number): Buffer =>
+    encodeBatch({ pairId: 'p', seq, prevSeq: seq - 1, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['d'] }, [{ disk: 0, blockIndex: 0, data: Buffer.alloc(64 * 1024, seq) }]);
+
+  /** A spool holding batches 1..n, and a store that notes when each PUT arrived. */
+  async function setUp(n: number): Promise<{ spool: Spool; store: MemoryObjectStore; putAt: number[] }> {
+    const spool = await Spool.open(await mkdtemp(join(tmpdir(), 'livesync-upload-')), 64 * MiB);
+    for (let seq = 1; seq <= n; seq++) await spool.add(seq, batch(seq));
+    const store = new MemoryObjectStore();
+    const putAt: number[] = [];
+    const put = store.put.bind(store);
+    store.put = async (key, body, opts) => {
+      putAt.push(Date.now());
+      return put(key, body, opts);
+    };
+    return { spool, store, putAt };
+  }
+
+  test('keeps under its bandwidth limit: uploads start a body-length / rate apart', async () => {
+    const { spool, store, putAt } = await setUp(4);
+    const bytes = batch(1).length;
+    const rate = bytes * 4; // one batch every 250 ms
+    const uploader = new Uploader({ pairId: 'p', spool, store, bandwidthBytesPerSec: rate });
+    uploader.kick();
+    await uploader.idle(5000);
+    expect(spool.count).toBe(0);
+    expect(putAt).toHaveLength(4);
+    for (let i = 1; i < 4; i++) expect(putAt[i] - putAt[i - 1]).toBeGreaterThanOrEqual(240);
+    await uploader.stop();
+  });
+
+  test('stop does not wait out the bandwidth limit: waiting batches stay spooled for the next start', async () => {
+    const { spool, store, putAt } = await setUp(4);
+    const uploader = new Uploader({ pairId: 'p', spool, store, bandwidthBytesPerSec: batch(1).length / 10 }); // one batch every 10 s
+    uploader.kick();
+    while (putAt.length === 0) await new Promise((r) => setTimeout(r, 10));
+    const t0 = Date.now();
+    await uploader.stop();
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(spool.seqs()).toEqual([2, 3, 4]);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(putAt).toHaveLength(1); // none of the waiting ones went after the stop
   });
 });

@@ -3,19 +3,29 @@
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AGENT_NODE_FLAGS } from '../agent/node-flags';
+import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
 import { waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
-import { cloud, newPairId, runCli } from './helpers';
+import { cloud, newPairId, runCli, runCliWithEnv } from './helpers';
 
 describe('livesync CLI', () => {
-  test("the agent's node flags are in the npm script and the shebang (agent/node-flags.ts)", async () => {
+  test("the agent's runtime (agent/runtime.ts) is in the npm script and the shebang", async () => {
     const script = (JSON.parse(await readFile(join(__dirname, '../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.livesync;
     const shebang = (await readFile(join(__dirname, '../cli/livesync.ts'), 'utf8')).split('\n')[0];
-    for (const flag of AGENT_NODE_FLAGS) {
-      expect(script.split(' ')).toContain(flag);
-      expect(shebang.split(' ')).toContain(flag);
+    for (const word of [...AGENT_NODE_FLAGS, ...Object.entries(AGENT_ENV).map(([k, v]) => `${k}=${v}`)]) {
+      expect(script.split(' ')).toContain(word);
+      expect(shebang.split(' ')).toContain(word);
     }
+  });
+
+  test('an agent started without its runtime re-executes itself with it', async () => {
+    // runCli starts node with none of it; the re-executed process finds it all and goes on.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !(k in AGENT_ENV)));
+    const res = await runCliWithEnv(env, 'agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', 'nope');
+    expect(res.stderr).toContain(`restarting with ${[...AGENT_NODE_FLAGS, ...Object.entries(AGENT_ENV).map(([k, v]) => `${k}=${v}`)].join(' ')}`);
+    expect(res.stderr).not.toContain('node was started without');
+    expect(res.stderr).toContain("--listen: 'nope' is not HOST:PORT");
+    expect(res.code).toBe(2);
   });
 
   test.each([

@@ -95,8 +95,12 @@ export function firstDifference(a: Buffer, b: Buffer): number | undefined {
 
 /** Runs the `livesync` CLI as an operator would, with the tests' environment. */
 export async function runCli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runCliWithEnv(process.env, ...args);
+}
+
+export async function runCliWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await promisify(execFile)(join(__dirname, '../node_modules/.bin/tsx'), [join(__dirname, '../cli/livesync.ts'), ...args], { env: process.env });
+    const { stdout, stderr } = await promisify(execFile)(join(__dirname, '../node_modules/.bin/tsx'), [join(__dirname, '../cli/livesync.ts'), ...args], { env });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
