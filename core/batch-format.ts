@@ -5,6 +5,7 @@
 import { promisify } from 'node:util';
 import { zstdCompress, zstdCompressSync, zstdDecompressSync, constants as zlibConstants } from 'node:zlib';
 import { crc32c, crc32cCombine } from './crc32c';
+import type { CompressionGate } from './compression-gate';
 import { BatchError } from './errors';
 
 export const BLOCK_SIZE = 4096;
@@ -139,13 +140,15 @@ export function batchBodyBound(dataBytes: number, headerBytes = 4096): number {
 export interface EncodeOptions {
   /** Extents compressed at a time (default 4; each holds a zstd context). */
   concurrency?: number;
+  /** Says when to store an extent raw without trying (data that has not been compressing). */
+  gate?: CompressionGate;
   /** Gives the output buffer (default: a new one), e.g. a reused body. */
   alloc?: (size: number) => Buffer;
 }
 
 /** encodeBatch with compression on the thread pool: the caller's event loop stays free. */
 export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput[], o: EncodeOptions = {}): Promise<Buffer> {
-  const { concurrency = 4, alloc } = o;
+  const { concurrency = 4, gate, alloc } = o;
   checkHeaderInput(header);
   const sorted = splitAndSort(extents, header.disks.length);
   const packed: PackedExtent[] = new Array(sorted.length);
@@ -153,7 +156,13 @@ export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput
   const worker = async (): Promise<void> => {
     for (let i = next++; i < sorted.length; i = next++) {
       const e = sorted[i];
-      packed[i] = !e.data ? { e, zstd: false } : pickSmaller(e, e.data.length >= MIN_COMPRESS_BYTES ? await zstdCompressAsync(e.data, zstdOptionsFor(e.data.length)) : undefined);
+      if (!e.data || e.data.length < MIN_COMPRESS_BYTES || gate?.shouldTry() === false) {
+        packed[i] = { e, payload: e.data, zstd: false };
+        continue;
+      }
+      const z = await zstdCompressAsync(e.data, zstdOptionsFor(e.data.length));
+      gate?.record(e.data.length, z.length);
+      packed[i] = pickSmaller(e, z);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));

@@ -4,6 +4,7 @@
 
 import type { BodyPool } from './body-pool';
 import { BATCH_FLAGS, BLOCK_SIZE, batchObjectCrc32c, encodeBatchAsync, type ExtentInput } from '../core/batch-format';
+import { CompressionGate } from '../core/compression-gate';
 import { InvalidArgumentError } from '../core/errors';
 import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/keys';
 import type { DiskSpec } from '../core/model';
@@ -125,6 +126,8 @@ export class BatchWriter {
   private slab: Buffer | undefined;
   private slots = 0;
   private readonly spareSlabs: Buffer[] = [];
+  /** Across batches: a source whose data has not been compressing is stored raw for a while. */
+  private readonly gate = new CompressionGate();
   private readonly zeroRuns: ZeroRun[][];
   private pendingBytes = 0;
   private firstWriteMs: number | undefined;
@@ -265,7 +268,7 @@ export class BatchWriter {
     const header = { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) };
     // Compression runs on the thread pool, so the caller's event loop keeps serving; batches
     // still reach the sink in seq order.
-    const body = encodeBatchAsync(header, extents, { concurrency: this.o.compressConcurrency, alloc: this.o.bodies && ((n) => this.o.bodies!.take(n)) });
+    const body = encodeBatchAsync(header, extents, { concurrency: this.o.compressConcurrency, gate: this.gate, alloc: this.o.bodies && ((n) => this.o.bodies!.take(n)) });
     // The encoded body holds copies: the slab serves a later batch (two spares at most).
     this.slab = undefined;
     this.slots = 0;
