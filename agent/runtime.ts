@@ -14,8 +14,8 @@
 //
 // MALLOC_MMAP_THRESHOLD_=131072: glibc serves blocks above its mmap threshold with their
 // own mapping, returned to the system when freed, but raises the threshold to the size of
-// each such block freed (up to 32 MiB). After the first large ArrayBuffer (a 4 MiB zstd
-// output) was freed, later ones came from the heap, where freed memory stays resident:
+// each such block freed (up to 32 MiB). After the first large ArrayBuffer (a zstd output of
+// up to 1 MiB) was freed, later ones came from the heap, where freed memory stays resident:
 // 50-80 MiB more RSS after a sequential write burst. Setting the threshold fixes it at
 // 128 KiB. Measured after seq1m: memory outside V8 131-165 MiB → 79-89 MiB.
 
