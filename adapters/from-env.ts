@@ -11,6 +11,14 @@ export interface RpStore {
   index: DynamoIndex;
 }
 
+/**
+ * Whether an RP Store outside this host is configured: an endpoint (AWS_ENDPOINT_URL for
+ * LocalStack, or per service), or AWS itself with LIVESYNC_TARGET=aws.
+ */
+export function usesExternalStack(env: NodeJS.ProcessEnv = process.env): boolean {
+  return Boolean(env.AWS_ENDPOINT_URL || env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL_DYNAMODB || env.LIVESYNC_TARGET === 'aws');
+}
+
 export function rpStoreFromEnv(env: NodeJS.ProcessEnv = process.env): RpStore {
   const bucket = env.LIVESYNC_BUCKET;
   const table = env.LIVESYNC_TABLE;

@@ -42,13 +42,18 @@
 //   ccrp_interval_s        the pairs' crash-consistent RP interval
 //   agent_rss_mib          peak resident memory (VmHWM / max sampled VmRSS) of the agent's own
 //                          node process over all its runs, on disks of disk_gib GiB
+//   rp_store               'local': the embedded local stack, started here; 'external': the RP
+//                          Store the environment names, as for the tests (AWS_ENDPOINT_URL* or
+//                          LIVESYNC_TARGET=aws, with LIVESYNC_BUCKET and LIVESYNC_TABLE): its S3
+//                          and apply path are not on this host, so the figures about the local
+//                          stand-ins (…_apply_on_host, local_s3_cpu_us_per_write) are null
 //
 // The agent runs as a child process (Node 22 with the tsx loader, `livesync agent`), a new
 // pair and image per run; after each run it is stopped and the pair's batches are applied
-// before the next server runs, so the apply backlog does not load the peers. S3, SQS and the
-// apply Lambda run in this process on the same 2 cores; the agent pays for them, the peers
-// do not. BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S (5), BENCH_RPO_S (20),
-// BENCH_AGENT_NODE_ARGS (extra node flags for the agent, e.g. to profile it).
+// before the next server runs, so the apply backlog does not load the peers. With the local
+// stack, S3, SQS and the apply Lambda run in this process on the same 2 cores; the agent pays
+// for them, the peers do not. BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S (5),
+// BENCH_RPO_S (20), BENCH_AGENT_NODE_ARGS (extra node flags for the agent, e.g. to profile it).
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -57,7 +62,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
-import { rpStoreFromEnv } from '../adapters/from-env';
+import { rpStoreFromEnv, usesExternalStack } from '../adapters/from-env';
 import { callAgent } from '../agent/control';
 import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
 import { freePort, startLocalStack, type LocalStack } from '../local/stack';
@@ -425,12 +430,18 @@ async function measureRpo(agent: AgentRun, index: ReplicaIndex): Promise<number[
 
 // ---- main ------------------------------------------------------------------------------
 
+/** The RP Store the environment names (LocalStack elsewhere, or AWS): nothing to start or stop here, and its apply path is its own. */
+const environmentStack = (): LocalStack => ({ env: {}, deadLetterUrl: '', setEventPathEnabled: () => {}, stop: async () => {} });
+
 async function main(): Promise<void> {
   process.env.LOG_LEVEL = 'warn';
   // Short: the agent's control socket path lives in here (Unix sockets allow ~107 bytes).
   const tmp = await mkdtemp(join(tmpdir(), 'lsb-'));
   const stackDir = join(root, '.livesync', 'bench-agent', 'stack');
   let stack: LocalStack | undefined;
+  const external = usesExternalStack();
+  /** Figures about the local stand-ins of the cloud side: none with an external RP Store. */
+  const onHost = (figure: () => number): number | null => (external ? null : figure());
   const cleanup = async (): Promise<void> => {
     await Promise.allSettled([...running].map((p) => stop(p, 5000)));
     await stack?.stop();
@@ -438,8 +449,9 @@ async function main(): Promise<void> {
     await rm(stackDir, { recursive: true, force: true }); // the journal objects of this run
   };
   await runBench(log, cleanup, async () => {
-    log('starting the local stack (event path on)');
-    stack = await startLocalStack({ dir: stackDir, log });
+    if (external) log('using the RP Store the environment names (AWS_ENDPOINT_URL*, LIVESYNC_*): its S3 and apply path are not on this host');
+    else log('starting the local stack (event path on)');
+    stack = external ? environmentStack() : await startLocalStack({ dir: stackDir, log });
     const { index } = rpStoreFromEnv();
     const agent = new AgentServer(stack, index, tmp);
     // The agent again, each on a fresh image: with the apply side live on these cores too; and
@@ -447,7 +459,7 @@ async function main(): Promise<void> {
     // which in AWS is not on the source host, is not on these cores either. Left unapplied.
     const agentApplyLive: Server = { name: 'agent (apply on this host)', start: (image) => agent.start(image) };
     const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image) => agent.start(image, { args: ['--bandwidth', '1M'], drain: false }) };
-    const servers: Server[] = [agent, qemuNbd, nbdkit, agentApplyLive, agentUploadsHeld];
+    const servers: Server[] = external ? [agent, qemuNbd, nbdkit, agentUploadsHeld] : [agent, qemuNbd, nbdkit, agentApplyLive, agentUploadsHeld];
     const rand = new Map<string, number[]>(servers.map((s) => [s.name, []]));
     const seq = new Map<string, number[]>(servers.map((s) => [s.name, []]));
     // µs of CPU per rand4k write: the server's process, and this one (the local stack's S3 and,
@@ -512,15 +524,15 @@ async function main(): Promise<void> {
         qemu_nbd_rand4k_iops: Math.round(m(rand, 'qemu-nbd')),
         nbdkit_rand4k_iops: Math.round(m(rand, 'nbdkit')),
         ratio_vs_qemu_nbd: round(m(rand, 'agent') / m(rand, 'qemu-nbd'), 3),
-        rand4k_iops_apply_on_host: Math.round(m(rand, agentApplyLive.name)),
-        ratio_apply_on_host: round(m(rand, agentApplyLive.name) / m(rand, 'qemu-nbd'), 3),
+        rand4k_iops_apply_on_host: onHost(() => Math.round(m(rand, agentApplyLive.name))),
+        ratio_apply_on_host: onHost(() => round(m(rand, agentApplyLive.name) / m(rand, 'qemu-nbd'), 3)),
         rand4k_iops_uploads_held: Math.round(m(rand, agentUploadsHeld.name)),
         ratio_uploads_held: round(m(rand, agentUploadsHeld.name) / m(rand, 'qemu-nbd'), 3),
         agent_cpu_us_per_write: round(m(cpu, 'agent'), 1),
         qemu_nbd_cpu_us_per_write: round(m(cpu, 'qemu-nbd'), 1),
         nbdkit_cpu_us_per_write: round(m(cpu, 'nbdkit'), 1),
         ratio_cpu_vs_qemu_nbd: round(m(cpu, 'agent') / m(cpu, 'qemu-nbd'), 3),
-        local_s3_cpu_us_per_write: round(m(localStackCpu, 'agent'), 1),
+        local_s3_cpu_us_per_write: onHost(() => round(m(localStackCpu, 'agent'), 1)),
         seq1m_mib_s: round(m(seq, 'agent'), 1),
         qemu_nbd_seq1m_mib_s: round(m(seq, 'qemu-nbd'), 1),
         nbdkit_seq1m_mib_s: round(m(seq, 'nbdkit'), 1),
@@ -531,6 +543,7 @@ async function main(): Promise<void> {
         agent_rss_mib: round(agent.peakRss / MiB, 1),
         disk_gib: diskGib,
         reps,
+        rp_store: external ? 'external' : 'local',
       }),
     );
   });

@@ -6,10 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
-
-export function usesExternalStack(env = process.env): boolean {
-  return Boolean(env.AWS_ENDPOINT_URL || env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL_DYNAMODB || env.LIVESYNC_TARGET === 'aws');
-}
+import { usesExternalStack } from '../adapters/from-env';
 
 export default async function globalSetup(): Promise<void> {
   if (usesExternalStack()) {
