@@ -28,14 +28,16 @@ export const AGENT_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHO
 const REEXEC_MARK = 'LIVESYNC_AGENT_REEXEC';
 
 /** What of the agent's runtime this process was started without: flags and NAME=VALUE. */
-export function missingAgentRuntime(execArgv = process.execArgv, env: NodeJS.ProcessEnv = process.env): string[] {
-  const given = [...execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)].map((f) => f.split('=')[0]);
-  return [
-    ...AGENT_NODE_FLAGS.filter((f) => !given.includes(f.split('=')[0])),
-    ...Object.entries(AGENT_ENV)
-      .filter(([k, v]) => env[k] !== v)
-      .map(([k, v]) => `${k}=${v}`),
-  ];
+export function missingAgentRuntime(): string[] {
+  const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].map((f) => f.split('=')[0]);
+  return [...AGENT_NODE_FLAGS.filter((f) => !given.includes(f.split('=')[0])), ...envWords(Object.entries(AGENT_ENV).filter(([k, v]) => process.env[k] !== v))];
+}
+
+/** The whole runtime as words: the flags, then NAME=VALUE (as the npm script and the shebang say it). */
+export const AGENT_RUNTIME_WORDS: readonly string[] = [...AGENT_NODE_FLAGS, ...envWords(Object.entries(AGENT_ENV))];
+
+function envWords(entries: [string, string][]): string[] {
+  return entries.map(([k, v]) => `${k}=${v}`);
 }
 
 /**

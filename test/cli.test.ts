@@ -3,7 +3,7 @@
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
+import { AGENT_ENV, AGENT_RUNTIME_WORDS } from '../agent/runtime';
 import { waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, newPairId, runCli, runCliWithEnv } from './helpers';
@@ -12,7 +12,7 @@ describe('livesync CLI', () => {
   test("the agent's runtime (agent/runtime.ts) is in the npm script and the shebang", async () => {
     const script = (JSON.parse(await readFile(join(__dirname, '../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.livesync;
     const shebang = (await readFile(join(__dirname, '../cli/livesync.ts'), 'utf8')).split('\n')[0];
-    for (const word of [...AGENT_NODE_FLAGS, ...Object.entries(AGENT_ENV).map(([k, v]) => `${k}=${v}`)]) {
+    for (const word of AGENT_RUNTIME_WORDS) {
       expect(script.split(' ')).toContain(word);
       expect(shebang.split(' ')).toContain(word);
     }
@@ -22,7 +22,7 @@ describe('livesync CLI', () => {
     // runCli starts node with none of it; the re-executed process finds it all and goes on.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !(k in AGENT_ENV)));
     const res = await runCliWithEnv(env, 'agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', 'nope');
-    expect(res.stderr).toContain(`restarting with ${[...AGENT_NODE_FLAGS, ...Object.entries(AGENT_ENV).map(([k, v]) => `${k}=${v}`)].join(' ')}`);
+    expect(res.stderr).toContain(`restarting with ${AGENT_RUNTIME_WORDS.join(' ')}`);
     expect(res.stderr).not.toContain('node was started without');
     expect(res.stderr).toContain("--listen: 'nope' is not HOST:PORT");
     expect(res.code).toBe(2);
