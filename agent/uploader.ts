@@ -99,6 +99,7 @@ export class Uploader {
       return;
     }
     await this.waitForBandwidth(body.length);
+    if (this.stopped) return; // stopped while waiting its turn: it stays spooled
     const crc32c = batchObjectCrc32c(body); // the spool checked a body read back from its file
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
