@@ -210,8 +210,8 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
     const reply = (type: number, payload?: Buffer): Promise<void> => write(sock, optionReply(opt, type, payload));
     switch (opt) {
       case OPT.EXPORT_NAME: {
-        const exp = exports.get(data.toString('utf8'));
-        if (!exp) throw new Error(`unknown export '${data.toString('utf8')}'`); // the protocol's only answer: hang up
+        const exp = exportNamed(exports, data.toString('utf8'));
+        if (!exp) throw new Error(noSuchExport(exports, data.toString('utf8'))); // the protocol's only answer: hang up
         const b = Buffer.alloc(noZeroes ? 10 : 134);
         b.writeBigUInt64BE(BigInt(exp.size), 0);
         b.writeUInt16BE(transmissionFlags(structured), 8);
@@ -243,9 +243,10 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
           await reply(REP.ERR_INVALID);
           break;
         }
-        const exp = exports.get(data.toString('utf8', 4, 4 + nameLen));
+        const name = data.toString('utf8', 4, 4 + nameLen);
+        const exp = exportNamed(exports, name);
         if (!exp) {
-          await reply(REP.ERR_UNKNOWN, Buffer.from(`no export named '${data.toString('utf8', 4, 4 + nameLen)}'`));
+          await reply(REP.ERR_UNKNOWN, Buffer.from(noSuchExport(exports, name)));
           break;
         }
         const info = Buffer.alloc(12);
@@ -296,6 +297,19 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
         await reply(REP.ERR_UNSUP);
     }
   }
+}
+
+/**
+ * The export a client names; the empty name is the default export, which a server with one
+ * disk answers with it (as qemu-nbd and nbdkit do: `-drive file=nbd://host:port` names none).
+ */
+function exportNamed(exports: Map<string, BlockExport>, name: string): BlockExport | undefined {
+  return exports.get(name) ?? (name === '' && exports.size === 1 ? exports.values().next().value : undefined);
+}
+
+function noSuchExport(exports: Map<string, BlockExport>, name: string): string {
+  const names = [...exports.keys()].map((n) => `'${n}'`).join(', ');
+  return name === '' ? `no default export: this server has ${exports.size} exports (${names}); name one` : `no export named '${name}' (exports: ${names})`;
 }
 
 function parseMetaContext(data: Buffer): string[] | undefined {

@@ -1,10 +1,13 @@
 // The agent's local spool: cut batches, durable on local disk before a FLUSH is
 // acknowledged, kept until the journal holds them. One file per batch, named by seq:
-// `{seq:020}.batch`, written to a temporary name, synced, renamed (docs/design.md, "Agent").
+// `{seq:020}.batch`, written to a temporary name, renamed; synced before the rename (a
+// durable add), or later by syncThrough, before the FLUSH that needs it is answered
+// (docs/design.md, "Agent").
 
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { decodeBatch } from '../core/batch-format';
+import { decodeBatch, decodeTrailer } from '../core/batch-format';
+import { crc32c } from '../core/crc32c';
 import { BatchError } from '../core/errors';
 import type { BodyPool } from '../source/body-pool';
 import { readFully } from './read-fully';
@@ -44,6 +47,12 @@ export class Spool {
   private inMemoryBytes = 0;
   /** Bodies read back from files for the uploader, given back when their batch is removed. */
   private readonly lent = new Map<number, Buffer>();
+  /** Spooled (renamed) batches whose data may not be on disk yet: added with durable false. */
+  private readonly unsynced = new Set<number>();
+  /** A rename since the directory was last synced. */
+  private dirUnsynced = false;
+  /** The syncThrough running, if any: the next one waits for it, then syncs what is left. */
+  private syncing: Promise<void> = Promise.resolve();
 
   private constructor(
     readonly dir: string,
@@ -86,18 +95,28 @@ export class Spool {
   }
 
   /**
-   * Stores a batch durably (data synced before the rename, the rename synced too). Batches
-   * are written concurrently but appear in call order (the seq order): after a crash the
-   * spool never holds a seq whose predecessor was lost, so no seq stream has a hole.
-   * The spool owns `body` from here on (see SpoolOptions.bodies).
+   * Stores a batch. Batches are written concurrently but appear (are renamed) in call order,
+   * the seq order: after a crash the spool never holds a seq whose predecessor's rename was
+   * lost, so no seq stream has a hole. The spool owns `body` from here on (see
+   * SpoolOptions.bodies).
+   *
+   * durable (default): the data is synced before the rename and the rename after it, with
+   * every earlier batch added without (as syncThrough(seq)): when this resolves, the batch
+   * and all before it survive a host crash. durable false: written and renamed only, for a
+   * batch no FLUSH waits for; it survives a process kill (the page cache keeps it), and
+   * syncThrough makes it durable before a FLUSH that needs it is answered. A host crash
+   * before that may leave it torn or empty: the start-up check drops it, and the agent then
+   * distrusts its state (agent.ts, docs/design.md "Agent").
    */
-  add(seq: number, body: Buffer): Promise<void> {
+  add(seq: number, body: Buffer, opts: { durable?: boolean } = {}): Promise<void> {
+    const durable = opts.durable ?? true;
     const path = this.path(seq);
     const tmp = `${path}.tmp`;
-    const written = writeSynced(tmp, body);
+    const written = writeWhole(tmp, body, durable);
     const visible = Promise.all([written, this.lastAdd]).then(async () => {
       await rename(tmp, path);
-      await syncDir(this.dir);
+      this.dirUnsynced = true;
+      if (!durable) this.unsynced.add(seq);
       this.track(seq, body.length);
       if (this.inMemoryBytes + body.length <= this.memoryBytes) {
         this.inMemory.set(seq, body);
@@ -107,7 +126,37 @@ export class Spool {
       }
     });
     this.lastAdd = visible.catch(() => {});
-    return visible;
+    return durable ? visible.then(() => this.syncThrough(seq)) : visible;
+  }
+
+  /**
+   * Makes every spooled batch up to `seq` durable: the files added without a sync (their
+   * data), then the directory (their renames). Waits for the adds called before it. Cheap
+   * when nothing is unsynced: no system call at all.
+   */
+  syncThrough(seq: number): Promise<void> {
+    const run = Promise.all([this.lastAdd, this.syncing]).then(async () => {
+      const files = [...this.unsynced].filter((s) => s <= seq);
+      if (files.length === 0 && !this.dirUnsynced) return;
+      for (const s of files) this.unsynced.delete(s);
+      this.dirUnsynced = false;
+      try {
+        await Promise.all(files.map((s) => syncFile(this.path(s))));
+        await syncDir(this.dir);
+      } catch (err) {
+        // Not durable after all: a later call tries again.
+        for (const s of files) if (this.sizes.has(s)) this.unsynced.add(s);
+        this.dirUnsynced = true;
+        throw err;
+      }
+    });
+    this.syncing = run.catch(() => {});
+    return run;
+  }
+
+  /** Spooled batches whose data is not synced yet (added with durable false). */
+  get unsyncedCount(): number {
+    return this.unsynced.size;
   }
 
   /**
@@ -118,14 +167,24 @@ export class Spool {
   async read(seq: number): Promise<Buffer> {
     const kept = this.inMemory.get(seq);
     if (kept) return kept;
-    const body = await this.readChecked(seq);
+    const body = await this.readWhole(this.path(seq));
+    try {
+      checkWhole(body, seq, this.path(seq));
+    } catch (err) {
+      this.bodies?.give(body);
+      throw err;
+    }
     const earlier = this.lent.get(seq); // read again: the upload that read it has given up
     if (earlier) this.bodies?.give(earlier);
     this.lent.set(seq, body);
     return body;
   }
 
-  /** Checks a spooled batch as `read` does, holding on to nothing (at start, for every one). */
+  /**
+   * Checks a spooled batch fully (every checksum, every extent decoded), holding on to
+   * nothing: at start, for every one. `read` then checks only the whole-object checksum,
+   * which covers every byte: a file torn or rotten since is still refused.
+   */
   async check(seq: number): Promise<void> {
     if (!this.inMemory.has(seq)) this.bodies?.give(await this.readChecked(seq));
   }
@@ -146,6 +205,7 @@ export class Spool {
 
   async remove(seq: number): Promise<void> {
     await rm(this.path(seq), { force: true });
+    this.unsynced.delete(seq); // in the journal now: nothing to sync
     this.total -= this.sizes.get(seq) ?? 0;
     this.sizes.delete(seq);
     const kept = this.inMemory.get(seq);
@@ -179,13 +239,44 @@ export class Spool {
   }
 }
 
-async function writeSynced(path: string, body: Buffer): Promise<void> {
+/** Writes `body` to a new file in one call (a 4 MiB body: not eight 512 KiB writes), synced if asked. */
+async function writeWhole(path: string, body: Buffer, sync: boolean): Promise<void> {
   const fh = await open(path, 'w');
   try {
-    await fh.writeFile(body);
+    for (let at = 0; at < body.length; ) at += (await fh.write(body, at, body.length - at, at)).bytesWritten;
+    if (sync) await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** fdatasync of a spooled file; one removed meanwhile (uploaded) needs none. */
+async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (!fh) return;
+  try {
     await fh.datasync();
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * The upload's check of a body read back from its file: the end marker, the whole-object
+ * CRC-32C (over every byte but its own field) and the seq in the trailer.
+ */
+function checkWhole(body: Buffer, seq: number, path: string): void {
+  try {
+    const trailer = decodeTrailer(body, body.length, path);
+    const crc = crc32c(body.subarray(0, body.length - 8));
+    if (crc !== trailer.objectCrc) throw new SpoolCorruptError(path, `object checksum ${crc.toString(16)} != stored ${trailer.objectCrc.toString(16)}`);
+    if (trailer.seq !== seq) throw new SpoolCorruptError(path, `holds seq ${trailer.seq}`);
+  } catch (err) {
+    if (err instanceof BatchError) throw new SpoolCorruptError(path, err.message);
+    throw err;
   }
 }
 
