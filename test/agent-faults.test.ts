@@ -75,12 +75,16 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
     const sent = new Map<number, number[]>();
     const flushed = new Map<number, number>();
     let nextId = 1;
+    /** Requests the agent acknowledged (writes, FLUSHes), over all rounds. */
+    const acked = { writes: 0, flushes: 0 };
 
     for (let round = 0; round < 4; round++) {
       const agent = await spawnAgent(pairId, image, stateDir);
       const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
       const killAt = Date.now() + 300 + Math.floor(r() * 1200);
+      let killSent = false;
       const killed = new Promise<void>((resolve) => setTimeout(() => {
+        killSent = true;
         agent.child.kill('SIGKILL');
         resolve();
       }, killAt - Date.now()));
@@ -94,19 +98,28 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
             const id = nextId++;
             sent.set(slot, [...(sent.get(slot) ?? []), id]);
             batch.push([slot, id]);
-            inFlight.push(client.write(slot * SLOT, content(id)));
+            inFlight.push(client.write(slot * SLOT, content(id)).then(() => void acked.writes++));
             if (inFlight.length >= 8) await Promise.all(inFlight.splice(0));
           }
           await Promise.all(inFlight);
           await client.flush();
+          acked.flushes++;
           for (const [slot, id] of batch) flushed.set(slot, Math.max(flushed.get(slot) ?? 0, id));
         }
-      } catch {
-        // The agent died under the client: expected.
+      } catch (err) {
+        // The agent died under the client: expected, once it was killed. Before that, any
+        // failed request (an EIO reply, a dropped connection) is the agent's failure.
+        if (!killSent) throw new Error(`seed ${seed}, round ${round}: a request failed before the kill: ${(err as Error).message}`);
       }
       await killed;
       await new Promise((res) => (agent.child.exitCode !== null || agent.child.signalCode !== null ? res(undefined) : agent.child.once('exit', res)));
     }
+
+    // The workload happened: writes and FLUSHes were acknowledged, at least one FLUSH per
+    // round on average (a round runs 0.3-1.5 s before its kill; a FLUSH covers 16 writes
+    // of 64 KiB). What they acknowledged is checked below.
+    expect({ seed, flushesAtLeast4: acked.flushes >= 4, writesAtLeast64: acked.writes >= 64 }).toEqual({ seed, flushesAtLeast4: true, writesAtLeast64: true });
+    expect(flushed.size).toBeGreaterThan(0);
 
     // A last run resyncs what the kill left uncaptured, takes an RP of everything, stops cleanly.
     const agent = await spawnAgent(pairId, image, stateDir);
