@@ -13,7 +13,8 @@ import {
 import type { AdvancePlan } from '../core/advance';
 import { seqKey } from '../core/keys';
 import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
-import type { RegisterResult, ReplicaIndex, SeedUpdate } from '../replica/ports';
+import type { RpTimerFields } from '../core/rp-timer';
+import type { RegisterResult, ReplicaIndex, RpCheckChange, SeedUpdate } from '../replica/ports';
 
 export const ACRP_INDEX = 'acrp';
 
@@ -51,11 +52,11 @@ export class DynamoIndex implements ReplicaIndex {
     }
   }
 
-  async getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined> {
+  async getPair(pairId: string): Promise<(Pair & RpTimerFields & { rev: number }) | undefined> {
     const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: PAIR_SK }, ConsistentRead: true }));
     if (!out.Item) return undefined;
     const { pk: _pk, sk: _sk, kind: _kind, ...pair } = out.Item;
-    return pair as Pair & { rev: number };
+    return pair as Pair & RpTimerFields & { rev: number };
   }
 
   async registerBatch(pairId: string, batch: BatchRecord): Promise<RegisterResult> {
@@ -97,7 +98,11 @@ export class DynamoIndex implements ReplicaIndex {
     const now = Date.now();
     const set = ['watermark = :w', 'rev = :next', 'updatedMs = :now'];
     const values: Record<string, unknown> = { ':w': p.watermark, ':rev': rev, ':next': rev + 1, ':now': now };
-    for (const [name, v] of [['watermarkMs', p.watermarkMs], ['lastRpMs', p.lastRpMs], ['lastAppRpMs', p.lastAppRpMs], ['resyncing', p.resyncing]] as const) {
+    const fields = [
+      ['watermarkMs', p.watermarkMs], ['lastRpMs', p.lastRpMs], ['lastAppRpMs', p.lastAppRpMs], ['resyncing', p.resyncing],
+      ['lastRpSeq', p.lastRpSeq], ['rpMadeMs', p.rpMadeMs], ['rpCheckDueMs', p.rpCheckDueMs],
+    ] as const;
+    for (const [name, v] of fields) {
       if (v === undefined) continue;
       set.push(`${name} = :${name}`);
       values[`:${name}`] = v;
@@ -135,6 +140,35 @@ export class DynamoIndex implements ReplicaIndex {
       await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
       return true;
     } catch (err) {
+      if (err instanceof TransactionCanceledException && err.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return false;
+      throw err;
+    }
+  }
+
+  async commitRpCheck(pairId: string, rev: number, change: RpCheckChange): Promise<boolean> {
+    const set = ['rev = :next', 'updatedMs = :now'];
+    const values: Record<string, unknown> = { ':rev': rev, ':next': rev + 1, ':now': Date.now() };
+    if (change.made) {
+      set.push('lastRpMs = :lastRpMs', 'lastRpSeq = :lastRpSeq', 'rpMadeMs = :rpMadeMs');
+      Object.assign(values, { ':lastRpMs': change.made.progress.lastRpMs, ':lastRpSeq': change.made.progress.lastRpSeq, ':rpMadeMs': change.made.progress.rpMadeMs });
+    }
+    if (change.rpCheckDueMs !== undefined) {
+      set.push('rpCheckDueMs = :due');
+      values[':due'] = change.rpCheckDueMs;
+    }
+    const update = {
+      TableName: this.table,
+      Key: { pk: pk(pairId), sk: PAIR_SK },
+      UpdateExpression: `SET ${set.join(', ')}${change.rpCheckDueMs === undefined ? ' REMOVE rpCheckDueMs' : ''}`,
+      ConditionExpression: 'rev = :rev',
+      ExpressionAttributeValues: values,
+    };
+    try {
+      if (!change.made) await this.doc.send(new UpdateCommand(update));
+      else await this.doc.send(new TransactWriteCommand({ TransactItems: [{ Update: update }, { Put: { TableName: this.table, Item: rpItem(change.made.rp) } }] }));
+      return true;
+    } catch (err) {
+      if (err instanceof ConditionalCheckFailedException) return false;
       if (err instanceof TransactionCanceledException && err.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return false;
       throw err;
     }
@@ -266,6 +300,7 @@ export class DynamoIndex implements ReplicaIndex {
     const last = rps[rps.length - 1];
     const lastApp = rps.filter((r) => r.type === 'APP').pop();
     const values: Record<string, unknown> = { ':state': state, ':now': now, ':one': 1, ':done': 'DONE', ':running': 'RUNNING', ':at': last.atMs, ':id': seedId, ':seq': last.seq };
+    // The RP timer counts from here (rpMadeMs), and knows which seq is the newest RP.
     if (lastApp) values[':app'] = lastApp.atMs;
     try {
       await this.doc.send(
@@ -275,7 +310,7 @@ export class DynamoIndex implements ReplicaIndex {
               Update: {
                 TableName: this.table,
                 Key: { pk: pk(pairId), sk: PAIR_SK },
-                UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at${lastApp ? ', lastAppRpMs = :app' : ''}`,
+                UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at, lastRpSeq = :seq, rpMadeMs = :now${lastApp ? ', lastAppRpMs = :app' : ''}`,
                 ConditionExpression: '#seed.seedId = :id AND #seed.#status = :running AND watermark >= :seq',
                 ExpressionAttributeNames: { '#state': 'state', '#seed': 'seed', '#status': 'status' },
                 ExpressionAttributeValues: values,

@@ -1,13 +1,15 @@
 // Advancing a pair's watermark over contiguous registered batches, and the RPs that
 // creates. Pure: the apply service feeds it index reads and writes its result in one
-// conditional transaction.
+// conditional transaction. RPs of a watermark the source left behind: core/rp-timer.ts.
 
 import { BATCH_FLAGS } from './batch-format';
 import { expiryFor, type RetentionPolicy } from './retention';
-import type { BatchRecord, PairProgress, PairState, RecoveryPoint } from './model';
+import type { BatchRecord, PairState, RecoveryPoint } from './model';
+import type { TimedProgress } from './rp-timer';
 
 export interface AdvancePlan {
-  progress: PairProgress;
+  /** With `lastRpSeq` and `rpMadeMs` (= nowMs) moved to the newest RP made, if any. */
+  progress: TimedProgress;
   /** Set when the plan enters or leaves a resync (or the apply service restores a seeding state): the pair's new state. */
   state?: Extract<PairState, 'RESYNCING' | 'REPLICATING' | 'SEEDING' | 'SEED_FAILED'>;
   /** Batches the watermark moves over, in seq order. */
@@ -17,8 +19,10 @@ export interface AdvancePlan {
 
 export interface AdvanceInput {
   pairId: string;
-  progress: PairProgress;
+  progress: TimedProgress;
   ccrpIntervalMs: number;
+  /** The cloud's clock: becomes `rpMadeMs` when an RP is made (the RP timer counts from it). */
+  nowMs?: number;
   retention: RetentionPolicy;
   /** Registered batches above the watermark, sorted by seq (gaps allowed). */
   pending: BatchRecord[];
@@ -37,7 +41,7 @@ export interface AdvanceInput {
  */
 export function planAdvance(input: AdvanceInput): AdvancePlan {
   const maxRps = input.maxRps ?? 90;
-  const p: PairProgress = { ...input.progress };
+  const p: TimedProgress = { ...input.progress };
   const applied: BatchRecord[] = [];
   const rps: RecoveryPoint[] = [];
   for (const b of input.pending) {
@@ -58,6 +62,8 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
       const { expiresAtSec, keptBy } = expiryFor({ atMs: b.cutMs, prevRpMs: p.lastRpMs, prevAppMs: p.lastAppRpMs, app }, input.retention);
       rps.push({ pairId: input.pairId, seq: b.seq, type: app ? 'APP' : 'CRASH', tag: b.appTag, atMs: b.cutMs, expiresAtSec, keptBy });
       p.lastRpMs = b.cutMs;
+      p.lastRpSeq = b.seq;
+      if (input.nowMs !== undefined) p.rpMadeMs = input.nowMs;
       if (app) p.lastAppRpMs = b.cutMs;
     }
     p.watermark = b.seq;

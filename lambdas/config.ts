@@ -5,12 +5,17 @@
 export interface HandlerConfig {
   bucket: string;
   table: string;
+  /** The apply queue's URL (the apply handler sends the RP timer's checks to it); other handlers have none. */
+  applyQueueUrl?: string;
 }
 
-export function readConfig(env: NodeJS.ProcessEnv = process.env): HandlerConfig {
-  const missing = ['LIVESYNC_BUCKET', 'LIVESYNC_TABLE'].filter((k) => !env[k]);
+/** The variable that carries the apply queue's URL to the apply handler (set by lib/apply-pipeline.ts and the local stack). */
+export const APPLY_QUEUE_URL_ENV = 'LIVESYNC_APPLY_QUEUE_URL';
+
+export function readConfig(env: NodeJS.ProcessEnv = process.env, opts: { applyQueue?: boolean } = {}): HandlerConfig {
+  const missing = ['LIVESYNC_BUCKET', 'LIVESYNC_TABLE', ...(opts.applyQueue ? [APPLY_QUEUE_URL_ENV] : [])].filter((k) => !env[k]);
   if (missing.length) throw new Error(`handler environment lacks ${missing.join(', ')}`);
-  return { bucket: env.LIVESYNC_BUCKET!, table: env.LIVESYNC_TABLE! };
+  return { bucket: env.LIVESYNC_BUCKET!, table: env.LIVESYNC_TABLE!, ...(env[APPLY_QUEUE_URL_ENV] ? { applyQueueUrl: env[APPLY_QUEUE_URL_ENV] } : {}) };
 }
 
 const quiet = (process.env.LOG_LEVEL ?? 'info').toLowerCase() !== 'info';

@@ -9,6 +9,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as s3n from 'aws-cdk-lib/aws-s3-notifications';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
+import { APPLY_QUEUE_URL_ENV } from '../lambdas/config';
 import { LAMBDA_BUNDLING } from './bundling';
 import { JOURNAL_SUFFIX, PAIRS_PREFIX } from './names';
 import type { ReplicaStore } from './replica-store';
@@ -72,6 +73,7 @@ export class ApplyPipeline extends Construct {
       bundling: LAMBDA_BUNDLING,
     });
     props.store.grantApply(this.applyFunction);
+    this.grantRpChecks(this.applyFunction);
 
     this.applyFunction.addEventSource(
       new SqsEventSource(this.queue, {
@@ -80,5 +82,15 @@ export class ApplyPipeline extends Construct {
         maxBatchingWindow: Duration.seconds(1),
       }),
     );
+  }
+
+  /**
+   * The RP timer's checks are delayed messages to this queue (core/rp-timer.ts): SendMessage
+   * on it and nothing else (not GetQueueAttributes/GetQueueUrl, which grantSendMessages adds),
+   * and its URL in the environment.
+   */
+  private grantRpChecks(fn: lambda.Function): void {
+    fn.addToRolePolicy(new iam.PolicyStatement({ actions: ['sqs:SendMessage'], resources: [this.queue.queueArn] }));
+    fn.addEnvironment(APPLY_QUEUE_URL_ENV, this.queue.queueUrl);
   }
 }

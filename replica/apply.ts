@@ -7,7 +7,8 @@ import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format
 import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
 import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
-import { ObjectNotFoundError, ObjectTooLargeError, type ObjectStore, type ReplicaIndex } from './ports';
+import { checkAfterAdvance, decideRpCheck, type RpCheck, type RpTimerFields, type ScheduledCheck } from '../core/rp-timer';
+import { ObjectNotFoundError, ObjectTooLargeError, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
 
 export type ApplyOutcome =
   /** Registered, and the watermark now covers it. */
@@ -28,6 +29,9 @@ export interface ApplyResult {
   seq?: number;
   detail?: string;
 }
+
+/** What a received RP check did (core/rp-timer.ts decides). */
+export type RpCheckOutcome = 'rp' | 'rearmed' | 'cleared' | 'ignored';
 
 export interface Logger {
   info(msg: string, data?: object): void;
@@ -51,6 +55,8 @@ export class ApplyService {
     private readonly log: Logger = quietLogger,
     private readonly now: () => number = Date.now,
     private readonly maxObjectBytes = MAX_BATCH_OBJECT_BYTES,
+    /** Where the RP timer's checks go (the apply queue); without it no watermark is made an RP by time. */
+    private readonly rpChecks?: RpCheckQueue,
   ) {}
 
   /** Applies one journal object. Throws only on transient faults, which the caller retries. */
@@ -106,15 +112,25 @@ export class ApplyService {
    * Stopping after one successful commit is enough: a batch registered after our query is
    * advanced by its own applier, whose commit either sees ours or fails on `rev` and retries.
    */
-  async advance(pairId: string, known?: Pair & { rev: number }): Promise<number> {
+  async advance(pairId: string, known?: Pair & RpTimerFields & { rev: number }): Promise<number> {
     let pair = known;
+    /** The check this call sent already: a retry after a lost race reuses it instead of sending another. */
+    let sent: ScheduledCheck | undefined;
     for (;;) {
       pair ??= await this.index.getPair(pairId);
       if (!pair) throw new Error(`pair '${pairId}' vanished during apply`);
       const pending = await this.index.batchesAfter(pairId, pair.watermark, ADVANCE_PAGE);
       const seeded = offersRps(pair);
-      const plan = planAdvance({ pairId, progress: pair, ccrpIntervalMs: pair.ccrpIntervalMs, retention: pair.retention, pending, offerRps: seeded });
+      const nowMs = this.now();
+      const plan = planAdvance({ pairId, progress: pair, ccrpIntervalMs: pair.ccrpIntervalMs, nowMs, retention: pair.retention, pending, offerRps: seeded });
       if (plan.applied.length === 0) return pair.watermark;
+      // A watermark left without an RP gets a check, sent before the commit that records it
+      // (a crash between the two leaves a check the pair does not wait for: harmless).
+      const check = this.rpChecks && checkAfterAdvance(plan.progress, { nowMs, ccrpIntervalMs: pair.ccrpIntervalMs, offersRps: seeded });
+      if (check) {
+        sent ??= await this.sendCheck(pairId, check);
+        plan.progress.rpCheckDueMs = sent.dueMs;
+      }
       // The error the watermark passed gives way to the next refused seq, if one blocks now.
       const errorUpdate =
         pair.error !== undefined && pair.error.seq <= plan.progress.watermark
@@ -131,6 +147,48 @@ export class ApplyService {
       const truncated = plan.applied.length < pending.length && pending[plan.applied.length].seq === plan.progress.watermark + 1;
       if (!truncated && pending.length < ADVANCE_PAGE) return plan.progress.watermark;
     }
+  }
+
+  /**
+   * Handles a check of the RP timer (a delayed message on the apply queue): makes the
+   * watermark an RP if it has been without one for ccrpInterval, else sends the next check
+   * or clears the pending mark (core/rp-timer.ts). Idempotent: a duplicate finds the work
+   * done or another check pending. Throws only on transient faults.
+   */
+  async checkRp(check: RpCheck): Promise<RpCheckOutcome> {
+    let sent: ScheduledCheck | undefined;
+    for (;;) {
+      const pair = await this.index.getPair(check.pairId);
+      if (!pair) {
+        this.log.warn('rp-check ignored: unknown pair', { pairId: check.pairId, dueMs: check.dueMs });
+        return 'ignored';
+      }
+      const nowMs = this.now();
+      const d = decideRpCheck(pair, check, { nowMs, ccrpIntervalMs: pair.ccrpIntervalMs, offersRps: offersRps(pair), retention: pair.retention });
+      let committed: boolean;
+      if (d.action === 'ignore') {
+        this.log.info('rp-check ignored', { pairId: check.pairId, dueMs: check.dueMs, reason: d.reason });
+        return 'ignored';
+      } else if (d.action === 'clear') {
+        if (pair.rpCheckDueMs === undefined) return 'cleared';
+        committed = await this.index.commitRpCheck(check.pairId, pair.rev, {});
+      } else if (d.action === 'rearm') {
+        if (!this.rpChecks) throw new Error(`rp-check for pair '${check.pairId}': no check queue to send the next check to`);
+        sent ??= await this.sendCheck(check.pairId, d.next);
+        committed = await this.index.commitRpCheck(check.pairId, pair.rev, { rpCheckDueMs: sent.dueMs });
+      } else {
+        committed = await this.index.commitRpCheck(check.pairId, pair.rev, { made: d });
+      }
+      // Not committed: an advance (or another copy of this check) moved the pair; decide again.
+      if (!committed) continue;
+      if (d.action === 'rp') this.log.info('recovery point', { pairId: check.pairId, seq: d.rp.seq, type: d.rp.type, by: 'timer' });
+      return d.action === 'rp' ? 'rp' : d.action === 'rearm' ? 'rearmed' : 'cleared';
+    }
+  }
+
+  private async sendCheck(pairId: string, s: ScheduledCheck): Promise<ScheduledCheck> {
+    await this.rpChecks!.schedule({ kind: 'rp-check', pairId, dueMs: s.dueMs }, s.delaySec);
+    return s;
   }
 
   /** The lowest quarantined seq above the watermark that has no good copy registered. */

@@ -4,6 +4,7 @@
 import type { Readable } from 'node:stream';
 import type { AdvancePlan } from '../core/advance';
 import type { BaseRef, BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType, SeedStatus } from '../core/model';
+import type { RpCheck, RpTimerFields, TimerRp } from '../core/rp-timer';
 
 export interface PutOptions {
   /**
@@ -54,7 +55,7 @@ export type RegisterResult = { registered: true } | { registered: false; existin
 export interface ReplicaIndex {
   createPair(pair: Pair): Promise<void>;
   /** Strongly consistent read, with `rev` for optimistic concurrency. */
-  getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined>;
+  getPair(pairId: string): Promise<(Pair & RpTimerFields & { rev: number }) | undefined>;
   /** Registers a validated batch once; a second registration of the seq returns the first. */
   registerBatch(pairId: string, batch: BatchRecord): Promise<RegisterResult>;
   /** Registered batches with seq > afterSeq, ascending. */
@@ -67,6 +68,12 @@ export interface ReplicaIndex {
    * watermark passed) is replaced by `error.next`, or cleared and the pair REPLICATING.
    */
   commitAdvance(pairId: string, rev: number, plan: AdvancePlan, error?: { next?: PairError }): Promise<boolean>;
+  /**
+   * Writes what an RP check decided, atomically if the pair is still at `rev` (false if it
+   * moved), and moves `rev` on: the RP with the pair's RP bookkeeping, if any, and the
+   * pending check's due time (undefined removes it).
+   */
+  commitRpCheck(pairId: string, rev: number, change: RpCheckChange): Promise<boolean>;
   /** Keeps a record of a refused batch; marks the pair ERROR if the batch blocks its watermark. */
   quarantine(record: QuarantineRecord, blocksWatermark: boolean): Promise<void>;
   listQuarantine(pairId: string): Promise<QuarantineRecord[]>;
@@ -83,6 +90,17 @@ export interface ReplicaIndex {
    * written, provided the watermark has reached the last of them.
    */
   activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[]): Promise<boolean>;
+}
+
+export interface RpCheckChange {
+  made?: TimerRp;
+  rpCheckDueMs?: number;
+}
+
+/** Messages to the apply path itself, delivered later: the RP timer's checks (SQS DelaySeconds). */
+export interface RpCheckQueue {
+  /** Delivers `check` to the apply handler, at least once, no sooner than `delaySec` (0..900) from now. */
+  schedule(check: RpCheck, delaySec: number): Promise<void>;
 }
 
 export interface SeedUpdate {

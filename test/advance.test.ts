@@ -42,4 +42,12 @@ describe('planAdvance', () => {
     // A stray RESYNC_END outside a resync changes nothing.
     expect(planAdvance({ ...base, progress: leave.progress, pending: [batch(7, 20_300, RESYNC_END)] }).rps).toEqual([]);
   });
+
+  test('the newest RP is recorded for the RP timer: its seq, and when it was written (the cloud clock)', () => {
+    const plan = planAdvance({ ...base, nowMs: 99, progress: { watermark: 0, rpCheckDueMs: 7 }, pending: [batch(1, 1000), batch(2, 2000), batch(3, 7000), batch(4, 8000)] });
+    expect(plan.progress).toMatchObject({ watermark: 4, lastRpSeq: 3, lastRpMs: 7000, rpMadeMs: 99, rpCheckDueMs: 7 });
+    // No RP in the plan: the bookkeeping stays.
+    const later = planAdvance({ ...base, nowMs: 200, progress: plan.progress, pending: [batch(5, 9000)] });
+    expect(later.progress).toMatchObject({ watermark: 5, lastRpSeq: 3, rpMadeMs: 99 });
+  });
 });

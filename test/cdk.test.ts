@@ -69,6 +69,7 @@ describe('LivesyncStack', () => {
         Variables: {
           LIVESYNC_BUCKET: { Ref: bucketId },
           LIVESYNC_TABLE: { Ref: ref(stack.store.table) },
+          LIVESYNC_APPLY_QUEUE_URL: { Ref: ref(stack.pipeline.queue) },
           NODE_OPTIONS: '--enable-source-maps',
         },
       },
@@ -127,6 +128,9 @@ describe('LivesyncStack', () => {
       // ListBucket only so a missing key reads as 404, and only under pairs/.
       expect.objectContaining({ Action: 's3:ListBucket', Condition: { StringLike: { 's3:prefix': ['pairs/*'] } } }),
     ]);
+    // The RP timer's checks: SendMessage on the apply queue only, in a statement of its own.
+    const sends = statements.filter((s: any) => actionsOf(s).some((a) => a === 'sqs:SendMessage' || a === 'sqs:*'));
+    expect(sends).toEqual([expect.objectContaining({ Action: 'sqs:SendMessage', Resource: { 'Fn::GetAtt': [ref(stack.pipeline.queue), 'Arn'] } })]);
     // No managed policies (e.g. AWSLambdaBasicExecutionRole) on the apply role.
     expect(template.findResources('AWS::IAM::Role')[roleId].Properties.ManagedPolicyArns).toBeUndefined();
   });
