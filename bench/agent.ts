@@ -1,7 +1,21 @@
 // npm run bench:agent — the source agent as an NBD server against qemu-nbd and nbdkit (same
-// sparse image, same fio job, alternated agent / qemu-nbd / nbdkit in one run, medians), and
-// its recovery point objective on the embedded local stack with the event path on (batches
-// in S3 → SQS → apply Lambda → RPs in the index). Prints one JSON line; progress on stderr.
+// sparse image, same fio job, medians over BENCH_REPS reps, the servers' order rotated each
+// rep), under two placements of the processes on the cores; its recovery point objective on
+// the embedded local stack with the event path on (batches in S3 → SQS → apply Lambda → RPs in
+// the index); what a flush-heavy guest makes the RP Store do and cost; and how long the last
+// flushed writes take to become an RP once the source goes quiet. Prints one JSON line;
+// progress on stderr.
+//
+// Placement (BENCH_PLACEMENT = pinned | shared | both, default both). In AWS the RP Store (S3,
+// SQS, DynamoDB, the apply Lambda) is not on the source host. 'pinned': the local stack (this
+// process: s3rver, fauxqs, the apply handler, the DynamoDB counting proxy; and DynamoDB Local's
+// Java, all threads: `taskset -a -cp 0`) runs on core 0, and fio with the server under test
+// (`taskset -c 1 …`) on core 1, the same for every server. 'shared': no pinning, everything
+// shares the cores (the placement of the figures before pinning was added). With 'both' the
+// figures without a suffix are the pinned ones and the rand4k/seq1m/CPU figures of agent,
+// qemu-nbd and nbdkit are given again with a `_shared` suffix; the other jobs run pinned
+// only. `placement` says which placement the unsuffixed figures are; with fewer than 2 cores
+// it is 'shared' (stderr says so).
 //
 //   rand4k_iops            fio nbd engine, random 4 KiB writes, iodepth 32, within the first
 //                          1 GiB of the disk, BENCH_FIO_S seconds (time_based) → write IOPS
@@ -9,68 +23,112 @@
 //                          sparse image of the same size
 //   ratio_vs_qemu_nbd      rand4k_iops / qemu_nbd_rand4k_iops (medians)
 //   rand4k_iops_apply_on_host, ratio_apply_on_host
-//                          the same rand4k job against a fresh agent and image, while the local
-//                          stand-ins of the cloud side (apply handler, DynamoDB Local) also
-//                          run on this host's 2 cores. For rand4k_iops and seq1m_mib_s the
-//                          apply handler's event source is disabled (as UpdateEventSourceMapping
+//                          the same rand4k job against a fresh agent and image with the local
+//                          apply path live (pinned: on the stack's core; shared: on the same
+//                          cores as the agent). For rand4k_iops and seq1m_mib_s the apply
+//                          handler's event source is disabled (as UpdateEventSourceMapping
 //                          would): the agent still cuts, spools and uploads every batch to the
 //                          local S3, but the apply work, which runs in AWS and not beside the
 //                          source, waits in the queue until the job ends
 //   rand4k_iops_uploads_held, ratio_uploads_held
 //                          the same rand4k job against a fresh agent started with
 //                          `--bandwidth 1M`: it captures and spools every write as usual, but
-//                          its uploads wait, so the local S3's share of these 2 cores (in AWS
-//                          it is not on the source host) is left out: the agent's own cost
+//                          its uploads wait, so the local S3's work is left out: the agent's
+//                          own cost. Only if the spool never overflowed during the job (the
+//                          agent's `overflows` counter unchanged and its mode 'streaming' after,
+//                          from its control socket); else null, and stderr says so: an overflow
+//                          turns capture into the cheaper dirty-map mode. The same check holds
+//                          for every agent job (rand4k_iops, seq1m_mib_s, …): a figure taken
+//                          while the spool overflowed is null
 //   agent_cpu_us_per_write, qemu_nbd_…, nbdkit_…, ratio_cpu_vs_qemu_nbd
 //                          CPU time (user + system, all threads, from /proc) the server's
 //                          process used during its rand4k job, per write: the filter's own
 //                          cost, less sensitive than IOPS to what else shares the cores
 //   local_s3_cpu_us_per_write
 //                          the same for this process (the local stack's S3, which receives
-//                          the uploads) during the agent's rand4k job: work that in AWS is
-//                          not on the source host, but here shares its 2 cores
+//                          the uploads, and the bench itself) during the agent's rand4k job
 //   seq1m_mib_s            fio, sequential 1 MiB writes, iodepth 8, from 1 GiB on → MiB/s
+//   seq1m_ratio_vs_qemu_nbd  seq1m_mib_s / qemu_nbd_seq1m_mib_s (medians)
+//   …_shared               the figures above for agent, qemu-nbd and nbdkit under 'shared'
 //   rpo_p50_s / rpo_p99_s  a fresh agent under a paced load of 20 MB/s (64 KiB writes at random
 //                          offsets in the first 1 GiB) with an NBD FLUSH every ~250 ms, over
 //                          BENCH_RPO_S seconds after a 2 s warm-up. Per FLUSH: t = when its
-//                          reply arrived; s = the agent's lastCutSeq asked right after (the
-//                          flushed writes are in batch s or earlier); the sample is the first
+//                          reply arrived; s = the seq holding the writes it covered (the agent's
+//                          status right after: FLUSH_SEQ_FIELD below); the sample is the first
 //                          time an RP with seq ≥ s was listed by the index (polled every
 //                          ~50 ms) − t. Linear-interpolated percentiles, seconds.
 //   rpo_samples            FLUSHes sampled (a sample whose RP never showed counts with the
 //                          time waited; stderr says so)
-//   ccrp_interval_s        the pairs' crash-consistent RP interval
+//   ccrp_interval_s        the crash-consistent RP interval of the pairs of all jobs but idle
+//   puts_per_s, ddb_writes_per_s, flush_rpo_p99_s, cost_per_vm_month_usd
+//                          the flush-heavy job, the worse of its two parts (each a fresh agent,
+//                          apply path live; details of each in flush_jobs):
+//                            fio    fio nbd engine, random 4 KiB writes, iodepth 1, fsync=1 (an
+//                                   NBD FLUSH after every write; the nbd engine refuses
+//                                   fdatasync=1, which would send the same), BENCH_FIO_S seconds
+//                            files  ext4 made on the agent's disk through nbdfuse and a loop
+//                                   device (untimed), then for BENCH_FIO_S seconds a loop of new
+//                                   4 KiB files, each written and fsynced (`dd conv=fsync`);
+//                                   needs root, /dev/fuse and loop devices, else skipped (null,
+//                                   stderr says why)
+//                          puts_per_s: journal PUTs the local S3 received, from the start of
+//                          the load until the agent's spool is empty and its batches applied,
+//                          per second of load. ddb_writes_per_s: DynamoDB write requests
+//                          (PutItem, UpdateItem, DeleteItem, TransactWriteItems,
+//                          BatchWriteItem) the local DynamoDB received in that window, per
+//                          second of load. flush_rpo_p99_s: as rpo_p99_s, for FLUSHes a second
+//                          NBD connection sends every ~250 ms during the load.
+//                          cost_per_vm_month_usd: every request the local stack counted in the
+//                          window (S3 by class, DynamoDB write/read units, SQS requests other
+//                          than empty receives, apply invocations), per second of load, priced
+//                          for a 730-hour month at us-east-1 list prices (core/cost-model.ts,
+//                          docs/cost.md). With an external RP Store all four are null
+//   idle_rpo_s, idle_ccrp_interval_s
+//                          a fresh agent on a pair with the default ccrp interval (5 s) takes
+//                          2 s of the 20 MB/s load, ends with an acknowledged FLUSH, then gets
+//                          no more writes (it keeps running): the time from that FLUSH's reply
+//                          until an RP with seq ≥ the seq holding it is listed. Waits at most
+//                          the interval + 30 s; null if no such RP came by then (stderr says so)
 //   agent_rss_mib          peak resident memory (VmHWM / max sampled VmRSS) of the agent's own
 //                          node process over all its runs, on disks of disk_gib GiB
 //   rp_store               'local': the embedded local stack, started here; 'external': the RP
 //                          Store the environment names, as for the tests (AWS_ENDPOINT_URL* or
 //                          LIVESYNC_TARGET=aws, with LIVESYNC_BUCKET and LIVESYNC_TABLE): its S3
 //                          and apply path are not on this host, so the figures about the local
-//                          stand-ins (…_apply_on_host, local_s3_cpu_us_per_write) are null
+//                          stand-ins (…_apply_on_host, local_s3_cpu_us_per_write, the request
+//                          counts and cost) are null
 //
 // The agent runs as a child process (Node 22 with the tsx loader, `livesync agent`), a new
 // pair and image per run; after each run it is stopped and the pair's batches are applied
-// before the next server runs, so the apply backlog does not load the peers. With the local
-// stack, S3, SQS and the apply Lambda run in this process on the same 2 cores; the agent pays
-// for them, the peers do not. BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S (5),
-// BENCH_RPO_S (20), BENCH_AGENT_NODE_ARGS (extra node flags for the agent, e.g. to profile it).
+// before the next server runs, so the apply backlog does not load the peers. The bench checks
+// its peers first (qemu-nbd, nbdkit, fio, taskset; java for the local stack; nbdfuse, losetup,
+// mkfs.ext4 for the files job) and installs the missing ones with apt-get when root, else
+// stops naming them (bench/peers.ts). BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S
+// (5), BENCH_RPO_S (20), BENCH_PLACEMENT (both), BENCH_AGENT_NODE_ARGS (extra node flags for
+// the agent, e.g. to profile it).
 
+import './quiet-handlers'; // first: before anything imports the handlers' logger
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, readlink, realpath, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, readlink, realpath, rm } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoIndex } from '../adapters/dynamo-index';
 import { rpStoreFromEnv, usesExternalStack } from '../adapters/from-env';
-import { callAgent } from '../agent/control';
+import { callAgent, type AgentStatus } from '../agent/control';
 import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
-import { freePort, startLocalStack, type LocalStack } from '../local/stack';
+import { dynamoRequestUnits, monthlyCost } from '../core/cost-model';
+import { freePort, requestsBetween, startLocalStack, type LocalStack, type StackRequests } from '../local/stack';
 import { sleep } from '../replica/concurrency';
-import { createPair, waitForWatermark } from '../replica/pairs';
+import { createPair, DEFAULT_CCRP_INTERVAL_MS, waitForWatermark } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
 import { median, percentile, round, runBench } from './measure';
 import { NbdClient } from './nbd-client';
+import { ensurePeers, type Peer } from './peers';
 
 const MiB = 2 ** 20;
 /** /proc's clock ticks per second (USER_HZ). */
@@ -80,6 +138,7 @@ const diskGib = Number(process.env.BENCH_DISK_GIB ?? 16);
 const reps = Number(process.env.BENCH_REPS ?? 3);
 const fioSeconds = Number(process.env.BENCH_FIO_S ?? 5);
 const rpoSeconds = Number(process.env.BENCH_RPO_S ?? 20);
+const placementSetting = process.env.BENCH_PLACEMENT ?? 'both';
 /** Extra node flags for the agent process, e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile it. */
 const nodeArgs = (process.env.BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const diskBytes = diskGib * GiB;
@@ -91,9 +150,21 @@ const RPO_WARMUP_MS = 2000;
 /** After the window, keep the load on at most this long for the last samples' RPs. */
 const RPO_TAIL_MS = 60_000;
 const RP_POLL_MS = 50;
+/** The idle job: the pair's ccrp interval (the default), how long it writes, and how long past the interval it waits for the RP. */
+const IDLE_CCRP_INTERVAL_MS = DEFAULT_CCRP_INTERVAL_MS;
+const IDLE_WRITE_MS = 2000;
+const IDLE_CAP_MS = IDLE_CCRP_INTERVAL_MS + 30_000;
 /** How long a stopped agent's batches may take to apply before we move on. */
 const DRAIN_TIMEOUT_MS = 180_000;
+/**
+ * The agent-status field naming the seq whose batch holds the writes a just-acknowledged FLUSH
+ * covered. Until the agent has it, `lastCutSeq` (a FLUSH cut a batch, so it was that one).
+ */
+const FLUSH_SEQ_FIELD = 'lastFlushSeq';
+const FLUSH_SEQ_FALLBACK = 'lastCutSeq';
 const EXPORT = 'disk0';
+const STACK_CORE = '0';
+const SERVER_CORE = '1';
 const root = join(__dirname, '..');
 const nodeBin = join(root, 'node_modules', '.bin', 'node');
 
@@ -102,11 +173,41 @@ const log = (m: string): void => void process.stderr.write(`[bench:agent] ${m}\n
 if (!(diskGib >= 2) || !(reps >= 1) || !(fioSeconds >= 1) || !(rpoSeconds >= 1)) {
   throw new Error('BENCH_DISK_GIB must be ≥ 2, BENCH_REPS, BENCH_FIO_S and BENCH_RPO_S ≥ 1');
 }
+if (!['pinned', 'shared', 'both'].includes(placementSetting)) throw new Error(`BENCH_PLACEMENT must be pinned, shared or both, not '${placementSetting}'`);
+
+// ---- placement --------------------------------------------------------------------------
+
+type Placement = 'pinned' | 'shared';
+const cores = availableParallelism();
+
+function placementsToRun(): Placement[] {
+  const wanted: Placement[] = placementSetting === 'both' ? ['pinned', 'shared'] : [placementSetting as Placement];
+  if (wanted.includes('pinned') && cores < 2) {
+    log(`only ${cores} core: no pinned placement (the stack and the server cannot have a core each); shared only`);
+    return ['shared'];
+  }
+  return wanted;
+}
+
+/** Pins the local stack (this process and the stack's other processes, all threads) to its core, or lets them use every core. */
+async function placeStack(placement: Placement, stack: LocalStack): Promise<void> {
+  const cpus = placement === 'pinned' ? STACK_CORE : `0-${cores - 1}`;
+  for (const pid of [process.pid, ...stack.pids]) await run('taskset', ['-a', '-cp', cpus, String(pid)]);
+}
+
+/** The command line that runs `cmd` on the server's core under `placement`. */
+const onServerCore = (placement: Placement, cmd: string, args: string[]): [string, string[]] =>
+  placement === 'pinned' ? ['taskset', ['-c', SERVER_CORE, cmd, ...args]] : [cmd, args];
+
+/** Which cores a process may run on (its main thread), for the log. */
+const coresOf = async (pid: number): Promise<string> => /^Cpus_allowed_list:\s*(\S+)/m.exec(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''))?.[1] ?? '?';
 
 // ---- child processes -----------------------------------------------------------------
 
 /** Every child we started and have not seen exit: cleanup stops exactly these. */
 const running = new Set<Proc>();
+/** Undo steps (unmount, detach) that must run before the processes stop and the files go. */
+const teardowns = new Set<() => Promise<void>>();
 
 interface Proc {
   child: ChildProcess;
@@ -191,13 +292,15 @@ interface Serving {
   pid: number;
   /** Progress note for stderr after a job (the agent: its peak RSS so far). */
   note?(): Promise<string>;
+  /** The agent's status (capture mode, overflows): a job is only valid if the spool did not overflow. */
+  status?(): Promise<AgentStatus>;
   /** Stops the server (and, for the agent, waits for its batches to be applied). */
   close(): Promise<void>;
 }
 
 interface Server {
   name: string;
-  start(image: string): Promise<Serving>;
+  start(image: string, placement: Placement): Promise<Serving>;
 }
 
 /** Peers flush their page cache on exit (qemu-nbd: seconds after a sequential run). */
@@ -208,9 +311,9 @@ async function stopPeer(p: Proc, name: string): Promise<void> {
 
 const qemuNbd: Server = {
   name: 'qemu-nbd',
-  async start(image) {
+  async start(image, placement) {
     const port = await freePort();
-    const p = launch('qemu-nbd', 'qemu-nbd', ['-f', 'raw', '-t', '-b', '127.0.0.1', '-p', String(port), '-x', EXPORT, image]);
+    const p = launch('qemu-nbd', ...onServerCore(placement, 'qemu-nbd', ['-f', 'raw', '-t', '-b', '127.0.0.1', '-p', String(port), '-x', EXPORT, image]));
     await waitForNbd(port, p, 'qemu-nbd');
     return { port, pid: p.pid, close: () => stopPeer(p, 'qemu-nbd') };
   },
@@ -218,9 +321,9 @@ const qemuNbd: Server = {
 
 const nbdkit: Server = {
   name: 'nbdkit',
-  async start(image) {
+  async start(image, placement) {
     const port = await freePort();
-    const p = launch('nbdkit', 'nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image]);
+    const p = launch('nbdkit', ...onServerCore(placement, 'nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image]));
     await waitForNbd(port, p, 'nbdkit');
     return { port, pid: p.pid, close: () => stopPeer(p, 'nbdkit') };
   },
@@ -228,8 +331,16 @@ const nbdkit: Server = {
 
 interface AgentRun extends Serving {
   pairId: string;
-  pid: number;
   controlSocket: string;
+  status(): Promise<AgentStatus>;
+}
+
+interface AgentVariant {
+  /** Extra agent flags. */
+  args?: string[];
+  /** false: stop without waiting for the pair's batches to be applied. */
+  drain?: boolean;
+  ccrpIntervalMs?: number;
 }
 
 class AgentServer implements Server {
@@ -244,16 +355,14 @@ class AgentServer implements Server {
     private readonly tmp: string,
   ) {}
 
-  /** `args`: extra agent flags; `drain` false: stop without waiting for the pair's batches to be applied. */
-  async start(image: string, variant: { args?: string[]; drain?: boolean } = {}): Promise<AgentRun> {
+  async start(image: string, placement: Placement, variant: AgentVariant = {}): Promise<AgentRun> {
     const pairId = `bench-agent-${Date.now().toString(36)}-${this.runs}`;
     const stateDir = join(this.tmp, `state-${this.runs++}`);
-    await createPair(this.index, { pairId, disks: [{ name: EXPORT, sizeBytes: diskBytes }], ccrpIntervalMs: CCRP_INTERVAL_MS });
-    // Node itself with the tsx loader: the PID we watch is the agent's own process.
+    await createPair(this.index, { pairId, disks: [{ name: EXPORT, sizeBytes: diskBytes }], ccrpIntervalMs: variant.ccrpIntervalMs ?? CCRP_INTERVAL_MS });
+    // Node itself with the tsx loader: the PID we watch is the agent's own process (taskset execs it).
     const p = launch(
       'agent',
-      nodeBin,
-      [...AGENT_NODE_FLAGS, ...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, ...(variant.args ?? [])],
+      ...onServerCore(placement, nodeBin, [...AGENT_NODE_FLAGS, ...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, ...(variant.args ?? [])]),
       { env: { ...process.env, ...this.stack.env, ...AGENT_ENV }, echo: true },
     );
     let sampler: NodeJS.Timeout | undefined;
@@ -265,6 +374,12 @@ class AgentServer implements Server {
       peak = Math.max(peak, kib('VmRSS') * 1024, kib('VmHWM') * 1024);
       this.peakRss = Math.max(this.peakRss, peak);
       return kib('VmRSS') * 1024;
+    };
+    const controlSocket = join(stateDir, 'control.sock');
+    const status = async (): Promise<AgentStatus> => {
+      const answer = await callAgent(controlSocket, { op: 'status' });
+      if (!answer.ok || !('status' in answer)) throw new Error(`agent status: ${JSON.stringify(answer)}`);
+      return answer.status;
     };
     try {
       const port = await new Promise<number>((resolve, reject) => {
@@ -294,10 +409,10 @@ class AgentServer implements Server {
       // With what the agent says of its memory now (where a peak came from: heap, buffers, the rest native).
       const note = async (): Promise<string> => {
         await sample();
-        const now = ((await callAgent(join(stateDir, 'control.sock'), { op: 'status' }).catch(() => undefined)) as { status?: { memoryMiB?: object } } | undefined)?.status?.memoryMiB;
+        const now = (await status().catch(() => undefined))?.memoryMiB;
         return `agent peak RSS so far ${round(peak / MiB, 1)} MiB; now ${JSON.stringify(now ?? 'unknown')}`;
       };
-      return { port, pairId, pid: p.pid, controlSocket: join(stateDir, 'control.sock'), close, note };
+      return { port, pairId, pid: p.pid, controlSocket, close, note, status };
     } catch (err) {
       clearInterval(sampler);
       await stop(p, 5000);
@@ -319,22 +434,52 @@ class AgentServer implements Server {
   }
 }
 
+/** The seq holding the writes of the FLUSH acknowledged just before `status` was asked. */
+let flushSeqFieldLogged = false;
+function flushSeqOf(status: AgentStatus): number {
+  const fields = status as unknown as Record<string, unknown>;
+  const field = typeof fields[FLUSH_SEQ_FIELD] === 'number' ? FLUSH_SEQ_FIELD : FLUSH_SEQ_FALLBACK;
+  if (!flushSeqFieldLogged) log(`the seq holding a FLUSH's writes: agent status '${field}'`);
+  flushSeqFieldLogged = true;
+  const seq = fields[field];
+  if (typeof seq !== 'number') throw new Error(`agent status has no number '${field}': ${JSON.stringify(status)}`);
+  return seq;
+}
+
+/** Waits until the agent has uploaded everything it spooled and the pair's watermark reached its last cut seq. */
+async function quiesce(agent: AgentRun, index: ReplicaIndex): Promise<void> {
+  const deadline = Date.now() + DRAIN_TIMEOUT_MS;
+  for (;;) {
+    const s = await agent.status();
+    if (s.spool.batches === 0 && s.upload.inFlight === 0) {
+      if (s.lastCutSeq > 0) await waitForWatermark(index, agent.pairId, s.lastCutSeq, Math.max(1000, deadline - Date.now()));
+      return;
+    }
+    if (Date.now() > deadline) throw new Error(`agent of ${agent.pairId} still has ${s.spool.batches} batches spooled after ${DRAIN_TIMEOUT_MS / 1000} s`);
+    await sleep(100);
+  }
+}
+
 // ---- fio -------------------------------------------------------------------------------
 
-type Job = 'rand4k' | 'seq1m';
+type Job = 'rand4k' | 'seq1m' | 'flush4k';
 
-/** Runs one fio job against nbd://127.0.0.1:port/disk0: IOPS (rand4k) or MiB/s (seq1m), and its writes. */
-async function fio(port: number, job: Job, out: string): Promise<{ rate: number; writes: number }> {
+const FIO_JOBS: Record<Job, string[]> = {
+  rand4k: ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--size=1g'],
+  seq1m: ['--rw=write', '--bs=1M', '--iodepth=8', '--offset=1g', `--size=${Math.min(4, diskGib - 1)}g`],
+  // An NBD FLUSH after every write, one write at a time: a guest that fsyncs everything. fio's
+  // nbd engine refuses fdatasync=1 (EINVAL); fsync=1 is the same NBD FLUSH.
+  flush4k: ['--rw=randwrite', '--bs=4k', '--iodepth=1', '--fsync=1', '--size=1g'],
+};
+
+/** Runs one fio job against nbd://127.0.0.1:port/disk0: IOPS (rand4k, flush4k) or MiB/s (seq1m), its writes and syncs. */
+async function fio(port: number, job: Job, out: string, placement: Placement): Promise<{ rate: number; writes: number; syncs: number }> {
   const common = ['--name=bench', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/${EXPORT}`, '--time_based', `--runtime=${fioSeconds}`, '--output-format=json', `--output=${out}`];
-  const spec =
-    job === 'rand4k'
-      ? ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--size=1g']
-      : ['--rw=write', '--bs=1M', '--iodepth=8', '--offset=1g', `--size=${Math.min(4, diskGib - 1)}g`];
-  await run('fio', [...common, ...spec]);
-  const res = JSON.parse(await readFile(out, 'utf8')) as { jobs: { error: number; write: { iops: number; bw_bytes: number; total_ios: number } }[] };
+  await run(...onServerCore(placement, 'fio', [...common, ...FIO_JOBS[job]]));
+  const res = JSON.parse(await readFile(out, 'utf8')) as { jobs: { error: number; write: { iops: number; bw_bytes: number; total_ios: number }; sync?: { total_ios?: number } }[] };
   const j = res.jobs[0];
   if (j.error !== 0 || j.write.total_ios === 0) throw new Error(`fio ${job} on port ${port}: error ${j.error}, ${j.write.total_ios} writes`);
-  return { rate: job === 'rand4k' ? j.write.iops : j.write.bw_bytes / MiB, writes: j.write.total_ios };
+  return { rate: job === 'seq1m' ? j.write.bw_bytes / MiB : j.write.iops, writes: j.write.total_ios, syncs: j.sync?.total_ios ?? 0 };
 }
 
 /** CPU seconds (user + system, all threads) a process has used so far. */
@@ -346,62 +491,131 @@ async function cpuSeconds(pid: number): Promise<number> {
 
 // ---- rpo -------------------------------------------------------------------------------
 
+/** Lists a pair's RPs every ~50 ms and remembers when each seq was first listed. */
+class RpWatcher {
+  private readonly seen = new Map<number, number>();
+  private polling = true;
+  private readonly loop: Promise<void>;
+
+  constructor(index: ReplicaIndex, pairId: string) {
+    this.loop = (async () => {
+      while (this.polling) {
+        const t0 = performance.now();
+        try {
+          const rps = await index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000));
+          const t = performance.now();
+          for (const rp of rps) if (!this.seen.has(rp.seq)) this.seen.set(rp.seq, t);
+        } catch (err) {
+          if (this.polling) log(`listing the RPs of ${pairId}: ${(err as Error).message}`);
+        }
+        await sleep(Math.max(0, RP_POLL_MS - (performance.now() - t0)));
+      }
+    })();
+  }
+
+  /** When an RP with seq ≥ `seq` was first listed (performance.now() time), if one was. */
+  firstAtOrAbove(seq: number): number | undefined {
+    let first: number | undefined;
+    for (const [s, at] of this.seen) if (s >= seq && (first === undefined || at < first)) first = at;
+    return first;
+  }
+
+  get count(): number {
+    return this.seen.size;
+  }
+
+  async stop(): Promise<void> {
+    this.polling = false;
+    await this.loop;
+  }
+}
+
+interface FlushPoint {
+  /** When the FLUSH's reply arrived (performance.now()). */
+  t: number;
+  /** The seq whose batch holds the writes it covered. */
+  seq: number;
+}
+
+/** Sends a FLUSH and asks the agent which seq holds what it covered. */
+async function flushPoint(client: NbdClient, agent: AgentRun): Promise<FlushPoint> {
+  await client.flush();
+  const t = performance.now();
+  return { t, seq: flushSeqOf(await agent.status()) };
+}
+
+/** Seconds from each FLUSH's reply to the first RP that holds it; one never seen counts until `end`. */
+function rpoSamples(flushes: FlushPoint[], watcher: RpWatcher, end: number, what: string): number[] {
+  let unresolved = 0;
+  const samples = flushes.map(({ t, seq }) => {
+    const first = watcher.firstAtOrAbove(seq);
+    if (first === undefined) unresolved++;
+    return ((first ?? end) - t) / 1000;
+  });
+  if (unresolved) log(`${what}: ${unresolved} of ${flushes.length} flushes saw no RP; counted with the time waited`);
+  return samples;
+}
+
+/** Random 64 KiB writes at a paced rate over the first 1 GiB of the disk, at most 16 in flight. */
+class PacedWriter {
+  private readonly pool = randomBytes(32 * MiB); // random (incompressible), never repeated within a batch
+  private poolAt = 0;
+  private sent = 0;
+  acked = 0;
+  failure?: Error;
+
+  constructor(
+    private readonly client: NbdClient,
+    private readonly rate: number,
+    private readonly start: number,
+  ) {}
+
+  /** Sends what the rate calls for by `now`. */
+  pump(now: number): void {
+    if (this.failure) throw this.failure;
+    const region = Math.min(GiB, this.client.size);
+    while (this.sent < (this.rate * (now - this.start)) / 1000 && this.client.inFlight < 16) {
+      const offset = Math.floor(Math.random() * (region / RPO_WRITE)) * RPO_WRITE;
+      if (this.poolAt + RPO_WRITE > this.pool.length) this.poolAt = 0;
+      const data = this.pool.subarray(this.poolAt, (this.poolAt += RPO_WRITE));
+      this.sent += RPO_WRITE;
+      this.client.write(offset, data).then(
+        () => void (this.acked += RPO_WRITE),
+        (err: Error) => void (this.failure ??= err),
+      );
+    }
+  }
+}
+
 /** Paced writes with periodic FLUSHes against a running agent; RPO samples in seconds. */
 async function measureRpo(agent: AgentRun, index: ReplicaIndex): Promise<number[]> {
   const client = await NbdClient.connect('127.0.0.1', agent.port, EXPORT);
-  const region = Math.min(GiB, client.size);
-  const pool = randomBytes(32 * MiB); // random (incompressible), never repeated within a batch
-  const seen = new Map<number, number>(); // RP seq → when it was first listed
-  let polling = true;
-  const poller = (async () => {
-    while (polling) {
-      const t0 = performance.now();
-      const rps = await index.listRecoveryPoints(agent.pairId, Math.floor(Date.now() / 1000));
-      const t = performance.now();
-      for (const rp of rps) if (!seen.has(rp.seq)) seen.set(rp.seq, t);
-      await sleep(Math.max(0, RP_POLL_MS - (t - t0)));
-    }
-  })();
-
-  const flushes: { t: number; seq: number }[] = [];
+  const watcher = new RpWatcher(index, agent.pairId);
+  const flushes: FlushPoint[] = [];
   const start = performance.now();
+  const writer = new PacedWriter(client, RPO_RATE, start);
   const windowStart = start + RPO_WARMUP_MS;
   const windowEnd = windowStart + rpoSeconds * 1000;
   let failure: Error | undefined;
-  const fail = (err: Error): void => void (failure ??= err);
-  let sent = 0;
-  let acked = 0;
-  let poolAt = 0;
   let flushing = false;
   let lastFlush = start;
-  let maxSeen = 0;
-  const resolved = (): boolean => flushes.length > 0 && Math.max(...seen.keys()) >= Math.max(...flushes.map((f) => f.seq));
+  let maxSeq = 0;
+  const resolved = (): boolean => flushes.length > 0 && watcher.firstAtOrAbove(Math.max(...flushes.map((f) => f.seq))) !== undefined;
   try {
     for (;;) {
       const now = performance.now();
       if (failure) throw failure;
       if (now >= windowEnd && (resolved() || now >= windowEnd + RPO_TAIL_MS)) break;
-      // Keep up with the rate; if the agent falls behind, at most 16 writes (1 MiB) wait.
-      while (sent < (RPO_RATE * (now - start)) / 1000 && client.inFlight < 16) {
-        const offset = Math.floor(Math.random() * (region / RPO_WRITE)) * RPO_WRITE;
-        if (poolAt + RPO_WRITE > pool.length) poolAt = 0;
-        const data = pool.subarray(poolAt, (poolAt += RPO_WRITE));
-        sent += RPO_WRITE;
-        client.write(offset, data).then(() => void (acked += RPO_WRITE), fail);
-      }
+      writer.pump(now);
       if (!flushing && now - lastFlush >= RPO_FLUSH_MS) {
         flushing = true;
         lastFlush = now;
-        client
-          .flush()
-          .then(async () => {
-            const t = performance.now();
-            const answer = await callAgent(agent.controlSocket, { op: 'status' });
-            if (!answer.ok || !('status' in answer)) throw new Error(`agent status: ${JSON.stringify(answer)}`);
-            maxSeen = Math.max(maxSeen, answer.status.lastCutSeq);
-            if (t >= windowStart && t < windowEnd) flushes.push({ t, seq: answer.status.lastCutSeq });
+        flushPoint(client, agent)
+          .then((f) => {
+            maxSeq = Math.max(maxSeq, f.seq);
+            if (f.t >= windowStart && f.t < windowEnd) flushes.push(f);
           })
-          .catch(fail)
+          .catch((err: Error) => void (failure ??= err))
           .finally(() => (flushing = false));
       }
       await sleep(5);
@@ -409,40 +623,232 @@ async function measureRpo(agent: AgentRun, index: ReplicaIndex): Promise<number[
   } finally {
     const end = performance.now();
     await client.close();
-    polling = false;
-    await poller;
-    log(`rpo: ${round((acked / 1e6 / (end - start)) * 1000, 1)} MB/s acknowledged over ${round((end - start) / 1000, 1)} s, ${flushes.length} flushes sampled, last cut seq ${maxSeen}, ${seen.size} RPs listed`);
+    await watcher.stop();
+    log(`rpo: ${round((writer.acked / 1e6 / (end - start)) * 1000, 1)} MB/s acknowledged over ${round((end - start) / 1000, 1)} s, ${flushes.length} flushes sampled, last flush seq ${maxSeq}, ${watcher.count} RPs listed`);
   }
-  const ends = performance.now();
-  let unresolved = 0;
-  const samples = flushes.map(({ t, seq }) => {
-    let first = Infinity;
-    for (const [s, at] of seen) if (s >= seq && at < first) first = at;
-    if (first === Infinity) {
-      unresolved++;
-      first = ends;
+  return rpoSamples(flushes, watcher, performance.now(), 'rpo');
+}
+
+/**
+ * The idle RPO: 2 s of the paced load ending in an acknowledged FLUSH, then no writes (the
+ * agent keeps running); seconds from that FLUSH's reply to an RP that holds it, or null if
+ * none was listed within IDLE_CAP_MS.
+ */
+async function measureIdleRpo(agent: AgentRun, index: ReplicaIndex): Promise<number | null> {
+  const client = await NbdClient.connect('127.0.0.1', agent.port, EXPORT);
+  const watcher = new RpWatcher(index, agent.pairId);
+  try {
+    const start = performance.now();
+    const writer = new PacedWriter(client, RPO_RATE, start);
+    while (performance.now() - start < IDLE_WRITE_MS) {
+      writer.pump(performance.now());
+      await sleep(5);
     }
-    return (first - t) / 1000;
+    const last = await flushPoint(client, agent); // after every write sent: a FLUSH covers what was acknowledged before it
+    log(`idle: ${round(writer.acked / 1e6, 1)} MB written, last FLUSH held by seq ${last.seq}; no writes from now on`);
+    while (watcher.firstAtOrAbove(last.seq) === undefined && performance.now() - last.t < IDLE_CAP_MS) await sleep(RP_POLL_MS);
+    const first = watcher.firstAtOrAbove(last.seq);
+    if (first === undefined) {
+      const status = await agent.status();
+      log(`idle: no RP with seq ≥ ${last.seq} within ${IDLE_CAP_MS / 1000} s of the last FLUSH (ccrp interval ${IDLE_CCRP_INTERVAL_MS / 1000} s; agent: last cut seq ${status.lastCutSeq}, ${status.spool.batches} spooled): idle_rpo_s null`);
+      return null;
+    }
+    return (first - last.t) / 1000;
+  } finally {
+    await client.close();
+    await watcher.stop();
+  }
+}
+
+// ---- the flush-heavy job ---------------------------------------------------------------
+
+type FlushLoad = 'fio' | 'files';
+
+interface FlushFigures {
+  load_s: number;
+  /** FLUSHes the load sent (fio's syncs) or files it wrote and fsynced. */
+  flushes_per_s?: number;
+  files_per_s?: number;
+  puts_per_s: number | null;
+  ddb_writes_per_s: number | null;
+  flush_rpo_p50_s: number;
+  flush_rpo_p99_s: number;
+  flush_rpo_samples: number;
+  cost_per_vm_month_usd: number | null;
+  /** Every request counted in the window, per second of load. */
+  requests_per_s?: Record<string, number>;
+}
+
+/** Whether the files job can run here: the kernel's ext4 over the agent needs root, FUSE and loop devices. */
+function filesJobBlocker(): string | undefined {
+  if (process.getuid?.() !== 0) return 'it needs root (mount, losetup)';
+  if (!existsSync('/dev/fuse')) return 'it needs /dev/fuse (nbdfuse)';
+  if (!existsSync('/dev/loop-control')) return 'it needs loop devices (/dev/loop-control)';
+  return undefined;
+}
+
+/** ext4 on the agent's disk: nbdfuse exposes the export as a file, a loop device makes it a block device. */
+async function mountExt4(port: number, dir: string, placement: Placement): Promise<{ mnt: string; unmount(): Promise<void> }> {
+  const fuseDir = join(dir, 'fuse');
+  const mnt = join(dir, 'mnt');
+  await mkdir(fuseDir, { recursive: true });
+  await mkdir(mnt, { recursive: true });
+  const pidFile = join(dir, 'nbdfuse.pid');
+  const fuse = launch('nbdfuse', ...onServerCore(placement, 'nbdfuse', ['-P', pidFile, join(fuseDir, 'nbd'), `nbd://127.0.0.1:${port}/${EXPORT}`]));
+  let dev: string | undefined;
+  let mounted = false;
+  const quietly = (p: Promise<unknown>): Promise<void> => p.then(() => {}, (err: Error) => log(`files: ${err.message}`));
+  const unmount = async (): Promise<void> => {
+    teardowns.delete(unmount);
+    if (mounted) await quietly(run('umount', [mnt]).catch(() => run('umount', ['-l', mnt])));
+    mounted = false;
+    if (dev) await quietly(run('losetup', ['-d', dev]));
+    dev = undefined;
+    if (running.has(fuse)) await quietly(run('umount', [fuseDir]).catch(() => run('umount', ['-l', fuseDir])));
+    await stop(fuse, 5000);
+  };
+  teardowns.add(unmount);
+  try {
+    const deadline = Date.now() + 15_000;
+    while (!existsSync(pidFile)) {
+      if (!running.has(fuse)) throw new Error(`nbdfuse exited: ${fuse.tail.join('\n')}`);
+      if (Date.now() > deadline) throw new Error('nbdfuse did not serve within 15 s');
+      await sleep(100);
+    }
+    dev = (await run('losetup', ['-f', '--show', join(fuseDir, 'nbd')])).trim();
+    // 1 GiB of the disk, every table written now (not by ext4lazyinit during the load).
+    await run('mkfs.ext4', ['-q', '-E', 'lazy_itable_init=0,lazy_journal_init=0,nodiscard', dev, '1G']);
+    await run('mount', [dev, mnt]);
+    mounted = true;
+    await run('sync', []);
+    return { mnt, unmount };
+  } catch (err) {
+    await unmount();
+    throw err;
+  }
+}
+
+/** A loop of new 4 KiB files, each written and fsynced, for `seconds`; prints how many. */
+const FILES_SCRIPT =
+  'cd "$1" || exit 1; i=0; end=$(( ${EPOCHREALTIME/./} + $2 * 1000000 )); while [ "${EPOCHREALTIME/./}" -lt "$end" ]; do dd if=/dev/urandom of="f$i" bs=4k count=1 conv=fsync status=none || exit 1; i=$((i+1)); done; echo "$i"';
+
+async function flushHeavy(load: FlushLoad, agentServer: AgentServer, index: ReplicaIndex, stack: LocalStack, tmp: string, placement: Placement): Promise<FlushFigures> {
+  const image = await sparseImage(join(tmp, `flush-${load}.img`));
+  const agent = await agentServer.start(image, placement);
+  let ext4: { mnt: string; unmount(): Promise<void> } | undefined;
+  let client: NbdClient | undefined;
+  let watcher: RpWatcher | undefined;
+  try {
+    if (load === 'files') {
+      ext4 = await mountExt4(agent.port, join(tmp, 'files'), placement);
+      await quiesce(agent, index); // mkfs's batches are not the load's
+    }
+    client = await NbdClient.connect('127.0.0.1', agent.port, EXPORT);
+    watcher = new RpWatcher(index, agent.pairId);
+    // A FLUSH every ~250 ms on a connection of its own, sampled as in the RPO job.
+    const flushes: FlushPoint[] = [];
+    let loading = true;
+    const sampler = (async () => {
+      while (loading) {
+        const f = await flushPoint(client!, agent);
+        if (loading) flushes.push(f);
+        await sleep(RPO_FLUSH_MS);
+      }
+    })();
+    const before = stack.requests();
+    const t0 = performance.now();
+    let done: { flushes?: number; files?: number };
+    try {
+      if (load === 'fio') done = { flushes: (await fio(agent.port, 'flush4k', join(tmp, 'fio.json'), placement)).syncs };
+      else done = { files: Number((await run(...onServerCore(placement, 'bash', ['-c', FILES_SCRIPT, 'files', ext4!.mnt, String(fioSeconds)]))).trim()) };
+    } finally {
+      loading = false;
+      await sampler.catch((err: Error) => log(`flush ${load}: sampler: ${err.message}`));
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    // Everything the load caused: its batches uploaded and applied, and the last sampled FLUSH in an RP.
+    await quiesce(agent, index);
+    const last = Math.max(0, ...flushes.map((f) => f.seq));
+    const deadline = performance.now() + RPO_TAIL_MS;
+    while (watcher.firstAtOrAbove(last) === undefined && performance.now() < deadline) await sleep(RP_POLL_MS);
+    const after = stack.requests();
+    const rpo = rpoSamples(flushes, watcher, performance.now(), `flush ${load}`);
+    if (rpo.length === 0) throw new Error(`flush ${load}: no FLUSH sampled`);
+    const figures: FlushFigures = {
+      load_s: round(seconds, 1),
+      ...(done.flushes !== undefined ? { flushes_per_s: round(done.flushes / seconds, 1) } : { files_per_s: round(done.files! / seconds, 1) }),
+      ...requestFigures(before && after ? requestsBetween(before, after) : undefined, seconds),
+      flush_rpo_p50_s: round(percentile(rpo, 0.5)),
+      flush_rpo_p99_s: round(percentile(rpo, 0.99)),
+      flush_rpo_samples: rpo.length,
+    };
+    log(`flush ${load}: ${JSON.stringify(figures)}`);
+    return figures;
+  } finally {
+    await watcher?.stop();
+    await client?.close();
+    await ext4?.unmount();
+    await agent.close();
+    await rm(image, { force: true });
+  }
+}
+
+/** Journal PUTs, DynamoDB writes and the monthly cost of a window's requests, per second of load; nulls with an external RP Store. */
+function requestFigures(r: StackRequests | undefined, seconds: number): Pick<FlushFigures, 'puts_per_s' | 'ddb_writes_per_s' | 'cost_per_vm_month_usd' | 'requests_per_s'> {
+  if (!r) return { puts_per_s: null, ddb_writes_per_s: null, cost_per_vm_month_usd: null };
+  const per = (n: number): number => n / seconds;
+  const s3 = (...ops: string[]): number => ops.reduce((n, op) => n + (r.s3[op] ?? 0), 0);
+  const ddb = dynamoRequestUnits(r.dynamodb);
+  const sqs = Object.entries(r.sqs).reduce((n, [op, c]) => n + (op.includes('.') ? 0 : c), 0) - (r.sqs['ReceiveMessage.empty'] ?? 0);
+  const cost = monthlyCost({
+    s3PutClass: per(s3('PUT', 'POST', 'LIST')),
+    s3GetClass: per(s3('GET', 'HEAD')),
+    ddbWriteUnits: per(ddb.writeUnits),
+    ddbReadUnits: per(ddb.readUnits),
+    sqsRequests: per(sqs),
+    lambdaInvocations: per(r.lambdaInvocations),
   });
-  if (unresolved) log(`rpo: ${unresolved} flushes saw no RP within ${RPO_TAIL_MS / 1000} s after the window; counted with the time waited`);
-  return samples;
+  const all: Record<string, number> = { lambdaInvocations: r.lambdaInvocations };
+  for (const [svc, counts] of [['s3', r.s3], ['dynamodb', r.dynamodb], ['sqs', r.sqs]] as const) for (const [op, n] of Object.entries(counts)) all[`${svc} ${op}`] = n;
+  return {
+    puts_per_s: round(per(s3('PUT journal')), 2),
+    ddb_writes_per_s: round(per(ddb.writeRequests), 2),
+    cost_per_vm_month_usd: round(cost.totalUsd, 2),
+    requests_per_s: Object.fromEntries(Object.entries(all).map(([k, n]) => [k, round(per(n), 2)])),
+  };
 }
 
 // ---- main ------------------------------------------------------------------------------
 
-/** The RP Store the environment names (LocalStack elsewhere, or AWS): nothing to start or stop here, and its apply path is its own. */
-const environmentStack = (): LocalStack => ({ env: {}, deadLetterUrl: '', setEventPathEnabled: () => {}, stop: async () => {} });
+/** The RP Store the environment names (LocalStack elsewhere, or AWS): nothing to start or stop here, nothing counted, and its apply path is its own. */
+const environmentStack = (): LocalStack => ({ env: {}, deadLetterUrl: '', pids: [], setEventPathEnabled: () => {}, requests: () => undefined, stop: async () => {} });
+
+function peersNeeded(external: boolean, files: boolean): Peer[] {
+  const peers: Peer[] = [
+    { command: 'qemu-nbd', pkg: 'qemu-utils' },
+    { command: 'nbdkit', pkg: 'nbdkit' },
+    { command: 'fio', pkg: 'fio' },
+    { command: 'taskset', pkg: 'util-linux' },
+  ];
+  if (!external) peers.push({ command: 'java', pkg: 'default-jre-headless' });
+  if (files) peers.push({ command: 'nbdfuse', pkg: 'libnbd-bin' }, { command: 'losetup', pkg: 'mount' }, { command: 'mkfs.ext4', pkg: 'e2fsprogs' });
+  return peers;
+}
 
 async function main(): Promise<void> {
-  process.env.LOG_LEVEL = 'warn';
+  const external = usesExternalStack();
+  const filesBlocker = filesJobBlocker();
+  ensurePeers(peersNeeded(external, !filesBlocker), log);
+  const placements = placementsToRun();
+  const primary = placements[0];
   // Short: the agent's control socket path lives in here (Unix sockets allow ~107 bytes).
   const tmp = await mkdtemp(join(tmpdir(), 'lsb-'));
   const stackDir = join(root, '.livesync', 'bench-agent', 'stack');
   let stack: LocalStack | undefined;
-  const external = usesExternalStack();
   /** Figures about the local stand-ins of the cloud side: none with an external RP Store. */
-  const onHost = (figure: () => number): number | null => (external ? null : figure());
+  const onHost = <T>(figure: () => T): T | null => (external ? null : figure());
   const cleanup = async (): Promise<void> => {
+    for (const undo of [...teardowns]) await undo();
     await Promise.allSettled([...running].map((p) => stop(p, 5000)));
     await stack?.stop();
     await rm(tmp, { recursive: true, force: true });
@@ -452,94 +858,153 @@ async function main(): Promise<void> {
     if (external) log('using the RP Store the environment names (AWS_ENDPOINT_URL*, LIVESYNC_*): its S3 and apply path are not on this host');
     else log('starting the local stack (event path on)');
     stack = external ? environmentStack() : await startLocalStack({ dir: stackDir, log });
-    const { index } = rpStoreFromEnv();
+    const { index: envIndex, table } = rpStoreFromEnv();
+    // The bench's own look-ups (RPs, watermark) go past the request counter: they are not the RP Store's work.
+    const index = stack.uncountedDynamoEndpoint ? new DynamoIndex(table, new DynamoDBClient({ endpoint: stack.uncountedDynamoEndpoint })) : envIndex;
     const agent = new AgentServer(stack, index, tmp);
-    // The agent again, each on a fresh image: with the apply side live on these cores too; and
-    // with its uploads held back (paced to 1 MiB/s, into the spool) so that the local S3's work,
-    // which in AWS is not on the source host, is not on these cores either. Left unapplied.
-    const agentApplyLive: Server = { name: 'agent (apply on this host)', start: (image) => agent.start(image) };
-    const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image) => agent.start(image, { args: ['--bandwidth', '1M'], drain: false }) };
-    const servers: Server[] = external ? [agent, qemuNbd, nbdkit, agentUploadsHeld] : [agent, qemuNbd, nbdkit, agentApplyLive, agentUploadsHeld];
-    const rand = new Map<string, number[]>(servers.map((s) => [s.name, []]));
-    const seq = new Map<string, number[]>(servers.map((s) => [s.name, []]));
-    // µs of CPU per rand4k write: the server's process, and this one (the local stack's S3 and,
-    // when on, its apply path; DynamoDB Local is a process of its own and idle meanwhile).
-    const cpu = new Map<string, number[]>(servers.map((s) => [s.name, []]));
-    const localStackCpu = new Map<string, number[]>(servers.map((s) => [s.name, []]));
+    // The agent again, each on a fresh image: with the apply side live; and with its uploads
+    // held back (paced to 1 MiB/s, into the spool) so that the local S3's work is not on these
+    // cores either. Left unapplied.
+    const agentApplyLive: Server = { name: 'agent (apply on this host)', start: (image, placement) => agent.start(image, placement) };
+    const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image, placement) => agent.start(image, placement, { args: ['--bandwidth', '1M'], drain: false }) };
+    const peers: Server[] = [agent, qemuNbd, nbdkit];
+    const serversUnder = (placement: Placement): Server[] => (placement !== primary ? peers : external ? [...peers, agentUploadsHeld] : [...peers, agentApplyLive, agentUploadsHeld]);
+
+    // Samples by `${placement}|${server}|${figure}`; a key in `spoiled` was taken while the agent's spool overflowed.
+    const samples = new Map<string, number[]>();
+    const spoiled = new Set<string>();
+    const add = (key: string, x: number): void => void samples.set(key, [...(samples.get(key) ?? []), x]);
+    /** A job on an agent counts only if its spool did not overflow meanwhile. */
+    const spoolHeld = async (serving: Serving, before: AgentStatus | undefined, key: string): Promise<void> => {
+      if (!before || !serving.status) return;
+      const after = await serving.status();
+      if (after.overflows === before.overflows && after.mode === 'streaming') return;
+      spoiled.add(key);
+      log(`${key}: the agent's spool overflowed during the job (overflows ${before.overflows} → ${after.overflows}, mode ${after.mode}): it measured the dirty-map mode, so this figure is null`);
+    };
 
     for (let rep = 0; rep < reps; rep++) {
-      for (const server of servers) {
-        const image = await sparseImage(join(tmp, `${server.name}.img`));
-        // Each server starts with no dirty page cache left by the one before (its writeback
-        // would land in this run: qemu-nbd measured 12k or 33k IOPS depending on it).
-        await run('sync', []);
-        const t0 = performance.now();
-        const serving = await server.start(image);
-        const t1 = performance.now();
-        try {
-          // The apply work runs in AWS, not beside the source: it waits in the queue meanwhile.
-          if (server === agent || server === agentUploadsHeld) stack.setEventPathEnabled(false);
-          // Each server's rand4k runs first, on its fresh sparse image.
-          const [cpu0, here0] = [await cpuSeconds(serving.pid), process.cpuUsage()];
-          const { rate: r, writes } = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'));
-          const here = process.cpuUsage(here0);
-          rand.get(server.name)!.push(r);
-          cpu.get(server.name)!.push(((await cpuSeconds(serving.pid)) - cpu0) * 1e6 / writes);
-          localStackCpu.get(server.name)!.push((here.user + here.system) / writes);
-          if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after rand4k: ${await serving.note()}`);
-          if (server !== agentApplyLive && server !== agentUploadsHeld) {
-            const { rate: s } = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'));
-            seq.get(server.name)!.push(s);
-            if (serving.note) log(`rep ${rep + 1}/${reps} ${server.name} after seq1m: ${await serving.note()}`);
-            log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
-          } else log(`rep ${rep + 1}/${reps} ${server.name}: rand4k ${Math.round(r)} IOPS`);
-        } finally {
-          const t2 = performance.now();
-          stack.setEventPathEnabled(true); // the agent's batches are applied before the next server runs
-          await serving.close();
-          await rm(image, { force: true });
-          const secs = (a: number, b: number): number => round((b - a) / 1000, 1);
-          log(`rep ${rep + 1}/${reps} ${server.name}: ${secs(t0, t1)} s to serve, ${secs(t1, t2)} s of fio, ${secs(t2, performance.now())} s to stop and clean up`);
+      const placementOrder = rep % 2 ? [...placements].reverse() : placements;
+      for (const placement of placementOrder) {
+        await placeStack(placement, stack);
+        const servers = serversUnder(placement);
+        const order = servers.map((_, i) => servers[(i + rep) % servers.length]); // rotated each rep
+        for (const server of order) {
+          const at = `${placement}|${server.name}`;
+          const image = await sparseImage(join(tmp, `${server.name}.img`));
+          // Each server starts with no dirty page cache left by the one before (its writeback
+          // would land in this run: qemu-nbd measured 12k or 33k IOPS depending on it).
+          await run('sync', []);
+          const t0 = performance.now();
+          const serving = await server.start(image, placement);
+          const t1 = performance.now();
+          if (rep === 0) log(`${placement}: ${server.name} on cores ${await coresOf(serving.pid)}, the local stack on ${await coresOf(process.pid)}`);
+          try {
+            // The apply work runs in AWS, not beside the source: it waits in the queue meanwhile.
+            if (server !== agentApplyLive) stack.setEventPathEnabled(false);
+            // Each server's rand4k runs first, on its fresh sparse image.
+            let before = await serving.status?.();
+            const [cpu0, here0] = [await cpuSeconds(serving.pid), process.cpuUsage()];
+            const { rate: r, writes } = await fio(serving.port, 'rand4k', join(tmp, 'fio.json'), placement);
+            const here = process.cpuUsage(here0);
+            add(`${at}|rand`, r);
+            add(`${at}|cpu`, (((await cpuSeconds(serving.pid)) - cpu0) * 1e6) / writes);
+            add(`${at}|stackCpu`, (here.user + here.system) / writes);
+            await spoolHeld(serving, before, `${at}|rand`);
+            if (serving.note) log(`rep ${rep + 1}/${reps} ${placement} ${server.name} after rand4k: ${await serving.note()}`);
+            if (server !== agentApplyLive && server !== agentUploadsHeld) {
+              before = await serving.status?.();
+              const { rate: s } = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'), placement);
+              add(`${at}|seq`, s);
+              await spoolHeld(serving, before, `${at}|seq`);
+              if (serving.note) log(`rep ${rep + 1}/${reps} ${placement} ${server.name} after seq1m: ${await serving.note()}`);
+              log(`rep ${rep + 1}/${reps} ${placement} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
+            } else log(`rep ${rep + 1}/${reps} ${placement} ${server.name}: rand4k ${Math.round(r)} IOPS`);
+          } finally {
+            const t2 = performance.now();
+            stack.setEventPathEnabled(true); // the agent's batches are applied before the next server runs
+            await serving.close();
+            await rm(image, { force: true });
+            const secs = (a: number, b: number): number => round((b - a) / 1000, 1);
+            log(`rep ${rep + 1}/${reps} ${placement} ${server.name}: ${secs(t0, t1)} s to serve, ${secs(t1, t2)} s of fio, ${secs(t2, performance.now())} s to stop and clean up`);
+          }
         }
       }
     }
 
+    // The agent-only jobs, under the primary placement, each on a fresh agent and image.
+    await placeStack(primary, stack);
     log(`rpo: ${rpoSeconds} s at ${RPO_RATE / 1e6} MB/s, FLUSH every ${RPO_FLUSH_MS} ms, ccrp interval ${CCRP_INTERVAL_MS} ms`);
-    const image = await sparseImage(join(tmp, 'rpo.img'));
-    const serving = await agent.start(image);
-    let rpo: number[];
-    try {
-      rpo = await measureRpo(serving, index);
-    } finally {
-      await serving.close();
-      await rm(image, { force: true });
-    }
+    const rpo = await withAgent(agent, tmp, 'rpo', primary, {}, (a) => measureRpo(a, index));
     if (rpo.length === 0) throw new Error('no RPO samples');
 
-    const m = (xs: Map<string, number[]>, name: string): number => median(xs.get(name)!);
+    const flushJobs: Partial<Record<FlushLoad, FlushFigures | null>> = {};
+    for (const load of ['fio', 'files'] as const) {
+      if (load === 'files' && filesBlocker) {
+        log(`flush files: skipped, ${filesBlocker}; its figures are null`);
+        flushJobs.files = null;
+        continue;
+      }
+      log(`flush ${load}: ${fioSeconds} s, the apply path live, ccrp interval ${CCRP_INTERVAL_MS} ms`);
+      flushJobs[load] = await flushHeavy(load, agent, index, stack, tmp, primary);
+    }
+    /** The worse of the parts that ran; null if none ran or one has no such figure (an external RP Store). */
+    const worst = (figure: 'puts_per_s' | 'ddb_writes_per_s' | 'flush_rpo_p99_s' | 'cost_per_vm_month_usd'): number | null => {
+      const xs = Object.values(flushJobs).flatMap((j) => (j ? [j[figure]] : []));
+      return xs.length === 0 || xs.includes(null) ? null : Math.max(...(xs as number[]));
+    };
+
+    log(`idle: ${IDLE_WRITE_MS / 1000} s at ${RPO_RATE / 1e6} MB/s, a last FLUSH, then quiet; ccrp interval ${IDLE_CCRP_INTERVAL_MS} ms, waiting at most ${IDLE_CAP_MS / 1000} s`);
+    const idleRpo = await withAgent(agent, tmp, 'idle', primary, { ccrpIntervalMs: IDLE_CCRP_INTERVAL_MS }, (a) => measureIdleRpo(a, index));
+
+    /** Median of a figure's samples; null if none or if any was taken during a spool overflow. */
+    const m = (placement: Placement, server: string, figure: string): number | null => {
+      const key = `${placement}|${server}|${figure}`;
+      const xs = samples.get(key);
+      return !xs?.length || spoiled.has(key) ? null : median(xs);
+    };
+    const r = (x: number | null, digits = 1): number | null => (x === null ? null : round(x, digits));
+    const ratio = (a: number | null, b: number | null): number | null => (a === null || b === null ? null : round(a / b, 3));
+    const figures = (p: Placement, suffix: string): Record<string, number | null> => ({
+      [`rand4k_iops${suffix}`]: r(m(p, 'agent', 'rand'), 0),
+      [`qemu_nbd_rand4k_iops${suffix}`]: r(m(p, 'qemu-nbd', 'rand'), 0),
+      [`nbdkit_rand4k_iops${suffix}`]: r(m(p, 'nbdkit', 'rand'), 0),
+      [`ratio_vs_qemu_nbd${suffix}`]: ratio(m(p, 'agent', 'rand'), m(p, 'qemu-nbd', 'rand')),
+      ...(suffix
+        ? {}
+        : {
+            rand4k_iops_apply_on_host: onHost(() => r(m(p, agentApplyLive.name, 'rand'), 0)),
+            ratio_apply_on_host: onHost(() => ratio(m(p, agentApplyLive.name, 'rand'), m(p, 'qemu-nbd', 'rand'))),
+            rand4k_iops_uploads_held: r(m(p, agentUploadsHeld.name, 'rand'), 0),
+            ratio_uploads_held: ratio(m(p, agentUploadsHeld.name, 'rand'), m(p, 'qemu-nbd', 'rand')),
+          }),
+      [`agent_cpu_us_per_write${suffix}`]: r(m(p, 'agent', 'cpu')),
+      [`qemu_nbd_cpu_us_per_write${suffix}`]: r(m(p, 'qemu-nbd', 'cpu')),
+      [`nbdkit_cpu_us_per_write${suffix}`]: r(m(p, 'nbdkit', 'cpu')),
+      [`ratio_cpu_vs_qemu_nbd${suffix}`]: ratio(m(p, 'agent', 'cpu'), m(p, 'qemu-nbd', 'cpu')),
+      [`local_s3_cpu_us_per_write${suffix}`]: onHost(() => r(m(p, 'agent', 'stackCpu'))),
+      [`seq1m_mib_s${suffix}`]: r(m(p, 'agent', 'seq')),
+      [`qemu_nbd_seq1m_mib_s${suffix}`]: r(m(p, 'qemu-nbd', 'seq')),
+      [`nbdkit_seq1m_mib_s${suffix}`]: r(m(p, 'nbdkit', 'seq')),
+      [`seq1m_ratio_vs_qemu_nbd${suffix}`]: ratio(m(p, 'agent', 'seq'), m(p, 'qemu-nbd', 'seq')),
+    });
     console.log(
       JSON.stringify({
         bench: 'agent',
-        rand4k_iops: Math.round(m(rand, 'agent')),
-        qemu_nbd_rand4k_iops: Math.round(m(rand, 'qemu-nbd')),
-        nbdkit_rand4k_iops: Math.round(m(rand, 'nbdkit')),
-        ratio_vs_qemu_nbd: round(m(rand, 'agent') / m(rand, 'qemu-nbd'), 3),
-        rand4k_iops_apply_on_host: onHost(() => Math.round(m(rand, agentApplyLive.name))),
-        ratio_apply_on_host: onHost(() => round(m(rand, agentApplyLive.name) / m(rand, 'qemu-nbd'), 3)),
-        rand4k_iops_uploads_held: Math.round(m(rand, agentUploadsHeld.name)),
-        ratio_uploads_held: round(m(rand, agentUploadsHeld.name) / m(rand, 'qemu-nbd'), 3),
-        agent_cpu_us_per_write: round(m(cpu, 'agent'), 1),
-        qemu_nbd_cpu_us_per_write: round(m(cpu, 'qemu-nbd'), 1),
-        nbdkit_cpu_us_per_write: round(m(cpu, 'nbdkit'), 1),
-        ratio_cpu_vs_qemu_nbd: round(m(cpu, 'agent') / m(cpu, 'qemu-nbd'), 3),
-        local_s3_cpu_us_per_write: onHost(() => round(m(localStackCpu, 'agent'), 1)),
-        seq1m_mib_s: round(m(seq, 'agent'), 1),
-        qemu_nbd_seq1m_mib_s: round(m(seq, 'qemu-nbd'), 1),
-        nbdkit_seq1m_mib_s: round(m(seq, 'nbdkit'), 1),
+        placement: primary,
+        ...figures(primary, ''),
+        ...(placements.length > 1 ? figures(placements[1], `_${placements[1]}`) : {}),
         rpo_p50_s: round(percentile(rpo, 0.5)),
         rpo_p99_s: round(percentile(rpo, 0.99)),
         rpo_samples: rpo.length,
         ccrp_interval_s: CCRP_INTERVAL_MS / 1000,
+        puts_per_s: worst('puts_per_s'),
+        ddb_writes_per_s: worst('ddb_writes_per_s'),
+        flush_rpo_p99_s: worst('flush_rpo_p99_s'),
+        cost_per_vm_month_usd: worst('cost_per_vm_month_usd'),
+        flush_jobs: flushJobs,
+        idle_rpo_s: idleRpo === null ? null : round(idleRpo),
+        idle_ccrp_interval_s: IDLE_CCRP_INTERVAL_MS / 1000,
         agent_rss_mib: round(agent.peakRss / MiB, 1),
         disk_gib: diskGib,
         reps,
@@ -547,6 +1012,18 @@ async function main(): Promise<void> {
       }),
     );
   });
+}
+
+/** Runs `job` against a fresh agent on a fresh image, then stops it (its batches applied). */
+async function withAgent<T>(agent: AgentServer, tmp: string, name: string, placement: Placement, variant: AgentVariant, job: (a: AgentRun) => Promise<T>): Promise<T> {
+  const image = await sparseImage(join(tmp, `${name}.img`));
+  const serving = await agent.start(image, placement, variant);
+  try {
+    return await job(serving);
+  } finally {
+    await serving.close();
+    await rm(image, { force: true });
+  }
 }
 
 main().catch((err) => {

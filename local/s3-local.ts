@@ -1,18 +1,38 @@
 // An S3-compatible server (s3rver, disk-backed) on 127.0.0.1, with its ObjectCreated
-// notifications exposed so the local event source can forward them like S3 does.
+// notifications exposed so the local event source can forward them like S3 does, and its
+// requests counted (by S3's request classes) so a benchmark can say how many were made.
 
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import type { IncomingMessage, Server } from 'node:http';
 import { dirname } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import S3rver from 's3rver';
 
+/**
+ * Requests by class: `PUT`, `GET`, `HEAD`, `DELETE`, `POST` on an object, `LIST` (a GET of
+ * the bucket); and the same per kind of key under `pairs/{pair}/{kind}/…`, e.g. `PUT journal`.
+ */
+export type S3RequestCounts = Record<string, number>;
+
 export interface RunningS3 {
   endpoint: string;
   onEvent(listener: (event: { Records: any[] }) => void): void;
+  /** A snapshot of the requests received so far. */
+  requests(): S3RequestCounts;
   stop(): Promise<void>;
+}
+
+/** The request class of a path-style request (`/bucket/key?query`), and its key's kind. */
+export function s3RequestClass(method: string, url: string): { op: string; kind?: string } {
+  const path = url.split('?')[0];
+  const slash = path.indexOf('/', 1);
+  const key = slash < 0 ? '' : decodeURIComponent(path.slice(slash + 1));
+  if (!key) return { op: method === 'GET' ? 'LIST' : method };
+  const m = /^pairs\/[^/]+\/([^/]+)\//.exec(key);
+  return { op: method, kind: m?.[1] };
 }
 
 export async function startS3Local(directory: string, bucket: string): Promise<RunningS3> {
@@ -26,9 +46,17 @@ export async function startS3Local(directory: string, bucket: string): Promise<R
   });
   makePutsAtomic(server);
   const { port } = await server.run();
+  const counts: S3RequestCounts = {};
+  const count = (name: string): void => void (counts[name] = (counts[name] ?? 0) + 1);
+  (server as unknown as { httpServer: Server }).httpServer.on('request', (req: IncomingMessage) => {
+    const { op, kind } = s3RequestClass(req.method ?? '', req.url ?? '/');
+    count(op);
+    if (kind) count(`${op} ${kind}`);
+  });
   return {
     endpoint: `http://127.0.0.1:${port}`,
     onEvent: (listener) => server.on('event', listener),
+    requests: () => ({ ...counts }),
     stop: () => server.close(),
   };
 }

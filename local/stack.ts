@@ -1,16 +1,18 @@
 // The embedded local default: DynamoDB Local + an S3-compatible server + SQS on
 // 127.0.0.1, the bucket, table and queues derived from the synthesized CDK template,
 // and the apply handler fed through the same S3 → SQS → Lambda event path as in AWS.
+// The requests each service received are counted (LocalStack.requests) for benchmarks.
 
 import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { CreateTableCommand, DynamoDBClient, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
+import type { SQSEvent } from 'aws-lambda';
 import { synthTemplate } from '../lib/synth';
-import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
+import { startDynamoLocal, type RequestCounts, type RunningDynamo } from './dynamodb-local';
 import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
-import { startS3Local, type RunningS3 } from './s3-local';
+import { startS3Local, type RunningS3, type S3RequestCounts } from './s3-local';
 import { schemaFromTemplate, type LocalSchema } from './schema';
 import { machinesFromTemplate, startStepFunctionsLocal, type RunningStepFunctions } from './stepfunctions-local';
 
@@ -27,7 +29,29 @@ export interface LocalStack {
   deadLetterUrl: string;
   /** Turns the apply handler's event source on or off (batches queue meanwhile); no-op without the event path. */
   setEventPathEnabled(enabled: boolean): void;
+  /** What each service has received so far (a snapshot; subtract two to count a window); undefined when the stack is not ours to count. */
+  requests(): StackRequests | undefined;
+  /** Processes of the stack other than this one (DynamoDB Local's Java), e.g. to pin them to a core. */
+  pids: number[];
+  /** DynamoDB Local's own endpoint, past the counting proxy: for a benchmark's observers, whose requests are not the RP Store's work. */
+  uncountedDynamoEndpoint?: string;
   stop(): Promise<void>;
+}
+
+export interface StackRequests {
+  s3: S3RequestCounts;
+  dynamodb: RequestCounts;
+  /** By SQS action; `ReceiveMessage.empty` counts the receives that returned no message. */
+  sqs: RequestCounts;
+  /** Invocations of the apply handler by the event source mapping. */
+  lambdaInvocations: number;
+}
+
+/** `after − before`, key by key (a window's requests from two snapshots). */
+export function requestsBetween(before: StackRequests, after: StackRequests): StackRequests {
+  const diff = (a: Record<string, number>, b: Record<string, number>): Record<string, number> =>
+    Object.fromEntries(Object.entries(b).map(([k, n]) => [k, n - (a[k] ?? 0)]).filter(([, n]) => n !== 0));
+  return { s3: diff(before.s3, after.s3), dynamodb: diff(before.dynamodb, after.dynamodb), sqs: diff(before.sqs, after.sqs), lambdaInvocations: after.lambdaInvocations - before.lambdaInvocations };
 }
 
 export interface LocalStackOptions {
@@ -102,12 +126,19 @@ async function provision(
   ddb.destroy();
 
   const sqs = new SQSClient({});
+  const sqsCounts = countSqsRequests(sqs);
+  let lambdaInvocations = 0;
   const queues = await createApplyQueues(sqs, sqsServer.endpoint, 'livesync-apply', schema.maxReceiveCount, LOCAL_VISIBILITY_TIMEOUT_SEC);
   env.LIVESYNC_APPLY_QUEUE_URL = queues.queueUrl;
   env.LIVESYNC_DLQ_URL = queues.deadLetterUrl;
   const onError = (err: unknown): void => log(`event path: ${String(err)}`);
   s3.onEvent(forwardNotifications(sqs, queues.queueUrl, schema.notification, onError));
-  const mapping = opts.eventPath === false ? undefined : startEventSourceMapping(sqs, queues.queueUrl, (await import('../lambdas/apply')).handler, { batchSize: 10, concurrency: 4, onError });
+  const apply = (await import('../lambdas/apply')).handler;
+  const invoke = (event: SQSEvent): ReturnType<typeof apply> => {
+    lambdaInvocations++;
+    return apply(event);
+  };
+  const mapping = opts.eventPath === false ? undefined : startEventSourceMapping(sqs, queues.queueUrl, invoke, { batchSize: 10, concurrency: 4, onError });
 
   // The seed workflow: the template's state machine, its tasks run by the handlers here.
   let stepFunctions: RunningStepFunctions | undefined;
@@ -127,6 +158,9 @@ async function provision(
     env,
     deadLetterUrl: queues.deadLetterUrl,
     setEventPathEnabled: (on) => mapping?.setEnabled(on),
+    requests: () => ({ s3: s3.requests(), dynamodb: dynamo.requests(), sqs: { ...sqsCounts }, lambdaInvocations }),
+    pids: [dynamo.pid],
+    uncountedDynamoEndpoint: dynamo.directEndpoint,
     async stop() {
       if (stopped) return;
       stopped = true;
@@ -136,6 +170,23 @@ async function provision(
       await stopServers();
     },
   };
+}
+
+/** Counts the requests an SQS client sends, by action (`ReceiveMessage.empty`: those that returned no message). */
+function countSqsRequests(sqs: SQSClient): RequestCounts {
+  const counts: RequestCounts = {};
+  const count = (name: string): void => void (counts[name] = (counts[name] ?? 0) + 1);
+  sqs.middlewareStack.add(
+    (next, context) => async (args) => {
+      const action = String(context.commandName).replace(/Command$/, '');
+      count(action);
+      const out = await next(args);
+      if (action === 'ReceiveMessage' && !((out.output as { Messages?: unknown[] }).Messages?.length)) count('ReceiveMessage.empty');
+      return out;
+    },
+    { step: 'initialize', name: 'livesyncLocalRequestCounter' },
+  );
+  return counts;
 }
 
 /** A TCP port free on 127.0.0.1 right now. */
