@@ -24,6 +24,7 @@ import { currentBootId, identityChange, imageIdentity, readState, writeState, ty
 import { CapturedDisk } from './captured-disk';
 import { startControlSocket, type AgentBackup, type AgentStatus, type BackupRequest } from './control';
 import { DirtyMap, type Region } from './dirty-map';
+import { FlushLog, replayFlushLogs } from './flush-log';
 import { startNbdServer } from './nbd-server';
 import { PairCapture, readRange } from './pair-capture';
 import { Spool, SpoolCorruptError } from './spool';
@@ -55,6 +56,7 @@ export interface AgentOptions {
   /** How long a clean stop waits for the spool to drain (default 10 s). */
   drainMs?: number;
   maxBatchBytes?: number;
+  /** The upload interval (`--upload-interval`): a batch is cut once its first write is this old, unless uploads are behind (default 1000 ms). */
   maxBatchAgeMs?: number;
   /** Retry pacing of uploads (tests make outages short). */
   retryBaseDelayMs?: number;
@@ -64,7 +66,7 @@ export interface AgentOptions {
 export interface RunningAgent {
   port: number;
   capture: PairCapture;
-  /** Cuts (with `opts`) once every write so far is in the images; resolves when spooled. Returns the seq. */
+  /** Cuts (with `opts`) once every write so far is in the images; resolves when spooled. Returns the seq. (An NBD FLUSH does not cut: PairCapture.flush.) */
   flush(opts?: CutOptions): Promise<number>;
   /** Resolves when the spool is empty (everything cut is in the journal). */
   drained(timeoutMs?: number): Promise<void>;
@@ -99,6 +101,10 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
 
   // Continue the seq stream past everything registered, spooled or ever cut here.
   let registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
+  // Acknowledged FLUSHes whose batch was not spooled yet: their logs become those batches.
+  const flushLogDir = join(stateDir, 'flushlog');
+  const journalHas = Math.max(pair.watermark, ...registered.map((b) => b.seq), (previous?.nextSeq ?? 1) - 1);
+  await replayFlushLogs(flushLogDir, o.pairId, pair.disks.map((d) => d.name), spool, journalHas, log);
   const dropped = await dropCorruptSpool(spool, log);
   const doubt = dropped.length > 0 ? `${dropped.length} spooled batches were corrupt` : await whyUntrusted(o, pair, previous, mapTrusted, registered.length > 0, paths, bootId);
   if (doubt && !previous && (pair.watermark > 0 || registered.length > 0)) {
@@ -128,6 +134,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     files,
     store: o.store,
     spool,
+    flushLog: await FlushLog.open(flushLogDir),
     dirty,
     firstSeq,
     maxBatchBytes,
@@ -151,7 +158,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const server = await startNbdServer(exports, o.host, o.port, log);
   const flush = async (opts: CutOptions = {}): Promise<number> => {
     for (const e of exports) await e.settle();
-    return capture.flush(opts);
+    return capture.cut(opts);
   };
   const hooks: AcrpHooks = { ...o.hooks, timeoutMs: o.hooks?.timeoutMs ?? 60_000 };
   // One ACRP or backup at a time: a periodic one and a requested one must not interleave their hooks.

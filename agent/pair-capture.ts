@@ -2,7 +2,8 @@
 // batches into the local spool, the uploader drains the spool into the journal, the dirty
 // map covers what no spooled batch holds. Modes (docs/design.md, "Agent"):
 //
-//   streaming  writes are captured; FLUSH = image synced + batch spooled
+//   streaming  writes are captured; FLUSH = image synced + the open batch's new blocks in
+//              its flush log (agent/flush-log.ts) + every batch cut before it spooled
 //   overflow   the spool is full: writes only mark the dirty map (durably) until the
 //              uploads make room; the batch that did not fit becomes a RESYNC marker
 //   resyncing  regions marked dirty are read back from the images and resent in RESYNC
@@ -17,6 +18,7 @@ import type { ObjectStore } from '../replica/ports';
 import { BatchWriter, type CutBatch, type CutOptions } from '../source/batch-writer';
 import type { BodyPool } from '../source/body-pool';
 import type { DirtyMap, Region } from './dirty-map';
+import { encodeRecord, type FlushLog } from './flush-log';
 import { RangeLock } from './range-lock';
 import { readFully } from './read-fully';
 import type { Spool } from './spool';
@@ -27,8 +29,17 @@ export type CaptureMode = 'streaming' | 'overflow' | 'resyncing';
 /** What `livesync agent-status` shows of the capture. */
 export interface CaptureStatus {
   mode: CaptureMode;
-  /** Seq of the last batch cut (0: none yet); a flush acknowledged before is in it or earlier. */
+  /** Seq of the last batch cut (0: none yet). */
   lastCutSeq: number;
+  /**
+   * The seq whose batch holds (or, still open, will hold) every write the last acknowledged
+   * FLUSH covered: an RP at this seq or later includes them (0: no FLUSH yet). Asked right
+   * after a FLUSH's reply, it covers that FLUSH.
+   */
+  lastFlushSeq: number;
+  /** FLUSHes acknowledged, and flush-log records written for them (several FLUSHes may share one write). */
+  flushes: number;
+  flushLogWrites: number;
   /** Highest seq such that it and every seq below it are in the spool (or uploaded). */
   sealedThrough: number;
   spool: { batches: number; bytes: number; limitBytes: number };
@@ -49,11 +60,14 @@ export interface PairCaptureOptions {
   files: FileHandle[];
   store: ObjectStore;
   spool: Spool;
+  /** Where a FLUSH makes the open batch's new blocks durable (agent/flush-log.ts). */
+  flushLog: FlushLog;
   /** Where batch bodies come from: the spool's pool, which they go back to. */
   bodies?: BodyPool;
   dirty: DirtyMap;
   firstSeq: number;
   maxBatchBytes?: number;
+  /** The upload interval: cut once the open batch's first write is this old, unless uploads are behind (default 1000 ms). */
   maxBatchAgeMs?: number;
   uploadConcurrency?: number;
   bandwidthBytesPerSec?: number;
@@ -75,6 +89,9 @@ export class PairCapture {
   private sealedThroughValue: number;
   private persistedNextSeq = 0;
   private resyncTask: Promise<void> | undefined;
+  private lastFlushSeq = 0;
+  private flushCount = 0;
+  private flushLogWrites = 0;
   private roomWaiters: (() => void)[] = [];
   private stopping = false;
   private readonly sweepTimer: NodeJS.Timeout;
@@ -94,6 +111,9 @@ export class PairCapture {
       firstSeq: o.firstSeq,
       maxBatchBytes: o.maxBatchBytes,
       maxBatchAgeMs: o.maxBatchAgeMs,
+      // Uploads behind (a batch spooled and not yet in the journal): no cut by age, the
+      // batch grows to maxBatchBytes; the link bounds the RPO then anyway.
+      holdAgeCut: () => o.spool.count > 0,
       maxInFlight: 2, // spool writes: local, and each holds a batch in memory
       compressConcurrency: 1, // one zstd context at a time: pool threads' allocator arenas stay small
       bodies: o.bodies,
@@ -162,9 +182,39 @@ export class PairCapture {
     return true;
   }
 
-  /** Cuts and waits until every batch cut so far is in the spool. Returns the last seq. */
-  async flush(opts: CutOptions = {}): Promise<number> {
-    return this.writer.flush(opts);
+  /**
+   * A FLUSH (no options): every write captured so far becomes durable on local disk without
+   * a cut: the open batch's blocks written since the last FLUSH go to its flush log (synced),
+   * after every batch cut before it is spooled. Returns the seq whose batch holds them (see
+   * CaptureStatus.lastFlushSeq). With options (an ACRP tag, an RP request, a resync end, a
+   * forced cut) it cuts there instead, as `cut` does.
+   */
+  async flush(opts?: CutOptions): Promise<number> {
+    if (opts && (opts.appTag !== undefined || opts.rp || opts.resyncEnd || opts.force)) return this.cut(opts);
+    const open = this.writer.nextSeq;
+    const covered = this.writer.hasPending ? open : open - 1;
+    const touched = this.writer.takeTouched();
+    // The log of a seq is written only once every batch below it is spooled: a log found at
+    // start-up never stands beyond a lost batch (the seq stream would have a hole).
+    const before = this.writer.settled(open - 1);
+    if (touched) {
+      const appended = await this.o.flushLog.append(touched.seq, encodeRecord(touched.header, touched.extents), before);
+      if (appended) this.flushLogWrites++;
+      // Cut meanwhile, and its log already gone: the spooled batch holds these blocks.
+      else await this.writer.settled(touched.seq);
+      // A log that outgrows a batch (blocks rewritten between many FLUSHes while uploads are behind) is cut.
+      if (this.o.flushLog.bytes(touched.seq) > 2 * this.writer.maxBatchBytes && this.writer.nextSeq === touched.seq) this.writer.cut();
+    } else await before;
+    this.flushCount++;
+    this.lastFlushSeq = Math.max(this.lastFlushSeq, covered);
+    return covered;
+  }
+
+  /** Cuts (with `opts`) and waits until every batch cut so far is in the spool. Returns the last seq. */
+  async cut(opts: CutOptions = {}): Promise<number> {
+    const seq = await this.writer.flush(opts);
+    this.lastFlushSeq = Math.max(this.lastFlushSeq, seq);
+    return seq;
   }
 
   /** Starts resyncing the regions the dirty map holds (after `prelude`, e.g. a comparison with the replica). */
@@ -189,6 +239,9 @@ export class PairCapture {
     return {
       mode: this.modeValue,
       lastCutSeq: this.writer.nextSeq - 1,
+      lastFlushSeq: this.lastFlushSeq,
+      flushes: this.flushCount,
+      flushLogWrites: this.flushLogWrites,
       sealedThrough: this.sealedThroughValue,
       spool: { batches: this.o.spool.count, bytes: this.o.spool.bytes, limitBytes: this.o.spool.limitBytes },
       upload: { inFlight: this.uploader.inFlight, batches: this.uploader.uploadedBatches, bytes: this.uploader.uploadedBytes, lastError: this.uploader.lastError },
@@ -200,15 +253,18 @@ export class PairCapture {
   }
 
   /**
-   * Clean stop: cut what is pending into the spool, give the uploads `drainMs` to empty it
-   * (what is left is uploaded by the next start), clear the map of spooled regions.
+   * Clean stop: cut what is pending into the spool, with RP_REQUESTED (also when nothing is
+   * pending: the cloud side makes the state at the stop an RP at once), give the uploads
+   * `drainMs` to empty it (what is left is uploaded by the next start), clear the map of
+   * spooled regions.
    */
   async close(drainMs: number): Promise<void> {
     this.stopping = true;
     this.wakeRoomWaiters();
     await this.resyncTask;
     clearInterval(this.sweepTimer);
-    await this.writer.close().catch((err: Error) => this.o.log?.(`final cut failed: ${err.message}`));
+    await this.writer.close({ rp: true }).catch((err: Error) => this.o.log?.(`final cut failed: ${err.message}`));
+    await this.o.flushLog.close();
     await this.uploader.idle(drainMs).catch((err: Error) => this.o.log?.(`${err.message}; the next start uploads them`));
     await this.uploader.stop();
     await this.o.dirty.sweep(this.sealedThroughValue, 0);
@@ -235,6 +291,8 @@ export class PairCapture {
       this.o.bodies?.give(b.body);
     }
     await this.o.spool.add(b.seq, body);
+    // Durable in the spool: its flush log (if a FLUSH wrote one) is no longer needed.
+    await this.o.flushLog.discard(b.seq);
     this.sealed.add(b.seq);
     while (this.sealed.delete(this.sealedThroughValue + 1)) this.sealedThroughValue++;
     this.uploader.kick();

@@ -19,6 +19,13 @@ export function parseDuration(flag: string, value: string): number {
   return Number(m[1]) * TIME_UNITS[m[2]];
 }
 
+/** A duration that must be more than 0 (e.g. an interval that something runs at). */
+export function parsePositiveDuration(flag: string, value: string): number {
+  const ms = parseDuration(flag, value);
+  if (ms <= 0) throw new InvalidArgumentError(`--${flag}: '${value}' must be more than 0`);
+  return ms;
+}
+
 export function parseIntArg(flag: string, value: string): number {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`--${flag}: '${value}' is not a non-negative integer`);
   return Number(value);

@@ -14,7 +14,7 @@ import { createPair, startSeed } from '../replica/pairs';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { seedRunEnded } from '../core/model';
 import { formatStatus } from './status';
-import { parseDiskSpec, parseDuration, parseIntArg, parseSize, required } from './args';
+import { parseDiskSpec, parseDuration, parseIntArg, parsePositiveDuration, parseSize, required } from './args';
 import { startAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
 import { ensureAgentRuntime } from '../agent/runtime';
@@ -38,8 +38,9 @@ const USAGE = `usage: livesync <command> [options]
   recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
-        [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--verify-replica] [--sync-marks]
-        serve the images over NBD; every write goes to the image and to the journal
+        [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--upload-interval 1s] [--verify-replica] [--sync-marks]
+        serve the images over NBD; every write goes to the image and to the journal, in about
+        one object per upload interval (fewer while uploads are behind; more when batches fill)
   acrp --pair P --tag T [--state-dir DIR]
         ask the pair's running agent for an application-consistent RP now
   backup --pair P [--to KEY] [--app-tag T] [--state-dir DIR]
@@ -179,6 +180,7 @@ async function main(argv: string[]): Promise<number> {
         'acrp-tag': { type: 'string' },
         'spool-size': { type: 'string' },
         bandwidth: { type: 'string' },
+        'upload-interval': { type: 'string' },
         'verify-replica': { type: 'boolean' },
         'sync-marks': { type: 'boolean' },
       });
@@ -207,6 +209,7 @@ async function main(argv: string[]): Promise<number> {
         acrpTag: str(o, 'acrp-tag'),
         spoolBytes: o['spool-size'] ? parseSize('spool-size', str(o, 'spool-size')!) : undefined,
         bandwidthBytesPerSec: o.bandwidth ? parseSize('bandwidth', str(o, 'bandwidth')!) : undefined,
+        maxBatchAgeMs: parsePositiveDuration('upload-interval', str(o, 'upload-interval') ?? '1s'),
         verifyReplica: o['verify-replica'] === true,
         syncMarks: o['sync-marks'] === true,
         log: (l) => console.error(l),

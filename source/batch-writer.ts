@@ -3,7 +3,7 @@
 // The NBD agent sits on top of this.
 
 import type { BodyPool } from './body-pool';
-import { BATCH_FLAGS, BLOCK_SIZE, batchObjectCrc32c, encodeBatchAsync, type ExtentInput } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, batchObjectCrc32c, encodeBatchAsync, type BatchHeader, type ExtentInput } from '../core/batch-format';
 import { CompressionGate } from '../core/compression-gate';
 import { InvalidArgumentError } from '../core/errors';
 import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/keys';
@@ -70,6 +70,11 @@ export interface BatchWriterOptions {
   /** Current contents of a block, for writes that cover only part of one. */
   readBlock?: (disk: string, blockIndex: number) => Promise<Buffer>;
   clock?: () => number;
+  /**
+   * While this says true, the age rule does not cut (the agent: a backlog of batches not yet
+   * uploaded; the open batch grows to maxBatchBytes instead, so a slow link gets fewer, larger objects).
+   */
+  holdAgeCut?: () => boolean;
   /** Called synchronously when a batch is cut, before the write that caused it (if any) is recorded. */
   onCut?: (seq: number) => void;
   /** After each upload by the default sink (with the key it went to). */
@@ -87,6 +92,15 @@ export interface CutOptions {
   force?: boolean;
 }
 
+/** What `takeTouched` hands out: the open batch's blocks written since the previous take, copied. */
+export interface TouchedBlocks {
+  /** Seq of the open batch, which holds them. */
+  seq: number;
+  /** Header of a batch of that seq (flags: the writer's extraFlags; cutMs: now). */
+  header: BatchHeader;
+  extents: ExtentInput[];
+}
+
 /**
  * A block's pending content: its slot in the batch's slab (≥ 0), or zeros (trim /
  * write-zeroes): -1, or -(slot + 2) when it had data first (the slot stays its own).
@@ -102,7 +116,7 @@ interface ZeroRun {
 }
 
 /** Zeroing at least this many blocks is kept as a run (mkfs may discard a whole disk). */
-const ZERO_RUN_BLOCKS = 256;
+export const ZERO_RUN_BLOCKS = 256;
 const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 
 const DEFAULT_RETRY: RetryPolicy = { attempts: 10, baseDelayMs: 100, maxDelayMs: 10_000 };
@@ -129,10 +143,15 @@ export class BatchWriter {
   /** Across batches: a source whose data has not been compressing is stored raw for a while. */
   private readonly gate = new CompressionGate();
   private readonly zeroRuns: ZeroRun[][];
+  /** Per disk: blocks of the open batch written since the last takeTouched, and how many of its zero runs were taken. */
+  private readonly touched: Set<number>[];
+  private readonly runsTaken: number[];
   private pendingBytes = 0;
   private firstWriteMs: number | undefined;
   private nextSeqValue: number;
   private readonly inFlight = new Set<Promise<void>>();
+  /** The same, by seq: `settled` waits for those up to a seq. */
+  private readonly inFlightBySeq = new Map<number, Promise<void>>();
   private failure: Error | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly sink: BatchSink;
@@ -140,8 +159,8 @@ export class BatchWriter {
   private sinkChain: Promise<void> = Promise.resolve();
   /** OR-ed into the flags of every batch cut (the agent sets BATCH_FLAGS.RESYNC while resyncing). */
   extraFlags = 0;
-  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry' | 'store' | 'sink' | 'bodies'>> &
-    Pick<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'bodies'> & { retry: RetryPolicy };
+  private readonly o: Required<Omit<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'retry' | 'store' | 'sink' | 'bodies' | 'holdAgeCut'>> &
+    Pick<BatchWriterOptions, 'readBlock' | 'onCut' | 'onUploaded' | 'bodies' | 'holdAgeCut'> & { retry: RetryPolicy };
 
   constructor(options: BatchWriterOptions) {
     checkPairId(options.pairId);
@@ -175,9 +194,12 @@ export class BatchWriter {
     this.diskIndex = new Map(options.disks.map((d, i) => [d.name, i]));
     this.pending = options.disks.map(() => new Map());
     this.zeroRuns = options.disks.map(() => []);
+    this.touched = options.disks.map(() => new Set());
+    this.runsTaken = options.disks.map(() => 0);
     this.nextSeqValue = this.o.firstSeq;
     if (this.o.maxBatchAgeMs > 0) {
-      this.timer = setInterval(() => this.cutIfOld(), Math.max(10, this.o.maxBatchAgeMs / 4));
+      // Checked ten times per interval (at most every 100 ms): a batch is cut within a tenth of its age limit.
+      this.timer = setInterval(() => this.cutIfOld(), Math.max(10, Math.min(100, this.o.maxBatchAgeMs / 10)));
       this.timer.unref();
     }
   }
@@ -185,6 +207,58 @@ export class BatchWriter {
   /** Seq the next cut batch will get. */
   get nextSeq(): number {
     return this.nextSeqValue;
+  }
+
+  /** Whether the open batch holds anything (a write or a zeroed range). */
+  get hasPending(): boolean {
+    return this.pending.some((m) => m.size > 0) || this.zeroRuns.some((r) => r.length > 0);
+  }
+
+  get maxBatchBytes(): number {
+    return this.o.maxBatchBytes;
+  }
+
+  /**
+   * The open batch's blocks written (or zeroed) since the previous take or cut, copied (later
+   * writes do not change them); undefined if there are none. The agent's FLUSH logs them.
+   */
+  takeTouched(): TouchedBlocks | undefined {
+    this.throwIfFailed();
+    const extents: ExtentInput[] = [];
+    this.zeroRuns.forEach((runs, disk) => {
+      for (let i = this.runsTaken[disk]; i < runs.length; i++) extents.push({ disk, blockIndex: runs[i].start, zeroBlocks: runs[i].end - runs[i].start });
+      this.runsTaken[disk] = runs.length;
+    });
+    this.touched.forEach((set, disk) => {
+      if (set.size === 0) return;
+      const m = this.pending[disk];
+      const blocks = [...set].sort((a, b) => a - b);
+      set.clear();
+      for (let i = 0; i < blocks.length; ) {
+        const zero = isZeroed(m.get(blocks[i])!);
+        let j = i + 1;
+        while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && isZeroed(m.get(blocks[j])!) === zero) j++;
+        if (zero) extents.push({ disk, blockIndex: blocks[i], zeroBlocks: j - i });
+        else {
+          const data = Buffer.allocUnsafe((j - i) * BLOCK_SIZE);
+          for (let k = i; k < j; k++) this.slotData(this.slab!, m.get(blocks[k])!).copy(data, (k - i) * BLOCK_SIZE);
+          extents.push({ disk, blockIndex: blocks[i], data });
+        }
+        i = j;
+      }
+    });
+    if (extents.length === 0) return undefined;
+    const seq = this.nextSeqValue;
+    const now = this.o.clock();
+    const header: BatchHeader = { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? now, cutMs: now, flags: this.extraFlags, disks: this.o.disks.map((d) => d.name) };
+    return { seq, header, extents };
+  }
+
+  /** Resolves once every batch cut so far with a seq up to `seq` is stored (rejects if the writer failed). */
+  async settled(seq: number): Promise<void> {
+    const waits = [...this.inFlightBySeq].filter(([s]) => s <= seq).map(([, p]) => p);
+    if (waits.length) await Promise.all(waits);
+    this.throwIfFailed();
   }
 
   /** Records a write of `data` at byte `offset` of `disk`. Resolves once accepted (backpressure). */
@@ -278,6 +352,8 @@ export class BatchWriter {
     this.firstWriteMs = undefined;
     this.pending.forEach((m) => m.clear());
     this.zeroRuns.forEach((r) => (r.length = 0));
+    this.touched.forEach((t) => t.clear());
+    this.runsTaken.fill(0);
     this.pendingBytes = 0;
     this.o.onCut?.(seq);
     const started = this.sinkChain.then(async () => {
@@ -294,7 +370,11 @@ export class BatchWriter {
         this.failure ??= new Error(`batch ${seq} of pair '${this.o.pairId}' was not stored: ${err.message}`);
       });
     this.inFlight.add(upload);
-    void upload.finally(() => this.inFlight.delete(upload));
+    this.inFlightBySeq.set(seq, upload);
+    void upload.finally(() => {
+      this.inFlight.delete(upload);
+      this.inFlightBySeq.delete(seq);
+    });
     return seq;
   }
 
@@ -306,9 +386,10 @@ export class BatchWriter {
     return this.nextSeqValue - 1;
   }
 
-  async close(): Promise<void> {
+  /** Stops the age rule and flushes (with `opts`: a clean stop of the agent asks for an RP). */
+  async close(opts: CutOptions = {}): Promise<void> {
     if (this.timer) clearInterval(this.timer);
-    await this.flush();
+    await this.flush(opts);
   }
 
   private put(d: number, block: number, content: Buffer | null): void {
@@ -330,6 +411,7 @@ export class BatchWriter {
       content.copy(this.currentSlab(), s * BLOCK_SIZE);
       m.set(block, s);
     }
+    this.touched[d].add(block);
     this.firstWriteMs ??= this.o.clock();
   }
 
@@ -373,7 +455,7 @@ export class BatchWriter {
   }
 
   private cutIfOld(): void {
-    if (this.firstWriteMs === undefined || this.failure || this.o.clock() - this.firstWriteMs < this.o.maxBatchAgeMs) return;
+    if (this.firstWriteMs === undefined || this.failure || this.o.clock() - this.firstWriteMs < this.o.maxBatchAgeMs || this.o.holdAgeCut?.()) return;
     try {
       this.cut();
     } catch (err) {

@@ -103,8 +103,9 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
 
   test('a restarted agent continues the seq stream after every batch it cut, applied yet or not', async () => {
     await run('qemu-io', ['-f', 'raw', url, '-c', 'write -P 0x31 8M 1M', '-c', 'flush']);
-    const cutSoFar = agent.capture.writer.nextSeq;
     await agent.stop();
+    // A FLUSH no longer cuts: the stop's final cut (RP_REQUESTED) holds the write.
+    const cutSoFar = agent.capture.writer.nextSeq;
     const c = cloud();
     agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: join(dir, 'disk0.img') }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
     url = `nbd://127.0.0.1:${agent.port}/disk0`;
