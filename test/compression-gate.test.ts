@@ -20,6 +20,26 @@ describe('CompressionGate', () => {
   });
 });
 
+test('a probe after a skip that misses again skips at once, each time twice as long up to the cap; a saving starts over', () => {
+  const gate = new CompressionGate(2, 3, 10);
+  /** Feeds misses: what the gate did, 'try' or 'skip N', until `n` skips. */
+  const run = (n: number): string[] => {
+    const out: string[] = [];
+    for (let skips = 0; skips < n; ) {
+      let skipped = 0;
+      while (!gate.shouldTry()) skipped++;
+      if (skipped) out.push(`skip ${skipped}`), skips++;
+      out.push('try');
+      gate.record(100, 100);
+    }
+    return out;
+  };
+  expect(run(5)).toEqual(['try', 'try', 'skip 3', 'try', 'skip 6', 'try', 'skip 10', 'try', 'skip 10', 'try', 'skip 10', 'try']);
+  while (!gate.shouldTry()); // to the end of the skip the last miss began
+  gate.record(100, 50); // the probe compressed: back to the start
+  expect(run(2)).toEqual(['try', 'try', 'skip 3', 'try', 'skip 6', 'try']);
+});
+
 test('a batch encoded through the gate stores extents raw while it skips, compresses again after, and decodes exactly', async () => {
   const n = MIN_COMPRESS_BYTES;
   const noise = (i: number) => ({ disk: 0, blockIndex: i * 16, data: randomBytes(n) });
