@@ -94,9 +94,9 @@ export interface TimerRp {
 }
 
 export type RpCheckDecision =
-  /** Another check is pending (this one is a duplicate or superseded): write nothing. */
+  /** A later check is pending (this one is a duplicate or superseded): write nothing. */
   | { action: 'ignore'; reason: string }
-  /** Nothing to make: remove the pending mark, if set. */
+  /** Nothing to make: remove the pending mark (and move rev on, also when none is set). */
   | { action: 'clear'; reason: string }
   /** Make the watermark an RP and remove the pending mark, in one write. */
   | ({ action: 'rp' } & TimerRp)
@@ -104,17 +104,20 @@ export type RpCheckDecision =
   | { action: 'rearm'; next: ScheduledCheck };
 
 /**
- * What a received check does. A check acts if it is the pair's pending one, or if the pair
- * has none pending (a check sent by an advance that crashed before its commit, or one
- * delivered after its mark went stale): then a duplicate or a late copy finds either the
- * work done or another check pending, and writes nothing.
+ * What a received check does. A check gives way only to a *later* pending one (it is a
+ * duplicate, or was superseded); otherwise it acts: it is the pending one, or none is pending
+ * (its sender crashed before the commit, or the mark went stale), or it was delivered before
+ * the commit that records it landed. Whatever it writes is conditional on the pair's rev and
+ * moves rev on, so a commit racing with it (the one that would record it) fails, re-reads and
+ * decides again: no check is dropped while the pair waits for it, and a duplicate finds the
+ * work done. Checks arrive in due order, so superseded ones die out instead of multiplying.
  */
 export function decideRpCheck(
   p: TimedProgress,
   check: RpCheck,
   ctx: TimerContext & { retention: RetentionPolicy },
 ): RpCheckDecision {
-  if (p.rpCheckDueMs !== check.dueMs && checkPending(p, ctx.nowMs)) return { action: 'ignore', reason: `another check is pending (due ${p.rpCheckDueMs})` };
+  if (checkPending(p, ctx.nowMs) && p.rpCheckDueMs! > check.dueMs) return { action: 'ignore', reason: `a later check is pending (due ${p.rpCheckDueMs})` };
   const none = noRpReason(p, ctx);
   if (none !== undefined) return { action: 'clear', reason: none };
   const due = rpDueMs(p, ctx.ccrpIntervalMs);

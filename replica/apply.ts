@@ -114,8 +114,6 @@ export class ApplyService {
    */
   async advance(pairId: string, known?: Pair & RpTimerFields & { rev: number }): Promise<number> {
     let pair = known;
-    /** The check this call sent already: a retry after a lost race reuses it instead of sending another. */
-    let sent: ScheduledCheck | undefined;
     for (;;) {
       pair ??= await this.index.getPair(pairId);
       if (!pair) throw new Error(`pair '${pairId}' vanished during apply`);
@@ -125,12 +123,10 @@ export class ApplyService {
       const plan = planAdvance({ pairId, progress: pair, ccrpIntervalMs: pair.ccrpIntervalMs, nowMs, retention: pair.retention, pending, offerRps: seeded });
       if (plan.applied.length === 0) return pair.watermark;
       // A watermark left without an RP gets a check, sent before the commit that records it
-      // (a crash between the two leaves a check the pair does not wait for: harmless).
+      // (a crash between the two leaves a check the pair does not wait for: harmless). A retry
+      // sends another: the first may have been delivered meanwhile.
       const check = this.rpChecks && checkAfterAdvance(plan.progress, { nowMs, ccrpIntervalMs: pair.ccrpIntervalMs, offersRps: seeded });
-      if (check) {
-        sent ??= await this.sendCheck(pairId, check);
-        plan.progress.rpCheckDueMs = sent.dueMs;
-      }
+      if (check) plan.progress.rpCheckDueMs = (await this.sendCheck(pairId, check)).dueMs;
       // The error the watermark passed gives way to the next refused seq, if one blocks now.
       const errorUpdate =
         pair.error !== undefined && pair.error.seq <= plan.progress.watermark
@@ -156,7 +152,6 @@ export class ApplyService {
    * done or another check pending. Throws only on transient faults.
    */
   async checkRp(check: RpCheck): Promise<RpCheckOutcome> {
-    let sent: ScheduledCheck | undefined;
     for (;;) {
       const pair = await this.index.getPair(check.pairId);
       if (!pair) {
@@ -170,12 +165,11 @@ export class ApplyService {
         this.log.info('rp-check ignored', { pairId: check.pairId, dueMs: check.dueMs, reason: d.reason });
         return 'ignored';
       } else if (d.action === 'clear') {
-        if (pair.rpCheckDueMs === undefined) return 'cleared';
+        // Written even with no mark set: an advance about to record this very check must fail on rev and decide again.
         committed = await this.index.commitRpCheck(check.pairId, pair.rev, {});
       } else if (d.action === 'rearm') {
         if (!this.rpChecks) throw new Error(`rp-check for pair '${check.pairId}': no check queue to send the next check to`);
-        sent ??= await this.sendCheck(check.pairId, d.next);
-        committed = await this.index.commitRpCheck(check.pairId, pair.rev, { rpCheckDueMs: sent.dueMs });
+        committed = await this.index.commitRpCheck(check.pairId, pair.rev, { rpCheckDueMs: (await this.sendCheck(check.pairId, d.next)).dueMs });
       } else {
         committed = await this.index.commitRpCheck(check.pairId, pair.rev, { made: d });
       }

@@ -120,6 +120,37 @@ describe('RP timer in the apply service (checks delivered by the test, clock set
   });
 });
 
+describe('RP timer races', () => {
+  test('a check delivered before the commit that records it is not lost', async () => {
+    const { c, pairId, clock, mem, checks, model, writer } = await timerRig('race');
+    // The queue delivers the first check at once, while the advance that sent it has not committed.
+    let early = true;
+    const queue = {
+      schedule: async (check: RpCheck, delaySec: number): Promise<void> => {
+        if (!early) return checks.schedule(check, delaySec);
+        early = false;
+        outcomes.push(await service.checkRp(check));
+      },
+    };
+    const outcomes: string[] = [];
+    const service = new ApplyService(mem, c.index, undefined, () => clock.now, undefined, queue);
+    await writeBatches(writer, model, 1, 5);
+    await service.applyObject([...mem.objects.keys()][0]); // RP 1
+    clock.now += 4500; // the next check is due in 0.5 s: sent with no delay
+    await writeBatches(writer, model, 1, 6);
+    await writer.close();
+    const key = [...mem.objects.keys()].sort()[1];
+    expect((await service.applyObject(key)).outcome).toBe('applied');
+    expect(outcomes).toEqual(['cleared']); // it saw seq 1, an RP; its write made the advance re-read
+    // The advance's retry sent another check, which the pair waits for; it makes the RP.
+    const pair = (await c.index.getPair(pairId))!;
+    expect(pair.rpCheckDueMs).toBe(checks.scheduled[0]?.check.dueMs);
+    clock.now += 1000;
+    expect(await service.checkRp(checks.take(clock.now)[0])).toBe('rp');
+    expect((await c.index.listRecoveryPoints(pairId, nowSec())).map((rp) => rp.seq)).toEqual([1, 2]);
+  });
+});
+
 describe('RP timer through the event path (SQS delayed messages)', () => {
   test('batches closer than ccrpInterval, then quiet: an RP at the watermark within the interval + 2 s, holding the bytes written', async () => {
     const c = cloud();
