@@ -32,7 +32,8 @@
 //                          source, waits in the queue until the job ends
 //   rand4k_iops_uploads_held, ratio_uploads_held
 //                          the same rand4k job against a fresh agent started with
-//                          `--bandwidth 1M`: it captures and spools every write as usual, but
+//                          `--bandwidth 1M` (and a spool of HELD_SPOOL, room for the whole
+//                          job): it captures and spools every write as usual, but
 //                          its uploads wait, so the local S3's work is left out: the agent's
 //                          own cost. Only if the spool never overflowed during the job (the
 //                          agent's `overflows` counter unchanged and its mode 'streaming' after,
@@ -154,6 +155,8 @@ const RP_POLL_MS = 50;
 const IDLE_CCRP_INTERVAL_MS = DEFAULT_CCRP_INTERVAL_MS;
 const IDLE_WRITE_MS = 2000;
 const IDLE_CAP_MS = IDLE_CCRP_INTERVAL_MS + 30_000;
+/** The held-back agent's spool: room for a whole rand4k job's writes (~100k IOPS × 4 KiB for BENCH_FIO_S s), so that it does not overflow. */
+const HELD_SPOOL = `${Math.max(1, Math.ceil((fioSeconds * 100_000 * 4096 * 1.5) / GiB))}G`;
 /** How long a stopped agent's batches may take to apply before we move on. */
 const DRAIN_TIMEOUT_MS = 180_000;
 /**
@@ -866,7 +869,7 @@ async function main(): Promise<void> {
     // held back (paced to 1 MiB/s, into the spool) so that the local S3's work is not on these
     // cores either. Left unapplied.
     const agentApplyLive: Server = { name: 'agent (apply on this host)', start: (image, placement) => agent.start(image, placement) };
-    const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image, placement) => agent.start(image, placement, { args: ['--bandwidth', '1M'], drain: false }) };
+    const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image, placement) => agent.start(image, placement, { args: ['--bandwidth', '1M', '--spool-size', HELD_SPOOL], drain: false }) };
     const peers: Server[] = [agent, qemuNbd, nbdkit];
     const serversUnder = (placement: Placement): Server[] => (placement !== primary ? peers : external ? [...peers, agentUploadsHeld] : [...peers, agentApplyLive, agentUploadsHeld]);
 
