@@ -449,12 +449,12 @@ function flushSeqOf(status: AgentStatus): number {
   return seq;
 }
 
-/** Waits until the agent has uploaded everything it spooled and the pair's watermark reached its last cut seq. */
+/** Waits until the agent has cut the batch holding its last FLUSH, uploaded everything it spooled, and the pair's watermark reached its last cut seq. */
 async function quiesce(agent: AgentRun, index: ReplicaIndex): Promise<void> {
   const deadline = Date.now() + DRAIN_TIMEOUT_MS;
   for (;;) {
     const s = await agent.status();
-    if (s.spool.batches === 0 && s.upload.inFlight === 0) {
+    if (s.lastCutSeq >= flushSeqOf(s) && s.spool.batches === 0 && s.upload.inFlight === 0) {
       if (s.lastCutSeq > 0) await waitForWatermark(index, agent.pairId, s.lastCutSeq, Math.max(1000, deadline - Date.now()));
       return;
     }
