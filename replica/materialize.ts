@@ -4,14 +4,15 @@
 import { open, rm } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { once } from 'node:events';
-import { BLOCK_SIZE, TRAILER_SIZE, decodeExtent, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
-import { CHUNK_BYTES, decodeChunk, type ChunkRef } from '../core/chunk-format';
-import { BackupError, CorruptExtentError, BatchError, InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { BLOCK_SIZE, EXTENT_FLAGS, TRAILER_SIZE, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
+import { CHUNK_BYTES, checkChunkData, checkChunkHeader, type ChunkRef } from '../core/chunk-format';
+import { BackupError, CorruptExtentError, InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { baseChunkKey } from '../core/keys';
 import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ObjectStore, ReplicaIndex } from './ports';
+import { placeVerified, type PayloadOutcome } from './chunk-verifier';
 import { mapLimit } from './concurrency';
 
 /** A stored extent that some RP reads: which object, which entry. */
@@ -48,7 +49,7 @@ export interface MaterializeOptions {
   anyAppliedSeq?: boolean;
   /** Called once per disk for its sink. */
   sinkFor: (disk: string, sizeBytes: number) => Promise<ImageSink>;
-  /** Memory bound: bytes of image assembled at a time, two windows at most (default 32 MiB). */
+  /** Bytes of image assembled per window (default 32 MiB); at most 3 windows are in memory (2 filling, 1 being written). */
   windowBytes?: number;
   /** Parallel object reads (default 16). */
   concurrency?: number;
@@ -119,7 +120,14 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
   return { rp, disks, segments: segments.length, ...stats };
 }
 
-/** Writes one disk window by window; one window is written while the next is fetched. */
+/** Windows being filled at once: their GETs share one limit, the oldest window's first. */
+const WINDOWS_AHEAD = 2;
+
+/**
+ * Writes one disk window by window, in order. Up to WINDOWS_AHEAD windows are filled at once
+ * (so the GETs of the next window start while the last ones of this window are still
+ * decoding) while the window before them is written: at most WINDOWS_AHEAD + 1 in memory.
+ */
 async function writeDisk(
   store: ObjectStore,
   sink: ImageSink,
@@ -132,26 +140,61 @@ async function writeDisk(
   let dataBytes = 0;
   let p = 0;
   let writing: Promise<void> = Promise.resolve();
-  for (let offset = 0; offset < sizeBytes; offset += windowBytes) {
-    const size = Math.min(windowBytes, sizeBytes - offset);
-    const first = offset / BLOCK_SIZE;
-    const last = first + Math.ceil(size / BLOCK_SIZE);
-    const inWindow: Piece<Ref>[] = [];
-    while (p < pieces.length && pieces[p].blockIndex < last) {
-      inWindow.push(clip(pieces[p], first, last));
-      if (pieces[p].blockIndex + pieces[p].blockCount > last) break;
-      p++;
-    }
-    const window = Buffer.alloc(size);
-    await fillWindow(store, window, first, inWindow, concurrency, stats);
-    const ranges = dataRanges(inWindow, first, size);
-    dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
-    await writing; // at most two windows in memory: one being written, one being filled
-    writing = sink.write(offset, window, ranges);
+  const run = limiter(concurrency);
+  const filling: { offset: number; window: Buffer; ranges: { start: number; end: number }[]; filled: Promise<void> }[] = [];
+  const writeOldest = async (): Promise<void> => {
+    const w = filling.shift()!;
+    await w.filled;
+    await writing;
+    writing = sink.write(w.offset, w.window, w.ranges);
     writing.catch(() => {}); // handled: the next `await writing` rethrows it
+  };
+  try {
+    for (let offset = 0; offset < sizeBytes; offset += windowBytes) {
+      const size = Math.min(windowBytes, sizeBytes - offset);
+      const first = offset / BLOCK_SIZE;
+      const last = first + Math.ceil(size / BLOCK_SIZE);
+      const inWindow: Piece<Ref>[] = [];
+      while (p < pieces.length && pieces[p].blockIndex < last) {
+        inWindow.push(clip(pieces[p], first, last));
+        if (pieces[p].blockIndex + pieces[p].blockCount > last) break;
+        p++;
+      }
+      const window = Buffer.from(new SharedArrayBuffer(size)); // zeros; workers place data into it
+      const filled = fillWindow(store, window, first, inWindow, run, stats);
+      filled.catch(() => {}); // handled: awaited in order by writeOldest
+      const ranges = dataRanges(inWindow, first, size);
+      dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
+      filling.push({ offset, window, ranges, filled });
+      if (filling.length >= WINDOWS_AHEAD) await writeOldest();
+    }
+    while (filling.length > 0) await writeOldest();
+    await writing;
+  } catch (err) {
+    run.stop(); // the windows still filling start no more GETs
+    throw err;
   }
-  await writing;
   return dataBytes;
+}
+
+/** Runs tasks with at most `n` at once, in the order they were given; after stop() refuses new ones. */
+function limiter(n: number): (<T>(task: () => Promise<T>) => Promise<T>) & { stop(): void } {
+  let active = 0;
+  let stopped = false;
+  const queue: (() => void)[] = [];
+  const run = async <T>(task: () => Promise<T>): Promise<T> => {
+    if (active >= n) await new Promise<void>((resolve) => queue.push(resolve));
+    else active++;
+    try {
+      if (stopped) throw new Error('recovery stopped');
+      return await task();
+    } finally {
+      const next = queue.shift();
+      if (next) next(); // the slot passes on
+      else active--;
+    }
+  };
+  return Object.assign(run, { stop: () => void (stopped = true) });
 }
 
 /** One ranged GET of a segment's index and trailer; both are checksum-verified. */
@@ -167,15 +210,20 @@ async function readIndex(store: ObjectStore, b: BatchRecord, stats: { gets: numb
   return decodeIndex(tail.subarray(0, len - TRAILER_SIZE), trailer, b.disks.length, b.key);
 }
 
-/** Fetches the extents the window's pieces need, in merged ranged GETs per object, and copies them in. */
+/**
+ * Fetches the extents and base chunks the window's pieces need, in merged ranged GETs per
+ * object; a worker decodes and checks each payload and copies its pieces into the window
+ * (shared memory) while this thread goes on with the next GETs.
+ */
 async function fillWindow(
   store: ObjectStore,
   window: Buffer,
   firstBlock: number,
   pieces: Piece<Ref>[],
-  concurrency: number,
+  run: <T>(task: () => Promise<T>) => Promise<T>,
   stats: { gets: number; bytesRead: number },
 ): Promise<void> {
+  const shared = window.buffer as SharedArrayBuffer;
   const byObject = new Map<string, Piece<ExtentRef>[]>();
   const byChunk = new Map<string, Piece<ChunkVersionRef>[]>();
   for (const q of pieces) {
@@ -190,50 +238,55 @@ async function fillWindow(
     list.push(q as Piece<ExtentRef>);
     byObject.set(q.ref.batch.key, list);
   }
-  // Base chunks: one whole-object GET each, verified end to end (CRC-32C and SHA-256).
-  await mapLimit([...byChunk.values()], concurrency, async (qs) => {
+  const places = (qs: Piece<Ref>[]): [number, number, number][] =>
+    qs.map((q) => {
+      const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
+      return [q.offsetBlocks * BLOCK_SIZE, dst, Math.min(q.blockCount * BLOCK_SIZE, window.length - dst)];
+    });
+  // Base chunks: one whole-object GET each, verified end to end (header here; SHA-256 of the data in the worker).
+  const chunkReads = [...byChunk.values()].map((qs) => async () => {
     const { key, chunk } = qs[0].ref;
     const body = await store.get(key);
     stats.gets++;
     stats.bytesRead += body.length;
-    let data: Buffer;
     try {
-      data = decodeChunk(body, chunk, key);
+      const checked = checkChunkHeader(body, chunk, key);
+      const start = body.length - checked.payload.length;
+      const [outcome] = await placeVerified(body, [{ start, end: body.length, zstd: checked.zstd, length: checked.length, sha256: chunk.sha256, places: places(qs) }], shared);
+      checkChunkData(checked, chunk, outcome as Parameters<typeof checkChunkData>[2], key);
     } catch (err) {
       if (err instanceof BackupError) throw new CorruptExtentError(err.where, err.reason);
       throw err;
     }
-    for (const q of qs) copyPiece(window, firstBlock, q, data);
   });
-  const reads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs));
-  await mapLimit(reads, concurrency, async (r) => {
+  const extentReads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs)).map((r) => async () => {
     const bytes = await store.get(r.key, { start: r.start, end: r.end });
     stats.gets++;
     stats.bytesRead += bytes.length;
-    const decoded = new Map<ExtentEntry, Buffer>();
-    for (const q of r.pieces) {
-      const e = q.ref.entry;
-      let data = decoded.get(e);
-      if (!data) {
-        const payload = bytes.subarray(e.payloadOffset - r.start, e.payloadOffset - r.start + e.payloadLength);
-        try {
-          data = decodeExtent(e, payload, `${r.key} block ${e.blockIndex}`);
-        } catch (err) {
-          if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
-          throw err;
-        }
-        decoded.set(e, data);
-      }
-      copyPiece(window, firstBlock, q, data);
-    }
+    // Each extent once, with every piece the window takes from it.
+    const byEntry = new Map<ExtentEntry, Piece<ExtentRef>[]>();
+    for (const q of r.pieces) byEntry.set(q.ref.entry, [...(byEntry.get(q.ref.entry) ?? []), q]);
+    const entries = [...byEntry.keys()];
+    const items = entries.map((e) => ({
+      start: e.payloadOffset - r.start,
+      end: e.payloadOffset - r.start + e.payloadLength,
+      zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0,
+      length: e.blockCount * BLOCK_SIZE,
+      crc: e.dataCrc,
+      places: places(byEntry.get(e)!),
+    }));
+    const outcomes = await placeVerified(bytes, items, shared);
+    entries.forEach((e, i) => judgeExtent(outcomes[i], e, `${r.key} block ${e.blockIndex}`));
   });
+  await Promise.all([...chunkReads, ...extentReads].map(run));
 }
 
-/** Copies a piece's blocks from its version's data into the window (clipped at the window's end). */
-function copyPiece(window: Buffer, firstBlock: number, q: Piece<Ref>, data: Buffer): void {
-  const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
-  const src = q.offsetBlocks * BLOCK_SIZE;
-  data.copy(window, dst, src, src + Math.min(q.blockCount * BLOCK_SIZE, window.length - dst));
+/** What a stored extent's payload turned into, against its index entry (as decodeExtent judges it). */
+function judgeExtent(o: PayloadOutcome, e: ExtentEntry, where: string): void {
+  const size = e.blockCount * BLOCK_SIZE;
+  if ('error' in o) throw new CorruptExtentError(where, `payload does not decompress: ${o.error}`);
+  if (o.length !== size) throw new CorruptExtentError(where, `payload holds ${o.length} bytes, expected ${size}`);
+  if (o.crc !== e.dataCrc) throw new CorruptExtentError(where, `data checksum 0x${(o.crc ?? 0).toString(16).padStart(8, '0')} != stored 0x${e.dataCrc.toString(16).padStart(8, '0')}`);
 }
 
 interface RangeRead {
