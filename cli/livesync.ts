@@ -185,6 +185,7 @@ async function main(argv: string[]): Promise<number> {
         'sync-marks': { type: 'boolean' },
       });
       const pairId = required('pair', str(o, 'pair'));
+      const uploadInterval = parsePositiveDuration('upload-interval', str(o, 'upload-interval') ?? '1s');
       const disks = ((o.disk as string[] | undefined) ?? []).map((v) => {
         const i = v.indexOf('=');
         if (i <= 0) throw new InvalidArgumentError(`--disk: '${v}' is not NAME=PATH`);
@@ -209,7 +210,7 @@ async function main(argv: string[]): Promise<number> {
         acrpTag: str(o, 'acrp-tag'),
         spoolBytes: o['spool-size'] ? parseSize('spool-size', str(o, 'spool-size')!) : undefined,
         bandwidthBytesPerSec: o.bandwidth ? parseSize('bandwidth', str(o, 'bandwidth')!) : undefined,
-        maxBatchAgeMs: parsePositiveDuration('upload-interval', str(o, 'upload-interval') ?? '1s'),
+        maxBatchAgeMs: uploadInterval,
         verifyReplica: o['verify-replica'] === true,
         syncMarks: o['sync-marks'] === true,
         log: (l) => console.error(l),

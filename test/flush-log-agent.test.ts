@@ -14,7 +14,7 @@ import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
 import { NbdClient } from '../bench/nbd-client';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { createPair, waitForWatermark } from '../replica/pairs';
-import { cloud, firstDifference, have, newPairId, recover } from './helpers';
+import { cloud, firstDifference, have, newPairId, recover, runCli } from './helpers';
 
 const MiB = 2 ** 20;
 const size = 16 * MiB;
@@ -117,4 +117,11 @@ async function newImage(dir: string): Promise<string> {
     await waitForWatermark(cloud().index, pairId, seq, 60_000);
     expect(firstDifference((await recover(cloud(), pairId, seq)).get('disk0')!, await readFile(image))).toBeUndefined();
   });
+});
+
+test('`livesync agent --upload-interval` takes a duration above 0; anything else exits 2 naming the flag', async () => {
+  for (const bad of ['soon', '0s', '1.5s']) {
+    const res = await runCli('agent', '--pair', 'p', '--disk', 'disk0=/nonexistent', '--upload-interval', bad);
+    expect({ bad, code: res.code, named: res.stderr.includes(`--upload-interval: '${bad}'`) }).toEqual({ bad, code: 2, named: true });
+  }
 });
