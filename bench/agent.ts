@@ -8,9 +8,10 @@
 //
 // Placement (BENCH_PLACEMENT = pinned | shared | both, default both). In AWS the RP Store (S3,
 // SQS, DynamoDB, the apply Lambda) is not on the source host. 'pinned': the local stack (this
-// process: s3rver, fauxqs, the apply handler, the DynamoDB counting proxy; and DynamoDB Local's
-// Java, all threads: `taskset -a -cp 0`) runs on core 0, and fio with the server under test
-// (`taskset -c 1 …`) on core 1, the same for every server. 'shared': no pinning, everything
+// process: s3rver, fauxqs, the apply handler, the counting proxies; and DynamoDB Local's Java,
+// all threads: `taskset -a -cp 0`) runs on core 0, and fio with the server under test
+// (`taskset -c 1 …`; for the files job also nbdfuse and the writing loop) on core 1, the same
+// for every server. 'shared': no pinning, everything
 // shares the cores (the placement of the figures before pinning was added). With 'both' the
 // figures without a suffix are the pinned ones and the rand4k/seq1m/CPU figures of agent,
 // qemu-nbd and nbdkit are given again with a `_shared` suffix; the other jobs run pinned
@@ -84,6 +85,12 @@
 //                          than empty receives, apply invocations), per second of load, priced
 //                          for a 730-hour month at us-east-1 list prices (core/cost-model.ts,
 //                          docs/cost.md). With an external RP Store all four are null
+//   flush_jobs             per part (fio, files; null if skipped): load_s (seconds of load),
+//                          flushes_per_s (fio's FLUSHes) or files_per_s (files written and
+//                          fsynced), the four figures above, flush_rpo_p50_s, the number of
+//                          FLUSHes sampled, and requests_per_s: every request the window
+//                          counted, by service and operation (`s3 PUT journal`, `dynamodb
+//                          TransactWriteItems.items`, `sqs ReceiveMessage.empty`, …)
 //   idle_rpo_s, idle_ccrp_interval_s
 //                          a fresh agent on a pair with the default ccrp interval (5 s) takes
 //                          2 s of the 20 MB/s load, ends with an acknowledged FLUSH, then gets
