@@ -165,14 +165,15 @@ export interface PlaceItem {
 
 /**
  * Decodes and checks each item in a worker, copying the pieces of those that match into
- * `window` (a SharedArrayBuffer). `body` is handed over (transferred when it owns its memory):
- * the caller must not use it after. Resolves with each item's outcome, in order; the
- * caller decides what a mismatch means. Rejects (plain Error) if the worker failed.
+ * `window` (a SharedArrayBuffer). `body` is copied to the worker, not transferred: a store
+ * may hand out its own memory (the memory store does). Resolves with each item's outcome, in
+ * order; the caller decides what a mismatch means. Rejects (plain Error) if the worker failed.
  */
 export async function placeVerified(body: Buffer, items: PlaceItem[], window: SharedArrayBuffer): Promise<PayloadOutcome[]> {
-  const owns = body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && !(body.buffer instanceof SharedArrayBuffer);
-  const sent = owns ? body : Buffer.from(body); // a view of a shared pool slab is copied, not taken
-  const answer = await ask({ type: 'place', body: sent, items, window }, owns ? [sent.buffer as ArrayBuffer] : []);
+  // Exactly the view's bytes, copied once and that copy transferred (cloning a view would
+  // clone its whole ArrayBuffer, which may be a larger object's).
+  const copy = new Uint8Array(body);
+  const answer = await ask({ type: 'place', body: copy, items, window }, [copy.buffer]);
   if ('died' in answer) throw new Error(`decoding thread died: ${answer.died}`);
   if ('error' in answer) throw new Error(`decoding thread failed: ${answer.error}`);
   if (!('results' in answer)) throw new Error('decoding thread: unexpected answer');
