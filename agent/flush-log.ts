@@ -94,12 +94,16 @@ export class FlushLog {
     });
   }
 
-  /** The batch of `seq` is spooled (durably): its log goes, after any write to it in progress. */
-  async discard(seq: number): Promise<void> {
+  /**
+   * The batch of `seq` is spooled: its log goes, after any write to it in progress, and, if
+   * there is a log, after `beforeDelete` (which makes the spooled batch durable).
+   */
+  async discard(seq: number, beforeDelete?: () => Promise<void>): Promise<void> {
     this.discarded.add(seq);
     if (this.writing?.seq === seq) await this.writing.done.catch(() => {});
     // Most batches had no FLUSH while open: no file to delete.
     if (!this.sizes.has(seq) && this.file?.seq !== seq) return;
+    await beforeDelete?.();
     this.sizes.delete(seq);
     if (this.file?.seq === seq) {
       const { fh } = this.file;

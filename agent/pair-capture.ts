@@ -196,12 +196,15 @@ export class PairCapture {
     const touched = this.writer.takeTouched();
     // The log of a seq is written only once every batch below it is spooled: a log found at
     // start-up never stands beyond a lost batch (the seq stream would have a hole).
-    const before = this.writer.settled(open - 1);
+    const before = this.writer.settled(open - 1).then(() => this.o.spool.syncThrough(open - 1));
     if (touched) {
       const appended = await this.o.flushLog.append(touched.seq, encodeRecord(touched.header, touched.extents), before);
       if (appended) this.flushLogWrites++;
       // Cut meanwhile, and its log already gone: the spooled batch holds these blocks.
-      else await this.writer.settled(touched.seq);
+      else {
+        await this.writer.settled(touched.seq);
+        await this.o.spool.syncThrough(touched.seq);
+      }
       // A log that outgrows a batch (blocks rewritten between many FLUSHes while uploads are behind) is cut.
       if (this.o.flushLog.bytes(touched.seq) > 2 * this.writer.maxBatchBytes && this.writer.nextSeq === touched.seq) this.writer.cut();
     } else await before;
@@ -213,6 +216,7 @@ export class PairCapture {
   /** Cuts (with `opts`) and waits until every batch cut so far is in the spool. Returns the last seq. */
   async cut(opts: CutOptions = {}): Promise<number> {
     const seq = await this.writer.flush(opts);
+    await this.o.spool.syncThrough(seq);
     this.lastFlushSeq = Math.max(this.lastFlushSeq, seq);
     return seq;
   }
@@ -290,9 +294,10 @@ export class PairCapture {
       body = encodeBatch({ pairId: this.o.pairId, seq: b.seq, prevSeq: b.seq - 1, firstWriteMs: b.cutMs, cutMs: b.cutMs, flags: BATCH_FLAGS.RESYNC, disks: this.o.disks.map((d) => d.name) }, []);
       this.o.bodies?.give(b.body);
     }
-    await this.o.spool.add(b.seq, body);
-    // Durable in the spool: its flush log (if a FLUSH wrote one) is no longer needed.
-    await this.o.flushLog.discard(b.seq);
+    // Not synced here: a FLUSH that needs it syncs it (syncThrough), and so does the discard
+    // of its flush log, if a FLUSH wrote one, before the log is deleted.
+    await this.o.spool.add(b.seq, body, { durable: false });
+    await this.o.flushLog.discard(b.seq, () => this.o.spool.syncThrough(b.seq));
     this.sealed.add(b.seq);
     while (this.sealed.delete(this.sealedThroughValue + 1)) this.sealedThroughValue++;
     this.uploader.kick();
