@@ -15,7 +15,7 @@ import { DirtyMap } from '../agent/dirty-map';
 import { encodeRecord, FlushLog, FLUSH_LOG_HEADER, flushLogSeqs, parseFlushLog, pathOf, replayFlushLogs, replayRecords } from '../agent/flush-log';
 import { PairCapture } from '../agent/pair-capture';
 import { Spool } from '../agent/spool';
-import { BLOCK_SIZE, decodeBatch, decodeExtent, EXTENT_FLAGS, type BatchHeader, type ExtentInput } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, decodeBatch, decodeExtent, EXTENT_FLAGS, type BatchHeader, type ExtentInput } from '../core/batch-format';
 import { parseJournalKey } from '../core/keys';
 
 const pairId = 'p';
@@ -366,6 +366,24 @@ describe('FLUSH through the capture path', () => {
       expect(r.capture.status()).toMatchObject({ lastFlushSeq: 1, flushes: 21, flushLogWrites: 20 });
     } finally {
       await r.close();
+    }
+  });
+
+  test('a clean stop cuts with RP_REQUESTED, also when nothing is pending', async () => {
+    for (const pending of [true, false]) {
+      const r = await rig(4 * 1024 * 1024);
+      try {
+        await r.exports[0].write(0, block(7), false);
+        await r.exports[0].flush();
+        if (!pending) await r.capture.cut({});
+        const cutBefore = r.capture.status().lastCutSeq;
+        await r.capture.close(10_000);
+        const last = [...r.store.objects].map(([k, body]) => ({ seq: parseJournalKey(k)!.seq, body })).sort((a, b) => b.seq - a.seq)[0];
+        const b = decodeBatch(last.body, 'last');
+        expect({ pending, seq: b.header.seq, rpRequested: (b.header.flags & BATCH_FLAGS.RP_REQUESTED) !== 0, extents: b.extents.length }).toEqual({ pending, seq: cutBefore + 1, rpRequested: true, extents: pending ? 1 : 0 });
+      } finally {
+        await r.close();
+      }
     }
   });
 
