@@ -140,7 +140,7 @@ export class DynamoIndex implements ReplicaIndex {
       await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
       return true;
     } catch (err) {
-      if (err instanceof TransactionCanceledException && err.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return false;
+      if (lostRace(err)) return false;
       throw err;
     }
   }
@@ -168,8 +168,7 @@ export class DynamoIndex implements ReplicaIndex {
       else await this.doc.send(new TransactWriteCommand({ TransactItems: [{ Update: update }, { Put: { TableName: this.table, Item: rpItem(change.made.rp) } }] }));
       return true;
     } catch (err) {
-      if (err instanceof ConditionalCheckFailedException) return false;
-      if (err instanceof TransactionCanceledException && err.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return false;
+      if (err instanceof ConditionalCheckFailedException || lostRace(err)) return false;
       throw err;
     }
   }
@@ -345,6 +344,18 @@ export class DynamoIndex implements ReplicaIndex {
     } while (start && out.length < limit);
     return out as T[];
   }
+}
+
+/**
+ * A conditional pair write that lost to another writer: its condition on `rev` failed, or
+ * DynamoDB refused it while another transaction held the pair item (TransactionConflict, which
+ * AWS reports under concurrent transactions on one item). Nothing was written; re-read, retry.
+ */
+function lostRace(err: unknown): boolean {
+  if ((err as { name?: string })?.name === 'TransactionConflictException') return true;
+  if (!(err instanceof TransactionCanceledException)) return false;
+  const codes = (err.CancellationReasons ?? []).map((r) => r.Code);
+  return codes[0] === 'ConditionalCheckFailed' || codes.includes('TransactionConflict');
 }
 
 function rpItem(rp: RecoveryPoint): Record<string, unknown> {

@@ -149,7 +149,7 @@ export class ApplyService {
    * Handles a check of the RP timer (a delayed message on the apply queue): makes the
    * watermark an RP if it has been without one for ccrpInterval, else sends the next check
    * or clears the pending mark (core/rp-timer.ts). Idempotent: a duplicate finds the work
-   * done or another check pending. Throws only on transient faults.
+   * done or a later check pending. Throws only on transient faults.
    */
   async checkRp(check: RpCheck): Promise<RpCheckOutcome> {
     for (;;) {
