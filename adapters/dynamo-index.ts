@@ -13,7 +13,6 @@ import {
 import type { AdvancePlan } from '../core/advance';
 import { seqKey } from '../core/keys';
 import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
-import type { RpTimerFields } from '../core/rp-timer';
 import type { RegisterResult, ReplicaIndex, RpCheckChange, SeedUpdate } from '../replica/ports';
 
 export const ACRP_INDEX = 'acrp';
@@ -52,11 +51,11 @@ export class DynamoIndex implements ReplicaIndex {
     }
   }
 
-  async getPair(pairId: string): Promise<(Pair & RpTimerFields & { rev: number }) | undefined> {
+  async getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined> {
     const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: PAIR_SK }, ConsistentRead: true }));
     if (!out.Item) return undefined;
     const { pk: _pk, sk: _sk, kind: _kind, ...pair } = out.Item;
-    return pair as Pair & RpTimerFields & { rev: number };
+    return pair as Pair & { rev: number };
   }
 
   async registerBatch(pairId: string, batch: BatchRecord): Promise<RegisterResult> {

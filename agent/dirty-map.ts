@@ -75,7 +75,7 @@ export class DirtyMap {
      * cache) before the image write, which survives an agent crash but not a host crash;
      * the agent then compares with the replica after a reboot instead (agent.ts).
      */
-    private readonly syncMarks: boolean,
+    readonly syncMarks: boolean,
   ) {}
 
   /**

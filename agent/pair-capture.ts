@@ -136,7 +136,7 @@ export class PairCapture {
       log: o.log,
     });
     const coolMs = o.coolMs ?? 2000;
-    this.sweepTimer = setInterval(() => void o.dirty.sweep(this.sealedThroughValue, coolMs).catch((err: Error) => o.log?.(`dirty map: ${err.message}`)), Math.max(100, coolMs / 2));
+    this.sweepTimer = setInterval(() => void this.sweep(coolMs).catch((err: Error) => o.log?.(`dirty map: ${err.message}`)), Math.max(100, coolMs / 2));
     this.sweepTimer.unref();
     this.uploader.kick(); // batches a previous run left in the spool go first
   }
@@ -271,9 +271,22 @@ export class PairCapture {
     await this.o.flushLog.close();
     await this.uploader.idle(drainMs).catch((err: Error) => this.o.log?.(`${err.message}; the next start uploads them`));
     await this.uploader.stop();
-    await this.o.dirty.sweep(this.sealedThroughValue, 0);
+    // A clean stop is trusted even after a reboot: every spooled batch must be on disk.
+    await this.o.spool.syncThrough(this.writer.nextSeq - 1).catch((err: Error) => this.o.log?.(`spool sync failed: ${err.message}`));
+    await this.sweep(0);
     await this.o.dirty.close();
     await this.o.persistNextSeq(this.writer.nextSeq);
+  }
+
+  /**
+   * Clears the marks of cooled regions whose batches are spooled. With `--sync-marks` the map
+   * is trusted after a host crash, so a cleared mark must not reach the disk before the batch
+   * that holds its region's writes (spooled batches are not synced until something needs it).
+   */
+  private async sweep(coolMs: number): Promise<void> {
+    const through = this.sealedThroughValue;
+    if (this.o.dirty.syncMarks) await this.o.spool.syncThrough(through);
+    await this.o.dirty.sweep(through, coolMs);
   }
 
   private file(disk: string): FileHandle {

@@ -4,12 +4,11 @@
 
 import { BATCH_FLAGS } from './batch-format';
 import { expiryFor, type RetentionPolicy } from './retention';
-import type { BatchRecord, PairState, RecoveryPoint } from './model';
-import type { TimedProgress } from './rp-timer';
+import type { BatchRecord, PairProgress, PairState, RecoveryPoint } from './model';
 
 export interface AdvancePlan {
   /** With `lastRpSeq` and `rpMadeMs` (= nowMs) moved to the newest RP made, if any. */
-  progress: TimedProgress;
+  progress: PairProgress;
   /** Set when the plan enters or leaves a resync (or the apply service restores a seeding state): the pair's new state. */
   state?: Extract<PairState, 'RESYNCING' | 'REPLICATING' | 'SEEDING' | 'SEED_FAILED'>;
   /** Batches the watermark moves over, in seq order. */
@@ -19,7 +18,7 @@ export interface AdvancePlan {
 
 export interface AdvanceInput {
   pairId: string;
-  progress: TimedProgress;
+  progress: PairProgress;
   ccrpIntervalMs: number;
   /** The cloud's clock: becomes `rpMadeMs` when an RP is made (the RP timer counts from it). */
   nowMs?: number;
@@ -41,7 +40,7 @@ export interface AdvanceInput {
  */
 export function planAdvance(input: AdvanceInput): AdvancePlan {
   const maxRps = input.maxRps ?? 90;
-  const p: TimedProgress = { ...input.progress };
+  const p: PairProgress = { ...input.progress };
   const applied: BatchRecord[] = [];
   const rps: RecoveryPoint[] = [];
   for (const b of input.pending) {

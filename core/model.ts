@@ -51,6 +51,13 @@ export interface PairProgress {
   lastAppRpMs?: number;
   /** A resync began (BATCH_FLAGS.RESYNC) at or below the watermark and has not ended: no RPs. */
   resyncing?: boolean;
+  // The RP timer's bookkeeping (core/rp-timer.ts), on the cloud's clock (ms since epoch):
+  /** Seq of the newest RP: the watermark is an RP iff it equals the watermark. */
+  lastRpSeq?: number;
+  /** When the newest RP was written (cloud clock). */
+  rpMadeMs?: number;
+  /** Present while a check message is pending: when it is due to be received (cloud clock). */
+  rpCheckDueMs?: number;
 }
 
 export interface PairError {

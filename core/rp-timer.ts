@@ -8,18 +8,6 @@ import { InvalidArgumentError } from './errors';
 import type { PairProgress, RecoveryPoint } from './model';
 import { expiryFor, type RetentionPolicy } from './retention';
 
-/** The pair item's timer bookkeeping (cloud clock, ms since epoch). */
-export interface RpTimerFields {
-  /** Seq of the newest RP: the watermark is an RP iff it equals the watermark. */
-  lastRpSeq?: number;
-  /** When the newest RP was written (cloud clock). */
-  rpMadeMs?: number;
-  /** Present while a check message is pending: when it is due to be received (cloud clock). */
-  rpCheckDueMs?: number;
-}
-
-export type TimedProgress = PairProgress & RpTimerFields;
-
 /** SQS's largest DelaySeconds; a longer wait is cut into several checks. */
 export const MAX_DELAY_SEC = 900;
 /** DelaySeconds counts whole seconds: a check may act this much before its due time. */
@@ -51,7 +39,7 @@ export interface TimerContext {
   offersRps: boolean;
 }
 
-export function watermarkIsRp(p: TimedProgress): boolean {
+export function watermarkIsRp(p: PairProgress): boolean {
   if (p.watermark === 0) return true; // nothing applied: nothing to keep
   // Pair items written before lastRpSeq existed: an RP at the watermark has its time.
   if (p.lastRpSeq === undefined) return p.lastRpMs !== undefined && p.lastRpMs === p.watermarkMs;
@@ -59,10 +47,10 @@ export function watermarkIsRp(p: TimedProgress): boolean {
 }
 
 /** When the watermark may become an RP: ccrpInterval after the newest RP was written. */
-export const rpDueMs = (p: TimedProgress, ccrpIntervalMs: number): number => (p.rpMadeMs ?? Number.NEGATIVE_INFINITY) + ccrpIntervalMs;
+export const rpDueMs = (p: PairProgress, ccrpIntervalMs: number): number => (p.rpMadeMs ?? Number.NEGATIVE_INFINITY) + ccrpIntervalMs;
 
 /** A check is pending if one was sent and it is not long overdue. */
-export const checkPending = (p: TimedProgress, nowMs: number): boolean => p.rpCheckDueMs !== undefined && nowMs <= p.rpCheckDueMs + STALE_CHECK_MS;
+export const checkPending = (p: PairProgress, nowMs: number): boolean => p.rpCheckDueMs !== undefined && nowMs <= p.rpCheckDueMs + STALE_CHECK_MS;
 
 /** The check for `dueMs`, its delay in whole seconds (rounded down), at most MAX_DELAY_SEC. */
 export function schedule(dueMs: number, nowMs: number): ScheduledCheck {
@@ -71,7 +59,7 @@ export function schedule(dueMs: number, nowMs: number): ScheduledCheck {
 }
 
 /** Why the timer has nothing to make at the watermark now, or undefined if it may. */
-function noRpReason(p: TimedProgress, ctx: TimerContext): string | undefined {
+function noRpReason(p: PairProgress, ctx: TimerContext): string | undefined {
   if (!ctx.offersRps) return 'the pair is being seeded';
   if (p.resyncing === true) return 'the pair is resyncing';
   if (watermarkIsRp(p)) return 'the watermark is an RP';
@@ -82,7 +70,7 @@ function noRpReason(p: TimedProgress, ctx: TimerContext): string | undefined {
  * After an advance (`p` is the planned progress, with the pair's pending check): the check
  * to send before the commit, if the watermark is left without an RP and none is pending.
  */
-export function checkAfterAdvance(p: TimedProgress, ctx: TimerContext): ScheduledCheck | undefined {
+export function checkAfterAdvance(p: PairProgress, ctx: TimerContext): ScheduledCheck | undefined {
   if (noRpReason(p, ctx) !== undefined || checkPending(p, ctx.nowMs)) return undefined;
   return schedule(rpDueMs(p, ctx.ccrpIntervalMs), ctx.nowMs);
 }
@@ -90,7 +78,7 @@ export function checkAfterAdvance(p: TimedProgress, ctx: TimerContext): Schedule
 /** An RP the timer makes, and the pair's RP bookkeeping after it. */
 export interface TimerRp {
   rp: RecoveryPoint;
-  progress: Required<Pick<TimedProgress, 'lastRpMs' | 'lastRpSeq' | 'rpMadeMs'>>;
+  progress: Required<Pick<PairProgress, 'lastRpMs' | 'lastRpSeq' | 'rpMadeMs'>>;
 }
 
 export type RpCheckDecision =
@@ -113,7 +101,7 @@ export type RpCheckDecision =
  * work done. Checks arrive in due order, so superseded ones die out instead of multiplying.
  */
 export function decideRpCheck(
-  p: TimedProgress,
+  p: PairProgress,
   check: RpCheck,
   ctx: TimerContext & { retention: RetentionPolicy },
 ): RpCheckDecision {

@@ -7,7 +7,7 @@ import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format
 import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
 import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
-import { checkAfterAdvance, decideRpCheck, type RpCheck, type RpTimerFields, type ScheduledCheck } from '../core/rp-timer';
+import { checkAfterAdvance, decideRpCheck, type RpCheck, type ScheduledCheck } from '../core/rp-timer';
 import { ObjectNotFoundError, ObjectTooLargeError, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
 
 export type ApplyOutcome =
@@ -112,7 +112,7 @@ export class ApplyService {
    * Stopping after one successful commit is enough: a batch registered after our query is
    * advanced by its own applier, whose commit either sees ours or fails on `rev` and retries.
    */
-  async advance(pairId: string, known?: Pair & RpTimerFields & { rev: number }): Promise<number> {
+  async advance(pairId: string, known?: Pair & { rev: number }): Promise<number> {
     let pair = known;
     for (;;) {
       pair ??= await this.index.getPair(pairId);

@@ -4,7 +4,7 @@
 import type { Readable } from 'node:stream';
 import type { AdvancePlan } from '../core/advance';
 import type { BaseRef, BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType, SeedStatus } from '../core/model';
-import type { RpCheck, RpTimerFields, TimerRp } from '../core/rp-timer';
+import type { RpCheck, TimerRp } from '../core/rp-timer';
 
 export interface PutOptions {
   /**
@@ -55,7 +55,7 @@ export type RegisterResult = { registered: true } | { registered: false; existin
 export interface ReplicaIndex {
   createPair(pair: Pair): Promise<void>;
   /** Strongly consistent read, with `rev` for optimistic concurrency. */
-  getPair(pairId: string): Promise<(Pair & RpTimerFields & { rev: number }) | undefined>;
+  getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined>;
   /** Registers a validated batch once; a second registration of the seq returns the first. */
   registerBatch(pairId: string, batch: BatchRecord): Promise<RegisterResult>;
   /** Registered batches with seq > afterSeq, ascending. */

@@ -2,16 +2,17 @@
 // what a received check does, and the message format.
 
 import { InvalidArgumentError } from '../core/errors';
-import { checkAfterAdvance, decideRpCheck, encodeRpCheck, parseRpCheck, schedule, type TimedProgress } from '../core/rp-timer';
+import { checkAfterAdvance, decideRpCheck, encodeRpCheck, parseRpCheck, schedule } from '../core/rp-timer';
+import type { PairProgress } from '../core/model';
 import { DEFAULT_RETENTION } from '../core/retention';
 
 const NOW = 1_800_000_000_000;
 const ctx = { nowMs: NOW, ccrpIntervalMs: 5000, offersRps: true };
 /** Watermark 6 (source time 900 ms after RP 1), RP 1 written 2 s ago on the cloud clock. */
-const quiet: TimedProgress = { watermark: 6, watermarkMs: 10_900, lastRpMs: 10_000, lastRpSeq: 1, rpMadeMs: NOW - 2000 };
+const quiet: PairProgress = { watermark: 6, watermarkMs: 10_900, lastRpMs: 10_000, lastRpSeq: 1, rpMadeMs: NOW - 2000 };
 
 describe('checkAfterAdvance: a watermark left without an RP schedules one check', () => {
-  test.each<[string, TimedProgress, Partial<typeof ctx>, ReturnType<typeof checkAfterAdvance>]>([
+  test.each<[string, PairProgress, Partial<typeof ctx>, ReturnType<typeof checkAfterAdvance>]>([
     ['due 3 s from now: a 3 s delay', quiet, {}, { dueMs: NOW + 3000, delaySec: 3 }],
     ['the delay rounds down to whole seconds (may act up to 1 s early)', { ...quiet, rpMadeMs: NOW - 2500 }, {}, { dueMs: NOW + 2000, delaySec: 2 }],
     ['the newest RP is older than the interval: at once', { ...quiet, rpMadeMs: NOW - 60_000 }, {}, { dueMs: NOW, delaySec: 0 }],
@@ -34,7 +35,7 @@ describe('checkAfterAdvance: a watermark left without an RP schedules one check'
 describe('decideRpCheck: what a received check does', () => {
   const mine = { kind: 'rp-check' as const, pairId: 'p', dueMs: NOW };
   const pending = { ...quiet, rpMadeMs: NOW - 5000, rpCheckDueMs: NOW };
-  test.each<[string, TimedProgress, Partial<typeof ctx> & { dueMs?: number }, string]>([
+  test.each<[string, PairProgress, Partial<typeof ctx> & { dueMs?: number }, string]>([
     ['due: the watermark becomes an RP', pending, {}, 'rp'],
     ['up to 1 s early (whole-second delays): still an RP', { ...pending, rpMadeMs: NOW - 4000 }, {}, 'rp'],
     ['more than 1 s early (an RP was written since it was sent): re-arm', { ...pending, rpMadeMs: NOW - 3999 }, {}, 'rearm'],
