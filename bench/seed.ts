@@ -4,8 +4,9 @@
 //
 //   seed_mib_s         disk data seeded per second: a 1 GiB disk full of data, from startSeed
 //                      (StartExecution) until the pair is REPLICATING (polled every 100 ms)
-//   raw_copy_mib_s     the peer: the same backup chunk objects (those of that rep's full-disk
-//                      backup) each GET and PUT under another key (pairs/<pair>/rawcopy/<sha>)
+//   raw_copy_mib_s     the peer: the same backup chunk objects (those of a full-disk backup
+//                      taken at setup) each GET and PUT under another key
+//                      (pairs/<pair>/rawcopy/<rep>/<sha>)
 //                      with the same S3 client adapter (S3ObjectStore) against the same local
 //                      S3, 32 requests at once. 32 is the seed workflow's Map concurrency (ranges
 //                      at once) and a usual S3 transfer-manager setting: a copier at that
@@ -13,20 +14,30 @@
 //                      stored (compressed) chunk objects; the rate is in disk-data MiB (1024 MiB /
 //                      seconds), the unit of seed_mib_s
 //   ratio_vs_raw       seed_mib_s / raw_copy_mib_s (target ≥ 0.6)
-//   sparse_cost_ratio  seeding time of a 64 GiB sparse disk holding the same 1 GiB of data
-//                      (contiguous, in the middle of the disk) / that of the 1 GiB full disk
-//                      (target ≤ 1.3)
+//   sparse_cost_ratio  what a sparse disk costs end to end: backup + seed of a 64 GiB sparse
+//                      disk holding the same 1 GiB of data (contiguous, in the middle of
+//                      the disk) / backup + seed of the 1 GiB full disk (target ≤ 1.3). The
+//                      backup reads each disk's image file (a real sparse file for the 64
+//                      GiB disk) through the agent's read path (readRange, 4 chunks at once,
+//                      zero chunks skipped, as `livesync backup` does), then the pair is
+//                      created and seeded. Before 2026-12 this ratio timed the seeds alone,
+//                      after an untimed backup had dropped the zero chunks: both seeds then
+//                      did the same 256 chunks, so it was ~1 by construction; that figure is
+//                      still reported as sparse_seed_only_ratio
+//   backup_s, sparse_backup_s, seed_s, sparse_seed_s: the two halves of each, medians
 //
-// Each rep has fresh pairs and backups; writing the backups (writeBackup, as the agent would)
-// is setup and not timed. The three measurements alternate, their order rotating from rep to
-// rep (raw/full/sparse, full/sparse/raw, sparse/raw/full) so drift and cache warmth do not
-// favour one; medians over BENCH_SEED_REPS reps (default 3), per-rep figures as *_s_reps.
+// Each rep has fresh pairs and backups. The raw copy copies the chunk objects of a backup of
+// the full disk taken at setup (not timed). The three measurements alternate, their order
+// rotating from rep to rep (raw/full/sparse, full/sparse/raw, sparse/raw/full) so drift and
+// cache warmth do not favour one; medians over BENCH_SEED_REPS reps (default 3), per-rep
+// figures as *_s_reps.
 //
 // The disk data is generated per 4 MiB chunk (never the whole GiB in memory), deterministic
 // per chunk: every 4 KiB block is 2 KiB of xorshift32 pseudo-random bytes (seeded by chunk
 // and block) followed by 2 KiB of a fixed text pattern, so zstd (level 1, as backups use)
 // stores about half of it, like real disk contents and unlike all-random or all-pattern data.
-// The sparse disk's holes read as one shared zero buffer (writeBackup skips zero chunks).
+// It is written once at setup into two image files under .livesync/bench-seed: the full disk
+// (1 GiB) and the sparse one (64 GiB apparent, the data in the middle, holes around it).
 //
 // Every seeded pair is checked: REPLICATING, seed DONE, bytesTotal 1 GiB, every range done,
 // a base manifest of exactly the 256 data chunks at their indexes, and one base chunk object
@@ -43,13 +54,16 @@
 // Everything but DynamoDB Local (a Java child) runs in this process on this host: s3rver, the
 // local Step Functions runner and the seed handlers share one event loop; the raw copy has
 // only s3rver and the copier. The event path (S3 → SQS → apply) is off: no journal is written.
+// DynamoDB Local needs Java: checked first, and installed with apt-get when run as root
+// (bench/peers.ts).
 
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { rpStoreFromEnv } from '../adapters/from-env';
+import { readRange } from '../agent/pair-capture';
 import { S3ObjectStore } from '../adapters/s3-object-store';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { CHUNK_BYTES, decodeChunk } from '../core/chunk-format';
@@ -62,6 +76,7 @@ import { createPair, startSeed } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
 import { writeBackup, type BackupDiskSource } from '../source/backup';
 import { median, round, runBench } from './measure';
+import { ensurePeers } from './peers';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -113,21 +128,24 @@ function dataChunk(i: number): Buffer {
   return b;
 }
 
-const ZEROS = Buffer.alloc(CHUNK_BYTES);
+const imagePath = (sparse: boolean): string => join(dir, sparse ? 'sparse.img' : 'full.img');
 
-/** The full disk (all data) or the sparse one (data centred, zeros around it). */
-function diskSource(sparse: boolean): BackupDiskSource {
-  const sizeBytes = sparse ? SPARSE_BYTES : DATA_BYTES;
-  const at = sparse ? SPARSE_DATA_AT : 0;
-  return {
-    name: DISK,
-    sizeBytes,
-    read: async (offset, length) => {
-      if (offset % CHUNK_BYTES !== 0 || length !== CHUNK_BYTES) throw new Error(`unexpected read ${offset}+${length}`);
-      if (offset < at || offset >= at + DATA_BYTES) return ZEROS;
-      return dataChunk((offset - at) / CHUNK_BYTES);
-    },
-  };
+/** Setup: the two image files, the full disk (1 GiB of data) and the sparse one (64 GiB, the same data centred, holes around it). */
+async function writeImages(): Promise<void> {
+  const full = await open(imagePath(false), 'w');
+  const sparse = await open(imagePath(true), 'w');
+  try {
+    await full.truncate(DATA_BYTES);
+    await sparse.truncate(SPARSE_BYTES);
+    for (let i = 0; i < DATA_CHUNKS; i++) {
+      const data = dataChunk(i);
+      await full.write(data, 0, CHUNK_BYTES, i * CHUNK_BYTES);
+      await sparse.write(data, 0, CHUNK_BYTES, SPARSE_DATA_AT + i * CHUNK_BYTES);
+    }
+  } finally {
+    await full.close();
+    await sparse.close();
+  }
 }
 
 // ---- one seeded pair ----------------------------------------------------------------------
@@ -138,18 +156,26 @@ interface Prepared {
   manifest: BackupManifest;
   bytesStored: number;
   sparse: boolean;
+  /** writeBackup's seconds. */
+  backupS: number;
 }
 
-/** Setup (not timed): a backup of the disk, then the pair created with it. */
+/**
+ * A backup of the disk's image file as the agent takes one (its read path, 4 chunks at once,
+ * zero chunks skipped), then the pair created with it. The backup is timed.
+ */
 async function prepare(bucket: string, index: ReplicaIndex, store: S3ObjectStore, pairId: string, sparse: boolean): Promise<Prepared> {
   const manifestKey = `pairs/${pairId}/backups/b1/manifest.json`;
-  const disk = diskSource(sparse);
+  const sizeBytes = sparse ? SPARSE_BYTES : DATA_BYTES;
+  const fh = await open(imagePath(sparse), 'r');
+  const disk: BackupDiskSource = { name: DISK, sizeBytes, read: (offset, length) => readRange(fh, offset, length) };
   const t = performance.now();
-  const backup = await writeBackup({ store, manifestKey, pairId, backupId: 'b1', disks: [disk], startSeq: async () => 1, endSeq: async () => 0, concurrency: BACKUP_CONCURRENCY });
+  const backup = await writeBackup({ store, manifestKey, pairId, backupId: 'b1', disks: [disk], startSeq: async () => 1, endSeq: async () => 0, concurrency: BACKUP_CONCURRENCY }).finally(() => fh.close());
+  const backupS = (performance.now() - t) / 1000;
   if (backup.chunksStored !== DATA_CHUNKS) throw new Error(`backup of ${pairId}: ${backup.chunksStored} chunks stored, expected ${DATA_CHUNKS}`);
-  await createPair(index, { pairId, disks: [{ name: DISK, sizeBytes: disk.sizeBytes }], backup: `s3://${bucket}/${manifestKey}` });
-  log(`  setup ${pairId}: backup of ${disk.sizeBytes / GiB} GiB (${backup.chunksStored} chunks, ${round(backup.bytesStored / MiB, 1)} MiB stored, ${backup.zeroChunks} zero) in ${secs(t)} s`);
-  return { pairId, manifestKey, manifest: backup.manifest, bytesStored: backup.bytesStored, sparse };
+  await createPair(index, { pairId, disks: [{ name: DISK, sizeBytes }], backup: `s3://${bucket}/${manifestKey}` });
+  log(`  ${pairId}: backup of ${sizeBytes / GiB} GiB (${backup.chunksStored} chunks, ${round(backup.bytesStored / MiB, 1)} MiB stored, ${backup.zeroChunks} zero) in ${round(backupS)} s`);
+  return { pairId, manifestKey, manifest: backup.manifest, bytesStored: backup.bytesStored, sparse, backupS };
 }
 
 interface Phases {
@@ -226,14 +252,14 @@ async function check(store: S3ObjectStore, p: Prepared, pair: Pair): Promise<voi
   if (!data.equals(dataChunk(j))) fail(`base chunk ${index} does not hold the disk's data`);
 }
 
-/** The peer: every chunk object of the full disk's backup GET and PUT under rawcopy/, 32 at once. */
-async function rawCopy(store: S3ObjectStore, p: Prepared): Promise<{ seconds: number; bytes: number }> {
+/** The peer: every chunk object of the full disk's backup GET and PUT under rawcopy/<tag>/, 32 at once. */
+async function rawCopy(store: S3ObjectStore, p: Prepared, tag: string): Promise<{ seconds: number; bytes: number }> {
   const shas = p.manifest.disks[0].chunks.map((c) => c.sha256);
   let bytes = 0;
   const t0 = performance.now();
   await mapLimit(shas, RAW_CONCURRENCY, async (sha) => {
     const body = await store.get(backupChunkKey(p.manifestKey, sha));
-    await store.put(`pairs/${p.pairId}/rawcopy/${sha}`, body);
+    await store.put(`pairs/${p.pairId}/rawcopy/${tag}/${sha}`, body);
     bytes += body.length;
   });
   const seconds = (performance.now() - t0) / 1000;
@@ -267,58 +293,75 @@ async function main(): Promise<void> {
     clearInterval(sampler);
     await stack?.stop();
     await rm(stackDir, { recursive: true, force: true }); // this run's objects
+    for (const sparse of [false, true]) await rm(imagePath(sparse), { force: true });
   };
   await runBench(log, cleanup, async () => {
     await mkdir(dir, { recursive: true });
-    log('starting the local stack (event path off)');
+    // The local stack's DynamoDB Local is a Java program: the one peer these benches need.
+    ensurePeers([{ command: 'java', pkg: 'default-jre-headless' }], log);
+    log('setup: writing the image files (1 GiB full, 64 GiB sparse)');
+    let t = performance.now();
+    await writeImages();
+    log(`setup: images written in ${secs(t)} s; starting the local stack (event path off)`);
     stack = await startLocalStack({ dir: stackDir, eventPath: false, log });
     const { bucket, store, index } = rpStoreFromEnv();
     const s3 = new S3Client({});
+    // The raw copy's source: a backup of the full disk, taken once, not timed.
+    const rawSource = await prepare(bucket, index, store, `bench-seed-${randomBytes(4).toString('hex')}-rawsource`, false);
+    const storedBytes = rawSource.bytesStored;
 
     const seedS: number[] = [];
     const rawS: number[] = [];
     const sparseS: number[] = [];
+    const backupS: number[] = [];
+    const sparseBackupS: number[] = [];
     const phases: Phases[] = [];
     const sparsePhases: Phases[] = [];
-    let storedBytes = 0;
     let rangesTotal = 0;
 
     for (let rep = 0; rep < reps; rep++) {
       const tag = randomBytes(4).toString('hex');
-      log(`rep ${rep + 1}/${reps}: setup`);
-      const full = await prepare(bucket, index, store, `bench-seed-${tag}-full`, false);
-      const sparse = await prepare(bucket, index, store, `bench-seed-${tag}-sparse`, true);
-      storedBytes = full.bytesStored;
-
+      const pairs: string[] = [];
+      /** Backup + pair + seed of one disk, checked; returns the backup's and the seed's seconds. */
+      const endToEnd = async (sparse: boolean): Promise<{ backup: number; seed: number; phases: Phases }> => {
+        const p = await prepare(bucket, index, store, `bench-seed-${tag}-${sparse ? 'sparse' : 'full'}`, sparse);
+        pairs.push(p.pairId);
+        const r = await seed(index, store, p);
+        await check(store, p, r.pair);
+        rangesTotal = r.pair.seed!.rangesTotal!;
+        return { backup: p.backupS, seed: r.seconds, phases: r.phases };
+      };
       const steps: Record<'raw' | 'full' | 'sparse', () => Promise<void>> = {
         raw: async () => {
-          const r = await rawCopy(store, full);
+          const r = await rawCopy(store, rawSource, tag);
           rawS.push(r.seconds);
           log(`rep ${rep + 1}/${reps} raw copy: ${round(r.seconds)} s (${round(DATA_BYTES / MiB / r.seconds, 1)} disk-MiB/s, ${round(r.bytes / MiB / r.seconds, 1)} stored-MiB/s)`);
         },
         full: async () => {
-          const r = await seed(index, store, full);
-          await check(store, full, r.pair);
-          seedS.push(r.seconds);
+          const r = await endToEnd(false);
+          backupS.push(r.backup);
+          seedS.push(r.seed);
           phases.push(r.phases);
-          rangesTotal = r.pair.seed!.rangesTotal!;
-          log(`rep ${rep + 1}/${reps} full seed: ${round(r.seconds)} s (${round(DATA_BYTES / MiB / r.seconds, 1)} MiB/s; ${fmtPhases(r.phases)})`);
+          log(`rep ${rep + 1}/${reps} full disk: backup ${round(r.backup)} s, seed ${round(r.seed)} s (${round(DATA_BYTES / MiB / r.seed, 1)} MiB/s; ${fmtPhases(r.phases)})`);
         },
         sparse: async () => {
-          const r = await seed(index, store, sparse);
-          await check(store, sparse, r.pair);
-          sparseS.push(r.seconds);
+          const r = await endToEnd(true);
+          sparseBackupS.push(r.backup);
+          sparseS.push(r.seed);
           sparsePhases.push(r.phases);
-          log(`rep ${rep + 1}/${reps} sparse seed: ${round(r.seconds)} s (${fmtPhases(r.phases)})`);
+          log(`rep ${rep + 1}/${reps} sparse disk: backup ${round(r.backup)} s, seed ${round(r.seed)} s (${fmtPhases(r.phases)})`);
         },
       };
       const order = (['raw', 'full', 'sparse'] as const).map((_, i, all) => all[(i + rep) % all.length]);
       for (const step of order) await steps[step]();
-      const t = performance.now();
-      const removed = (await deletePair(s3, bucket, full.pairId)) + (await deletePair(s3, bucket, sparse.pairId));
-      log(`rep ${rep + 1}/${reps}: raw ${round(rawS[rep])} s, full ${round(seedS[rep])} s, sparse ${round(sparseS[rep])} s (order ${order.join('/')}); ${removed} objects removed in ${secs(t)} s`);
+      t = performance.now();
+      let removed = 0;
+      for (const pairId of pairs) removed += await deletePair(s3, bucket, pairId);
+      log(`rep ${rep + 1}/${reps}: raw ${round(rawS[rep])} s, full ${round(backupS[rep] + seedS[rep])} s, sparse ${round(sparseBackupS[rep] + sparseS[rep])} s (order ${order.join('/')}); ${removed} objects removed in ${secs(t)} s`);
     }
     s3.destroy();
+    const fullE2e = backupS.map((b, i) => b + seedS[i]);
+    const sparseE2e = sparseBackupS.map((b, i) => b + sparseS[i]);
 
     const seedMibS = DATA_BYTES / MiB / median(seedS);
     const rawMibS = DATA_BYTES / MiB / median(rawS);
@@ -330,14 +373,18 @@ async function main(): Promise<void> {
         seed_mib_s: round(seedMibS, 1),
         raw_copy_mib_s: round(rawMibS, 1),
         ratio_vs_raw: round(seedMibS / rawMibS, 3),
-        sparse_cost_ratio: round(median(sparseS) / median(seedS), 3),
+        sparse_cost_ratio: round(median(sparseE2e) / median(fullE2e), 3),
+        sparse_seed_only_ratio: round(median(sparseS) / median(seedS), 3),
+        backup_s: round(median(backupS)),
+        sparse_backup_s: round(median(sparseBackupS)),
         seed_s: round(median(seedS)),
+        sparse_seed_s: round(median(sparseS)),
         raw_s: round(median(rawS)),
-        sparse_s: round(median(sparseS)),
+        full_e2e_s_reps: fullE2e.map((x) => round(x)),
+        sparse_e2e_s_reps: sparseE2e.map((x) => round(x)),
         seed_s_reps: seedS.map((x) => round(x)),
         raw_s_reps: rawS.map((x) => round(x)),
-        sparse_s_reps: sparseS.map((x) => round(x)),
-        sparse_cost_ratio_reps: sparseS.map((x, i) => round(x / seedS[i], 3)),
+        sparse_cost_ratio_reps: sparseE2e.map((x, i) => round(x / fullE2e[i], 3)),
         raw_copy_stored_mib_s: round(storedBytes / MiB / median(rawS), 1),
         seed_phase_s: medPhases(phases),
         sparse_phase_s: medPhases(sparsePhases),
