@@ -293,11 +293,11 @@ export class DynamoIndex implements ReplicaIndex {
     }
   }
 
-  async activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[]): Promise<boolean> {
+  async activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[], watermark: number): Promise<boolean> {
     const now = Date.now();
     const last = rps[rps.length - 1];
     const lastApp = rps.filter((r) => r.type === 'APP').pop();
-    const values: Record<string, unknown> = { ':state': state, ':now': now, ':one': 1, ':done': 'DONE', ':running': 'RUNNING', ':at': last.atMs, ':id': seedId, ':seq': last.seq };
+    const values: Record<string, unknown> = { ':state': state, ':now': now, ':one': 1, ':done': 'DONE', ':running': 'RUNNING', ':at': last.atMs, ':id': seedId, ':seq': last.seq, ':wm': watermark };
     // The RP timer counts from here (rpMadeMs), and knows which seq is the newest RP.
     if (lastApp) values[':app'] = lastApp.atMs;
     try {
@@ -309,7 +309,7 @@ export class DynamoIndex implements ReplicaIndex {
                 TableName: this.table,
                 Key: { pk: pk(pairId), sk: PAIR_SK },
                 UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at, lastRpSeq = :seq, rpMadeMs = :now${lastApp ? ', lastAppRpMs = :app' : ''}`,
-                ConditionExpression: '#seed.seedId = :id AND #seed.#status = :running AND watermark >= :seq',
+                ConditionExpression: '#seed.seedId = :id AND #seed.#status = :running AND watermark = :wm',
                 ExpressionAttributeNames: { '#state': 'state', '#seed': 'seed', '#status': 'status' },
                 ExpressionAttributeValues: values,
               },

@@ -87,9 +87,10 @@ export interface ReplicaIndex {
   /**
    * Ends seed run `seedId` in one transaction: the pair takes `state`, the run is DONE and
    * `rps` (the first RP, then any over batches applied while seeding; ascending, ≤ 98) are
-   * written, provided the watermark has reached the last of them.
+   * written, provided the watermark is still `watermark` (the one the RPs were planned at: a
+   * batch applied meanwhile, while no RP timer ran for the pair, makes it plan again).
    */
-  activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[]): Promise<boolean>;
+  activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[], watermark: number): Promise<boolean>;
 }
 
 export interface RpCheckChange {

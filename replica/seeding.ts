@@ -375,7 +375,25 @@ export async function catchUpSeed<R extends SeedRun & FirstRp & { catchUpSinceMs
  * batches applied while seeding, and REPLICATING, in one transaction.
  */
 export async function activateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise<{ pairId: string; seedId: string; state: PairState; rp: RecoveryPoint; laterRps: number }> {
+  // A batch applied between the read and the commit (no RP timer runs while seeding) makes the
+  // commit fail: plan again over the new watermark, so the newest state gets its RP.
+  for (let attempt = 1; ; attempt++) {
+    const done = await tryActivateSeed(d, run);
+    if (done) return done;
+    if (attempt === ACTIVATE_ATTEMPTS) {
+      throw new Error(`pair '${run.pairId}': seed ${run.seedId} could not be activated (watermark below ${run.firstRpSeq}, or the run moved on)`);
+    }
+  }
+}
+
+/** Tries before activation fails (each failure is a batch applied during the attempt). */
+const ACTIVATE_ATTEMPTS = 5;
+
+async function tryActivateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise<{ pairId: string; seedId: string; state: PairState; rp: RecoveryPoint; laterRps: number } | undefined> {
   const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
+  if (pair.watermark < run.firstRpSeq) {
+    throw new Error(`pair '${run.pairId}': seed ${run.seedId} cannot be activated: watermark ${pair.watermark} is below the first RP ${run.firstRpSeq}`);
+  }
   const batch = run.firstRpSeq > 0 ? (await d.index.batchesAfter(run.pairId, run.firstRpSeq - 1, 1))[0] : undefined;
   const atMs = batch?.seq === run.firstRpSeq ? batch.cutMs : run.takenMs;
   const { expiresAtSec, keptBy } = expiryFor({ atMs, prevRpMs: undefined, prevAppMs: undefined, app: run.app }, pair.retention);
@@ -390,9 +408,7 @@ export async function activateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise
   };
   const later = await laterRps(d, pair, rp);
   const state: PairState = pair.error ? 'ERROR' : pair.resyncing ? 'RESYNCING' : 'REPLICATING';
-  if (!(await d.index.activateSeed(run.pairId, run.seedId, state, [rp, ...later]))) {
-    throw new Error(`pair '${run.pairId}': seed ${run.seedId} could not be activated (watermark below ${run.firstRpSeq}, or the run moved on)`);
-  }
+  if (!(await d.index.activateSeed(run.pairId, run.seedId, state, [rp, ...later], pair.watermark))) return undefined;
   return { pairId: run.pairId, seedId: run.seedId, state, rp, laterRps: later.length };
 }
 

@@ -112,6 +112,40 @@ describe('seeding from a livesync backup', () => {
   });
 });
 
+describe('activation', () => {
+  test('a batch applied between its read and its commit makes it plan again: the newest state gets its RP', async () => {
+    const c = cloud();
+    const pairId = newPairId('act');
+    const disks = [{ name: 'disk0', sizeBytes: 8 * MiB }];
+    const key = `backups/${pairId}/disk0.img`;
+    await c.store.put(key, pattern(8 * MiB, 11));
+    await createPair(c.index, { pairId, disks, backup: `s3://${c.bucket}/${key}`, ccrpIntervalMs: 3_600_000 });
+    const w = new BatchWriter({ pairId, disks, store: c.store, maxBatchAgeMs: 0 });
+    await w.write('disk0', 0, pattern(MiB, 12));
+    await waitForWatermark(c.index, pairId, await w.flush(), 60_000);
+
+    // The first commit comes after another batch was applied (no RP timer runs while seeding).
+    const d = deps();
+    let raced = false;
+    const index = d.index;
+    d.index = Object.assign(Object.create(index), {
+      activateSeed: async (...args: Parameters<typeof index.activateSeed>) => {
+        if (!raced) {
+          raced = true;
+          await w.write('disk0', MiB, pattern(MiB, 13));
+          await waitForWatermark(c.index, pairId, await w.flush(), 60_000);
+        }
+        return index.activateSeed(...args);
+      },
+    });
+    await runSeed(d, await pairRun(pairId));
+    expect(raced).toBe(true);
+    const pair = (await c.index.getPair(pairId))!;
+    const rps = await c.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000));
+    expect(rps[rps.length - 1].seq).toBe(pair.watermark);
+  });
+});
+
 describe('seeding from a raw image', () => {
   test('one raw object (zero chunks skipped), a range killed mid-way and retried, then the journal', async () => {
     const c = cloud();
