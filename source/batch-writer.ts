@@ -119,6 +119,11 @@ interface ZeroRun {
 export const ZERO_RUN_BLOCKS = 256;
 const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 
+/** Whether the block at byte `at` of `buf` is all zeros (most data blocks answer at their first byte). */
+function isZeroBlock(buf: Buffer, at: number): boolean {
+  return buf[at] === 0 && buf[at + BLOCK_SIZE - 1] === 0 && buf.compare(ZERO_BLOCK, 0, BLOCK_SIZE, at, at + BLOCK_SIZE) === 0;
+}
+
 const DEFAULT_RETRY: RetryPolicy = { attempts: 10, baseDelayMs: 100, maxDelayMs: 10_000 };
 
 /** Full jitter: spreads the retries of many agents after a shared outage. */
@@ -266,6 +271,10 @@ export class BatchWriter {
     const d = this.checkRange(disk, offset, data.length);
     const end = offset + data.length;
     this.makeRoom(offset, data.length);
+    if (offset % BLOCK_SIZE === 0 && data.length % BLOCK_SIZE === 0) {
+      this.putBlocks(d, offset / BLOCK_SIZE, data);
+      return this.afterWrite();
+    }
     for (let at = offset; at < end; ) {
       const block = Math.floor(at / BLOCK_SIZE);
       const inBlock = at - block * BLOCK_SIZE;
@@ -293,7 +302,7 @@ export class BatchWriter {
     if (!this.canWriteNow(offset, data.length)) throw new Error(`write of ${data.length} bytes at ${offset} of disk '${disk}' cannot be taken at once`);
     const d = this.checkRange(disk, offset, data.length);
     this.makeRoom(offset, data.length);
-    for (let at = 0; at < data.length; at += BLOCK_SIZE) this.put(d, (offset + at) / BLOCK_SIZE, data.subarray(at, at + BLOCK_SIZE));
+    this.putBlocks(d, offset / BLOCK_SIZE, data);
   }
 
   /** Records that a byte range now reads as zeros (TRIM / WRITE_ZEROES). */
@@ -404,7 +413,7 @@ export class BatchWriter {
     }
     const slot = v === undefined ? undefined : slotOf(v);
     // All-zero data is stored as a zero extent: no payload at all.
-    if (content === null || content.equals(ZERO_BLOCK)) m.set(block, slot === undefined ? -1 : -slot - 2);
+    if (content === null || isZeroBlock(content, 0)) m.set(block, slot === undefined ? -1 : -slot - 2);
     else {
       // One slot per distinct block, and at most maxBatchBytes of distinct blocks: the slab never overflows.
       const s = slot ?? this.slots++;
@@ -412,6 +421,35 @@ export class BatchWriter {
       m.set(block, s);
     }
     this.touched[d].add(block);
+    this.firstWriteMs ??= this.o.clock();
+  }
+
+  /**
+   * Whole blocks from `first` on (a write of `data.length / BLOCK_SIZE` blocks). When none of
+   * them is pending or in a zero run and they fit the open batch (a sequential write, as a
+   * rule), they take consecutive slots: one copy into the slab, and the run is one view of it
+   * at the cut. An all-zero block keeps its slot, unused, as put does for data later zeroed.
+   * Otherwise block by block through put (overwrites, zero runs, a write larger than a batch).
+   */
+  private putBlocks(d: number, first: number, data: Buffer): void {
+    const n = data.length / BLOCK_SIZE;
+    const m = this.pending[d];
+    const fresh = n > 1 && this.pendingBytes + data.length <= this.o.maxBatchBytes && !this.zeroRuns[d].some((r) => r.start < first + n && first < r.end);
+    let i = 0;
+    while (fresh && i < n && !m.has(first + i)) i++;
+    if (i < n) {
+      for (let at = 0; at < data.length; at += BLOCK_SIZE) this.put(d, first + at / BLOCK_SIZE, data.subarray(at, at + BLOCK_SIZE));
+      return;
+    }
+    const s0 = this.slots;
+    this.slots += n;
+    this.pendingBytes += data.length;
+    data.copy(this.currentSlab(), s0 * BLOCK_SIZE);
+    const touched = this.touched[d];
+    for (i = 0; i < n; i++) {
+      m.set(first + i, isZeroBlock(data, i * BLOCK_SIZE) ? -(s0 + i) - 2 : s0 + i);
+      touched.add(first + i);
+    }
     this.firstWriteMs ??= this.o.clock();
   }
 
