@@ -308,7 +308,7 @@ export function decodeExtent(e: ExtentEntry, payload: Buffer, where: string): Bu
   let data: Buffer;
   if (e.flags & EXTENT_FLAGS.ZSTD) {
     try {
-      data = zstdDecompressSync(payload, { maxOutputLength: size });
+      data = zstdDecompressSync(payload, { maxOutputLength: size, chunkSize: Math.max(64, size) });
     } catch (err) {
       throw new BatchError('CHECKSUM_MISMATCH', where, `payload does not decompress: ${(err as Error).message}`);
     }

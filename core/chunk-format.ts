@@ -115,7 +115,7 @@ export function checkChunkData(chunk: CheckedChunk, expected: ChunkRef, out: { l
 }
 
 /** The data of a checked chunk: its payload, decompressed if need be (throws plain Error). */
-export const chunkData = (chunk: CheckedChunk): Buffer => (chunk.zstd ? zstdDecompressSync(chunk.payload, { maxOutputLength: chunk.length }) : chunk.payload);
+export const chunkData = (chunk: CheckedChunk): Buffer => (chunk.zstd ? zstdDecompressSync(chunk.payload, { maxOutputLength: chunk.length, chunkSize: Math.max(64, chunk.length) }) : chunk.payload);
 
 /** Decodes a chunk object and verifies it end to end (header, then data). Throws BackupError naming `where`. */
 export function decodeChunk(body: Buffer, expected: ChunkRef, where: string): Buffer {
