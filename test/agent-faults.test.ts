@@ -2,20 +2,18 @@
 // that fills the spool, an image changed while the agent was stopped, lost local state.
 // After each, the replica equals the image and every acknowledged flushed write is in it.
 
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { startAgent, type AgentOptions, type RunningAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
-import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
 import { NbdClient } from '../bench/nbd-client';
 import { BATCH_FLAGS } from '../core/batch-format';
 import { rng } from '../source/workload';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { ObjectStore } from '../replica/ports';
+import { spawnAgentProcess, type AgentProcess } from './agent-process';
 import { cloud, eventually, firstDifference, have, newPairId, recover } from './helpers';
 
 const KiB = 1024;
@@ -48,20 +46,7 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
   const slots = size / SLOT;
 
   /** `livesync agent` as an operator runs it, as a child process we can kill. */
-  async function spawnAgent(pairId: string, image: string, stateDir: string): Promise<{ child: ChildProcess; port: number; log: string[] }> {
-    const child = spawn(
-      join(__dirname, '../node_modules/.bin/node'),
-      [...AGENT_NODE_FLAGS, '--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, '../cli/livesync.ts'), 'agent', '--pair', pairId, '--disk', `disk0=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir],
-      { env: { ...process.env, ...AGENT_ENV }, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    const log: string[] = [];
-    createInterface({ input: child.stderr! }).on('line', (l) => log.push(l));
-    const port = await new Promise<number>((resolve, reject) => {
-      createInterface({ input: child.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { port: number }).port));
-      child.once('exit', (code, signal) => reject(new Error(`agent exited (${code ?? signal}) before serving: ${log.join('\n')}`)));
-    });
-    return { child, port, log };
-  }
+  const spawnAgent = (pairId: string, image: string, stateDir: string): Promise<AgentProcess> => spawnAgentProcess(pairId, { disk0: image }, stateDir);
 
   test('killed at random points of a workload and restarted, it loses and duplicates nothing', async () => {
     const seed = Number(process.env.LIVESYNC_SEED ?? Date.now() % 1e9);
