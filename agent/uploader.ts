@@ -103,6 +103,10 @@ export class Uploader {
     const crc32c = batchObjectCrc32c(body); // the spool checked a body read back from its file
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
+        // On disk before the journal can hold it: a host crash that lost the spooled file of an
+        // uploaded batch whose seq is not yet recorded past (state.json) would have its seq cut
+        // again, with other data. Off the guest's write path; nothing to do if a FLUSH synced it.
+        await this.o.spool.syncThrough(seq);
         await this.o.store.put(journalKey(this.o.pairId, seq), body, { crc32c });
         this.lastError = undefined;
         this.uploadedBatches++;
