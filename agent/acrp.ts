@@ -27,7 +27,7 @@ export interface Settleable {
 
 /** Where the mark goes: cuts at this boundary once everything before it is stored. */
 export interface Marker {
-  flush(opts: CutOptions): Promise<number>;
+  cut(opts: CutOptions): Promise<number>;
 }
 
 /** Takes one ACRP; returns its seq. A failed or timed-out freeze gives no ACRP. */
@@ -35,7 +35,7 @@ export async function takeAcrp(marker: Marker, disks: Settleable[], tag: string,
   checkAppTag(tag, 'ACRP tag'); // before any hook runs
   return inFreezeWindow(tag, hooks, async () => {
     for (const d of disks) await d.settle();
-    return marker.flush({ appTag: tag });
+    return marker.cut({ appTag: tag });
   });
 }
 

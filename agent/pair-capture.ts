@@ -183,14 +183,12 @@ export class PairCapture {
   }
 
   /**
-   * A FLUSH (no options): every write captured so far becomes durable on local disk without
-   * a cut: the open batch's blocks written since the last FLUSH go to its flush log (synced),
-   * after every batch cut before it is spooled. Returns the seq whose batch holds them (see
-   * CaptureStatus.lastFlushSeq). With options (an ACRP tag, an RP request, a resync end, a
-   * forced cut) it cuts there instead, as `cut` does.
+   * A FLUSH: every write captured so far becomes durable on local disk without a cut: the
+   * open batch's blocks written since the last FLUSH go to its flush log (synced), after every
+   * batch cut before it is spooled. Returns the seq whose batch holds them (see
+   * CaptureStatus.lastFlushSeq). A boundary that must end a batch (an ACRP, an RP request) is `cut`.
    */
-  async flush(opts?: CutOptions): Promise<number> {
-    if (opts && (opts.appTag !== undefined || opts.rp || opts.resyncEnd || opts.force)) return this.cut(opts);
+  async flush(): Promise<number> {
     const open = this.writer.nextSeq;
     const covered = this.writer.hasPending ? open : open - 1;
     const touched = this.writer.takeTouched();
