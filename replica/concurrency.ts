@@ -12,4 +12,24 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
   return out;
 }
 
+/** Runs tasks with at most `n` at once, in the order they were given; after stop() refuses new ones. */
+export function limiter(n: number): (<T>(task: () => Promise<T>) => Promise<T>) & { stop(): void } {
+  let active = 0;
+  let stopped = false;
+  const queue: (() => void)[] = [];
+  const run = async <T>(task: () => Promise<T>): Promise<T> => {
+    if (active >= n) await new Promise<void>((resolve) => queue.push(resolve));
+    else active++;
+    try {
+      if (stopped) throw new Error('stopped: no new tasks');
+      return await task();
+    } finally {
+      const next = queue.shift();
+      if (next) next(); // the slot passes on
+      else active--;
+    }
+  };
+  return Object.assign(run, { stop: () => void (stopped = true) });
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -13,7 +13,7 @@ import type { BatchRecord, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ObjectStore, ReplicaIndex } from './ports';
 import { placeVerified, type PayloadOutcome } from './chunk-verifier';
-import { mapLimit } from './concurrency';
+import { limiter, mapLimit } from './concurrency';
 
 /** A stored extent that some RP reads: which object, which entry. */
 interface ExtentRef {
@@ -175,26 +175,6 @@ async function writeDisk(
     throw err;
   }
   return dataBytes;
-}
-
-/** Runs tasks with at most `n` at once, in the order they were given; after stop() refuses new ones. */
-function limiter(n: number): (<T>(task: () => Promise<T>) => Promise<T>) & { stop(): void } {
-  let active = 0;
-  let stopped = false;
-  const queue: (() => void)[] = [];
-  const run = async <T>(task: () => Promise<T>): Promise<T> => {
-    if (active >= n) await new Promise<void>((resolve) => queue.push(resolve));
-    else active++;
-    try {
-      if (stopped) throw new Error('recovery stopped');
-      return await task();
-    } finally {
-      const next = queue.shift();
-      if (next) next(); // the slot passes on
-      else active--;
-    }
-  };
-  return Object.assign(run, { stop: () => void (stopped = true) });
 }
 
 /** One ranged GET of a segment's index and trailer; both are checksum-verified. */
