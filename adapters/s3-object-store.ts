@@ -1,9 +1,11 @@
 // ObjectStore on S3. The client comes from the environment (AWS_ENDPOINT_URL_S3 or
-// AWS_ENDPOINT_URL locally / for LocalStack; nothing in AWS): never a hard-coded endpoint.
+// AWS_ENDPOINT_URL locally / for LocalStack, then path-style; nothing in AWS) through
+// adapters/aws-clients.ts: never a hard-coded endpoint.
 
 import type { Readable } from 'node:stream';
-import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import { s3Client } from './aws-clients';
 import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore, type PutOptions } from '../replica/ports';
 
 /** x-amz-checksum-crc32c: the big-endian CRC, base64. */
@@ -23,7 +25,7 @@ const unsignedPayload = <A extends { request: unknown }, R>(next: (args: A) => P
 export class S3ObjectStore implements ObjectStore {
   constructor(
     readonly bucket: string,
-    readonly client: S3Client = new S3Client({}),
+    readonly client: S3Client = s3Client(),
   ) {}
 
   async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {

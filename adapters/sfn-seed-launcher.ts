@@ -1,13 +1,14 @@
 // Starts seed workflow runs with Step Functions StartExecution. The endpoint comes from
 // AWS_ENDPOINT_URL(_SFN) like every other client: AWS, LocalStack or the local runner.
 
-import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { StartExecutionCommand } from '@aws-sdk/client-sfn';
 import type { SeedLauncher } from '../replica/ports';
+import { sfnClient } from './aws-clients';
 
 export class SfnSeedLauncher implements SeedLauncher {
   constructor(
     private readonly stateMachineArn: string,
-    private readonly sfn = new SFNClient({}),
+    private readonly sfn = sfnClient(),
   ) {}
 
   async start(run: { pairId: string; seedId: string }, attempt: number): Promise<string> {

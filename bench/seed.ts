@@ -61,7 +61,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { s3Client } from '../adapters/aws-clients';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { readRange } from '../agent/pair-capture';
 import { S3ObjectStore } from '../adapters/s3-object-store';
@@ -305,7 +306,7 @@ async function main(): Promise<void> {
     log(`setup: images written in ${secs(t)} s; starting the local stack (event path off)`);
     stack = await startLocalStack({ dir: stackDir, eventPath: false, log });
     const { bucket, store, index } = rpStoreFromEnv();
-    const s3 = new S3Client({});
+    const s3 = s3Client();
     // The raw copy's source: a backup of the full disk, taken once, not timed.
     const rawSource = await prepare(bucket, index, store, `bench-seed-${randomBytes(4).toString('hex')}-rawsource`, false);
     const storedBytes = rawSource.bytesStored;

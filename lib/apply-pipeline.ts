@@ -1,12 +1,11 @@
 import * as path from 'node:path';
-import { Duration } from 'aws-cdk-lib';
+import { Aws, Duration } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
-import * as s3n from 'aws-cdk-lib/aws-s3-notifications';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import { APPLY_QUEUE_URL_ENV } from '../lambdas/config';
@@ -48,10 +47,7 @@ export class ApplyPipeline extends Construct {
       deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: props.maxReceiveCount ?? 5 },
     });
 
-    props.store.bucket.addEventNotification(s3.EventType.OBJECT_CREATED, new s3n.SqsDestination(this.queue), {
-      prefix: PAIRS_PREFIX,
-      suffix: JOURNAL_SUFFIX,
-    });
+    this.notifyJournalObjects(props.store);
 
     const logGroup = new logs.LogGroup(this, 'ApplyLogs', { retention: logs.RetentionDays.ONE_MONTH });
     // An explicit role, so CDK does not attach the AWSLambdaBasicExecutionRole managed
@@ -82,6 +78,37 @@ export class ApplyPipeline extends Construct {
         maxBatchingWindow: Duration.seconds(1),
       }),
     );
+  }
+
+  /**
+   * S3 → SQS with resources CloudFormation creates natively (LocalStack community too): the
+   * bucket's own NotificationConfiguration, not `bucket.addEventNotification`, whose
+   * Lambda-backed Custom::S3BucketNotifications LocalStack community deploys as a no-op. S3
+   * checks that it may send to the queue when the configuration is set, so the bucket waits
+   * for the queue policy; the policy names the bucket by an ARN built from its name
+   * (`store.bucketArnByName`), since a reference to the bucket would close a cycle.
+   */
+  private notifyJournalObjects(store: ReplicaStore): void {
+    const { policyDependable } = this.queue.addToResourcePolicy(
+      new iam.PolicyStatement({
+        principals: [new iam.ServicePrincipal('s3.amazonaws.com')],
+        actions: ['sqs:SendMessage'],
+        resources: [this.queue.queueArn],
+        conditions: { ArnEquals: { 'aws:SourceArn': store.bucketArnByName }, StringEquals: { 'aws:SourceAccount': Aws.ACCOUNT_ID } },
+      }),
+    );
+    const bucket = store.bucket.node.defaultChild as s3.CfnBucket;
+    bucket.notificationConfiguration = {
+      queueConfigurations: [
+        {
+          event: 's3:ObjectCreated:*',
+          queue: this.queue.queueArn,
+          filter: { s3Key: { rules: [{ name: 'prefix', value: PAIRS_PREFIX }, { name: 'suffix', value: JOURNAL_SUFFIX }] } },
+        },
+      ],
+    };
+    // The queue's one policy (TLS-only and this statement): a second would replace it.
+    store.bucket.node.addDependency(policyDependable!);
   }
 
   /**

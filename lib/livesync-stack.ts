@@ -89,14 +89,5 @@ export class LivesyncStack extends Stack {
         { id: `AwsSolutions-IAM5[Resource::${executions}/*:*]`, reason: 'The Distributed Map\'s map runs and their executions, named by Step Functions at run time.' },
       );
     }
-
-    // The singleton Lambda CDK creates to configure S3 event notifications at deploy time.
-    const notificationsHandler = this.node.children.find((c) => c.node.id.startsWith('BucketNotificationsHandler'));
-    if (notificationsHandler) {
-      Validations.of(notificationsHandler).acknowledge({
-        id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
-        reason: 'CDK-owned deploy-time handler for the bucket notification custom resource; the managed policy only lets it write its own CloudWatch logs (a custom role would need a log-group wildcard instead).',
-      });
-    }
   }
 }

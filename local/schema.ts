@@ -8,8 +8,12 @@ type Resource = { Type: string; Properties: Record<string, any> };
 export interface LocalSchema {
   table: CreateTableCommandInput;
   ttlAttribute?: string;
-  /** S3 notification filter for journal objects. */
-  notification: { prefix: string; suffix: string };
+  /**
+   * S3 notification filter for journal objects: the replica bucket's own
+   * NotificationConfiguration. Undefined when the template has none, as a stack whose
+   * notification came from a custom resource has none in LocalStack community.
+   */
+  notification?: { prefix: string; suffix: string };
   maxReceiveCount: number;
 }
 
@@ -29,15 +33,15 @@ export function schemaFromTemplate(template: { Resources: Record<string, Resourc
     GlobalSecondaryIndexes: t.GlobalSecondaryIndexes,
     StreamSpecification: t.StreamSpecification ? { StreamEnabled: true, StreamViewType: t.StreamSpecification.StreamViewType } : undefined,
   };
-  const queueConfigs = one('Custom::S3BucketNotifications').Properties.NotificationConfiguration.QueueConfigurations as any[];
-  if (queueConfigs.length !== 1) throw new Error(`expected one queue notification, found ${queueConfigs.length}`);
-  const rules: { Name: string; Value: string }[] = queueConfigs[0].Filter?.Key?.FilterRules ?? [];
+  const queueConfigs = resources.flatMap((r) => (r.Type === 'AWS::S3::Bucket' ? ((r.Properties.NotificationConfiguration?.QueueConfigurations ?? []) as any[]) : []));
+  if (queueConfigs.length > 1) throw new Error(`expected at most one queue notification, found ${queueConfigs.length}`);
+  const rules: { Name: string; Value: string }[] = queueConfigs[0]?.Filter?.S3Key?.Rules ?? [];
   const rule = (name: string): string => rules.find((r) => r.Name.toLowerCase() === name)?.Value ?? '';
   const queue = one('AWS::SQS::Queue', (r) => r.Properties.RedrivePolicy !== undefined).Properties;
   return {
     table,
     ttlAttribute: t.TimeToLiveSpecification?.Enabled ? t.TimeToLiveSpecification.AttributeName : undefined,
-    notification: { prefix: rule('prefix'), suffix: rule('suffix') },
+    notification: queueConfigs.length ? { prefix: rule('prefix'), suffix: rule('suffix') } : undefined,
     maxReceiveCount: queue.RedrivePolicy.maxReceiveCount,
   };
 }

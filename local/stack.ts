@@ -6,9 +6,9 @@
 import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { CreateTableCommand, DynamoDBClient, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
-import { SQSClient } from '@aws-sdk/client-sqs';
+import { CreateTableCommand, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
 import type { SQSEvent } from 'aws-lambda';
+import { dynamoClient, sqsClient } from '../adapters/aws-clients';
 import { synthTemplate } from '../lib/synth';
 import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
 import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
@@ -61,13 +61,19 @@ export interface LocalStackOptions {
   log?: (msg: string) => void;
   /** Run the S3 → SQS → apply handler path (default true; benchmarks drive apply themselves). */
   eventPath?: boolean;
+  /**
+   * The CloudFormation template the resources come from (default: the synthesized stack).
+   * S3 notifications follow its bucket's NotificationConfiguration only, as LocalStack
+   * community does: a template without one (e.g. a custom resource's) gets no event path.
+   */
+  template?: { Resources: Record<string, any> };
 }
 
 export async function startLocalStack(opts: LocalStackOptions = {}): Promise<LocalStack> {
   const dir = opts.dir ?? process.env.LIVESYNC_LOCAL_DIR ?? join(process.cwd(), '.livesync', 'local');
   await mkdir(dir, { recursive: true });
   await killStaleDynamo(dir);
-  const template = synthTemplate();
+  const template = opts.template ?? synthTemplate();
   const schema = schemaFromTemplate(template, LOCAL_TABLE);
   const s3dir = join(dir, 's3');
   await rm(s3dir, { recursive: true, force: true });
@@ -119,20 +125,21 @@ async function provision(
   // The handler reads its configuration from the process environment at import.
   Object.assign(process.env, env);
 
-  const ddb = new DynamoDBClient({});
+  const ddb = dynamoClient();
   await ddb.send(new CreateTableCommand(schema.table));
   if (schema.ttlAttribute) {
     await ddb.send(new UpdateTimeToLiveCommand({ TableName: LOCAL_TABLE, TimeToLiveSpecification: { Enabled: true, AttributeName: schema.ttlAttribute } }));
   }
   ddb.destroy();
 
-  const sqs = new SQSClient({});
+  const sqs = sqsClient();
   let lambdaInvocations = 0;
   const queues = await createApplyQueues(sqs, sqsServer.endpoint, 'livesync-apply', schema.maxReceiveCount, LOCAL_VISIBILITY_TIMEOUT_SEC);
   env.LIVESYNC_APPLY_QUEUE_URL = queues.queueUrl;
   env.LIVESYNC_DLQ_URL = queues.deadLetterUrl;
   const onError = (err: unknown): void => log(`event path: ${String(err)}`);
-  s3.onEvent(forwardNotifications(sqs, queues.queueUrl, schema.notification, onError));
+  if (schema.notification) s3.onEvent(forwardNotifications(sqs, queues.queueUrl, schema.notification, onError));
+  else log('event path: the template\'s bucket has no queue notification; uploads reach no queue');
   const apply = (await import('../lambdas/apply')).handler;
   const invoke = (event: SQSEvent): ReturnType<typeof apply> => {
     lambdaInvocations++;

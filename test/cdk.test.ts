@@ -98,17 +98,41 @@ describe('LivesyncStack', () => {
     });
   });
 
-  test('journal objects (pairs/*.batch) notify the queue', () => {
-    template.hasResourceProperties('Custom::S3BucketNotifications', {
-      BucketName: { Ref: bucketId },
-      NotificationConfiguration: {
-        QueueConfigurations: [{
-          Events: ['s3:ObjectCreated:*'],
-          Filter: { Key: { FilterRules: Match.arrayEquals([{ Name: 'suffix', Value: '.batch' }, { Name: 'prefix', Value: 'pairs/' }]) } },
-          QueueArn: { 'Fn::GetAtt': [ref(stack.pipeline.queue), 'Arn'] },
-        }],
+  test('journal objects (pairs/*.batch) notify the queue through the bucket\'s own configuration, set after the queue policy', () => {
+    const bucket = template.toJSON().Resources[bucketId];
+    expect(bucket.Properties.NotificationConfiguration).toEqual({
+      QueueConfigurations: [{
+        Event: 's3:ObjectCreated:*',
+        Filter: { S3Key: { Rules: [{ Name: 'prefix', Value: 'pairs/' }, { Name: 'suffix', Value: '.batch' }] } },
+        Queue: { 'Fn::GetAtt': [ref(stack.pipeline.queue), 'Arn'] },
+      }],
+    });
+    // S3 checks it may send when the configuration is set: the queue's policy must exist first.
+    const policies = template.findResources('AWS::SQS::QueuePolicy', { Properties: { Queues: [{ Ref: ref(stack.pipeline.queue) }] } });
+    expect(Object.keys(policies)).toHaveLength(1);
+    const [policyId] = Object.keys(policies);
+    expect(bucket.DependsOn).toContain(policyId);
+    // S3 of this account, from this bucket only: the bucket's ARN built from its name (the stack's UUID), as the bucket is named.
+    // (A reference to the bucket here would close a cycle; Template.fromStack refuses it as undeployable.)
+    const bucketName = { 'Fn::Join': ['-', ['livesync', { 'Fn::Select': [2, { 'Fn::Split': ['/', { Ref: 'AWS::StackId' }] }] }]] };
+    expect(bucket.Properties.BucketName).toEqual(bucketName);
+    expect(policies[policyId].Properties.PolicyDocument.Statement).toContainEqual({
+      Effect: 'Allow',
+      Principal: { Service: 's3.amazonaws.com' },
+      Action: 'sqs:SendMessage',
+      Resource: { 'Fn::GetAtt': [ref(stack.pipeline.queue), 'Arn'] },
+      Condition: {
+        ArnEquals: { 'aws:SourceArn': { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':s3:::', bucketName]] } },
+        StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } },
       },
     });
+  });
+
+  test('no custom resources: everything, the event path included, is a resource CloudFormation (and LocalStack community) creates natively', () => {
+    const types = Object.values(template.toJSON().Resources).map((r: any) => r.Type as string);
+    expect(types.filter((t) => t.startsWith('Custom::') || t === 'AWS::CloudFormation::CustomResource')).toEqual([]);
+    // No deploy-time helper Lambda either (CDK's notification or auto-delete handlers): only the three handlers.
+    expect(Object.values(template.findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Handler).sort()).toEqual(['index.handler', 'index.range', 'index.steps']);
   });
 
   test('apply role: least privilege (no deletes/scans; S3 read and list of pairs/* only)', () => {

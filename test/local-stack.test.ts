@@ -7,7 +7,8 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { DescribeTableCommand, DescribeTimeToLiveCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DescribeTableCommand, DescribeTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
+import { dynamoClient } from '../adapters/aws-clients';
 
 // Global setup marks the run that started the embedded stack; the endpoints alone would not tell.
 const maybe = process.env.LIVESYNC_EMBEDDED_STACK === '1' ? describe : describe.skip;
@@ -25,7 +26,7 @@ maybe('livesync local up', () => {
     const javaPid = Number(readFileSync(join(dir, 'dynamodb.pid'), 'utf8'));
     expect(readFileSync(`/proc/${javaPid}/cmdline`, 'utf8')).toContain('DynamoDBLocal');
 
-    const ddb = new DynamoDBClient({ endpoint: env.AWS_ENDPOINT_URL_DYNAMODB });
+    const ddb = dynamoClient({ endpoint: env.AWS_ENDPOINT_URL_DYNAMODB });
     const { Table } = await ddb.send(new DescribeTableCommand({ TableName: env.LIVESYNC_TABLE }));
     expect(Table!.KeySchema).toEqual([{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }]);
     expect(Table!.GlobalSecondaryIndexes!.map((g) => [g.IndexName, g.KeySchema!.map((k) => k.AttributeName)])).toEqual([['acrp', ['acrpPk', 'acrpSk']]]);

@@ -1,8 +1,10 @@
 // The ObjectStore port's put with a known CRC-32C: the memory store and S3 both refuse a
 // body that does not match it, and on S3 the signature then covers UNSIGNED-PAYLOAD rather
 // than a SHA-256 of the body. The round trip runs against the test stack (or the endpoint set).
+// S3 clients come from adapters/aws-clients.ts: path-style whenever an endpoint is configured.
 
-import { S3Client } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { s3Client } from '../adapters/aws-clients';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { crc32cHeader, S3ObjectStore } from '../adapters/s3-object-store';
 import { batchObjectCrc32c, encodeBatch } from '../core/batch-format';
@@ -79,5 +81,39 @@ describe('S3ObjectStore.put', () => {
     await store.put(key, batch, { crc32c: batchObjectCrc32c(batch) });
     expect((await store.get(key)).equals(batch)).toBe(true);
     store.client.destroy();
+  });
+});
+
+describe('S3 clients from adapters/aws-clients.ts', () => {
+  test('path-style whenever an endpoint is configured (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or given); AWS itself keeps the default', async () => {
+    const resolved = (env: NodeJS.ProcessEnv, config = {}): boolean => Boolean(s3Client(config, env).config.forcePathStyle);
+    expect(resolved({ AWS_ENDPOINT_URL: 'http://localhost:4566' })).toBe(true);
+    expect(resolved({ AWS_ENDPOINT_URL_S3: 'http://localhost:4566' })).toBe(true);
+    expect(resolved({}, { endpoint: 'http://localhost:4566' })).toBe(true);
+    expect(resolved({})).toBe(false);
+  });
+
+  // LocalStack's documented default is http://localhost:4566; virtual-hosted addressing would
+  // ask DNS for `bucket.localhost`, which does not resolve (ENOTFOUND on every call).
+  const endpoint = process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+  const viaLocalhost = endpoint && new URL(endpoint).hostname === '127.0.0.1' ? test : test.skip;
+  viaLocalhost('the stack\'s S3 reached through a `localhost` endpoint: put, get and list work', async () => {
+    const localhost = endpoint!.replace('//127.0.0.1', '//localhost');
+    const saved = { s3: process.env.AWS_ENDPOINT_URL_S3, all: process.env.AWS_ENDPOINT_URL };
+    // The endpoint as a user sets it, read from the environment by the SDK.
+    process.env.AWS_ENDPOINT_URL_S3 = localhost;
+    const client = s3Client();
+    try {
+      const store = new S3ObjectStore(process.env.LIVESYNC_BUCKET!, client);
+      const prefix = `tests/object-store/localhost-${Date.now()}/`;
+      await store.put(`${prefix}a`, batch, { crc32c: batchObjectCrc32c(batch) });
+      expect((await store.get(`${prefix}a`)).equals(batch)).toBe(true);
+      const listed = await client.send(new ListObjectsV2Command({ Bucket: store.bucket, Prefix: prefix }));
+      expect(listed.Contents?.map((o) => o.Key)).toEqual([`${prefix}a`]);
+    } finally {
+      client.destroy();
+      if (saved.s3 === undefined) delete process.env.AWS_ENDPOINT_URL_S3;
+      else process.env.AWS_ENDPOINT_URL_S3 = saved.s3;
+    }
   });
 });
