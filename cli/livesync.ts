@@ -4,7 +4,7 @@
 // when asked for: the agent stays small.
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
@@ -23,9 +23,10 @@ const USAGE = `usage: livesync <command> [options]
 
   demo [--disk-size 256M] [--seconds 12] [--rate 8M] [--ccrp-interval 2s] [--seed N] [--keep]
         the main job on the embedded local stack: replicate, take RPs, recover, verify
-  local up [--json] [--until-stdin-closes]
+  local up [--json] [--until-stdin-closes] [--template FILE]
         start DynamoDB Local, S3 and SQS on 127.0.0.1 with the apply event path; prints
-        the environment to use (export lines, or one JSON line); stops on SIGINT/SIGTERM
+        the environment to use (export lines, or one JSON line); stops on SIGINT/SIGTERM;
+        --template: build from a synthesized template (e.g. cdk.out/Livesync.template.json)
   pair create --pair P --disk NAME=SIZE [--disk ...] [--ccrp-interval 5s] [--backup s3://BUCKET/KEY | --backup agent]
         with --backup the seed workflow starts: CONFIGURED → SEEDING → REPLICATING; with
         'agent' the pair's agent takes the backup when it starts and the workflow waits for it
@@ -77,9 +78,11 @@ async function main(argv: string[]): Promise<number> {
       return ok ? 0 : 1;
     }
     case 'local up': {
-      const o = opts({ json: { type: 'boolean' }, 'until-stdin-closes': { type: 'boolean' } });
+      const o = opts({ json: { type: 'boolean' }, 'until-stdin-closes': { type: 'boolean' }, template: { type: 'string' } });
       const { startLocalStack } = await import('../local/stack');
-      const stack = await startLocalStack({ log: (m) => console.error(m) });
+      const templateFile = str(o, 'template');
+      const template = templateFile ? await readTemplate(templateFile) : undefined;
+      const stack = await startLocalStack({ log: (m) => console.error(m), template });
       if (o.json) console.log(JSON.stringify(stack.env));
       else for (const [k, v] of Object.entries(stack.env)) console.log(`export ${k}=${v}`);
       console.error('local stack up; Ctrl-C stops it');
@@ -277,3 +280,15 @@ main(process.argv.slice(2)).then(
     process.exit(known ? 2 : 1);
   },
 );
+
+/** A CloudFormation template (JSON, as `cdk synth` writes it) for `local up --template`. */
+async function readTemplate(file: string): Promise<{ Resources: Record<string, any> }> {
+  let parsed: { Resources?: unknown };
+  try {
+    parsed = JSON.parse(await readFile(file, 'utf8')) as { Resources?: unknown };
+  } catch (err) {
+    throw new InvalidArgumentError(`--template ${file}: ${(err as Error).message}`);
+  }
+  if (!parsed || typeof parsed.Resources !== 'object' || parsed.Resources === null) throw new InvalidArgumentError(`--template ${file}: not a CloudFormation template (no Resources)`);
+  return parsed as { Resources: Record<string, any> };
+}

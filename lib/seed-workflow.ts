@@ -13,8 +13,11 @@ import type { ReplicaStore } from './replica-store';
 
 export const SEED_ENTRY = path.join(__dirname, '../lambdas/seed.ts');
 
-/** Errors that mean the backup or the request is wrong: retrying cannot help. */
-export const PERMANENT_ERRORS = ['BackupError', 'InvalidArgumentError', 'UnknownPairError'];
+/**
+ * Errors that mean the backup or the request is wrong, or ranges were left undone
+ * (SeedIncompleteError, from Finalize): retrying the task cannot help; a re-run can.
+ */
+export const PERMANENT_ERRORS = ['BackupError', 'InvalidArgumentError', 'UnknownPairError', 'SeedIncompleteError'];
 
 export interface SeedWorkflowProps {
   readonly store: ReplicaStore;

@@ -20,7 +20,7 @@ import { expiryFor } from '../core/retention';
 import { backupChunkKey, parseBackupManifest, parseRawImageManifest, type BackupManifest, type BaseManifest, type RawImageManifest } from '../core/seed-manifests';
 import { verifyChunk } from './chunk-verifier';
 import { mapLimit } from './concurrency';
-import type { ObjectStore, ReplicaIndex } from './ports';
+import { ObjectNotFoundError, type ObjectStore, type ReplicaIndex } from './ports';
 
 export interface SeedDeps {
   /** The replica bucket. */
@@ -297,21 +297,64 @@ export interface FirstRp {
   takenMs: number;
 }
 
-/** Writes the base manifest from the ranges' markers and puts it on the pair. */
-export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<SeedRun & FirstRp> {
-  const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
-  const src = await readSource(d, pair.seed!.source);
-  checkDisks(pair, src);
-  const done: RangeDone[] = [];
+/**
+ * Some ranges of a run have no done marker at finalize: the Map went on without them (a
+ * Distributed Map whose items failed can still report success, as LocalStack's did).
+ */
+export class SeedIncompleteError extends Error {
+  constructor(
+    readonly pairId: string,
+    readonly seedId: string,
+    /** The ranges without a marker, ascending. */
+    readonly missing: number[],
+    readonly ranges: number,
+  ) {
+    super(`seed ${seedId} of pair '${pairId}': ${missing.length} of ${ranges} ranges have no done marker: ${rangeList(missing)}`);
+    this.name = 'SeedIncompleteError';
+  }
+}
+
+/** `0-5, 9, 12-15`: ascending numbers with runs collapsed, cut after 40 runs (a reason stays short). */
+export function rangeList(ns: number[]): string {
+  const runs: string[] = [];
+  for (let i = 0; i < ns.length; ) {
+    let j = i;
+    while (j + 1 < ns.length && ns[j + 1] === ns[j] + 1) j++;
+    runs.push(i === j ? String(ns[i]) : `${ns[i]}-${ns[j]}`);
+    i = j + 1;
+  }
+  return runs.length > 40 ? `${runs.slice(0, 40).join(', ')}, …` : runs.join(', ');
+}
+
+/**
+ * Every range's done marker, read. Finalize does not trust the Map's outcome: whatever it
+ * reported, a range without a marker fails the run, naming every such range.
+ */
+async function rangesDone(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<RangeDone[]> {
+  if (!Number.isInteger(run.ranges) || run.ranges < 0) throw new InvalidArgumentError(`seed ${run.seedId} of pair '${run.pairId}': finalize needs the plan's range count, got ${String(run.ranges)}`);
+  const done: (RangeDone | undefined)[] = [];
   await mapLimit(
     Array.from({ length: run.ranges }, (_, i) => i),
     CONCURRENCY,
     async (i) => {
-      const key = seedDoneKey(run.pairId, run.seedId, i);
-      if ((await d.store.size(key)) === undefined) throw new Error(`seed ${run.seedId} of pair '${run.pairId}': range ${i} has no done marker`);
-      done[i] = JSON.parse((await d.store.get(key)).toString('utf8')) as RangeDone;
+      try {
+        done[i] = JSON.parse((await d.store.get(seedDoneKey(run.pairId, run.seedId, i))).toString('utf8')) as RangeDone;
+      } catch (err) {
+        if (!(err instanceof ObjectNotFoundError)) throw err;
+      }
     },
   );
+  const missing = Array.from({ length: run.ranges }, (_, i) => i).filter((i) => !done[i]);
+  if (missing.length) throw new SeedIncompleteError(run.pairId, run.seedId, missing, run.ranges);
+  return done as RangeDone[];
+}
+
+/** Writes the base manifest from the ranges' markers (every one, or the run fails) and puts it on the pair. */
+export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<SeedRun & FirstRp> {
+  const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
+  const src = await readSource(d, pair.seed!.source);
+  checkDisks(pair, src);
+  const done = await rangesDone(d, run);
   const baseSeq = src.kind === 'backup' ? src.manifest.startSeq - 1 : 0;
   const firstRpSeq = src.kind === 'backup' ? Math.max(baseSeq, src.manifest.endSeq) : 0;
   const manifest: BaseManifest = {

@@ -188,9 +188,11 @@ describe('LivesyncStack', () => {
     const states = machine.definition.States as Record<string, any>;
     expect(states.SeedRanges).toMatchObject({ Type: 'Map', MaxConcurrency: 32, ItemsPath: '$.plan.items', ResultPath: null, ItemProcessor: { ProcessorConfig: { Mode: 'DISTRIBUTED' } } });
     expect(states.SeedRanges.ItemProcessor.States.SeedRange.Retry).toEqual(expect.arrayContaining([
-      { ErrorEquals: ['BackupError', 'InvalidArgumentError', 'UnknownPairError'], MaxAttempts: 0 },
+      { ErrorEquals: ['BackupError', 'InvalidArgumentError', 'UnknownPairError', 'SeedIncompleteError'], MaxAttempts: 0 },
       expect.objectContaining({ ErrorEquals: ['States.ALL'], MaxAttempts: 3 }),
     ]));
+    // Finalize's missing done markers fail the run at once (a retry cannot make them appear).
+    expect(states.Finalize.Retry).toContainEqual({ ErrorEquals: ['BackupError', 'InvalidArgumentError', 'UnknownPairError', 'SeedIncompleteError'], MaxAttempts: 0 });
     for (const name of ['Validate', 'Plan', 'SeedRanges', 'Finalize', 'CatchUp', 'Activate']) expect(states[name].Catch).toEqual([{ ErrorEquals: ['States.ALL'], ResultPath: '$.error', Next: 'Fail' }]);
     // Only what the local runner also runs: no JSONata, Assign, ItemReader or ResultWriter.
     const text = JSON.stringify(machine.definition);

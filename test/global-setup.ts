@@ -1,16 +1,22 @@
 // Starts the embedded local stack for the test run, unless an endpoint is configured:
 // with AWS_ENDPOINT_URL (LocalStack) or per-service endpoints, or none in AWS with
-// LIVESYNC_TARGET=aws, the same tests run against the deployed stack (LIVESYNC_BUCKET
-// and LIVESYNC_TABLE from its outputs).
+// LIVESYNC_TARGET=aws, the same tests run against the deployed stack (its outputs in
+// LIVESYNC_BUCKET, LIVESYNC_TABLE, LIVESYNC_APPLY_QUEUE_URL, LIVESYNC_SEED_STATE_MACHINE_ARN;
+// `npm run test:localstack` sets them). Either way the stack is checked once before any test
+// (test/preflight.ts): a stack without a working event path fails here, in seconds, naming
+// what is missing, instead of every test waiting out its timeout.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { usesExternalStack } from '../adapters/from-env';
+import { preflight } from './preflight';
 
 export default async function globalSetup(): Promise<void> {
   if (usesExternalStack()) {
-    if (!process.env.LIVESYNC_BUCKET || !process.env.LIVESYNC_TABLE) throw new Error('an external stack needs LIVESYNC_BUCKET and LIVESYNC_TABLE (the stack outputs)');
+    const probe = await preflight(process.env);
+    console.error(`preflight: probe pair ${probe.probePair} applied ${probe.ms} ms after its PUT`);
     return;
   }
   const root = join(__dirname, '..');
@@ -26,4 +32,13 @@ export default async function globalSetup(): Promise<void> {
   });
   Object.assign(process.env, JSON.parse(firstLine), { LIVESYNC_EMBEDDED_STACK: '1' });
   (globalThis as { __LIVESYNC_LOCAL__?: ChildProcess }).__LIVESYNC_LOCAL__ = child;
+  try {
+    await preflight(process.env);
+  } catch (err) {
+    // Jest runs no teardown after a failed setup: stop the stack here.
+    const exited = once(child, 'exit');
+    child.kill('SIGTERM');
+    await exited;
+    throw err;
+  }
 }

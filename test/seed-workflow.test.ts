@@ -217,6 +217,38 @@ describe('seed workflow through StartExecution', () => {
 // Runs the synthesized definition in this process (the embedded runner), so a fault can be
 // put inside the range handler; against LocalStack or AWS this one has nothing to add.
 (process.env.LIVESYNC_EMBEDDED_STACK === '1' ? describe : describe.skip)('seed workflow definition, run in-process with a fault', () => {
+  test('Finalize fails the run, naming the ranges without a done marker, though the Map reported every item a success', async () => {
+    const c = cloud();
+    const pairId = newPairId('lie');
+    const image = pattern(72 * MiB, 41); // 18 chunks: range 0 (chunks 0-15) and range 1 (16-17)
+    const dir = `pairs/${pairId}/backups/b`;
+    await writeBackup({ store: c.store, manifestKey: `${dir}/manifest.json`, pairId, backupId: 'b', disks: memoryDisks(new Map([['sda', image]])), startSeq: async () => 1, endSeq: async () => 0 });
+    await createPair(c.index, { pairId, disks: [{ name: 'sda', sizeBytes: image.length }], backup: `s3://${c.bucket}/${dir}/manifest.json` });
+    const seedId = (await c.index.getPair(pairId))!.seed!.seedId;
+    const handlers = seedHandlers({ index: c.index, store: c.store, sourceStore: (b: string) => new S3ObjectStore(b) });
+    // LocalStack's Distributed Map reported MapRunSucceeded with every item failed: here range 0
+    // "succeeds" without having done anything, range 1 is seeded for real.
+    const ranges: number[] = [];
+    const range = async (item: { pairId: string; seedId: string; range: number }): Promise<unknown> => {
+      ranges.push(item.range);
+      return item.range === 0 ? { range: 0, skipped: false, bytesStored: 0 } : handlers.range(item);
+    };
+    const machine = machinesFromTemplate(synthTemplate()).find((m) => m.id.startsWith('Seed'))!;
+    const started = Date.now();
+    const outcome = await runLocal(machine, { steps: handlers.steps, range }, { pairId, seedId }, { waitMs: 200 }).result.then(
+      (out) => ({ succeeded: out }),
+      (err: Error & { cause?: { name?: string } }) => ({ failed: err.cause?.name ?? err.name }),
+    );
+    expect(outcome).toEqual({ failed: 'SeedFailed' });
+    expect(ranges.sort()).toEqual([0, 1]);
+    const pair = (await c.index.getPair(pairId))!;
+    expect({ state: pair.state, status: pair.seed!.status, base: pair.base }).toEqual({ state: 'SEED_FAILED', status: 'FAILED', base: undefined });
+    expect(pair.seed!.reason).toBe(`SeedIncompleteError: seed ${seedId} of pair '${pairId}': 1 of 2 ranges have no done marker: 0`);
+    expect(await c.index.listRecoveryPoints(pairId, nowSec())).toEqual([]);
+    // Not retried: the marker cannot appear by asking again (Finalize's error is permanent).
+    expect(Date.now() - started).toBeLessThan(2000 + 10_000);
+  });
+
   test('a range Lambda killed mid-range is retried by the state machine and completes correctly', async () => {
     const c = cloud();
     const pairId = newPairId('kill');

@@ -5,8 +5,8 @@
 import { BLOCK_SIZE } from '../core/batch-format';
 import { CHUNK_BYTES } from '../core/chunk-format';
 import { BackupError } from '../core/errors';
-import { seedRangeKey } from '../core/keys';
-import { activateSeed, catchUpSeed, failSeed, finalizeSeed, planSeed, seedRange, validateSeed, type SeedDeps, type SeedRun } from '../replica/seeding';
+import { baseManifestKey, seedRangeKey } from '../core/keys';
+import { activateSeed, catchUpSeed, failSeed, finalizeSeed, planSeed, rangeList, SeedIncompleteError, seedRange, validateSeed, type SeedDeps, type SeedRun } from '../replica/seeding';
 import { S3ObjectStore } from '../adapters/s3-object-store';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { sleep } from '../replica/concurrency';
@@ -294,5 +294,34 @@ describe('waiting for what the agent provides', () => {
     expect(first).toMatchObject({ caughtUp: false, watermark: 0, catchUpSinceMs: now });
     now += 61_000;
     await expect(catchUpSeed(d, first)).rejects.toThrow(`pair '${pairId}': the journal stayed at seq 0, below the backup's end seq 5, for 61 s (is the agent running and uploading?)`);
+  });
+});
+
+describe('finalize checks every range\'s done marker', () => {
+  test('the ranges without one are named, runs collapsed', () => {
+    expect(rangeList([0])).toBe('0');
+    expect(rangeList([0, 1, 2, 3, 4, 5, 9, 12, 13, 14, 15])).toBe('0-5, 9, 12-15');
+    expect(rangeList(Array.from({ length: 50 }, (_, i) => 2 * i)).split(', ')).toHaveLength(41);
+  });
+
+  test('a run whose ranges were not all done fails at finalize, naming them; nothing is offered', async () => {
+    const c = cloud();
+    const pairId = newPairId('undone');
+    const dir = `pairs/${pairId}/backups/b`;
+    const image = pattern(72 * MiB, 51); // 18 chunks: ranges 0 and 1
+    await writeBackup({ store: c.store, manifestKey: `${dir}/manifest.json`, pairId, backupId: 'b', disks: [{ name: 'disk0', sizeBytes: image.length, read: async (o, n) => image.subarray(o, o + n) }], startSeq: async () => 1, endSeq: async () => 0 });
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: image.length }], backup: `s3://${c.bucket}/${dir}/manifest.json` });
+    const run = await pairRun(pairId);
+    const d = deps();
+    await validateSeed(d, run);
+    const plan = await planSeed(d, run);
+    expect(plan.ranges).toBe(2);
+    await seedRange(d, plan.items[1]); // range 0 never ran, whatever the Map said
+    const err = await finalizeSeed(d, { ...run, ranges: plan.ranges }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SeedIncompleteError);
+    expect(err).toMatchObject({ pairId, seedId: run.seedId, missing: [0], ranges: 2, message: `seed ${run.seedId} of pair '${pairId}': 1 of 2 ranges have no done marker: 0` });
+    const pair = (await c.index.getPair(pairId))!;
+    expect(pair.base).toBeUndefined();
+    expect(await c.store.size(baseManifestKey(pairId, run.seedId))).toBeUndefined();
   });
 });
