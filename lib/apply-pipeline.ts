@@ -21,6 +21,8 @@ export interface ApplyPipelineProps {
   readonly applyTimeout?: Duration;
   /** Deliveries of one journal object before it is parked in the DLQ. @default 5 */
   readonly maxReceiveCount?: number;
+  /** @default lambda.Architecture.ARM_64 */
+  readonly architecture?: lambda.Architecture;
 }
 
 /** Journal object created under `pairs/` → SQS → apply Lambda (with a DLQ for poison batches). */
@@ -59,7 +61,7 @@ export class ApplyPipeline extends Construct {
       entry: APPLY_ENTRY,
       handler: 'handler',
       runtime: lambda.Runtime.NODEJS_22_X,
-      architecture: lambda.Architecture.ARM_64,
+      architecture: props.architecture ?? lambda.Architecture.ARM_64,
       memorySize: 1024,
       timeout: applyTimeout,
       role,

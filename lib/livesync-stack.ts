@@ -3,15 +3,23 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
+import { InvalidArgumentError } from '../core/errors';
 import { ApplyPipeline } from './apply-pipeline';
-import { PAIRS_PREFIX } from './names';
+import { LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX } from './names';
 import { ReplicaStore } from './replica-store';
 import { SeedWorkflow } from './seed-workflow';
 
 export interface LivesyncStackProps extends StackProps {
   /** Buckets (names) the seed workflow may read backups and raw images from, besides the replica bucket. */
   readonly backupBucketNames?: string[];
+  /**
+   * The functions' architecture. @default the context value `lambdaArchitecture`
+   * (`arm64` or `x86_64`: `cdk deploy -c lambdaArchitecture=x86_64`, e.g. for LocalStack on
+   * an x86 Docker host that does not set LAMBDA_IGNORE_ARCHITECTURE=1), else arm64.
+   */
+  readonly lambdaArchitecture?: lambda.Architecture;
 }
+
 
 export class LivesyncStack extends Stack {
   readonly store: ReplicaStore;
@@ -21,9 +29,11 @@ export class LivesyncStack extends Stack {
   constructor(scope: Construct, id: string, props: LivesyncStackProps = {}) {
     super(scope, id, props);
     this.store = new ReplicaStore(this, 'Store');
-    this.pipeline = new ApplyPipeline(this, 'Apply', { store: this.store });
+    const architecture = props.lambdaArchitecture ?? architectureFromContext(this.node.tryGetContext(LAMBDA_ARCHITECTURE_CONTEXT));
+    this.pipeline = new ApplyPipeline(this, 'Apply', { store: this.store, architecture });
     this.seed = new SeedWorkflow(this, 'Seed', {
       store: this.store,
+      architecture,
       backupBuckets: (props.backupBucketNames ?? []).map((name, i) => s3.Bucket.fromBucketName(this, `BackupBucket${i}`, name)),
     });
 
@@ -90,4 +100,10 @@ export class LivesyncStack extends Stack {
       );
     }
   }
+}
+
+function architectureFromContext(value: unknown): lambda.Architecture {
+  if (value === undefined || value === 'arm64') return lambda.Architecture.ARM_64;
+  if (value === 'x86_64') return lambda.Architecture.X86_64;
+  throw new InvalidArgumentError(`context ${LAMBDA_ARCHITECTURE_CONTEXT}=${String(value)}: expected arm64 or x86_64`);
 }

@@ -9,5 +9,7 @@ export const JOURNAL_SUFFIX = '.batch';
 export const PAIRS_PREFIX = 'pairs/';
 /** Environment variables the apply handler reads its resource names from. */
 export const ENV = { bucket: 'LIVESYNC_BUCKET', table: 'LIVESYNC_TABLE' } as const;
+/** The CDK context key that picks the functions' architecture (`arm64`, the default, or `x86_64`). */
+export const LAMBDA_ARCHITECTURE_CONTEXT = 'lambdaArchitecture';
 /** Key attributes of the `acrp` GSI. */
 export const ACRP_KEYS = { pk: 'acrpPk', sk: 'acrpSk' } as const;

@@ -27,6 +27,8 @@ export interface SeedWorkflowProps {
   readonly maxConcurrency?: number;
   /** Between two checks of the journal while catching up. @default 10 s */
   readonly catchUpInterval?: Duration;
+  /** @default lambda.Architecture.ARM_64 */
+  readonly architecture?: lambda.Architecture;
 }
 
 /**
@@ -46,9 +48,10 @@ export class SeedWorkflow extends Construct {
     super(scope, id);
     const backupBuckets = props.backupBuckets ?? [];
     // validate HEADs every chunk of a backup: minutes for a multi-TiB one.
-    this.stepsFunction = this.seedFunction('Steps', 'steps', Duration.minutes(15), 1024);
+    const architecture = props.architecture ?? lambda.Architecture.ARM_64;
+    this.stepsFunction = this.seedFunction('Steps', 'steps', Duration.minutes(15), 1024, architecture);
     // A range moves ≥ 16 chunks of 4 MiB, 8 at once, decoded and checked.
-    this.rangeFunction = this.seedFunction('Range', 'range', Duration.minutes(5), 2048);
+    this.rangeFunction = this.seedFunction('Range', 'range', Duration.minutes(5), 2048, architecture);
     for (const fn of [this.stepsFunction, this.rangeFunction]) props.store.grantSeed(fn, backupBuckets);
 
     const step = (name: string, stepName: string, input: Record<string, unknown> | string, resultPath?: string): tasks.LambdaInvoke =>
@@ -120,7 +123,7 @@ export class SeedWorkflow extends Construct {
     return [this.stateMachine.grantStartExecution(grantee), this.stateMachine.grantRead(grantee)];
   }
 
-  private seedFunction(id: string, handler: string, timeout: Duration, memorySize: number): nodejs.NodejsFunction {
+  private seedFunction(id: string, handler: string, timeout: Duration, memorySize: number, architecture: lambda.Architecture): nodejs.NodejsFunction {
     const logGroup = new logs.LogGroup(this, `${id}Logs`, { retention: logs.RetentionDays.ONE_MONTH });
     // An explicit role writing only to its own log group (no AWSLambdaBasicExecutionRole).
     const role = new iam.Role(this, `${id}Role`, { assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com') });
@@ -129,7 +132,7 @@ export class SeedWorkflow extends Construct {
       entry: SEED_ENTRY,
       handler,
       runtime: lambda.Runtime.NODEJS_22_X,
-      architecture: lambda.Architecture.ARM_64,
+      architecture,
       memorySize,
       timeout,
       role,

@@ -175,6 +175,16 @@ describe('LivesyncStack', () => {
     ]);
   });
 
+  test('functions are arm64 unless the context says lambdaArchitecture=x86_64 (LocalStack on an x86 host); another value is refused', () => {
+    const archs = (context: Record<string, unknown>): string[][] => {
+      const app = new App({ context: { 'aws:cdk:bundling-stacks': [], ...context } });
+      return Object.values(Template.fromStack(new LivesyncStack(app, 'Arch')).findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Architectures);
+    };
+    expect(archs({})).toEqual([['arm64'], ['arm64'], ['arm64']]);
+    expect(archs({ lambdaArchitecture: 'x86_64' })).toEqual([['x86_64'], ['x86_64'], ['x86_64']]);
+    expect(() => archs({ lambdaArchitecture: 'amd64' })).toThrow('context lambdaArchitecture=amd64: expected arm64 or x86_64');
+  });
+
   test('outputs', () => {
     for (const name of ['BucketName', 'TableName', 'ApplyQueueUrl', 'DeadLetterQueueUrl', 'SeedStateMachineArn']) template.hasOutput(name, {});
   });
