@@ -64,17 +64,18 @@ export class ApplyService {
     const parsed = parseJournalKey(key);
     if (!parsed) return this.ignore(key, 'not a journal key');
     const { pair: pairId, seq } = parsed;
+    // The object is read while the pair is (each is a round trip; neither needs the other).
+    const got = settle(this.store.get(key, undefined, this.maxObjectBytes));
     const pair = await this.index.getPair(pairId);
     if (!pair) return this.ignore(key, `unknown pair '${pairId}'`, pairId, seq);
-
-    let body: Buffer;
-    try {
-      body = await this.store.get(key, undefined, this.maxObjectBytes);
-    } catch (err) {
+    const read = await got;
+    if ('err' in read) {
+      const err = read.err;
       if (err instanceof ObjectNotFoundError) return this.ignore(key, 'object no longer exists', pairId, seq);
       if (err instanceof ObjectTooLargeError) return this.quarantine(pair, seq, key, 'MALFORMED', err.message);
       throw err;
     }
+    const body = read.value;
 
     let record: BatchRecord;
     try {
@@ -101,7 +102,7 @@ export class ApplyService {
       return { outcome: 'duplicate', key, pairId, seq };
     }
     // The pair as read before registering: if it moved since, the commit fails on rev and re-reads.
-    const watermark = await this.advance(pairId, pair);
+    const watermark = await this.advance(pairId, pair, seq);
     const outcome = seq <= watermark ? 'applied' : 'pending';
     this.log.info(`batch ${outcome}`, { pairId, seq, key, watermark });
     return { outcome, key, pairId, seq };
@@ -112,11 +113,15 @@ export class ApplyService {
    * Stopping after one successful commit is enough: a batch registered after our query is
    * advanced by its own applier, whose commit either sees ours or fails on `rev` and retries.
    */
-  async advance(pairId: string, known?: Pair & { rev: number }): Promise<number> {
+  async advance(pairId: string, known?: Pair & { rev: number }, mine?: number): Promise<number> {
     let pair = known;
     for (;;) {
+      const reread = pair === undefined;
       pair ??= await this.index.getPair(pairId);
       if (!pair) throw new Error(`pair '${pairId}' vanished during apply`);
+      // Read after this applier registered `mine`: a watermark over it was committed by an
+      // applier whose query saw it, and everything registered before it.
+      if (reread && mine !== undefined && pair.watermark >= mine) return pair.watermark;
       const pending = await this.index.batchesAfter(pairId, pair.watermark, ADVANCE_PAGE);
       const seeded = offersRps(pair);
       const nowMs = this.now();
@@ -207,6 +212,9 @@ export class ApplyService {
     return { outcome: 'ignored', key, pairId, seq, detail };
   }
 }
+
+/** A promise's outcome as a value: started early, judged later, never an unhandled rejection. */
+const settle = <T>(p: Promise<T>): Promise<{ value: T } | { err: unknown }> => p.then((value) => ({ value }), (err: unknown) => ({ err }));
 
 /** Checks a decoded batch against its key and its pair; throws BatchError. */
 function validate(b: DecodedBatch, pair: Pair, keySeq: number, where: string): DecodedBatch {
