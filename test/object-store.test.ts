@@ -3,7 +3,7 @@
 // than a SHA-256 of the body. The round trip runs against the test stack (or the endpoint set).
 // S3 clients come from adapters/aws-clients.ts: path-style whenever an endpoint is configured.
 
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { s3Client } from '../adapters/aws-clients';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { crc32cHeader, S3ObjectStore } from '../adapters/s3-object-store';
@@ -31,10 +31,9 @@ describe('S3ObjectStore.put', () => {
   /** Signs and "sends" a put through a handler that records the request instead. */
   async function sentHeaders(opts: { crc32c?: number }): Promise<Record<string, string>> {
     let headers: Record<string, string> = {};
-    const client = new S3Client({
+    const client = s3Client({
       region: 'us-east-1',
       endpoint: 'http://127.0.0.1:1',
-      forcePathStyle: true,
       credentials: { accessKeyId: 'AKID', secretAccessKey: 'secret' },
       requestHandler: {
         handle: async (req: { headers: Record<string, string> }) => {
