@@ -113,7 +113,8 @@
 // mkfs.ext4 for the files job) and installs the missing ones with apt-get when root, else
 // stops naming them (bench/peers.ts). BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S
 // (5), BENCH_RPO_S (20), BENCH_PLACEMENT (both), BENCH_AGENT_NODE_ARGS (extra node flags for
-// the agent, e.g. to profile it).
+// the agent, e.g. to profile it), BENCH_AGENT_PARTS (default peers,rpo,flush-fio,flush-files,idle:
+// the parts to run; the figures of the others are null).
 
 import './quiet-handlers'; // first: before anything imports the handlers' logger
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -124,7 +125,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { dynamoClient } from '../adapters/aws-clients';
 import { DynamoIndex } from '../adapters/dynamo-index';
 import { rpStoreFromEnv, usesExternalStack } from '../adapters/from-env';
 import { callAgent, type AgentStatus } from '../agent/control';
@@ -147,6 +148,9 @@ const reps = Number(process.env.BENCH_REPS ?? 3);
 const fioSeconds = Number(process.env.BENCH_FIO_S ?? 5);
 const rpoSeconds = Number(process.env.BENCH_RPO_S ?? 20);
 const placementSetting = process.env.BENCH_PLACEMENT ?? 'both';
+const PARTS = ['peers', 'rpo', 'flush-fio', 'flush-files', 'idle'] as const;
+type Part = (typeof PARTS)[number];
+const parts = new Set((process.env.BENCH_AGENT_PARTS ?? PARTS.join(',')).split(','));
 /** Extra node flags for the agent process, e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile it. */
 const nodeArgs = (process.env.BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const diskBytes = diskGib * GiB;
@@ -183,6 +187,8 @@ const log = (m: string): void => void process.stderr.write(`[bench:agent] ${m}\n
 if (!(diskGib >= 2) || !(reps >= 1) || !(fioSeconds >= 1) || !(rpoSeconds >= 1)) {
   throw new Error('BENCH_DISK_GIB must be ≥ 2, BENCH_REPS, BENCH_FIO_S and BENCH_RPO_S ≥ 1');
 }
+for (const p of parts) if (!(PARTS as readonly string[]).includes(p)) throw new Error(`BENCH_AGENT_PARTS: unknown part '${p}' (parts: ${PARTS.join(', ')})`);
+const runs = (part: Part): boolean => parts.has(part);
 if (!['pinned', 'shared', 'both'].includes(placementSetting)) throw new Error(`BENCH_PLACEMENT must be pinned, shared or both, not '${placementSetting}'`);
 
 // ---- placement --------------------------------------------------------------------------
@@ -870,7 +876,7 @@ async function main(): Promise<void> {
     stack = external ? environmentStack() : await startLocalStack({ dir: stackDir, log });
     const { index: envIndex, table } = rpStoreFromEnv();
     // The bench's own look-ups (RPs, watermark) go past the request counter: they are not the RP Store's work.
-    const index = stack.uncountedDynamoEndpoint ? new DynamoIndex(table, new DynamoDBClient({ endpoint: stack.uncountedDynamoEndpoint })) : envIndex;
+    const index = stack.uncountedDynamoEndpoint ? new DynamoIndex(table, dynamoClient({ endpoint: stack.uncountedDynamoEndpoint })) : envIndex;
     const agent = new AgentServer(stack, index, tmp);
     // The agent again, each on a fresh image: with the apply side live; and with its uploads
     // held back (paced to 1 MiB/s, into the spool) so that the local S3's work is not on these
@@ -893,7 +899,7 @@ async function main(): Promise<void> {
       log(`${key}: the agent's spool overflowed during the job (overflows ${before.overflows} → ${after.overflows}, mode ${after.mode}): it measured the dirty-map mode, so this figure is null`);
     };
 
-    for (let rep = 0; rep < reps; rep++) {
+    for (let rep = 0; rep < (runs('peers') ? reps : 0); rep++) {
       const placementOrder = rep % 2 ? [...placements].reverse() : placements;
       for (const placement of placementOrder) {
         await placeStack(placement, stack);
@@ -945,11 +951,12 @@ async function main(): Promise<void> {
     // The agent-only jobs, under the primary placement, each on a fresh agent and image.
     await placeStack(primary, stack);
     log(`rpo: ${rpoSeconds} s at ${RPO_RATE / 1e6} MB/s, FLUSH every ${RPO_FLUSH_MS} ms, ccrp interval ${CCRP_INTERVAL_MS} ms`);
-    const rpo = await withAgent(agent, tmp, 'rpo', primary, {}, (a) => measureRpo(a, index));
-    if (rpo.length === 0) throw new Error('no RPO samples');
+    const rpo = runs('rpo') ? await withAgent(agent, tmp, 'rpo', primary, {}, (a) => measureRpo(a, index)) : [];
+    if (runs('rpo') && rpo.length === 0) throw new Error('no RPO samples');
 
     const flushJobs: Partial<Record<FlushLoad, FlushFigures | null>> = {};
     for (const load of ['fio', 'files'] as const) {
+      if (!runs(`flush-${load}`)) continue;
       if (load === 'files' && filesBlocker) {
         log(`flush files: skipped, ${filesBlocker}; its figures are null`);
         flushJobs.files = null;
@@ -965,7 +972,7 @@ async function main(): Promise<void> {
     };
 
     log(`idle: ${IDLE_WRITE_MS / 1000} s at ${RPO_RATE / 1e6} MB/s, a last FLUSH, then quiet; ccrp interval ${IDLE_CCRP_INTERVAL_MS} ms, waiting at most ${IDLE_CAP_MS / 1000} s`);
-    const idleRpo = await withAgent(agent, tmp, 'idle', primary, { ccrpIntervalMs: IDLE_CCRP_INTERVAL_MS }, (a) => measureIdleRpo(a, index));
+    const idleRpo = !runs('idle') ? null : await withAgent(agent, tmp, 'idle', primary, { ccrpIntervalMs: IDLE_CCRP_INTERVAL_MS }, (a) => measureIdleRpo(a, index));
 
     /** Median of a figure's samples; null if none or if any was taken during a spool overflow. */
     const m = (placement: Placement, server: string, figure: string): number | null => {
@@ -1004,8 +1011,8 @@ async function main(): Promise<void> {
         placement: primary,
         ...figures(primary, ''),
         ...(placements.length > 1 ? figures(placements[1], `_${placements[1]}`) : {}),
-        rpo_p50_s: round(percentile(rpo, 0.5)),
-        rpo_p99_s: round(percentile(rpo, 0.99)),
+        rpo_p50_s: rpo.length ? round(percentile(rpo, 0.5)) : null,
+        rpo_p99_s: rpo.length ? round(percentile(rpo, 0.99)) : null,
         rpo_samples: rpo.length,
         ccrp_interval_s: CCRP_INTERVAL_MS / 1000,
         puts_per_s: worst('puts_per_s'),
