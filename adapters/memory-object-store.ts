@@ -2,9 +2,9 @@
 
 import type { Readable } from 'node:stream';
 import { crc32c } from '../core/crc32c';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore, type PutOptions } from '../replica/ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectStore, type PutOptions } from '../replica/ports';
 
-export class MemoryObjectStore implements ObjectStore {
+export class MemoryObjectStore implements ObjectStore, KeyLister {
   readonly objects = new Map<string, Buffer>();
 
   async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
@@ -28,5 +28,9 @@ export class MemoryObjectStore implements ObjectStore {
 
   async size(key: string): Promise<number | undefined> {
     return this.objects.get(key)?.length;
+  }
+
+  async listKeys(prefix: string, startAfter = ''): Promise<string[]> {
+    return [...this.objects.keys()].filter((k) => k.startsWith(prefix) && k > startAfter).sort();
   }
 }

@@ -3,10 +3,10 @@
 // adapters/aws-clients.ts: never a hard-coded endpoint.
 
 import type { Readable } from 'node:stream';
-import { GetObjectCommand, HeadObjectCommand, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { s3Client } from './aws-clients';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type ObjectStore, type PutOptions } from '../replica/ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectStore, type PutOptions } from '../replica/ports';
 
 /** x-amz-checksum-crc32c: the big-endian CRC, base64. */
 export const crc32cHeader = (crc: number): string => {
@@ -22,7 +22,7 @@ const unsignedPayload = <A extends { request: unknown }, R>(next: (args: A) => P
   return next(args);
 };
 
-export class S3ObjectStore implements ObjectStore {
+export class S3ObjectStore implements ObjectStore, KeyLister {
   constructor(
     readonly bucket: string,
     readonly client: S3Client = s3Client(),
@@ -34,6 +34,17 @@ export class S3ObjectStore implements ObjectStore {
     // (a pass over every byte the agent uploads). TLS protects the request in transit.
     if (opts.crc32c !== undefined) command.middlewareStack.add(unsignedPayload, { step: 'build', name: 'livesyncUnsignedPayload' });
     await this.client.send(command);
+  }
+
+  async listKeys(prefix: string, startAfter?: string): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, StartAfter: token ? undefined : startAfter, ContinuationToken: token }));
+      for (const o of page.Contents ?? []) if (o.Key) keys.push(o.Key);
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return keys;
   }
 
   async get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer> {

@@ -11,12 +11,12 @@ import { BATCH_FLAGS, batchBodyBound, encodeBatch } from '../core/batch-format';
 import { BodyPool } from '../source/body-pool';
 import { crc32c } from '../core/crc32c';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
-import { backupManifestKey, checkAppTag, JOURNAL_SUFFIX, parseS3Url } from '../core/keys';
+import { backupManifestKey, checkAppTag, JOURNAL_SUFFIX, journalPrefix, journalStartAfter, parseJournalKey, parseS3Url } from '../core/keys';
 import type { Pair } from '../core/model';
 import { replicaDigests } from '../replica/digests';
 import { sleep } from '../replica/concurrency';
 import { waitForWatermark } from '../replica/pairs';
-import type { ObjectStore, ReplicaIndex } from '../replica/ports';
+import type { KeyLister, ObjectStore, ReplicaIndex } from '../replica/ports';
 import { writeBackup } from '../source/backup';
 import type { CutOptions } from '../source/batch-writer';
 import { inFreezeWindow, takeAcrp, type AcrpHooks } from './acrp';
@@ -35,7 +35,7 @@ export interface AgentOptions {
   disks: { name: string; path: string }[];
   host: string;
   port: number;
-  store: ObjectStore;
+  store: ObjectStore & KeyLister;
   index: ReplicaIndex;
   /** The bucket `store` writes to (LIVESYNC_BUCKET), for the s3:// URL of a backup; unknown: no URL. */
   bucket?: string;
@@ -112,19 +112,22 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     await sleep(5000);
     registered = await o.index.batchesAfter(o.pairId, pair.watermark, Infinity);
   }
-  const firstSeq = Math.max(pair.watermark + 1, ...registered.map((b) => b.seq + 1), previous?.nextSeq ?? 1, ...spool.seqs().map((s) => s + 1));
+  // In the journal and not registered yet: uploads of the last run (most go from memory and are
+  // never spooled), which may have ended before state.json recorded their seqs as used.
+  const uploaded = await journalSeqsAfter(o.store, o.pairId, pair.watermark);
+  const firstSeq = Math.max(pair.watermark + 1, ...registered.map((b) => b.seq + 1), previous?.nextSeq ?? 1, ...spool.seqs().map((s) => s + 1), ...uploaded.map((s) => s + 1));
   const state: AgentState = { version: 1, pairId: o.pairId, nextSeq: firstSeq, running: true, bootId, syncMarks };
   // One write of the state file at a time (they share its temporary name).
   let stateWrites: Promise<void> = writeState(statePath, state);
   const saveState = (): Promise<void> => (stateWrites = stateWrites.catch(() => {}).then(() => writeState(statePath, { ...state })));
   await stateWrites;
-  if (doubt) {
-    log(`local state not trusted (${doubt}): comparing every region with the replica`);
-    // With its state, the agent knows every seq it cut is uploaded or spooled: only dropped
-    // ones are missing. Without, any seq the index does not hold (after the wait) is.
-    const lost = previous ? dropped : range(pair.watermark + 1, firstSeq).filter((seq) => !registered.some((b) => b.seq === seq) && !spool.seqs().includes(seq));
-    await fillGaps(o.pairId, pair, spool, lost, log);
-  }
+  if (doubt) log(`local state not trusted (${doubt}): comparing every region with the replica`);
+  // A seq below the first one that nothing holds (not registered, spooled or in the journal)
+  // was lost: a batch held in memory when the process died, or a spooled one dropped as
+  // corrupt. Its writes are in regions still marked dirty (its marks clear only once it is on
+  // file or in the journal), or, when the state is doubted, in the comparison with the replica.
+  const holds = new Set([...registered.map((b) => b.seq), ...spool.seqs(), ...uploaded]);
+  await fillGaps(o.pairId, pair, spool, range(pair.watermark + 1, firstSeq).filter((seq) => !holds.has(seq)), log);
 
   const files: FileHandle[] = [];
   for (const d of pair.disks) files.push(await open(paths.get(d.name)!, 'r+'));
@@ -365,6 +368,17 @@ async function whyUntrusted(
     return identityChange(previous.images, await Promise.all(pair.disks.map((d) => imageIdentity(d.name, paths.get(d.name)!))));
   }
   return undefined;
+}
+
+/** Seqs above `after` the pair's journal holds (uploaded, registered or not), ascending. */
+async function journalSeqsAfter(store: KeyLister, pairId: string, after: number): Promise<number[]> {
+  let keys: string[];
+  try {
+    keys = await store.listKeys(journalPrefix(pairId), journalStartAfter(pairId, after));
+  } catch (err) {
+    throw new Error(`cannot list the journal of pair '${pairId}' (${journalPrefix(pairId)}; the agent needs s3:ListBucket on it): ${(err as Error).message}`);
+  }
+  return keys.flatMap((k) => parseJournalKey(k)?.seq ?? []).filter((seq) => seq > after);
 }
 
 /** Drops spooled batches that fail their checksums; returns their seqs (gaps that fillGaps closes). */

@@ -104,6 +104,11 @@ export class PairCapture {
   constructor(private readonly o: PairCaptureOptions) {
     this.locks = o.disks.map(() => new RangeLock());
     this.sealedThroughValue = o.firstSeq - 1;
+    // A batch's dirty marks may clear once it is safe from a crash of this process: on file, or in the journal.
+    o.spool.onSecured = (seq) => {
+      this.sealed.add(seq);
+      while (this.sealed.delete(this.sealedThroughValue + 1)) this.sealedThroughValue++;
+    };
     this.writer = new BatchWriter({
       pairId: o.pairId,
       disks: o.disks,
@@ -309,8 +314,6 @@ export class PairCapture {
     // of its flush log, if a FLUSH wrote one, before the log is deleted.
     await this.o.spool.add(b.seq, body, { durable: false });
     await this.o.flushLog.discard(b.seq, () => this.o.spool.syncThrough(b.seq));
-    this.sealed.add(b.seq);
-    while (this.sealed.delete(this.sealedThroughValue + 1)) this.sealedThroughValue++;
     this.uploader.kick();
   }
 

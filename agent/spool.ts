@@ -1,8 +1,9 @@
-// The agent's local spool: cut batches, durable on local disk before a FLUSH is
-// acknowledged, kept until the journal holds them. One file per batch, named by seq:
-// `{seq:020}.batch`, written to a temporary name, renamed; synced before the rename (a
-// durable add), or later by syncThrough, before the FLUSH that needs it is answered
-// (docs/design.md, "Agent").
+// The agent's local spool: cut batches, kept until the journal holds them. One file per
+// batch, named by seq: `{seq:020}.batch`, written to a temporary name, renamed. A batch added
+// without `durable` is first only held in memory: the uploader usually PUTs it from there
+// and it never touches the disk. It is written to its file when held bodies outgrow the
+// memory budget, or when something needs it on disk: syncThrough (a FLUSH, a cut, the
+// discard of its flush log, a clean stop), which also syncs it (docs/design.md, "Agent").
 
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,16 +22,20 @@ export class SpoolCorruptError extends Error {
   }
 }
 
-/** Bodies this process spooled are kept in memory up to this many bytes, for the uploader. */
-const DEFAULT_MEMORY_BYTES = 10 * 1024 * 1024; // two 4 MiB batches and their framing
+/** Bodies this process spooled are kept in memory up to this many bytes (default). */
+const DEFAULT_MEMORY_BYTES = 16 * 1024 * 1024; // four 4 MiB batches: as many as the uploads in flight
 
 export interface SpoolOptions {
-  /** Bytes of spooled bodies kept in memory for the uploader (default 10 MiB). */
+  /**
+   * Bytes of bodies kept in memory (default 16 MiB): held ones (not yet in a file), and ones
+   * written to their file, kept for the uploader. Beyond it the oldest held are written out
+   * and bodies on file are let go.
+   */
   memoryBytes?: number;
   /**
    * Where bodies read back from files come from, and where every body the spool lets go of
-   * goes back to: after its write if not kept in memory, else when its batch is removed (its
-   * upload done). The batch writer takes its bodies from the same pool.
+   * goes back to: once it is on file and not kept in memory, or when its batch is removed
+   * (its upload done). The batch writer takes its bodies from the same pool.
    */
   bodies?: BodyPool;
 }
@@ -38,13 +43,26 @@ export interface SpoolOptions {
 export class Spool {
   private readonly sizes = new Map<number, number>();
   private total = 0;
-  private lastAdd: Promise<unknown> = Promise.resolve();
+  /** The last file write started: files are written (renamed) one at a time, in the order asked. */
+  private lastWrite: Promise<unknown> = Promise.resolve();
   /**
    * Batches this process encoded and spooled, not yet uploaded: read() hands them out
    * without reading the file back and checking it again (they never left memory).
    */
   private readonly inMemory = new Map<number, Buffer>();
   private inMemoryBytes = 0;
+  /** Added without durable, in memory only: no file yet (none may ever be needed). */
+  private readonly held = new Set<number>();
+  /**
+   * Called once per batch added, when it is safe from a crash of this process: written to its
+   * file (renamed; the page cache keeps it), or removed (the journal holds it). The agent's
+   * capture clears dirty marks only for batches past this point.
+   */
+  onSecured: ((seq: number) => void) | undefined;
+  /** Bodies read() handed to the uploader from memory: kept in memory until their batch is removed. */
+  private readonly handedOut = new Set<number>();
+  /** File writes of held batches, started and not yet done. */
+  private readonly writes = new Map<number, Promise<void>>();
   /** Bodies read back from files for the uploader, given back when their batch is removed. */
   private readonly lent = new Map<number, Buffer>();
   /** Spooled (renamed) batches whose data may not be on disk yet: added with durable false. */
@@ -95,47 +113,38 @@ export class Spool {
   }
 
   /**
-   * Stores a batch. Batches are written concurrently but appear (are renamed) in call order,
-   * the seq order: after a crash the spool never holds a seq whose predecessor's rename was
-   * lost, so no seq stream has a hole. The spool owns `body` from here on (see
-   * SpoolOptions.bodies).
+   * Stores a batch; the spool owns `body` from here on (see SpoolOptions.bodies).
    *
-   * durable (default): the data is synced before the rename and the rename after it, with
-   * every earlier batch added without (as syncThrough(seq)): when this resolves, the batch
-   * and all before it survive a host crash. durable false: written and renamed only, for a
-   * batch no FLUSH waits for; it survives a process kill (the page cache keeps it), and
-   * syncThrough makes it durable before a FLUSH that needs it is answered. A host crash
-   * before that may leave it torn or empty: the start-up check drops it, and the agent then
-   * distrusts its state (agent.ts, docs/design.md "Agent").
+   * durable (default): written to its file and synced, with every batch before it (as
+   * syncThrough(seq)): when this resolves, the batch and all before it survive a host crash.
+   * durable false: held in memory, for a batch no FLUSH waits for; resolves at once. The
+   * uploader PUTs it from memory, and if that happens first it is never written. It reaches
+   * its file (renamed, not synced) when held bodies outgrow the memory budget, and is synced
+   * by syncThrough before a FLUSH that needs it is answered. A crash before either loses it:
+   * the dirty marks of its writes are still set then (onSecured has not fired), and the
+   * start-up fills its seq and resyncs them (agent.ts, docs/design.md "Agent").
    */
   add(seq: number, body: Buffer, opts: { durable?: boolean } = {}): Promise<void> {
-    const durable = opts.durable ?? true;
-    const path = this.path(seq);
-    const tmp = `${path}.tmp`;
-    const written = writeWhole(tmp, body, durable);
-    const visible = Promise.all([written, this.lastAdd]).then(async () => {
-      await rename(tmp, path);
-      this.dirUnsynced = true;
-      if (!durable) this.unsynced.add(seq);
-      this.track(seq, body.length);
-      if (this.inMemoryBytes + body.length <= this.memoryBytes) {
-        this.inMemory.set(seq, body);
-        this.inMemoryBytes += body.length;
-      } else {
-        this.bodies?.give(body);
-      }
-    });
-    this.lastAdd = visible.catch(() => {});
-    return durable ? visible.then(() => this.syncThrough(seq)) : visible;
+    this.track(seq, body.length);
+    const earlier = this.inMemory.get(seq); // added again (start-up repairs): the new body wins
+    if (earlier) this.inMemoryBytes -= earlier.length;
+    if (earlier && earlier !== body) this.bodies?.give(earlier);
+    this.inMemory.set(seq, body);
+    this.inMemoryBytes += body.length;
+    this.held.add(seq);
+    // Over the memory budget, the add waits for the writes that bring it back (backpressure on the cuts).
+    const relieved = this.relieve();
+    return opts.durable ?? true ? this.syncThrough(seq) : relieved;
   }
 
-  /**
+    /**
    * Makes every spooled batch up to `seq` durable: the files added without a sync (their
    * data), then the directory (their renames). Waits for the adds called before it. Cheap
    * when nothing is unsynced: no system call at all.
    */
   syncThrough(seq: number): Promise<void> {
-    const run = Promise.all([this.lastAdd, this.syncing]).then(async () => {
+    const written = [...this.held].filter((s) => s <= seq).sort((a, b) => a - b).map((s) => this.writeOut(s));
+    const run = Promise.all([...written, this.syncing]).then(async () => {
       const files = [...this.unsynced].filter((s) => s <= seq);
       if (files.length === 0 && !this.dirUnsynced) return;
       for (const s of files) this.unsynced.delete(s);
@@ -154,9 +163,14 @@ export class Spool {
     return run;
   }
 
-  /** Spooled batches whose data is not synced yet (added with durable false). */
+  /** Spooled batches not durable yet (added with durable false): held, or on file and not synced. */
   get unsyncedCount(): number {
-    return this.unsynced.size;
+    return this.unsynced.size + this.held.size;
+  }
+
+  /** Batches held in memory only, with no file. */
+  get heldCount(): number {
+    return this.held.size;
   }
 
   /**
@@ -166,7 +180,10 @@ export class Spool {
    */
   async read(seq: number): Promise<Buffer> {
     const kept = this.inMemory.get(seq);
-    if (kept) return kept;
+    if (kept) {
+      this.handedOut.add(seq);
+      return kept;
+    }
     const body = await this.readWhole(this.path(seq));
     try {
       checkWhole(body, seq, this.path(seq));
@@ -204,6 +221,8 @@ export class Spool {
   }
 
   async remove(seq: number): Promise<void> {
+    const wasHeld = this.held.delete(seq); // a write of it not started yet is skipped
+    await this.writes.get(seq)?.catch(() => {}); // one under way finishes first, then its file goes
     await rm(this.path(seq), { force: true });
     this.unsynced.delete(seq); // in the journal now: nothing to sync
     this.total -= this.sizes.get(seq) ?? 0;
@@ -213,8 +232,71 @@ export class Spool {
     const body = kept ?? this.lent.get(seq);
     this.inMemory.delete(seq);
     this.lent.delete(seq);
+    this.handedOut.delete(seq);
     if (body) this.bodies?.give(body);
+    if (wasHeld) this.onSecured?.(seq);
   }
+
+  /**
+   * Writes a held batch to its file (renamed, not synced) after the writes asked for before
+   * it; once there, it is secured. Its body stays in memory (for the uploader) if the budget
+   * allows. A batch removed meanwhile is not written.
+   */
+  private writeOut(seq: number): Promise<void> {
+    const started = this.writes.get(seq);
+    if (started) return started;
+    if (!this.held.has(seq)) return Promise.resolve();
+    const path = this.path(seq);
+    const write = this.lastWrite.then(async () => {
+      const body = this.inMemory.get(seq);
+      if (!body || !this.held.has(seq)) return; // removed (uploaded) before its turn
+      await writeWhole(`${path}.tmp`, body, false);
+      await rename(`${path}.tmp`, path);
+      this.dirUnsynced = true;
+      this.unsynced.add(seq);
+      // Removed while it was being written: remove() deletes the file and says it is secured.
+      if (this.held.delete(seq)) this.onSecured?.(seq);
+      void this.relieve();
+    });
+    const done = write.finally(() => this.writes.delete(seq));
+    this.writes.set(seq, done);
+    this.lastWrite = done.catch(() => {});
+    return done;
+  }
+
+  /**
+   * Within the memory budget again: the oldest held batches not being uploaded are written
+   * out (the spool on disk stays a prefix of the seqs where it can), then bodies already on
+   * file are let go, the newest first (the uploader reads those back from their files, last).
+   */
+  private relieve(): Promise<void> {
+    let over = this.inMemoryBytes - this.memoryBytes;
+    if (over <= 0) return Promise.resolve();
+    const writes: Promise<void>[] = [];
+    const seqs = [...this.inMemory.keys()].sort((a, b) => a - b);
+    // Being uploaded: it leaves with its removal, soon as a rule (and is never written out for it).
+    for (const seq of seqs) {
+      if (over <= 0) break;
+      if (!this.held.has(seq) || this.handedOut.has(seq)) continue;
+      writes.push(this.writeOut(seq)); // let go of once written (it calls this again)
+      over -= this.inMemory.get(seq)!.length;
+    }
+    for (const seq of seqs.reverse()) {
+      if (over <= 0) break;
+      if (this.held.has(seq) || this.handedOut.has(seq)) continue;
+      const body = this.inMemory.get(seq)!;
+      this.inMemory.delete(seq);
+      this.inMemoryBytes -= body.length;
+      this.bodies?.give(body);
+      over -= body.length;
+    }
+    // A failed write is tried again by syncThrough, which reports it.
+    return Promise.all(writes).then(
+      () => {},
+      () => {},
+    );
+  }
+
 
   /** A file's bytes, in a body from the pool if there is one. */
   private async readWhole(path: string): Promise<Buffer> {

@@ -1,6 +1,7 @@
 // Drains the spool into the pair's journal: lowest seqs first, a few PUTs at a time, retry
 // with backoff for as long as it takes (the spool, then the dirty map, absorb an outage),
-// an optional bandwidth limit. A batch leaves the spool only once the journal holds it.
+// an optional bandwidth limit. A batch leaves the spool only once the journal holds it;
+// most never reach a file (agent/spool.ts).
 
 import { setTimeout as wait } from 'node:timers/promises';
 import { batchObjectCrc32c } from '../core/batch-format';
@@ -103,10 +104,9 @@ export class Uploader {
     const crc32c = batchObjectCrc32c(body); // the spool checked a body read back from its file
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
-        // On disk before the journal can hold it: a host crash that lost the spooled file of an
-        // uploaded batch whose seq is not yet recorded past (state.json) would have its seq cut
-        // again, with other data. Off the guest's write path; nothing to do if a FLUSH synced it.
-        await this.o.spool.syncThrough(seq);
+        // From memory as a rule (a held batch is never written to its file if this comes
+        // first). A crash after this PUT and before state.json records its seq as used does
+        // not get the seq cut again: the start-up lists the journal past the watermark.
         await this.o.store.put(journalKey(this.o.pairId, seq), body, { crc32c });
         this.lastError = undefined;
         this.uploadedBatches++;

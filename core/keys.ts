@@ -32,8 +32,12 @@ export const seqKey = (seq: number): string => String(seq).padStart(SEQ_DIGITS, 
  * is never overwritten by the good one that replaces it, so it can be kept in quarantine.
  */
 export function journalKey(pair: string, seq: number, nonce = randomBytes(8).toString('hex')): string {
-  return `pairs/${pair}/journal/${seqKey(seq)}-${nonce}${JOURNAL_SUFFIX}`;
+  return `${journalPrefix(pair)}${seqKey(seq)}-${nonce}${JOURNAL_SUFFIX}`;
 }
+
+/** Where a pair's journal objects are, and the StartAfter that lists those with seqs above `seq` ('.' sorts after '-'). */
+export const journalPrefix = (pair: string): string => `pairs/${pair}/journal/`;
+export const journalStartAfter = (pair: string, seq: number): string => `${journalPrefix(pair)}${seqKey(seq)}.`;
 
 export interface JournalKey {
   pair: string;

@@ -116,6 +116,8 @@ export class ReplicaStore extends Construct {
       // Journal batches, and the backups `livesync backup` takes (the seed workflow reads them).
       iam.Grant.addToPrincipal({ grantee, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${pairPrefix}journal/*`), this.bucket.arnForObjects(`${pairPrefix}backups/*`)] }),
       iam.Grant.addToPrincipal({ grantee, actions: ['s3:GetObject'], resourceArns: [this.bucket.arnForObjects(`${pairPrefix}*`)] }),
+      // Its start-up lists the journal past the watermark (uploads of the last run not registered yet).
+      iam.Grant.addToPrincipal({ grantee, actions: ['s3:ListBucket'], resourceArns: [this.bucket.bucketArn], conditions: { StringLike: { 's3:prefix': [`${pairPrefix}*`] } } }),
       iam.Grant.addToPrincipal({
         grantee,
         actions: ['dynamodb:GetItem', 'dynamodb:Query'],

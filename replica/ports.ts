@@ -35,6 +35,11 @@ export interface ObjectStore {
   size(key: string): Promise<number | undefined>;
 }
 
+/** Lists keys, as S3's ListObjectsV2 does: those under `prefix` after `startAfter`, ascending. */
+export interface KeyLister {
+  listKeys(prefix: string, startAfter?: string): Promise<string[]>;
+}
+
 export class ObjectNotFoundError extends Error {
   constructor(readonly key: string) {
     super(`object '${key}' not found`);

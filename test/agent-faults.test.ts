@@ -12,7 +12,7 @@ import { NbdClient } from '../bench/nbd-client';
 import { BATCH_FLAGS } from '../core/batch-format';
 import { rng } from '../source/workload';
 import { createPair, waitForWatermark } from '../replica/pairs';
-import type { ObjectStore } from '../replica/ports';
+import type { KeyLister, ObjectStore } from '../replica/ports';
 import { spawnAgentProcess, type AgentProcess } from './agent-process';
 import { cloud, eventually, firstDifference, have, newPairId, recover } from './helpers';
 
@@ -141,13 +141,14 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
 });
 
 /** An object store whose uploads fail while `down` is set (a network outage). */
-function outage(store: ObjectStore): ObjectStore & { down: boolean } {
+function outage(store: ObjectStore & KeyLister): ObjectStore & KeyLister & { down: boolean } {
   const s = {
     down: false,
     put: (key: string, body: Buffer) => (s.down ? Promise.reject(new Error('network unreachable')) : store.put(key, body)),
     get: store.get.bind(store),
     upload: store.upload.bind(store),
     size: store.size.bind(store),
+    listKeys: store.listKeys.bind(store),
   };
   return s;
 }

@@ -159,7 +159,7 @@ describe('LivesyncStack', () => {
     expect(template.findResources('AWS::IAM::Role')[roleId].Properties.ManagedPolicyArns).toBeUndefined();
   });
 
-  test('agent grant: one pair\'s journal and backups writable, its objects and items readable, nothing else', () => {
+  test('agent grant: one pair\'s journal and backups writable, its objects, keys and items readable, nothing else', () => {
     const app = new App();
     const other = new Stack(app, 'AgentGrant');
     const store = new ReplicaStore(other, 'Store');
@@ -171,6 +171,7 @@ describe('LivesyncStack', () => {
     expect(statements).toEqual([
       expect.objectContaining({ Action: 's3:PutObject', Resource: [objects('journal/*'), objects('backups/*')] }),
       expect.objectContaining({ Action: 's3:GetObject', Resource: objects('*') }),
+      expect.objectContaining({ Action: 's3:ListBucket', Resource: { 'Fn::GetAtt': [bucket, 'Arn'] }, Condition: { StringLike: { 's3:prefix': ['pairs/db01/*'] } } }),
       expect.objectContaining({ Action: ['dynamodb:GetItem', 'dynamodb:Query'], Condition: { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': ['PAIR#db01'] } } }),
     ]);
   });

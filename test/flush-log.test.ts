@@ -189,11 +189,13 @@ describe('FLUSH through the capture path', () => {
     const flushLog = await FlushLog.open(join(dir, 'flushlog'));
     const early: number[] = [];
     const discard = flushLog.discard.bind(flushLog);
-    flushLog.discard = (seq) => {
-      const inJournal = [...store.objects.keys()].some((k) => parseJournalKey(k)!.seq === seq);
-      if (existsSync(pathOf(flushLog.dir, seq)) && !existsSync(join(dir, 'spool', `${String(seq).padStart(20, '0')}.batch`)) && !inJournal) early.push(seq);
-      return discard(seq);
-    };
+    // A log may go only once its batch is on file in the spool or in the journal (checked after what the capture runs first).
+    flushLog.discard = (seq, beforeDelete) =>
+      discard(seq, async () => {
+        await beforeDelete?.();
+        const inJournal = [...store.objects.keys()].some((k) => parseJournalKey(k)!.seq === seq);
+        if (existsSync(pathOf(flushLog.dir, seq)) && !existsSync(join(dir, 'spool', `${String(seq).padStart(20, '0')}.batch`)) && !inJournal) early.push(seq);
+      });
     const capture = new PairCapture({
       pairId,
       disks,
