@@ -42,7 +42,8 @@ export interface CaptureStatus {
   flushLogWrites: number;
   /** Highest seq such that it and every seq below it are in the spool (or uploaded). */
   sealedThrough: number;
-  spool: { batches: number; bytes: number; limitBytes: number };
+  /** held: batches in memory only; filesWritten: batch files this process wrote (most batches never need one). */
+  spool: { batches: number; bytes: number; limitBytes: number; held: number; filesWritten: number };
   upload: { inFlight: number; batches: number; bytes: number; lastError?: string };
   dirtyRegions: number;
   resyncPendingRegions: number;
@@ -250,7 +251,7 @@ export class PairCapture {
       flushes: this.flushCount,
       flushLogWrites: this.flushLogWrites,
       sealedThrough: this.sealedThroughValue,
-      spool: { batches: this.o.spool.count, bytes: this.o.spool.bytes, limitBytes: this.o.spool.limitBytes },
+      spool: { batches: this.o.spool.count, bytes: this.o.spool.bytes, limitBytes: this.o.spool.limitBytes, held: this.o.spool.heldCount, filesWritten: this.o.spool.filesWritten },
       upload: { inFlight: this.uploader.inFlight, batches: this.uploader.uploadedBatches, bytes: this.uploader.uploadedBytes, lastError: this.uploader.lastError },
       dirtyRegions: this.o.dirty.dirtyRegions,
       resyncPendingRegions: this.o.dirty.pendingResync,

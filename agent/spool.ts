@@ -59,6 +59,8 @@ export class Spool {
    * capture clears dirty marks only for batches past this point.
    */
   onSecured: ((seq: number) => void) | undefined;
+  /** Batch files this process wrote. */
+  filesWritten = 0;
   /** Bodies read() handed to the uploader from memory: kept in memory until their batch is removed. */
   private readonly handedOut = new Set<number>();
   /** File writes of held batches, started and not yet done. */
@@ -252,6 +254,7 @@ export class Spool {
       if (!body || !this.held.has(seq)) return; // removed (uploaded) before its turn
       await writeWhole(`${path}.tmp`, body, false);
       await rename(`${path}.tmp`, path);
+      this.filesWritten++;
       this.dirUnsynced = true;
       this.unsynced.add(seq);
       // Removed while it was being written: remove() deletes the file and says it is secured.
