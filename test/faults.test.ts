@@ -1,7 +1,8 @@
 // Bad input and faults on the apply path, through the event path (no direct handler
 // calls), except where a crash has to be injected between two index writes.
 
-import { GetQueueAttributesCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
+import { sqsClient } from '../adapters/aws-clients';
 import fc from 'fast-check';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { BLOCK_SIZE, encodeBatch } from '../core/batch-format';
@@ -68,7 +69,7 @@ async function registered(pairId: string): Promise<number[]> {
 async function applyQueueDrained(): Promise<void> {
   const QueueUrl = process.env.LIVESYNC_APPLY_QUEUE_URL;
   if (!QueueUrl) return new Promise((r) => setTimeout(r, 3000));
-  const sqs = new SQSClient({});
+  const sqs = sqsClient();
   const names = ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'] as const;
   await eventually('the apply queue to drain', async () => {
     const { Attributes: a = {} } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: [...names] }));

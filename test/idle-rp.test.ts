@@ -7,8 +7,9 @@
 import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DynamoDBClient, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
-import { ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
+import { ReceiveMessageCommand } from '@aws-sdk/client-sqs';
+import { dynamoClient, endpointFor, sqsClient } from '../adapters/aws-clients';
 import { DynamoIndex } from '../adapters/dynamo-index';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { MemoryRpChecks } from '../adapters/memory-rp-checks';
@@ -162,7 +163,7 @@ describe('pair writes that lose to a concurrent transaction', () => {
   // timer's RP and an advance are both transactions on the pair item. Nothing was written, so
   // the writer re-reads and retries at once instead of failing its message for a redelivery.
   test('TransactionConflict is a lost race (false), like a failed rev condition', async () => {
-    const client = new DynamoDBClient({ region: 'us-east-1', endpoint: 'http://127.0.0.1:9', credentials: { accessKeyId: 'x', secretAccessKey: 'x' } });
+    const client = dynamoClient({ region: 'us-east-1', endpoint: 'http://127.0.0.1:9', credentials: { accessKeyId: 'x', secretAccessKey: 'x' } });
     let refuse: () => Error = () => new Error('unset');
     client.middlewareStack.add(() => async () => { throw refuse(); }, { step: 'initialize', name: 'refuse' });
     const index = new DynamoIndex('table', client);
@@ -224,8 +225,8 @@ describe('RP timer through the event path (SQS delayed messages)', () => {
   // The timer relies on DelaySeconds; were it ignored locally, checks would come back at once
   // and re-arm until due: the same RPs, at many times the messages.
   test('holds a message back for its DelaySeconds, and long polls then deliver it', async () => {
-    const endpoint = process.env.AWS_ENDPOINT_URL_SQS!;
-    const sqs = new SQSClient({});
+    const endpoint = endpointFor('SQS')!;
+    const sqs = sqsClient();
     try {
       const { queueUrl } = await createApplyQueues(sqs, endpoint, newPairId('delay-probe'), 5, 30);
       const sent = Date.now();

@@ -9,7 +9,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { s3Client } from '../adapters/aws-clients';
 import { jsonOf, startCountingProxy } from '../local/counting-proxy';
 import { s3RequestClass, startS3Local } from '../local/s3-local';
 
@@ -27,7 +28,7 @@ test.each([
 test('the local S3 counts what it received, by class and kind', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'livesync-s3count-'));
   const s3 = await startS3Local(dir, 'b');
-  const client = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  const client = s3Client({ endpoint: s3.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
   try {
     const key = 'pairs/p1/journal/00000000000000000001-0000000000000000.batch';
     for (const k of [key, 'pairs/p1/backups/m.json', 'loose']) await client.send(new PutObjectCommand({ Bucket: 'b', Key: k, Body: Buffer.from(k) }));
