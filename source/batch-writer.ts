@@ -37,8 +37,14 @@ export interface CutBatch {
   cutMs: number;
 }
 
-/** Default cut size of pending distinct blocks. */
+/** Default target size of a stored batch. */
 const DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024;
+/** Default bound on a batch's raw (distinct pending) bytes, as a multiple of maxBatchBytes. */
+const DEFAULT_RAW_FACTOR = 4;
+/** Slab chunk size at most: a batch's pending data takes chunks as it grows. */
+const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Batches encoded lately whose sizes estimate how the next one compresses. */
+const MEASURED_KEPT = 4;
 
 /**
  * Where cut batches go, once encoded. Called in seq order (the calls' promises may overlap);
@@ -56,8 +62,14 @@ export interface BatchWriterOptions {
   sink?: BatchSink;
   /** Seq of the first batch this writer cuts (default 1: a new pair). */
   firstSeq?: number;
-  /** Cut once this many bytes of distinct blocks are pending (default 8 MiB). */
+  /**
+   * Target stored size of a batch (default 8 MiB): a batch is cut once this many bytes of
+   * distinct blocks are pending, or k times as many while recent batches were stored at no
+   * more than 1/k of their raw bytes (k ≤ maxRawBatchBytes / maxBatchBytes; see `limit`).
+   */
   maxBatchBytes?: number;
+  /** Hard bound on a batch's distinct pending bytes, whatever it compresses to (default 4 × maxBatchBytes). */
+  maxRawBatchBytes?: number;
   /** Cut once the oldest pending write is this old (default 1000 ms; 0 disables). */
   maxBatchAgeMs?: number;
   /** Uploads in flight before `write` waits (default 4). */
@@ -72,7 +84,7 @@ export interface BatchWriterOptions {
   clock?: () => number;
   /**
    * While this says true, the age rule does not cut (the agent: a backlog of batches not yet
-   * uploaded; the open batch grows to maxBatchBytes instead, so a slow link gets fewer, larger objects).
+   * uploaded; the open batch grows to its size limit instead, so a slow link gets fewer, larger objects).
    */
   holdAgeCut?: () => boolean;
   /** Called synchronously when a batch is cut, before the write that caused it (if any) is recorded. */
@@ -140,11 +152,17 @@ export class BatchWriter {
   private readonly pending: Pending[];
   /**
    * The pending blocks' data, one 4 KiB slot per distinct block, so a write costs a copy and
-   * no allocation. A slab is reused once the batch it held is encoded.
+   * no allocation: slot s is in chunk ⌊s / chunkSlots⌋. Chunks are taken as the batch grows
+   * (a batch within maxBatchBytes takes one, as a rule) and reused once the batch is encoded.
    */
-  private slab: Buffer | undefined;
+  private slab: Buffer[] = [];
   private slots = 0;
-  private readonly spareSlabs: Buffer[] = [];
+  private readonly spareChunks: Buffer[] = [];
+  private readonly chunkSlots: number;
+  /** Distinct pending bytes and stored bytes of the last batches encoded (newest last). */
+  private readonly measured: { raw: number; stored: number }[] = [];
+  /** The open batch's bound on distinct pending bytes, fixed at its first use in the batch. */
+  private batchLimit: number | undefined;
   /** Across batches: a source whose data has not been compressing is stored raw for a while. */
   private readonly gate = new CompressionGate();
   private readonly zeroRuns: ZeroRun[][];
@@ -183,6 +201,7 @@ export class BatchWriter {
     this.o = {
       firstSeq: 1,
       maxBatchBytes: DEFAULT_MAX_BATCH_BYTES,
+      maxRawBatchBytes: DEFAULT_RAW_FACTOR * (rest.maxBatchBytes ?? DEFAULT_MAX_BATCH_BYTES),
       maxBatchAgeMs: 1000,
       maxInFlight: 4,
       compressConcurrency: 4,
@@ -196,6 +215,12 @@ export class BatchWriter {
         const key = await this.upload(store!, journalKey(this.o.pairId, b.seq), b.body);
         this.o.onUploaded?.({ seq: b.seq, key, bytes: b.body.length, dataBytes: b.dataBytes, flags: b.flags, appTag: b.appTag, cutMs: b.cutMs });
       });
+    const { maxBatchBytes, maxRawBatchBytes } = this.o;
+    if (!Number.isSafeInteger(maxBatchBytes) || maxBatchBytes < BLOCK_SIZE) throw new InvalidArgumentError(`maxBatchBytes ${maxBatchBytes} is not an integer of at least 4096`);
+    if (!Number.isSafeInteger(maxRawBatchBytes) || maxRawBatchBytes < maxBatchBytes) {
+      throw new InvalidArgumentError(`maxRawBatchBytes ${maxRawBatchBytes} is not an integer of at least maxBatchBytes (${maxBatchBytes})`);
+    }
+    this.chunkSlots = Math.ceil(Math.min(maxBatchBytes, MAX_CHUNK_BYTES) / BLOCK_SIZE);
     this.diskIndex = new Map(options.disks.map((d, i) => [d.name, i]));
     this.pending = options.disks.map(() => new Map());
     this.zeroRuns = options.disks.map(() => []);
@@ -223,6 +248,40 @@ export class BatchWriter {
     return this.o.maxBatchBytes;
   }
 
+  /** The bound on any batch's distinct pending bytes (a batch's raw size is at most this). */
+  get maxRawBatchBytes(): number {
+    return this.o.maxRawBatchBytes;
+  }
+
+  /**
+   * The open batch's bound on distinct pending bytes: maxBatchBytes × k, k = ⌊1 / r⌋ within
+   * [1, maxRawBatchBytes / maxBatchBytes], so the batch is expected to be stored in
+   * maxBatchBytes or less. r (1 before any batch was encoded) is the stored/raw ratio of the
+   * last four batches encoded together (by bytes: a small age-cut batch of a few raw 4 KiB
+   * blocks barely counts), or the ratio of either of the last two if it held at least a
+   * quarter of maxBatchBytes and was worse: a large batch that did not compress ends the
+   * growth at once. Fixed for the batch at its first use, so a measurement arriving meanwhile
+   * never splits an operation.
+   */
+  private limit(): number {
+    if (this.batchLimit === undefined) {
+      const m = this.measured;
+      let r = m.length ? m.reduce((n, x) => n + x.stored, 0) / m.reduce((n, x) => n + x.raw, 0) : 1;
+      for (const x of m.slice(-2)) if (x.raw >= this.o.maxBatchBytes / 4) r = Math.max(r, x.stored / x.raw);
+      const maxK = Math.floor(this.o.maxRawBatchBytes / this.o.maxBatchBytes);
+      const k = Math.max(1, Math.min(maxK, Math.floor(1 / r)));
+      this.batchLimit = k * this.o.maxBatchBytes;
+    }
+    return this.batchLimit;
+  }
+
+  /** A batch of `rawBytes` distinct pending bytes was stored in `storedBytes`. */
+  private measure(rawBytes: number, storedBytes: number): void {
+    if (rawBytes === 0) return;
+    this.measured.push({ raw: rawBytes, stored: storedBytes });
+    if (this.measured.length > MEASURED_KEPT) this.measured.shift();
+  }
+
   /**
    * The open batch's blocks written (or zeroed) since the previous take or cut, copied (later
    * writes do not change them); undefined if there are none. The agent's FLUSH logs them.
@@ -246,7 +305,7 @@ export class BatchWriter {
         if (zero) extents.push({ disk, blockIndex: blocks[i], zeroBlocks: j - i });
         else {
           const data = Buffer.allocUnsafe((j - i) * BLOCK_SIZE);
-          for (let k = i; k < j; k++) this.slotData(this.slab!, m.get(blocks[k])!).copy(data, (k - i) * BLOCK_SIZE);
+          for (let k = i; k < j; k++) this.slotData(m.get(blocks[k])!).copy(data, (k - i) * BLOCK_SIZE);
           extents.push({ disk, blockIndex: blocks[i], data });
         }
         i = j;
@@ -347,15 +406,25 @@ export class BatchWriter {
     const flags =
       (opts.appTag ? BATCH_FLAGS.APP_CONSISTENT : 0) | (opts.rp ? BATCH_FLAGS.RP_REQUESTED : 0) | (opts.resyncEnd ? BATCH_FLAGS.RESYNC_END : 0) | this.extraFlags;
     const slab = this.slab;
-    const extents = this.pendingExtents(slab);
+    const extents = this.pendingExtents();
+    const rawBytes = this.pendingBytes;
     const header = { pairId: this.o.pairId, seq, prevSeq: seq - 1, firstWriteMs: this.firstWriteMs ?? cutMs, cutMs, flags, appTag: opts.appTag, disks: this.o.disks.map((d) => d.name) };
     // Compression runs on the thread pool, so the caller's event loop keeps serving; batches
     // still reach the sink in seq order.
     const body = encodeBatchAsync(header, extents, { concurrency: this.o.compressConcurrency, gate: this.gate, alloc: this.o.bodies && ((n) => this.o.bodies!.take(n)) });
-    // The encoded body holds copies: the slab serves a later batch (two spares at most).
-    this.slab = undefined;
+    // The encoded body holds copies: the slab's chunks serve later batches (at most two
+    // batches' worth at the current limit are kept spare).
+    const spares = 2 * Math.ceil(this.limit() / (this.chunkSlots * BLOCK_SIZE));
+    this.slab = [];
     this.slots = 0;
-    if (slab) void body.then(() => this.spareSlabs.length < 2 && this.spareSlabs.push(slab), () => {});
+    this.batchLimit = undefined;
+    void body.then(
+      (b) => {
+        this.measure(rawBytes, b.length);
+        for (const c of slab) if (this.spareChunks.length < spares) this.spareChunks.push(c);
+      },
+      () => {},
+    );
     const dataBytes = extents.reduce((n, e) => n + (e.data?.length ?? (e.zeroBlocks ?? 0) * BLOCK_SIZE), 0);
     this.nextSeqValue++;
     this.firstWriteMs = undefined;
@@ -408,16 +477,16 @@ export class BatchWriter {
     if (v === undefined) {
       // makeRoom left room for the whole operation, unless it is larger than a batch:
       // only then is it split here.
-      if (this.pendingBytes + BLOCK_SIZE > this.o.maxBatchBytes) this.cut();
+      if (this.pendingBytes + BLOCK_SIZE > this.limit()) this.cut();
       this.pendingBytes += BLOCK_SIZE;
     }
     const slot = v === undefined ? undefined : slotOf(v);
     // All-zero data is stored as a zero extent: no payload at all.
     if (content === null || isZeroBlock(content, 0)) m.set(block, slot === undefined ? -1 : -slot - 2);
     else {
-      // One slot per distinct block, and at most maxBatchBytes of distinct blocks: the slab never overflows.
+      // One slot per distinct block; the slab takes a chunk when a slot needs one.
       const s = slot ?? this.slots++;
-      content.copy(this.currentSlab(), s * BLOCK_SIZE);
+      this.copyToSlots(content, s);
       m.set(block, s);
     }
     this.touched[d].add(block);
@@ -434,7 +503,7 @@ export class BatchWriter {
   private putBlocks(d: number, first: number, data: Buffer): void {
     const n = data.length / BLOCK_SIZE;
     const m = this.pending[d];
-    const fresh = n > 1 && this.pendingBytes + data.length <= this.o.maxBatchBytes && !this.zeroRuns[d].some((r) => r.start < first + n && first < r.end);
+    const fresh = n > 1 && this.pendingBytes + data.length <= this.limit() && !this.zeroRuns[d].some((r) => r.start < first + n && first < r.end);
     let i = 0;
     while (fresh && i < n && !m.has(first + i)) i++;
     if (i < n) {
@@ -444,7 +513,7 @@ export class BatchWriter {
     const s0 = this.slots;
     this.slots += n;
     this.pendingBytes += data.length;
-    data.copy(this.currentSlab(), s0 * BLOCK_SIZE);
+    this.copyToSlots(data, s0);
     const touched = this.touched[d];
     for (i = 0; i < n; i++) {
       m.set(first + i, isZeroBlock(data, i * BLOCK_SIZE) ? -(s0 + i) - 2 : s0 + i);
@@ -453,23 +522,32 @@ export class BatchWriter {
     this.firstWriteMs ??= this.o.clock();
   }
 
-  private currentSlab(): Buffer {
-    this.slab ??= this.spareSlabs.pop() ?? Buffer.allocUnsafeSlow(Math.ceil(this.o.maxBatchBytes / BLOCK_SIZE) * BLOCK_SIZE);
-    return this.slab;
+  /** Copies whole blocks into consecutive slots from `first` on, across chunks, taking chunks as needed. */
+  private copyToSlots(data: Buffer, first: number): void {
+    for (let at = 0; at < data.length; ) {
+      const s = first + at / BLOCK_SIZE;
+      const c = Math.floor(s / this.chunkSlots);
+      while (this.slab.length <= c) this.slab.push(this.spareChunks.pop() ?? Buffer.allocUnsafeSlow(this.chunkSlots * BLOCK_SIZE));
+      const from = (s - c * this.chunkSlots) * BLOCK_SIZE;
+      at += data.copy(this.slab[c], from, at); // up to the chunk's end
+    }
   }
 
-  private slotData(slab: Buffer, slot: number): Buffer {
-    return slab.subarray(slot * BLOCK_SIZE, (slot + 1) * BLOCK_SIZE);
+  /** View of `blocks` slots from `slot` on, within one chunk. */
+  private slotData(slot: number, blocks = 1): Buffer {
+    const c = Math.floor(slot / this.chunkSlots);
+    const from = (slot - c * this.chunkSlots) * BLOCK_SIZE;
+    return this.slab[c].subarray(from, from + blocks * BLOCK_SIZE);
   }
 
   /**
    * Batches end between writes: cut first if the blocks this operation touches would
-   * overflow the batch. Only one operation larger than maxBatchBytes is split (in put):
+   * overflow the batch. Only one operation larger than the batch's limit is split (in put):
    * a disk may tear such a write in a crash anyway.
    */
   private makeRoom(offset: number, length: number): void {
     const span = (Math.ceil((offset + length) / BLOCK_SIZE) - Math.floor(offset / BLOCK_SIZE)) * BLOCK_SIZE;
-    if (this.pendingBytes > 0 && this.pendingBytes + span > this.o.maxBatchBytes) this.cut();
+    if (this.pendingBytes > 0 && this.pendingBytes + span > this.limit()) this.cut();
   }
 
   private overlapsPending(d: number, start: number, end: number): boolean {
@@ -480,7 +558,7 @@ export class BatchWriter {
 
   private async currentBlock(disk: string, d: number, block: number): Promise<Buffer> {
     const pending = this.pending[d].get(block);
-    if (pending !== undefined) return isZeroed(pending) ? Buffer.alloc(BLOCK_SIZE) : Buffer.from(this.slotData(this.slab!, pending));
+    if (pending !== undefined) return isZeroed(pending) ? Buffer.alloc(BLOCK_SIZE) : Buffer.from(this.slotData(pending));
     if (!this.o.readBlock) throw new InvalidArgumentError(`write to part of block ${block} of disk '${disk}' needs readBlock (writes must otherwise be 4 KiB aligned)`);
     const b = await this.o.readBlock(disk, block);
     if (b.length !== BLOCK_SIZE) throw new Error(`readBlock returned ${b.length} bytes for block ${block} of disk '${disk}'`);
@@ -501,8 +579,11 @@ export class BatchWriter {
     }
   }
 
-  /** Pending blocks as extents of contiguous data or zeros (views of `slab` where it can), plus the zero runs. */
-  private pendingExtents(slab: Buffer | undefined): ExtentInput[] {
+  /**
+   * Pending blocks as extents of contiguous data or zeros, plus the zero runs. A run whose
+   * slots are in block order is views of the slab, one per chunk it spans (extents side by side).
+   */
+  private pendingExtents(): ExtentInput[] {
     const out: ExtentInput[] = [];
     this.zeroRuns.forEach((runs, disk) => runs.forEach((r) => out.push({ disk, blockIndex: r.start, zeroBlocks: r.end - r.start })));
     this.pending.forEach((m, disk) => {
@@ -514,9 +595,13 @@ export class BatchWriter {
         let adjacent = true; // slots in block order: the run is one view of the slab (a sequential write)
         for (; j < blocks.length && blocks[j] === blocks[j - 1] + 1 && isZeroed(m.get(blocks[j])!) === zero; j++) adjacent &&= m.get(blocks[j])! === m.get(blocks[j - 1])! + 1;
         if (zero) out.push({ disk, blockIndex: blocks[i], zeroBlocks: j - i });
+        else if (!adjacent) out.push({ disk, blockIndex: blocks[i], data: Buffer.concat(blocks.slice(i, j).map((b) => this.slotData(m.get(b)!))) });
         else {
-          const data = adjacent ? slab!.subarray(first * BLOCK_SIZE, (first + j - i) * BLOCK_SIZE) : Buffer.concat(blocks.slice(i, j).map((b) => this.slotData(slab!, m.get(b)!)));
-          out.push({ disk, blockIndex: blocks[i], data });
+          for (let k = 0; k < j - i; ) {
+            const n = Math.min(j - i - k, this.chunkSlots - ((first + k) % this.chunkSlots));
+            out.push({ disk, blockIndex: blocks[i] + k, data: this.slotData(first + k, n) });
+            k += n;
+          }
         }
         i = j;
       }
