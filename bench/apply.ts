@@ -48,9 +48,8 @@
 import { writeFile, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { dynamoClient } from '../adapters/aws-clients';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { dynamoClient, s3Client } from '../adapters/aws-clients';
 import { DynamoIndex } from '../adapters/dynamo-index';
 import { S3ObjectStore } from '../adapters/s3-object-store';
 import { startLocalStack, type LocalStack } from '../local/stack';
@@ -132,11 +131,11 @@ async function main(): Promise<void> {
     // The local stack's DynamoDB Local is a Java program: the one peer these benches need.
     ensurePeers([{ command: 'java', pkg: 'default-jre-headless' }], log);
     stack = await startLocalStack({ eventPath: false, dir: join(dir, 'stack') });
-    const s3 = new S3Client({});
+    const s3 = s3Client();
     // Straight to DynamoDB Local, not through the stack's counting proxy: the proxy would run
     // in this process, on the event loop both sides share, for the replication side only (this
     // bench counts requests on the clients themselves).
-    const ddb = stack.uncountedDynamoEndpoint ? dynamoClient({ endpoint: stack.uncountedDynamoEndpoint }) : new DynamoDBClient({});
+    const ddb = stack.uncountedDynamoEndpoint ? dynamoClient({ endpoint: stack.uncountedDynamoEndpoint }) : dynamoClient();
     const s3Counts = countRequests(s3);
     const ddbCounts = countRequests(ddb);
     const store = new S3ObjectStore(stack.env.LIVESYNC_BUCKET, s3);
