@@ -209,8 +209,9 @@ export class PairCapture {
         await this.writer.settled(touched.seq);
         await this.o.spool.syncThrough(touched.seq);
       }
-      // A log that outgrows a batch (blocks rewritten between many FLUSHes while uploads are behind) is cut.
-      if (this.o.flushLog.bytes(touched.seq) > 2 * this.writer.maxBatchBytes && this.writer.nextSeq === touched.seq) this.writer.cut();
+      // A log that outgrows a batch (blocks rewritten between many FLUSHes while uploads are behind) is cut;
+      // its records are raw, so against the writer's raw bound.
+      if (this.o.flushLog.bytes(touched.seq) > 2 * this.writer.maxRawBatchBytes && this.writer.nextSeq === touched.seq) this.writer.cut();
     } else await before;
     this.flushCount++;
     this.lastFlushSeq = Math.max(this.lastFlushSeq, covered);

@@ -22,14 +22,15 @@ export class SpoolCorruptError extends Error {
   }
 }
 
-/** Bodies this process spooled are kept in memory up to this many bytes (default). */
-const DEFAULT_MEMORY_BYTES = 16 * 1024 * 1024; // four 4 MiB batches: as many as the uploads in flight
+/** Bodies this process spooled and no upload holds are kept in memory up to this many bytes (default). */
+const DEFAULT_MEMORY_BYTES = 10 * 1024 * 1024; // two 4 MiB batches and their framing
 
 export interface SpoolOptions {
   /**
-   * Bytes of bodies kept in memory (default 16 MiB): held ones (not yet in a file), and ones
-   * written to their file, kept for the uploader. Beyond it the oldest held are written out
-   * and bodies on file are let go.
+   * Bytes of bodies kept in memory that no upload holds (default 10 MiB; a pooled body counts
+   * its pool's whole buffer): held ones (not yet in a file), and ones written to their file,
+   * kept for the uploader. Beyond it the oldest held are written out and bodies on file are
+   * let go. Bodies being uploaded stay in memory until their batch is removed, as they must.
    */
   memoryBytes?: number;
   /**
@@ -50,7 +51,6 @@ export class Spool {
    * without reading the file back and checking it again (they never left memory).
    */
   private readonly inMemory = new Map<number, Buffer>();
-  private inMemoryBytes = 0;
   /** Added without durable, in memory only: no file yet (none may ever be needed). */
   private readonly held = new Set<number>();
   /**
@@ -129,14 +129,12 @@ export class Spool {
   add(seq: number, body: Buffer, opts: { durable?: boolean } = {}): Promise<void> {
     this.track(seq, body.length);
     const earlier = this.inMemory.get(seq); // added again (start-up repairs): the new body wins
-    if (earlier) this.inMemoryBytes -= earlier.length;
     if (earlier && earlier !== body) this.bodies?.give(earlier);
     this.inMemory.set(seq, body);
-    this.inMemoryBytes += body.length;
     this.held.add(seq);
-    // Over the memory budget, the add waits for the writes that bring it back (backpressure on the cuts).
-    const relieved = this.relieve();
-    return opts.durable ?? true ? this.syncThrough(seq) : relieved;
+    // A durable add writes it now (and its write keeps the budget). Otherwise, over the memory
+    // budget, the add waits for the writes that bring it back (backpressure on the cuts).
+    return opts.durable ?? true ? this.syncThrough(seq) : this.relieve();
   }
 
     /**
@@ -230,7 +228,6 @@ export class Spool {
     this.total -= this.sizes.get(seq) ?? 0;
     this.sizes.delete(seq);
     const kept = this.inMemory.get(seq);
-    this.inMemoryBytes -= kept?.length ?? 0;
     const body = kept ?? this.lent.get(seq);
     this.inMemory.delete(seq);
     this.lent.delete(seq);
@@ -268,30 +265,35 @@ export class Spool {
   }
 
   /**
-   * Within the memory budget again: the oldest held batches not being uploaded are written
-   * out (the spool on disk stays a prefix of the seqs where it can), then bodies already on
-   * file are let go, the newest first (the uploader reads those back from their files, last).
+   * Within the memory budget again: bodies already on file are let go, the newest first (the
+   * uploader reads those back from their files, last); then the oldest held batches not being
+   * uploaded are written out (the spool on disk stays a prefix of the seqs where it can).
    */
   private relieve(): Promise<void> {
-    let over = this.inMemoryBytes - this.memoryBytes;
+    // What the uploads hold is theirs; the budget is for what waits. A pooled body takes its pool's whole buffer.
+    const footprint = (b: Buffer): number => this.bodies?.footprint(b) ?? b.length;
+    let over = -this.memoryBytes;
+    for (const [seq, b] of this.inMemory) if (!this.handedOut.has(seq)) over += footprint(b);
     if (over <= 0) return Promise.resolve();
     const writes: Promise<void>[] = [];
     const seqs = [...this.inMemory.keys()].sort((a, b) => a - b);
     // Being uploaded: it leaves with its removal, soon as a rule (and is never written out for it).
-    for (const seq of seqs) {
+    const waiting = seqs.filter((seq) => !this.handedOut.has(seq));
+    // First what costs nothing: bodies already on file, the newest first (uploaded last).
+    for (const seq of [...waiting].reverse()) {
       if (over <= 0) break;
-      if (!this.held.has(seq) || this.handedOut.has(seq)) continue;
-      writes.push(this.writeOut(seq)); // let go of once written (it calls this again)
-      over -= this.inMemory.get(seq)!.length;
-    }
-    for (const seq of seqs.reverse()) {
-      if (over <= 0) break;
-      if (this.held.has(seq) || this.handedOut.has(seq)) continue;
+      if (this.held.has(seq)) continue;
       const body = this.inMemory.get(seq)!;
       this.inMemory.delete(seq);
-      this.inMemoryBytes -= body.length;
       this.bodies?.give(body);
-      over -= body.length;
+      over -= footprint(body);
+    }
+    // Then held ones are written out, the oldest first, and let go of once written (writeOut calls this again).
+    for (const seq of waiting) {
+      if (over <= 0) break;
+      if (!this.held.has(seq)) continue;
+      writes.push(this.writeOut(seq));
+      over -= footprint(this.inMemory.get(seq)!);
     }
     // A failed write is tried again by syncThrough, which reports it.
     return Promise.all(writes).then(

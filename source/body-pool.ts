@@ -38,6 +38,11 @@ export class BodyPool {
     this.spare.push(ab as ArrayBuffer);
   }
 
+  /** The memory a body holds: its pool buffer's whole capacity if it came from this pool, else its length. */
+  footprint(body: Buffer): number {
+    return this.ours.has(body.buffer) ? this.capacity : body.length;
+  }
+
   get spareCount(): number {
     return this.spare.length;
   }

@@ -154,6 +154,28 @@ describe('Spool', () => {
     expect(pool.take(readBack.length).buffer).toBe(readBack.buffer); // reused
   });
 
+  test('the memory budget counts a pooled body as its whole buffer, and not the bodies uploads hold', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
+    const pool = new BodyPool(MiB);
+    const pooled = (seq: number): Buffer => {
+      const b = batch(seq);
+      const body = pool.take(b.length);
+      b.copy(body);
+      return body;
+    };
+    const spool = await Spool.open(dir, 64 * MiB, { memoryBytes: 1.5 * MiB, bodies: pool });
+    const files = async (): Promise<string[]> => (await readdir(dir)).filter((n) => n.endsWith('.batch'));
+    await spool.add(1, pooled(1), { durable: false });
+    expect(await files()).toEqual([]); // one 1 MiB buffer: held
+    await spool.add(2, pooled(2), { durable: false });
+    expect(await files()).toEqual(['00000000000000000001.batch']); // two would be 2 MiB: the oldest is written out
+    expect(spool.filesWritten).toBe(1);
+    await spool.read(2); // handed to an upload: its memory is the upload's now
+    await spool.add(3, pooled(3), { durable: false });
+    expect(await files()).toEqual(['00000000000000000001.batch']); // 1 MiB waiting (seq 3): within the budget
+    expect(spool.heldCount).toBe(2);
+  });
+
   test('checking every spooled batch at start holds none of them', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'livesync-spool-'));
     const first = await Spool.open(dir, 64 * MiB);
