@@ -98,7 +98,10 @@
 //                          until an RP with seq ≥ the seq holding it is listed. Waits at most
 //                          the interval + 30 s; null if no such RP came by then (stderr says so)
 //   agent_rss_mib          peak resident memory (VmHWM / max sampled VmRSS) of the agent's own
-//                          node process over all its runs, on disks of disk_gib GiB
+//                          node process over all its runs under the primary placement (every
+//                          job of the pinned runs), on disks of disk_gib GiB; with 'both',
+//                          agent_rss_mib_shared is the same over the shared runs (their
+//                          rand4k and seq1m). Before 2026-12-05 one figure over both
 //   rp_store               'local': the embedded local stack, started here; 'external': the RP
 //                          Store the environment names, as for the tests (AWS_ENDPOINT_URL* or
 //                          LIVESYNC_TARGET=aws, with LIVESYNC_BUCKET and LIVESYNC_TABLE): its S3
@@ -361,8 +364,8 @@ interface AgentVariant {
 
 class AgentServer implements Server {
   readonly name = 'agent';
-  /** Peak RSS in bytes over every agent process this bench started. */
-  peakRss = 0;
+  /** Peak RSS in bytes over the agent processes this bench started, by the placement they ran under. */
+  readonly peakRss: Record<Placement, number> = { pinned: 0, shared: 0 };
   private runs = 0;
 
   constructor(
@@ -388,7 +391,7 @@ class AgentServer implements Server {
       const status = await readFile(`/proc/${p.pid}/status`, 'utf8').catch(() => '');
       const kib = (field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? 0);
       peak = Math.max(peak, kib('VmRSS') * 1024, kib('VmHWM') * 1024);
-      this.peakRss = Math.max(this.peakRss, peak);
+      this.peakRss[placement] = Math.max(this.peakRss[placement], peak);
       return kib('VmRSS') * 1024;
     };
     const controlSocket = join(stateDir, 'control.sock');
@@ -1022,7 +1025,8 @@ async function main(): Promise<void> {
         flush_jobs: flushJobs,
         idle_rpo_s: idleRpo === null ? null : round(idleRpo),
         idle_ccrp_interval_s: IDLE_CCRP_INTERVAL_MS / 1000,
-        agent_rss_mib: round(agent.peakRss / MiB, 1),
+        agent_rss_mib: round(agent.peakRss[primary] / MiB, 1),
+        ...(placements.length > 1 ? { [`agent_rss_mib_${placements[1]}`]: round(agent.peakRss[placements[1]] / MiB, 1) } : {}),
         disk_gib: diskGib,
         reps,
         rp_store: external ? 'external' : 'local',
