@@ -40,7 +40,7 @@ export interface CaptureStatus {
   /** FLUSHes acknowledged, and flush-log records written for them (several FLUSHes may share one write). */
   flushes: number;
   flushLogWrites: number;
-  /** Highest seq such that it and every seq below it are in the spool (or uploaded). */
+  /** Highest seq such that it and every seq below it are secured: on file in the spool, or uploaded. */
   sealedThrough: number;
   /** held: batches in memory only; filesWritten: batch files this process wrote (most batches never need one). */
   spool: { batches: number; bytes: number; limitBytes: number; held: number; filesWritten: number };
@@ -284,9 +284,10 @@ export class PairCapture {
   }
 
   /**
-   * Clears the marks of cooled regions whose batches are spooled. With `--sync-marks` the map
-   * is trusted after a host crash, so a cleared mark must not reach the disk before the batch
-   * that holds its region's writes (spooled batches are not synced until something needs it).
+   * Clears the marks of cooled regions whose batches are secured (on file, or in the journal).
+   * With `--sync-marks` the map is trusted after a host crash, so a cleared mark must not reach
+   * the disk before the batch that holds its region's writes (held batches are written, and
+   * spooled ones synced, only when something needs it: here, syncThrough does both).
    */
   private async sweep(coolMs: number): Promise<void> {
     const through = this.sealedThroughValue;
@@ -312,8 +313,9 @@ export class PairCapture {
       body = encodeBatch({ pairId: this.o.pairId, seq: b.seq, prevSeq: b.seq - 1, firstWriteMs: b.cutMs, cutMs: b.cutMs, flags: BATCH_FLAGS.RESYNC, disks: this.o.disks.map((d) => d.name) }, []);
       this.o.bodies?.give(b.body);
     }
-    // Not synced here: a FLUSH that needs it syncs it (syncThrough), and so does the discard
-    // of its flush log, if a FLUSH wrote one, before the log is deleted.
+    // Held in memory here (the uploader usually PUTs it from there): a FLUSH that needs it on
+    // disk writes and syncs it (syncThrough), and so does the discard of its flush log, if a
+    // FLUSH wrote one, before the log is deleted.
     await this.o.spool.add(b.seq, body, { durable: false });
     await this.o.flushLog.discard(b.seq, () => this.o.spool.syncThrough(b.seq));
     this.uploader.kick();

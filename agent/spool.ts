@@ -137,10 +137,10 @@ export class Spool {
     return opts.durable ?? true ? this.syncThrough(seq) : this.relieve();
   }
 
-    /**
-   * Makes every spooled batch up to `seq` durable: the files added without a sync (their
-   * data), then the directory (their renames). Waits for the adds called before it. Cheap
-   * when nothing is unsynced: no system call at all.
+  /**
+   * Makes every spooled batch up to `seq` durable: the held ones are written to their files
+   * first (in seq order), then the files not synced yet (their data) and the directory (their
+   * renames) are synced. Cheap when there is nothing to do: no system call at all.
    */
   syncThrough(seq: number): Promise<void> {
     const written = [...this.held].filter((s) => s <= seq).sort((a, b) => a - b).map((s) => this.writeOut(s));
@@ -301,7 +301,6 @@ export class Spool {
       () => {},
     );
   }
-
 
   /** A file's bytes, in a body from the pool if there is one. */
   private async readWhole(path: string): Promise<Buffer> {
