@@ -1,5 +1,7 @@
-// Retention: which RPs live and for how long, decided once, when the RP is created,
-// as a DynamoDB TTL. A pure function of the RP's time and its predecessors' times.
+// Retention: which RPs live and for how long. A pure function of the RP's own facts (its time,
+// its type, the times of the RP and the ACRP before it, whether it is pinned), so the TTL set
+// at creation (expiryFor) and any later judgement of the same RP (applyPolicy: after a policy
+// change, a pin or unpin) cannot disagree, and need no neighbours that TTL may have deleted.
 
 export interface RetentionTier {
   /** How long RPs that this tier keeps stay available. */
@@ -42,6 +44,37 @@ export interface Expiry {
   expiresAtSec: number;
   /** Which tiers keep this RP, for showing an operator why. */
   keptBy: string[];
+}
+
+/** What applyPolicy judges an RP by: only its own facts. */
+export interface RpFacts extends RpTimes {
+  seq: number;
+  /** Pinned (an investigation, a legal hold): it lives whatever the policy says. */
+  pinned?: boolean;
+}
+
+export interface PolicyDecision {
+  seq: number;
+  keep: boolean;
+  /** Why: 'pinned'; 'tier' (a tier keeps it until expiresAtSec); 'expired' (its tiers' windows ended). */
+  reason: 'pinned' | 'tier' | 'expired';
+  /** Epoch seconds its tiers keep it until; none for a pinned RP (no TTL while pinned). */
+  expiresAtSec?: number;
+  keptBy: string[];
+}
+
+/**
+ * Judges RPs at `nowMs`: a pinned one lives; any other lives until the end of the longest
+ * window of the tiers that keep it (expiryFor), and is expired from that second on. Each RP
+ * is judged alone, in the order given.
+ */
+export function applyPolicy(rps: readonly RpFacts[], policy: RetentionPolicy, nowMs: number): PolicyDecision[] {
+  return rps.map((rp) => {
+    const { expiresAtSec, keptBy } = expiryFor(rp, policy);
+    if (rp.pinned) return { seq: rp.seq, keep: true, reason: 'pinned', keptBy: ['pinned', ...keptBy] };
+    const keep = nowMs < expiresAtSec * 1000;
+    return { seq: rp.seq, keep, reason: keep ? 'tier' : 'expired', expiresAtSec, keptBy };
+  });
 }
 
 /**
