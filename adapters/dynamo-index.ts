@@ -9,7 +9,6 @@ import {
   TransactWriteCommand,
   UpdateCommand,
   type QueryCommandInput,
-  type TransactWriteCommandInput,
 } from '@aws-sdk/lib-dynamodb';
 import type { AdvancePlan } from '../core/advance';
 import { dynamoClient } from './aws-clients';
@@ -95,37 +94,13 @@ export class DynamoIndex implements ReplicaIndex {
   }
 
   async commitAdvance(pairId: string, rev: number, plan: AdvancePlan, error?: { next?: PairError }): Promise<boolean> {
+    const items = [{ Update: this.advanceUpdate(pairId, rev, plan, error) }, ...plan.rps.map((rp) => ({ Put: { TableName: this.table, Item: rpItem(rp) } }))];
+    if (items.length > MAX_TRANSACTION_ITEMS) throw new RangeError(`advance plan of ${items.length} items exceeds one transaction`);
     try {
-      await this.transact([{ Update: this.advanceUpdate(pairId, rev, plan, error) }, ...plan.rps.map((rp) => ({ Put: { TableName: this.table, Item: rpItem(rp) } }))]);
+      await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
       return true;
     } catch (err) {
       if (lostRace(err)) return false;
-      throw err;
-    }
-  }
-
-  /**
-   * Registers `batch` and commits `plan`, which advances the watermark over it, in one
-   * transaction: one round trip instead of a registration and then a commit. Written only
-   * if the seq is not registered yet, the pair is still at `rev`, and no batch is registered
-   * at `absentSeq` (the seq after the plan's watermark: one registered since the plan's
-   * query, whose applier may not have seen this batch, makes it retry). 'registered': the
-   * seq already has a batch (compare it, as registerBatch's caller does); 'moved': the pair
-   * or the seq after it moved on; nothing was written in either case.
-   */
-  async registerAndAdvance(pairId: string, rev: number, batch: BatchRecord, plan: AdvancePlan, absentSeq: number): Promise<'committed' | 'registered' | 'moved'> {
-    const batchKey = (seq: number) => ({ pk: pk(pairId), sk: batchSk(seq) });
-    try {
-      await this.transact([
-        { Put: { TableName: this.table, Item: { ...batchKey(batch.seq), kind: 'batch', ...batch }, ConditionExpression: 'attribute_not_exists(pk)' } },
-        { Update: this.advanceUpdate(pairId, rev, plan) },
-        { ConditionCheck: { TableName: this.table, Key: batchKey(absentSeq), ConditionExpression: 'attribute_not_exists(pk)' } },
-        ...plan.rps.map((rp) => ({ Put: { TableName: this.table, Item: rpItem(rp) } })),
-      ]);
-      return 'committed';
-    } catch (err) {
-      if (err instanceof TransactionCanceledException && err.CancellationReasons?.[0]?.Code === 'ConditionalCheckFailed') return 'registered';
-      if (lostRace(err) || (err instanceof TransactionCanceledException && err.CancellationReasons?.some((r) => r.Code === 'ConditionalCheckFailed'))) return 'moved';
       throw err;
     }
   }
@@ -168,11 +143,6 @@ export class DynamoIndex implements ReplicaIndex {
       ExpressionAttributeValues: values,
       ...(Object.keys(names).length ? { ExpressionAttributeNames: names } : {}),
     };
-  }
-
-  private async transact(items: NonNullable<TransactWriteCommandInput['TransactItems']>): Promise<void> {
-    if (items.length > MAX_TRANSACTION_ITEMS) throw new RangeError(`advance plan of ${items.length} items exceeds one transaction`);
-    await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
   }
 
   async commitRpCheck(pairId: string, rev: number, change: RpCheckChange): Promise<boolean> {
