@@ -61,8 +61,8 @@ import type { ObjectStore } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { randomOp, rng, type WriteOp } from '../source/workload';
 import { compareFiles } from '../cli/compare';
-import { countRequests, median, reset, round, runBench, timed } from './measure';
-import { ensurePeers } from './peers';
+import { countRequests, median, partsFromEnv, reset, round, runBench, timed } from './measure';
+import { ensurePeers, JAVA_PEER } from './peers';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -70,7 +70,7 @@ const TiB = 2 ** 40;
 const diskBytes = Number(process.env.BENCH_DISK_MIB ?? 256) * MiB;
 const reps = Number(process.env.BENCH_REPS ?? 3);
 const PARTS = ['replication', 'size', 'recovery'] as const;
-const parts = new Set((process.env.BENCH_APPLY_PARTS ?? PARTS.join(',')).split(','));
+const parts = partsFromEnv('BENCH_APPLY_PARTS', PARTS);
 /** Lambda applies several events of a pair at once; so do we. The writer uploads 4 at once too. */
 const APPLY_CONCURRENCY = 4;
 const dir = join(process.cwd(), '.livesync', 'bench');
@@ -79,7 +79,6 @@ process.env.LOG_LEVEL = 'warn';
 const log = (m: string): void => void process.stderr.write(`[bench:apply] ${m}\n`);
 if (!Number.isInteger(reps) || reps < 1) throw new Error(`BENCH_REPS must be a positive integer, not '${process.env.BENCH_REPS}'`);
 if (!(diskBytes >= 4 * MiB && diskBytes % MiB === 0)) throw new Error(`BENCH_DISK_MIB must be a whole number of MiB, at least 4, not '${process.env.BENCH_DISK_MIB}'`);
-for (const p of parts) if (!(PARTS as readonly string[]).includes(p)) throw new Error(`BENCH_APPLY_PARTS: unknown part '${p}' (parts: ${PARTS.join(', ')})`);
 
 /** A full sequential fill (like a first sync) followed by random overwrites of a quarter of the disk. */
 function workload(size: number, seed: number): WriteOp[] {
@@ -128,8 +127,7 @@ async function main(): Promise<void> {
     for (const f of ['source.img', 'recovered.img', 'raw.img']) await rm(join(dir, f), { force: true });
   };
   await runBench(log, cleanup, async () => {
-    // The local stack's DynamoDB Local is a Java program: the one peer these benches need.
-    ensurePeers([{ command: 'java', pkg: 'default-jre-headless' }], log);
+    ensurePeers([JAVA_PEER], log); // the one peer this bench needs
     stack = await startLocalStack({ eventPath: false, dir: join(dir, 'stack') });
     const s3 = s3Client();
     // Straight to DynamoDB Local, not through the stack's counting proxy: the proxy would run

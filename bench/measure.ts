@@ -71,3 +71,10 @@ export async function runBench(log: (m: string) => void, cleanup: () => Promise<
     await cleanup();
   }
 }
+
+/** The parts a bench runs: `variable` (comma-separated) or all of `all`; an unknown name is refused. */
+export function partsFromEnv<P extends string>(variable: string, all: readonly P[]): Set<P> {
+  const parts = (process.env[variable] ?? all.join(',')).split(',');
+  for (const p of parts) if (!(all as readonly string[]).includes(p)) throw new Error(`${variable}: unknown part '${p}' (parts: ${all.join(', ')})`);
+  return new Set(parts as P[]);
+}

@@ -11,6 +11,9 @@ export interface Peer {
   pkg: string;
 }
 
+/** The local stack's DynamoDB Local is a Java program. */
+export const JAVA_PEER: Peer = { command: 'java', pkg: 'default-jre-headless' };
+
 export class MissingPeersError extends Error {
   constructor(readonly missing: Peer[], why: string) {
     super(`missing ${missing.map((p) => `'${p.command}' (package ${p.pkg})`).join(', ')}: ${why}`);

@@ -77,7 +77,7 @@ import { createPair, startSeed } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
 import { writeBackup, type BackupDiskSource } from '../source/backup';
 import { median, round, runBench } from './measure';
-import { ensurePeers } from './peers';
+import { ensurePeers, JAVA_PEER } from './peers';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -298,8 +298,7 @@ async function main(): Promise<void> {
   };
   await runBench(log, cleanup, async () => {
     await mkdir(dir, { recursive: true });
-    // The local stack's DynamoDB Local is a Java program: the one peer these benches need.
-    ensurePeers([{ command: 'java', pkg: 'default-jre-headless' }], log);
+    ensurePeers([JAVA_PEER], log); // the one peer this bench needs
     log('setup: writing the image files (1 GiB full, 64 GiB sparse)');
     let t = performance.now();
     await writeImages();
