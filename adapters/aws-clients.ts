@@ -13,14 +13,9 @@ import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { SFNClient, type SFNClientConfig } from '@aws-sdk/client-sfn';
 import { SQSClient, type SQSClientConfig } from '@aws-sdk/client-sqs';
 
-/** Whether S3 requests go to a configured endpoint (given, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL). */
-export function s3EndpointConfigured(config: S3ClientConfig = {}, env: NodeJS.ProcessEnv = process.env): boolean {
-  return Boolean(config.endpoint || env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL);
-}
-
 /** An S3 client; path-style whenever an endpoint is configured (unless `forcePathStyle` says otherwise). */
 export function s3Client(config: S3ClientConfig = {}, env: NodeJS.ProcessEnv = process.env): S3Client {
-  return new S3Client({ ...config, forcePathStyle: config.forcePathStyle ?? s3EndpointConfigured(config, env) });
+  return new S3Client({ ...config, forcePathStyle: config.forcePathStyle ?? Boolean(config.endpoint || endpointFor('S3', env)) });
 }
 
 export function dynamoClient(config: DynamoDBClientConfig = {}): DynamoDBClient {

@@ -46,8 +46,8 @@ export class CompressionGate {
       this.probing = false;
     } else if (this.probing || ++this.streak >= this.misses) {
       this.streak = 0;
+      if (this.probing) this.skipNext = Math.min(this.skipNext * 2, this.maxSkip);
       this.skipping = this.skipNext;
-      if (this.probing) this.skipping = this.skipNext = Math.min(this.skipNext * 2, this.maxSkip);
       this.probing = true;
     }
   }

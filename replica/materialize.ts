@@ -245,7 +245,11 @@ async function fillWindow(
     stats.bytesRead += bytes.length;
     // Each extent once, with every piece the window takes from it.
     const byEntry = new Map<ExtentEntry, Piece<ExtentRef>[]>();
-    for (const q of r.pieces) byEntry.set(q.ref.entry, [...(byEntry.get(q.ref.entry) ?? []), q]);
+    for (const q of r.pieces) {
+      const list = byEntry.get(q.ref.entry);
+      if (list) list.push(q);
+      else byEntry.set(q.ref.entry, [q]);
+    }
     const entries = [...byEntry.keys()];
     const items = entries.map((e) => ({
       start: e.payloadOffset - r.start,

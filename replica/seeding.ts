@@ -333,8 +333,9 @@ export function rangeList(ns: number[]): string {
 async function rangesDone(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<RangeDone[]> {
   if (!Number.isInteger(run.ranges) || run.ranges < 0) throw new InvalidArgumentError(`seed ${run.seedId} of pair '${run.pairId}': finalize needs the plan's range count, got ${String(run.ranges)}`);
   const done: (RangeDone | undefined)[] = [];
+  const ids = Array.from({ length: run.ranges }, (_, i) => i);
   await mapLimit(
-    Array.from({ length: run.ranges }, (_, i) => i),
+    ids,
     CONCURRENCY,
     async (i) => {
       try {
@@ -344,7 +345,7 @@ async function rangesDone(d: SeedDeps, run: SeedRun & { ranges: number }): Promi
       }
     },
   );
-  const missing = Array.from({ length: run.ranges }, (_, i) => i).filter((i) => !done[i]);
+  const missing = ids.filter((i) => !done[i]);
   if (missing.length) throw new SeedIncompleteError(run.pairId, run.seedId, missing, run.ranges);
   return done as RangeDone[];
 }

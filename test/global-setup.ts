@@ -7,10 +7,10 @@
 // what is missing, instead of every test waiting out its timeout.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { usesExternalStack } from '../adapters/from-env';
+import globalTeardown from './global-teardown';
 import { preflight } from './preflight';
 
 export default async function globalSetup(): Promise<void> {
@@ -36,9 +36,7 @@ export default async function globalSetup(): Promise<void> {
     await preflight(process.env);
   } catch (err) {
     // Jest runs no teardown after a failed setup: stop the stack here.
-    const exited = once(child, 'exit');
-    child.kill('SIGTERM');
-    await exited;
+    await globalTeardown();
     throw err;
   }
 }
