@@ -44,24 +44,25 @@ export interface PreflightResult {
 
 export async function preflight(env: NodeJS.ProcessEnv = process.env, opts: { timeoutMs?: number } = {}): Promise<PreflightResult> {
   const missing = Object.keys(REQUIRED_SETTINGS).filter((k) => !env[k]);
-  const external = Boolean(endpointFor('S3', env) || endpointFor('DYNAMODB', env));
-  if (external && !env.AWS_REGION && !env.AWS_DEFAULT_REGION) missing.push('AWS_REGION');
+  const s3Endpoint = endpointFor('S3', env);
+  const ddbEndpoint = endpointFor('DYNAMODB', env);
+  if ((s3Endpoint || ddbEndpoint) && !env.AWS_REGION && !env.AWS_DEFAULT_REGION) missing.push('AWS_REGION');
   if (missing.length) {
     throw new PreflightError(`missing ${missing.map((k) => `${k} (${REQUIRED_SETTINGS[k] ?? 'the region the stack is in'})`).join(', ')}`);
   }
   const timeoutMs = opts.timeoutMs ?? (Number(env.LIVESYNC_PREFLIGHT_TIMEOUT_MS) || PREFLIGHT_TIMEOUT_MS);
-  const s3 = s3Client({ ...clientConfig(env), endpoint: endpointFor('S3', env) }, env);
-  const ddb = dynamoClient({ ...clientConfig(env), endpoint: endpointFor('DYNAMODB', env) });
+  const s3 = s3Client({ ...clientConfig(env), endpoint: s3Endpoint }, env);
+  const ddb = dynamoClient({ ...clientConfig(env), endpoint: ddbEndpoint });
   const index = new DynamoIndex(env.LIVESYNC_TABLE!, ddb);
   const store = new S3ObjectStore(env.LIVESYNC_BUCKET!, s3);
   const pairId = `preflight-${randomBytes(4).toString('hex')}`;
   try {
-    await step(`DynamoDB table ${env.LIVESYNC_TABLE} at ${endpointFor('DYNAMODB', env) ?? 'AWS'}`, () => createPair(index, { pairId, disks: [{ name: 'probe', sizeBytes: BLOCK_SIZE }] }));
+    await step(`DynamoDB table ${env.LIVESYNC_TABLE} at ${ddbEndpoint ?? 'AWS'}`, () => createPair(index, { pairId, disks: [{ name: 'probe', sizeBytes: BLOCK_SIZE }] }));
     const now = Date.now();
     const body = encodeBatch({ pairId, seq: 1, prevSeq: 0, firstWriteMs: now, cutMs: now, flags: 0, disks: ['probe'] }, []);
     const key = journalKey(pairId, 1);
     const t0 = Date.now();
-    await step(`S3 bucket ${env.LIVESYNC_BUCKET} at ${endpointFor('S3', env) ?? 'AWS'}`, () => store.put(key, body, { crc32c: batchObjectCrc32c(body) }));
+    await step(`S3 bucket ${env.LIVESYNC_BUCKET} at ${s3Endpoint ?? 'AWS'}`, () => store.put(key, body, { crc32c: batchObjectCrc32c(body) }));
     for (;;) {
       const pair = await index.getPair(pairId);
       if (pair && pair.watermark >= 1) return { probePair: pairId, ms: Date.now() - t0 };
