@@ -315,10 +315,19 @@ export function decodeExtent(e: ExtentEntry, payload: Buffer, where: string): Bu
   } else {
     data = payload;
   }
-  if (data.length !== size) throw new BatchError('MALFORMED', where, `payload holds ${data.length} bytes, expected ${size}`);
-  const crc = crc32c(data);
-  if (crc !== e.dataCrc) throw new BatchError('CHECKSUM_MISMATCH', where, `data checksum ${hex(crc)} != stored ${hex(e.dataCrc)}`);
+  checkExtentData(e, { length: data.length, crc: crc32c(data) }, where);
   return data;
+}
+
+/**
+ * Judges what a stored extent's payload turned into (decompressed here, or by recovery's
+ * verifier thread) against its index entry: the length it must have and its CRC-32C.
+ */
+export function checkExtentData(e: ExtentEntry, got: { length: number; crc?: number } | { error: string }, where: string): void {
+  if ('error' in got) throw new BatchError('CHECKSUM_MISMATCH', where, `payload does not decompress: ${got.error}`);
+  const size = e.blockCount * BLOCK_SIZE;
+  if (got.length !== size) throw new BatchError('MALFORMED', where, `payload holds ${got.length} bytes, expected ${size}`);
+  if (got.crc !== e.dataCrc) throw new BatchError('CHECKSUM_MISMATCH', where, `data checksum ${hex(got.crc ?? 0)} != stored ${hex(e.dataCrc)}`);
 }
 
 export function decodeHeader(buf: Buffer, where: string): BatchHeader {

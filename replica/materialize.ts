@@ -4,15 +4,15 @@
 import { open, rm } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { once } from 'node:events';
-import { BLOCK_SIZE, EXTENT_FLAGS, TRAILER_SIZE, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
+import { BLOCK_SIZE, EXTENT_FLAGS, TRAILER_SIZE, checkExtentData, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
 import { CHUNK_BYTES, checkChunkData, checkChunkHeader, type ChunkRef } from '../core/chunk-format';
-import { BackupError, CorruptExtentError, InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { BackupError, BatchError, CorruptExtentError, InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { baseChunkKey } from '../core/keys';
 import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ObjectStore, ReplicaIndex } from './ports';
-import { placeVerified, type PayloadOutcome } from './chunk-verifier';
+import { placeVerified } from './chunk-verifier';
 import { limiter, mapLimit } from './concurrency';
 
 /** A stored extent that some RP reads: which object, which entry. */
@@ -260,18 +260,18 @@ async function fillWindow(
       places: places(byEntry.get(e)!),
     }));
     const outcomes = await placeVerified(bytes, items, shared);
-    entries.forEach((e, i) => judgeExtent(outcomes[i], e, `${r.key} block ${e.blockIndex}`));
+    entries.forEach((e, i) => {
+      try {
+        checkExtentData(e, outcomes[i], `${r.key} block ${e.blockIndex}`);
+      } catch (err) {
+        if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
+        throw err;
+      }
+    });
   });
   await Promise.all([...chunkReads, ...extentReads].map(run));
 }
 
-/** What a stored extent's payload turned into, against its index entry (as decodeExtent judges it). */
-function judgeExtent(o: PayloadOutcome, e: ExtentEntry, where: string): void {
-  const size = e.blockCount * BLOCK_SIZE;
-  if ('error' in o) throw new CorruptExtentError(where, `payload does not decompress: ${o.error}`);
-  if (o.length !== size) throw new CorruptExtentError(where, `payload holds ${o.length} bytes, expected ${size}`);
-  if (o.crc !== e.dataCrc) throw new CorruptExtentError(where, `data checksum 0x${(o.crc ?? 0).toString(16).padStart(8, '0')} != stored 0x${e.dataCrc.toString(16).padStart(8, '0')}`);
-}
 
 interface RangeRead {
   key: string;
