@@ -61,3 +61,19 @@ export class BackupError extends Error {
     this.name = 'BackupError';
   }
 }
+
+/** A seq the pair's history no longer holds: not a retained point of its manifest and at or below the frontier. */
+export class HistoryPrunedError extends Error {
+  constructor(readonly pair: string, readonly seq: number, readonly frontierSeq: number) {
+    super(`pair '${pair}': seq ${seq} is no longer readable: compaction kept only the retained points at or below seq ${frontierSeq}`);
+    this.name = 'HistoryPrunedError';
+  }
+}
+
+/** A stored history object (piece, image, manifest) whose bytes or structure are wrong. `where` names the key and offset. */
+export class CorruptHistoryError extends Error {
+  constructor(readonly where: string, readonly reason: string) {
+    super(`history object ${where}: ${reason}`);
+    this.name = 'CorruptHistoryError';
+  }
+}

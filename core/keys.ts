@@ -51,6 +51,20 @@ export function parseJournalKey(key: string): JournalKey | undefined {
   return { pair: m[1], seq: Number(m[2]) };
 }
 
+/**
+ * The prefix one compaction unit attempt writes under: the manifest version it intends to
+ * publish and a fresh nonce, so no attempt overwrites another's objects (docs/design.md, "History").
+ */
+export const historyPrefix = (pair: string, version: number, nonce = randomBytes(8).toString('hex')): string => `pairs/${pair}/history/${seqKey(version)}-${nonce}/`;
+export const historyRoot = (pair: string): string => `pairs/${pair}/history/`;
+const HISTORY_KEY = /^pairs\/([a-z0-9][a-z0-9-]{0,62})\/history\/(\d{20})-([0-9a-f]{16})\/(.+)$/;
+/** The version a history key's attempt intended to publish; undefined for any other key. */
+export function parseHistoryKey(key: string): { pair: string; version: number; prefix: string; name: string } | undefined {
+  const m = HISTORY_KEY.exec(key);
+  if (!m) return undefined;
+  return { pair: m[1], version: Number(m[2]), prefix: key.slice(0, key.length - m[4].length), name: m[4] };
+}
+
 /** Base chunks of a pair, content-addressed (core/chunk-format.ts). */
 export const baseChunkKey = (pair: string, sha256: string): string => `pairs/${pair}/base/chunks/${sha256}`;
 export const baseManifestKey = (pair: string, seedId: string): string => `pairs/${pair}/base/${seedId}.json`;

@@ -81,6 +81,8 @@ export interface Pair extends PairProgress {
   /** Present on a pair created with a backup: until its status is DONE the pair offers no RP. */
   seed?: SeedStatus;
   base?: BaseRef;
+  /** Every batch ≤ it is folded into the history (docs/design.md, "History"); a later copy of one is a duplicate. */
+  compactedThrough?: number;
 }
 
 /** Whether the pair may offer RPs: not while it is being seeded (its replica is not whole yet). */

@@ -125,3 +125,76 @@ export interface SeedLauncher {
   /** Starts `attempt` of run `seedId`; returns the execution's id (its ARN). */
   start(run: { pairId: string; seedId: string }, attempt: number): Promise<string>;
 }
+
+/** Deletes objects (S3 DeleteObjects, ≤ 1000 keys a call): only the history's GC calls it. Missing keys are not an error. */
+export interface ObjectDeleter {
+  deleteKeys(keys: string[]): Promise<void>;
+}
+
+/** The pair's history pointer (`sk = HISTORY`): the published manifest version and GC's progress. */
+export interface HistoryHead {
+  /** 0: never compacted (the implicit manifest, core/manifest.ts initialManifest). */
+  version: number;
+  /** The manifest object of `version` (absent at 0). */
+  manifestKey?: string;
+  frontierSeq: number;
+  publishedMs: number;
+  /** Every version ≤ it has been collected by GC. */
+  gcVersion: number;
+}
+
+/** What one publish changed (`sk = VERSION#{version:20}`): GC's work list for that version. */
+export interface VersionRecord {
+  version: number;
+  manifestKey: string;
+  publishedMs: number;
+  /** Objects the previous version referenced and this one does not (its manifest object included). */
+  removedKeys: string[];
+  /** Batches folded by this version: their BATCH# items go before their objects (which are in removedKeys). */
+  foldedSeqs: number[];
+}
+
+/** The compactor's lease (`sk = LEASE#compactor`): one unit per pair at a time, fenced by `gen`. */
+export interface CompactorLease {
+  holder: string;
+  gen: number;
+  expiresMs: number;
+}
+
+/** A reader's hold (`sk = LEASE#{id}`): its seq stays a retained point and GC keeps what `manifestVersion` references. */
+export interface ReaderLease {
+  id: string;
+  kind: 'recovery' | 'digests' | 'export';
+  seq: number;
+  manifestVersion: number;
+  expiresMs: number;
+}
+
+/** The history's index: manifest pointer, publishes, leases, GC bookkeeping (docs/design.md, "History"). */
+export interface HistoryIndex {
+  /** Strongly consistent; version 0 when nothing was ever published. */
+  getHistory(pairId: string): Promise<HistoryHead>;
+  /** Takes the lease if it is free or expired (gen + 1); undefined if another holds it. */
+  acquireCompactor(pairId: string, holder: string, nowMs: number, ttlMs: number): Promise<CompactorLease | undefined>;
+  /** Extends the lease if `gen` still holds it; false otherwise (stop: another unit took over). */
+  renewCompactor(pairId: string, lease: CompactorLease, nowMs: number, ttlMs: number): Promise<boolean>;
+  releaseCompactor(pairId: string, lease: CompactorLease): Promise<void>;
+  /**
+   * One transaction: the lease still held (gen, unexpired at nowMs), HISTORY at `fromVersion`
+   * moves to `record.version` (= fromVersion + 1) with `frontierSeq`, the VERSION# record is
+   * put, and the pair's `compactedThrough` rises to `frontierSeq`. False if the lease or the
+   * version moved (nothing written).
+   */
+  publish(pairId: string, lease: CompactorLease, fromVersion: number, record: VersionRecord, frontierSeq: number, nowMs: number): Promise<boolean>;
+  putReaderLease(pairId: string, lease: ReaderLease): Promise<void>;
+  deleteReaderLease(pairId: string, id: string): Promise<void>;
+  /** Leases unexpired at nowMs. */
+  listReaderLeases(pairId: string, nowMs: number): Promise<ReaderLease[]>;
+  /** VERSION# records with version > afterVersion, ascending. */
+  versionsAfter(pairId: string, afterVersion: number, limit: number): Promise<VersionRecord[]>;
+  /** Removes BATCH# items (idempotent). */
+  deleteBatchItems(pairId: string, seqs: number[]): Promise<void>;
+  /** gcVersion: fromVersion → toVersion; false if it was not at fromVersion. */
+  advanceGc(pairId: string, fromVersion: number, toVersion: number): Promise<boolean>;
+  deleteVersionRecord(pairId: string, version: number): Promise<void>;
+}
