@@ -1,11 +1,13 @@
-// In-memory ObjectStore: for unit tests of code above the port.
+// In-memory ObjectStore (and KeyLister, ObjectDeleter): for unit tests of code above the port.
 
 import type { Readable } from 'node:stream';
 import { crc32c } from '../core/crc32c';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectStore, type PutOptions } from '../replica/ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PutOptions } from '../replica/ports';
 
-export class MemoryObjectStore implements ObjectStore, KeyLister {
+export class MemoryObjectStore implements ObjectStore, KeyLister, ObjectDeleter {
   readonly objects = new Map<string, Buffer>();
+  /** The keys of each deleteKeys call, in order (tests check batching and ordering). */
+  readonly deleteCalls: string[][] = [];
 
   async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
     // As S3 does with x-amz-checksum-crc32c: a body that does not match is refused.
@@ -32,5 +34,11 @@ export class MemoryObjectStore implements ObjectStore, KeyLister {
 
   async listKeys(prefix: string, startAfter = ''): Promise<string[]> {
     return [...this.objects.keys()].filter((k) => k.startsWith(prefix) && k > startAfter).sort();
+  }
+
+  /** As S3 DeleteObjects: missing keys are not an error. */
+  async deleteKeys(keys: string[]): Promise<void> {
+    this.deleteCalls.push([...keys]);
+    for (const k of keys) this.objects.delete(k);
   }
 }

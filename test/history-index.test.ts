@@ -1,0 +1,199 @@
+// The HistoryIndex port's contract, one suite run against each adapter: MemoryHistory (what
+// the compactor, reader and GC tests use) and DynamoHistory over the test stack's DynamoDB.
+// Conditions as DynamoDB evaluates them: a publish whose lease or version moved writes
+// nothing; the compactor lease is taken only when free or expired, fenced by gen.
+
+import { InvalidArgumentError } from '../core/errors';
+import { FrontierBackwardsError } from '../adapters/history-rules';
+import { MemoryHistory } from '../adapters/memory-history';
+import type { CompactorLease, HistoryIndex, VersionRecord } from '../replica/ports';
+
+/** One adapter under test, with probes for what lives outside the history items (the PAIR item, BATCH# items). */
+interface Subject {
+  history: HistoryIndex;
+  /** A pair the adapter can publish for (DynamoDB: its PAIR item exists), with batches 1..batches registered. */
+  newPair(batches?: number): Promise<string>;
+  compactedThrough(pairId: string): Promise<number | undefined>;
+  /** Seqs among 1..n whose BATCH# item is still there. */
+  batchesLeft(pairId: string, n: number): Promise<number[]>;
+  /** The PAIR item's rev (publish must not move it); undefined where there is none. */
+  rev(pairId: string): Promise<number | undefined>;
+}
+
+function memorySubject(): Subject {
+  const history = new MemoryHistory();
+  const batches = new Map<string, number>();
+  let n = 0;
+  return {
+    history,
+    newPair: async (count = 0) => {
+      const id = `mem-${++n}`;
+      batches.set(id, count);
+      return id;
+    },
+    compactedThrough: async (pairId) => history.compactedThrough(pairId),
+    batchesLeft: async (pairId, count) => {
+      const gone = history.deletedBatchSeqs(pairId);
+      return Array.from({ length: Math.min(count, batches.get(pairId) ?? 0) }, (_, i) => i + 1).filter((s) => !gone.has(s));
+    },
+    rev: async () => undefined,
+  };
+}
+
+export const subjects: [string, () => Subject][] = [['MemoryHistory', memorySubject]];
+
+const record = (version: number, extra: Partial<VersionRecord> = {}): VersionRecord => ({
+  version,
+  manifestKey: `pairs/p/history/${String(version).padStart(20, '0')}-0123456789abcdef/manifest.json`,
+  publishedMs: 1000 * version,
+  removedKeys: [`old-${version}-a`, `old-${version}-b`],
+  foldedSeqs: [version * 10 - 1, version * 10],
+  ...extra,
+});
+
+describe.each(subjects)('%s', (_name, make) => {
+  let s: Subject;
+  let h: HistoryIndex;
+  beforeAll(() => {
+    s = make();
+    h = s.history;
+  });
+
+  test('a pair never compacted is at version 0 with nothing to collect', async () => {
+    const p = await s.newPair();
+    expect(await h.getHistory(p)).toEqual({ version: 0, frontierSeq: 0, publishedMs: 0, gcVersion: 0 });
+    expect(await h.versionsAfter(p, 0, 10)).toEqual([]);
+    expect(await h.listReaderLeases(p, 0)).toEqual([]);
+  });
+
+  test('the compactor lease: taken only when free or expired (expiresMs <= now), each take bumps gen', async () => {
+    const p = await s.newPair();
+    const a = await h.acquireCompactor(p, 'a', 1000, 500);
+    expect(a).toEqual({ holder: 'a', gen: 1, expiresMs: 1500 });
+    expect(await h.acquireCompactor(p, 'b', 1499, 500)).toBeUndefined();
+    const b = await h.acquireCompactor(p, 'b', 1500, 500);
+    expect(b).toEqual({ holder: 'b', gen: 2, expiresMs: 2000 });
+    // a's renew fails: b took over; b's extends its own.
+    expect(await h.renewCompactor(p, a!, 1600, 500)).toBe(false);
+    expect(await h.renewCompactor(p, b!, 1900, 1000)).toBe(true);
+    expect(await h.acquireCompactor(p, 'c', 2500, 500)).toBeUndefined();
+    // Release by a stale holder does nothing; by the holder it frees the lease but keeps gen.
+    await h.releaseCompactor(p, a!);
+    expect(await h.acquireCompactor(p, 'c', 2500, 500)).toBeUndefined();
+    await h.releaseCompactor(p, b!);
+    expect(await h.acquireCompactor(p, 'c', 2500, 500)).toEqual({ holder: 'c', gen: 3, expiresMs: 3000 });
+  });
+
+  test('publish moves HISTORY, puts the VERSION# record and raises compactedThrough, without moving the pair rev', async () => {
+    const p = await s.newPair();
+    const rev = await s.rev(p);
+    const lease = (await h.acquireCompactor(p, 'a', 1000, 10_000))!;
+    expect(await h.publish(p, lease, 0, record(1), 20, 1000)).toBe(true);
+    expect(await h.getHistory(p)).toEqual({ version: 1, manifestKey: record(1).manifestKey, frontierSeq: 20, publishedMs: 1000, gcVersion: 0 });
+    expect(await s.compactedThrough(p)).toBe(20);
+    expect(await s.rev(p)).toBe(rev);
+    // A unit that only merges keeps the frontier: allowed.
+    expect(await h.publish(p, lease, 1, record(2), 20, 2000)).toBe(true);
+    expect(await h.publish(p, lease, 2, record(3), 35, 3000)).toBe(true);
+    expect(await s.compactedThrough(p)).toBe(35);
+    expect(await h.versionsAfter(p, 0, 10)).toEqual([record(1), record(2), record(3)]);
+    expect(await h.versionsAfter(p, 1, 1)).toEqual([record(2)]);
+  });
+
+  describe('a publish that loses a condition writes nothing and returns false', () => {
+    async function published(): Promise<{ p: string; lease: CompactorLease }> {
+      const p = await s.newPair();
+      const lease = (await h.acquireCompactor(p, 'a', 1000, 1000))!;
+      expect(await h.publish(p, lease, 0, record(1), 10, 1000)).toBe(true);
+      return { p, lease };
+    }
+    async function unchanged(p: string): Promise<void> {
+      expect(await h.getHistory(p)).toEqual({ version: 1, manifestKey: record(1).manifestKey, frontierSeq: 10, publishedMs: 1000, gcVersion: 0 });
+      expect((await h.versionsAfter(p, 0, 10)).map((r) => r.version)).toEqual([1]);
+      expect(await s.compactedThrough(p)).toBe(10);
+    }
+
+    test('the version moved', async () => {
+      const { p, lease } = await published();
+      expect(await h.publish(p, lease, 0, record(1, { manifestKey: 'other' }), 30, 1100)).toBe(false);
+      await unchanged(p);
+    });
+    test('the lease expired (now = expiresMs)', async () => {
+      const { p, lease } = await published();
+      expect(await h.publish(p, lease, 1, record(2), 30, 2000)).toBe(false);
+      await unchanged(p);
+    });
+    test('a stalled compactor whose lease was retaken', async () => {
+      const { p, lease } = await published();
+      const b = (await h.acquireCompactor(p, 'b', 2000, 1000))!;
+      expect(await h.publish(p, lease, 1, record(2), 30, 1500)).toBe(false);
+      await unchanged(p);
+      expect(await h.publish(p, b, 1, record(2), 30, 2100)).toBe(true);
+    });
+    test('no lease at all', async () => {
+      const p = await s.newPair();
+      expect(await h.publish(p, { holder: 'x', gen: 1, expiresMs: 9e12 }, 0, record(1), 10, 1000)).toBe(false);
+      expect((await h.getHistory(p)).version).toBe(0);
+      expect(await h.versionsAfter(p, 0, 10)).toEqual([]);
+      expect(await s.compactedThrough(p)).toBeUndefined();
+    });
+  });
+
+  test('bad publish arguments are refused before anything is written', async () => {
+    const p = await s.newPair();
+    const lease = (await h.acquireCompactor(p, 'a', 1000, 10_000))!;
+    await expect(h.publish(p, lease, 0, record(2), 10, 1000)).rejects.toThrow(InvalidArgumentError);
+    expect(await h.publish(p, lease, 0, record(1), 10, 1000)).toBe(true);
+    await expect(h.publish(p, lease, 1, record(2), 9, 1000)).rejects.toThrow(FrontierBackwardsError);
+    expect(await h.getHistory(p)).toMatchObject({ version: 1, frontierSeq: 10 });
+    expect(await h.versionsAfter(p, 1, 10)).toEqual([]);
+    expect(await s.compactedThrough(p)).toBe(10);
+  });
+
+  test('reader leases: put, overwrite by id, listed while unexpired (expiresMs > now), deleted', async () => {
+    const p = await s.newPair();
+    await h.putReaderLease(p, { id: 'r1', kind: 'recovery', seq: 5, manifestVersion: 0, expiresMs: 2000 });
+    await h.putReaderLease(p, { id: 'r2', kind: 'digests', seq: 7, manifestVersion: 0, expiresMs: 3000 });
+    await h.putReaderLease(p, { id: 'r1', kind: 'recovery', seq: 5, manifestVersion: 1, expiresMs: 2500 });
+    expect(await h.listReaderLeases(p, 1000)).toEqual([
+      { id: 'r1', kind: 'recovery', seq: 5, manifestVersion: 1, expiresMs: 2500 },
+      { id: 'r2', kind: 'digests', seq: 7, manifestVersion: 0, expiresMs: 3000 },
+    ]);
+    expect((await h.listReaderLeases(p, 2500)).map((l) => l.id)).toEqual(['r2']);
+    // The compactor's lease is not a reader's.
+    await h.acquireCompactor(p, 'a', 1000, 10_000);
+    await h.deleteReaderLease(p, 'r2');
+    await h.deleteReaderLease(p, 'r2');
+    expect((await h.listReaderLeases(p, 1000)).map((l) => l.id)).toEqual(['r1']);
+    await expect(h.putReaderLease(p, { id: 'compactor', kind: 'recovery', seq: 1, manifestVersion: 0, expiresMs: 2000 })).rejects.toThrow(InvalidArgumentError);
+    await expect(h.putReaderLease(p, { id: 'a/b', kind: 'recovery', seq: 1, manifestVersion: 0, expiresMs: 2000 })).rejects.toThrow(/reader lease id 'a\/b'/);
+  });
+
+  test('GC bookkeeping: the horizon moves only forward, from where it is, over published versions', async () => {
+    const p = await s.newPair(25);
+    const lease = (await h.acquireCompactor(p, 'a', 1000, 10_000))!;
+    expect(await h.publish(p, lease, 0, record(1), 10, 1000)).toBe(true);
+    expect(await h.publish(p, lease, 1, record(2), 20, 1000)).toBe(true);
+    expect(await h.advanceGc(p, 1, 2)).toBe(false);
+    expect(await h.advanceGc(p, 0, 3)).toBe(false);
+    await expect(h.advanceGc(p, 1, 1)).rejects.toThrow(InvalidArgumentError);
+    expect(await h.advanceGc(p, 0, 1)).toBe(true);
+    expect(await h.advanceGc(p, 0, 1)).toBe(false);
+    expect((await h.getHistory(p)).gcVersion).toBe(1);
+    await h.deleteVersionRecord(p, 1);
+    await h.deleteVersionRecord(p, 1);
+    expect((await h.versionsAfter(p, 0, 10)).map((r) => r.version)).toEqual([2]);
+    await h.deleteBatchItems(p, [9, 10, 19, 20]);
+    await h.deleteBatchItems(p, [9, 10]);
+    expect(await s.batchesLeft(p, 25)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25]);
+  });
+
+  test('a record with thousands of keys round-trips', async () => {
+    const p = await s.newPair();
+    const lease = (await h.acquireCompactor(p, 'a', 1000, 10_000))!;
+    const keys = Array.from({ length: 5000 }, (_, i) => `pairs/${p}/journal/${String(i).padStart(20, '0')}-${(i * 2654435761).toString(16).padStart(16, '0').slice(0, 16)}.batch`);
+    const big = record(1, { removedKeys: keys, foldedSeqs: Array.from({ length: 5000 }, (_, i) => i + 1) });
+    expect(await h.publish(p, lease, 0, big, 5000, 1000)).toBe(true);
+    expect(await h.versionsAfter(p, 0, 1)).toEqual([big]);
+  });
+});
