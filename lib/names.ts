@@ -13,3 +13,9 @@ export const ENV = { bucket: 'LIVESYNC_BUCKET', table: 'LIVESYNC_TABLE' } as con
 export const LAMBDA_ARCHITECTURE_CONTEXT = 'lambdaArchitecture';
 /** Key attributes of the `acrp` GSI. */
 export const ACRP_KEYS = { pk: 'acrpPk', sk: 'acrpSk' } as const;
+/** The compaction state machine's ARN, for the functions that start runs (apply, the schedule's sweep). */
+export const COMPACTION_STATE_MACHINE_ENV = 'LIVESYNC_COMPACTION_STATE_MACHINE_ARN';
+/** Sparse GSI over pair items only (`pairsPk` = PAIRS_PK on every pair item): the schedule's list of pairs. */
+export const PAIRS_INDEX = 'pairs';
+export const PAIRS_KEYS = { pk: 'pairsPk', sk: 'pk' } as const;
+export const PAIRS_PK = 'PAIRS';

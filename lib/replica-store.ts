@@ -4,7 +4,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
-import { ACRP_INDEX, ACRP_KEYS, ENV, PAIRS_PREFIX, TABLE_KEYS, TTL_ATTRIBUTE } from './names';
+import { ACRP_INDEX, ACRP_KEYS, ENV, PAIRS_INDEX, PAIRS_KEYS, PAIRS_PREFIX, TABLE_KEYS, TTL_ATTRIBUTE } from './names';
 
 export interface ReplicaStoreProps {
   /** Applies to both buckets and the table. @default RemovalPolicy.RETAIN (replicas are the product) */
@@ -75,6 +75,12 @@ export class ReplicaStore extends Construct {
       partitionKey: { name: ACRP_KEYS.pk, type: dynamodb.AttributeType.STRING },
       sortKey: { name: ACRP_KEYS.sk, type: dynamodb.AttributeType.STRING },
       projectionType: dynamodb.ProjectionType.ALL,
+    });
+    this.table.addGlobalSecondaryIndex({
+      indexName: PAIRS_INDEX,
+      partitionKey: { name: PAIRS_KEYS.pk, type: dynamodb.AttributeType.STRING },
+      sortKey: { name: PAIRS_KEYS.sk, type: dynamodb.AttributeType.STRING },
+      projectionType: dynamodb.ProjectionType.KEYS_ONLY,
     });
   }
 
@@ -150,6 +156,59 @@ export class ReplicaStore extends Construct {
         iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:ListBucket'], resourceArns: [b.bucketArn] }),
       );
     }
+    this.setEnvironment(fn);
+    return grants;
+  }
+
+  /**
+   * Least privilege for a compaction unit (docs/design.md, "History"): read the pair's
+   * objects (journal, base, history), write new history objects, and take the lease and
+   * publish with conditional writes. It deletes nothing: an object it stops referencing is
+   * GC's to delete, after the grace period.
+   */
+  grantCompact(fn: lambda.IFunction): iam.Grant[] {
+    const grants = [
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn] }),
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/history/*`)] }),
+      this.grantListPairs(fn),
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query', 'ConditionCheckItem'].map((a) => `dynamodb:${a}`),
+        resourceArns: [this.table.tableArn],
+      }),
+    ];
+    this.setEnvironment(fn);
+    return grants;
+  }
+
+  /**
+   * The only principal that deletes: GC removes folded journal batches and history objects
+   * no manifest version still held references (their index entries first), and lists the
+   * history for the orphan sweep. Nothing else under `pairs/` (base chunks, backups, seed
+   * objects) is deletable by it.
+   */
+  grantGc(fn: lambda.IFunction): iam.Grant[] {
+    const grants = [
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn] }),
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['s3:DeleteObject'],
+        resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/journal/*`), this.bucket.arnForObjects(`${PAIRS_PREFIX}*/history/*`)],
+      }),
+      this.grantListPairs(fn),
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['GetItem', 'Query', 'UpdateItem', 'DeleteItem', 'BatchWriteItem'].map((a) => `dynamodb:${a}`),
+        resourceArns: [this.table.tableArn],
+      }),
+    ];
+    this.setEnvironment(fn);
+    return grants;
+  }
+
+  /** The schedule's sweep: list pairs (the sparse `pairs` index, keys only) and nothing else. */
+  grantSweep(fn: lambda.IFunction): iam.Grant[] {
+    const grants = [iam.Grant.addToPrincipal({ grantee: fn, actions: ['dynamodb:Query'], resourceArns: [`${this.table.tableArn}/index/${PAIRS_INDEX}`] })];
     this.setEnvironment(fn);
     return grants;
   }

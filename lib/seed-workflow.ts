@@ -8,8 +8,8 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
-import { LAMBDA_BUNDLING } from './bundling';
 import type { ReplicaStore } from './replica-store';
+import { retried, workflowFunction } from './workflow-function';
 
 export const SEED_ENTRY = path.join(__dirname, '../lambdas/seed.ts');
 
@@ -124,29 +124,11 @@ export class SeedWorkflow extends Construct {
   }
 
   private seedFunction(id: string, handler: string, timeout: Duration, memorySize: number, architecture: lambda.Architecture): nodejs.NodejsFunction {
-    const logGroup = new logs.LogGroup(this, `${id}Logs`, { retention: logs.RetentionDays.ONE_MONTH });
-    // An explicit role writing only to its own log group (no AWSLambdaBasicExecutionRole).
-    const role = new iam.Role(this, `${id}Role`, { assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com') });
-    logGroup.grantWrite(role);
-    return new nodejs.NodejsFunction(this, `${id}Function`, {
-      entry: SEED_ENTRY,
-      handler,
-      runtime: lambda.Runtime.NODEJS_22_X,
-      architecture,
-      memorySize,
-      timeout,
-      role,
-      logGroup,
-      tracing: lambda.Tracing.ACTIVE,
-      environment: { NODE_OPTIONS: '--enable-source-maps' },
-      bundling: LAMBDA_BUNDLING,
-    });
+    return workflowFunction(this, id, { entry: SEED_ENTRY, handler, timeout, memorySize, architecture });
   }
 
   /** A bad backup fails at once; anything else (throttling, a killed Lambda) is retried with backoff. */
   private retried<T extends tasks.LambdaInvoke>(task: T): T {
-    task.addRetry({ errors: PERMANENT_ERRORS, maxAttempts: 0 });
-    task.addRetry({ errors: [sfn.Errors.ALL], interval: Duration.seconds(2), maxAttempts: 3, backoffRate: 2, maxDelay: Duration.seconds(30) });
-    return task;
+    return retried(task, PERMANENT_ERRORS);
   }
 }

@@ -41,7 +41,7 @@ describe('LivesyncStack', () => {
     });
   });
 
-  test('table: keys, TTL, stream, GSI acrp, PITR, SSE', () => {
+  test('table: keys, TTL, stream, GSIs acrp and pairs, PITR, SSE', () => {
     template.resourceCountIs('AWS::DynamoDB::Table', 1);
     template.hasResourceProperties('AWS::DynamoDB::Table', {
       KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }],
@@ -54,6 +54,11 @@ describe('LivesyncStack', () => {
         IndexName: 'acrp',
         KeySchema: [{ AttributeName: 'acrpPk', KeyType: 'HASH' }, { AttributeName: 'acrpSk', KeyType: 'RANGE' }],
         Projection: { ProjectionType: 'ALL' },
+      }, {
+        // Sparse: only pair items carry pairsPk; the compaction schedule lists pairs through it.
+        IndexName: 'pairs',
+        KeySchema: [{ AttributeName: 'pairsPk', KeyType: 'HASH' }, { AttributeName: 'pk', KeyType: 'RANGE' }],
+        Projection: { ProjectionType: 'KEYS_ONLY' },
       }],
     });
   });

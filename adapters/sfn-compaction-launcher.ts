@@ -1,0 +1,35 @@
+// Starts compaction runs (lib/compaction-workflow.ts) with Step Functions StartExecution:
+// AWS, LocalStack or the local runner, by AWS_ENDPOINT_URL(_SFN) like every client.
+
+import { ExecutionAlreadyExists, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
+import { sfnClient } from './aws-clients';
+
+/** Starts a pair's compaction run; a run already started for the pair in the same minute and reason counts as started. */
+export interface CompactionLauncher {
+  start(pairId: string, reason: 'backlog' | 'schedule', nowMs?: number): Promise<void>;
+}
+
+export class SfnCompactionLauncher implements CompactionLauncher {
+  constructor(
+    private readonly stateMachineArn: string,
+    private readonly sfn = sfnClient(),
+  ) {}
+
+  async start(pairId: string, reason: 'backlog' | 'schedule', nowMs = Date.now()): Promise<void> {
+    // One name per pair, reason and minute (≤ 80 chars): concurrent appliers, a retried
+    // event or a retried schedule start one run, not several.
+    const name = `${pairId}-${reason}-${Math.floor(nowMs / 60_000)}`.slice(0, 80);
+    try {
+      await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.stateMachineArn, name, input: JSON.stringify({ pairId, units: 0 }) }));
+    } catch (err) {
+      if (!(err instanceof ExecutionAlreadyExists)) throw err;
+    }
+  }
+}
+
+/** The launcher the environment configures, if any (a stack without the workflow has none). */
+export function compactionLauncherFromEnv(env: NodeJS.ProcessEnv = process.env): SfnCompactionLauncher | undefined {
+  const arn = env[COMPACTION_STATE_MACHINE_ENV];
+  return arn ? new SfnCompactionLauncher(arn) : undefined;
+}
