@@ -1,6 +1,8 @@
 // The RP Store as configured by the environment: LIVESYNC_BUCKET / LIVESYNC_TABLE, and
 // endpoints from AWS_ENDPOINT_URL* (set by `livesync local up`, LocalStack, or nothing in AWS).
 
+import type { ObjectDeleter } from '../replica/ports';
+import { DynamoHistory } from './dynamo-history';
 import { DynamoIndex } from './dynamo-index';
 import { S3ObjectStore } from './s3-object-store';
 
@@ -9,6 +11,10 @@ export interface RpStore {
   table: string;
   store: S3ObjectStore;
   index: DynamoIndex;
+  /** The history's index: manifest pointer, leases, GC bookkeeping (same table). */
+  history: DynamoHistory;
+  /** Deletes objects: only the history's GC uses it (its role is the only one granted s3:DeleteObject). The same S3 client as `store`. */
+  deleter: ObjectDeleter;
 }
 
 /**
@@ -25,5 +31,6 @@ export function rpStoreFromEnv(env: NodeJS.ProcessEnv = process.env): RpStore {
   if (!bucket || !table) {
     throw new Error('LIVESYNC_BUCKET and LIVESYNC_TABLE must be set (the stack outputs BucketName and TableName; `livesync local up` prints them)');
   }
-  return { bucket, table, store: new S3ObjectStore(bucket), index: new DynamoIndex(table) };
+  const store = new S3ObjectStore(bucket);
+  return { bucket, table, store, index: new DynamoIndex(table), history: new DynamoHistory(table), deleter: store };
 }

@@ -3,10 +3,11 @@
 // adapters/aws-clients.ts: never a hard-coded endpoint.
 
 import type { Readable } from 'node:stream';
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { s3Client } from './aws-clients';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectStore, type PutOptions } from '../replica/ports';
+import { sleep } from '../replica/concurrency';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PutOptions } from '../replica/ports';
 
 /** x-amz-checksum-crc32c: the big-endian CRC, base64. */
 export const crc32cHeader = (crc: number): string => {
@@ -22,7 +23,20 @@ const unsignedPayload = <A extends { request: unknown }, R>(next: (args: A) => P
   return next(args);
 };
 
-export class S3ObjectStore implements ObjectStore, KeyLister {
+/** S3 DeleteObjects takes at most this many keys a request. */
+export const DELETE_OBJECTS_MAX = 1000;
+/** Tries of one DeleteObjects request's failed keys (the first included) before giving up. */
+const DELETE_ATTEMPTS = 5;
+
+/** A key S3 would not delete after every retry: its error code and message as S3 gave them. */
+export class ObjectDeleteError extends Error {
+  constructor(readonly key: string, readonly code: string, readonly detail: string, readonly failedKeys: number) {
+    super(`delete of '${key}' failed: ${code}: ${detail}${failedKeys > 1 ? ` (and ${failedKeys - 1} more keys)` : ''}`);
+    this.name = 'ObjectDeleteError';
+  }
+}
+
+export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter {
   constructor(
     readonly bucket: string,
     readonly client: S3Client = s3Client(),
@@ -79,6 +93,26 @@ export class S3ObjectStore implements ObjectStore, KeyLister {
     } catch (err) {
       if (err instanceof NotFound || (err as { name?: string }).name === 'NotFound' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return undefined;
       throw err;
+    }
+  }
+
+  /**
+   * DeleteObjects, ≤ 1000 keys a request, Quiet (only failures come back). A key S3 reports
+   * failed (per-key errors arrive in a 200 answer: InternalError, SlowDown…) is sent again, with
+   * backoff; one still failing after DELETE_ATTEMPTS throws ObjectDeleteError naming it. A
+   * missing key is no error (S3 answers it as deleted).
+   */
+  async deleteKeys(keys: string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += DELETE_OBJECTS_MAX) {
+      let pending = keys.slice(i, i + DELETE_OBJECTS_MAX);
+      for (let attempt = 1; pending.length > 0; attempt++) {
+        const out = await this.client.send(new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true } }));
+        const failed = (out.Errors ?? []).filter((e) => e.Key !== undefined);
+        if (failed.length === 0) break;
+        if (attempt >= DELETE_ATTEMPTS) throw new ObjectDeleteError(failed[0].Key!, failed[0].Code ?? 'unknown', failed[0].Message ?? '', failed.length);
+        pending = failed.map((e) => e.Key!);
+        await sleep(Math.min(5000, 100 * 2 ** attempt));
+      }
     }
   }
 }

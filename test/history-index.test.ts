@@ -3,10 +3,16 @@
 // Conditions as DynamoDB evaluates them: a publish whose lease or version moved writes
 // nothing; the compactor lease is taken only when free or expired, fenced by gen.
 
-import { InvalidArgumentError } from '../core/errors';
+import { TransactionCanceledException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient, QueryCommand } from '@aws-sdk/lib-dynamodb';
+import { dynamoClient } from '../adapters/aws-clients';
+import { DynamoHistory } from '../adapters/dynamo-history';
 import { FrontierBackwardsError } from '../adapters/history-rules';
 import { MemoryHistory } from '../adapters/memory-history';
+import { InvalidArgumentError } from '../core/errors';
+import { createPair } from '../replica/pairs';
 import type { CompactorLease, HistoryIndex, VersionRecord } from '../replica/ports';
+import { cloud, newPairId } from './helpers';
 
 /** One adapter under test, with probes for what lives outside the history items (the PAIR item, BATCH# items). */
 interface Subject {
@@ -40,7 +46,29 @@ function memorySubject(): Subject {
   };
 }
 
-export const subjects: [string, () => Subject][] = [['MemoryHistory', memorySubject]];
+function dynamoSubject(): Subject {
+  const { table, index } = cloud();
+  const history = new DynamoHistory(table);
+  return {
+    history,
+    newPair: async (count = 0) => {
+      const pairId = newPairId('hist');
+      await createPair(index, { pairId, disks: [{ name: 'disk0', sizeBytes: 1 << 20 }] });
+      for (let seq = 1; seq <= count; seq++) {
+        await index.registerBatch(pairId, { seq, key: `pairs/${pairId}/journal/${seq}`, sizeBytes: 1, objectCrc: seq, firstWriteMs: 0, cutMs: 0, flags: 0, extentCount: 0, dataBytes: 0, disks: ['disk0'], registeredMs: 0 });
+      }
+      return pairId;
+    },
+    compactedThrough: async (pairId) => (await index.getPair(pairId))?.compactedThrough,
+    batchesLeft: async (pairId, count) => (await index.batchesAfter(pairId, 0, count + 1)).map((b) => b.seq).filter((s) => s <= count),
+    rev: async (pairId) => (await index.getPair(pairId))?.rev,
+  };
+}
+
+const subjects: [string, () => Subject][] = [
+  ['MemoryHistory', memorySubject],
+  ['DynamoHistory', dynamoSubject],
+];
 
 const record = (version: number, extra: Partial<VersionRecord> = {}): VersionRecord => ({
   version,
@@ -195,5 +223,40 @@ describe.each(subjects)('%s', (_name, make) => {
     const big = record(1, { removedKeys: keys, foldedSeqs: Array.from({ length: 5000 }, (_, i) => i + 1) });
     expect(await h.publish(p, lease, 0, big, 5000, 1000)).toBe(true);
     expect(await h.versionsAfter(p, 0, 1)).toEqual([big]);
+  });
+});
+
+describe('DynamoHistory items', () => {
+  test("a reader lease carries the table's TTL attribute (seconds, rounded up); the compactor lease none", async () => {
+    const { table } = cloud();
+    const doc = DynamoDBDocumentClient.from(dynamoClient());
+    const s = dynamoSubject();
+    const p = await s.newPair();
+    await s.history.putReaderLease(p, { id: 'r1', kind: 'export', seq: 3, manifestVersion: 0, expiresMs: 1_795_521_760_001 });
+    await s.history.acquireCompactor(p, 'a', 1000, 1000);
+    const items = (await doc.send(new QueryCommand({ TableName: table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :l)', ExpressionAttributeValues: { ':pk': `PAIR#${p}`, ':l': 'LEASE#' } }))).Items!;
+    expect(items.find((i) => i.sk === 'LEASE#r1')).toEqual({ pk: `PAIR#${p}`, sk: 'LEASE#r1', kind: 'reader-lease', id: 'r1', leaseKind: 'export', seq: 3, manifestVersion: 0, expiresMs: 1_795_521_760_001, expiresAt: 1_795_521_761 });
+    expect(items.find((i) => i.sk === 'LEASE#compactor')).toEqual({ pk: `PAIR#${p}`, sk: 'LEASE#compactor', kind: 'compactor-lease', holder: 'a', gen: 1, expiresMs: 2000 });
+  });
+
+  test('a publish for a pair without its PAIR item writes nothing', async () => {
+    const h = new DynamoHistory(cloud().table);
+    const p = newPairId('nopair');
+    const lease = (await h.acquireCompactor(p, 'a', 1000, 1000))!;
+    await expect(h.publish(p, lease, 0, record(1), 10, 1000)).rejects.toThrow(`pair '${p}': publish with frontier 10 refused: the pair does not exist`);
+    expect((await h.getHistory(p)).version).toBe(0);
+    expect(await h.versionsAfter(p, 0, 10)).toEqual([]);
+  });
+
+  test('a publish that meets a transaction on the PAIR item (TransactionConflict) is sent again', async () => {
+    let sent = 0;
+    const client = {
+      send: async () => {
+        if (++sent < 3) throw new TransactionCanceledException({ message: 'conflict', $metadata: {}, CancellationReasons: [{ Code: 'None' }, { Code: 'None' }, { Code: 'None' }, { Code: 'TransactionConflict' }] });
+        return {};
+      },
+    } as unknown as DynamoDBClient;
+    expect(await new DynamoHistory('t', client).publish('p', { holder: 'a', gen: 1, expiresMs: 2000 }, 0, record(1), 10, 1000)).toBe(true);
+    expect(sent).toBe(3);
   });
 });
