@@ -4,7 +4,7 @@
 
 import { crc32c } from '../core/crc32c';
 import { materialize } from './materialize';
-import type { ObjectStore, ReplicaIndex } from './ports';
+import type { HistoryIndex, ObjectStore, ReplicaIndex } from './ports';
 
 export interface DigestRequest {
   pairId: string;
@@ -12,9 +12,16 @@ export interface DigestRequest {
   seq: number;
   /** Region size of each disk (a power of two of at least 4 KiB). */
   regionBytes: (disk: string) => number;
+  /** The pair's history index (RpStore.history): the read goes through its manifest under a 'digests' reader lease. */
+  history?: HistoryIndex;
 }
 
-/** CRC-32C of every region of every disk (the last region may be shorter). */
+/**
+ * CRC-32C of every region of every disk (the last region may be shorter). A seq the history
+ * no longer holds (at or below its frontier and not a retained point) is refused with
+ * HistoryPrunedError: the caller reads at the watermark, which is always above the frontier
+ * or the frontier itself.
+ */
 export async function replicaDigests(store: ObjectStore, index: ReplicaIndex, r: DigestRequest): Promise<Map<string, Uint32Array>> {
   const out = new Map<string, Uint32Array>();
   const regionSizes = new Map<string, number>();
@@ -25,6 +32,8 @@ export async function replicaDigests(store: ObjectStore, index: ReplicaIndex, r:
     pairId: r.pairId,
     seq: r.seq,
     anyAppliedSeq: true,
+    history: r.history,
+    readerKind: 'digests',
     windowBytes,
     sinkFor: async (disk, size) => {
       const region = regionSizes.get(disk)!;

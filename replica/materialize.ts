@@ -1,18 +1,25 @@
 // Recovery: reconstruct every disk of a pair at an RP, streaming, in bounded memory,
-// verifying every extent's checksum as it is read.
+// verifying every extent's checksum as it is read. It reads through the pair's history
+// manifest (docs/design.md, "History"): per range the image (or base chunk) at or below the
+// seq, the pieces above it, and the L0 batches above the frontier; version 0 (never
+// compacted) is the base and every batch above it.
 
+import { randomBytes } from 'node:crypto';
 import { open, rm } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { once } from 'node:events';
 import { BLOCK_SIZE, EXTENT_FLAGS, TRAILER_SIZE, checkExtentData, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
 import { CHUNK_BYTES, checkChunkData, checkChunkHeader, type ChunkRef } from '../core/chunk-format';
-import { BackupError, BatchError, CorruptExtentError, InvalidArgumentError, UnknownPairError } from '../core/errors';
+import { BackupError, BatchError, CorruptExtentError, CorruptHistoryError, HistoryPrunedError, InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { baseChunkKey } from '../core/keys';
+import { decodeManifest, initialManifest, RANGE_BLOCKS, rangeId, type Manifest, type PieceEntry } from '../core/manifest';
+import { rangeSources, readable } from '../core/read-sources';
+import { decodePiece, pieceBlocksBitmap, type PieceVersionEntry } from '../core/run-format';
 import { parseBaseManifest } from '../core/seed-manifests';
-import type { BatchRecord, RecoveryPoint } from '../core/model';
+import type { BatchRecord, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
-import type { ObjectStore, ReplicaIndex } from './ports';
-import { placeVerified } from './chunk-verifier';
+import type { HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
+import { placeVerified, type PayloadOutcome } from './chunk-verifier';
 import { limiter, mapLimit } from './concurrency';
 
 /** A stored extent that some RP reads: which object, which entry. */
@@ -21,14 +28,29 @@ interface ExtentRef {
   entry: ExtentEntry;
 }
 
-/** A base chunk some RP reads where no segment above the base wrote. */
+/** A stored chunk (a base chunk or a history image) some RP reads where nothing newer wrote. */
 interface ChunkVersionRef {
   chunk: ChunkRef;
   key: string;
 }
 
-type Ref = ExtentRef | ChunkVersionRef;
+/** A piece read whole (one ranged GET, checked end to end) whose versions a window reads. */
+interface FetchedPiece {
+  /** `key@offset`: how errors name it. */
+  where: string;
+  bytes: Buffer;
+  entries: PieceVersionEntry[];
+}
+
+/** One version held in a fetched piece. */
+interface PieceVersionRef {
+  piece: FetchedPiece;
+  entry: PieceVersionEntry;
+}
+
+type Ref = ExtentRef | ChunkVersionRef | PieceVersionRef;
 const isChunk = (r: Ref): r is ChunkVersionRef => 'chunk' in r;
+const isPieceVersion = (r: Ref): r is PieceVersionRef => 'piece' in r;
 
 /** Receives one disk image as consecutive windows; `pieces` say which bytes hold data. */
 export interface ImageSink {
@@ -49,30 +71,58 @@ export interface MaterializeOptions {
   anyAppliedSeq?: boolean;
   /** Called once per disk for its sink. */
   sinkFor: (disk: string, sizeBytes: number) => Promise<ImageSink>;
-  /** Bytes of image assembled per window (default 32 MiB); at most 3 windows are in memory (2 filling, 1 being written). */
+  /**
+   * Bytes of image assembled per window (default 32 MiB); at most 3 windows are in memory (2
+   * filling, 1 being written). Through a compacted history it is rounded up to whole ranges
+   * (4 MiB), so each piece is read once.
+   */
   windowBytes?: number;
   /** Parallel object reads (default 16). */
   concurrency?: number;
   nowMs?: number;
+  /**
+   * The pair's history index (RpStore.history): the manifest, and the reader lease held while
+   * reading. Without it the pair is read as never compacted, which is refused once it was
+   * (the pair's compactedThrough is set).
+   */
+  history?: HistoryIndex;
+  /** What the reader lease says reads (default 'recovery'). */
+  readerKind?: ReaderLease['kind'];
+  /** The reader lease's lifetime (default 5 min); it is renewed every third of it while reading. */
+  leaseTtlMs?: number;
 }
 
 export interface MaterializeResult {
   /** The RP read (absent for an `anyAppliedSeq` read of a seq that is not one). */
   rp?: RecoveryPoint;
   disks: { name: string; sizeBytes: number; dataBytes: number }[];
+  /** L0 batches read (those above the manifest's frontier, up to the seq). */
   segments: number;
   gets: number;
   bytesRead: number;
+  /** The manifest version read through (0: never compacted). */
+  manifestVersion: number;
+  /** The most objects the read of any one range touched (image or base chunk, pieces, L0 batches): the read bound, observed. */
+  sources: number;
 }
 
 /** Two extents of one object closer than this are fetched with one ranged GET. */
 const MERGE_GAP = 1024 * 1024;
+const DEFAULT_LEASE_TTL_MS = 5 * 60 * 1000;
+
+interface Stats {
+  gets: number;
+  bytesRead: number;
+  sources: number;
+}
 
 export async function materialize(store: ObjectStore, index: ReplicaIndex, o: MaterializeOptions): Promise<MaterializeResult> {
-  const windowBytes = o.windowBytes ?? 32 * 1024 * 1024;
+  let windowBytes = o.windowBytes ?? 32 * 1024 * 1024;
   if (windowBytes % BLOCK_SIZE !== 0 || windowBytes <= 0) throw new InvalidArgumentError(`window of ${windowBytes} bytes is not a positive multiple of ${BLOCK_SIZE}`);
   const concurrency = o.concurrency ?? 16;
-  const nowSec = Math.floor((o.nowMs ?? Date.now()) / 1000);
+  const started = Date.now();
+  const clock = (): number => (o.nowMs ?? started) + (Date.now() - started);
+  const nowSec = Math.floor(clock() / 1000);
   // The RP first, then the pair: an RP is written with (or after) the watermark covering it.
   const rp = (await index.listRecoveryPoints(o.pairId, nowSec)).find((r) => r.seq === o.seq);
   const pair = await index.getPair(o.pairId);
@@ -80,77 +130,250 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
   if (!rp && !(o.anyAppliedSeq && o.seq <= pair.watermark)) throw new InvalidArgumentError(`pair '${o.pairId}' has no live recovery point at seq ${o.seq}`);
   if (o.seq > pair.watermark) throw new Error(`RP ${o.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
 
-  const stats = { gets: 0, bytesRead: 0 };
-  // Segments at or below the base's seq are folded into it (a seeded pair's backup).
-  const baseSeq = pair.base?.baseSeq ?? 0;
-  const segments = (await index.segmentsUpTo(o.pairId, o.seq)).filter((b) => b.seq > baseSeq);
-  const versions = new Map<string, BlockVersion<Ref>[]>(pair.disks.map((d) => [d.name, []]));
-  if (pair.base) {
-    const base = parseBaseManifest((await store.get(pair.base.key)).toString('utf8'), pair.base.key);
-    stats.gets++;
-    for (const disk of base.disks) {
-      const list = versions.get(disk.name);
-      if (!list) throw new Error(`base ${pair.base.key} names disk '${disk.name}', which pair '${o.pairId}' does not have`);
-      for (const [index, sha256, crc32c, length] of disk.chunks) {
-        // Seq 0: every segment read over the base is newer.
-        list.push({ blockIndex: (index * CHUNK_BYTES) / BLOCK_SIZE, blockCount: length / BLOCK_SIZE, seq: 0, ref: { chunk: { index, sha256, crc32c, length }, key: baseChunkKey(o.pairId, sha256) } });
+  const stats: Stats = { gets: 0, bytesRead: 0, sources: 0 };
+  const reader = await openHistory(store, o.history, pair, { seq: o.seq, kind: o.readerKind ?? 'recovery', ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, clock }, stats);
+  try {
+    const m = reader.manifest;
+    if (!readable(m, o.seq)) throw new HistoryPrunedError(o.pairId, o.seq, m.frontierSeq);
+    if (m.version > 0) windowBytes = Math.ceil(windowBytes / CHUNK_BYTES) * CHUNK_BYTES;
+    // The L0: batches above the frontier (those at or below it are folded into the history,
+    // or into the base), read after the lease so that none is collected under us.
+    const segments = o.seq > m.frontierSeq ? (await index.batchesAfter(o.pairId, m.frontierSeq, o.seq - m.frontierSeq)).filter((b) => b.seq <= o.seq) : [];
+    const disks = new Map<string, DiskRead>(pair.disks.map((d) => [d.name, { versions: [], l0Ranges: new Map(), baseChunks: new Map() }]));
+    if (m.base) {
+      const base = parseBaseManifest((await store.get(m.base.key)).toString('utf8'), m.base.key);
+      stats.gets++;
+      for (const disk of base.disks) {
+        const read = disks.get(disk.name);
+        if (!read) throw new Error(`base ${m.base.key} names disk '${disk.name}', which pair '${o.pairId}' does not have`);
+        for (const [index, sha256, crc32c, length] of disk.chunks) read.baseChunks.set(index, { chunk: { index, sha256, crc32c, length }, key: baseChunkKey(o.pairId, sha256) });
       }
     }
-  }
-  await mapLimit(segments, concurrency, async (batch) => {
-    for (const entry of await readIndex(store, batch, stats)) {
-      versions.get(batch.disks[entry.disk])!.push({ blockIndex: entry.blockIndex, blockCount: entry.blockCount, seq: batch.seq, ref: { batch, entry } });
-    }
-  });
+    await mapLimit(segments, concurrency, async (batch) => {
+      for (const entry of await readIndex(store, batch, stats)) {
+        const read = disks.get(batch.disks[entry.disk])!;
+        read.versions.push({ blockIndex: entry.blockIndex, blockCount: entry.blockCount, seq: batch.seq, ref: { batch, entry } });
+        const last = Math.floor((entry.blockIndex + entry.blockCount - 1) / RANGE_BLOCKS);
+        for (let r = Math.floor(entry.blockIndex / RANGE_BLOCKS); r <= last; r++) {
+          const seqs = read.l0Ranges.get(r);
+          if (!seqs) read.l0Ranges.set(r, [batch.seq]);
+          else if (seqs[seqs.length - 1] !== batch.seq) seqs.push(batch.seq);
+        }
+      }
+    });
 
-  const disks: MaterializeResult['disks'] = [];
-  for (const disk of pair.disks) {
-    const pieces = resolvePieces(versions.get(disk.name)!);
-    const sink = await o.sinkFor(disk.name, disk.sizeBytes);
-    let dataBytes = 0;
-    try {
-      dataBytes = await writeDisk(store, sink, disk.sizeBytes, pieces, windowBytes, concurrency, stats);
-      await sink.close();
-    } catch (err) {
-      await sink.abort(err as Error).catch(() => {});
-      throw err;
+    const out: MaterializeResult['disks'] = [];
+    for (const disk of pair.disks) {
+      const read = disks.get(disk.name)!;
+      for (const seqs of read.l0Ranges.values()) seqs.sort((a, b) => a - b);
+      const l0 = resolvePieces(read.versions);
+      read.versions = []; // resolved: the pieces hold what the disk reads from the L0
+      const plan = windowPlanner(store, m, disk.name, o.seq, read, stats);
+      const sink = await o.sinkFor(disk.name, disk.sizeBytes);
+      let dataBytes = 0;
+      try {
+        dataBytes = await writeDisk(store, sink, disk.sizeBytes, l0, plan, windowBytes, concurrency, reader.check, stats);
+        await sink.close();
+      } catch (err) {
+        await sink.abort(err as Error).catch(() => {});
+        throw err;
+      }
+      out.push({ name: disk.name, sizeBytes: disk.sizeBytes, dataBytes });
     }
-    disks.push({ name: disk.name, sizeBytes: disk.sizeBytes, dataBytes });
+    return { rp, disks: out, segments: segments.length, gets: stats.gets, bytesRead: stats.bytesRead, manifestVersion: m.version, sources: stats.sources };
+  } finally {
+    await reader.close();
   }
-  return { rp, disks, segments: segments.length, ...stats };
+}
+
+/** What a read gathers about one disk before its windows: the L0's versions, per range the L0 seqs touching it, the base's chunks. */
+interface DiskRead {
+  versions: BlockVersion<ExtentRef>[];
+  /** Range index → ascending seqs of the L0 batches whose extents touch it. */
+  l0Ranges: Map<number, number[]>;
+  /** Chunk (= range) index → the base's stored chunk. */
+  baseChunks: Map<number, ChunkVersionRef>;
+}
+
+/** The manifest a read goes by, and the lease that holds it. */
+interface HistoryReader {
+  manifest: Manifest;
+  /** Throws if the lease could not be renewed (the history it holds may be collected). */
+  check(): void;
+  /** Stops renewing and deletes the lease (a failure to delete leaves it to expire). */
+  close(): Promise<void>;
+}
+
+/**
+ * Reads HISTORY, puts the reader lease on its version, and reads HISTORY again: if a publish
+ * came in between, the lease moves to the new version (and so on), so the version read is one
+ * the lease held before GC could collect what it references. Then the manifest object.
+ */
+async function openHistory(
+  store: ObjectStore,
+  history: HistoryIndex | undefined,
+  pair: Pair,
+  l: { seq: number; kind: ReaderLease['kind']; ttlMs: number; clock: () => number },
+  stats: Stats,
+): Promise<HistoryReader> {
+  const v0 = initialManifest(pair.pairId, pair.base && { key: pair.base.key, seq: pair.base.baseSeq });
+  if (!history) {
+    if (pair.compactedThrough !== undefined) throw new Error(`pair '${pair.pairId}' was compacted through seq ${pair.compactedThrough}: reading it needs its history index`);
+    return { manifest: v0, check: () => {}, close: async () => {} };
+  }
+  const lease: ReaderLease = { id: `${l.kind}-${randomBytes(8).toString('hex')}`, kind: l.kind, seq: l.seq, manifestVersion: 0, expiresMs: 0 };
+  const put = async (): Promise<void> => {
+    const next = { ...lease, expiresMs: l.clock() + l.ttlMs };
+    await history.putReaderLease(pair.pairId, next);
+    lease.expiresMs = next.expiresMs;
+  };
+  let manifest: Manifest;
+  try {
+    let head = await history.getHistory(pair.pairId);
+    for (;;) {
+      lease.manifestVersion = head.version;
+      await put();
+      const again = await history.getHistory(pair.pairId);
+      if (again.version === head.version) break;
+      head = again;
+    }
+    if (head.version === 0) {
+      manifest = v0;
+    } else {
+      const key = head.manifestKey;
+      if (!key) throw new CorruptHistoryError(`pair '${pair.pairId}' HISTORY`, `version ${head.version} names no manifest`);
+      const body = await store.get(key);
+      stats.gets++;
+      stats.bytesRead += body.length;
+      manifest = decodeManifest(body, key);
+      if (manifest.version !== head.version || manifest.pairId !== pair.pairId) throw new CorruptHistoryError(key, `is version ${manifest.version} of pair '${manifest.pairId}', HISTORY says version ${head.version} of '${pair.pairId}'`);
+    }
+  } catch (err) {
+    await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
+    throw err;
+  }
+  // Renewed every third of its lifetime; a renewal that fails stops the read at its next window.
+  let failed: Error | undefined;
+  let renewing: Promise<void> = Promise.resolve();
+  let timer: NodeJS.Timeout | undefined;
+  const schedule = (): void => {
+    timer = setTimeout(() => {
+      renewing = put().then(schedule, (err: Error) => void (failed = err));
+    }, l.ttlMs / 3);
+    timer.unref();
+  };
+  schedule();
+  return {
+    manifest,
+    check() {
+      if (failed) throw new Error(`reader lease ${lease.id} of pair '${pair.pairId}' could not be renewed: ${failed.message}`);
+      if (l.clock() >= lease.expiresMs) throw new Error(`reader lease ${lease.id} of pair '${pair.pairId}' expired while reading`);
+    },
+    async close() {
+      clearTimeout(timer);
+      await renewing;
+      clearTimeout(timer);
+      await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
+    },
+  };
+}
+
+/** Plans one window [first, last) of a disk: the L0's pieces in it over what the manifest holds there. */
+type WindowPlanner = (first: number, last: number, l0: Piece<Ref>[], run: <T>(task: () => Promise<T>) => Promise<T>) => Promise<Piece<Ref>[]>;
+
+/**
+ * For each range of the window: its image or base chunk and its pieces (each read whole with
+ * one ranged GET and checked), resolved with the window's L0 pieces on top (every L0 batch
+ * read is above the frontier, so newer than anything in the manifest).
+ */
+function windowPlanner(store: ObjectStore, m: Manifest, disk: string, seq: number, read: DiskRead, stats: Stats): WindowPlanner {
+  return async (first, last, l0, run) => {
+    const versions: BlockVersion<Ref | { l0: Piece<Ref> }>[] = [];
+    const fetches: Promise<void>[] = [];
+    for (let r = Math.floor(first / RANGE_BLOCKS); r * RANGE_BLOCKS < last; r++) {
+      const s = rangeSources(m, read.l0Ranges.get(r) ?? [], rangeId(disk, r), seq);
+      const baseChunk = s.base ? read.baseChunks.get(r) : undefined;
+      stats.sources = Math.max(stats.sources, s.count - (s.base && !baseChunk ? 1 : 0));
+      const start = r * RANGE_BLOCKS;
+      if (baseChunk) versions.push({ blockIndex: start, blockCount: baseChunk.chunk.length / BLOCK_SIZE, seq: m.base!.seq, ref: baseChunk });
+      const image = s.image;
+      if (image && !image.zero) {
+        versions.push({ blockIndex: start, blockCount: image.length / BLOCK_SIZE, seq: image.seq, ref: { chunk: { index: r, sha256: image.sha256, crc32c: image.crc32c, length: image.length }, key: image.key } });
+      }
+      const floor = image ? image.seq : -1;
+      for (const p of s.pieces) {
+        fetches.push(
+          run(() => fetchPiece(store, p, disk, r, stats)).then((piece) => {
+            for (const entry of piece.entries) {
+              if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: start + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
+            }
+          }),
+        );
+      }
+    }
+    await Promise.all(fetches);
+    if (versions.length === 0) return l0; // the L0 alone (a pair never compacted, without a base)
+    for (const q of l0) versions.push({ blockIndex: q.blockIndex, blockCount: q.blockCount, seq: (q.ref as ExtentRef).batch.seq, ref: { l0: q } });
+    return resolvePieces(versions).map((q) => {
+      const c = clip(q, first, last);
+      if (!('l0' in c.ref)) return c as Piece<Ref>;
+      const under = c.ref.l0;
+      return { blockIndex: c.blockIndex, blockCount: c.blockCount, offsetBlocks: under.offsetBlocks + c.offsetBlocks, ref: under.ref };
+    });
+  };
+}
+
+/** One piece by one ranged GET, checked whole against the manifest (CRC, disk, range, span, bitmap). */
+async function fetchPiece(store: ObjectStore, p: PieceEntry, disk: string, range: number, stats: Stats): Promise<FetchedPiece> {
+  const where = `${p.key}@${p.offset}`;
+  const bytes = await store.get(p.key, { start: p.offset, end: p.offset + p.length });
+  stats.gets++;
+  stats.bytesRead += bytes.length;
+  const decoded = decodePiece(bytes, where, p.crc32c);
+  const bad = (what: string): CorruptHistoryError => new CorruptHistoryError(where, what);
+  if (decoded.disk !== disk || decoded.rangeIndex !== range) throw bad(`holds range ${decoded.disk}:${decoded.rangeIndex}, the manifest lists it under ${disk}:${range}`);
+  if (decoded.seqLo !== p.seqLo || decoded.seqHi !== p.seqHi) throw bad(`spans seqs [${decoded.seqLo}, ${decoded.seqHi}], the manifest says [${p.seqLo}, ${p.seqHi}]`);
+  if (decoded.dataBytes !== p.dataBytes) throw bad(`holds ${decoded.dataBytes} bytes of data, the manifest says ${p.dataBytes}`);
+  if (pieceBlocksBitmap(decoded.entries) !== p.blocks) throw bad('holds other blocks than its bitmap in the manifest says');
+  return { where, bytes, entries: decoded.entries };
 }
 
 /** Windows being filled at once: their GETs share one limit, the oldest window's first. */
 const WINDOWS_AHEAD = 2;
 
 /**
- * Writes one disk window by window, in order. Up to WINDOWS_AHEAD windows are filled at once
- * (so the GETs of the next window start while the last ones of this window are still
- * decoding) while the window before them is written: at most WINDOWS_AHEAD + 1 in memory.
+ * Writes one disk window by window, in order. Up to WINDOWS_AHEAD windows are planned and
+ * filled at once (so the GETs of the next window start while the last ones of this window
+ * are still decoding) while the window before them is written: at most WINDOWS_AHEAD + 1 in
+ * memory, with the pieces the windows being filled read.
  */
 async function writeDisk(
   store: ObjectStore,
   sink: ImageSink,
   sizeBytes: number,
   pieces: Piece<Ref>[],
+  plan: WindowPlanner,
   windowBytes: number,
   concurrency: number,
-  stats: { gets: number; bytesRead: number },
+  check: () => void,
+  stats: Stats,
 ): Promise<number> {
   let dataBytes = 0;
   let p = 0;
   let writing: Promise<void> = Promise.resolve();
   const run = limiter(concurrency);
-  const filling: { offset: number; window: Buffer; ranges: { start: number; end: number }[]; filled: Promise<void> }[] = [];
+  const filling: { offset: number; window: Buffer; filled: Promise<{ start: number; end: number }[]> }[] = [];
   const writeOldest = async (): Promise<void> => {
     const w = filling.shift()!;
-    await w.filled;
+    const ranges = await w.filled;
+    dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
     await writing;
-    writing = sink.write(w.offset, w.window, w.ranges);
+    writing = sink.write(w.offset, w.window, ranges);
     writing.catch(() => {}); // handled: the next `await writing` rethrows it
   };
   try {
     for (let offset = 0; offset < sizeBytes; offset += windowBytes) {
+      check();
       const size = Math.min(windowBytes, sizeBytes - offset);
       const first = offset / BLOCK_SIZE;
       const last = first + Math.ceil(size / BLOCK_SIZE);
@@ -161,11 +384,12 @@ async function writeDisk(
         p++;
       }
       const window = Buffer.from(new SharedArrayBuffer(size)); // zeros; workers place data into it
-      const filled = fillWindow(store, window, first, inWindow, run, stats);
+      const filled = plan(first, last, inWindow, run).then(async (planned) => {
+        await fillWindow(store, window, first, planned, run, stats);
+        return dataRanges(planned, first, size);
+      });
       filled.catch(() => {}); // handled: awaited in order by writeOldest
-      const ranges = dataRanges(inWindow, first, size);
-      dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
-      filling.push({ offset, window, ranges, filled });
+      filling.push({ offset, window, filled });
       if (filling.length >= WINDOWS_AHEAD) await writeOldest();
     }
     while (filling.length > 0) await writeOldest();
@@ -178,7 +402,7 @@ async function writeDisk(
 }
 
 /** One ranged GET of a segment's index and trailer; both are checksum-verified. */
-async function readIndex(store: ObjectStore, b: BatchRecord, stats: { gets: number; bytesRead: number }): Promise<ExtentEntry[]> {
+async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats): Promise<ExtentEntry[]> {
   const len = b.extentCount * 32 + TRAILER_SIZE;
   const tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes });
   stats.gets++;
@@ -191,9 +415,10 @@ async function readIndex(store: ObjectStore, b: BatchRecord, stats: { gets: numb
 }
 
 /**
- * Fetches the extents and base chunks the window's pieces need, in merged ranged GETs per
- * object; a worker decodes and checks each payload and copies its pieces into the window
- * (shared memory) while this thread goes on with the next GETs.
+ * Fetches what the window's pieces need: extents in merged ranged GETs per object, chunks
+ * (base chunks, images) with one GET each; the pieces' versions are already in memory. A
+ * worker decodes and checks each payload and copies its pieces into the window (shared
+ * memory) while this thread goes on with the next GETs.
  */
 async function fillWindow(
   store: ObjectStore,
@@ -201,11 +426,12 @@ async function fillWindow(
   firstBlock: number,
   pieces: Piece<Ref>[],
   run: <T>(task: () => Promise<T>) => Promise<T>,
-  stats: { gets: number; bytesRead: number },
+  stats: Stats,
 ): Promise<void> {
   const shared = window.buffer as SharedArrayBuffer;
   const byObject = new Map<string, Piece<ExtentRef>[]>();
   const byChunk = new Map<string, Piece<ChunkVersionRef>[]>();
+  const byPiece = new Map<FetchedPiece, Piece<PieceVersionRef>[]>();
   for (const q of pieces) {
     if (isChunk(q.ref)) {
       const list = byChunk.get(q.ref.key) ?? [];
@@ -213,17 +439,46 @@ async function fillWindow(
       byChunk.set(q.ref.key, list);
       continue;
     }
-    if (q.ref.entry.payloadLength === 0) continue; // zero extent: the window is already zeros
+    if (q.ref.entry.payloadLength === 0) continue; // zero version: the window is already zeros
+    if (isPieceVersion(q.ref)) {
+      const list = byPiece.get(q.ref.piece) ?? [];
+      list.push(q as Piece<PieceVersionRef>);
+      byPiece.set(q.ref.piece, list);
+      continue;
+    }
     const list = byObject.get(q.ref.batch.key) ?? [];
     list.push(q as Piece<ExtentRef>);
     byObject.set(q.ref.batch.key, list);
   }
-  const places = (qs: Piece<Ref>[]): [number, number, number][] =>
+  const places = (qs: Piece<unknown>[]): [number, number, number][] =>
     qs.map((q) => {
       const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
       return [q.offsetBlocks * BLOCK_SIZE, dst, Math.min(q.blockCount * BLOCK_SIZE, window.length - dst)];
     });
-  // Base chunks: one whole-object GET each, verified end to end (header here; SHA-256 of the data in the worker).
+  /**
+   * The payloads of `qs`' entries, held in `bytes` (which start at byte `at` of their
+   * object): each entry decoded and checked once, with every piece the window takes from it.
+   */
+  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer, at: number, qs: Piece<{ entry: E }>[], judge: (e: E, outcome: PayloadOutcome) => void): Promise<void> => {
+    const byEntry = new Map<E, Piece<unknown>[]>();
+    for (const q of qs) {
+      const list = byEntry.get(q.ref.entry);
+      if (list) list.push(q);
+      else byEntry.set(q.ref.entry, [q]);
+    }
+    const entries = [...byEntry.keys()];
+    const items = entries.map((e) => ({
+      start: e.payloadOffset - at,
+      end: e.payloadOffset - at + e.payloadLength,
+      zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0,
+      length: e.blockCount * BLOCK_SIZE,
+      crc: e.dataCrc,
+      places: places(byEntry.get(e)!),
+    }));
+    const outcomes = await placeVerified(bytes, items, shared);
+    entries.forEach((e, i) => judge(e, outcomes[i]));
+  };
+  // Chunks: one whole-object GET each, verified end to end (header here; SHA-256 of the data in the worker).
   const chunkReads = [...byChunk.values()].map((qs) => async () => {
     const { key, chunk } = qs[0].ref;
     const body = await store.get(key);
@@ -243,35 +498,31 @@ async function fillWindow(
     const bytes = await store.get(r.key, { start: r.start, end: r.end });
     stats.gets++;
     stats.bytesRead += bytes.length;
-    // Each extent once, with every piece the window takes from it.
-    const byEntry = new Map<ExtentEntry, Piece<ExtentRef>[]>();
-    for (const q of r.pieces) {
-      const list = byEntry.get(q.ref.entry);
-      if (list) list.push(q);
-      else byEntry.set(q.ref.entry, [q]);
-    }
-    const entries = [...byEntry.keys()];
-    const items = entries.map((e) => ({
-      start: e.payloadOffset - r.start,
-      end: e.payloadOffset - r.start + e.payloadLength,
-      zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0,
-      length: e.blockCount * BLOCK_SIZE,
-      crc: e.dataCrc,
-      places: places(byEntry.get(e)!),
-    }));
-    const outcomes = await placeVerified(bytes, items, shared);
-    entries.forEach((e, i) => {
+    await placeEntries(bytes, r.start, r.pieces, (e, outcome) => {
       try {
-        checkExtentData(e, outcomes[i], `${r.key} block ${e.blockIndex}`);
+        checkExtentData(e, outcome, `${r.key} block ${e.blockIndex}`);
       } catch (err) {
         if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
         throw err;
       }
     });
   });
-  await Promise.all([...chunkReads, ...extentReads].map(run));
+  // Pieces: read whole when the window was planned; only their versions' data is left to check.
+  const pieceReads = [...byPiece.entries()].map(([piece, qs]) => async () => {
+    await placeEntries(piece.bytes, 0, qs, (e, outcome) => {
+      try {
+        checkExtentData({ disk: 0, ...e }, outcome, `${piece.where} entry (seq ${e.seq}, block ${e.blockIndex})`);
+      } catch (err) {
+        if (err instanceof BatchError) throw new CorruptHistoryError(err.where, err.reason);
+        throw err;
+      }
+    });
+  });
+  await Promise.all([...chunkReads, ...extentReads, ...pieceReads].map(run));
 }
 
+/** What placing a stored payload needs of its entry (a batch extent or a piece version). */
+type PayloadEntry = Pick<ExtentEntry, 'payloadOffset' | 'payloadLength' | 'flags' | 'blockCount' | 'dataCrc'>;
 
 interface RangeRead {
   key: string;
