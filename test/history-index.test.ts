@@ -3,7 +3,7 @@
 // Conditions as DynamoDB evaluates them: a publish whose lease or version moved writes
 // nothing; the compactor lease is taken only when free or expired, fenced by gen.
 
-import { TransactionCanceledException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, QueryCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamoClient } from '../adapters/aws-clients';
 import { DynamoHistory } from '../adapters/dynamo-history';
@@ -250,12 +250,15 @@ describe('DynamoHistory items', () => {
 
   test('a publish that meets a transaction on the PAIR item (TransactionConflict) is sent again', async () => {
     let sent = 0;
-    const client = {
-      send: async () => {
+    const client = dynamoClient({ region: 'us-east-1', endpoint: 'http://127.0.0.1:1', credentials: { accessKeyId: 'a', secretAccessKey: 'b' } });
+    // Answers in place of DynamoDB: twice a conflict on the PAIR item, then success.
+    client.middlewareStack.add(
+      () => async () => {
         if (++sent < 3) throw new TransactionCanceledException({ message: 'conflict', $metadata: {}, CancellationReasons: [{ Code: 'None' }, { Code: 'None' }, { Code: 'None' }, { Code: 'TransactionConflict' }] });
-        return {};
+        return { output: { $metadata: {} }, response: {} };
       },
-    } as unknown as DynamoDBClient;
+      { step: 'initialize', name: 'fakeDynamo' },
+    );
     expect(await new DynamoHistory('t', client).publish('p', { holder: 'a', gen: 1, expiresMs: 2000 }, 0, record(1), 10, 1000)).toBe(true);
     expect(sent).toBe(3);
   });
