@@ -13,8 +13,9 @@ import {
 import type { AdvancePlan } from '../core/advance';
 import { dynamoClient } from './aws-clients';
 import { seqKey } from '../core/keys';
-import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType } from '../core/model';
-import type { RegisterResult, ReplicaIndex, RpCheckChange, SeedUpdate } from '../replica/ports';
+import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpPin, RpType } from '../core/model';
+import type { RetentionPolicy } from '../core/retention';
+import type { RegisterResult, ReplicaIndex, RpCheckChange, RpExpect, RpPage, RpRejudged, SeedUpdate } from '../replica/ports';
 
 export const ACRP_INDEX = 'acrp';
 
@@ -223,22 +224,99 @@ export class DynamoIndex implements ReplicaIndex {
     });
   }
 
-  async listRecoveryPoints(pairId: string, nowSec: number, type?: RpType): Promise<RecoveryPoint[]> {
-    // TTL deletion lags expiry (by up to days in AWS), so expired items are filtered here.
+  async listRecoveryPoints(pairId: string, nowSec: number, type?: RpType, page: RpPage = {}): Promise<RecoveryPoint[]> {
+    // TTL deletion lags expiry (by up to days in AWS), so expired items are filtered here;
+    // a pinned RP has no expiresAt and is always listed.
+    const after = page.afterSeq;
+    const live = 'expiresAt > :now OR attribute_exists(pinned)';
     const items =
       type === 'APP'
-        ? await this.query({
-            IndexName: ACRP_INDEX,
-            KeyConditionExpression: 'acrpPk = :pk',
-            FilterExpression: 'expiresAt > :now',
-            ExpressionAttributeValues: { ':pk': pk(pairId), ':now': nowSec },
-          })
-        : await this.query({
-            KeyConditionExpression: 'pk = :pk AND begins_with(sk, :rp)',
-            FilterExpression: 'expiresAt > :now',
-            ExpressionAttributeValues: { ':pk': pk(pairId), ':rp': 'RP#', ':now': nowSec },
-          });
+        ? await this.query(
+            {
+              IndexName: ACRP_INDEX,
+              KeyConditionExpression: `acrpPk = :pk${after === undefined ? '' : ' AND acrpSk > :after'}`,
+              FilterExpression: live,
+              ExpressionAttributeValues: { ':pk': pk(pairId), ':now': nowSec, ...(after === undefined ? {} : { ':after': seqKey(after) }) },
+            },
+            page.limit,
+          )
+        : await this.query(
+            {
+              // Seq 0 is an RP too (a pair seeded from a backup taken before any batch).
+              KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
+              FilterExpression: live,
+              ExpressionAttributeValues: { ':pk': pk(pairId), ':from': rpSk(after === undefined ? 0 : after + 1), ':to': rpSk(Number.MAX_SAFE_INTEGER), ':now': nowSec },
+            },
+            page.limit,
+          );
     return items.map(fromRpItem);
+  }
+
+  async getRecoveryPoint(pairId: string, seq: number): Promise<RecoveryPoint | undefined> {
+    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: rpSk(seq) }, ConsistentRead: true }));
+    return out.Item ? fromRpItem(strip(out.Item)) : undefined;
+  }
+
+  async pinRecoveryPoint(pairId: string, seq: number, pin: RpPin, aboveSec: number): Promise<boolean> {
+    return this.conditional(
+      new UpdateCommand({
+        TableName: this.table,
+        Key: { pk: pk(pairId), sk: rpSk(seq) },
+        UpdateExpression: 'SET pinned = :pin REMOVE expiresAt',
+        ConditionExpression: 'attribute_exists(sk) AND attribute_not_exists(pinned) AND expiresAt > :above',
+        ExpressionAttributeValues: { ':pin': pin, ':above': aboveSec },
+      }),
+    );
+  }
+
+  async rejudgeRecoveryPoint(pairId: string, seq: number, expect: RpExpect, next: RpRejudged): Promise<boolean> {
+    const values: Record<string, unknown> = { ':exp': next.expiresAtSec, ':kept': next.keptBy, ':rev': next.policyRev };
+    let condition: string;
+    if ('pinnedAtMs' in expect) {
+      condition = 'pinned.atMs = :pinAt';
+      values[':pinAt'] = expect.pinnedAtMs;
+    } else {
+      // As read, still live (> aboveSec), not pinned meanwhile, not judged under this policy or a later one.
+      condition = 'expiresAt = :was AND expiresAt > :above AND attribute_not_exists(pinned) AND policyRev < :rev';
+      Object.assign(values, { ':was': expect.expiresAtSec, ':above': expect.aboveSec });
+    }
+    return this.conditional(
+      new UpdateCommand({
+        TableName: this.table,
+        Key: { pk: pk(pairId), sk: rpSk(seq) },
+        UpdateExpression: `SET expiresAt = :exp, keptBy = :kept, policyRev = :rev${'pinnedAtMs' in expect ? ' REMOVE pinned' : ''}`,
+        ConditionExpression: `attribute_exists(sk) AND ${condition}`,
+        ExpressionAttributeValues: values,
+      }),
+    );
+  }
+
+  async setRetention(pairId: string, policy: RetentionPolicy): Promise<boolean> {
+    const rev = policy.rev ?? 0;
+    if (rev < 1) throw new RangeError(`setRetention of pair '${pairId}': the new policy's rev ${rev} must be ≥ 1`);
+    const { condition, values } = policyRevCondition(rev - 1);
+    return this.conditional(
+      new UpdateCommand({
+        TableName: this.table,
+        Key: { pk: pk(pairId), sk: PAIR_SK },
+        // rev moves on too: an advance or RP check planned under the old policy fails its
+        // condition and plans again under this one, so no RP is written with the old one.
+        UpdateExpression: 'SET retention = :policy, rev = rev + :one, updatedMs = :now',
+        ConditionExpression: `attribute_exists(pk) AND ${condition}`,
+        ExpressionAttributeValues: { ...values, ':policy': policy, ':one': 1, ':now': Date.now() },
+      }),
+    );
+  }
+
+  /** Sends a conditional write: false if its condition failed. */
+  private async conditional(cmd: UpdateCommand): Promise<boolean> {
+    try {
+      await this.doc.send(cmd);
+      return true;
+    } catch (err) {
+      if (err instanceof ConditionalCheckFailedException) return false;
+      throw err;
+    }
   }
 
   async updateSeed(pairId: string, seedId: string, u: SeedUpdate): Promise<boolean> {
@@ -301,6 +379,8 @@ export class DynamoIndex implements ReplicaIndex {
     const values: Record<string, unknown> = { ':state': state, ':now': now, ':one': 1, ':done': 'DONE', ':running': 'RUNNING', ':at': last.atMs, ':id': seedId, ':seq': last.seq, ':wm': watermark };
     // The RP timer counts from here (rpMadeMs), and knows which seq is the newest RP.
     if (lastApp) values[':app'] = lastApp.atMs;
+    const revGuard = policyRevCondition(rps[0].policyRev ?? 0);
+    Object.assign(values, revGuard.values);
     try {
       await this.doc.send(
         new TransactWriteCommand({
@@ -310,7 +390,8 @@ export class DynamoIndex implements ReplicaIndex {
                 TableName: this.table,
                 Key: { pk: pk(pairId), sk: PAIR_SK },
                 UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at, lastRpSeq = :seq, rpMadeMs = :now${lastApp ? ', lastAppRpMs = :app' : ''}`,
-                ConditionExpression: '#seed.seedId = :id AND #seed.#status = :running AND watermark = :wm',
+                // And the policy the RPs were judged under is still the pair's (set-retention moves it).
+                ConditionExpression: `#seed.seedId = :id AND #seed.#status = :running AND watermark = :wm AND ${revGuard.condition}`,
                 ExpressionAttributeNames: { '#state': 'state', '#seed': 'seed', '#status': 'status' },
                 ExpressionAttributeValues: values,
               },
@@ -358,6 +439,12 @@ function lostRace(err: unknown): boolean {
   return codes[0] === 'ConditionalCheckFailed' || codes.includes('TransactionConflict');
 }
 
+/** The pair's retention policy is at revision `rev` (absent counts as 0). */
+function policyRevCondition(rev: number): { condition: string; values: Record<string, unknown> } {
+  const condition = rev === 0 ? '(attribute_not_exists(retention.rev) OR retention.rev = :policyRev)' : 'retention.rev = :policyRev';
+  return { condition, values: { ':policyRev': rev } };
+}
+
 function rpItem(rp: RecoveryPoint): Record<string, unknown> {
   const { expiresAtSec, ...rest } = rp;
   return {
@@ -365,7 +452,8 @@ function rpItem(rp: RecoveryPoint): Record<string, unknown> {
     sk: rpSk(rp.seq),
     kind: 'rp',
     ...rest,
-    expiresAt: expiresAtSec,
+    // Absent while pinned: TTL never deletes it.
+    ...(expiresAtSec !== undefined ? { expiresAt: expiresAtSec } : {}),
     // Sparse GSI: only ACRPs carry the index keys.
     ...(rp.type === 'APP' ? { acrpPk: pk(rp.pairId), acrpSk: seqKey(rp.seq) } : {}),
   };
@@ -373,7 +461,7 @@ function rpItem(rp: RecoveryPoint): Record<string, unknown> {
 
 function fromRpItem(item: Record<string, unknown>): RecoveryPoint {
   const { expiresAt, acrpPk: _a, acrpSk: _b, ...rest } = item;
-  return { ...(rest as Omit<RecoveryPoint, 'expiresAtSec'>), expiresAtSec: expiresAt as number };
+  return { ...(rest as Omit<RecoveryPoint, 'expiresAtSec'>), ...(expiresAt !== undefined ? { expiresAtSec: expiresAt as number } : {}) };
 }
 
 function strip(item: Record<string, unknown>): Record<string, unknown> {

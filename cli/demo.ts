@@ -12,6 +12,7 @@ import { startLocalStack } from '../local/stack';
 import { fileSink, materialize } from '../replica/materialize';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { seedBackupKey } from '../core/keys';
+import { rpUntil } from '../core/retention';
 import { seedRunEnded, type Pair } from '../core/model';
 import { createPair, seedProgress, startSeed, waitForWatermark } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
@@ -135,7 +136,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     const apps = await index.listRecoveryPoints(pairId, nowSec, 'APP');
     o.log(`recovery points: ${rps.length} (${rps.filter((p) => p.type === 'CRASH').length} crash, ${apps.length} app-consistent via the ACRP index)`);
     for (const rp of rps) {
-      o.log(`  seq ${String(rp.seq).padStart(4)}  ${rp.type.padEnd(5)} ${new Date(rp.atMs).toISOString()}  expires ${new Date(rp.expiresAtSec * 1000).toISOString()}  ${rp.tag ?? ''}`);
+      o.log(`  seq ${String(rp.seq).padStart(4)}  ${rp.type.padEnd(5)} ${new Date(rp.atMs).toISOString()}  until ${rpUntil(rp)}  ${rp.tag ?? ''}`);
     }
 
     let ok = true;

@@ -6,15 +6,17 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { userInfo } from 'node:os';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
-import { createPair, startSeed } from '../replica/pairs';
+import { createPair, pinRp, setRetention, startSeed, unpinRp } from '../replica/pairs';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
-import { seedRunEnded } from '../core/model';
+import { seedRunEnded, type RecoveryPoint } from '../core/model';
+import { rpLives, rpUntil } from '../core/retention';
 import { formatStatus } from './status';
-import { parseDiskSpec, parseDuration, parseIntArg, parsePositiveDuration, parseSize, required } from './args';
+import { parseDiskSpec, parseDuration, parseIntArg, parsePositiveDuration, parseSize, parseTier, required } from './args';
 import { startAgent } from '../agent/agent';
 import { callAgent } from '../agent/control';
 import { ensureAgentRuntime } from '../agent/runtime';
@@ -35,7 +37,17 @@ const USAGE = `usage: livesync <command> [options]
   pair status --pair P [--watch]
         state and seeding progress (ranges, bytes, rate); --watch until seeding ends
   pair show --pair P
-  rp list --pair P [--app]
+  pair set-retention --pair P --tier WINDOW:SPACING [--tier ...] [--app-tier WINDOW:SPACING ...]
+        a new retention policy (e.g. --tier 1h:0 --tier 1d:15m --tier 7d:1h --app-tier 30d:1d:
+        every RP for 1 h, one per 15 min for 1 d, …); live RPs are judged again under it (an
+        expired one stays expired); after a crash, run it again to finish
+  rp list --pair P [--app] [--json]
+        one line per live RP, tab-separated: seq, type, time, until (or 'pinned'), why it
+        lives (the pin, or the tiers that keep it), tag; --json: one JSON object a line
+  rp pin --pair P --seq N --reason TEXT [--by NAME]
+        the RP lives until unpinned, whatever the policy (it must have > 60 s left)
+  rp unpin --pair P --seq N
+        judged again under the policy in force: it may expire at once
   recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
@@ -144,11 +156,39 @@ async function main(argv: string[]): Promise<number> {
       console.log(JSON.stringify({ ...pair, quarantine: await index.listQuarantine(pairId) }, null, 2));
       return 0;
     }
-    case 'rp list': {
-      const o = opts({ pair: { type: 'string' }, app: { type: 'boolean' } });
+    case 'pair set-retention': {
+      const o = opts({ pair: { type: 'string' }, tier: { type: 'string', multiple: true }, 'app-tier': { type: 'string', multiple: true } });
       const pairId = required('pair', str(o, 'pair'));
-      const rps = await rpStoreFromEnv().index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), o.app ? 'APP' : undefined);
-      for (const rp of rps) console.log(`${rp.seq}\t${rp.type}\t${new Date(rp.atMs).toISOString()}\texpires ${new Date(rp.expiresAtSec * 1000).toISOString()}\t${rp.tag ?? ''}`);
+      const all = ((o.tier as string[] | undefined) ?? []).map((t) => parseTier('tier', t));
+      const app = ((o['app-tier'] as string[] | undefined) ?? []).map((t) => parseTier('app-tier', t));
+      if (all.length === 0) throw new InvalidArgumentError('--tier is required (at least one, for all RPs)');
+      console.log(JSON.stringify(await setRetention(rpStoreFromEnv().index, pairId, { all, app })));
+      return 0;
+    }
+    case 'rp list': {
+      const o = opts({ pair: { type: 'string' }, app: { type: 'boolean' }, json: { type: 'boolean' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const { index } = rpStoreFromEnv();
+      if (!(await index.getPair(pairId))) throw new UnknownPairError(pairId);
+      const rps = await index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), o.app ? 'APP' : undefined);
+      for (const rp of rps) console.log(o.json ? JSON.stringify(rp) : rpLine(rp));
+      return 0;
+    }
+    case 'rp pin': {
+      const o = opts({ pair: { type: 'string' }, seq: { type: 'string' }, reason: { type: 'string' }, by: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const seq = parseIntArg('seq', required('seq', str(o, 'seq')));
+      const reason = required('reason', str(o, 'reason'));
+      const by = str(o, 'by') ?? process.env.USER ?? userInfo().username;
+      console.log(rpLine(await pinRp(rpStoreFromEnv().index, pairId, seq, { by, reason })));
+      return 0;
+    }
+    case 'rp unpin': {
+      const o = opts({ pair: { type: 'string' }, seq: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const seq = parseIntArg('seq', required('seq', str(o, 'seq')));
+      const rp = await unpinRp(rpStoreFromEnv().index, pairId, seq);
+      console.log(rpLives(rp, Date.now()) ? rpLine(rp) : `${rpLine(rp)}\t(expired: TTL deletes it)`);
       return 0;
     }
     case 'recover': {
@@ -280,6 +320,15 @@ main(process.argv.slice(2)).then(
     process.exit(known ? 2 : 1);
   },
 );
+
+/**
+ * One RP on one line, tab-separated: seq, type, time, until (expiry or 'pinned'), why it lives
+ * (the pin, or the tiers that keep it), tag (empty if none). Pin texts hold no tabs or newlines.
+ */
+function rpLine(rp: RecoveryPoint): string {
+  const why = rp.pinned ? `pinned by ${rp.pinned.by} at ${new Date(rp.pinned.atMs).toISOString()}: ${rp.pinned.reason}` : `kept by ${rp.keptBy.join(', ')}`;
+  return [rp.seq, rp.type, new Date(rp.atMs).toISOString(), rpUntil(rp), why, rp.tag ?? ''].join('\t');
+}
 
 /** A CloudFormation template (JSON, as `cdk synth` writes it) for `local up --template`. */
 async function readTemplate(file: string): Promise<{ Resources: Record<string, any> }> {

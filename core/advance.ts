@@ -3,7 +3,7 @@
 // conditional transaction. RPs of a watermark the source left behind: core/rp-timer.ts.
 
 import { BATCH_FLAGS } from './batch-format';
-import { expiryFor, type RetentionPolicy } from './retention';
+import { judgeNew, type RetentionPolicy } from './retention';
 import type { BatchRecord, PairProgress, PairState, RecoveryPoint } from './model';
 
 export interface AdvancePlan {
@@ -58,8 +58,8 @@ export function planAdvance(input: AdvanceInput): AdvancePlan {
         p.lastRpMs === undefined ||
         b.cutMs - p.lastRpMs >= input.ccrpIntervalMs);
     if (due) {
-      const { expiresAtSec, keptBy } = expiryFor({ atMs: b.cutMs, prevRpMs: p.lastRpMs, prevAppMs: p.lastAppRpMs, app }, input.retention);
-      rps.push({ pairId: input.pairId, seq: b.seq, type: app ? 'APP' : 'CRASH', tag: b.appTag, atMs: b.cutMs, expiresAtSec, keptBy });
+      const judged = judgeNew({ atMs: b.cutMs, prevAtMs: p.lastRpMs, prevAppAtMs: p.lastAppRpMs, app }, input.retention);
+      rps.push({ pairId: input.pairId, seq: b.seq, type: app ? 'APP' : 'CRASH', tag: b.appTag, atMs: b.cutMs, ...judged });
       p.lastRpMs = b.cutMs;
       p.lastRpSeq = b.seq;
       if (input.nowMs !== undefined) p.rpMadeMs = input.nowMs;

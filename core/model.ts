@@ -108,6 +108,13 @@ export interface BatchRecord {
 
 export type RpType = 'CRASH' | 'APP';
 
+/** Who pinned an RP, why and when: a pinned RP lives whatever the policy says. */
+export interface RpPin {
+  by: string;
+  reason: string;
+  atMs: number;
+}
+
 export interface RecoveryPoint {
   pairId: string;
   seq: number;
@@ -115,9 +122,21 @@ export interface RecoveryPoint {
   tag?: string;
   /** Source time of the boundary. */
   atMs: number;
-  /** Epoch seconds; DynamoDB TTL deletes the item some time after. */
-  expiresAtSec: number;
+  // The facts applyPolicy judges it by later (core/retention.ts), stored at creation:
+  /** Source time of the previous RP of any type, if there was one. */
+  prevAtMs?: number;
+  /** Source time of the previous ACRP, if there was one (ACRPs only). */
+  prevAppAtMs?: number;
+  /**
+   * Epoch seconds; DynamoDB TTL deletes the item some time after. Absent while pinned (TTL
+   * never deletes it then); a live RP has it in the future or is pinned (rpLives).
+   */
+  expiresAtSec?: number;
+  /** The tiers that keep it (what applyPolicy answered). */
   keptBy: string[];
+  /** The `retention.rev` of the pair's policy it was judged under; absent on items written before RPs kept their facts. */
+  policyRev?: number;
+  pinned?: RpPin;
 }
 
 export interface QuarantineRecord {

@@ -6,7 +6,7 @@
 
 import { InvalidArgumentError } from './errors';
 import type { PairProgress, RecoveryPoint } from './model';
-import { expiryFor, type RetentionPolicy } from './retention';
+import { judgeNew, type RetentionPolicy } from './retention';
 
 /** SQS's largest DelaySeconds; a longer wait is cut into several checks. */
 export const MAX_DELAY_SEC = 900;
@@ -112,10 +112,9 @@ export function decideRpCheck(
   if (ctx.nowMs < due - DELAY_STEP_MS) return { action: 'rearm', next: schedule(due, ctx.nowMs) };
   // The RP's time is the source time of its boundary, as for every RP.
   const atMs = p.watermarkMs ?? ctx.nowMs;
-  const { expiresAtSec, keptBy } = expiryFor({ atMs, prevRpMs: p.lastRpMs, prevAppMs: p.lastAppRpMs, app: false }, ctx.retention);
   return {
     action: 'rp',
-    rp: { pairId: check.pairId, seq: p.watermark, type: 'CRASH', atMs, expiresAtSec, keptBy },
+    rp: { pairId: check.pairId, seq: p.watermark, type: 'CRASH', atMs, ...judgeNew({ atMs, prevAtMs: p.lastRpMs, app: false }, ctx.retention) },
     progress: { lastRpMs: atMs, lastRpSeq: p.watermark, rpMadeMs: ctx.nowMs },
   };
 }

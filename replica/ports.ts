@@ -3,7 +3,8 @@
 
 import type { Readable } from 'node:stream';
 import type { AdvancePlan } from '../core/advance';
-import type { BaseRef, BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpType, SeedStatus } from '../core/model';
+import type { BaseRef, BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpPin, RpType, SeedStatus } from '../core/model';
+import type { RetentionPolicy } from '../core/retention';
 import type { RpCheck, TimerRp } from '../core/rp-timer';
 
 export interface PutOptions {
@@ -82,8 +83,30 @@ export interface ReplicaIndex {
   /** Keeps a record of a refused batch; marks the pair ERROR if the batch blocks its watermark. */
   quarantine(record: QuarantineRecord, blocksWatermark: boolean): Promise<void>;
   listQuarantine(pairId: string): Promise<QuarantineRecord[]>;
-  /** Live (unexpired at nowSec) RPs, ascending by seq; only ACRPs when type is APP. */
-  listRecoveryPoints(pairId: string, nowSec: number, type?: RpType): Promise<RecoveryPoint[]>;
+  /**
+   * Live RPs (pinned, or unexpired at nowSec), ascending by seq; only ACRPs when type is APP;
+   * with `page`, those above `afterSeq`, at most `limit`. Compaction takes its retained points from it.
+   */
+  listRecoveryPoints(pairId: string, nowSec: number, type?: RpType, page?: RpPage): Promise<RecoveryPoint[]>;
+  /** The RP item at `seq` (strongly consistent), expired or not until TTL deletes it: judge it with rpLives. */
+  getRecoveryPoint(pairId: string, seq: number): Promise<RecoveryPoint | undefined>;
+  /**
+   * Pins RP `seq` (sets `pinned`, removes its expiry) if it exists, is not pinned and expires
+   * after `aboveSec`; false otherwise (nothing written).
+   */
+  pinRecoveryPoint(pairId: string, seq: number, pin: RpPin, aboveSec: number): Promise<boolean>;
+  /**
+   * Replaces an RP's expiry, keptBy and policyRev if it is as `expect` says (false otherwise,
+   * nothing written): pinned at `pinnedAtMs` (the pin is removed: an unpin), or unpinned with
+   * expiry `expiresAtSec` > `aboveSec` and judged under a policy older than `next.policyRev`.
+   */
+  rejudgeRecoveryPoint(pairId: string, seq: number, expect: RpExpect, next: RpRejudged): Promise<boolean>;
+  /**
+   * Writes the pair's retention policy (`policy.rev` ≥ 1) if its current one is at `policy.rev`
+   * − 1, and moves the pair's `rev` on (so advances and RP checks planned under the old one
+   * plan again); false if the pair is missing or its policy moved.
+   */
+  setRetention(pairId: string, policy: RetentionPolicy): Promise<boolean>;
   /**
    * Updates the pair's seed run `seedId` (false if the pair's run is another one or its
    * state is not in `fromStates`): fields of `seed`, counters added to it, the state, the base.
@@ -96,6 +119,22 @@ export interface ReplicaIndex {
    * batch applied meanwhile, while no RP timer ran for the pair, makes it plan again).
    */
   activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[], watermark: number): Promise<boolean>;
+}
+
+/** A page of RPs: those with seq > afterSeq (default: all, seq 0 included), at most `limit` (default all). */
+export interface RpPage {
+  afterSeq?: number;
+  limit?: number;
+}
+
+/** What rejudgeRecoveryPoint expects the stored RP to be. */
+export type RpExpect = { pinnedAtMs: number } | { expiresAtSec: number; aboveSec: number };
+
+/** An RP's new judgement. */
+export interface RpRejudged {
+  expiresAtSec: number;
+  keptBy: string[];
+  policyRev: number;
 }
 
 export interface RpCheckChange {

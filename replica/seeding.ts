@@ -16,7 +16,7 @@ import { BackupError, InvalidArgumentError, UnknownPairError } from '../core/err
 import { baseChunkKey, baseManifestKey, checkPairId, parseS3Url, seedDoneKey, seedRangeKey } from '../core/keys';
 import type { Pair, PairState, RecoveryPoint } from '../core/model';
 import { planAdvance } from '../core/advance';
-import { expiryFor } from '../core/retention';
+import { judgeNew } from '../core/retention';
 import { backupChunkKey, parseBackupManifest, parseRawImageManifest, type BackupManifest, type BaseManifest, type RawImageManifest } from '../core/seed-manifests';
 import { verifyChunk } from './chunk-verifier';
 import { mapLimit } from './concurrency';
@@ -440,15 +440,13 @@ async function tryActivateSeed(d: SeedDeps, run: SeedRun & FirstRp): Promise<{ p
   }
   const batch = run.firstRpSeq > 0 ? (await d.index.batchesAfter(run.pairId, run.firstRpSeq - 1, 1))[0] : undefined;
   const atMs = batch?.seq === run.firstRpSeq ? batch.cutMs : run.takenMs;
-  const { expiresAtSec, keptBy } = expiryFor({ atMs, prevRpMs: undefined, prevAppMs: undefined, app: run.app }, pair.retention);
   const rp: RecoveryPoint = {
     pairId: run.pairId,
     seq: run.firstRpSeq,
     type: run.app ? 'APP' : 'CRASH',
     tag: run.app ? run.appTag : undefined,
     atMs,
-    expiresAtSec,
-    keptBy: ['seed', ...keptBy],
+    ...judgeNew({ atMs, app: run.app }, pair.retention),
   };
   const later = await laterRps(d, pair, rp);
   const state: PairState = pair.error ? 'ERROR' : pair.resyncing ? 'RESYNCING' : 'REPLICATING';
@@ -479,13 +477,19 @@ async function laterRps(d: SeedDeps, pair: Pair, first: RecoveryPoint): Promise<
     pending: batches,
     maxRps: Infinity,
   });
-  const rps = plan.rps.slice(-LATER_RPS);
+  const rps: Pick<RecoveryPoint, 'seq' | 'type' | 'tag' | 'atMs'>[] = plan.rps;
   const top = batches[batches.length - 1];
-  if (top && top.seq === pair.watermark && rps[rps.length - 1]?.seq !== top.seq && !plan.progress.resyncing) {
-    const { expiresAtSec, keptBy } = expiryFor({ atMs: top.cutMs, prevRpMs: rps[rps.length - 1]?.atMs ?? first.atMs, prevAppMs: undefined, app: false }, pair.retention);
-    rps.push({ pairId: pair.pairId, seq: top.seq, type: 'CRASH', atMs: top.cutMs, expiresAtSec, keptBy });
-  }
-  return rps.slice(-LATER_RPS);
+  if (top && top.seq === pair.watermark && rps[rps.length - 1]?.seq !== top.seq && !plan.progress.resyncing) rps.push({ seq: top.seq, type: 'CRASH', atMs: top.cutMs });
+  // Judged again against the RPs actually written before each (the plan's earlier ones may be
+  // left out): the facts each RP keeps are those of its stored predecessors.
+  let prevAtMs = first.atMs;
+  let prevAppAtMs = first.type === 'APP' ? first.atMs : undefined;
+  return rps.slice(-LATER_RPS).map(({ seq, type, tag, atMs }) => {
+    const rp: RecoveryPoint = { pairId: pair.pairId, seq, type, tag, atMs, ...judgeNew({ atMs, prevAtMs, prevAppAtMs, app: type === 'APP' }, pair.retention) };
+    prevAtMs = atMs;
+    if (type === 'APP') prevAppAtMs = atMs;
+    return rp;
+  });
 }
 
 /** A Step Functions error as a Catch passes it on: `Cause` is the Lambda's error JSON, or plain text. */

@@ -116,7 +116,7 @@ describe('expired ACRPs are not listed, although TTL has not deleted them yet', 
     await waitForWatermark(c.index, pairId, seq!, 30_000);
     const acrps = await c.index.listRecoveryPoints(pairId, nowSec(), 'APP');
     expect(acrps.map((r) => [r.seq, r.type, r.tag])).toEqual([[seq, 'APP', 'app=db']]);
-    const expiresAtSec = acrps[0].expiresAtSec;
+    const expiresAtSec = acrps[0].expiresAtSec!;
     expect(await c.index.listRecoveryPoints(pairId, expiresAtSec - 1, 'APP')).toHaveLength(1);
     expect(await c.index.listRecoveryPoints(pairId, expiresAtSec, 'APP')).toEqual([]);
     const live = await runCli('rp', 'list', '--pair', pairId, '--app');

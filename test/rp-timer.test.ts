@@ -56,7 +56,8 @@ describe('decideRpCheck: what a received check does', () => {
     expect(d).toEqual({
       action: 'rp',
       // Second RP in the same 15-min and 1-h buckets as RP 1: kept by the 'every' tier only.
-      rp: { pairId: 'p', seq: 6, type: 'CRASH', atMs: 10_900, expiresAtSec: 11 + 3600, keptBy: ['all:every for 3600s'] },
+      // It keeps the previous RP's time and the policy's revision: the facts a later applyPolicy judges it by.
+      rp: { pairId: 'p', seq: 6, type: 'CRASH', atMs: 10_900, prevAtMs: 10_000, expiresAtSec: 11 + 3600, keptBy: ['all:every for 3600s'], policyRev: 0 },
       progress: { lastRpMs: 10_900, lastRpSeq: 6, rpMadeMs: NOW },
     });
   });
