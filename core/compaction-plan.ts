@@ -1,0 +1,255 @@
+// The pure decisions of one compaction unit (docs/design.md, "History", "A compaction
+// unit"): given the current manifest, what the L0 batches in (frontier, cut] touch, the
+// retained points and the cut, which ranges get fold pieces, new images, merges (I1), and
+// which images and pieces are dropped or re-checked for dead bytes; then the new manifest
+// from what the unit wrote (applyUnit) and the keys it no longer references (removedKeys).
+// replica/compactor.ts reads, builds, writes and publishes.
+
+import { MAX_PIECES_PER_SPAN, MANIFEST_FORMAT, type ImageEntry, type Manifest, type PieceEntry, type RangeHistory, type RangeId } from './manifest';
+
+export interface PlanConfig {
+  /** A range whose pieces since its newest image hold this much data gets an image (default 4 MiB). */
+  imageBytes: number;
+  /** I1: pieces of a range between two consecutive images (default 4). */
+  maxPiecesPerSpan: number;
+  /** A piece whose dead bytes (versions no retained point sees) reach this share is rewritten (default 0.5). */
+  deadRewriteRatio: number;
+}
+
+export const DEFAULT_PLAN_CONFIG: PlanConfig = { imageBytes: 4 * 1024 * 1024, maxPiecesPerSpan: MAX_PIECES_PER_SPAN, deadRewriteRatio: 0.5 };
+
+/** One L0 batch above the frontier as the planner sees it: which ranges it writes, and how many data bytes in each. */
+export interface L0Summary {
+  seq: number;
+  key: string;
+  ranges: ReadonlyMap<RangeId, number>;
+}
+
+/** A piece the unit builds: the visible versions of its inputs over [seqLo, seqHi]. */
+export interface PieceBuild {
+  seqLo: number;
+  seqHi: number;
+  /** Existing pieces merged into it (each is read and decoded; the build replaces them). */
+  from: PieceEntry[];
+  /** Whether the L0 versions of the range with seq in [seqLo, seqHi] are folded in. */
+  l0: boolean;
+  /** Data bytes of its inputs (an upper bound of what it holds): what merges are chosen by. */
+  bytes: number;
+}
+
+export interface RangePlan {
+  range: RangeId;
+  /** Images of the input manifest that stay. */
+  keepImages: ImageEntry[];
+  /** Images no retained point reads any more. */
+  dropImages: ImageEntry[];
+  /** Seqs (retained points in (frontier, cut]) at which the range gets an image: its state there. */
+  newImages: number[];
+  /** Seqs of every image of the range in the new manifest, ascending: visibility is judged against them. */
+  imageSeqs: number[];
+  /** Pieces that stay as they are. */
+  keepPieces: PieceEntry[];
+  /** Pieces that lost retained points since they were written: read, and rewritten with their visible versions when at least deadRewriteRatio of their bytes is dead (else kept). */
+  recheck: PieceEntry[];
+  /** Pieces no retained point reads. */
+  dropPieces: PieceEntry[];
+  builds: PieceBuild[];
+}
+
+export interface UnitPlan {
+  pairId: string;
+  fromVersion: number;
+  /** The input manifest's frontier: L0 batches above it, up to the cut, are folded. */
+  frontierSeq: number;
+  cut: number;
+  /** The new manifest's retained points: the given points readable by the input (above its frontier, or retained by it), ≤ the cut, and the cut. */
+  retained: number[];
+  foldedSeqs: number[];
+  foldedKeys: string[];
+  /** Ranges with anything to do, by id. */
+  ranges: RangePlan[];
+}
+
+const asc = (a: number, b: number): number => a - b;
+
+/** The oldest element of ascending `xs` that is ≥ x, or undefined. */
+function oldestAtOrAbove(xs: readonly number[], x: number): number | undefined {
+  for (const v of xs) if (v >= x) return v;
+  return undefined;
+}
+
+/** Whether some point of ascending `xs` lies in [lo, hi). */
+const anyIn = (xs: readonly number[], lo: number, hi: number): boolean => xs.some((p) => p >= lo && p < hi);
+
+/**
+ * The new manifest's retained points: of `points` (live and pinned RPs, reader leases), those
+ * ≤ the cut that the input manifest can still read (above its frontier, or among its retained
+ * points: anything else was pruned before), and the cut.
+ */
+export function retainedFor(m: Manifest, points: readonly number[], cut: number): number[] {
+  const old = new Set(m.retained);
+  const keep = points.filter((p) => p <= cut && (p > m.frontierSeq || old.has(p)));
+  return [...new Set([...keep, cut])].sort(asc);
+}
+
+/** Plans one unit. `l0` are the batches in (frontier, cut] (others are ignored). */
+export function planUnit(m: Manifest, l0: readonly L0Summary[], points: readonly number[], cut: number, cfg: PlanConfig = DEFAULT_PLAN_CONFIG): UnitPlan {
+  if (cut <= m.frontierSeq) throw new RangeError(`cut ${cut} is not above the frontier ${m.frontierSeq}`);
+  const retained = retainedFor(m, points, cut);
+  const folded = l0.filter((b) => b.seq > m.frontierSeq && b.seq <= cut).sort((a, b) => a.seq - b.seq);
+  const touched = new Map<RangeId, { seq: number; bytes: number }[]>();
+  for (const b of folded) {
+    for (const [r, bytes] of b.ranges) {
+      const list = touched.get(r) ?? [];
+      list.push({ seq: b.seq, bytes });
+      touched.set(r, list);
+    }
+  }
+  const ids = [...new Set([...Object.keys(m.ranges), ...touched.keys()])].sort();
+  const ranges: RangePlan[] = [];
+  for (const id of ids) {
+    const r = planRange(id, m.ranges[id] ?? { images: [], pieces: [] }, touched.get(id) ?? [], m, retained, cut, cfg);
+    if (r) ranges.push(r);
+  }
+  return { pairId: m.pairId, fromVersion: m.version, frontierSeq: m.frontierSeq, cut, retained, foldedSeqs: folded.map((b) => b.seq), foldedKeys: folded.map((b) => b.key), ranges };
+}
+
+/** The plan of one range, or undefined when it stays as it is. */
+function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes: number }[], m: Manifest, retained: number[], cut: number, cfg: PlanConfig): RangePlan | undefined {
+  const f = m.frontierSeq;
+  // 1. New images: walking the retained points above the frontier, one where the data since the newest image reaches imageBytes.
+  const lastOld = old.images.length > 0 ? old.images[old.images.length - 1].seq : -1;
+  let acc = old.pieces.filter((p) => p.seqLo > lastOld).reduce((n, p) => n + p.dataBytes, 0);
+  const newImages: number[] = [];
+  let b = 0;
+  for (const p of retained.filter((x) => x > f)) {
+    let wrote = false;
+    for (; b < batches.length && batches[b].seq <= p; b++) {
+      acc += batches[b].bytes;
+      wrote = true;
+    }
+    if (wrote && acc >= cfg.imageBytes) {
+      newImages.push(p);
+      acc = 0;
+    }
+  }
+  // 2. Images no point reads: newest first (the newest is read by the RPs to come), each up to the next one kept.
+  const keepImages: ImageEntry[] = [];
+  const dropImages: ImageEntry[] = [];
+  let next = newImages.length > 0 ? newImages[0] : undefined;
+  for (let i = old.images.length - 1; i >= 0; i--) {
+    const img = old.images[i];
+    if (next === undefined || anyIn(retained, img.seq, next)) {
+      keepImages.unshift(img);
+      next = img.seq;
+    } else {
+      dropImages.push(img);
+    }
+  }
+  const imageSeqs = [...keepImages.map((i) => i.seq), ...newImages];
+  // 3. Old pieces: dropped when no point reads them, re-checked when they lost points.
+  const oldImageSeqs = old.images.map((i) => i.seq);
+  const keepPieces: PieceEntry[] = [];
+  const recheck: PieceEntry[] = [];
+  const dropPieces: PieceEntry[] = [];
+  for (const q of old.pieces) {
+    const end = oldestAtOrAbove(imageSeqs, q.seqHi);
+    const reach = retained.filter((p) => p >= q.seqLo && (end === undefined || p < end));
+    if (reach.length === 0 && end !== undefined) {
+      dropPieces.push(q);
+      continue;
+    }
+    const oldEnd = oldestAtOrAbove(oldImageSeqs, q.seqHi);
+    const lost = m.retained.some((p) => p >= q.seqLo && (oldEnd === undefined || p < oldEnd) && !retained.includes(p)) || (oldEnd === undefined && end !== undefined);
+    (lost ? recheck : keepPieces).push(q);
+  }
+  // 4. Fold: one build per stretch of seqs between the new images that some batch wrote in.
+  const builds: PieceBuild[] = [];
+  let lo = f + 1;
+  for (const hi of [...newImages, cut]) {
+    const inSeg = batches.filter((x) => x.seq >= lo && x.seq <= hi);
+    if (inSeg.length > 0) builds.push({ seqLo: lo, seqHi: hi, from: [], l0: true, bytes: inSeg.reduce((n, x) => n + x.bytes, 0) });
+    lo = hi + 1;
+    if (hi === cut) break;
+  }
+  // 5. I1: in each span between consecutive images, merge the adjacent pair with the fewest bytes until at most maxPiecesPerSpan remain.
+  type Item = { build?: PieceBuild; piece?: PieceEntry; seqLo: number; seqHi: number; bytes: number };
+  const items: Item[] = [
+    ...[...keepPieces, ...recheck].map((q) => ({ piece: q, seqLo: q.seqLo, seqHi: q.seqHi, bytes: q.dataBytes })),
+    ...builds.map((x) => ({ build: x, seqLo: x.seqLo, seqHi: x.seqHi, bytes: x.bytes })),
+  ].sort((x, y) => x.seqLo - y.seqLo);
+  const spanOf = (it: Item): number => oldestAtOrAbove(imageSeqs, it.seqHi) ?? Infinity;
+  const merged: Item[] = [];
+  for (let i = 0; i < items.length; ) {
+    let j = i;
+    while (j < items.length && spanOf(items[j]) === spanOf(items[i])) j++;
+    const span = items.slice(i, j);
+    while (span.length > cfg.maxPiecesPerSpan) {
+      let best = 0;
+      for (let k = 1; k + 1 < span.length; k++) if (span[k].bytes + span[k + 1].bytes < span[best].bytes + span[best + 1].bytes) best = k;
+      const [x, y] = [span[best], span[best + 1]];
+      const from = [x, y].flatMap((it) => (it.piece ? [it.piece] : it.build!.from));
+      const build: PieceBuild = { seqLo: x.seqLo, seqHi: y.seqHi, from, l0: Boolean(x.build?.l0 || y.build?.l0), bytes: x.bytes + y.bytes };
+      span.splice(best, 2, { build, seqLo: build.seqLo, seqHi: build.seqHi, bytes: build.bytes });
+    }
+    merged.push(...span);
+    i = j;
+  }
+  const finalBuilds = merged.flatMap((it) => (it.build ? [it.build] : []));
+  const mergedAway = new Set(finalBuilds.flatMap((x) => x.from));
+  const plan: RangePlan = {
+    range: id,
+    keepImages,
+    dropImages,
+    newImages,
+    imageSeqs,
+    keepPieces: keepPieces.filter((q) => !mergedAway.has(q)),
+    recheck: recheck.filter((q) => !mergedAway.has(q)),
+    dropPieces,
+    builds: finalBuilds,
+  };
+  const idle = newImages.length === 0 && dropImages.length === 0 && dropPieces.length === 0 && plan.recheck.length === 0 && finalBuilds.length === 0;
+  return idle ? undefined : plan;
+}
+
+/** A piece's identity in a manifest: its object and offset. */
+export const pieceId = (q: Pick<PieceEntry, 'key' | 'offset'>): string => `${q.key}@${q.offset}`;
+
+/** What the unit wrote for one range: its new images (keyed, or zero), the pieces it wrote, and the old pieces they replace (merged or rewritten). */
+export interface RangeResult {
+  images: ImageEntry[];
+  pieces: PieceEntry[];
+  replaced: PieceEntry[];
+}
+
+/** The new manifest: version + 1, frontier = the cut, the plan's retained points, each planned range as the unit left it. */
+export function applyUnit(m: Manifest, plan: UnitPlan, results: ReadonlyMap<RangeId, RangeResult>, stamp: { generation: number; publishedMs: number }): Manifest {
+  if (plan.fromVersion !== m.version) throw new RangeError(`plan is for version ${plan.fromVersion}, the manifest is version ${m.version}`);
+  const ranges: Record<RangeId, RangeHistory> = { ...m.ranges };
+  for (const r of plan.ranges) {
+    const res = results.get(r.range) ?? { images: [], pieces: [], replaced: [] };
+    const gone = new Set([...r.dropPieces, ...res.replaced, ...r.builds.flatMap((x) => x.from)].map(pieceId));
+    const images = [...r.keepImages, ...res.images].sort((a, b) => a.seq - b.seq);
+    const pieces = [...[...r.keepPieces, ...r.recheck].filter((q) => !gone.has(pieceId(q))), ...res.pieces].sort((a, b) => a.seqLo - b.seqLo);
+    if (images.length === 0 && pieces.length === 0) delete ranges[r.range];
+    else ranges[r.range] = { images, pieces };
+  }
+  return { format: MANIFEST_FORMAT, pairId: m.pairId, version: m.version + 1, generation: stamp.generation, publishedMs: stamp.publishedMs, frontierSeq: plan.cut, base: m.base, retained: plan.retained, ranges };
+}
+
+/** Object keys a manifest references: its images' (base chunks aside: the base stays referenced by `base`) and its pieces' run objects. */
+export function referencedKeys(m: Manifest): Set<string> {
+  const out = new Set<string>();
+  const base = `pairs/${m.pairId}/base/`;
+  for (const r of Object.values(m.ranges)) {
+    for (const img of r.images) if (!img.zero && !img.key.startsWith(base)) out.add(img.key);
+    for (const q of r.pieces) out.add(q.key);
+  }
+  return out;
+}
+
+/** Keys `old` references and `next` does not (the old manifest object itself is the caller's to add). */
+export function removedKeys(old: Manifest, next: Manifest): string[] {
+  const kept = referencedKeys(next);
+  return [...referencedKeys(old)].filter((k) => !kept.has(k)).sort();
+}

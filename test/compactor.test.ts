@@ -1,0 +1,287 @@
+// A compaction unit over the embedded stack: replicate a hot/cold workload with an RP per
+// batch, compact, and read every live RP through the manifest (images, pieces, the L0 above
+// the frontier) against the source model; crashes before publish, lease fencing, and an
+// object corrupted between write and verify.
+
+import { BLOCK_SIZE, EXTENT_FLAGS, decodeBatch, decodeExtent, type DecodedBatch } from '../core/batch-format';
+import { CHUNK_BYTES, decodeChunk } from '../core/chunk-format';
+import { CorruptHistoryError } from '../core/errors';
+import { RANGE_BLOCKS, rangeId, type Manifest, type RangeId } from '../core/manifest';
+import { readBound, readable, rangeSources, type L0Batch } from '../core/read-sources';
+import { decodePiece, pieceVersionData } from '../core/run-format';
+import { MemoryHistory } from '../adapters/memory-history';
+import { compactOnce, currentManifest, type CompactOptions, type CompactResult } from '../replica/compactor';
+import { materialize } from '../replica/materialize';
+import { createPair, waitForWatermark } from '../replica/pairs';
+import type { ObjectStore, PutOptions } from '../replica/ports';
+import { BatchWriter } from '../source/batch-writer';
+import { cloud, firstDifference, newPairId, pattern, SourceModel } from './helpers';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const disks = [{ name: 'd0', sizeBytes: 24 * MiB }];
+
+/** A store that can corrupt what it is given to keep (between a unit's write and its read-back). */
+class FaultyStore implements ObjectStore {
+  corrupt?: RegExp;
+  readonly puts: string[] = [];
+  constructor(private readonly inner: ObjectStore) {}
+  async put(key: string, body: Buffer, opts?: PutOptions): Promise<void> {
+    this.puts.push(key);
+    if (this.corrupt?.test(key)) {
+      body = Buffer.from(body);
+      body[body.length >> 1] ^= 0x40;
+    }
+    return this.inner.put(key, body, opts);
+  }
+  get: ObjectStore['get'] = (...a) => this.inner.get(...a);
+  upload: ObjectStore['upload'] = (...a) => this.inner.upload(...a);
+  size: ObjectStore['size'] = (...a) => this.inner.size(...a);
+}
+
+interface Replicated {
+  pairId: string;
+  model: SourceModel;
+  seqs: number[];
+  ingestedBytes: number;
+}
+
+/**
+ * `n` batches, one RP each: every batch writes 2 scattered 16 KiB blocks runs in the hot
+ * 4 MiB (range 0) and one 64 KiB run in range 1; every 8th also writes 256 KiB somewhere in
+ * the cold ranges 2..5, and every 10th zeroes 32 KiB of the hot range.
+ */
+async function replicate(pairId: string, n: number, start = 0, model = new SourceModel(disks)): Promise<Replicated> {
+  const c = cloud();
+  if (start === 0) await createPair(c.index, { pairId, disks, ccrpIntervalMs: 3600_000 });
+  const w = new BatchWriter({ pairId, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 4 * MiB, firstSeq: start + 1 });
+  const seqs: number[] = [];
+  const write = async (offset: number, data: Buffer): Promise<void> => {
+    model.write('d0', offset, data);
+    await w.write('d0', offset, data);
+  };
+  for (let i = start; i < start + n; i++) {
+    await write((((i * 37) % 250) * 16 * KiB), pattern(16 * KiB, i * 3 + 1));
+    await write((((i * 91 + 7) % 250) * 16 * KiB), pattern(16 * KiB, i * 3 + 2));
+    await write(4 * MiB + ((i * 5) % 60) * 64 * KiB, pattern(64 * KiB, i * 3 + 3));
+    if (i % 8 === 0) await write(8 * MiB + ((i * 13) % 60) * 256 * KiB, pattern(256 * KiB, 1000 + i));
+    if (i % 10 === 5) {
+      const at = ((i * 11) % 120) * 32 * KiB;
+      model.zero('d0', at, 32 * KiB);
+      await w.zero('d0', at, 32 * KiB);
+    }
+    const seq = await w.flush({ rp: true });
+    model.snapshot(seq);
+    seqs.push(seq);
+  }
+  await waitForWatermark(c.index, pairId, seqs[seqs.length - 1], 60_000);
+  const batches = await c.index.batchesAfter(pairId, 0, 10_000);
+  return { pairId, model, seqs, ingestedBytes: batches.reduce((x, b) => x + b.sizeBytes, 0) };
+}
+
+/** The L0 as reads see it: every registered batch, decoded, with the ranges it touches. */
+async function loadL0(store: ObjectStore, pairId: string): Promise<Map<number, { batch: DecodedBatch; body: Buffer; ranges: Set<RangeId> }>> {
+  const out = new Map<number, { batch: DecodedBatch; body: Buffer; ranges: Set<RangeId> }>();
+  for (const b of await cloud().index.batchesAfter(pairId, 0, 10_000)) {
+    const body = await store.get(b.key);
+    const batch = decodeBatch(body, b.key);
+    const ranges = new Set<RangeId>();
+    for (const e of batch.extents) {
+      for (let r = Math.floor(e.blockIndex / RANGE_BLOCKS); r * RANGE_BLOCKS < e.blockIndex + e.blockCount; r++) ranges.add(rangeId(batch.header.disks[e.disk], r));
+    }
+    out.set(b.seq, { batch, body, ranges });
+  }
+  return out;
+}
+
+/**
+ * Reads the disk at k through the manifest, as docs/design.md says a read does: per range the
+ * sources rangeSources names, versions newest-seq-first above the image. Records each range's object count.
+ */
+async function readAt(store: ObjectStore, m: Manifest, l0: Awaited<ReturnType<typeof loadL0>>, k: number, counts?: number[]): Promise<Buffer> {
+  const out = Buffer.alloc(disks[0].sizeBytes);
+  const l0Batches: L0Batch[] = [...l0].map(([seq, x]) => ({ seq, ranges: x.ranges }));
+  for (let index = 0; index * CHUNK_BYTES < out.length; index++) {
+    const id = rangeId('d0', index);
+    const s = rangeSources(m, l0Batches.filter((b) => b.ranges.has(id)).map((b) => b.seq).sort((a, b) => a - b), id, k);
+    if (s.count > 0) counts?.push(s.count);
+    const data = out.subarray(index * CHUNK_BYTES, (index + 1) * CHUNK_BYTES);
+    if (s.image && !s.image.zero) decodeChunk(await store.get(s.image.key), { index, sha256: s.image.sha256, crc32c: s.image.crc32c, length: s.image.length }, s.image.key).copy(data);
+    const floor = s.image?.seq ?? -1;
+    const versions: { seq: number; block: number; data: Buffer }[] = [];
+    for (const q of s.pieces) {
+      const buf = await store.get(q.key, { start: q.offset, end: q.offset + q.length });
+      for (const e of decodePiece(buf, `${q.key}@${q.offset}`, q.crc32c).entries) {
+        if (e.seq <= k && e.seq > floor) versions.push({ seq: e.seq, block: e.blockIndex, data: pieceVersionData(buf, e, q.key) });
+      }
+    }
+    for (const seq of s.l0) {
+      const { batch, body } = l0.get(seq)!;
+      for (const e of batch.extents) {
+        const first = e.blockIndex - index * RANGE_BLOCKS;
+        if (first + e.blockCount <= 0 || first >= RANGE_BLOCKS) continue;
+        const all = e.flags & EXTENT_FLAGS.ZERO ? Buffer.alloc(e.blockCount * BLOCK_SIZE) : decodeExtent(e, body.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), batch.header.pairId);
+        const lo = Math.max(0, first);
+        const hi = Math.min(RANGE_BLOCKS, first + e.blockCount);
+        versions.push({ seq, block: lo, data: all.subarray((lo - first) * BLOCK_SIZE, (hi - first) * BLOCK_SIZE) });
+      }
+    }
+    for (const v of versions.sort((a, b) => a.seq - b.seq)) v.data.copy(data, v.block * BLOCK_SIZE);
+  }
+  return out;
+}
+
+/** Reads every live RP at `nowMs` through the manifest in force; returns the per-range object counts. */
+async function checkLiveRps(store: ObjectStore, history: MemoryHistory, r: Replicated, nowMs: number): Promise<{ counts: number[]; rps: number[]; m: Manifest }> {
+  const c = cloud();
+  const pair = (await c.index.getPair(r.pairId))!;
+  const { manifest: m } = await currentManifest(store, history, pair);
+  const l0 = await loadL0(store, r.pairId);
+  const rps = (await c.index.listRecoveryPoints(r.pairId, Math.floor(nowMs / 1000))).map((x) => x.seq);
+  const counts: number[] = [];
+  for (const [i, k] of rps.entries()) {
+    expect({ k, readable: readable(m, k) }).toEqual({ k, readable: true });
+    const want = r.model.atSeq.get(k)!.get('d0')!;
+    const image = await readAt(store, m, l0, k, counts);
+    expect({ k, diff: firstDifference(image, want) }).toEqual({ k, diff: undefined });
+    // Recovery itself (replica/materialize.ts, through the manifest) on every 4th RP and the newest.
+    if (i % 4 === 0 || i === rps.length - 1) {
+      const got = Buffer.alloc(want.length);
+      await materialize(store, c.index, { pairId: r.pairId, seq: k, history, nowMs, sinkFor: async () => ({ write: async (at, w) => void w.copy(got, at), close: async () => {}, abort: async () => {} }) });
+      expect({ k, materialized: firstDifference(got, want) }).toEqual({ k, materialized: undefined });
+    }
+  }
+  return { counts, rps, m };
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[(xs.length - 1) >> 1];
+
+/** Units until one has nothing to fold. */
+async function compactAll(store: ObjectStore, history: MemoryHistory, pairId: string, o: Partial<CompactOptions> & { nowMs?: () => number } = {}): Promise<CompactResult[]> {
+  const out: CompactResult[] = [];
+  for (;;) {
+    const res = await compactOnce({ store, index: cloud().index, history }, pairId, { holder: 'test', ...o });
+    if (!res.published) {
+      expect(res.reason).toMatch(/nothing to fold/);
+      return out;
+    }
+    out.push(res);
+  }
+}
+
+describe('compactOnce', () => {
+  test('hot/cold workload, an RP per batch: every live RP reads bit-exact through the manifest, before and after RPs expire', async () => {
+    const history = new MemoryHistory();
+    const store = new FaultyStore(cloud().store);
+    const r = await replicate(newPairId('cmp'), 48);
+    const pairId = r.pairId;
+    const cfg = { imageBytes: 512 * KiB, maxBatches: 4 };
+    const before = await checkLiveRps(store, history, r, Date.now());
+    expect(before.m.version).toBe(0);
+
+    const units = await compactAll(store, history, pairId, cfg);
+    expect(units.length).toBeGreaterThanOrEqual(12);
+    const after = await checkLiveRps(store, history, r, Date.now());
+    expect(after.m.frontierSeq).toBe(r.seqs[r.seqs.length - 1]);
+    expect(after.rps).toEqual(before.rps); // nothing expired: every RP still reads
+    const l0 = [...(await loadL0(store, pairId))].map(([seq, x]) => ({ seq, ranges: x.ranges }));
+    const bound = readBound(after.m, l0, after.rps);
+    expect(bound.unreadable).toEqual([]);
+    expect(bound.max).toBeLessThanOrEqual(5); // settled: ≤ 1 image + 4 pieces
+    // Every image and piece each unit wrote is referenced or listed as removed by a later one.
+    const written = units.reduce((n, u) => n + u.written.bytes, 0);
+
+    // Two hours later, most RPs have expired: another 16 batches, then compaction drops what only they saw.
+    const more = await replicate(pairId, 16, 48, r.model);
+    const r2 = { ...r, seqs: [...r.seqs, ...more.seqs], ingestedBytes: more.ingestedBytes };
+    const later = Date.now() + 2 * 3600_000;
+    const units2 = await compactAll(store, history, pairId, { ...cfg, nowMs: () => later });
+    expect(units2.length).toBe(4);
+    const final = await checkLiveRps(store, history, r2, later);
+    expect(final.m.retained.length).toBeLessThan(final.rps.length + 8);
+    expect(final.rps.length).toBeLessThan(r2.seqs.length / 2);
+    expect(final.m.retained).toEqual(expect.arrayContaining(final.rps.filter((s) => s <= final.m.frontierSeq)));
+    const written2 = written + units2.reduce((n, u) => n + u.written.bytes, 0);
+    const stored = [...referenced(final.m)].length;
+    // The figures the report quotes.
+    console.log(JSON.stringify({
+      batches: r2.seqs.length,
+      ingested_bytes: r2.ingestedBytes,
+      compaction_put_bytes: written2,
+      put_bytes_ratio: +(written2 / r2.ingestedBytes).toFixed(3),
+      sources_before: { max: Math.max(...before.counts), p50: median(before.counts) },
+      sources_after: { max: Math.max(...after.counts), p50: median(after.counts) },
+      sources_after_expiry: { max: Math.max(...final.counts), p50: median(final.counts) },
+      units: units.length + units2.length,
+      objects_referenced: stored,
+      retained: final.m.retained.length,
+    }));
+    expect(Math.max(...before.counts)).toBeGreaterThan(Math.max(...after.counts));
+  });
+
+  test('a crash after the objects are written, or after the manifest, leaves the old version in force; the next unit publishes', async () => {
+    const history = new MemoryHistory();
+    const store = new FaultyStore(cloud().store);
+    const r = await replicate(newPairId('crash'), 10);
+    let t = Date.now();
+    const deps = { store, index: cloud().index, history };
+    const first = await compactOnce(deps, r.pairId, { holder: 'a', maxBatches: 4, imageBytes: 256 * KiB, nowMs: () => t });
+    expect(first.published).toBe(true);
+    for (const step of ['written', 'verified', 'manifest'] as const) {
+      const crash = compactOnce(deps, r.pairId, { holder: 'b', maxBatches: 4, imageBytes: 256 * KiB, nowMs: () => t, onStep: (s) => { if (s === step) throw new Error(`crash at ${s}`); } });
+      await expect(crash).rejects.toThrow(`crash at ${step}`);
+      expect((await history.getHistory(r.pairId)).version).toBe(1);
+      await checkLiveRps(store, history, r, t);
+      t += 60_000;
+    }
+    expect(store.puts.filter((k) => k.endsWith('manifest.json'))).toHaveLength(2); // the first unit's, and the one that crashed after it
+    const next = await compactOnce(deps, r.pairId, { holder: 'c', maxBatches: 4, imageBytes: 256 * KiB, nowMs: () => t });
+    expect(next).toMatchObject({ published: true, version: 2 });
+    await checkLiveRps(store, history, r, t);
+  });
+
+  test('lease fencing: a second holder cannot start, and a unit whose lease was taken over publishes nothing', async () => {
+    const history = new MemoryHistory();
+    const store = cloud().store;
+    const r = await replicate(newPairId('fence'), 8);
+    const deps = { store, index: cloud().index, history };
+    let t = Date.now();
+    let release!: () => void;
+    const paused = new Promise<void>((res) => (release = res));
+    let reached!: () => void;
+    const atVerified = new Promise<void>((res) => (reached = res));
+    const stalled = compactOnce(deps, r.pairId, { holder: 'slow', leaseTtlMs: 30_000, nowMs: () => t, onStep: async (s) => { if (s === 'verified') { reached(); await paused; } } });
+    await atVerified;
+    // While the lease is live, another holder gets nothing.
+    expect(await compactOnce(deps, r.pairId, { holder: 'other', nowMs: () => t })).toMatchObject({ published: false, reason: expect.stringMatching(/holds the compactor lease/) });
+    // The stalled unit's lease expires; another takes over and publishes version 1.
+    t += 60_000;
+    expect(await compactOnce(deps, r.pairId, { holder: 'other', maxBatches: 4, nowMs: () => t })).toMatchObject({ published: true, version: 1 });
+    release();
+    expect(await stalled).toMatchObject({ published: false, reason: expect.stringMatching(/lost the compactor lease|moved/) });
+    expect((await history.getHistory(r.pairId)).version).toBe(1);
+    await checkLiveRps(store, history, r, t);
+  });
+
+  test.each([['a run', /run-\d+\.run$/], ['an image', /image-[0-9a-f]+\.chunk$/]])('%s corrupted between write and verify is caught; nothing is published', async (_what, pattern) => {
+    const history = new MemoryHistory();
+    const store = new FaultyStore(cloud().store);
+    const r = await replicate(newPairId('rot'), 6);
+    store.corrupt = pattern;
+    const res = compactOnce({ store, index: cloud().index, history }, r.pairId, { holder: 'a', imageBytes: 64 * KiB });
+    await expect(res).rejects.toThrow(CorruptHistoryError);
+    await expect(res).rejects.toThrow(/pairs\/.*\/history\/00000000000000000001-[0-9a-f]{16}\//);
+    expect(store.puts.filter((k) => k.endsWith('manifest.json'))).toEqual([]);
+    expect(await history.getHistory(r.pairId)).toMatchObject({ version: 0 });
+    await checkLiveRps(store, history, r, Date.now());
+  });
+});
+
+function referenced(m: Manifest): Set<string> {
+  const out = new Set<string>();
+  for (const r of Object.values(m.ranges)) {
+    for (const i of r.images) if (!i.zero) out.add(i.key);
+    for (const q of r.pieces) out.add(q.key);
+  }
+  return out;
+}
