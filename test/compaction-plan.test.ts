@@ -1,0 +1,132 @@
+import { applyUnit, pieceId, planUnit, removedKeys, retainedFor, type L0Summary, type PlanConfig, type RangeResult } from '../core/compaction-plan';
+import { checkManifest, initialManifest, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
+
+const RUN = (v: number, n = 0): string => `pairs/p/history/${String(v).padStart(20, '0')}-0123456789abcdef/run-${String(n).padStart(4, '0')}.run`;
+const IMG = (v: number, sha: string): string => `pairs/p/history/${String(v).padStart(20, '0')}-0123456789abcdef/image-${sha}.chunk`;
+const BLOCKS = Buffer.alloc(128).toString('base64');
+let offset = 0;
+const piece = (seqLo: number, seqHi: number, dataBytes: number, key = RUN(1)): PieceEntry => ({ key, offset: (offset += 1000), length: 1000, crc32c: 1, seqLo, seqHi, blocks: BLOCKS, dataBytes });
+const sha = (c: string): string => c.repeat(64);
+const image = (seq: number, c: string, key = IMG(1, sha(c))): ImageEntry => ({ seq, key, sha256: sha(c), crc32c: 2, length: 4 * 1024 * 1024 });
+const batch = (seq: number, ranges: Record<string, number>): L0Summary => ({ seq, key: `pairs/p/journal/${seq}.batch`, ranges: new Map(Object.entries(ranges)) });
+const cfg = (o: Partial<PlanConfig> = {}): PlanConfig => ({ imageBytes: 100, maxPiecesPerSpan: 4, deadRewriteRatio: 0.5, ...o });
+const manifest = (frontierSeq: number, retained: number[], ranges: Manifest['ranges']): Manifest => ({ ...initialManifest('p'), version: 1, generation: 1, frontierSeq, retained, ranges });
+const span = (q: { seqLo: number; seqHi: number }): string => `${q.seqLo}-${q.seqHi}`;
+
+describe('planUnit', () => {
+  test('fold: one build per range the batches touch, over (frontier, cut]; the cut is retained', () => {
+    const plan = planUnit(initialManifest('p'), [batch(1, { 'd:0': 10, 'd:1': 5 }), batch(2, { 'd:0': 10 }), batch(3, { 'd:0': 10 }), batch(4, { 'd:2': 1 })], [1, 3], 3, cfg());
+    expect(plan).toMatchObject({ cut: 3, retained: [1, 3], foldedSeqs: [1, 2, 3], foldedKeys: ['pairs/p/journal/1.batch', 'pairs/p/journal/2.batch', 'pairs/p/journal/3.batch'] });
+    expect(plan.ranges.map((r) => [r.range, r.builds.map((b) => [span(b), b.l0, b.bytes])])).toEqual([
+      ['d:0', [['1-3', true, 30]]],
+      ['d:1', [['1-3', true, 5]]],
+    ]);
+    expect(plan.ranges.every((r) => r.newImages.length === 0)).toBe(true);
+  });
+
+  test('image at the first retained point where the data since the newest image reaches imageBytes; builds end at it', () => {
+    const m = manifest(10, [10], { 'd:0': { images: [], pieces: [piece(1, 10, 30)] } });
+    // 30 (open piece) + 40 at 11 = 70 < 100 at point 12; + 40 at 13 = 110 >= 100 at point 14; 15 adds 10 more.
+    const plan = planUnit(m, [batch(11, { 'd:0': 40 }), batch(13, { 'd:0': 40 }), batch(15, { 'd:0': 10 })], [12, 14, 16], 16, cfg());
+    const r = plan.ranges[0];
+    expect(r.newImages).toEqual([14]);
+    expect(r.imageSeqs).toEqual([14]);
+    expect(r.builds.map(span)).toEqual(['11-14', '15-16']);
+    // The open piece's span is closed by the image: the RPs to come no longer read it.
+    expect(r.recheck.map(span)).toEqual(['1-10']);
+  });
+
+  test('an image no retained point reads is dropped, and the pieces above it with it; the newest image stays', () => {
+    const m = manifest(30, [10, 15, 20, 25, 30], {
+      'd:0': { images: [image(10, 'a'), image(20, 'b'), image(30, 'c')], pieces: [piece(11, 20, 5), piece(21, 30, 5)] },
+    });
+    const plan = planUnit(m, [batch(31, { 'd:1': 1 })], [25, 40], 40, cfg());
+    expect(plan.retained).toEqual([25, 40]);
+    const r = plan.ranges.find((x) => x.range === 'd:0')!;
+    expect(r.keepImages.map((i) => i.seq)).toEqual([20, 30]);
+    expect(r.dropImages.map((i) => i.seq)).toEqual([10]);
+    expect(r.dropPieces.map(span)).toEqual(['11-20']);
+    // 21-30 still serves 25, and lost points 30 (the old cut) only above... 30 reads image 30: its reach was [21, 30), still has 25.
+    expect(r.keepPieces.map(span)).toEqual(['21-30']);
+    expect(r.recheck).toEqual([]);
+  });
+
+  test('a piece that lost a retained point is re-checked; one that lost none is kept', () => {
+    const m = manifest(30, [22, 25, 30], { 'd:0': { images: [image(20, 'b'), image(30, 'c')], pieces: [piece(21, 24, 5), piece(25, 30, 5)] } });
+    const plan = planUnit(m, [batch(31, { 'd:1': 1 })], [25, 40], 40, cfg());
+    const r = plan.ranges.find((x) => x.range === 'd:0')!;
+    expect(r.dropPieces.map(span)).toEqual([]); // 21-24 is read by 25 (no image in between)
+    expect(r.recheck.map(span)).toEqual(['21-24']); // lost 22
+    expect(r.keepPieces.map(span)).toEqual(['25-30']);
+  });
+
+  test('I1: the adjacent pair with the fewest bytes is merged until at most 4 pieces remain per span', () => {
+    const m = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 10), piece(11, 20, 1), piece(21, 30, 1), piece(31, 40, 10)] } });
+    const plan = planUnit(m, [batch(41, { 'd:0': 5 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 }));
+    const r = plan.ranges[0];
+    expect(r.builds.map((b) => [span(b), b.from.map(span), b.l0, b.bytes])).toEqual([
+      ['11-30', ['11-20', '21-30'], false, 2],
+      ['41-41', [], true, 5],
+    ]);
+    expect(r.keepPieces.map(span)).toEqual(['1-10', '31-40']);
+    // The fold merges into its neighbour when that is the cheapest pair.
+    const m2 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 10), piece(11, 20, 10), piece(21, 30, 10), piece(31, 40, 1)] } });
+    const r2 = planUnit(m2, [batch(41, { 'd:0': 2 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 })).ranges[0];
+    expect(r2.builds.map((b) => [span(b), b.from.map(span), b.l0])).toEqual([['31-41', ['31-40'], true]]);
+  });
+
+  test('spans are merged apart: pieces below an image never merge with pieces above it', () => {
+    const m = manifest(50, [5, 10, 15, 20, 25, 30, 35, 40, 45, 50], {
+      'd:0': { images: [image(25, 'a')], pieces: [piece(1, 5, 1), piece(6, 10, 1), piece(11, 15, 1), piece(16, 25, 1), piece(26, 30, 1), piece(31, 40, 1), piece(41, 45, 1), piece(46, 50, 1)] },
+    });
+    const plan = planUnit(m, [batch(51, { 'd:0': 1 })], [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 51], 51, cfg({ imageBytes: 1000 }));
+    const r = plan.ranges[0];
+    expect(r.builds.map((b) => span(b))).toEqual(['26-40', '51-51']);
+    expect(r.keepPieces.map(span)).toEqual(['1-5', '6-10', '11-15', '16-25', '41-45', '46-50']);
+  });
+
+  test('retainedFor: points the input cannot read (pruned, or above the cut) are left out; the cut is in', () => {
+    const m = manifest(30, [10, 30], {});
+    expect(retainedFor(m, [5, 10, 20, 31, 35, 50], 40)).toEqual([10, 31, 35, 40]);
+    expect(() => planUnit(m, [], [], 30, cfg())).toThrow(/not above the frontier/);
+  });
+
+  test('a range with nothing to do is not planned', () => {
+    const m = manifest(30, [10, 30], { 'd:0': { images: [image(5, 'a')], pieces: [piece(6, 10, 5)] } });
+    expect(planUnit(m, [batch(31, { 'd:1': 1 })], [10, 30, 31], 31, cfg()).ranges.map((r) => r.range)).toEqual(['d:1']);
+    // Once the old cut (30) is no longer retained, the open piece may hold versions only it saw: re-checked.
+    expect(planUnit(m, [batch(31, { 'd:1': 1 })], [10, 31], 31, cfg()).ranges.map((r) => [r.range, r.recheck.map(span)])).toEqual([['d:0', ['6-10']], ['d:1', []]]);
+  });
+});
+
+describe('applyUnit and removedKeys', () => {
+  test('the new manifest: version + 1, frontier = cut, built pieces in, merged/dropped/rewritten out; removed keys are the unreferenced ones', () => {
+    const base = 'pairs/p/base/chunks/' + sha('e');
+    const shared = RUN(1, 7);
+    const m = manifest(30, [22, 25, 30], {
+      'd:0': { images: [image(10, 'a'), image(20, 'b'), image(30, 'c')], pieces: [piece(11, 20, 5, shared), piece(21, 24, 5), piece(25, 30, 5, shared)] },
+      'd:1': { images: [image(10, 'e', base)], pieces: [] },
+    });
+    const plan = planUnit(m, [batch(31, { 'd:0': 1 })], [25, 40], 40, cfg({ imageBytes: 1000 }));
+    const r = plan.ranges.find((x) => x.range === 'd:0')!;
+    expect(r.dropImages.map((i) => i.seq)).toEqual([10]);
+    const rewritten = piece(21, 24, 2, RUN(2, 0));
+    const fold = piece(31, 40, 1, RUN(2, 0));
+    const results = new Map<string, RangeResult>([['d:0', { images: [], pieces: [rewritten, fold], replaced: [r.recheck[0]] }]]);
+    const next = applyUnit(m, plan, results, { generation: 4, publishedMs: 123 });
+    expect(next).toMatchObject({ version: 2, generation: 4, publishedMs: 123, frontierSeq: 40, retained: [25, 40] });
+    expect(next.ranges['d:0'].images.map((i) => i.seq)).toEqual([20, 30]);
+    expect(next.ranges['d:0'].pieces.map((q) => [span(q), q.key])).toEqual([['21-24', RUN(2, 0)], ['25-30', shared], ['31-40', RUN(2, 0)]]);
+    expect(next.ranges['d:1']).toEqual(m.ranges['d:1']);
+    expect(checkManifest(next)).toEqual([]);
+    // run 1/0 held only the rewritten piece; run 1/7 still holds 25-30; the base chunk is never listed.
+    expect(removedKeys(m, next)).toEqual([RUN(1, 0), IMG(1, sha('a'))].sort());
+    expect(pieceId(fold)).toBe(`${RUN(2, 0)}@${fold.offset}`);
+  });
+
+  test('a plan for another version is refused', () => {
+    const m = manifest(30, [30], {});
+    const plan = planUnit(m, [batch(31, { 'd:0': 1 })], [31], 31, cfg());
+    expect(() => applyUnit({ ...m, version: 2 }, plan, new Map(), { generation: 1, publishedMs: 1 })).toThrow(/plan is for version 1/);
+  });
+});
