@@ -3,6 +3,7 @@
 // change cut short and run again; an unpin racing with a policy change.
 
 import { randomBytes } from 'node:crypto';
+import { planAdvance } from '../core/advance';
 import type { RecoveryPoint } from '../core/model';
 import { PIN_MARGIN_MS, type RetentionPolicy } from '../core/retention';
 import { createPair, pinRp, setRetention, unpinRp, waitForWatermark } from '../replica/pairs';
@@ -134,18 +135,21 @@ describe('a policy change cut short, and races', () => {
   test('set-retention that dies half-way: run again, it finishes, judging only the RPs not judged yet', async () => {
     const c = cloud();
     const { pairId, rps } = await pairWithRps('resume', 6);
-    let writes = 0;
+    // The process dies at its third RP write (the two before it land: writes go 8 at a time).
+    const landed: Promise<boolean>[] = [];
     const dying = new Proxy(c.index, {
       get: (target, prop, receiver) =>
         prop === 'rejudgeRecoveryPoint'
           ? async (...args: Parameters<ReplicaIndex['rejudgeRecoveryPoint']>) => {
-              if (++writes > 2) throw new Error('crash');
-              return target.rejudgeRecoveryPoint(...args);
+              if (landed.length >= 2) throw new Error('crash');
+              landed.push(target.rejudgeRecoveryPoint(...args));
+              return landed[landed.length - 1];
             }
           : Reflect.get(target, prop, receiver),
     });
     const twoHours = { all: [{ windowSec: 7200, spacingSec: 0 }], app: [] };
     await expect(setRetention(dying, pairId, twoHours)).rejects.toThrow('crash');
+    await Promise.all(landed);
     const half = await c.index.listRecoveryPoints(pairId, nowSec());
     expect(half.filter((r) => r.policyRev === 1)).toHaveLength(2);
     const res = await setRetention(c.index, pairId, twoHours);
@@ -174,18 +178,30 @@ describe('a policy change cut short, and races', () => {
     expect(await c.index.getRecoveryPoint(pairId, 1)).toMatchObject({ policyRev: 1, expiresAtSec: Math.ceil(rps[0].atMs / 1000) + 7200 });
   }, 60_000);
 
-  test('RPs made while the policy changes are judged under the new one (the change moves the pair rev)', async () => {
+  test('RPs planned under the old policy are not written after a change: an advance re-plans (pair rev), activation too (policy rev)', async () => {
     const c = cloud();
     const { pairId } = await pairWithRps('newrps', 1);
-    await setRetention(c.index, pairId, { all: [{ windowSec: 7200, spacingSec: 0 }], app: [] });
     const disks = [{ name: 'd', sizeBytes: MiB }];
     const w = new BatchWriter({ pairId, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: MiB, firstSeq: 2 });
     await w.write('d', 0, randomBytes(8192));
     const seq = w.cut({ rp: true })!;
     await w.close();
     await waitForWatermark(c.index, pairId, seq, 30_000);
-    const rp = (await c.index.getRecoveryPoint(pairId, seq))!;
-    expect(rp).toMatchObject({ policyRev: 1, expiresAtSec: Math.ceil(rp.atMs / 1000) + 7200 });
+    // An advance planned before the change (as an applier would have, at the pair's rev then) cannot commit after it.
+    const before = (await c.index.getPair(pairId))!;
+    const plan = planAdvance({ pairId, progress: { ...before, watermark: seq - 1 }, ccrpIntervalMs: before.ccrpIntervalMs, retention: before.retention, pending: await c.index.batchesAfter(pairId, seq - 1, 1), nowMs: Date.now() });
+    expect(plan.rps).toEqual([expect.objectContaining({ seq, policyRev: 0 })]);
+    await setRetention(c.index, pairId, { all: [{ windowSec: 7200, spacingSec: 0 }], app: [] });
+    expect(await c.index.commitAdvance(pairId, before.rev, plan)).toBe(false);
+    expect((await c.index.getRecoveryPoint(pairId, seq))!.policyRev).toBe(1); // the one the apply path wrote, judged again
+
+    // Activation of a seeded pair: its RPs judged under rev 0 are refused once the policy is at rev 1.
+    const seeded = newPairId('actrev');
+    const pair = await createPair(c.index, { pairId: seeded, disks, backup: 's3://bucket-x/backups/k/manifest.json' });
+    await setRetention(c.index, seeded, { all: [{ windowSec: 7200, spacingSec: 0 }], app: [] });
+    const rp = (policyRev: number): RecoveryPoint => ({ pairId: seeded, seq: 0, type: 'CRASH', atMs: Date.now(), expiresAtSec: nowSec() + 7200, keptBy: ['all:every for 7200s'], policyRev });
+    expect(await c.index.activateSeed(seeded, pair.seed!.seedId, 'REPLICATING', [rp(0)], 0)).toBe(false);
+    expect(await c.index.activateSeed(seeded, pair.seed!.seedId, 'REPLICATING', [rp(1)], 0)).toBe(true);
   }, 60_000);
 });
 
