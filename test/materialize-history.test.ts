@@ -1,0 +1,380 @@
+// Recovery through a compacted history (replica/materialize.ts with a manifest): a pair is
+// replicated through the embedded stack, a manifest is built by hand from the source model
+// (images as LSCK chunks, pieces in run objects, under a history prefix), published through
+// the DynamoDB history index, and the journal objects it folded are deleted. Every retained
+// point and every RP above the frontier must read back bit for bit; anything else is pruned;
+// a corrupt piece or image is named; the reader lease lives exactly as long as the read.
+
+import { BLOCK_SIZE } from '../core/batch-format';
+import { encodeChunk, isAllZero } from '../core/chunk-format';
+import { crc32c } from '../core/crc32c';
+import { CorruptExtentError, CorruptHistoryError, HistoryPrunedError } from '../core/errors';
+import { historyPrefix } from '../core/keys';
+import { encodeManifest, RANGE_BLOCKS, rangeId, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
+import { encodePiece, pieceBlocksBitmap, type PieceVersionInput } from '../core/run-format';
+import { replicaDigests } from '../replica/digests';
+import { materialize, type ImageSink, type MaterializeOptions } from '../replica/materialize';
+import { createPair, waitForWatermark } from '../replica/pairs';
+import type { HistoryIndex, ReaderLease } from '../replica/ports';
+import { BatchWriter } from '../source/batch-writer';
+import { cloud, firstDifference, newPairId, pattern, SourceModel } from './helpers';
+
+const MiB = 1024 * 1024;
+const RANGE = RANGE_BLOCKS * BLOCK_SIZE;
+const DISKS = [
+  { name: 'd', sizeBytes: 12 * MiB },
+  { name: 'e', sizeBytes: MiB },
+];
+const c = cloud();
+const pairId = newPairId('hist');
+const model = new SourceModel(DISKS);
+const journal = new Map<number, string>();
+let prefix = '';
+
+/** Seq 1..8, one batch and one RP each: writes, overwrites and zeroes across the ranges d:0..2 and e:0. */
+const STEPS: ((w: BatchWriter) => Promise<void>)[] = [
+  async (w) => {
+    await put(w, 'd', 0, pattern(64 * 1024, 1));
+    await put(w, 'd', RANGE + 64 * 1024, pattern(256 * 1024, 2));
+    await put(w, 'd', 2 * RANGE, pattern(MiB, 3));
+    await put(w, 'e', 0, pattern(64 * 1024, 4));
+  },
+  async (w) => {
+    await put(w, 'd', 8 * BLOCK_SIZE, pattern(64 * 1024, 5));
+    await put(w, 'e', 512 * 1024, pattern(64 * 1024, 6));
+  },
+  async (w) => {
+    await put(w, 'd', RANGE + 128 * 1024, pattern(64 * 1024, 7));
+    await put(w, 'd', 3 * MiB, pattern(128 * 1024, 8));
+    await put(w, 'd', 2 * RANGE + 4 * BLOCK_SIZE, pattern(4 * BLOCK_SIZE, 9));
+  },
+  async (w) => {
+    await zero(w, 'd', 2 * RANGE, RANGE); // d:2 all zeros at 4: its zero image
+    await put(w, 'd', 100 * BLOCK_SIZE, pattern(BLOCK_SIZE, 10));
+    await put(w, 'e', 4096, pattern(8192, 11));
+  },
+  async (w) => {
+    await put(w, 'd', 2 * RANGE + MiB, pattern(32 * 1024, 12));
+    await put(w, 'd', RANGE, pattern(16 * 1024, 13));
+    await put(w, 'e', 900 * 1024, pattern(16 * 1024, 14));
+  },
+  async (w) => {
+    await put(w, 'd', 1000 * BLOCK_SIZE, pattern(24 * BLOCK_SIZE, 15));
+    await zero(w, 'd', RANGE + 64 * 1024, 64 * 1024);
+  },
+  async (w) => {
+    await put(w, 'd', 2 * BLOCK_SIZE, pattern(BLOCK_SIZE, 16));
+    await put(w, 'd', 2 * RANGE + 3 * MiB, pattern(64 * 1024, 17));
+  },
+  async (w) => {
+    await put(w, 'd', RANGE + 3 * MiB, pattern(64 * 1024, 18));
+    await put(w, 'e', 0, pattern(4096, 19));
+  },
+];
+async function put(w: BatchWriter, disk: string, offset: number, data: Buffer) {
+  model.write(disk, offset, data);
+  await w.write(disk, offset, data);
+}
+async function zero(w: BatchWriter, disk: string, offset: number, length: number) {
+  model.zero(disk, offset, length);
+  await w.zero(disk, offset, length);
+}
+
+/** The frontier and the retained points of the hand-built manifest. */
+const FRONTIER = 6;
+const RETAINED = [2, 4, 6];
+
+/** Range `r` of `disk` in the model at `seq`. */
+const rangeAt = (seq: number, disk: string, r: number): Buffer => {
+  const image = seq === 0 ? Buffer.alloc(DISKS.find((d) => d.name === disk)!.sizeBytes) : model.atSeq.get(seq)!.get(disk)!;
+  return image.subarray(r * RANGE, Math.min(image.length, (r + 1) * RANGE));
+};
+
+/** Every version of range `r` written in seqs [lo, hi]: the runs of blocks each seq changed (zeros as zero versions). */
+function versionsOf(disk: string, r: number, lo: number, hi: number): PieceVersionInput[] {
+  const out: PieceVersionInput[] = [];
+  for (let s = lo; s <= hi; s++) {
+    const before = rangeAt(s - 1, disk, r);
+    const after = rangeAt(s, disk, r);
+    const changed = (b: number) => !before.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE).equals(after.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE));
+    const blocks = after.length / BLOCK_SIZE;
+    for (let b = 0; b < blocks; ) {
+      if (!changed(b)) {
+        b++;
+        continue;
+      }
+      let e = b + 1;
+      while (e < blocks && changed(e)) e++;
+      const data = Buffer.from(after.subarray(b * BLOCK_SIZE, e * BLOCK_SIZE));
+      out.push(isAllZero(data) ? { seq: s, blockIndex: b, blockCount: e - b, zero: true } : { seq: s, blockIndex: b, blockCount: e - b, data });
+      b = e;
+    }
+  }
+  return out;
+}
+
+/** Run objects being assembled: pieces back to back. */
+const runs = new Map<string, Buffer[]>();
+const runLength = (key: string) => (runs.get(key) ?? []).reduce((n, b) => n + b.length, 0);
+
+function piece(run: number, disk: string, r: number, seqLo: number, seqHi: number): PieceEntry {
+  const key = `${prefix}run-${String(run).padStart(4, '0')}.run`;
+  const versions = versionsOf(disk, r, seqLo, seqHi);
+  const bytes = encodePiece({ disk, rangeIndex: r, seqLo, seqHi, versions });
+  const offset = runLength(key);
+  runs.set(key, [...(runs.get(key) ?? []), bytes]);
+  const dataBytes = versions.reduce((n, v) => n + (v.zero ? 0 : v.blockCount * BLOCK_SIZE), 0);
+  return { key, offset, length: bytes.length, crc32c: bytes.readUInt32LE(bytes.length - 4), seqLo, seqHi, blocks: pieceBlocksBitmap(versions), dataBytes };
+}
+
+async function image(disk: string, r: number, seq: number): Promise<ImageEntry> {
+  const data = rangeAt(seq, disk, r);
+  if (isAllZero(data)) return { seq, zero: true };
+  const { body, ref } = await encodeChunk(r, Buffer.from(data));
+  const key = `${prefix}image-${ref.sha256}.chunk`;
+  await c.store.put(key, body);
+  return { seq, key, sha256: ref.sha256, crc32c: ref.crc32c, length: ref.length };
+}
+
+let manifest: Manifest;
+let manifestKey: string;
+const v0: { version?: number; image?: Buffer } = {};
+
+/** Recovers every disk at `seq` into memory; `onWrite` runs at each window. */
+async function recoverAt(seq: number, o: Partial<MaterializeOptions> = {}, onWrite?: () => Promise<void>) {
+  const out = new Map<string, Buffer>();
+  const res = await materialize(c.store, c.index, {
+    pairId,
+    seq,
+    history: c.history,
+    windowBytes: 4 * MiB,
+    sinkFor: async (disk, size): Promise<ImageSink> => {
+      const img = Buffer.alloc(size);
+      out.set(disk, img);
+      return {
+        write: async (offset, window) => {
+          await onWrite?.();
+          window.copy(img, offset);
+        },
+        close: async () => {},
+        abort: async () => {},
+      };
+    },
+    ...o,
+  });
+  return { res, out };
+}
+
+const expectModelAt = (seq: number, out: Map<string, Buffer>) => {
+  for (const d of DISKS) expect({ seq, disk: d.name, diff: firstDifference(out.get(d.name)!, model.atSeq.get(seq)!.get(d.name)!) }).toEqual({ seq, disk: d.name, diff: undefined });
+};
+
+const leases = () => c.history.listReaderLeases(pairId, Date.now());
+
+/** The history index with hooks around the lease calls and HISTORY reads. */
+function spy(h: HistoryIndex, over: Partial<HistoryIndex>): HistoryIndex & { puts: ReaderLease[]; deletes: string[] } {
+  const puts: ReaderLease[] = [];
+  const deletes: string[] = [];
+  return {
+    ...Object.fromEntries((Object.getOwnPropertyNames(Object.getPrototypeOf(h)) as (keyof HistoryIndex)[]).filter((k) => k !== ('constructor' as string)).map((k) => [k, (h[k] as (...a: unknown[]) => unknown).bind(h)])),
+    async putReaderLease(p: string, l: ReaderLease) {
+      puts.push({ ...l });
+      return over.putReaderLease ? over.putReaderLease(p, l) : h.putReaderLease(p, l);
+    },
+    async deleteReaderLease(p: string, id: string) {
+      deletes.push(id);
+      return h.deleteReaderLease(p, id);
+    },
+    ...(over.getHistory ? { getHistory: over.getHistory } : {}),
+    puts,
+    deletes,
+  } as HistoryIndex & { puts: ReaderLease[]; deletes: string[] };
+}
+
+beforeAll(async () => {
+  await createPair(c.index, { pairId, disks: DISKS });
+  const w = new BatchWriter({ pairId, disks: DISKS, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 2 * MiB, onUploaded: (b) => journal.set(b.seq, b.key) });
+  for (const [i, step] of STEPS.entries()) {
+    await step(w);
+    const seq = await w.flush({ rp: true });
+    expect(seq).toBe(i + 1); // one batch per step
+    model.snapshot(seq);
+  }
+  await waitForWatermark(c.index, pairId, STEPS.length, 60_000);
+  // Never compacted, through the history index: version 0.
+  const { res, out } = await recoverAt(2);
+  v0.version = res.manifestVersion;
+  v0.image = out.get('d');
+
+  // Version 1, by hand: frontier 6, retained 2, 4, 6.
+  prefix = historyPrefix(pairId, 1);
+  manifest = {
+    format: 1,
+    pairId,
+    version: 1,
+    generation: 0,
+    publishedMs: Date.now(),
+    frontierSeq: FRONTIER,
+    retained: RETAINED,
+    ranges: {
+      [rangeId('d', 0)]: { images: [await image('d', 0, 2)], pieces: [piece(0, 'd', 0, 3, 4), piece(0, 'd', 0, 5, 6)] },
+      [rangeId('d', 1)]: { images: [], pieces: [piece(0, 'd', 1, 1, 3), piece(0, 'd', 1, 4, 6)] },
+      [rangeId('d', 2)]: { images: [await image('d', 2, 4)], pieces: [piece(1, 'd', 2, 1, 3), piece(1, 'd', 2, 5, 6)] },
+      [rangeId('e', 0)]: { images: [await image('e', 0, 6)], pieces: [piece(1, 'e', 0, 1, 2), piece(1, 'e', 0, 3, 4), piece(1, 'e', 0, 5, 6)] },
+    },
+  };
+  expect(manifest.ranges['d:2'].images[0]).toEqual({ seq: 4, zero: true });
+  for (const [key, parts] of runs) await c.store.put(key, Buffer.concat(parts));
+  const lease = (await c.history.acquireCompactor(pairId, 'test', Date.now(), 60_000))!;
+  manifest.generation = lease.gen;
+  manifestKey = `${prefix}manifest.json`;
+  await c.store.put(manifestKey, encodeManifest(manifest));
+  const now = Date.now();
+  expect(await c.history.publish(pairId, lease, 0, { version: 1, manifestKey, publishedMs: now, removedKeys: [], foldedSeqs: [] }, FRONTIER, now)).toBe(true);
+  await c.history.releaseCompactor(pairId, lease);
+  // What the history folded is gone: a read that touched a batch at or below the frontier would fail.
+  await c.deleter.deleteKeys([...journal].filter(([seq]) => seq <= FRONTIER).map(([, key]) => key));
+}, 120_000);
+
+describe('materialize through the history', () => {
+  test('a pair never compacted reads as version 0 through the history index', () => {
+    expect(v0.version).toBe(0);
+    expect(firstDifference(v0.image!, model.atSeq.get(2)!.get('d')!)).toBeUndefined();
+  });
+
+  test('every retained point and every RP above the frontier reads bit for bit, the folded batches deleted', async () => {
+    for (const seq of [...RETAINED, 7, 8]) {
+      const { res, out } = await recoverAt(seq);
+      expectModelAt(seq, out);
+      expect(res.manifestVersion).toBe(1);
+      expect(res.segments).toBe(Math.max(0, seq - FRONTIER));
+    }
+    // Windows smaller than a range are rounded up to it: the same bytes.
+    expectModelAt(8, (await recoverAt(8, { windowBytes: 64 * 1024 })).out);
+  });
+
+  test('sources: the read bound observed, per range image + pieces + L0 batches touching it', async () => {
+    // At 8: d:0 image(2) + pieces [3,4] [5,6] + batch 7 = 4; d:1 pieces [1,3] [4,6] + batch 8 = 3;
+    // d:2 zero image (no object) + piece [5,6] + batch 7 = 2; e:0 image(6) + batch 8 = 2.
+    expect((await recoverAt(8)).res.sources).toBe(4);
+    // At 4: d:0 image + [3,4] = 2; d:1 [1,3] [4,6] = 2; d:2 zero image = 0; e:0 [1,2] [3,4] = 2.
+    expect((await recoverAt(4)).res.sources).toBe(2);
+  });
+
+  test('a live RP the manifest did not retain is pruned: HistoryPrunedError, no lease left', async () => {
+    for (const seq of [1, 3, 5]) {
+      await expect(recoverAt(seq)).rejects.toThrow(HistoryPrunedError);
+      await expect(recoverAt(seq)).rejects.toThrow(`seq ${seq} is no longer readable`);
+    }
+    expect(await leases()).toEqual([]);
+  });
+
+  test('once compacted, a read without the history index is refused', async () => {
+    await expect(recoverAt(6, { history: undefined })).rejects.toThrow(`pair '${pairId}' was compacted through seq 6: reading it needs its history index`);
+  });
+
+  test('the reader lease holds the seq and the version during the read and is gone after', async () => {
+    const seen: ReaderLease[][] = [];
+    await recoverAt(7, {}, async () => void seen.push(await leases()));
+    expect(seen.length).toBe(4); // 3 windows of d, 1 of e
+    for (const l of seen) expect(l).toEqual([expect.objectContaining({ kind: 'recovery', seq: 7, manifestVersion: 1 })]);
+    expect(await leases()).toEqual([]);
+  });
+
+  test('a publish between HISTORY and the lease moves the lease to the new version', async () => {
+    let first = true;
+    const h = spy(c.history, {
+      getHistory: async (p) => {
+        const head = await c.history.getHistory(p);
+        if (!first) return head;
+        first = false;
+        return { version: 0, frontierSeq: 0, publishedMs: 0, gcVersion: 0 }; // read before the publish
+      },
+    });
+    const { res, out } = await recoverAt(6, { history: h });
+    expectModelAt(6, out);
+    expect(res.manifestVersion).toBe(1);
+    expect(h.puts.map((l) => l.manifestVersion)).toEqual([0, 1]);
+    expect(new Set(h.puts.map((l) => l.id)).size).toBe(1); // one lease, moved
+    expect(h.deletes).toEqual([h.puts[0].id]);
+  });
+
+  test('the lease is renewed while reading; a renewal that fails stops the read and the lease is deleted', async () => {
+    const ok = spy(c.history, {});
+    await recoverAt(6, { history: ok, leaseTtlMs: 300 }, () => new Promise((r) => setTimeout(r, 120)));
+    expect(ok.puts.length).toBeGreaterThan(2);
+    expect(ok.puts[ok.puts.length - 1].expiresMs).toBeGreaterThan(ok.puts[0].expiresMs);
+
+    let n = 0;
+    const failing = spy(c.history, {
+      putReaderLease: async (p, l) => {
+        if (n++ > 0) throw new Error('throttled');
+        await c.history.putReaderLease(p, l);
+      },
+    });
+    await expect(recoverAt(6, { history: failing, leaseTtlMs: 300 }, () => new Promise((r) => setTimeout(r, 120)))).rejects.toThrow(/reader lease .* could not be renewed: throttled/);
+    expect(failing.deletes.length).toBe(1);
+    expect(await leases()).toEqual([]);
+  });
+
+  test('digests read through the manifest under a digests lease; a pruned seq is refused', async () => {
+    const h = spy(c.history, {});
+    const region = 256 * 1024;
+    const digests = await replicaDigests(c.store, c.index, { pairId, seq: 6, regionBytes: () => region, history: h });
+    for (const d of DISKS) {
+      const img = model.atSeq.get(6)!.get(d.name)!;
+      expect([...digests.get(d.name)!]).toEqual(Array.from({ length: d.sizeBytes / region }, (_, i) => crc32c(img.subarray(i * region, (i + 1) * region))));
+    }
+    expect(h.puts[0]).toMatchObject({ kind: 'digests', seq: 6, manifestVersion: 1 });
+    await expect(replicaDigests(c.store, c.index, { pairId, seq: 5, regionBytes: () => region, history: c.history })).rejects.toThrow(HistoryPrunedError);
+    expect(await leases()).toEqual([]);
+  });
+
+  test('a corrupt piece fails the read naming key@offset; a corrupt image names its key; no lease is left', async () => {
+    const e0 = manifest.ranges['e:0'].pieces[1]; // [3, 4], read at 4
+    const good = await c.store.get(e0.key);
+    const bad = Buffer.from(good);
+    bad[e0.offset + e0.length - 100] ^= 0xff; // in its last payload
+    await c.store.put(e0.key, bad);
+    try {
+      const err = await recoverAt(4).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(CorruptHistoryError);
+      expect((err as Error).message).toContain(`${e0.key}@${e0.offset}`);
+      expect(await leases()).toEqual([]);
+      // Still readable where that piece is not read.
+      expectModelAt(6, (await recoverAt(6)).out);
+    } finally {
+      await c.store.put(e0.key, good);
+    }
+    const img = manifest.ranges['d:0'].images[0] as { key: string };
+    const body = await c.store.get(img.key);
+    const rotten = Buffer.from(body);
+    rotten[rotten.length - 10] ^= 0xff;
+    await c.store.put(img.key, rotten);
+    try {
+      await expect(recoverAt(2)).rejects.toThrow(CorruptExtentError);
+      await expect(recoverAt(2)).rejects.toThrow(img.key);
+      expect(await leases()).toEqual([]);
+    } finally {
+      await c.store.put(img.key, body);
+    }
+    expectModelAt(2, (await recoverAt(2)).out);
+  });
+
+  test('a piece that is not what its manifest entry says (here: its bitmap) fails the read, naming it', async () => {
+    // Version 2: version 1 with one bit of d:1's first piece's bitmap flipped (checkManifest cannot see it).
+    const m2: Manifest = JSON.parse(JSON.stringify(manifest));
+    m2.version = 2;
+    const p = m2.ranges['d:1'].pieces[0];
+    const bits = Buffer.from(p.blocks, 'base64');
+    bits[100] ^= 1;
+    p.blocks = bits.toString('base64');
+    const key = `${historyPrefix(pairId, 2)}manifest.json`;
+    await c.store.put(key, encodeManifest(m2));
+    const lease = (await c.history.acquireCompactor(pairId, 'test', Date.now(), 60_000))!;
+    const now = Date.now();
+    expect(await c.history.publish(pairId, lease, 1, { version: 2, manifestKey: key, publishedMs: now, removedKeys: [], foldedSeqs: [] }, FRONTIER, now)).toBe(true);
+    await expect(recoverAt(2)).rejects.toThrow(new CorruptHistoryError(`${p.key}@${p.offset}`, 'holds other blocks than its bitmap in the manifest says'));
+    expect(await leases()).toEqual([]);
+  });
+});
