@@ -14,6 +14,7 @@ import { BackupError, BatchError, CorruptExtentError, CorruptHistoryError, Histo
 import { baseChunkKey } from '../core/keys';
 import { decodeManifest, initialManifest, RANGE_BLOCKS, rangeId, type Manifest, type PieceEntry } from '../core/manifest';
 import { rangeSources, readable } from '../core/read-sources';
+import { rpLives } from '../core/retention';
 import { decodePiece, pieceBlocksBitmap, type PieceVersionEntry } from '../core/run-format';
 import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, Pair, RecoveryPoint } from '../core/model';
@@ -122,9 +123,9 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
   const concurrency = o.concurrency ?? 16;
   const started = Date.now();
   const clock = (): number => (o.nowMs ?? started) + (Date.now() - started);
-  const nowSec = Math.floor(clock() / 1000);
-  // The RP first, then the pair: an RP is written with (or after) the watermark covering it.
-  const rp = (await index.listRecoveryPoints(o.pairId, nowSec)).find((r) => r.seq === o.seq);
+  // The RP first (one GetItem), then the pair: an RP is written with (or after) the watermark covering it.
+  const item = await index.getRecoveryPoint(o.pairId, o.seq);
+  const rp = item && rpLives(item, clock()) ? item : undefined;
   const pair = await index.getPair(o.pairId);
   if (!pair) throw new UnknownPairError(o.pairId);
   if (!rp && !(o.anyAppliedSeq && o.seq <= pair.watermark)) throw new InvalidArgumentError(`pair '${o.pairId}' has no live recovery point at seq ${o.seq}`);
