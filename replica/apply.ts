@@ -68,6 +68,14 @@ export class ApplyService {
     const got = settle(this.store.get(key, undefined, this.maxObjectBytes));
     const pair = await this.index.getPair(pairId);
     if (!pair) return this.ignore(key, `unknown pair '${pairId}'`, pairId, seq);
+    // Folded into the history already: a redelivery after GC collected its BATCH# item.
+    // Registering it again would leave an item no VERSION# record lists (docs/design.md, "GC").
+    if (pair.compactedThrough !== undefined && seq <= pair.compactedThrough) {
+      void got; // settled: never an unhandled rejection
+      const detail = `seq ${seq} is at or below compactedThrough ${pair.compactedThrough}: already folded into the history`;
+      this.log.info('batch ignored: compacted', { pairId, seq, key, compactedThrough: pair.compactedThrough });
+      return { outcome: 'duplicate', key, pairId, seq, detail };
+    }
     const read = await got;
     if ('err' in read) {
       const err = read.err;
