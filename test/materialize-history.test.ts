@@ -11,7 +11,9 @@ import { crc32c } from '../core/crc32c';
 import { CorruptExtentError, CorruptHistoryError, HistoryPrunedError } from '../core/errors';
 import { historyPrefix } from '../core/keys';
 import { encodeManifest, RANGE_BLOCKS, rangeId, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
+import { readBound } from '../core/read-sources';
 import { encodePiece, pieceBlocksBitmap, type PieceVersionInput } from '../core/run-format';
+import { compactOnce, currentManifest } from '../replica/compactor';
 import { replicaDigests } from '../replica/digests';
 import { materialize, type ImageSink, type MaterializeOptions } from '../replica/materialize';
 import { createPair, waitForWatermark } from '../replica/pairs';
@@ -376,5 +378,73 @@ describe('materialize through the history', () => {
     expect(await c.history.publish(pairId, lease, 1, { version: 2, manifestKey: key, publishedMs: now, removedKeys: [], foldedSeqs: [] }, FRONTIER, now)).toBe(true);
     await expect(recoverAt(2)).rejects.toThrow(new CorruptHistoryError(`${p.key}@${p.offset}`, 'holds other blocks than its bitmap in the manifest says'));
     expect(await leases()).toEqual([]);
+  });
+});
+
+describe('materialize after real compaction', () => {
+  test('units fold the L0 into pieces and images: every live RP reads bit for bit with the folded journal deleted; RPs a later unit did not retain are pruned', async () => {
+    const disks = [{ name: 'd', sizeBytes: 8 * MiB }];
+    const id = newPairId('histc');
+    const src = new SourceModel(disks);
+    const keys = new Map<number, string>();
+    await createPair(c.index, { pairId: id, disks });
+    const w = new BatchWriter({ pairId: id, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 2 * MiB, onUploaded: (b) => keys.set(b.seq, b.key) });
+    const step = async (i: number) => {
+      // A hot first range rewritten every time, a warm second one, a cold write now and then.
+      const writes: [number, Buffer][] = [[(i % 8) * 64 * 1024, pattern(64 * 1024, 100 + i)], [RANGE + ((i * 37) % 200) * BLOCK_SIZE, pattern(8 * BLOCK_SIZE, 200 + i)]];
+      if (i % 5 === 0) writes.push([RANGE + 2 * MiB + i * BLOCK_SIZE, pattern(BLOCK_SIZE, 300 + i)]);
+      for (const [at, data] of writes) {
+        src.write('d', at, data);
+        await w.write('d', at, data);
+      }
+      const seq = await w.flush({ rp: true });
+      src.snapshot(seq);
+      return seq;
+    };
+    const read = async (seq: number) => {
+      const img = Buffer.alloc(disks[0].sizeBytes);
+      const res = await materialize(c.store, c.index, { pairId: id, seq, history: c.history, sinkFor: async () => ({ write: async (at, win) => void win.copy(img, at), close: async () => {}, abort: async () => {} }) });
+      expect({ seq, diff: firstDifference(img, src.atSeq.get(seq)!.get('d')!) }).toEqual({ seq, diff: undefined });
+      return res;
+    };
+    for (let i = 1; i <= 12; i++) await step(i);
+    await waitForWatermark(c.index, id, 12, 60_000);
+    const folded: number[] = [];
+    for (let unit = 1; ; unit++) {
+      const res = await compactOnce({ store: c.store, index: c.index, history: c.history }, id, { holder: 'test', maxBatches: 4, imageBytes: 256 * 1024 });
+      if (!res.published) break;
+      expect(res.version).toBe(unit);
+      folded.push(...res.foldedSeqs);
+    }
+    expect(folded).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    await c.deleter.deleteKeys(folded.map((s) => keys.get(s)!));
+    let most = 0;
+    for (let seq = 1; seq <= 12; seq++) {
+      const res = await read(seq);
+      expect(res.manifestVersion).toBe(3);
+      expect(res.segments).toBe(0);
+      most = Math.max(most, res.sources);
+    }
+    // The bound recovery met is the one the manifest promises (core/read-sources.ts readBound).
+    const manifestNow = async () => (await currentManifest(c.store, c.history, (await c.index.getPair(id))!)).manifest;
+    expect(most).toBe(readBound(await manifestNow(), [], Array.from({ length: 12 }, (_, i) => i + 1)).max);
+    expect(most).toBeGreaterThan(1); // pieces were read, not only images
+    expect(most).toBeLessThanOrEqual(13);
+
+    // Two more batches; a unit 40 days on, when every RP has expired, keeps only the cut (14).
+    await step(13);
+    await step(14);
+    await waitForWatermark(c.index, id, 14, 60_000);
+    expect((await read(14)).segments).toBe(2);
+    const later = Date.now() + 40 * 86_400_000;
+    const res = await compactOnce({ store: c.store, index: c.index, history: c.history }, id, { holder: 'test', nowMs: later, imageBytes: 256 * 1024 });
+    expect(res).toMatchObject({ published: true, frontierSeq: 14 });
+    await c.deleter.deleteKeys([keys.get(13)!, keys.get(14)!]);
+    const settled = await read(14);
+    expect(settled).toMatchObject({ manifestVersion: 4, segments: 0 });
+    expect(settled.sources).toBe(readBound(await manifestNow(), [], [14]).max);
+    expect(settled.sources).toBeLessThanOrEqual(3); // settled: an image and a piece or two
+    for (const seq of [1, 12, 13]) await expect(read(seq)).rejects.toThrow(HistoryPrunedError); // live RPs by today's clock, pruned by the unit's
+    expect(await c.history.listReaderLeases(id, Date.now())).toEqual([]);
   });
 });
