@@ -1,4 +1,5 @@
-// The history's GC run (replica/gc.ts) over MemoryHistory and MemoryObjectStore: what it
+// The history's GC run (replica/gc.ts) over MemoryHistory and MemoryObjectStore (and once over
+// the test stack's DynamoDB and S3): what it
 // deletes, in which order, and that a crash between any two of its steps leaves nothing a
 // readable version references missing while a rerun finishes the work.
 
@@ -8,7 +9,9 @@ import { manifestRefs } from '../core/gc-plan';
 import { historyPrefix, journalKey } from '../core/keys';
 import { BITMAP_BYTES, encodeManifest, MANIFEST_FORMAT, type Manifest } from '../core/manifest';
 import { gcOnce, type GcDeps } from '../replica/gc';
+import { createPair } from '../replica/pairs';
 import type { HistoryIndex, ObjectDeleter } from '../replica/ports';
+import { cloud, newPairId } from './helpers';
 
 const PAIR = 'gcp';
 const HOUR = 3_600_000;
@@ -191,3 +194,67 @@ function traced(h: MemoryHistory, ops: string[]): HistoryIndex {
     },
   });
 }
+
+test('two GC runs at once: one takes each version, the other stops where it lost; together they reach the clean state', async () => {
+  const w = await world();
+  const [a, b] = await Promise.all([0, 1].map(() => gcOnce({ store: w.store, deleter: w.store, history: w.history }, PAIR, { nowMs: NOW })));
+  expect([...a.collected, ...b.collected].sort()).toEqual([1, 2]);
+  expect((await w.history.getHistory(PAIR)).gcVersion).toBe(2);
+  expect(missing(w, referencedFrom(w, 2))).toEqual([]);
+  expect((await w.history.versionsAfter(PAIR, 0, 10)).map((r) => r.version)).toEqual([3]);
+});
+
+test('more versions than one page of records (250): one run collects them all, in order', async () => {
+  const store = new MemoryObjectStore();
+  const history = new MemoryHistory();
+  const lease = (await history.acquireCompactor(PAIR, 'unit', 0, NOW))!;
+  for (let v = 1; v <= 250; v++) {
+    const key = `${historyPrefix(PAIR, v, 'a'.repeat(16))}manifest.json`;
+    await store.put(key, encodeManifest(manifest(v, v, [])));
+    const prev = v > 1 ? [`${historyPrefix(PAIR, v - 1, 'a'.repeat(16))}manifest.json`] : [];
+    expect(await history.publish(PAIR, lease, v - 1, { version: v, manifestKey: key, publishedMs: 0, removedKeys: prev, foldedSeqs: [v] }, v, 1)).toBe(true);
+  }
+  const out = await gcOnce({ store, deleter: store, history }, PAIR, { nowMs: NOW });
+  expect(out.collected).toEqual(Array.from({ length: 250 }, (_, i) => i + 1));
+  expect([...store.objects.keys()]).toEqual([`${historyPrefix(PAIR, 250, 'a'.repeat(16))}manifest.json`]);
+  expect(await history.versionsAfter(PAIR, 0, 10)).toEqual([]);
+});
+
+test('on the test stack (DynamoDB, S3): BATCH# items, journal objects, old runs, manifests and orphans go; what the current version needs stays', async () => {
+  const c = cloud();
+  const pairId = newPairId('gc');
+  await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 1 << 20 }] });
+  const journal: string[] = [];
+  for (let seq = 1; seq <= 10; seq++) {
+    const key = journalKey(pairId, seq);
+    journal[seq] = key;
+    await c.store.put(key, Buffer.from(`batch ${seq}`));
+    await c.index.registerBatch(pairId, { seq, key, sizeBytes: 7, objectCrc: seq, firstWriteMs: 0, cutMs: 0, flags: 0, extentCount: 0, dataBytes: 0, disks: ['disk0'], registeredMs: 0 });
+  }
+  const t0 = Date.now() - 3 * HOUR;
+  const lease = (await c.history.acquireCompactor(pairId, 'unit', t0, 4 * HOUR))!;
+  const failed = `${historyPrefix(pairId, 1)}run-0000.run`;
+  await c.store.put(failed, Buffer.from('never published'));
+  let prevKey: string | undefined;
+  let prevRuns: string[] = [];
+  const published: { key: string; runs: string[] }[] = [];
+  for (const [v, folds] of [[1, [1, 2, 3, 4, 5]], [2, [6, 7, 8]]] as const) {
+    const prefix = historyPrefix(pairId, v);
+    const runs = [`${prefix}run-0000.run`];
+    await c.store.put(runs[0], Buffer.from(`run ${v}`));
+    const m = { ...manifest(v, folds[folds.length - 1], runs), pairId };
+    const key = `${prefix}manifest.json`;
+    await c.store.put(key, encodeManifest(m));
+    const removedKeys = [...(prevKey ? [prevKey] : []), ...prevRuns, ...folds.map((s) => journal[s])];
+    expect(await c.history.publish(pairId, lease, v - 1, { version: v, manifestKey: key, publishedMs: t0 + v, removedKeys, foldedSeqs: [...folds] }, folds[folds.length - 1], t0 + v)).toBe(true);
+    published.push({ key, runs });
+    prevKey = key;
+    prevRuns = runs;
+  }
+  const out = await gcOnce({ store: c.store, deleter: c.deleter, history: c.history }, pairId, { nowMs: Date.now() });
+  expect(out).toMatchObject({ gcVersion: 2, collected: [1, 2], batchItemsDeleted: 8, objectsDeleted: 5 + 5, orphansDeleted: 1 });
+  expect(await c.store.listKeys(`pairs/${pairId}/`)).toEqual([journal[9], journal[10], published[1].runs[0], published[1].key].sort());
+  expect((await c.index.batchesAfter(pairId, 0, 20)).map((b) => b.seq)).toEqual([9, 10]);
+  expect(await c.history.versionsAfter(pairId, 0, 10)).toEqual([]);
+  expect(await c.history.getHistory(pairId)).toMatchObject({ version: 2, gcVersion: 2 });
+});
