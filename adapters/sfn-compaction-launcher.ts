@@ -5,9 +5,13 @@ import { ExecutionAlreadyExists, StartExecutionCommand } from '@aws-sdk/client-s
 import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
 import { sfnClient } from './aws-clients';
 
-/** Starts a pair's compaction run; a run already started for the pair in the same minute and reason counts as started. */
+/**
+ * Starts a pair's compaction run and returns its ARN. A run already started for the pair in
+ * the same minute and reason is that run (StartExecution is idempotent for a running name and
+ * input); one that has ended meanwhile counts as started (undefined).
+ */
 export interface CompactionLauncher {
-  start(pairId: string, reason: 'backlog' | 'schedule', nowMs?: number): Promise<void>;
+  start(pairId: string, reason: 'backlog' | 'schedule', nowMs?: number): Promise<string | undefined>;
 }
 
 export class SfnCompactionLauncher implements CompactionLauncher {
@@ -16,14 +20,16 @@ export class SfnCompactionLauncher implements CompactionLauncher {
     private readonly sfn = sfnClient(),
   ) {}
 
-  async start(pairId: string, reason: 'backlog' | 'schedule', nowMs = Date.now()): Promise<void> {
+  async start(pairId: string, reason: 'backlog' | 'schedule', nowMs = Date.now()): Promise<string | undefined> {
     // One name per pair, reason and minute (≤ 80 chars): concurrent appliers, a retried
     // event or a retried schedule start one run, not several.
     const name = `${pairId}-${reason}-${Math.floor(nowMs / 60_000)}`.slice(0, 80);
     try {
-      await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.stateMachineArn, name, input: JSON.stringify({ pairId, units: 0 }) }));
+      const out = await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.stateMachineArn, name, input: JSON.stringify({ pairId, units: 0 }) }));
+      return out.executionArn;
     } catch (err) {
       if (!(err instanceof ExecutionAlreadyExists)) throw err;
+      return undefined;
     }
   }
 }

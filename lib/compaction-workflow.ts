@@ -9,7 +9,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
-import { COMPACTION_STATE_MACHINE_ENV } from './names';
+import { COMPACTION_STATE_MACHINE_ENV, GC_GRACE_ENV } from './names';
 import type { ReplicaStore } from './replica-store';
 import { retried, workflowFunction } from './workflow-function';
 
@@ -22,6 +22,8 @@ export interface CompactionWorkflowProps {
   readonly store: ReplicaStore;
   /** How often every pair is looked at (compaction due, GC past its grace). @default 15 minutes */
   readonly schedule?: Duration;
+  /** GC deletes an object this long after the publish that stopped referencing it. @default 1 hour */
+  readonly gcGrace?: Duration;
   /** @default lambda.Architecture.ARM_64 */
   readonly architecture?: lambda.Architecture;
 }
@@ -52,6 +54,7 @@ export class CompactionWorkflow extends Construct {
     this.sweepFunction = this.compactFunction('Sweep', 'sweep', Duration.minutes(5), 512, architecture);
     props.store.grantCompact(this.unitFunction);
     props.store.grantGc(this.gcFunction);
+    if (props.gcGrace) this.gcFunction.addEnvironment(GC_GRACE_ENV, String(props.gcGrace.toMilliseconds()));
     props.store.grantSweep(this.sweepFunction);
 
     const unit = this.retried(

@@ -5,6 +5,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { InvalidArgumentError } from '../core/errors';
 import { ApplyPipeline } from './apply-pipeline';
+import { CompactionWorkflow } from './compaction-workflow';
 import { LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX } from './names';
 import { ReplicaStore } from './replica-store';
 import { SeedWorkflow } from './seed-workflow';
@@ -25,6 +26,7 @@ export class LivesyncStack extends Stack {
   readonly store: ReplicaStore;
   readonly pipeline: ApplyPipeline;
   readonly seed: SeedWorkflow;
+  readonly compaction: CompactionWorkflow;
 
   constructor(scope: Construct, id: string, props: LivesyncStackProps = {}) {
     super(scope, id, props);
@@ -37,11 +39,16 @@ export class LivesyncStack extends Stack {
       backupBuckets: (props.backupBucketNames ?? []).map((name, i) => s3.Bucket.fromBucketName(this, `BackupBucket${i}`, name)),
     });
 
+    this.compaction = new CompactionWorkflow(this, 'Compaction', { store: this.store, architecture });
+    // The apply path starts a pair's run when its L0 backlog crosses the threshold.
+    this.compaction.grantStart(this.pipeline.applyFunction);
+
     new CfnOutput(this, 'BucketName', { value: this.store.bucket.bucketName });
     new CfnOutput(this, 'TableName', { value: this.store.table.tableName });
     new CfnOutput(this, 'ApplyQueueUrl', { value: this.pipeline.queue.queueUrl });
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: this.pipeline.deadLetterQueue.queueUrl });
     new CfnOutput(this, 'SeedStateMachineArn', { value: this.seed.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'CompactionStateMachineArn', { value: this.compaction.stateMachine.stateMachineArn });
 
     this.acknowledgeNagFindings(props.backupBucketNames ?? []);
   }
@@ -80,6 +87,27 @@ export class LivesyncStack extends Stack {
       );
       Validations.of(fn.node.defaultChild!).acknowledge(nodeRuntime);
     }
+    const compaction = this.compaction;
+    Validations.of(compaction.unitFunction.role!).acknowledge(
+      { id: pairsObjects, reason: `Read-only s3:GetObject under ${PAIRS_PREFIX}: a unit reads the batches, pieces and images of pairs created at run time.` },
+      { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*/history/*]`, reason: 'PutObject of new history objects (runs, images, manifests) of pairs created at run time; never a delete.' },
+      xray,
+    );
+    Validations.of(compaction.gcFunction.role!).acknowledge(
+      { id: pairsObjects, reason: `Read-only s3:GetObject under ${PAIRS_PREFIX}: GC reads the manifests a lease holds.` },
+      { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*/journal/*]`, reason: 'DeleteObject of folded journal batches, for pairs created at run time: GC is the only principal that deletes.' },
+      { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*/history/*]`, reason: 'DeleteObject of history objects no held manifest references, for pairs created at run time.' },
+      xray,
+    );
+    Validations.of(compaction.sweepFunction.role!).acknowledge(xray);
+    for (const fn of [compaction.unitFunction, compaction.gcFunction, compaction.sweepFunction]) Validations.of(fn.node.defaultChild!).acknowledge(nodeRuntime);
+    Validations.of(compaction.stateMachine.role).acknowledge(
+      ...[compaction.unitFunction, compaction.gcFunction].map((fn) => ({
+        id: `AwsSolutions-IAM5[Resource::<${this.getLogicalId(fn.node.defaultChild as lambda.CfnFunction)}.Arn>:*]`,
+        reason: "lambda:InvokeFunction on the compaction functions' versions and aliases (qualified ARNs), as CDK grants for Lambda tasks.",
+      })),
+      { id: 'AwsSolutions-IAM5[Resource::*]', reason: 'X-Ray (tracing enabled) and CloudWatch Logs delivery (logs:CreateLogDelivery and friends) do not support resource-level permissions.' },
+    );
     const machine = this.seed.stateMachine;
     Validations.of(machine.role).acknowledge(
       ...[this.seed.stepsFunction, this.seed.rangeFunction].map((fn) => ({

@@ -19,3 +19,5 @@ export const COMPACTION_STATE_MACHINE_ENV = 'LIVESYNC_COMPACTION_STATE_MACHINE_A
 export const PAIRS_INDEX = 'pairs';
 export const PAIRS_KEYS = { pk: 'pairsPk', sk: 'pk' } as const;
 export const PAIRS_PK = 'PAIRS';
+/** GC's grace period in ms, for the GC function (the construct's `gcGrace`; the local stack's demo shortens it). */
+export const GC_GRACE_ENV = 'LIVESYNC_GC_GRACE_MS';

@@ -10,6 +10,7 @@ import { CreateTableCommand, UpdateTimeToLiveCommand } from '@aws-sdk/client-dyn
 import type { SQSEvent } from 'aws-lambda';
 import { dynamoClient, sqsClient } from '../adapters/aws-clients';
 import { synthTemplate } from '../lib/synth';
+import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
 import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
 import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
 import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
@@ -151,13 +152,19 @@ async function provision(
   let stepFunctions: RunningStepFunctions | undefined;
   try {
     const seedHandlers = await import('../lambdas/seed');
-    stepFunctions = await startStepFunctionsLocal(machinesFromTemplate(template), { steps: seedHandlers.steps, range: seedHandlers.range }, { waitMs: LOCAL_WAIT_MS });
+    const compactHandlers = await import('../lambdas/compact');
+    stepFunctions = await startStepFunctionsLocal(
+      machinesFromTemplate(template),
+      { steps: seedHandlers.steps, range: seedHandlers.range, unit: compactHandlers.unit, gc: compactHandlers.gc, sweep: compactHandlers.sweep },
+      { waitMs: LOCAL_WAIT_MS },
+    );
   } catch (err) {
     await mapping?.stop();
     throw err;
   }
   env.AWS_ENDPOINT_URL_SFN = stepFunctions.endpoint;
   env.LIVESYNC_SEED_STATE_MACHINE_ARN = stepFunctions.machines.find((m) => m.id.startsWith('Seed'))!.arn;
+  env[COMPACTION_STATE_MACHINE_ENV] = stepFunctions.machines.find((m) => m.id.startsWith('Compaction'))!.arn;
   Object.assign(process.env, env);
 
   let stopped = false;

@@ -136,8 +136,8 @@ describe('LivesyncStack', () => {
   test('no custom resources: everything, the event path included, is a resource CloudFormation (and LocalStack community) creates natively', () => {
     const types = Object.values(template.toJSON().Resources).map((r: any) => r.Type as string);
     expect(types.filter((t) => t.startsWith('Custom::') || t === 'AWS::CloudFormation::CustomResource')).toEqual([]);
-    // No deploy-time helper Lambda either (CDK's notification or auto-delete handlers): only the three handlers.
-    expect(Object.values(template.findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Handler).sort()).toEqual(['index.handler', 'index.range', 'index.steps']);
+    // No deploy-time helper Lambda either (CDK's notification or auto-delete handlers): only the six handlers.
+    expect(Object.values(template.findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Handler).sort()).toEqual(['index.gc', 'index.handler', 'index.range', 'index.steps', 'index.sweep', 'index.unit']);
   });
 
   test('apply role: least privilege (no deletes/scans; S3 read and list of pairs/* only)', () => {
@@ -186,13 +186,13 @@ describe('LivesyncStack', () => {
       const app = new App({ context: { 'aws:cdk:bundling-stacks': [], ...context } });
       return Object.values(Template.fromStack(new LivesyncStack(app, 'Arch')).findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Architectures);
     };
-    expect(archs({})).toEqual([['arm64'], ['arm64'], ['arm64']]);
-    expect(archs({ lambdaArchitecture: 'x86_64' })).toEqual([['x86_64'], ['x86_64'], ['x86_64']]);
+    expect(archs({})).toEqual(Array(6).fill(['arm64']));
+    expect(archs({ lambdaArchitecture: 'x86_64' })).toEqual(Array(6).fill(['x86_64']));
     expect(() => archs({ lambdaArchitecture: 'amd64' })).toThrow('context lambdaArchitecture=amd64: expected arm64 or x86_64');
   });
 
   test('outputs', () => {
-    for (const name of ['BucketName', 'TableName', 'ApplyQueueUrl', 'DeadLetterQueueUrl', 'SeedStateMachineArn']) template.hasOutput(name, {});
+    for (const name of ['BucketName', 'TableName', 'ApplyQueueUrl', 'DeadLetterQueueUrl', 'SeedStateMachineArn', 'CompactionStateMachineArn']) template.hasOutput(name, {});
   });
 
   test('seed state machine: traced, logs ALL, a Distributed Map with bounded concurrency, retries that skip bad backups', () => {
@@ -230,6 +230,45 @@ describe('LivesyncStack', () => {
     expect(statements).toEqual(expect.arrayContaining([
       expect.objectContaining({ Action: 's3:GetObject', Resource: { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':s3:::my-backups/*']] } }),
     ]));
+  });
+
+  test('only the GC role deletes (journal and history objects, index items); compaction writes only history/; no principal may overwrite-by-delete elsewhere', () => {
+    const statementsOf = (roleId: string): any[] =>
+      Object.values(template.findResources('AWS::IAM::Policy'))
+        .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === roleId))
+        .flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+    const roleIds = Object.keys(template.findResources('AWS::IAM::Role'));
+    const gcRole = ref(stack.compaction.gcFunction.role as iam.Role);
+    const deletes = (a: string): boolean => /^s3:(DeleteObject|\*)|^dynamodb:(DeleteItem|BatchWriteItem|\*)$|^s3:\*$/.test(a);
+    for (const id of roleIds.filter((r) => r !== gcRole)) {
+      const actions = statementsOf(id).flatMap((st) => [st.Action].flat());
+      expect({ role: id, deletes: actions.filter(deletes) }).toEqual({ role: id, deletes: [] });
+    }
+    const gcDeletes = statementsOf(gcRole).filter((st) => [st.Action].flat().includes('s3:DeleteObject'));
+    expect(gcDeletes).toEqual([
+      expect.objectContaining({
+        Resource: [
+          { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*/journal/*']] },
+          { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*/history/*']] },
+        ],
+      }),
+    ]);
+    const unitPuts = statementsOf(ref(stack.compaction.unitFunction.role as iam.Role)).filter((st) => [st.Action].flat().includes('s3:PutObject'));
+    expect(unitPuts).toEqual([expect.objectContaining({ Resource: { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*/history/*']] } })]);
+  });
+
+  test('compaction state machine: units in a loop, then GC; corrupt history is not retried; the schedule starts runs; the apply function may start them', () => {
+    const machine = machinesFromTemplate(template.toJSON()).find((m) => m.id.startsWith('Compaction'))!;
+    expect(Object.keys(machine.definition.States).sort()).toEqual(['Compacted', 'CompactionFailed', 'Gc', 'More', 'Unit']);
+    expect(machine.handlerOfState).toEqual({ Unit: 'unit', Gc: 'gc' });
+    expect((machine.definition.States.Unit as any).Retry).toContainEqual(expect.objectContaining({ ErrorEquals: expect.arrayContaining(['CorruptHistoryError']), MaxAttempts: 0 }));
+    template.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(15 minutes)' });
+    const applyRole = ref(stack.pipeline.applyFunction.role as iam.Role);
+    const applyActions = Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === applyRole))
+      .flatMap((p: any) => p.Properties.PolicyDocument.Statement)
+      .flatMap((st: any) => [st.Action].flat());
+    expect(applyActions).toContain('states:StartExecution');
   });
 
   test('synthTemplate() is the same stack', () => {

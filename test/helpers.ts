@@ -13,7 +13,7 @@ import type { BackupDiskSource } from '../source/backup';
 import { materialize, type ImageSink } from '../replica/materialize';
 import { sleep } from '../replica/concurrency';
 import { waitForWatermark } from '../replica/pairs';
-import type { ObjectStore, ReplicaIndex } from '../replica/ports';
+import type { HistoryIndex, ObjectStore, ReplicaIndex } from '../replica/ports';
 
 export const cloud = (): RpStore => rpStoreFromEnv();
 
@@ -52,12 +52,13 @@ export class SourceModel {
 }
 
 /** Materializes every disk of the pair at `seq` into memory. */
-export async function recover(store: { store: ObjectStore; index: ReplicaIndex }, pairId: string, seq: number, windowBytes?: number): Promise<Map<string, Buffer>> {
+export async function recover(store: { store: ObjectStore; index: ReplicaIndex; history?: HistoryIndex }, pairId: string, seq: number, windowBytes?: number): Promise<Map<string, Buffer>> {
   const out = new Map<string, Buffer>();
   await materialize(store.store, store.index, {
     pairId,
     seq,
     windowBytes,
+    history: store.history,
     sinkFor: async (disk, size): Promise<ImageSink> => {
       const image = Buffer.alloc(size);
       out.set(disk, image);
