@@ -106,9 +106,6 @@ export class DynamoHistory implements HistoryIndex {
       ExpressionAttributeValues: { ':kind': 'history', ':v': record.version, ':m': record.manifestKey, ':f': frontierSeq, ':p': record.publishedMs, ':g': lease.gen, ':zero': 0, ':from': fromVersion },
     };
     const input = {
-      // One token per publish: the SDK's own retry of a request whose answer was lost then
-      // returns the first outcome instead of failing its version condition.
-      ClientRequestToken: randomUUID(),
       TransactItems: [
         {
           ConditionCheck: {
@@ -134,7 +131,10 @@ export class DynamoHistory implements HistoryIndex {
     };
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.doc.send(new TransactWriteCommand(input));
+        // One token per attempt: the SDK's own retry of a request whose answer was lost then
+        // returns the first outcome instead of failing its version condition. A new one after
+        // a cancellation, whose token DynamoDB may hold to its outcome for 10 minutes.
+        await this.doc.send(new TransactWriteCommand({ ...input, ClientRequestToken: randomUUID() }));
         return true;
       } catch (err) {
         if (!(err instanceof TransactionCanceledException)) throw err;
