@@ -8,7 +8,8 @@
 // have: it keeps it per pair (`compactedThrough(pairId)`, raised by publish in the same step),
 // and `hooks.compacted` lets a test mirror it onto its own pair model. BATCH# items are the
 // ReplicaIndex's too: deleteBatchItems records the seqs (`deletedBatchSeqs`) and calls
-// `hooks.batchItemsDeleted`.
+// `hooks.batchItemsDeleted`. Unlike DynamoDB it does not know which pairs exist: a publish
+// for any pair id succeeds (DynamoDB refuses one without its PAIR item).
 
 import type { CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
 import { checkAdvanceGc, checkPublish, checkReaderLease, FrontierBackwardsError } from './history-rules';
