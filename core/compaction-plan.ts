@@ -5,6 +5,7 @@
 // from what the unit wrote (applyUnit) and the keys it no longer references (removedKeys).
 // replica/compactor.ts reads, builds, writes and publishes.
 
+import { oldestAtOrAbove } from './keep';
 import { MAX_PIECES_PER_SPAN, MANIFEST_FORMAT, type ImageEntry, type Manifest, type PieceEntry, type RangeHistory, type RangeId } from './manifest';
 
 export interface PlanConfig {
@@ -71,12 +72,6 @@ export interface UnitPlan {
 }
 
 const asc = (a: number, b: number): number => a - b;
-
-/** The oldest element of ascending `xs` that is ≥ x, or undefined. */
-function oldestAtOrAbove(xs: readonly number[], x: number): number | undefined {
-  for (const v of xs) if (v >= x) return v;
-  return undefined;
-}
 
 /** Whether some point of ascending `xs` lies in [lo, hi). */
 const anyIn = (xs: readonly number[], lo: number, hi: number): boolean => xs.some((p) => p >= lo && p < hi);

@@ -28,8 +28,8 @@ export interface KeepOptions {
   images?: readonly number[];
 }
 
-/** The newest element of ascending `xs` that is ≤ x, or undefined. */
-function newestAtOrBelow(xs: readonly number[], x: number): number | undefined {
+/** How many elements of ascending `xs` are ≤ x (binary search). */
+function countAtOrBelow(xs: readonly number[], x: number): number {
   let lo = 0;
   let hi = xs.length;
   while (lo < hi) {
@@ -37,20 +37,17 @@ function newestAtOrBelow(xs: readonly number[], x: number): number | undefined {
     if (xs[mid] <= x) lo = mid + 1;
     else hi = mid;
   }
-  return lo === 0 ? undefined : xs[lo - 1];
+  return lo;
 }
 
-/** The oldest element of ascending `xs` that is ≥ x, or undefined. */
-function oldestAtOrAbove(xs: readonly number[], x: number): number | undefined {
-  let lo = 0;
-  let hi = xs.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo === xs.length ? undefined : xs[lo];
-}
+/** The newest seq of ascending `xs` that is ≤ x, or undefined. */
+export const newestAtOrBelow = (xs: readonly number[], x: number): number | undefined => {
+  const n = countAtOrBelow(xs, x);
+  return n === 0 ? undefined : xs[n - 1];
+};
+
+/** The oldest seq of ascending `xs` (integers) that is ≥ x, or undefined. */
+export const oldestAtOrAbove = (xs: readonly number[], x: number): number | undefined => xs[countAtOrBelow(xs, x - 1)];
 
 /**
  * Whether a version at `seq`, superseded at `next` (undefined: never), is read by some point.

@@ -3,12 +3,9 @@
 // the frontier) against the source model; crashes before publish, lease fencing, and an
 // object corrupted between write and verify.
 
-import { BLOCK_SIZE, EXTENT_FLAGS, decodeBatch, decodeExtent, type DecodedBatch } from '../core/batch-format';
-import { CHUNK_BYTES, decodeChunk } from '../core/chunk-format';
 import { CorruptHistoryError } from '../core/errors';
-import { RANGE_BLOCKS, rangeId, type Manifest, type RangeId } from '../core/manifest';
-import { readBound, readable, rangeSources, type L0Batch } from '../core/read-sources';
-import { decodePiece, pieceVersionData } from '../core/run-format';
+import type { Manifest } from '../core/manifest';
+import { readBound, readable } from '../core/read-sources';
 import { MemoryHistory } from '../adapters/memory-history';
 import { compactOnce, currentManifest, type CompactOptions, type CompactResult } from '../replica/compactor';
 import { materialize } from '../replica/materialize';
@@ -16,6 +13,7 @@ import { createPair, waitForWatermark } from '../replica/pairs';
 import type { ObjectStore, PutOptions } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, pattern, SourceModel } from './helpers';
+import { loadBatches, median, readDiskAt, type L0Entry } from './history-read';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -79,56 +77,8 @@ async function replicate(pairId: string, n: number, start = 0, model = new Sourc
   return { pairId, model, seqs, ingestedBytes: batches.reduce((x, b) => x + b.sizeBytes, 0) };
 }
 
-/** The L0 as reads see it: every registered batch, decoded, with the ranges it touches. */
-async function loadL0(store: ObjectStore, pairId: string): Promise<Map<number, { batch: DecodedBatch; body: Buffer; ranges: Set<RangeId> }>> {
-  const out = new Map<number, { batch: DecodedBatch; body: Buffer; ranges: Set<RangeId> }>();
-  for (const b of await cloud().index.batchesAfter(pairId, 0, 10_000)) {
-    const body = await store.get(b.key);
-    const batch = decodeBatch(body, b.key);
-    const ranges = new Set<RangeId>();
-    for (const e of batch.extents) {
-      for (let r = Math.floor(e.blockIndex / RANGE_BLOCKS); r * RANGE_BLOCKS < e.blockIndex + e.blockCount; r++) ranges.add(rangeId(batch.header.disks[e.disk], r));
-    }
-    out.set(b.seq, { batch, body, ranges });
-  }
-  return out;
-}
-
-/**
- * Reads the disk at k through the manifest, as docs/design.md says a read does: per range the
- * sources rangeSources names, versions newest-seq-first above the image. Records each range's object count.
- */
-async function readAt(store: ObjectStore, m: Manifest, l0: Awaited<ReturnType<typeof loadL0>>, k: number, counts?: number[]): Promise<Buffer> {
-  const out = Buffer.alloc(disks[0].sizeBytes);
-  const l0Batches: L0Batch[] = [...l0].map(([seq, x]) => ({ seq, ranges: x.ranges }));
-  for (let index = 0; index * CHUNK_BYTES < out.length; index++) {
-    const id = rangeId('d0', index);
-    const s = rangeSources(m, l0Batches.filter((b) => b.ranges.has(id)).map((b) => b.seq).sort((a, b) => a - b), id, k);
-    if (s.count > 0) counts?.push(s.count);
-    const data = out.subarray(index * CHUNK_BYTES, (index + 1) * CHUNK_BYTES);
-    if (s.image && !s.image.zero) decodeChunk(await store.get(s.image.key), { index, sha256: s.image.sha256, crc32c: s.image.crc32c, length: s.image.length }, s.image.key).copy(data);
-    const floor = s.image?.seq ?? -1;
-    const versions: { seq: number; block: number; data: Buffer }[] = [];
-    for (const q of s.pieces) {
-      const buf = await store.get(q.key, { start: q.offset, end: q.offset + q.length });
-      for (const e of decodePiece(buf, `${q.key}@${q.offset}`, q.crc32c).entries) {
-        if (e.seq <= k && e.seq > floor) versions.push({ seq: e.seq, block: e.blockIndex, data: pieceVersionData(buf, e, q.key) });
-      }
-    }
-    for (const seq of s.l0) {
-      const { batch, body } = l0.get(seq)!;
-      for (const e of batch.extents) {
-        const first = e.blockIndex - index * RANGE_BLOCKS;
-        if (first + e.blockCount <= 0 || first >= RANGE_BLOCKS) continue;
-        const all = e.flags & EXTENT_FLAGS.ZERO ? Buffer.alloc(e.blockCount * BLOCK_SIZE) : decodeExtent(e, body.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), batch.header.pairId);
-        const lo = Math.max(0, first);
-        const hi = Math.min(RANGE_BLOCKS, first + e.blockCount);
-        versions.push({ seq, block: lo, data: all.subarray((lo - first) * BLOCK_SIZE, (hi - first) * BLOCK_SIZE) });
-      }
-    }
-    for (const v of versions.sort((a, b) => a.seq - b.seq)) v.data.copy(data, v.block * BLOCK_SIZE);
-  }
-  return out;
+async function loadL0(store: ObjectStore, pairId: string): Promise<Map<number, L0Entry>> {
+  return loadBatches(store, await cloud().index.batchesAfter(pairId, 0, 10_000));
 }
 
 /** Reads every live RP at `nowMs` through the manifest in force; returns the per-range object counts. */
@@ -142,7 +92,7 @@ async function checkLiveRps(store: ObjectStore, history: MemoryHistory, r: Repli
   for (const [i, k] of rps.entries()) {
     expect({ k, readable: readable(m, k) }).toEqual({ k, readable: true });
     const want = r.model.atSeq.get(k)!.get('d0')!;
-    const image = await readAt(store, m, l0, k, counts);
+    const image = await readDiskAt(store, m, l0, 'd0', disks[0].sizeBytes, k, counts);
     expect({ k, diff: firstDifference(image, want) }).toEqual({ k, diff: undefined });
     // Recovery itself (replica/materialize.ts, through the manifest) on every 4th RP and the newest.
     if (i % 4 === 0 || i === rps.length - 1) {
@@ -154,7 +104,6 @@ async function checkLiveRps(store: ObjectStore, history: MemoryHistory, r: Repli
   return { counts, rps, m };
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[(xs.length - 1) >> 1];
 
 /** Units until one has nothing to fold. */
 async function compactAll(store: ObjectStore, history: MemoryHistory, pairId: string, o: Partial<CompactOptions> & { nowMs?: () => number } = {}): Promise<CompactResult[]> {
