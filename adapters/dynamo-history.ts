@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { ConditionalCheckFailedException, TransactionCanceledException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { BatchWriteCommand, DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { CorruptHistoryError } from '../core/errors';
 import { seqKey } from '../core/keys';
 import { sleep } from '../replica/concurrency';
 import type { CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
@@ -261,8 +262,15 @@ function versionItem(pairId: string, r: VersionRecord): Record<string, unknown> 
 }
 
 function fromVersionItem(i: Record<string, any>): VersionRecord {
-  const removedKeys = JSON.parse(gunzipSync(i.removedKeysGz as Uint8Array).toString('utf8')) as string[];
-  if (removedKeys.length !== i.removedCount) throw new Error(`${i.sk}: holds ${removedKeys.length} removed keys, its count says ${i.removedCount}`);
+  const where = `DynamoDB item ${i.pk}/${i.sk}`;
+  let removedKeys: unknown;
+  try {
+    removedKeys = JSON.parse(gunzipSync(i.removedKeysGz as Uint8Array).toString('utf8'));
+  } catch (err) {
+    throw new CorruptHistoryError(where, `removedKeysGz is not gzipped JSON: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(removedKeys) || removedKeys.some((k) => typeof k !== 'string')) throw new CorruptHistoryError(where, 'removedKeysGz is not a list of keys');
+  if (removedKeys.length !== i.removedCount) throw new CorruptHistoryError(where, `holds ${removedKeys.length} removed keys, removedCount says ${i.removedCount}`);
   return { version: i.version, manifestKey: i.manifestKey, publishedMs: i.publishedMs, removedKeys, foldedSeqs: fromRuns(i.foldedSeqRuns as [number, number][]) };
 }
 

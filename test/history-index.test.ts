@@ -4,12 +4,12 @@
 // nothing; the compactor lease is taken only when free or expired, fenced by gen.
 
 import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient, QueryCommand } from '@aws-sdk/lib-dynamodb';
+import { DynamoDBDocumentClient, QueryCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { dynamoClient } from '../adapters/aws-clients';
 import { DynamoHistory } from '../adapters/dynamo-history';
 import { FrontierBackwardsError } from '../adapters/history-rules';
 import { MemoryHistory } from '../adapters/memory-history';
-import { InvalidArgumentError } from '../core/errors';
+import { CorruptHistoryError, InvalidArgumentError } from '../core/errors';
 import { createPair } from '../replica/pairs';
 import type { CompactorLease, HistoryIndex, VersionRecord } from '../replica/ports';
 import { cloud, newPairId } from './helpers';
@@ -237,6 +237,16 @@ describe('DynamoHistory items', () => {
     const items = (await doc.send(new QueryCommand({ TableName: table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :l)', ExpressionAttributeValues: { ':pk': `PAIR#${p}`, ':l': 'LEASE#' } }))).Items!;
     expect(items.find((i) => i.sk === 'LEASE#r1')).toEqual({ pk: `PAIR#${p}`, sk: 'LEASE#r1', kind: 'reader-lease', id: 'r1', leaseKind: 'export', seq: 3, manifestVersion: 0, expiresMs: 1_795_521_760_001, expiresAt: 1_795_521_761 });
     expect(items.find((i) => i.sk === 'LEASE#compactor')).toEqual({ pk: `PAIR#${p}`, sk: 'LEASE#compactor', kind: 'compactor-lease', holder: 'a', gen: 1, expiresMs: 2000 });
+  });
+
+  test('a VERSION# item whose removed keys do not match its count is refused on read, naming the item', async () => {
+    const { table } = cloud();
+    const s = dynamoSubject();
+    const p = await s.newPair();
+    const lease = (await s.history.acquireCompactor(p, 'a', 1000, 1000))!;
+    expect(await s.history.publish(p, lease, 0, record(1), 10, 1000)).toBe(true);
+    await DynamoDBDocumentClient.from(dynamoClient()).send(new UpdateCommand({ TableName: table, Key: { pk: `PAIR#${p}`, sk: 'VERSION#00000000000000000001' }, UpdateExpression: 'SET removedCount = :n', ExpressionAttributeValues: { ':n': 3 } }));
+    await expect(s.history.versionsAfter(p, 0, 10)).rejects.toThrow(new CorruptHistoryError(`DynamoDB item PAIR#${p}/VERSION#00000000000000000001`, 'holds 2 removed keys, removedCount says 3'));
   });
 
   test('a publish for a pair without its PAIR item writes nothing', async () => {
