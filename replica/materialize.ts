@@ -12,15 +12,16 @@ import { BLOCK_SIZE, EXTENT_FLAGS, TRAILER_SIZE, checkExtentData, decodeIndex, d
 import { CHUNK_BYTES, checkChunkData, checkChunkHeader, type ChunkRef } from '../core/chunk-format';
 import { BackupError, BatchError, CorruptExtentError, CorruptHistoryError, HistoryPrunedError, InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { baseChunkKey } from '../core/keys';
-import { decodeManifest, initialManifest, RANGE_BLOCKS, rangeId, type Manifest, type PieceEntry } from '../core/manifest';
+import { RANGE_BLOCKS, rangeId, type Manifest, type PieceEntry } from '../core/manifest';
 import { rangeSources, readable } from '../core/read-sources';
 import { rpLives } from '../core/retention';
 import { decodePiece, pieceBlocksBitmap, type PieceVersionEntry } from '../core/run-format';
 import { parseBaseManifest } from '../core/seed-manifests';
-import type { BatchRecord, Pair, RecoveryPoint } from '../core/model';
+import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
 import { placeVerified, type PayloadOutcome } from './chunk-verifier';
+import { manifestOf, pairInitialManifest } from './history-manifest';
 import { limiter, mapLimit } from './concurrency';
 
 /** A stored extent that some RP reads: which object, which entry. */
@@ -169,7 +170,7 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
       for (const seqs of read.l0Ranges.values()) seqs.sort((a, b) => a - b);
       const l0 = resolvePieces(read.versions);
       read.versions = []; // resolved: the pieces hold what the disk reads from the L0
-      const plan = windowPlanner(store, m, disk.name, o.seq, read, stats);
+      const plan = windowPlanner(store, m, disk, o.seq, read, stats);
       const sink = await o.sinkFor(disk.name, disk.sizeBytes);
       let dataBytes = 0;
       try {
@@ -217,10 +218,9 @@ async function openHistory(
   l: { seq: number; kind: ReaderLease['kind']; ttlMs: number; clock: () => number },
   stats: Stats,
 ): Promise<HistoryReader> {
-  const v0 = initialManifest(pair.pairId, pair.base && { key: pair.base.key, seq: pair.base.baseSeq });
   if (!history) {
     if (pair.compactedThrough !== undefined) throw new Error(`pair '${pair.pairId}' was compacted through seq ${pair.compactedThrough}: reading it needs its history index`);
-    return { manifest: v0, check: () => {}, close: async () => {} };
+    return { manifest: pairInitialManifest(pair), check: () => {}, close: async () => {} };
   }
   const lease: ReaderLease = { id: `${l.kind}-${randomBytes(8).toString('hex')}`, kind: l.kind, seq: l.seq, manifestVersion: 0, expiresMs: 0 };
   const put = async (): Promise<void> => {
@@ -238,16 +238,11 @@ async function openHistory(
       if (again.version === head.version) break;
       head = again;
     }
-    if (head.version === 0) {
-      manifest = v0;
-    } else {
-      const key = head.manifestKey;
-      if (!key) throw new CorruptHistoryError(`pair '${pair.pairId}' HISTORY`, `version ${head.version} names no manifest`);
-      const body = await store.get(key);
+    const read = await manifestOf(store, pair, head);
+    manifest = read.manifest;
+    if (read.key) {
       stats.gets++;
-      stats.bytesRead += body.length;
-      manifest = decodeManifest(body, key);
-      if (manifest.version !== head.version || manifest.pairId !== pair.pairId) throw new CorruptHistoryError(key, `is version ${manifest.version} of pair '${manifest.pairId}', HISTORY says version ${head.version} of '${pair.pairId}'`);
+      stats.bytesRead += read.bytes;
     }
   } catch (err) {
     await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
@@ -257,7 +252,9 @@ async function openHistory(
   let failed: Error | undefined;
   let renewing: Promise<void> = Promise.resolve();
   let timer: NodeJS.Timeout | undefined;
+  let closed = false;
   const schedule = (): void => {
+    if (closed) return;
     timer = setTimeout(() => {
       renewing = put().then(schedule, (err: Error) => void (failed = err));
     }, l.ttlMs / 3);
@@ -271,9 +268,9 @@ async function openHistory(
       if (l.clock() >= lease.expiresMs) throw new Error(`reader lease ${lease.id} of pair '${pair.pairId}' expired while reading`);
     },
     async close() {
+      closed = true;
       clearTimeout(timer);
-      await renewing;
-      clearTimeout(timer);
+      await renewing; // a renewal in flight lands before the delete, not after it
       await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
     },
   };
@@ -287,12 +284,12 @@ type WindowPlanner = (first: number, last: number, l0: Piece<Ref>[], run: <T>(ta
  * one ranged GET and checked), resolved with the window's L0 pieces on top (every L0 batch
  * read is above the frontier, so newer than anything in the manifest).
  */
-function windowPlanner(store: ObjectStore, m: Manifest, disk: string, seq: number, read: DiskRead, stats: Stats): WindowPlanner {
+function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: number, read: DiskRead, stats: Stats): WindowPlanner {
   return async (first, last, l0, run) => {
     const versions: BlockVersion<Ref | { l0: Piece<Ref> }>[] = [];
     const fetches: Promise<void>[] = [];
     for (let r = Math.floor(first / RANGE_BLOCKS); r * RANGE_BLOCKS < last; r++) {
-      const s = rangeSources(m, read.l0Ranges.get(r) ?? [], rangeId(disk, r), seq);
+      const s = rangeSources(m, read.l0Ranges.get(r) ?? [], rangeId(disk.name, r), seq);
       const baseChunk = s.base ? read.baseChunks.get(r) : undefined;
       stats.sources = Math.max(stats.sources, s.count - (s.base && !baseChunk ? 1 : 0));
       const start = r * RANGE_BLOCKS;
@@ -304,7 +301,7 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: string, seq: numbe
       const floor = image ? image.seq : -1;
       for (const p of s.pieces) {
         fetches.push(
-          run(() => fetchPiece(store, p, disk, r, stats)).then((piece) => {
+          run(() => fetchPiece(store, p, disk.name, r, disk.sizeBytes / BLOCK_SIZE, stats)).then((piece) => {
             for (const entry of piece.entries) {
               if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: start + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
             }
@@ -315,17 +312,18 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: string, seq: numbe
     await Promise.all(fetches);
     if (versions.length === 0) return l0; // the L0 alone (a pair never compacted, without a base)
     for (const q of l0) versions.push({ blockIndex: q.blockIndex, blockCount: q.blockCount, seq: (q.ref as ExtentRef).batch.seq, ref: { l0: q } });
-    return resolvePieces(versions).map((q) => {
+    const out: Piece<Ref>[] = [];
+    for (const q of resolvePieces(versions)) {
       const c = clip(q, first, last);
-      if (!('l0' in c.ref)) return c as Piece<Ref>;
-      const under = c.ref.l0;
-      return { blockIndex: c.blockIndex, blockCount: c.blockCount, offsetBlocks: under.offsetBlocks + c.offsetBlocks, ref: under.ref };
-    });
+      const under = 'l0' in c.ref ? c.ref.l0 : undefined;
+      out.push(under ? { blockIndex: c.blockIndex, blockCount: c.blockCount, offsetBlocks: under.offsetBlocks + c.offsetBlocks, ref: under.ref } : (c as Piece<Ref>));
+    }
+    return out;
   };
 }
 
 /** One piece by one ranged GET, checked whole against the manifest (CRC, disk, range, span, bitmap). */
-async function fetchPiece(store: ObjectStore, p: PieceEntry, disk: string, range: number, stats: Stats): Promise<FetchedPiece> {
+async function fetchPiece(store: ObjectStore, p: PieceEntry, disk: string, range: number, diskBlocks: number, stats: Stats): Promise<FetchedPiece> {
   const where = `${p.key}@${p.offset}`;
   const bytes = await store.get(p.key, { start: p.offset, end: p.offset + p.length });
   stats.gets++;
@@ -336,6 +334,8 @@ async function fetchPiece(store: ObjectStore, p: PieceEntry, disk: string, range
   if (decoded.seqLo !== p.seqLo || decoded.seqHi !== p.seqHi) throw bad(`spans seqs [${decoded.seqLo}, ${decoded.seqHi}], the manifest says [${p.seqLo}, ${p.seqHi}]`);
   if (decoded.dataBytes !== p.dataBytes) throw bad(`holds ${decoded.dataBytes} bytes of data, the manifest says ${p.dataBytes}`);
   if (pieceBlocksBitmap(decoded.entries) !== p.blocks) throw bad('holds other blocks than its bitmap in the manifest says');
+  const past = decoded.entries.find((e) => range * RANGE_BLOCKS + e.blockIndex + e.blockCount > diskBlocks);
+  if (past) throw bad(`entry (seq ${past.seq}, block ${past.blockIndex}) runs past the disk's end (${diskBlocks} blocks)`);
   return { where, bytes, entries: decoded.entries };
 }
 

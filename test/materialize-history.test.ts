@@ -139,7 +139,6 @@ async function image(disk: string, r: number, seq: number): Promise<ImageEntry> 
 }
 
 let manifest: Manifest;
-let manifestKey: string;
 const v0: { version?: number; image?: Buffer } = {};
 
 /** Recovers every disk at `seq` into memory; `onWrite` runs at each window. */
@@ -193,6 +192,18 @@ function spy(h: HistoryIndex, over: Partial<HistoryIndex>): HistoryIndex & { put
   } as HistoryIndex & { puts: ReaderLease[]; deletes: string[] };
 }
 
+/** Writes manifest `m` under its version's prefix and publishes it over version m.version - 1 (a compactor lease taken and released). */
+async function publish(m: Manifest, prefixOf = historyPrefix(pairId, m.version)): Promise<string> {
+  const lease = (await c.history.acquireCompactor(pairId, 'test', Date.now(), 60_000))!;
+  m.generation = lease.gen;
+  const key = `${prefixOf}manifest.json`;
+  await c.store.put(key, encodeManifest(m));
+  const now = Date.now();
+  expect(await c.history.publish(pairId, lease, m.version - 1, { version: m.version, manifestKey: key, publishedMs: now, removedKeys: [], foldedSeqs: [] }, m.frontierSeq, now)).toBe(true);
+  await c.history.releaseCompactor(pairId, lease);
+  return key;
+}
+
 beforeAll(async () => {
   await createPair(c.index, { pairId, disks: DISKS });
   const w = new BatchWriter({ pairId, disks: DISKS, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 2 * MiB, onUploaded: (b) => journal.set(b.seq, b.key) });
@@ -227,13 +238,7 @@ beforeAll(async () => {
   };
   expect(manifest.ranges['d:2'].images[0]).toEqual({ seq: 4, zero: true });
   for (const [key, parts] of runs) await c.store.put(key, Buffer.concat(parts));
-  const lease = (await c.history.acquireCompactor(pairId, 'test', Date.now(), 60_000))!;
-  manifest.generation = lease.gen;
-  manifestKey = `${prefix}manifest.json`;
-  await c.store.put(manifestKey, encodeManifest(manifest));
-  const now = Date.now();
-  expect(await c.history.publish(pairId, lease, 0, { version: 1, manifestKey, publishedMs: now, removedKeys: [], foldedSeqs: [] }, FRONTIER, now)).toBe(true);
-  await c.history.releaseCompactor(pairId, lease);
+  await publish(manifest, prefix);
   // What the history folded is gone: a read that touched a batch at or below the frontier would fail.
   await c.deleter.deleteKeys([...journal].filter(([seq]) => seq <= FRONTIER).map(([, key]) => key));
 }, 120_000);
@@ -363,7 +368,7 @@ describe('materialize through the history', () => {
     expectModelAt(2, (await recoverAt(2)).out);
   });
 
-  test('a piece that is not what its manifest entry says (here: its bitmap) fails the read, naming it', async () => {
+  test('a piece that is not what its manifest entry says (its bitmap), or holds blocks past the disk, fails the read, naming it', async () => {
     // Version 2: version 1 with one bit of d:1's first piece's bitmap flipped (checkManifest cannot see it).
     const m2: Manifest = JSON.parse(JSON.stringify(manifest));
     m2.version = 2;
@@ -371,13 +376,20 @@ describe('materialize through the history', () => {
     const bits = Buffer.from(p.blocks, 'base64');
     bits[100] ^= 1;
     p.blocks = bits.toString('base64');
-    const key = `${historyPrefix(pairId, 2)}manifest.json`;
-    await c.store.put(key, encodeManifest(m2));
-    const lease = (await c.history.acquireCompactor(pairId, 'test', Date.now(), 60_000))!;
-    const now = Date.now();
-    expect(await c.history.publish(pairId, lease, 1, { version: 2, manifestKey: key, publishedMs: now, removedKeys: [], foldedSeqs: [] }, FRONTIER, now)).toBe(true);
+    await publish(m2);
     await expect(recoverAt(2)).rejects.toThrow(new CorruptHistoryError(`${p.key}@${p.offset}`, 'holds other blocks than its bitmap in the manifest says'));
     expect(await leases()).toEqual([]);
+
+    // Version 3: e:0's piece [3, 4] also holds a zero version of block 300, past the end of e (256 blocks).
+    const m3: Manifest = JSON.parse(JSON.stringify(manifest));
+    m3.version = 3;
+    const versions = [...versionsOf('e', 0, 3, 4), { seq: 4, blockIndex: 300, blockCount: 1, zero: true as const }];
+    const bytes = encodePiece({ disk: 'e', rangeIndex: 0, seqLo: 3, seqHi: 4, versions });
+    const prefix3 = historyPrefix(pairId, 3);
+    await c.store.put(`${prefix3}run-0000.run`, bytes);
+    m3.ranges['e:0'].pieces[1] = { key: `${prefix3}run-0000.run`, offset: 0, length: bytes.length, crc32c: bytes.readUInt32LE(bytes.length - 4), seqLo: 3, seqHi: 4, blocks: pieceBlocksBitmap(versions), dataBytes: m3.ranges['e:0'].pieces[1].dataBytes };
+    await publish(m3, prefix3);
+    await expect(recoverAt(4)).rejects.toThrow(new CorruptHistoryError(`${prefix3}run-0000.run@0`, "entry (seq 4, block 300) runs past the disk's end (256 blocks)"));
   });
 });
 
