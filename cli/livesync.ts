@@ -188,7 +188,8 @@ async function main(argv: string[]): Promise<number> {
       const pairId = required('pair', str(o, 'pair'));
       const seq = parseIntArg('seq', required('seq', str(o, 'seq')));
       const rp = await unpinRp(rpStoreFromEnv().index, pairId, seq);
-      console.log(rpLives(rp, Date.now()) ? rpLine(rp) : `${rpLine(rp)}\t(expired: TTL deletes it)`);
+      console.log(rpLine(rp));
+      if (!rpLives(rp, Date.now())) console.error(`livesync: RP ${seq} of pair '${pairId}' expired at once under the policy in force (TTL deletes it)`);
       return 0;
     }
     case 'recover': {

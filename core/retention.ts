@@ -41,11 +41,12 @@ export const DEFAULT_RETENTION: RetentionPolicy = {
 
 /**
  * An RP's life may be extended (pinned, or lengthened by a policy change) only while it has
- * more than this left. A compaction unit reads the RPs and judges which live within its lease
- * (60 s); an RP it read unpinned and then judged expired must not be pinned or lengthened in
- * between, or its versions would be dropped under a pin. With more than 60 s left when it is
- * extended, every unit that read it before judged it live. It must be ≥ the compactor lease's
- * length (and covers clock skew between the hosts up to the difference).
+ * more than this left. A compaction unit takes the RPs live at its planning time (on its
+ * clock) as retained points and drops versions only they needed; an RP it judged expired
+ * must never be pinned or lengthened. Nothing revives an RP, so an RP live now was live at
+ * every earlier plan: only the clocks of the two hosts can disagree, and the margin absorbs
+ * up to 60 s of skew between them (and the pin's own latency). The lead's sizing: the
+ * compactor lease's length, within which a unit plans and publishes.
  */
 export const PIN_MARGIN_MS = 60_000;
 

@@ -241,7 +241,7 @@ export async function pinRp(index: ReplicaIndex, pairId: string, seq: number, pi
   if (now.pinned) throw new InvalidArgumentError(`RP ${seq} of pair '${pairId}' is already pinned (by ${now.pinned.by} at ${new Date(now.pinned.atMs).toISOString()}: ${now.pinned.reason})`);
   if (!rpLives(now, nowMs)) throw new InvalidArgumentError(`${expiredText(now)}: an expired RP cannot be pinned (compaction may have dropped what it needs)`);
   throw new InvalidArgumentError(
-    `RP ${seq} of pair '${pairId}' expires at ${rpUntil(now)}, within ${PIN_MARGIN_MS / 1000} s: too close to its end to pin (a compaction unit may have read it and be judging it expired)`,
+    `RP ${seq} of pair '${pairId}' expires at ${rpUntil(now)}, within ${PIN_MARGIN_MS / 1000} s: too close to its end to pin (on a compaction unit's clock it may have expired already)`,
   );
 }
 

@@ -152,6 +152,7 @@ describe('stored RPs: creation and later judgements agree, policy changes, pins'
     expect(rps[1]).toMatchObject({ seq: 2, prevAtMs: T0 });
     expect(rps[1].prevAppAtMs).toBeUndefined(); // a crash RP: the app tiers never judge it
     expect(rps[720]).toMatchObject({ seq: 721, type: 'APP', prevAtMs: T0 + 719 * 5000, prevAppAtMs: T0 });
+    expect(storedDay({ ...DEFAULT_RETENTION, rev: 3 }).slice(0, 2).map((rp) => rp.policyRev)).toEqual([3, 3]); // the revision it was judged under
   });
 
   test('at creation and later, one rule: every RP planAdvance and the RP timer make is what applyPolicy says of its item', () => {
