@@ -2,6 +2,7 @@
 // the image, the pieces above it up to k, the L0 batches in (frontier, k]; which seqs are
 // readable; point reads through the pieces' bitmaps; the read bound at 12, 13 and 14 sources.
 
+import fc from 'fast-check';
 import { BITMAP_BYTES, checkManifest, initialManifest, type Manifest, type PieceEntry } from '../core/manifest';
 import { l0ByRange, pointSources, rangeSources, readable, readBound, sourcesFor, type L0Batch } from '../core/read-sources';
 
@@ -125,5 +126,45 @@ describe('read sources', () => {
     expect(b.unreadable).toEqual([4, 21]);
     expect(b).toMatchObject({ max: 1, p50: 1, worst: { point: 5, range: 'd:0', count: 1 } });
     expect(readBound(manifest(), [], [])).toEqual({ max: 0, p50: 0, worst: undefined, unreadable: [] });
+  });
+
+  test('rangeSources (binary searches) agrees with the definition read literally, on random histories', () => {
+    // A range's history: seqs 1..60 cut at random into images and pieces between them; L0 seqs at random.
+    const history = fc.record({
+      cuts: fc.uniqueArray(fc.integer({ min: 1, max: 60 }), { maxLength: 20 }),
+      images: fc.uniqueArray(fc.integer({ min: 1, max: 60 }), { maxLength: 4 }),
+      l0: fc.uniqueArray(fc.integer({ min: 1, max: 80 }), { maxLength: 12 }),
+      frontier: fc.integer({ min: 0, max: 60 }),
+      k: fc.integer({ min: 0, max: 90 }),
+      base: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(history, ({ cuts, images, l0, frontier, k, base }) => {
+        const imgs = images.filter((s) => s <= frontier).sort((a, b) => a - b);
+        // Piece spans: consecutive cuts, split at every image so that none straddles one.
+        const bounds = [...new Set([...cuts, ...imgs].filter((s) => s <= frontier))].sort((a, b) => a - b);
+        const pieces: PieceEntry[] = [];
+        let lo = 1;
+        for (const b of bounds) {
+          if (b >= lo) pieces.push(piece(lo, b, 0));
+          lo = b + 1;
+        }
+        const m: Manifest = { ...manifest(), frontierSeq: frontier, retained: [], base: base ? { key: 'pairs/p/base/s.json', seq: 0 } : undefined, ranges: { 'd:0': { images: imgs.map(image), pieces } } };
+        expect(checkManifest(m).filter((v) => !v.includes('I1') && !v.includes('retained'))).toEqual([]);
+        const seqs = [...l0].sort((a, b) => a - b);
+        const got = rangeSources(m, seqs, 'd:0', k);
+        // The definition: newest image ≤ k; pieces with seqLo ≤ k and seqHi > its seq; L0 in (frontier, k].
+        const img = imgs.filter((s) => s <= k).pop();
+        const want = {
+          image: img,
+          base: img === undefined && base,
+          pieces: pieces.filter((p) => p.seqLo <= k && p.seqHi > (img ?? -1)).map((p) => [p.seqLo, p.seqHi]),
+          l0: seqs.filter((s) => s > frontier && s <= k),
+        };
+        expect({ image: got.image?.seq, base: got.base, pieces: spans(got.pieces), l0: got.l0 }).toEqual(want);
+        expect(got.count).toBe((img !== undefined ? 1 : 0) + (want.base ? 1 : 0) + want.pieces.length + want.l0.length);
+      }),
+      { numRuns: 500 },
+    );
   });
 });
