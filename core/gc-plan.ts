@@ -24,6 +24,8 @@ export interface GcStep {
   version: number;
   batchSeqs: number[];
   keyBatches: string[][];
+  /** Removed keys the current manifest still references (a compaction fault): never deleted, reported. */
+  kept: string[];
 }
 
 export type GcBlock =
@@ -49,6 +51,11 @@ export interface GcInputs {
   leases: { id: string; manifestVersion: number }[];
   nowMs: number;
   graceMs: number;
+  /**
+   * What the current manifest references. A removed key in it is kept: a record can only be
+   * wrong through a compaction fault, and GC never deletes what the current version reads.
+   */
+  referenced?: ReadonlySet<string>;
 }
 
 /** Chunks of at most `size` (the DeleteObjects limit). */
@@ -76,7 +83,9 @@ export function planGc(i: GcInputs): GcPlan {
     if (r?.version !== u) throw new GcStateError(i.pairId, `VERSION#${u} is missing: HISTORY is at version ${i.version} and GC at ${i.gcVersion}, records found: ${pending.map((p) => p.version).join(', ') || 'none'}`);
     if (r.publishedMs + i.graceMs > i.nowMs) return { leftovers, steps, blocked: { version: u, reason: 'grace', untilMs: r.publishedMs + i.graceMs } };
     if (oldestLease && oldestLease.manifestVersion < u) return { leftovers, steps, blocked: { version: u, reason: 'lease', leaseId: oldestLease.id, leaseVersion: oldestLease.manifestVersion } };
-    steps.push({ version: u, batchSeqs: [...r.foldedSeqs], keyBatches: batches(r.removedKeys) });
+    const kept = i.referenced ? r.removedKeys.filter((k) => i.referenced!.has(k)) : [];
+    const doomed = kept.length > 0 ? r.removedKeys.filter((k) => !i.referenced!.has(k)) : r.removedKeys;
+    steps.push({ version: u, batchSeqs: [...r.foldedSeqs], keyBatches: batches(doomed), kept });
   }
   return { leftovers, steps };
 }

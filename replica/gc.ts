@@ -23,7 +23,7 @@ export interface GcOptions {
   graceMs?: number;
   /** Whether to run the orphan sweep after the versions (default true). */
   sweep?: boolean;
-  log?: { info(msg: string, data?: object): void };
+  log?: { info(msg: string, data?: object): void; warn?(msg: string, data?: object): void };
 }
 
 export interface GcResult {
@@ -35,6 +35,8 @@ export interface GcResult {
   batchItemsDeleted: number;
   objectsDeleted: number;
   orphansDeleted: number;
+  /** Keys a record listed as removed that the current manifest still references: kept (a compaction fault to look into). */
+  keptReferenced: string[];
   /** Why the next version waits (grace or a lease), if one does. */
   blocked?: GcBlock;
   /** Another GC moved the horizon first: this run stopped its version steps there. */
@@ -49,17 +51,27 @@ export async function gcOnce(deps: GcDeps, pairId: string, opts: GcOptions): Pro
   const graceMs = opts.graceMs ?? DEFAULT_GC_GRACE_MS;
   const head = await history.getHistory(pairId);
   const leases = await history.listReaderLeases(pairId, opts.nowMs);
-  const out: GcResult = { pairId, gcVersion: head.gcVersion, collected: [], batchItemsDeleted: 0, objectsDeleted: 0, orphansDeleted: 0 };
+  const out: GcResult = { pairId, gcVersion: head.gcVersion, collected: [], batchItemsDeleted: 0, objectsDeleted: 0, orphansDeleted: 0, keptReferenced: [] };
 
   // The records from the horizon's own (a leftover, if a run stopped after advancing) upwards, a page at a time.
   let gcVersion = head.gcVersion;
+  let referenced: Set<string> | undefined;
   for (;;) {
     const records = await history.versionsAfter(pairId, Math.max(0, gcVersion - 1), RECORDS_PAGE);
     const upTo = records.length === RECORDS_PAGE ? records[records.length - 1].version : head.version;
-    const plan = planGc({ pairId, version: upTo, gcVersion, records, leases, nowMs: opts.nowMs, graceMs });
+    let plan = planGc({ pairId, version: upTo, gcVersion, records, leases, nowMs: opts.nowMs, graceMs });
+    // Something to delete: check it against the current manifest first (read once a run).
+    if (plan.steps.length > 0 && referenced === undefined) {
+      referenced = head.version > 0 && head.manifestKey ? await refsOf(deps.store, head.manifestKey) : new Set<string>();
+      plan = planGc({ pairId, version: upTo, gcVersion, records, leases, nowMs: opts.nowMs, graceMs, referenced });
+    }
     for (const v of plan.leftovers) await history.deleteVersionRecord(pairId, v);
     let stopped = false;
     for (const step of plan.steps) {
+      if (step.kept.length > 0) {
+        out.keptReferenced.push(...step.kept);
+        opts.log?.warn?.('gc kept keys the current manifest references', { pairId, version: step.version, keys: step.kept.slice(0, 10), count: step.kept.length });
+      }
       if (step.batchSeqs.length > 0) await history.deleteBatchItems(pairId, step.batchSeqs);
       out.batchItemsDeleted += step.batchSeqs.length;
       for (const keys of step.keyBatches) {
@@ -119,7 +131,7 @@ export async function sweepOrphans(deps: GcDeps, pairId: string, opts: Pick<GcOp
   for (const v of wanted) {
     const key = manifests.get(v);
     if (!key) continue;
-    for (const k of manifestRefs(decodeManifest(await store.get(key), key), key)) held.add(k);
+    for (const k of await refsOf(store, key)) held.add(k);
   }
   const doomed = planOrphans(pairId, head.gcVersion, await store.listKeys(historyRoot(pairId)), held);
   let n = 0;
@@ -128,4 +140,9 @@ export async function sweepOrphans(deps: GcDeps, pairId: string, opts: Pick<GcOp
     n += keys.length;
   }
   return n;
+}
+
+/** The keys a stored manifest references, its own included. */
+async function refsOf(store: ObjectStore, key: string): Promise<Set<string>> {
+  return manifestRefs(decodeManifest(await store.get(key), key), key);
 }

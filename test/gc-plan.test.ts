@@ -68,6 +68,12 @@ describe('planGc', () => {
     expect(batches([], 1000)).toEqual([]);
   });
 
+  test('a removed key the current manifest still references (a compaction fault) is kept and reported, never batched', () => {
+    const [step] = planGc(inputs({ version: 1, records: [rec(1, 0, ['a', 'live', 'b'])], referenced: new Set(['live']) })).steps;
+    expect(step.keyBatches).toEqual([['a', 'b']]);
+    expect(step.kept).toEqual(['live']);
+  });
+
   test('a record left at the horizon (a run stopped after advancing) is a leftover to delete, not a step', () => {
     const plan = planGc(inputs({ version: 3, gcVersion: 2, records: [rec(2, 0), rec(3, 0)] }));
     expect(plan.leftovers).toEqual([2]);

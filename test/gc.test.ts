@@ -195,6 +195,25 @@ function traced(h: MemoryHistory, ops: string[]): HistoryIndex {
   });
 }
 
+test("a record that lists a key the current manifest still references: GC keeps it and says so", async () => {
+  const store = new MemoryObjectStore();
+  const history = new MemoryHistory();
+  const lease = (await history.acquireCompactor(PAIR, 'unit', 0, NOW))!;
+  const prefix = historyPrefix(PAIR, 1, 'a'.repeat(16));
+  const run = `${prefix}run-0000.run`;
+  const key = `${prefix}manifest.json`;
+  await store.put(run, Buffer.from('run'));
+  await store.put(key, encodeManifest(manifest(1, 5, [run])));
+  await store.put(journalKey(PAIR, 5, 'b'.repeat(16)), Buffer.from('batch'));
+  // A faulty unit listed its own run as removed.
+  expect(await history.publish(PAIR, lease, 0, { version: 1, manifestKey: key, publishedMs: 0, removedKeys: [run, journalKey(PAIR, 5, 'b'.repeat(16))], foldedSeqs: [5] }, 5, 1)).toBe(true);
+  const warned: string[] = [];
+  const out = await gcOnce({ store, deleter: store, history }, PAIR, { nowMs: NOW, log: { info: () => {}, warn: (msg) => warned.push(msg) } });
+  expect(out).toMatchObject({ collected: [1], objectsDeleted: 1, keptReferenced: [run] });
+  expect(warned).toEqual(['gc kept keys the current manifest references']);
+  expect([...store.objects.keys()].sort()).toEqual([key, run].sort());
+});
+
 test('two GC runs at once: one takes each version, the other stops where it lost; together they reach the clean state', async () => {
   const w = await world();
   const [a, b] = await Promise.all([0, 1].map(() => gcOnce({ store: w.store, deleter: w.store, history: w.history }, PAIR, { nowMs: NOW })));
