@@ -109,6 +109,16 @@ describe('pin, set-retention, unpin and rp list through the CLI', () => {
     await expect(pinRp(c.index, pairId, 2, { by: 'carol', reason: 'audit' })).rejects.toThrow(`RP 2 of pair '${pairId}' is already pinned (by bob at`);
   }, 90_000);
 
+  test('rp list --app lists a pinned ACRP (the acrp index read keeps pinned ones too)', async () => {
+    const c = cloud();
+    const { pairId } = await pairWithRps('apppin', 3, [2, 3]);
+    await pinRp(c.index, pairId, 2, { by: 'ops', reason: 'db upgrade' });
+    await setRetention(c.index, pairId, { all: [{ windowSec: 1, spacingSec: 0 }], app: [] });
+    expect((await c.index.listRecoveryPoints(pairId, nowSec(), 'APP')).map((r) => r.seq)).toEqual([2]);
+    const res = await runCli('rp', 'list', '--pair', pairId, '--app');
+    expect(res).toMatchObject({ code: 0, stdout: expect.stringMatching(/^2\tAPP\t\S+\tpinned\tpinned by ops at \S+: db upgrade\tapp=2\n$/) });
+  }, 60_000);
+
   test('an RP with PIN_MARGIN or less left cannot be pinned (nor lengthened); unpinned, one is judged under the policy then in force', async () => {
     const c = cloud();
     const { pairId, rps } = await pairWithRps('pinmargin', 2, [], { all: [{ windowSec: 30, spacingSec: 0 }], app: [] });
