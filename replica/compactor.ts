@@ -48,7 +48,8 @@ export interface CompactResult {
   version: number;
   frontierSeq: number;
   foldedSeqs: number[];
-  written: { runs: number; images: number; bytes: number };
+  /** Objects and bytes PUT (bytes: runs and images; imageBytes: images alone). */
+  written: { runs: number; images: number; bytes: number; imageBytes: number };
   removedKeys: string[];
   /** Bytes of objects read: batches, pieces, images and base chunks. */
   readBytes: number;
@@ -84,7 +85,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     deadRewriteRatio: opts.deadRewriteRatio ?? DEFAULT_PLAN_CONFIG.deadRewriteRatio,
   };
   const { store, index, history } = deps;
-  const written = { runs: 0, images: 0, bytes: 0 };
+  const written = { runs: 0, images: 0, bytes: 0, imageBytes: 0 };
   const stats = { readBytes: 0 };
   const lease = await history.acquireCompactor(pairId, opts.holder, now(), ttl);
   const head0 = await history.getHistory(pairId);
@@ -141,6 +142,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
       await store.put(key, body);
       written.images++;
       written.bytes += body.length;
+      written.imageBytes += body.length;
     }
     await opts.onStep?.('written');
     if (!(await renew())) return idle('lost the compactor lease');

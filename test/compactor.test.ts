@@ -124,7 +124,7 @@ describe('compactOnce', () => {
     const store = new FaultyStore(cloud().store);
     const r = await replicate(newPairId('cmp'), 48);
     const pairId = r.pairId;
-    const cfg = { imageBytes: 512 * KiB, maxBatches: 4 };
+    const cfg = { imageBytes: Number(process.env.COMPACT_IMAGE_KIB ?? 512) * KiB, maxBatches: Number(process.env.COMPACT_MAX_BATCHES ?? 4) };
     const before = await checkLiveRps(store, history, r, Date.now());
     expect(before.m.version).toBe(0);
 
@@ -151,6 +151,7 @@ describe('compactOnce', () => {
     expect(final.rps.length).toBeLessThan(r2.seqs.length / 2);
     expect(final.m.retained).toEqual(expect.arrayContaining(final.rps.filter((s) => s <= final.m.frontierSeq)));
     const written2 = written + units2.reduce((n, u) => n + u.written.bytes, 0);
+    const imageBytes = [...units, ...units2].reduce((n, u) => n + u.written.imageBytes, 0);
     const stored = [...referenced(final.m)].length;
     // The figures the report quotes.
     console.log(JSON.stringify({
@@ -158,6 +159,8 @@ describe('compactOnce', () => {
       ingested_bytes: r2.ingestedBytes,
       compaction_put_bytes: written2,
       put_bytes_ratio: +(written2 / r2.ingestedBytes).toFixed(3),
+      image_put_bytes: imageBytes,
+      put_bytes_ratio_first_48: +(written / r.ingestedBytes).toFixed(3),
       sources_before: { max: Math.max(...before.counts), p50: median(before.counts) },
       sources_after: { max: Math.max(...after.counts), p50: median(after.counts) },
       sources_after_expiry: { max: Math.max(...final.counts), p50: median(final.counts) },
