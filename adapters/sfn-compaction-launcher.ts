@@ -3,16 +3,8 @@
 
 import { ExecutionAlreadyExists, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
+import type { CompactionLauncher } from '../replica/ports';
 import { sfnClient } from './aws-clients';
-
-/**
- * Starts a pair's compaction run and returns its ARN. A run already started for the pair in
- * the same minute and reason is that run (StartExecution is idempotent for a running name and
- * input); one that has ended meanwhile counts as started (undefined).
- */
-export interface CompactionLauncher {
-  start(pairId: string, reason: 'backlog' | 'schedule', nowMs?: number): Promise<string | undefined>;
-}
 
 export class SfnCompactionLauncher implements CompactionLauncher {
   constructor(

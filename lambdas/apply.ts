@@ -7,6 +7,7 @@ import type { S3Event, SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { DynamoIndex } from '../adapters/dynamo-index';
 import { S3ObjectStore } from '../adapters/s3-object-store';
 import { SqsRpChecks } from '../adapters/sqs-rp-checks';
+import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
 import { parseRpCheck } from '../core/rp-timer';
 import { ApplyService } from '../replica/apply';
 import { jsonLogger, readConfig, type HandlerConfig } from './config';
@@ -19,7 +20,7 @@ const configured = (): HandlerConfig => (config ??= readConfig());
 const applier = (): ApplyService => {
   if (service) return service;
   const c = readConfig(process.env, { applyQueue: true });
-  return (service = new ApplyService(new S3ObjectStore(c.bucket), new DynamoIndex(c.table), jsonLogger, Date.now, undefined, new SqsRpChecks(c.applyQueueUrl!)));
+  return (service = new ApplyService(new S3ObjectStore(c.bucket), new DynamoIndex(c.table), jsonLogger, Date.now, undefined, new SqsRpChecks(c.applyQueueUrl!), compactionLauncherFromEnv()));
 };
 
 export const handler = async (event: SQSEvent): Promise<SQSBatchResponse> => {

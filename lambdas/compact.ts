@@ -9,11 +9,11 @@ import { dynamoClient } from '../adapters/aws-clients';
 import { DynamoHistory } from '../adapters/dynamo-history';
 import { DynamoIndex } from '../adapters/dynamo-index';
 import { S3ObjectStore } from '../adapters/s3-object-store';
-import { compactionLauncherFromEnv, type CompactionLauncher } from '../adapters/sfn-compaction-launcher';
+import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
 import { GC_GRACE_ENV, PAIRS_INDEX, PAIRS_KEYS, PAIRS_PK } from '../lib/names';
 import { compactOnce } from '../replica/compactor';
 import { gcOnce } from '../replica/gc';
-import type { HistoryIndex, ObjectDeleter, ObjectStore, ReplicaIndex, KeyLister } from '../replica/ports';
+import type { CompactionLauncher, HistoryIndex, KeyLister, ObjectDeleter, ObjectStore, ReplicaIndex } from '../replica/ports';
 import { jsonLogger, readConfig } from './config';
 
 /** Units one run does at most before it hands over to GC (a later trigger starts the next run). */

@@ -8,7 +8,8 @@ import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
 import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
 import { checkAfterAdvance, decideRpCheck, type RpCheck, type ScheduledCheck } from '../core/rp-timer';
-import { ObjectNotFoundError, ObjectTooLargeError, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
+import { compactionDue } from '../core/compaction-trigger';
+import { ObjectNotFoundError, ObjectTooLargeError, type CompactionLauncher, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
 
 export type ApplyOutcome =
   /** Registered, and the watermark now covers it. */
@@ -57,6 +58,8 @@ export class ApplyService {
     private readonly maxObjectBytes = MAX_BATCH_OBJECT_BYTES,
     /** Where the RP timer's checks go (the apply queue); without it no watermark is made an RP by time. */
     private readonly rpChecks?: RpCheckQueue,
+    /** Starts compaction runs when a pair's L0 backlog crosses the threshold (core/compaction-trigger.ts); without it only the schedule does. */
+    private readonly compaction?: CompactionLauncher,
   ) {}
 
   /** Applies one journal object. Throws only on transient faults, which the caller retries. */
@@ -149,12 +152,27 @@ export class ApplyService {
       if (errorUpdate) plan.state = errorUpdate.next ? undefined : !seeded ? seedingState(pair) : plan.progress.resyncing ? 'RESYNCING' : 'REPLICATING';
       else if (pair.error) plan.state = undefined;
       const committed = await this.index.commitAdvance(pairId, pair.rev, plan, errorUpdate);
+      const backlog = { fromWatermark: pair.watermark, toWatermark: plan.progress.watermark, compactedThrough: pair.compactedThrough ?? 0 };
       pair = undefined; // stale either way: re-read before planning again
       // Not committed: another applier moved the pair first; re-read and go on from there.
       if (!committed) continue;
+      if (this.compaction && seeded && compactionDue(backlog)) await this.requestCompaction(pairId);
       for (const rp of plan.rps) this.log.info('recovery point', { pairId, seq: rp.seq, type: rp.type, tag: rp.tag });
       const truncated = plan.applied.length < pending.length && pending[plan.applied.length].seq === plan.progress.watermark + 1;
       if (!truncated && pending.length < ADVANCE_PAGE) return plan.progress.watermark;
+    }
+  }
+
+  /**
+   * Asks for a compaction run. A failure is logged, not thrown: the batch is applied, and the
+   * schedule starts the run the trigger missed (within its period).
+   */
+  private async requestCompaction(pairId: string): Promise<void> {
+    try {
+      await this.compaction!.start(pairId, 'backlog', this.now());
+      this.log.info('compaction requested', { pairId });
+    } catch (err) {
+      this.log.warn('compaction request failed; the schedule will start it', { pairId, error: String(err) });
     }
   }
 

@@ -159,6 +159,15 @@ export interface SeedUpdate {
   base?: BaseRef;
 }
 
+/**
+ * Starts a pair's compaction run (the compaction workflow's StartExecution) and returns its
+ * id; a run already started for the pair in the same minute and reason is that run (or,
+ * ended meanwhile, undefined): concurrent appliers and retried events start one run.
+ */
+export interface CompactionLauncher {
+  start(pairId: string, reason: 'backlog' | 'schedule', nowMs?: number): Promise<string | undefined>;
+}
+
 /** Starts runs of the seed workflow (Step Functions StartExecution, or the local runner behind the same API). */
 export interface SeedLauncher {
   /** Starts `attempt` of run `seedId`; returns the execution's id (its ARN). */
