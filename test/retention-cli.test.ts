@@ -7,6 +7,7 @@ import { planAdvance } from '../core/advance';
 import type { RecoveryPoint } from '../core/model';
 import { PIN_MARGIN_MS, type RetentionPolicy } from '../core/retention';
 import { createPair, pinRp, setRetention, unpinRp, waitForWatermark } from '../replica/pairs';
+import { activateSeed } from '../replica/seeding';
 import type { ReplicaIndex } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, newPairId, runCli } from './helpers';
@@ -49,6 +50,34 @@ describe('RPs keep the facts they are judged by', () => {
     expect(rps[3].prevAppAtMs).toBe(rps[1].atMs);
     expect(rps.every((r) => r.policyRev === 0 && r.expiresAtSec === Math.ceil(r.atMs / 1000) + 3600)).toBe(true);
   });
+});
+
+describe('seed activation keeps the facts of the RPs it writes', () => {
+  test('its RPs chain over the RPs actually written: the first, the newest 90 of the backlog (the ones before left out)', async () => {
+    const c = cloud();
+    const pairId = newPairId('actfacts');
+    const disks = [{ name: 'd', sizeBytes: MiB }];
+    const pair = await createPair(c.index, { pairId, disks, backup: 's3://bucket-x/backups/k/manifest.json', retention: HOUR });
+    expect(await c.index.updateSeed(pairId, pair.seed!.seedId, { state: 'SEEDING' })).toBe(true);
+    // 96 batches applied while seeding (no RPs then), each asking for one; two application-consistent.
+    const w = new BatchWriter({ pairId, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: MiB });
+    for (let i = 1; i <= 96; i++) {
+      await w.write('d', (i % 64) * 4096, randomBytes(4096));
+      w.cut(i === 50 || i === 80 ? { appTag: `app=${i}` } : { rp: true });
+    }
+    await w.close();
+    await waitForWatermark(c.index, pairId, 96, 60_000);
+    expect(await c.index.listRecoveryPoints(pairId, nowSec())).toEqual([]);
+    await activateSeed({ store: c.store, index: c.index, sourceStore: () => c.store }, { pairId, seedId: pair.seed!.seedId, firstRpSeq: 1, app: false, takenMs: Date.now() });
+    const rps = await c.index.listRecoveryPoints(pairId, nowSec());
+    // The first RP (seq 1), then the backlog's RPs 2..96 less the oldest 5: 7..96.
+    expect(rps.map((r) => r.seq)).toEqual([1, ...Array.from({ length: 90 }, (_, i) => i + 7)]);
+    expect(rps[0].prevAtMs).toBeUndefined();
+    rps.slice(1).forEach((rp, i) => expect([rp.seq, rp.prevAtMs]).toEqual([rp.seq, rps[i].atMs])); // RP 7's predecessor is RP 1
+    const [app50, app80] = [rps.find((r) => r.seq === 50)!, rps.find((r) => r.seq === 80)!];
+    expect([app50.type, app50.prevAppAtMs, app80.type, app80.prevAppAtMs]).toEqual(['APP', undefined, 'APP', app50.atMs]);
+    expect(rps.every((r) => r.policyRev === 0 && r.expiresAtSec === Math.ceil(r.atMs / 1000) + 3600)).toBe(true);
+  }, 90_000);
 });
 
 describe('pin, set-retention, unpin and rp list through the CLI', () => {
