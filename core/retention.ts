@@ -123,15 +123,21 @@ function firstInBucket(atMs: number, prevMs: number | undefined, spacingSec: num
   return bucket(atMs) !== bucket(prevMs);
 }
 
-/** What an RP item holds of its judgement: the facts it was judged on and the answer. */
-export type RpJudgement = Pick<RecoveryPoint, 'prevAtMs' | 'prevAppAtMs' | 'expiresAtSec' | 'keptBy' | 'policyRev'>;
+/** What a new RP item holds of its judgement: the facts it was judged on and the answer. */
+export interface RpJudgement {
+  prevAtMs?: number;
+  prevAppAtMs?: number;
+  expiresAtSec: number;
+  keptBy: string[];
+  policyRev: number;
+}
 
 /**
  * The judgement a new RP is created with (advance, RP timer, seed activation): expiryFor
  * under `policy`, and the facts a later applyPolicy needs (the previous ACRP's time on ACRPs
  * only: only they are judged by it).
  */
-export function judgeNew(t: RpTimes, policy: RetentionPolicy): Required<Pick<RpJudgement, 'expiresAtSec' | 'keptBy' | 'policyRev'>> & RpJudgement {
+export function judgeNew(t: RpTimes, policy: RetentionPolicy): RpJudgement {
   const { expiresAtSec, keptBy } = expiryFor(t, policy);
   return {
     ...(t.prevAtMs !== undefined ? { prevAtMs: t.prevAtMs } : {}),
