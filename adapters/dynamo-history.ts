@@ -193,7 +193,8 @@ export class DynamoHistory implements HistoryIndex {
     return items.map(fromVersionItem);
   }
 
-  async deleteBatchItems(pairId: string, seqs: number[]): Promise<void> {
+  async deleteBatchItems(pairId: string, given: number[]): Promise<void> {
+    const seqs = [...new Set(given)]; // BatchWriteItem refuses a request naming one key twice
     for (let i = 0; i < seqs.length; i += BATCH_WRITE_ITEMS) {
       let requests: { DeleteRequest: { Key: Record<string, unknown> } }[] = seqs.slice(i, i + BATCH_WRITE_ITEMS).map((s) => ({ DeleteRequest: { Key: { pk: pk(pairId), sk: batchSk(s) } } }));
       for (let attempt = 0; requests.length > 0; attempt++) {
