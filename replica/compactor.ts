@@ -14,6 +14,7 @@ import { RANGE_BLOCKS, checkManifest, decodeManifest, encodeManifest, initialMan
 import type { Pair } from '../core/model';
 import { MAX_PIECE_PAYLOAD, decodePiece, encodePiece, pieceBlocksBitmap, pieceVersionData, type DecodedPiece, type PieceVersionInput } from '../core/run-format';
 import { parseBaseManifest, type BaseManifest } from '../core/seed-manifests';
+import { mapLimit } from './concurrency';
 import type { CompactorLease, HistoryIndex, ObjectStore, ReplicaIndex } from './ports';
 
 export interface CompactorDeps {
@@ -34,6 +35,8 @@ export interface CompactOptions extends Partial<PlanConfig> {
   leaseTtlMs?: number;
   /** L0 batches one unit folds at most (default 32): the cut is the newest RP within them. */
   maxBatches?: number;
+  /** Objects read and ranges built at a time (default 8). */
+  concurrency?: number;
   /** A run object is cut once it holds this many bytes (default 32 MiB). */
   runBytes?: number;
   /** Called after each step; what it throws ends the unit there (crash injection in tests). */
@@ -79,6 +82,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
   const clock = opts.nowMs ?? Date.now;
   const now = typeof clock === 'number' ? () => clock : clock;
   const ttl = opts.leaseTtlMs ?? 5 * 60_000;
+  const concurrency = opts.concurrency ?? 8;
   const cfg: PlanConfig = {
     imageBytes: opts.imageBytes ?? DEFAULT_PLAN_CONFIG.imageBytes,
     maxPiecesPerSpan: opts.maxPiecesPerSpan ?? DEFAULT_PLAN_CONFIG.maxPiecesPerSpan,
@@ -114,41 +118,47 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
 
     // The L0: every folded batch read whole and verified; its versions per range.
     const l0 = new Map<RangeId, Version[]>();
-    const summaries: L0Summary[] = [];
-    for (const b of folded) {
+    const bodies = await mapLimit(folded, concurrency, async (b) => {
       const body = await store.get(b.key);
       stats.readBytes += body.length;
-      const batch = decodeBatch(body, b.key);
+      return body;
+    });
+    const summaries: L0Summary[] = folded.map((b, i) => {
+      const batch = decodeBatch(bodies[i], b.key);
       if (batch.header.seq !== b.seq) throw new CorruptHistoryError(b.key, `holds seq ${batch.header.seq}, registered as ${b.seq}`);
-      summaries.push({ seq: b.seq, key: b.key, ranges: addBatchVersions(l0, body, batch, b.key) });
-    }
+      return { seq: b.seq, key: b.key, ranges: addBatchVersions(l0, bodies[i], batch, b.key) };
+    });
     if (!(await renew())) return idle('lost the compactor lease');
 
     const plan = planUnit(m, summaries, points, cut, cfg);
     await opts.onStep?.('planned');
     const prefix = historyPrefix(pairId, m.version + 1);
-    const ctx: UnitContext = { store, pair, m, plan, l0, stats, base: undefined, pieces: new Map(), runs: new RunWriter(store, prefix, opts.runBytes ?? 32 * 1024 * 1024, written), images: new Map() };
+    const ctx: UnitContext = { store, pair, m, plan, l0, stats, pieces: new Map(), runs: new RunWriter(store, prefix, opts.runBytes ?? 32 * 1024 * 1024, written), images: new Map() };
     const results = new Map<RangeId, RangeResult>();
     let renewedMs = now();
-    for (const r of plan.ranges) {
+    let lost = false;
+    // Ranges are built `concurrency` at a time; the lease is renewed as they finish.
+    await mapLimit(plan.ranges, concurrency, async (r) => {
+      if (lost) return;
       results.set(r.range, await buildRange(ctx, r, cfg));
       if (now() - renewedMs > ttl / 3) {
-        if (!(await renew())) return idle('lost the compactor lease');
         renewedMs = now();
+        if (!(await renew())) lost = true;
       }
-    }
+    });
+    if (lost) return idle('lost the compactor lease');
     await ctx.runs.flush();
-    for (const [key, body] of ctx.images) {
+    await mapLimit([...ctx.images], concurrency, async ([key, body]) => {
       await store.put(key, body);
       written.images++;
       written.bytes += body.length;
       written.imageBytes += body.length;
-    }
+    });
     await opts.onStep?.('written');
     if (!(await renew())) return idle('lost the compactor lease');
 
     // Read back and verify every object written before any manifest names it.
-    await verifyWritten(ctx);
+    await verifyWritten(ctx, concurrency);
     await opts.onStep?.('verified');
 
     const publishedMs = now();
@@ -199,22 +209,24 @@ interface UnitContext {
   plan: UnitPlan;
   l0: Map<RangeId, Version[]>;
   stats: { readBytes: number };
-  base: BaseManifest | undefined;
+  /** The pair's base manifest, read once when a range first needs it. */
+  base?: Promise<BaseManifest>;
   /** Pieces read by the unit, by pieceId. */
-  pieces: Map<string, { buf: Buffer; decoded: DecodedPiece }>;
+  pieces: Map<string, Promise<{ buf: Buffer; decoded: DecodedPiece }>>;
   runs: RunWriter;
   /** Image objects to write, by key. */
   images: Map<string, Buffer>;
 }
 
 /** Reads and verifies one piece of the input manifest (once per unit). */
-async function readPiece(ctx: UnitContext, q: PieceEntry): Promise<{ buf: Buffer; decoded: DecodedPiece }> {
+function readPiece(ctx: UnitContext, q: PieceEntry): Promise<{ buf: Buffer; decoded: DecodedPiece }> {
   const id = pieceId(q);
   let got = ctx.pieces.get(id);
   if (!got) {
-    const buf = await ctx.store.get(q.key, { start: q.offset, end: q.offset + q.length });
-    ctx.stats.readBytes += buf.length;
-    got = { buf, decoded: decodePiece(buf, id, q.crc32c) };
+    got = ctx.store.get(q.key, { start: q.offset, end: q.offset + q.length }).then((buf) => {
+      ctx.stats.readBytes += buf.length;
+      return { buf, decoded: decodePiece(buf, id, q.crc32c) };
+    });
     ctx.pieces.set(id, got);
   }
   return got;
@@ -247,14 +259,14 @@ async function imageData(ctx: UnitContext, id: RangeId, img: ImageEntry | undefi
 }
 
 async function baseChunk(ctx: UnitContext, id: RangeId): Promise<{ key: string; index: number; sha256: string; crc32c: number; length: number } | undefined> {
-  if (!ctx.m.base) return undefined;
-  if (!ctx.base) {
-    const body = await ctx.store.get(ctx.m.base.key);
+  const key = ctx.m.base?.key;
+  if (!key) return undefined;
+  ctx.base ??= ctx.store.get(key).then((body) => {
     ctx.stats.readBytes += body.length;
-    ctx.base = parseBaseManifest(body.toString('utf8'), ctx.m.base.key);
-  }
+    return parseBaseManifest(body.toString('utf8'), key);
+  });
   const { disk, index } = parseRangeId(id);
-  const c = ctx.base.disks.find((d) => d.name === disk)?.chunks.find((x) => x[0] === index);
+  const c = (await ctx.base).disks.find((d) => d.name === disk)?.chunks.find((x) => x[0] === index);
   return c ? { key: baseChunkKey(ctx.pair.pairId, c[1]), index, sha256: c[1], crc32c: c[2], length: c[3] } : undefined;
 }
 
@@ -317,6 +329,8 @@ async function buildRange(ctx: UnitContext, r: RangePlan, cfg: PlanConfig): Prom
     result.replaced.push(q);
     result.pieces.push(...(await writePieces(ctx, r.range, q.seqLo, q.seqHi, kept)));
   }
+  // A piece belongs to one range: what was read for it is not needed again.
+  for (const q of old.pieces) ctx.pieces.delete(pieceId(q));
   return result;
 }
 
@@ -419,8 +433,8 @@ class RunWriter {
 }
 
 /** Reads back every run and image the unit wrote: each piece's CRCs and every entry's data CRC, each image's SHA-256. */
-async function verifyWritten(ctx: UnitContext): Promise<void> {
-  for (const [key, pieces] of ctx.runs.written) {
+async function verifyWritten(ctx: UnitContext, concurrency: number): Promise<void> {
+  await mapLimit([...ctx.runs.written], concurrency, async ([key, pieces]) => {
     const body = await ctx.store.get(key);
     for (const p of pieces) {
       const where = `${key}@${p.offset}`;
@@ -429,8 +443,8 @@ async function verifyWritten(ctx: UnitContext): Promise<void> {
       const decoded = decodePiece(buf, where, p.crc32c);
       for (const e of decoded.entries) pieceVersionData(buf, e, where);
     }
-  }
-  for (const [key, written] of ctx.images) {
+  });
+  await mapLimit([...ctx.images], concurrency, async ([key, written]) => {
     const body = await ctx.store.get(key);
     const sha256 = key.slice(key.lastIndexOf('image-') + 6, -'.chunk'.length);
     const length = written.readUInt32LE(8);
@@ -441,5 +455,5 @@ async function verifyWritten(ctx: UnitContext): Promise<void> {
       if (err instanceof BackupError) throw new CorruptHistoryError(err.where, err.reason);
       throw err;
     }
-  }
+  });
 }
