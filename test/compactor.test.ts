@@ -215,6 +215,24 @@ describe('compactOnce', () => {
     await checkLiveRps(store, history, r, t);
   });
 
+  test("a reader lease's seq stays readable after its RP expired", async () => {
+    const history = new MemoryHistory();
+    const store = cloud().store;
+    const r = await replicate(newPairId('lease'), 10);
+    const later = Date.now() + 3 * 3600_000;
+    await history.putReaderLease(r.pairId, { id: 'rec-1', kind: 'recovery', seq: r.seqs[2], manifestVersion: 0, expiresMs: later + 600_000 });
+    const units = await compactAll(store, history, r.pairId, { maxBatches: 4, nowMs: () => later });
+    expect(units.length).toBeGreaterThan(0);
+    const pair = (await cloud().index.getPair(r.pairId))!;
+    const { manifest: m } = await currentManifest(store, history, pair);
+    expect(m.retained).toContain(r.seqs[2]);
+    const l0 = await loadBatches(store, (await cloud().index.batchesAfter(r.pairId, m.frontierSeq, 100)));
+    const got = await readDiskAt(store, m, l0, 'd0', disks[0].sizeBytes, r.seqs[2]);
+    expect(firstDifference(got, r.model.atSeq.get(r.seqs[2])!.get('d0')!)).toBeUndefined();
+    // Without the lease that seq would not be kept: the expired RPs around it are not.
+    expect(m.retained).not.toContain(r.seqs[1]);
+  });
+
   test.each([['a run', /run-\d+\.run$/], ['an image', /image-[0-9a-f]+\.chunk$/]])('%s corrupted between write and verify is caught; nothing is published', async (_what, pattern) => {
     const history = new MemoryHistory();
     const store = new FaultyStore(cloud().store);
