@@ -3,7 +3,7 @@
 
 import { ExecutionAlreadyExists, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
-import type { CompactionLauncher } from '../replica/ports';
+import type { CompactionLauncher, CompactionReason } from '../replica/ports';
 import { sfnClient } from './aws-clients';
 
 export class SfnCompactionLauncher implements CompactionLauncher {
@@ -12,10 +12,10 @@ export class SfnCompactionLauncher implements CompactionLauncher {
     private readonly sfn = sfnClient(),
   ) {}
 
-  async start(pairId: string, reason: 'backlog' | 'schedule', nowMs = Date.now()): Promise<string | undefined> {
+  async start(pairId: string, reason: CompactionReason, nowMs = Date.now()): Promise<string | undefined> {
     // One name per pair, reason and minute (≤ 80 chars): concurrent appliers, a retried
-    // event or a retried schedule start one run, not several.
-    const name = `${pairId}-${reason}-${Math.floor(nowMs / 60_000)}`.slice(0, 80);
+    // event or a retried schedule start one run, not several. An operator's, one per request.
+    const name = `${pairId}-${reason}-${reason === 'operator' ? nowMs : Math.floor(nowMs / 60_000)}`.slice(0, 80);
     try {
       const out = await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.stateMachineArn, name, input: JSON.stringify({ pairId, units: 0 }) }));
       return out.executionArn;

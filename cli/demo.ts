@@ -1,8 +1,11 @@
 // The main job, end to end on the embedded local stack: a disk with data on it is backed up
 // into S3 and seeds its pair through the seed workflow (the synthesized state machine),
 // while a random write workload with application-consistent markers goes on and the event
-// path applies it; then the RPs are listed, and the first (seeded) RP, a mid-way ACRP and the
-// latest RP are recovered and verified bit for bit.
+// path applies it; the apply path starts compaction runs (the compaction state machine) as
+// the L0 grows. Under a compressed retention policy the early RPs then expire; a last run
+// compacts and GC deletes what only they needed (storage shown before and after). The first
+// (seeded) RP, a mid-way ACRP (pinned, as for an investigation) and the latest RP, whose
+// batches were folded and deleted, are recovered and verified bit for bit.
 
 import { copyFile, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,8 +17,13 @@ import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { seedBackupKey } from '../core/keys';
 import { rpUntil } from '../core/retention';
 import { seedRunEnded, type Pair } from '../core/model';
-import { createPair, seedProgress, startSeed, waitForWatermark } from '../replica/pairs';
-import type { ReplicaIndex } from '../replica/ports';
+import { createPair, pinRp, seedProgress, startSeed, waitForWatermark } from '../replica/pairs';
+import type { CompactionLauncher, KeyLister, ObjectStore, ReplicaIndex } from '../replica/ports';
+import { DescribeExecutionCommand } from '@aws-sdk/client-sfn';
+import { sfnClient } from '../adapters/aws-clients';
+import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
+import type { RetentionPolicy } from '../core/retention';
+import { GC_GRACE_ENV } from '../lib/names';
 import { writeBackup } from '../source/backup';
 import { sleep } from '../replica/concurrency';
 import { BatchWriter } from '../source/batch-writer';
@@ -38,14 +46,15 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
   const t0 = Date.now();
   o.log('starting the local AWS stack (DynamoDB Local, S3, SQS) ...');
   process.env.LOG_LEVEL ??= 'warn'; // the apply handler's per-batch lines would drown the summary
+  process.env[GC_GRACE_ENV] ??= String(DEMO_GC_GRACE_MS);
   const stack = await startLocalStack({ log: o.log });
   try {
     o.log(`  S3 ${stack.env.AWS_ENDPOINT_URL_S3}  DynamoDB ${stack.env.AWS_ENDPOINT_URL_DYNAMODB}  SQS ${stack.env.AWS_ENDPOINT_URL_SQS}`);
-    const { store, index, bucket } = rpStoreFromEnv();
+    const { store, index, history, bucket } = rpStoreFromEnv();
     const pairId = `demo-${Date.now().toString(36)}`;
     const disks = [{ name: 'disk0', sizeBytes: o.diskBytes }];
     const backupKey = seedBackupKey(pairId);
-    await createPair(index, { pairId, disks, ccrpIntervalMs: o.ccrpIntervalMs, backup: `s3://${bucket}/${backupKey}` });
+    await createPair(index, { pairId, disks, ccrpIntervalMs: o.ccrpIntervalMs, backup: `s3://${bucket}/${backupKey}`, retention: DEMO_RETENTION });
     const dir = join(process.cwd(), '.livesync', 'demo', pairId);
     await mkdir(dir, { recursive: true });
     const sourcePath = join(dir, 'source-disk0.img');
@@ -59,6 +68,7 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       await source.write(data, 0, MiB, at);
     }
     o.log(`pair ${pairId}: disk0 ${mib(o.diskBytes)} MiB (${mib(o.diskBytes / 4)} MiB of data on it), crash RP every ${o.ccrpIntervalMs} ms, state CONFIGURED`);
+    o.log(`retention (compressed for the demo): every RP for ${DEMO_EVERY_SEC} s, then one per ${DEMO_SPACING_SEC} s for ${DEMO_WINDOW_SEC} s; ACRPs ${DEMO_WINDOW_SEC} s; GC grace ${DEMO_GC_GRACE_MS / 1000} s`);
 
     let batches = 0;
     let uploaded = 0;
@@ -123,7 +133,10 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
       const ahead = written / o.rate - (Date.now() - start) / 1000;
       if (ahead > 0) await sleep(ahead * 1000);
     }
-    const lastSeq = await writer.flush({ rp: true });
+    // The workload ends at an application-consistent point (as a planned stop would), which
+    // the compressed policy keeps for 2 min: the latest RP outlives the every-RP tier.
+    const lastSeq = await writer.flush({ appTag: 'app=demo-db;phase=end' });
+    acrps++;
     await writer.close();
     const seeded = await seeding;
     if (seeded.state !== 'REPLICATING') throw new Error(`seeding ended ${seeded.state}: ${seeded.seed?.reason}`);
@@ -131,6 +144,32 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
 
     const applied = await waitForWatermark(index, pairId, lastSeq, 120_000);
     o.log(`applied: watermark ${applied.watermark} after ${((Date.now() - end) / 1000).toFixed(1)} s (event path S3 → SQS → apply handler)`);
+    const midUntil = rpUntil((await index.getRecoveryPoint(pairId, midSeq))!);
+    await pinRp(index, pairId, midSeq, { by: 'demo', reason: 'an investigation of the mid-way state' });
+    o.log(`pinned the mid-way ACRP (seq ${midSeq}, which its tier kept until ${midUntil}): it lives until unpinned`);
+    const before = await storedObjects(store, pairId);
+    const firstRpAtMs = (await index.getRecoveryPoint(pairId, firstSeq))!.atMs;
+    const history0 = await history.getHistory(pairId);
+    o.log(`history: manifest version ${history0.version}, frontier seq ${history0.frontierSeq} (compaction runs the apply path started while the workload ran)`);
+    o.log(`stored before the last compaction: ${storedText(before)}`);
+
+    // Let the first RPs leave the every-RP tier, then one compaction run folds everything up to
+    // the latest RP and drops what only expired RPs saw; after the grace period a second run's
+    // GC deletes the objects no manifest references any more.
+    const waitMs = firstRpAtMs + (DEMO_EVERY_SEC + 2) * 1000 - Date.now();
+    if (waitMs > 0) {
+      o.log(`waiting ${(waitMs / 1000).toFixed(0)} s for the early RPs to expire ...`);
+      await sleep(waitMs);
+    }
+    const launcher = compactionLauncherFromEnv()!;
+    await runCompaction(launcher, pairId, o.log);
+    await sleep(DEMO_GC_GRACE_MS + 500);
+    await runCompaction(launcher, pairId, o.log);
+    const after = await storedObjects(store, pairId);
+    const history1 = await history.getHistory(pairId);
+    o.log(`history: manifest version ${history1.version}, frontier seq ${history1.frontierSeq}, GC done through version ${history1.gcVersion}`);
+    o.log(`stored after compaction and GC:      ${storedText(after)}`);
+
     const nowSec = Math.floor(Date.now() / 1000);
     const rps = await index.listRecoveryPoints(pairId, nowSec);
     const apps = await index.listRecoveryPoints(pairId, nowSec, 'APP');
@@ -143,16 +182,16 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
     for (const [label, seq, expected] of [
       ['first RP (seeded)', firstSeq, join(dir, `source-disk0-at-${firstSeq}.img`)],
       ['mid-way ACRP', midSeq, join(dir, `source-disk0-at-${midSeq}.img`)],
-      ['latest RP', lastSeq, sourcePath],
+      ['latest RP (the final ACRP)', lastSeq, sourcePath],
     ] as const) {
       const t = Date.now();
       const out = join(dir, `recovered-${seq}-disk0.img`);
-      const res = await materialize(store, index, { pairId, seq, sinkFor: async () => fileSink(out, o.diskBytes) });
+      const res = await materialize(store, index, { pairId, seq, history, sinkFor: async () => fileSink(out, o.diskBytes) });
       const secs = (Date.now() - t) / 1000;
       const diff = await compareFiles(expected, out);
       ok &&= diff === undefined;
       o.log(
-        `recover ${label} (seq ${seq}): ${mib(o.diskBytes)} MiB in ${secs.toFixed(2)} s from ${res.segments} segments, ${res.gets} GETs -> ` +
+        `recover ${label} (seq ${seq}${seq <= history1.frontierSeq ? ', its batches compacted away' : ''}): ${mib(o.diskBytes)} MiB in ${secs.toFixed(2)} s from ${res.segments} L0 batches and the history, ${res.gets} GETs -> ` +
           (diff === undefined ? 'VERIFIED bit for bit against the source' : `MISMATCH at byte ${diff}`),
       );
     }
@@ -168,6 +207,55 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
 
 const MiB = 2 ** 20;
 const mib = (n: number): string => (n / MiB).toFixed(1);
+
+const DEMO_EVERY_SEC = 20;
+const DEMO_SPACING_SEC = 10;
+const DEMO_WINDOW_SEC = 120;
+/** Every RP for 20 s, then one per 10 s for 2 min; every ACRP for 2 min. */
+const DEMO_RETENTION: RetentionPolicy = {
+  all: [
+    { windowSec: DEMO_EVERY_SEC, spacingSec: 0 },
+    { windowSec: DEMO_WINDOW_SEC, spacingSec: DEMO_SPACING_SEC },
+  ],
+  app: [{ windowSec: DEMO_WINDOW_SEC, spacingSec: 0 }],
+};
+/** GC's grace period in the demo (1 h by default): set before the local stack starts its GC handler. */
+export const DEMO_GC_GRACE_MS = 5000;
+
+/** Objects and bytes stored under the pair, by kind (journal batches, history objects, base and backup). */
+async function storedObjects(store: ObjectStore & KeyLister, pairId: string): Promise<Map<string, { objects: number; bytes: number }>> {
+  const out = new Map<string, { objects: number; bytes: number }>();
+  for (const key of await store.listKeys(`pairs/${pairId}/`)) {
+    const kind = key.split('/')[2];
+    const k = out.get(kind) ?? { objects: 0, bytes: 0 };
+    k.objects++;
+    k.bytes += (await store.size(key)) ?? 0;
+    out.set(kind, k);
+  }
+  return out;
+}
+
+function storedText(m: Map<string, { objects: number; bytes: number }>): string {
+  const all = [...m.values()].reduce((a, k) => ({ objects: a.objects + k.objects, bytes: a.bytes + k.bytes }), { objects: 0, bytes: 0 });
+  const kinds = ['journal', 'history', 'base', 'backups'].map((kind) => `${kind} ${m.get(kind)?.objects ?? 0} (${mib(m.get(kind)?.bytes ?? 0)} MiB)`);
+  return `${all.objects} objects, ${mib(all.bytes)} MiB: ${kinds.join(', ')}`;
+}
+
+/** Starts a compaction run as an operator does and waits for it. */
+async function runCompaction(launcher: CompactionLauncher, pairId: string, log: (line: string) => void): Promise<void> {
+  const arn = (await launcher.start(pairId, 'operator'))!;
+  const sfn = sfnClient();
+  for (const deadline = Date.now() + 120_000; ; await sleep(200)) {
+    const out = await sfn.send(new DescribeExecutionCommand({ executionArn: arn }));
+    if (out.status === 'SUCCEEDED') {
+      const gc = (JSON.parse(out.output ?? '{}') as { gc?: { collected?: number[]; objectsDeleted?: number; batchItemsDeleted?: number } }).gc;
+      log(`compaction run ${arn.split(':').pop()}: SUCCEEDED; GC collected ${gc?.collected?.length ?? 0} versions, deleted ${gc?.objectsDeleted ?? 0} objects and ${gc?.batchItemsDeleted ?? 0} batch items`);
+      return;
+    }
+    if (out.status !== 'RUNNING') throw new Error(`compaction run ${arn} ended ${out.status}: ${out.cause ?? ''}`);
+    if (Date.now() > deadline) throw new Error(`compaction run ${arn} still running after 120 s`);
+  }
+}
 
 /** Follows the seed run as `livesync pair status --watch` does, until it ends. */
 async function waitSeeded(index: ReplicaIndex, pairId: string, log: (line: string) => void): Promise<Pair> {

@@ -78,12 +78,14 @@ const anyIn = (xs: readonly number[], lo: number, hi: number): boolean => xs.som
 
 /**
  * The new manifest's retained points: of `points` (live and pinned RPs, reader leases), those
- * ≤ the cut that the input manifest can still read (above its frontier, or among its retained
- * points: anything else was pruned before), and the cut.
+ * ≤ the cut that the input manifest can still read (at or above its frontier, or among its
+ * retained points: anything else was pruned before; core/read-sources.ts readable), and the
+ * cut. The frontier itself is readable: it is the previous cut, or, before the first unit,
+ * the base's seq (a seeded pair's first RP).
  */
 export function retainedFor(m: Manifest, points: readonly number[], cut: number): number[] {
   const old = new Set(m.retained);
-  const keep = points.filter((p) => p <= cut && (p > m.frontierSeq || old.has(p)));
+  const keep = points.filter((p) => p <= cut && (p >= m.frontierSeq || old.has(p)));
   return [...new Set([...keep, cut])].sort(asc);
 }
 

@@ -159,13 +159,17 @@ export interface SeedUpdate {
   base?: BaseRef;
 }
 
+/** Who asks for a compaction run: the apply path (L0 backlog), the schedule, or an operator (`livesync pair compact`, the demo). */
+export type CompactionReason = 'backlog' | 'schedule' | 'operator';
+
 /**
  * Starts a pair's compaction run (the compaction workflow's StartExecution) and returns its
- * id; a run already started for the pair in the same minute and reason is that run (or,
- * ended meanwhile, undefined): concurrent appliers and retried events start one run.
+ * id. For the backlog and the schedule, a run already started for the pair in the same
+ * minute and reason is that run (or, ended meanwhile, undefined): concurrent appliers and
+ * retried events start one run. An operator's every request is a run of its own.
  */
 export interface CompactionLauncher {
-  start(pairId: string, reason: 'backlog' | 'schedule', nowMs?: number): Promise<string | undefined>;
+  start(pairId: string, reason: CompactionReason, nowMs?: number): Promise<string | undefined>;
 }
 
 /** Starts runs of the seed workflow (Step Functions StartExecution, or the local runner behind the same API). */

@@ -88,6 +88,8 @@ describe('planUnit', () => {
   test('retainedFor: points the input cannot read (pruned, or above the cut) are left out; the cut is in', () => {
     const m = manifest(30, [10, 30], {});
     expect(retainedFor(m, [5, 10, 20, 31, 35, 50], 40)).toEqual([10, 31, 35, 40]);
+    // The frontier is readable (readable() says so): the base's seq before the first unit, the seeded first RP.
+    expect(retainedFor(manifest(0, [], {}), [0, 3, 7], 7)).toEqual([0, 3, 7]);
     expect(() => planUnit(m, [], [], 30, cfg())).toThrow(/not above the frontier/);
   });
 

@@ -74,6 +74,18 @@ describe('S3ObjectStore.put', () => {
     store.client.destroy();
   });
 
+  test('listKeys pages past 1000 keys (ListObjectsV2 continuation tokens) on the stack under test', async () => {
+    const store = new S3ObjectStore(process.env.LIVESYNC_BUCKET!);
+    const prefix = `tests/object-store-list/${Date.now()}/`;
+    const keys = Array.from({ length: 1005 }, (_, i) => `${prefix}${String(i).padStart(5, '0')}`);
+    for (let i = 0; i < keys.length; i += 50) await Promise.all(keys.slice(i, i + 50).map((k) => store.put(k, Buffer.from(k))));
+    expect(await store.listKeys(prefix)).toEqual(keys);
+    expect(await store.listKeys(prefix, keys[999])).toEqual(keys.slice(1000));
+    await store.deleteKeys(keys);
+    expect(await store.listKeys(prefix)).toEqual([]);
+    store.client.destroy();
+  }, 120_000);
+
   test('round trip through the stack under test', async () => {
     const store = new S3ObjectStore(process.env.LIVESYNC_BUCKET!);
     const key = `tests/object-store/${Date.now()}`;
