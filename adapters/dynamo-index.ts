@@ -16,6 +16,7 @@ import { seqKey } from '../core/keys';
 import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpPin, RpType } from '../core/model';
 import type { RetentionPolicy } from '../core/retention';
 import type { RegisterResult, ReplicaIndex, RpCheckChange, RpExpect, RpPage, RpRejudged, SeedUpdate } from '../replica/ports';
+import { PAIRS_KEYS, PAIRS_PK } from '../lib/names';
 
 export const ACRP_INDEX = 'acrp';
 
@@ -43,7 +44,8 @@ export class DynamoIndex implements ReplicaIndex {
       await this.doc.send(
         new PutCommand({
           TableName: this.table,
-          Item: { pk: pk(pair.pairId), sk: PAIR_SK, kind: 'pair', rev: 0, ...pair },
+          // pairsPk puts the item (alone of a pair's items) in the sparse `pairs` index: the compaction schedule's list.
+          Item: { pk: pk(pair.pairId), sk: PAIR_SK, kind: 'pair', rev: 0, [PAIRS_KEYS.pk]: PAIRS_PK, ...pair },
           ConditionExpression: 'attribute_not_exists(pk)',
         }),
       );
@@ -56,7 +58,7 @@ export class DynamoIndex implements ReplicaIndex {
   async getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined> {
     const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: PAIR_SK }, ConsistentRead: true }));
     if (!out.Item) return undefined;
-    const { pk: _pk, sk: _sk, kind: _kind, ...pair } = out.Item;
+    const { pk: _pk, sk: _sk, kind: _kind, [PAIRS_KEYS.pk]: _list, ...pair } = out.Item;
     return pair as Pair & { rev: number };
   }
 

@@ -5,6 +5,7 @@
 import { DescribeExecutionCommand } from '@aws-sdk/client-sfn';
 import { sfnClient } from '../adapters/aws-clients';
 import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
+import { compactHandlers, pairLister } from '../lambdas/compact';
 import { sleep } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
@@ -62,4 +63,16 @@ describe('compaction workflow (lib/compaction-workflow.ts) on the local Step Fun
       expect(firstDifference(got.get('d0')!, model.atSeq.get(seq)!.get('d0')!)).toBeUndefined();
     }
   }, 180_000);
+
+  test('the schedule lists pairs through the sparse index and starts a run for each', async () => {
+    const c = cloud();
+    const pairId = newPairId('cws');
+    await createPair(c.index, { pairId, disks });
+    const ids = await pairLister(c.table)();
+    expect(ids).toContain(pairId);
+    const started: string[] = [];
+    const handlers = compactHandlers({ store: c.store, index: c.index, history: c.history, listPairs: async () => [pairId], launcher: { start: async (p) => (started.push(p), 'arn') } });
+    expect(await handlers.sweep()).toEqual({ started: 1 });
+    expect(started).toEqual([pairId]);
+  }, 60_000);
 });
