@@ -141,6 +141,9 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
     // The L0: batches above the frontier (those at or below it are folded into the history,
     // or into the base), read after the lease so that none is collected under us.
     const segments = o.seq > m.frontierSeq ? (await index.batchesAfter(o.pairId, m.frontierSeq, o.seq - m.frontierSeq)).filter((b) => b.seq <= o.seq) : [];
+    if (reader.wholeL0 && segments.length !== o.seq - m.frontierSeq) {
+      throw new Error(`pair '${o.pairId}' was compacted through seq ${pair.compactedThrough} and GC has collected batches it folded: reading it needs its history index`);
+    }
     const disks = new Map<string, DiskRead>(pair.disks.map((d) => [d.name, { versions: [], l0Ranges: new Map(), baseChunks: new Map() }]));
     if (m.base) {
       const base = parseBaseManifest((await store.get(m.base.key)).toString('utf8'), m.base.key);
@@ -200,6 +203,12 @@ interface DiskRead {
 /** The manifest a read goes by, and the lease that holds it. */
 interface HistoryReader {
   manifest: Manifest;
+  /**
+   * Read without the history index a pair that was compacted: as version 0, which is sound
+   * only while GC has collected none of the batches (BATCH# items go before their objects, so
+   * a gap-free L0 from the base up is all there; an object collected during the read fails it).
+   */
+  wholeL0?: boolean;
   /** Throws if the lease could not be renewed (the history it holds may be collected). */
   check(): void;
   /** Stops renewing and deletes the lease (a failure to delete leaves it to expire). */
@@ -218,10 +227,7 @@ async function openHistory(
   l: { seq: number; kind: ReaderLease['kind']; ttlMs: number; clock: () => number },
   stats: Stats,
 ): Promise<HistoryReader> {
-  if (!history) {
-    if (pair.compactedThrough !== undefined) throw new Error(`pair '${pair.pairId}' was compacted through seq ${pair.compactedThrough}: reading it needs its history index`);
-    return { manifest: pairInitialManifest(pair), check: () => {}, close: async () => {} };
-  }
+  if (!history) return { manifest: pairInitialManifest(pair), wholeL0: pair.compactedThrough !== undefined, check: () => {}, close: async () => {} };
   const lease: ReaderLease = { id: `${l.kind}-${randomBytes(8).toString('hex')}`, kind: l.kind, seq: l.seq, manifestVersion: 0, expiresMs: 0 };
   const put = async (): Promise<void> => {
     const next = { ...lease, expiresMs: l.clock() + l.ttlMs };
@@ -287,7 +293,8 @@ type WindowPlanner = (first: number, last: number, l0: Piece<Ref>[], run: <T>(ta
 function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: number, read: DiskRead, stats: Stats): WindowPlanner {
   return async (first, last, l0, run) => {
     const versions: BlockVersion<Ref | { l0: Piece<Ref> }>[] = [];
-    const fetches: Promise<void>[] = [];
+    /** Per run object, the pieces the window's ranges read from it, with the image seq each reads above. */
+    const wanted = new Map<string, { p: PieceEntry; range: number; floor: number }[]>();
     for (let r = Math.floor(first / RANGE_BLOCKS); r * RANGE_BLOCKS < last; r++) {
       const s = rangeSources(m, read.l0Ranges.get(r) ?? [], rangeId(disk.name, r), seq);
       const baseChunk = s.base ? read.baseChunks.get(r) : undefined;
@@ -300,16 +307,28 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
       }
       const floor = image ? image.seq : -1;
       for (const p of s.pieces) {
-        fetches.push(
-          run(() => fetchPiece(store, p, disk.name, r, disk.sizeBytes / BLOCK_SIZE, stats)).then((piece) => {
-            for (const entry of piece.entries) {
-              if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: start + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
-            }
-          }),
-        );
+        const list = wanted.get(p.key) ?? [];
+        list.push({ p, range: r, floor });
+        wanted.set(p.key, list);
       }
     }
-    await Promise.all(fetches);
+    // The pieces, one ranged GET per run object and stretch of it (a unit writes a run's pieces in range order).
+    const reads = [...wanted].flatMap(([key, ws]) => mergeReads(key, ws, (w) => [w.p.offset, w.p.offset + w.p.length]));
+    await Promise.all(
+      reads.map((rd) =>
+        run(async () => {
+          const bytes = await store.get(rd.key, { start: rd.start, end: rd.end });
+          stats.gets++;
+          stats.bytesRead += bytes.length;
+          for (const { p, range, floor } of rd.items) {
+            const piece = checkPiece(bytes.subarray(p.offset - rd.start, p.offset - rd.start + p.length), p, disk.name, range, disk.sizeBytes / BLOCK_SIZE);
+            for (const entry of piece.entries) {
+              if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: range * RANGE_BLOCKS + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
+            }
+          }
+        }),
+      ),
+    );
     if (versions.length === 0) return l0; // the L0 alone (a pair never compacted, without a base)
     for (const q of l0) versions.push({ blockIndex: q.blockIndex, blockCount: q.blockCount, seq: (q.ref as ExtentRef).batch.seq, ref: { l0: q } });
     const out: Piece<Ref>[] = [];
@@ -322,12 +341,9 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
   };
 }
 
-/** One piece by one ranged GET, checked whole against the manifest (CRC, disk, range, span, bitmap). */
-async function fetchPiece(store: ObjectStore, p: PieceEntry, disk: string, range: number, diskBlocks: number, stats: Stats): Promise<FetchedPiece> {
+/** A piece's exact bytes (from a ranged GET), checked whole against its manifest entry: CRC, disk, range, span, data bytes, bitmap, the disk's end. */
+function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, diskBlocks: number): FetchedPiece {
   const where = `${p.key}@${p.offset}`;
-  const bytes = await store.get(p.key, { start: p.offset, end: p.offset + p.length });
-  stats.gets++;
-  stats.bytesRead += bytes.length;
   const decoded = decodePiece(bytes, where, p.crc32c);
   const bad = (what: string): CorruptHistoryError => new CorruptHistoryError(where, what);
   if (decoded.disk !== disk || decoded.rangeIndex !== range) throw bad(`holds range ${decoded.disk}:${decoded.rangeIndex}, the manifest lists it under ${disk}:${range}`);
@@ -495,11 +511,12 @@ async function fillWindow(
       throw err;
     }
   });
-  const extentReads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs)).map((r) => async () => {
+  const extentSpan = (q: Piece<ExtentRef>): [number, number] => [q.ref.entry.payloadOffset, q.ref.entry.payloadOffset + q.ref.entry.payloadLength];
+  const extentReads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs, extentSpan)).map((r) => async () => {
     const bytes = await store.get(r.key, { start: r.start, end: r.end });
     stats.gets++;
     stats.bytesRead += bytes.length;
-    await placeEntries(bytes, r.start, r.pieces, (e, outcome) => {
+    await placeEntries(bytes, r.start, r.items, (e, outcome) => {
       try {
         checkExtentData(e, outcome, `${r.key} block ${e.blockIndex}`);
       } catch (err) {
@@ -525,25 +542,25 @@ async function fillWindow(
 /** What placing a stored payload needs of its entry (a batch extent or a piece version). */
 type PayloadEntry = Pick<ExtentEntry, 'payloadOffset' | 'payloadLength' | 'flags' | 'blockCount' | 'dataCrc'>;
 
-interface RangeRead {
+/** One ranged GET of an object serving several items (extents, pieces) of it. */
+interface RangeRead<T> {
   key: string;
   start: number;
   end: number;
-  pieces: Piece<ExtentRef>[];
+  items: T[];
 }
 
-function mergeReads(key: string, pieces: Piece<ExtentRef>[]): RangeRead[] {
-  const sorted = [...pieces].sort((a, b) => a.ref.entry.payloadOffset - b.ref.entry.payloadOffset);
-  const reads: RangeRead[] = [];
-  for (const q of sorted) {
-    const start = q.ref.entry.payloadOffset;
-    const end = start + q.ref.entry.payloadLength;
+/** Items of one object, [start, end) each, merged into ranged GETs where less than MERGE_GAP lies between them. */
+function mergeReads<T>(key: string, items: T[], span: (t: T) => [number, number]): RangeRead<T>[] {
+  const sorted = items.map((t) => ({ t, at: span(t) })).sort((a, b) => a.at[0] - b.at[0]);
+  const reads: RangeRead<T>[] = [];
+  for (const { t, at: [start, end] } of sorted) {
     const last = reads[reads.length - 1];
     if (last && start - last.end <= MERGE_GAP) {
       last.end = Math.max(last.end, end);
-      last.pieces.push(q);
+      last.items.push(t);
     } else {
-      reads.push({ key, start, end, pieces: [q] });
+      reads.push({ key, start, end, items: [t] });
     }
   }
   return reads;

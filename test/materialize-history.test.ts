@@ -17,7 +17,7 @@ import { compactOnce, currentManifest } from '../replica/compactor';
 import { replicaDigests } from '../replica/digests';
 import { materialize, type ImageSink, type MaterializeOptions } from '../replica/materialize';
 import { createPair, waitForWatermark } from '../replica/pairs';
-import type { HistoryIndex, ReaderLease } from '../replica/ports';
+import type { CompactorLease, HistoryIndex, ReaderLease } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, pattern, SourceModel } from './helpers';
 
@@ -192,20 +192,26 @@ function spy(h: HistoryIndex, over: Partial<HistoryIndex>): HistoryIndex & { put
   } as HistoryIndex & { puts: ReaderLease[]; deletes: string[] };
 }
 
-/** Writes manifest `m` under its version's prefix and publishes it over version m.version - 1 (a compactor lease taken and released). */
+/**
+ * The compactor lease, held by the test from before the first batch to the end: the local
+ * stack's apply path starts compaction units as the L0 grows, and each finds it held.
+ */
+let compactor: CompactorLease;
+const LEASE_MS = 15 * 60_000;
+
+/** Writes manifest `m` under its version's prefix and publishes it over version m.version - 1 under the test's lease. */
 async function publish(m: Manifest, prefixOf = historyPrefix(pairId, m.version)): Promise<string> {
-  const lease = (await c.history.acquireCompactor(pairId, 'test', Date.now(), 60_000))!;
-  m.generation = lease.gen;
+  m.generation = compactor.gen;
   const key = `${prefixOf}manifest.json`;
   await c.store.put(key, encodeManifest(m));
   const now = Date.now();
-  expect(await c.history.publish(pairId, lease, m.version - 1, { version: m.version, manifestKey: key, publishedMs: now, removedKeys: [], foldedSeqs: [] }, m.frontierSeq, now)).toBe(true);
-  await c.history.releaseCompactor(pairId, lease);
+  expect(await c.history.publish(pairId, compactor, m.version - 1, { version: m.version, manifestKey: key, publishedMs: now, removedKeys: [], foldedSeqs: [] }, m.frontierSeq, now)).toBe(true);
   return key;
 }
 
 beforeAll(async () => {
   await createPair(c.index, { pairId, disks: DISKS });
+  compactor = (await c.history.acquireCompactor(pairId, 'test', Date.now(), LEASE_MS))!;
   const w = new BatchWriter({ pairId, disks: DISKS, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 2 * MiB, onUploaded: (b) => journal.set(b.seq, b.key) });
   for (const [i, step] of STEPS.entries()) {
     await step(w);
@@ -239,9 +245,16 @@ beforeAll(async () => {
   expect(manifest.ranges['d:2'].images[0]).toEqual({ seq: 4, zero: true });
   for (const [key, parts] of runs) await c.store.put(key, Buffer.concat(parts));
   await publish(manifest, prefix);
-  // What the history folded is gone: a read that touched a batch at or below the frontier would fail.
-  await c.deleter.deleteKeys([...journal].filter(([seq]) => seq <= FRONTIER).map(([, key]) => key));
+  // What the history folded is gone, as GC leaves it (BATCH# items, then objects): a read that
+  // touched a batch at or below the frontier would fail.
+  const folded = [...journal].filter(([seq]) => seq <= FRONTIER);
+  await c.history.deleteBatchItems(pairId, folded.map(([seq]) => seq));
+  await c.deleter.deleteKeys(folded.map(([, key]) => key));
 }, 120_000);
+
+afterAll(async () => {
+  await c.history.releaseCompactor(pairId, compactor);
+});
 
 describe('materialize through the history', () => {
   test('a pair never compacted reads as version 0 through the history index', () => {
@@ -276,8 +289,8 @@ describe('materialize through the history', () => {
     expect(await leases()).toEqual([]);
   });
 
-  test('once compacted, a read without the history index is refused', async () => {
-    await expect(recoverAt(6, { history: undefined })).rejects.toThrow(`pair '${pairId}' was compacted through seq 6: reading it needs its history index`);
+  test('once compacted and collected, a read without the history index is refused', async () => {
+    await expect(recoverAt(8, { history: undefined })).rejects.toThrow(`pair '${pairId}' was compacted through seq 6 and GC has collected batches it folded: reading it needs its history index`);
   });
 
   test('the reader lease holds the seq and the version during the read and is gone after', async () => {
@@ -308,7 +321,7 @@ describe('materialize through the history', () => {
 
   test('the lease is renewed while reading; a renewal that fails stops the read and the lease is deleted', async () => {
     const ok = spy(c.history, {});
-    await recoverAt(6, { history: ok, leaseTtlMs: 300 }, () => new Promise((r) => setTimeout(r, 120)));
+    await recoverAt(6, { history: ok, leaseTtlMs: 1500 }, () => new Promise((r) => setTimeout(r, 600)));
     expect(ok.puts.length).toBeGreaterThan(2);
     expect(ok.puts[ok.puts.length - 1].expiresMs).toBeGreaterThan(ok.puts[0].expiresMs);
 
@@ -319,7 +332,7 @@ describe('materialize through the history', () => {
         await c.history.putReaderLease(p, l);
       },
     });
-    await expect(recoverAt(6, { history: failing, leaseTtlMs: 300 }, () => new Promise((r) => setTimeout(r, 120)))).rejects.toThrow(/reader lease .* could not be renewed: throttled/);
+    await expect(recoverAt(6, { history: failing, leaseTtlMs: 1500 }, () => new Promise((r) => setTimeout(r, 600)))).rejects.toThrow(/reader lease .* could not be renewed: throttled/);
     expect(failing.deletes.length).toBe(1);
     expect(await leases()).toEqual([]);
   });
@@ -400,6 +413,8 @@ describe('materialize after real compaction', () => {
     const src = new SourceModel(disks);
     const keys = new Map<number, string>();
     await createPair(c.index, { pairId: id, disks });
+    // The test runs the units itself: the local stack's, which the apply path starts as the L0 grows, find the lease held.
+    let held = (await c.history.acquireCompactor(id, 'test', Date.now(), LEASE_MS))!;
     const w = new BatchWriter({ pairId: id, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 2 * MiB, onUploaded: (b) => keys.set(b.seq, b.key) });
     const step = async (i: number) => {
       // A hot first range rewritten every time, a warm second one, a cold write now and then.
@@ -421,6 +436,7 @@ describe('materialize after real compaction', () => {
     };
     for (let i = 1; i <= 12; i++) await step(i);
     await waitForWatermark(c.index, id, 12, 60_000);
+    await c.history.releaseCompactor(id, held);
     const folded: number[] = [];
     for (let unit = 1; ; unit++) {
       const res = await compactOnce({ store: c.store, index: c.index, history: c.history }, id, { holder: 'test', maxBatches: 4, imageBytes: 256 * 1024 });
@@ -429,6 +445,11 @@ describe('materialize after real compaction', () => {
       folded.push(...res.foldedSeqs);
     }
     expect(folded).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    // Until GC collects a batch, a reader without the history index still reads the whole L0 (as version 0).
+    const old = Buffer.alloc(disks[0].sizeBytes);
+    await materialize(c.store, c.index, { pairId: id, seq: 9, sinkFor: async () => ({ write: async (at, win) => void win.copy(old, at), close: async () => {}, abort: async () => {} }) });
+    expect(firstDifference(old, src.atSeq.get(9)!.get('d')!)).toBeUndefined();
+    await c.history.deleteBatchItems(id, folded);
     await c.deleter.deleteKeys(folded.map((s) => keys.get(s)!));
     let most = 0;
     for (let seq = 1; seq <= 12; seq++) {
@@ -444,13 +465,16 @@ describe('materialize after real compaction', () => {
     expect(most).toBeLessThanOrEqual(13);
 
     // Two more batches; a unit 40 days on, when every RP has expired, keeps only the cut (14).
+    held = (await c.history.acquireCompactor(id, 'test', Date.now(), LEASE_MS))!;
     await step(13);
     await step(14);
     await waitForWatermark(c.index, id, 14, 60_000);
     expect((await read(14)).segments).toBe(2);
+    await c.history.releaseCompactor(id, held);
     const later = Date.now() + 40 * 86_400_000;
     const res = await compactOnce({ store: c.store, index: c.index, history: c.history }, id, { holder: 'test', nowMs: later, imageBytes: 256 * 1024 });
     expect(res).toMatchObject({ published: true, frontierSeq: 14 });
+    await c.history.deleteBatchItems(id, [13, 14]);
     await c.deleter.deleteKeys([keys.get(13)!, keys.get(14)!]);
     const settled = await read(14);
     expect(settled).toMatchObject({ manifestVersion: 4, segments: 0 });
