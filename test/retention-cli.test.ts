@@ -8,6 +8,7 @@ import type { RecoveryPoint } from '../core/model';
 import { PIN_MARGIN_MS, type RetentionPolicy } from '../core/retention';
 import { createPair, pinRp, setRetention, unpinRp, waitForWatermark } from '../replica/pairs';
 import { activateSeed } from '../replica/seeding';
+import { sleep } from '../replica/concurrency';
 import type { ReplicaIndex } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, newPairId, runCli } from './helpers';
@@ -32,6 +33,9 @@ async function pairWithRps(prefix: string, n: number, app: number[] = [], retent
   await waitForWatermark(c.index, pairId, seq, 30_000);
   return { pairId, rps: await c.index.listRecoveryPoints(pairId, nowSec()) };
 }
+
+/** Until every RP is 2 s old: a 1-s policy (expiresAt = ceil(atMs / 1 s) + 1) has then ended them all. */
+const pastOneSecondLives = (rps: RecoveryPoint[]): Promise<void> => sleep(Math.max(0, Math.max(...rps.map((r) => r.atMs)) + 2000 - Date.now()));
 
 /** `rp list` lines as fields: seq, type, time, until, why, tag. */
 const listed = async (pairId: string): Promise<string[][]> => {
@@ -92,7 +96,8 @@ describe('pin, set-retention, unpin and rp list through the CLI', () => {
     expect(item).toMatchObject({ seq: 2, pinned: { by: 'alice', reason: 'case 42: keep for legal' } });
     expect(item!.expiresAtSec).toBeUndefined(); // TTL never deletes it
 
-    // A 1-second policy: every unpinned RP (made seconds ago) ends at once; the pinned one is left alone.
+    // A 1-second policy: every unpinned RP (made 2 s ago or more) ends at once; the pinned one is left alone.
+    await pastOneSecondLives(rps);
     const short = await runCli('pair', 'set-retention', '--pair', pairId, '--tier', '1s:0');
     expect(short.code).toBe(0);
     expect(JSON.parse(short.stdout)).toMatchObject({ pairId, policyRev: 1, changed: true, written: { expired: 3 }, skipped: { pinned: 1 } });
@@ -140,8 +145,9 @@ describe('pin, set-retention, unpin and rp list through the CLI', () => {
 
   test('rp list --app lists a pinned ACRP (the acrp index read keeps pinned ones too)', async () => {
     const c = cloud();
-    const { pairId } = await pairWithRps('apppin', 3, [2, 3]);
+    const { pairId, rps } = await pairWithRps('apppin', 3, [2, 3]);
     await pinRp(c.index, pairId, 2, { by: 'ops', reason: 'db upgrade' });
+    await pastOneSecondLives(rps);
     await setRetention(c.index, pairId, { all: [{ windowSec: 1, spacingSec: 0 }], app: [] });
     expect((await c.index.listRecoveryPoints(pairId, nowSec(), 'APP')).map((r) => r.seq)).toEqual([2]);
     const res = await runCli('rp', 'list', '--pair', pairId, '--app');
@@ -150,7 +156,7 @@ describe('pin, set-retention, unpin and rp list through the CLI', () => {
 
   test('an RP with PIN_MARGIN or less left cannot be pinned (nor lengthened); unpinned, one is judged under the policy then in force', async () => {
     const c = cloud();
-    const { pairId, rps } = await pairWithRps('pinmargin', 2, [], { all: [{ windowSec: 30, spacingSec: 0 }], app: [] });
+    const { pairId, rps } = await pairWithRps('pinmargin', 2, [], { all: [{ windowSec: 50, spacingSec: 0 }], app: [] });
     expect(rps[0].expiresAtSec! * 1000 - Date.now()).toBeLessThan(PIN_MARGIN_MS);
     await expect(pinRp(c.index, pairId, 1, { by: 'ops', reason: 'late' })).rejects.toThrow(new RegExp(`RP 1 of pair '${pairId}' expires at \\S+, within 60 s: too close to its end to pin`));
     const res = await setRetention(c.index, pairId, HOUR);
@@ -261,7 +267,6 @@ describe('CLI argument errors (exit 2, naming the argument)', () => {
     [['rp', 'list', '--pair', 'no-such-pair'], "unknown pair 'no-such-pair'"],
   ])('livesync %j: %s', async (args, message) => {
     const res = await runCli(...args);
-    expect(res.stderr).toContain(message);
-    expect(res.code).toBe(2);
+    expect({ code: res.code, stderr: res.stderr }).toEqual({ code: 2, stderr: expect.stringContaining(message) });
   });
 });
