@@ -281,6 +281,14 @@ describe('materialize through the history', () => {
     expect((await recoverAt(4)).res.sources).toBe(2);
   });
 
+  test("a window's pieces of one run object come in one ranged GET", async () => {
+    // At 6 with all of d in one window: the manifest, d:0's image, run-0000's four pieces of
+    // d:0 and d:1 (back to back) in one GET, d:2's piece [5,6] of run-0001, e:0's image: 5.
+    const { res, out } = await recoverAt(6, { windowBytes: 12 * MiB });
+    expectModelAt(6, out);
+    expect(res.gets).toBe(5);
+  });
+
   test('a live RP the manifest did not retain is pruned: HistoryPrunedError, no lease left', async () => {
     for (const seq of [1, 3, 5]) {
       await expect(recoverAt(seq)).rejects.toThrow(HistoryPrunedError);
