@@ -12,7 +12,7 @@ import { BatchWriteCommand, DeleteCommand, DynamoDBDocumentClient, GetCommand, P
 import { CorruptHistoryError } from '../core/errors';
 import { seqKey } from '../core/keys';
 import { sleep } from '../replica/concurrency';
-import type { CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
+import type { CompactionFailure, CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
 import { dynamoClient } from './aws-clients';
 import { checkAdvanceGc, checkPublish, checkReaderLease, COMPACTOR_LEASE_ID, FrontierBackwardsError } from './history-rules';
 
@@ -29,6 +29,8 @@ const BATCH_WRITE_ITEMS = 25;
 const PUBLISH_ATTEMPTS = 6;
 /** DynamoDB's item size limit: a VERSION# item over it cannot be written (the unit must drop less at once). */
 const MAX_ITEM_BYTES = 400 * 1024;
+/** A failure's reason is cut to this many characters (an item stays small). */
+const MAX_FAILURE_REASON = 2000;
 
 export class DynamoHistory implements HistoryIndex {
   private readonly doc: DynamoDBDocumentClient;
@@ -44,7 +46,26 @@ export class DynamoHistory implements HistoryIndex {
     const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: HISTORY_SK }, ConsistentRead: true }));
     const i = out.Item;
     if (!i) return { version: 0, frontierSeq: 0, publishedMs: 0, gcVersion: 0 };
-    return { version: i.version, ...(i.manifestKey !== undefined ? { manifestKey: i.manifestKey } : {}), frontierSeq: i.frontierSeq, publishedMs: i.publishedMs, gcVersion: i.gcVersion ?? 0 };
+    return {
+      version: i.version ?? 0,
+      ...(i.manifestKey !== undefined ? { manifestKey: i.manifestKey } : {}),
+      frontierSeq: i.frontierSeq ?? 0,
+      publishedMs: i.publishedMs ?? 0,
+      gcVersion: i.gcVersion ?? 0,
+      ...(i.lastFailure !== undefined ? { lastFailure: i.lastFailure } : {}),
+    };
+  }
+
+  async recordFailure(pairId: string, failure: CompactionFailure): Promise<void> {
+    // Creates HISTORY if no version was ever published (a first unit that failed); version stays absent then.
+    await this.doc.send(
+      new UpdateCommand({
+        TableName: this.table,
+        Key: { pk: pk(pairId), sk: HISTORY_SK },
+        UpdateExpression: 'SET kind = :kind, lastFailure = :f',
+        ExpressionAttributeValues: { ':kind': 'history', ':f': { reason: failure.reason.slice(0, MAX_FAILURE_REASON), atMs: failure.atMs } },
+      }),
+    );
   }
 
   async acquireCompactor(pairId: string, holder: string, nowMs: number, ttlMs: number): Promise<CompactorLease | undefined> {
@@ -102,7 +123,7 @@ export class DynamoHistory implements HistoryIndex {
     const history = {
       TableName: this.table,
       Key: { pk: pk(pairId), sk: HISTORY_SK },
-      UpdateExpression: 'SET kind = :kind, version = :v, manifestKey = :m, frontierSeq = :f, publishedMs = :p, generation = :g, gcVersion = if_not_exists(gcVersion, :zero)',
+      UpdateExpression: 'SET kind = :kind, version = :v, manifestKey = :m, frontierSeq = :f, publishedMs = :p, generation = :g, gcVersion = if_not_exists(gcVersion, :zero) REMOVE lastFailure',
       ConditionExpression: fromVersion === 0 ? 'attribute_not_exists(version) OR version = :from' : 'version = :from',
       ExpressionAttributeValues: { ':kind': 'history', ':v': record.version, ':m': record.manifestKey, ':f': frontierSeq, ':p': record.publishedMs, ':g': lease.gen, ':zero': 0, ':from': fromVersion },
     };

@@ -11,7 +11,7 @@
 // `hooks.batchItemsDeleted`. Unlike DynamoDB it does not know which pairs exist: a publish
 // for any pair id succeeds (DynamoDB refuses one without its PAIR item).
 
-import type { CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
+import type { CompactionFailure, CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
 import { checkAdvanceGc, checkPublish, checkReaderLease, FrontierBackwardsError } from './history-rules';
 
 export interface MemoryHistoryHooks {
@@ -66,6 +66,10 @@ export class MemoryHistory implements HistoryIndex {
     return clone(this.pair(pairId).head);
   }
 
+  async recordFailure(pairId: string, failure: CompactionFailure): Promise<void> {
+    this.pair(pairId).head.lastFailure = { reason: failure.reason.slice(0, 2000), atMs: failure.atMs };
+  }
+
   async acquireCompactor(pairId: string, holder: string, nowMs: number, ttlMs: number): Promise<CompactorLease | undefined> {
     const p = this.pair(pairId);
     if (p.compactor && p.compactor.expiresMs > nowMs) return undefined;
@@ -93,7 +97,8 @@ export class MemoryHistory implements HistoryIndex {
     if (p.head.version !== fromVersion) return false;
     if (p.versions.has(record.version)) throw new Error(`pair '${pairId}': VERSION#${record.version} exists while HISTORY is at ${fromVersion}`);
     if (p.compactedThrough !== undefined && p.compactedThrough > frontierSeq) throw new FrontierBackwardsError(pairId, frontierSeq, p.compactedThrough);
-    p.head = { ...p.head, version: record.version, manifestKey: record.manifestKey, frontierSeq, publishedMs: record.publishedMs };
+    const { lastFailure: _cleared, ...head } = p.head;
+    p.head = { ...head, version: record.version, manifestKey: record.manifestKey, frontierSeq, publishedMs: record.publishedMs };
     p.versions.set(record.version, clone(record));
     p.compactedThrough = frontierSeq;
     this.hooks.compacted?.(pairId, frontierSeq);

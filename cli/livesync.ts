@@ -13,6 +13,8 @@ import { seedBackupKey } from '../core/keys';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
 import { createPair, pinRp, setRetention, startSeed, unpinRp } from '../replica/pairs';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
+import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
+import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
 import { seedRunEnded, type RecoveryPoint } from '../core/model';
 import { rpLives, rpUntil } from '../core/retention';
 import { formatStatus } from './status';
@@ -37,6 +39,9 @@ const USAGE = `usage: livesync <command> [options]
   pair status --pair P [--watch]
         state and seeding progress (ranges, bytes, rate); --watch until seeding ends
   pair show --pair P
+        the pair item, its history (manifest version, frontier, GC, the last compaction failure) and quarantine
+  pair compact --pair P
+        start a compaction run now (compaction, then GC), as the schedule does every 15 min
   pair set-retention --pair P --tier WINDOW:SPACING [--tier ...] [--app-tier WINDOW:SPACING ...]
         a new retention policy (e.g. --tier 1h:0 --tier 1d:15m --tier 7d:1h --app-tier 30d:1d:
         every RP for 1 h, one per 15 min for 1 d, …); live RPs are judged again under it (an
@@ -150,10 +155,20 @@ async function main(argv: string[]): Promise<number> {
     case 'pair show': {
       const o = opts({ pair: { type: 'string' } });
       const pairId = required('pair', str(o, 'pair'));
-      const { index } = rpStoreFromEnv();
+      const { index, history } = rpStoreFromEnv();
       const pair = await index.getPair(pairId);
       if (!pair) throw new InvalidArgumentError(`unknown pair '${pairId}'`);
-      console.log(JSON.stringify({ ...pair, quarantine: await index.listQuarantine(pairId) }, null, 2));
+      // history: the manifest version in force, its frontier, GC's progress, and why the last unit failed (if one did since).
+      console.log(JSON.stringify({ ...pair, history: await history.getHistory(pairId), quarantine: await index.listQuarantine(pairId) }, null, 2));
+      return 0;
+    }
+    case 'pair compact': {
+      const o = opts({ pair: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      if (!(await rpStoreFromEnv().index.getPair(pairId))) throw new UnknownPairError(pairId);
+      const launcher = compactionLauncherFromEnv();
+      if (!launcher) throw new InvalidArgumentError(`${COMPACTION_STATE_MACHINE_ENV} must be set to start a compaction run (the stack output CompactionStateMachineArn; \`livesync local up\` prints it)`);
+      console.log(JSON.stringify({ pairId, executionArn: await launcher.start(pairId, 'operator') }));
       return 0;
     }
     case 'pair set-retention': {
@@ -199,11 +214,12 @@ async function main(argv: string[]): Promise<number> {
       const out = str(o, 'out');
       const prefix = str(o, 'to-s3');
       if (Boolean(out) === Boolean(prefix)) throw new InvalidArgumentError('give exactly one of --out DIR or --to-s3 PREFIX');
-      const { store, index } = rpStoreFromEnv();
+      const { store, index, history } = rpStoreFromEnv();
       if (out) await mkdir(out, { recursive: true });
       const res = await materialize(store, index, {
         pairId,
         seq,
+        history,
         sinkFor: async (disk, size) => (out ? fileSink(join(out, `${disk}.img`), size) : objectSink(store, `${prefix!.replace(/\/$/, '')}/${disk}.img`)),
       });
       console.log(JSON.stringify(res, null, 2));

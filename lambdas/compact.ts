@@ -41,7 +41,15 @@ export function compactHandlers(deps: CompactDeps, now: () => number = Date.now)
   return {
     unit: async (state: RunState): Promise<RunState & { more: boolean; published: boolean; frontierSeq: number }> => {
       const units = (state.units ?? 0) + 1;
-      const out = await compactOnce(deps, state.pairId, { holder: `unit-${state.pairId}-${now()}`, nowMs: now() });
+      let out: Awaited<ReturnType<typeof compactOnce>>;
+      try {
+        out = await compactOnce(deps, state.pairId, { holder: `unit-${state.pairId}-${now()}`, nowMs: now() });
+      } catch (err) {
+        // The old manifest stays in force; the pair says why until a unit publishes.
+        const e = err as Error;
+        await deps.history.recordFailure(state.pairId, { reason: `${e.name}: ${e.message}`, atMs: now() }).catch(() => {});
+        throw err;
+      }
       const pair = await deps.index.getPair(state.pairId);
       // More to fold: an RP above the new frontier (a unit folds up to the newest RP).
       const more = out.published && units < MAX_UNITS_PER_RUN && (pair?.lastRpSeq ?? 0) > out.frontierSeq;

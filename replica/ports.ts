@@ -193,6 +193,14 @@ export interface HistoryHead {
   publishedMs: number;
   /** Every version ≤ it has been collected by GC. */
   gcVersion: number;
+  /** Why the last compaction unit failed, until a publish succeeds (the old manifest stays in force meanwhile). */
+  lastFailure?: CompactionFailure;
+}
+
+export interface CompactionFailure {
+  /** The error, as `Name: message`. */
+  reason: string;
+  atMs: number;
 }
 
 /** What one publish changed (`sk = VERSION#{version:20}`): GC's work list for that version. */
@@ -231,6 +239,8 @@ export interface HistoryIndex {
   /** Extends the lease if `gen` still holds it; false otherwise (stop: another unit took over). */
   renewCompactor(pairId: string, lease: CompactorLease, nowMs: number, ttlMs: number): Promise<boolean>;
   releaseCompactor(pairId: string, lease: CompactorLease): Promise<void>;
+  /** Records why a unit failed on HISTORY (shown on the pair); the next successful publish clears it. */
+  recordFailure(pairId: string, failure: CompactionFailure): Promise<void>;
   /**
    * One transaction: the lease still held (gen, unexpired at nowMs), HISTORY at `fromVersion`
    * moves to `record.version` (= fromVersion + 1) with `frontierSeq`, the VERSION# record is

@@ -75,4 +75,29 @@ describe('compaction workflow (lib/compaction-workflow.ts) on the local Step Fun
     expect(await handlers.sweep()).toEqual({ started: 1 });
     expect(started).toEqual([pairId]);
   }, 60_000);
+
+  test('a unit that fails says why on the pair (HISTORY.lastFailure), leaves the manifest as it was, and the next good unit clears it', async () => {
+    const c = cloud();
+    const pairId = newPairId('cwfail');
+    await createPair(c.index, { pairId, disks, ccrpIntervalMs: 3600_000 });
+    const w = new BatchWriter({ pairId, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 4 * MiB });
+    for (let i = 0; i < 3; i++) {
+      await w.write('d0', i * 64 * KiB, pattern(64 * KiB, i + 7));
+      await w.flush({ rp: true });
+    }
+    await waitForWatermark(c.index, pairId, 3, 60_000);
+    let broken = true;
+    const store = Object.assign(Object.create(c.store) as typeof c.store, {
+      get: async (...a: Parameters<typeof c.store.get>) => {
+        if (broken && a[0].includes('/journal/')) throw new Error('SlowDown: please reduce your request rate');
+        return c.store.get(...a);
+      },
+    });
+    const handlers = compactHandlers({ store, index: c.index, history: c.history, listPairs: async () => [] });
+    await expect(handlers.unit({ pairId })).rejects.toThrow(/SlowDown/);
+    expect(await c.history.getHistory(pairId)).toEqual(expect.objectContaining({ version: 0, lastFailure: { reason: 'Error: SlowDown: please reduce your request rate', atMs: expect.any(Number) } }));
+    broken = false;
+    expect(await handlers.unit({ pairId })).toEqual(expect.objectContaining({ published: true, frontierSeq: 3 }));
+    expect((await c.history.getHistory(pairId)).lastFailure).toBeUndefined();
+  }, 60_000);
 });

@@ -128,6 +128,18 @@ describe.each(subjects)('%s', (_name, make) => {
     expect(await h.versionsAfter(p, 1, 1)).toEqual([record(2)]);
   });
 
+  test('a failure is recorded on HISTORY (also before any publish) and the next publish clears it', async () => {
+    const p = await s.newPair();
+    await h.recordFailure(p, { reason: 'CorruptHistoryError: run-0000.run@0: piece CRC mismatch', atMs: 500 });
+    expect(await h.getHistory(p)).toEqual({ version: 0, frontierSeq: 0, publishedMs: 0, gcVersion: 0, lastFailure: { reason: 'CorruptHistoryError: run-0000.run@0: piece CRC mismatch', atMs: 500 } });
+    const lease = (await h.acquireCompactor(p, 'a', 1000, 10_000))!;
+    expect(await h.publish(p, lease, 0, record(1), 20, 1000)).toBe(true);
+    expect(await h.getHistory(p)).toEqual({ version: 1, manifestKey: record(1).manifestKey, frontierSeq: 20, publishedMs: 1000, gcVersion: 0 });
+    await h.recordFailure(p, { reason: 'x'.repeat(5000), atMs: 2000 });
+    expect((await h.getHistory(p)).lastFailure).toEqual({ reason: 'x'.repeat(2000), atMs: 2000 });
+    expect((await h.getHistory(p)).version).toBe(1);
+  });
+
   describe('a publish that loses a condition writes nothing and returns false', () => {
     async function published(): Promise<{ p: string; lease: CompactorLease }> {
       const p = await s.newPair();
