@@ -6,9 +6,10 @@
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { BLOCK_SIZE, encodeBatch, type ExtentInput } from '../core/batch-format';
-import { CHUNK_BYTES } from '../core/chunk-format';
-import { journalKey } from '../core/keys';
-import { checkManifest } from '../core/manifest';
+import { CHUNK_BYTES, encodeChunk } from '../core/chunk-format';
+import { baseChunkKey, journalKey } from '../core/keys';
+import { checkManifest, RANGE_BLOCKS } from '../core/manifest';
+import type { BaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, RecoveryPoint } from '../core/model';
 import { readable } from '../core/read-sources';
 import { MemoryHistory } from '../adapters/memory-history';
@@ -18,9 +19,9 @@ import type { ReplicaIndex } from '../replica/ports';
 import { loadBatches, readDiskAt } from './history-read';
 
 const PAIR = 'model';
-const DISK = 'd';
-const SIZE = 3 * CHUNK_BYTES;
-const BLOCKS = SIZE / BLOCK_SIZE;
+/** Two disks: three whole ranges, and one and a half (its last range is short). */
+const DISKS = [{ name: 'd', sizeBytes: 3 * CHUNK_BYTES }, { name: 'e', sizeBytes: 1.5 * CHUNK_BYTES }];
+const BASE_KEY = `pairs/${PAIR}/base/seed-1.json`;
 
 /** The three ReplicaIndex reads a unit makes, over the test's own state. */
 class FakeIndex {
@@ -28,8 +29,9 @@ class FakeIndex {
   rps: { seq: number; expiresAtSec?: number }[] = [];
   watermark = 0;
   lastRpSeq?: number;
+  base?: { key: string; baseSeq: number; firstRpSeq: number };
   async getPair() {
-    return { pairId: PAIR, disks: [{ name: DISK, sizeBytes: SIZE }], watermark: this.watermark, lastRpSeq: this.lastRpSeq, rev: 0 };
+    return { pairId: PAIR, disks: DISKS, watermark: this.watermark, lastRpSeq: this.lastRpSeq, base: this.base, rev: 0 };
   }
   async batchesAfter(_p: string, after: number, limit: number) {
     return this.batches.filter((b) => b.seq > after).slice(0, limit);
@@ -40,7 +42,7 @@ class FakeIndex {
 }
 
 type Op =
-  | { kind: 'batch'; extents: { block: number; count: number; zero: boolean }[]; rp: boolean; lifeSec: number }
+  | { kind: 'batch'; extents: { disk: number; block: number; count: number; zero: boolean }[]; rp: boolean; lifeSec: number }
   | { kind: 'wait'; sec: number }
   | { kind: 'compact'; maxBatches: number; imageKiB: number; maxPieces: number; crash?: CompactStep };
 
@@ -48,7 +50,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 5, arbitrary: fc.record({
     kind: fc.constant('batch' as const),
     // Mostly in the first range (hot), sometimes anywhere.
-    extents: fc.array(fc.record({ block: fc.oneof(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 0, max: BLOCKS - 1 })), count: fc.integer({ min: 1, max: 24 }), zero: fc.integer({ min: 0, max: 9 }).map((x) => x < 3) }), { minLength: 1, maxLength: 4 }),
+    extents: fc.array(fc.record({ disk: fc.integer({ min: 0, max: 3 }).map((x) => (x < 3 ? 0 : 1)), block: fc.oneof(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 0, max: 3 * RANGE_BLOCKS - 1 })), count: fc.integer({ min: 1, max: 24 }), zero: fc.integer({ min: 0, max: 9 }).map((x) => x < 3) }), { minLength: 1, maxLength: 4 }),
     rp: fc.integer({ min: 0, max: 3 }).map((x) => x > 0),
     lifeSec: fc.constantFrom(30, 120, 900, -1),
   }) },
@@ -64,15 +66,38 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   }) },
 );
 
+/** Stores a base (random data in every range but d:1) and puts it into `model`. */
+async function writeBase(store: MemoryObjectStore, model: Buffer[]): Promise<BaseManifest> {
+  const disks: BaseManifest['disks'] = [];
+  for (const [i, d] of DISKS.entries()) {
+    const chunks: BaseManifest['disks'][number]['chunks'] = [];
+    for (let index = 0; index * CHUNK_BYTES < d.sizeBytes; index++) {
+      if (d.name === 'd' && index === 1) continue;
+      const data = randomBytes(Math.min(CHUNK_BYTES, d.sizeBytes - index * CHUNK_BYTES));
+      data.copy(model[i], index * CHUNK_BYTES);
+      const { body, ref } = await encodeChunk(index, data);
+      await store.put(baseChunkKey(PAIR, ref.sha256), body);
+      chunks.push([index, ref.sha256, ref.crc32c, ref.length]);
+    }
+    disks.push({ name: d.name, sizeBytes: d.sizeBytes, chunks });
+  }
+  const base: BaseManifest = { format: 'livesync-base', version: 1, pairId: PAIR, seedId: 'seed-1', baseSeq: 0, firstRpSeq: 0, source: 'test', createdMs: 0, chunkBytes: CHUNK_BYTES, disks };
+  await store.put(BASE_KEY, Buffer.from(JSON.stringify(base)));
+  return base;
+}
+
 describe('compaction, model-based', () => {
   test('every live RP reads bit-exact after any sequence of writes, expiries, units and crashes', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(opArb, { minLength: 10, maxLength: 70 }), async (ops) => {
+      fc.asyncProperty(fc.array(opArb, { minLength: 10, maxLength: 70 }), fc.boolean(), async (ops, seeded) => {
         const store = new MemoryObjectStore();
         const history = new MemoryHistory();
         const index = new FakeIndex();
-        const model = Buffer.alloc(SIZE);
-        const snapshots = new Map<number, Buffer>();
+        const model = DISKS.map((d) => Buffer.alloc(d.sizeBytes));
+        const snapshots = new Map<number, Buffer[]>();
+        // A seeded pair: base chunks for some ranges (range 1 of 'd' is all zeros: no chunk), baseSeq 0.
+        const base = seeded ? await writeBase(store, model) : undefined;
+        if (base) index.base = { key: BASE_KEY, baseSeq: 0, firstRpSeq: 0 };
         let t = 1_800_000_000_000;
         let lastVersion = 0;
         for (const op of ops) {
@@ -80,26 +105,28 @@ describe('compaction, model-based', () => {
           if (op.kind === 'batch') {
             const seq = index.watermark + 1;
             const extents: ExtentInput[] = [];
-            const used = new Set<number>();
+            const used = new Set<string>();
             for (const e of op.extents) {
-              const count = Math.min(e.count, BLOCKS - e.block);
-              if (Array.from({ length: count }, (_, i) => e.block + i).some((b) => used.has(b))) continue;
-              for (let i = 0; i < count; i++) used.add(e.block + i);
+              const blocks = DISKS[e.disk].sizeBytes / BLOCK_SIZE;
+              const block = e.block % blocks;
+              const count = Math.min(e.count, blocks - block);
+              if (Array.from({ length: count }, (_, i) => `${e.disk}:${block + i}`).some((b) => used.has(b))) continue;
+              for (let i = 0; i < count; i++) used.add(`${e.disk}:${block + i}`);
               if (e.zero) {
-                extents.push({ disk: 0, blockIndex: e.block, zeroBlocks: count });
-                model.fill(0, e.block * BLOCK_SIZE, (e.block + count) * BLOCK_SIZE);
+                extents.push({ disk: e.disk, blockIndex: block, zeroBlocks: count });
+                model[e.disk].fill(0, block * BLOCK_SIZE, (block + count) * BLOCK_SIZE);
               } else {
                 const data = randomBytes(count * BLOCK_SIZE);
-                extents.push({ disk: 0, blockIndex: e.block, data });
-                data.copy(model, e.block * BLOCK_SIZE);
+                extents.push({ disk: e.disk, blockIndex: block, data });
+                data.copy(model[e.disk], block * BLOCK_SIZE);
               }
             }
-            const body = encodeBatch({ pairId: PAIR, seq, prevSeq: seq - 1, firstWriteMs: t, cutMs: t, flags: 0, disks: [DISK] }, extents);
+            const body = encodeBatch({ pairId: PAIR, seq, prevSeq: seq - 1, firstWriteMs: t, cutMs: t, flags: 0, disks: DISKS.map((d) => d.name) }, extents);
             const key = journalKey(PAIR, seq);
             await store.put(key, body);
-            index.batches.push({ seq, key, sizeBytes: body.length, objectCrc: 0, firstWriteMs: t, cutMs: t, flags: 0, extentCount: extents.length, dataBytes: 0, disks: [DISK], registeredMs: t });
+            index.batches.push({ seq, key, sizeBytes: body.length, objectCrc: 0, firstWriteMs: t, cutMs: t, flags: 0, extentCount: extents.length, dataBytes: 0, disks: DISKS.map((d) => d.name), registeredMs: t });
             index.watermark = seq;
-            snapshots.set(seq, Buffer.from(model));
+            snapshots.set(seq, model.map((b) => Buffer.from(b)));
             if (op.rp) {
               index.rps.push({ seq, expiresAtSec: op.lifeSec < 0 ? undefined : Math.floor(t / 1000) + op.lifeSec });
               index.lastRpSeq = seq;
@@ -131,15 +158,19 @@ describe('compaction, model-based', () => {
           const l0 = await loadBatches(store, index.batches.filter((b) => b.seq > m.frontierSeq));
           for (const r of await index.listRecoveryPoints(PAIR, Math.floor(t / 1000))) {
             expect({ seq: r.seq, readable: readable(m, r.seq) }).toEqual({ seq: r.seq, readable: true });
-            const got = await readDiskAt(store, m, l0, DISK, SIZE, r.seq);
-            expect({ seq: r.seq, same: got.equals(snapshots.get(r.seq)!) }).toEqual({ seq: r.seq, same: true });
+            for (const [i, d] of DISKS.entries()) {
+              const got = await readDiskAt(store, m, l0, d.name, d.sizeBytes, r.seq, undefined, base);
+              expect({ seq: r.seq, disk: d.name, same: got.equals(snapshots.get(r.seq)![i]) }).toEqual({ seq: r.seq, disk: d.name, same: true });
+            }
           }
           // Above the frontier too: the newest state reads (the RPs to come see it).
-          const newest = await readDiskAt(store, m, l0, DISK, SIZE, Math.max(index.watermark, m.frontierSeq));
-          expect(newest.equals(model)).toBe(true);
+          for (const [i, d] of DISKS.entries()) {
+            const newest = await readDiskAt(store, m, l0, d.name, d.sizeBytes, Math.max(index.watermark, m.frontierSeq), undefined, base);
+            expect(newest.equals(model[i])).toBe(true);
+          }
         }
       }),
-      { numRuns: Number(process.env.MODEL_RUNS ?? 30) },
+      { numRuns: Number(process.env.MODEL_RUNS ?? 20) },
     );
   });
 });

@@ -6,7 +6,9 @@
 import { BLOCK_SIZE, EXTENT_FLAGS, decodeBatch, decodeExtent, type DecodedBatch } from '../core/batch-format';
 import { CHUNK_BYTES, decodeChunk } from '../core/chunk-format';
 import { RANGE_BLOCKS, rangeId, type Manifest, type RangeId } from '../core/manifest';
+import { baseChunkKey } from '../core/keys';
 import { rangeSources } from '../core/read-sources';
+import type { BaseManifest } from '../core/seed-manifests';
 import { decodePiece, pieceVersionData } from '../core/run-format';
 import type { ObjectStore } from '../replica/ports';
 
@@ -31,8 +33,8 @@ export async function loadBatches(store: ObjectStore, batches: { seq: number; ke
   return out;
 }
 
-/** Disk `disk` (of `sizeBytes`, no base) at seq k through manifest `m`; pushes each range's object count to `counts`. */
-export async function readDiskAt(store: ObjectStore, m: Manifest, l0: Map<number, L0Entry>, disk: string, sizeBytes: number, k: number, counts?: number[]): Promise<Buffer> {
+/** Disk `disk` (of `sizeBytes`) at seq k through manifest `m` (and the pair's base, if it has one); pushes each range's object count to `counts`. */
+export async function readDiskAt(store: ObjectStore, m: Manifest, l0: Map<number, L0Entry>, disk: string, sizeBytes: number, k: number, counts?: number[], base?: BaseManifest): Promise<Buffer> {
   const out = Buffer.alloc(sizeBytes);
   const seqs = [...l0.keys()].sort((a, b) => a - b);
   for (let index = 0; index * CHUNK_BYTES < sizeBytes; index++) {
@@ -41,6 +43,9 @@ export async function readDiskAt(store: ObjectStore, m: Manifest, l0: Map<number
     if (s.count > 0) counts?.push(s.count);
     const data = out.subarray(index * CHUNK_BYTES, (index + 1) * CHUNK_BYTES);
     if (s.image && !s.image.zero) decodeChunk(await store.get(s.image.key), { index, sha256: s.image.sha256, crc32c: s.image.crc32c, length: s.image.length }, s.image.key).copy(data);
+    const chunk = s.base ? base?.disks.find((d) => d.name === disk)?.chunks.find((c) => c[0] === index) : undefined;
+    if (s.base && !base) throw new Error(`range ${id} reads the base, and no base manifest was given`);
+    if (chunk) decodeChunk(await store.get(baseChunkKey(m.pairId, chunk[1])), { index, sha256: chunk[1], crc32c: chunk[2], length: chunk[3] }, chunk[1]).copy(data);
     const floor = s.image?.seq ?? -1;
     const versions: { seq: number; block: number; data: Buffer }[] = [];
     for (const q of s.pieces) {
