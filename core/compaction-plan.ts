@@ -5,7 +5,7 @@
 // from what the unit wrote (applyUnit) and the keys it no longer references (removedKeys).
 // replica/compactor.ts reads, builds, writes and publishes.
 
-import { oldestAtOrAbove } from './keep';
+import { countAtOrBelow, oldestAtOrAbove } from './keep';
 import { MAX_PIECES_PER_SPAN, MANIFEST_FORMAT, type ImageEntry, type Manifest, type PieceEntry, type RangeHistory, type RangeId } from './manifest';
 
 export interface PlanConfig {
@@ -15,9 +15,16 @@ export interface PlanConfig {
   maxPiecesPerSpan: number;
   /** A piece whose dead bytes (versions no retained point sees) reach this share is rewritten (default 0.5). */
   deadRewriteRatio: number;
+  /**
+   * A piece is re-checked (read, and rewritten if deadRewriteRatio of it is dead) when a unit
+   * takes this share of the points that reached it (default 0.25), or a new image closes its
+   * span. Steady expiry of 5-s RPs takes a small share of a piece's hundreds of points per
+   * unit: it is re-checked a few times in its life, not at every unit.
+   */
+  recheckLoss: number;
 }
 
-export const DEFAULT_PLAN_CONFIG: PlanConfig = { imageBytes: 4 * 1024 * 1024, maxPiecesPerSpan: MAX_PIECES_PER_SPAN, deadRewriteRatio: 0.5 };
+export const DEFAULT_PLAN_CONFIG: PlanConfig = { imageBytes: 4 * 1024 * 1024, maxPiecesPerSpan: MAX_PIECES_PER_SPAN, deadRewriteRatio: 0.5, recheckLoss: 0.25 };
 
 /** One L0 batch above the frontier as the planner sees it: which ranges it writes, and how many data bytes in each. */
 export interface L0Summary {
@@ -50,7 +57,7 @@ export interface RangePlan {
   imageSeqs: number[];
   /** Pieces that stay as they are. */
   keepPieces: PieceEntry[];
-  /** Pieces that lost retained points since they were written: read, and rewritten with their visible versions when at least deadRewriteRatio of their bytes is dead (else kept). */
+  /** Pieces that lost recheckLoss of their points this unit, or whose span a new image closed: read, and rewritten with their visible versions when at least deadRewriteRatio of their bytes is dead (else kept). */
   recheck: PieceEntry[];
   /** Pieces no retained point reads. */
   dropPieces: PieceEntry[];
@@ -74,7 +81,14 @@ export interface UnitPlan {
 const asc = (a: number, b: number): number => a - b;
 
 /** Whether some point of ascending `xs` lies in [lo, hi). */
-const anyIn = (xs: readonly number[], lo: number, hi: number): boolean => xs.some((p) => p >= lo && p < hi);
+/** How many points of ascending integer `xs` lie in [lo, hi) (hi undefined: unbounded). */
+const countIn = (xs: readonly number[], lo: number, hi: number | undefined): number => (hi === undefined ? xs.length : countAtOrBelow(xs, hi - 1)) - countAtOrBelow(xs, lo - 1);
+
+/** Whether some point of ascending `xs` lies in [lo, hi) (hi undefined: unbounded). O(log n). */
+const anyIn = (xs: readonly number[], lo: number, hi: number | undefined): boolean => {
+  const p = oldestAtOrAbove(xs, lo);
+  return p !== undefined && (hi === undefined || p < hi);
+};
 
 /**
  * The new manifest's retained points: of `points` (live and pinned RPs, reader leases), those
@@ -103,23 +117,33 @@ export function planUnit(m: Manifest, l0: readonly L0Summary[], points: readonly
     }
   }
   const ids = [...new Set([...Object.keys(m.ranges), ...touched.keys()])].sort();
+  const kept = new Set(retained);
+  const pts: Points = { retained, above: retained.filter((p) => p > m.frontierSeq), lost: m.retained.filter((p) => !kept.has(p)) };
   const ranges: RangePlan[] = [];
   for (const id of ids) {
-    const r = planRange(id, m.ranges[id] ?? { images: [], pieces: [] }, touched.get(id) ?? [], m, retained, cut, cfg);
+    const r = planRange(id, m.ranges[id] ?? { images: [], pieces: [] }, touched.get(id) ?? [], m, pts, cut, cfg);
     if (r) ranges.push(r);
   }
   return { pairId: m.pairId, fromVersion: m.version, frontierSeq: m.frontierSeq, cut, retained, foldedSeqs: folded.map((b) => b.seq), foldedKeys: folded.map((b) => b.key), ranges };
 }
 
+/** The unit's retained points, those above the input's frontier, and the input's that are not retained any more (all ascending). */
+interface Points {
+  retained: number[];
+  above: number[];
+  lost: number[];
+}
+
 /** The plan of one range, or undefined when it stays as it is. */
-function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes: number }[], m: Manifest, retained: number[], cut: number, cfg: PlanConfig): RangePlan | undefined {
+function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes: number }[], m: Manifest, points: Points, cut: number, cfg: PlanConfig): RangePlan | undefined {
   const f = m.frontierSeq;
+  const { retained } = points;
   // 1. New images: walking the retained points above the frontier, one where the data since the newest image reaches imageBytes.
   const lastOld = old.images.length > 0 ? old.images[old.images.length - 1].seq : -1;
   let acc = old.pieces.filter((p) => p.seqLo > lastOld).reduce((n, p) => n + p.dataBytes, 0);
   const newImages: number[] = [];
   let b = 0;
-  for (const p of retained.filter((x) => x > f)) {
+  for (const p of points.above) {
     let wrote = false;
     for (; b < batches.length && batches[b].seq <= p; b++) {
       acc += batches[b].bytes;
@@ -151,13 +175,15 @@ function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes
   const dropPieces: PieceEntry[] = [];
   for (const q of old.pieces) {
     const end = oldestAtOrAbove(imageSeqs, q.seqHi);
-    const reach = retained.filter((p) => p >= q.seqLo && (end === undefined || p < end));
-    if (reach.length === 0 && end !== undefined) {
+    if (end !== undefined && !anyIn(retained, q.seqLo, end)) {
       dropPieces.push(q);
       continue;
     }
     const oldEnd = oldestAtOrAbove(oldImageSeqs, q.seqHi);
-    const lost = m.retained.some((p) => p >= q.seqLo && (oldEnd === undefined || p < oldEnd) && !retained.includes(p)) || (oldEnd === undefined && end !== undefined);
+    // The points that reached it in the input (+∞ for an open span) and how many of them this unit takes.
+    const had = countIn(m.retained, q.seqLo, oldEnd) + (oldEnd === undefined ? 1 : 0);
+    const closed = oldEnd === undefined && end !== undefined;
+    const lost = closed || countIn(points.lost, q.seqLo, oldEnd) >= Math.max(1, cfg.recheckLoss * had);
     (lost ? recheck : keepPieces).push(q);
   }
   // 4. Fold: one build per stretch of seqs between the new images that some batch wrote in.

@@ -29,7 +29,7 @@ export interface KeepOptions {
 }
 
 /** How many elements of ascending `xs` are ≤ x (binary search). */
-function countAtOrBelow(xs: readonly number[], x: number): number {
+export function countAtOrBelow(xs: readonly number[], x: number): number {
   let lo = 0;
   let hi = xs.length;
   while (lo < hi) {

@@ -87,6 +87,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     imageBytes: opts.imageBytes ?? DEFAULT_PLAN_CONFIG.imageBytes,
     maxPiecesPerSpan: opts.maxPiecesPerSpan ?? DEFAULT_PLAN_CONFIG.maxPiecesPerSpan,
     deadRewriteRatio: opts.deadRewriteRatio ?? DEFAULT_PLAN_CONFIG.deadRewriteRatio,
+    recheckLoss: opts.recheckLoss ?? DEFAULT_PLAN_CONFIG.recheckLoss,
   };
   const { store, index, history } = deps;
   const written = { runs: 0, images: 0, bytes: 0, imageBytes: 0 };

@@ -9,7 +9,7 @@ const piece = (seqLo: number, seqHi: number, dataBytes: number, key = RUN(1)): P
 const sha = (c: string): string => c.repeat(64);
 const image = (seq: number, c: string, key = IMG(1, sha(c))): ImageEntry => ({ seq, key, sha256: sha(c), crc32c: 2, length: 4 * 1024 * 1024 });
 const batch = (seq: number, ranges: Record<string, number>): L0Summary => ({ seq, key: `pairs/p/journal/${seq}.batch`, ranges: new Map(Object.entries(ranges)) });
-const cfg = (o: Partial<PlanConfig> = {}): PlanConfig => ({ imageBytes: 100, maxPiecesPerSpan: 4, deadRewriteRatio: 0.5, ...o });
+const cfg = (o: Partial<PlanConfig> = {}): PlanConfig => ({ imageBytes: 100, maxPiecesPerSpan: 4, deadRewriteRatio: 0.5, recheckLoss: 0.25, ...o });
 const manifest = (frontierSeq: number, retained: number[], ranges: Manifest['ranges']): Manifest => ({ ...initialManifest('p'), version: 1, generation: 1, frontierSeq, retained, ranges });
 const span = (q: { seqLo: number; seqHi: number }): string => `${q.seqLo}-${q.seqHi}`;
 
@@ -58,6 +58,16 @@ describe('planUnit', () => {
     expect(r.dropPieces.map(span)).toEqual([]); // 21-24 is read by 25 (no image in between)
     expect(r.recheck.map(span)).toEqual(['21-24']); // lost 22
     expect(r.keepPieces.map(span)).toEqual(['25-30']);
+  });
+
+  test('re-checks are throttled: a piece is read again when a unit takes a quarter of its points, not one of many', () => {
+    const points = Array.from({ length: 12 }, (_, i) => 21 + i); // 21..32, all reaching the piece 21-30 (image at 40)
+    const m = manifest(40, [...points, 40], { 'd:0': { images: [image(20, 'b'), image(40, 'c')], pieces: [piece(21, 30, 5)] } });
+    const after = (kept: number[]) => planUnit(m, [batch(41, { 'd:1': 1 })], [...kept, 40], 41, cfg()).ranges.find((x) => x.range === 'd:0');
+    expect(after(points.slice(1))).toBeUndefined(); // 1 of 12 lost: kept as is
+    expect(after(points.slice(2))).toBeUndefined(); // 2 of 12
+    expect(after(points.slice(3))!.recheck.map(span)).toEqual(['21-30']); // 3 of 12: a quarter
+    expect(planUnit(m, [batch(41, { 'd:1': 1 })], [22, 40], 41, cfg({ recheckLoss: 0 })).ranges.find((x) => x.range === 'd:0')!.recheck.map(span)).toEqual(['21-30']);
   });
 
   test('I1: the adjacent pair with the fewest bytes is merged until at most 4 pieces remain per span', () => {
