@@ -16,7 +16,7 @@ import type { Pair } from '../core/model';
 import { replicaDigests } from '../replica/digests';
 import { sleep } from '../replica/concurrency';
 import { waitForWatermark } from '../replica/pairs';
-import type { KeyLister, ObjectStore, ReplicaIndex } from '../replica/ports';
+import type { HistoryIndex, KeyLister, ObjectStore, ReplicaIndex } from '../replica/ports';
 import { writeBackup } from '../source/backup';
 import type { CutOptions } from '../source/batch-writer';
 import { inFreezeWindow, takeAcrp, type AcrpHooks } from './acrp';
@@ -37,6 +37,8 @@ export interface AgentOptions {
   port: number;
   store: ObjectStore & KeyLister;
   index: ReplicaIndex;
+  /** The pair's history index (read only): the checksum resync reads the replica through it. */
+  history?: HistoryIndex;
   /** The bucket `store` writes to (LIVESYNC_BUCKET), for the s3:// URL of a backup; unknown: no URL. */
   bucket?: string;
   /** Where the agent keeps its spool, dirty map and state; default .livesync/agent/{pair}. */
@@ -420,7 +422,14 @@ const range = (from: number, to: number): number[] => Array.from({ length: Math.
 async function markDifferences(o: AgentOptions, capture: PairCapture, dirty: DirtyMap, files: FileHandle[], log: (m: string) => void): Promise<void> {
   const upTo = capture.writer.nextSeq - 1;
   const pair = await waitForWatermark(o.index, o.pairId, upTo, 24 * 3600 * 1000);
-  const digests = await replicaDigests(o.store, o.index, { pairId: o.pairId, seq: pair.watermark, regionBytes: (disk) => dirty.regionBytes(pair.disks.findIndex((d) => d.name === disk)) });
+  const digests = await replicaDigests(o.store, o.index, {
+    pairId: o.pairId,
+    seq: pair.watermark,
+    regionBytes: (disk) => dirty.regionBytes(pair.disks.findIndex((d) => d.name === disk)),
+    // Through the pair's history (batches at or below its frontier are folded, later collected), without a reader lease: the agent's role only reads its pair.
+    history: o.history,
+    lease: false,
+  });
   const differ: Region[] = [];
   let regions = 0;
   for (let disk = 0; disk < pair.disks.length; disk++) {

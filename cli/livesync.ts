@@ -254,7 +254,7 @@ async function main(argv: string[]): Promise<number> {
       const listen = str(o, 'listen') ?? '127.0.0.1:10809';
       const m = /^(.+):(\d+)$/.exec(listen);
       if (!m) throw new InvalidArgumentError(`--listen: '${listen}' is not HOST:PORT`);
-      const { store, index } = rpStoreFromEnv();
+      const { store, index, history } = rpStoreFromEnv();
       const interval = str(o, 'acrp-interval');
       const agent = await startAgent({
         pairId,
@@ -263,6 +263,7 @@ async function main(argv: string[]): Promise<number> {
         port: Number(m[2]),
         store,
         index,
+        history,
         bucket: process.env.LIVESYNC_BUCKET,
         stateDir: str(o, 'state-dir'),
         hooks: { preFreeze: str(o, 'pre-freeze'), postThaw: str(o, 'post-thaw'), timeoutMs: parseDuration('hook-timeout', str(o, 'hook-timeout') ?? '60s') },

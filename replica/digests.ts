@@ -14,6 +14,8 @@ export interface DigestRequest {
   regionBytes: (disk: string) => number;
   /** The pair's history index (RpStore.history): the read goes through its manifest under a 'digests' reader lease. */
   history?: HistoryIndex;
+  /** false: without a reader lease (the agent, which may not write index items; replica/materialize.ts says why that is safe). */
+  lease?: boolean;
 }
 
 /**
@@ -34,6 +36,7 @@ export async function replicaDigests(store: ObjectStore, index: ReplicaIndex, r:
     anyAppliedSeq: true,
     history: r.history,
     readerKind: 'digests',
+    lease: r.lease,
     windowBytes,
     sinkFor: async (disk, size) => {
       const region = regionSizes.get(disk)!;

@@ -92,7 +92,18 @@ export interface MaterializeOptions {
   readerKind?: ReaderLease['kind'];
   /** The reader lease's lifetime (default 5 min); it is renewed every third of it while reading. */
   leaseTtlMs?: number;
+  /**
+   * false: read the history without a reader lease, for a reader that may not write index
+   * items (the agent's checksum resync, whose role only reads its pair). Safe because GC
+   * deletes an object only a grace period (1 h) after the publish that stopped referencing
+   * it; such a read must therefore end within LEASELESS_READ_MS, or it fails (never reads
+   * wrong: a collected object is a missing one). Default true.
+   */
+  lease?: boolean;
 }
+
+/** The longest a read without a reader lease may run: well inside GC's default grace of 1 h. */
+export const LEASELESS_READ_MS = 15 * 60 * 1000;
 
 export interface MaterializeResult {
   /** The RP read (absent for an `anyAppliedSeq` read of a seq that is not one). */
@@ -133,7 +144,7 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
   if (o.seq > pair.watermark) throw new Error(`RP ${o.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
 
   const stats: Stats = { gets: 0, bytesRead: 0, sources: 0 };
-  const reader = await openHistory(store, o.history, pair, { seq: o.seq, kind: o.readerKind ?? 'recovery', ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, clock }, stats);
+  const reader = await openHistory(store, o.history, pair, { seq: o.seq, kind: o.readerKind ?? 'recovery', ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, clock, lease: o.lease ?? true }, stats);
   try {
     const m = reader.manifest;
     if (!readable(m, o.seq)) throw new HistoryPrunedError(o.pairId, o.seq, m.frontierSeq);
@@ -224,10 +235,26 @@ async function openHistory(
   store: ObjectStore,
   history: HistoryIndex | undefined,
   pair: Pair,
-  l: { seq: number; kind: ReaderLease['kind']; ttlMs: number; clock: () => number },
+  l: { seq: number; kind: ReaderLease['kind']; ttlMs: number; clock: () => number; lease: boolean },
   stats: Stats,
 ): Promise<HistoryReader> {
   if (!history) return { manifest: pairInitialManifest(pair), wholeL0: pair.compactedThrough !== undefined, check: () => {}, close: async () => {} };
+  if (!l.lease) {
+    const head = await history.getHistory(pair.pairId);
+    const read = await manifestOf(store, pair, head);
+    if (read.key) {
+      stats.gets++;
+      stats.bytesRead += read.bytes;
+    }
+    const until = l.clock() + LEASELESS_READ_MS;
+    return {
+      manifest: read.manifest,
+      check() {
+        if (l.clock() >= until) throw new Error(`a read of pair '${pair.pairId}' without a reader lease ran past ${LEASELESS_READ_MS / 60000} min (GC may collect what it reads)`);
+      },
+      close: async () => {},
+    };
+  }
   const lease: ReaderLease = { id: `${l.kind}-${randomBytes(8).toString('hex')}`, kind: l.kind, seq: l.seq, manifestVersion: 0, expiresMs: 0 };
   const put = async (): Promise<void> => {
     const next = { ...lease, expiresMs: l.clock() + l.ttlMs };

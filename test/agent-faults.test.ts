@@ -13,6 +13,8 @@ import { BATCH_FLAGS } from '../core/batch-format';
 import { rng } from '../source/workload';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { KeyLister, ObjectStore } from '../replica/ports';
+import { compactOnce } from '../replica/compactor';
+import { gcOnce } from '../replica/gc';
 import { spawnAgentProcess, type AgentProcess } from './agent-process';
 import { cloud, eventually, firstDifference, have, newPairId, recover } from './helpers';
 
@@ -254,6 +256,44 @@ function outage(store: ObjectStore & KeyLister): ObjectStore & KeyLister & { dow
     expect(agent.status().resyncedRegions).toBe(1);
     expect(await c.index.listQuarantine(pairId)).toEqual([]);
   }, 120_000);
+  test('once its batches are compacted and collected, the comparison reads the replica through the history, without a reader lease', async () => {
+    const { pairId, c, image, start } = await servedPair('vhist', 16 * MiB);
+    agent = await start({ history: c.history });
+    const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
+    for (let i = 0; i < 8; i++) {
+      await client.write(i * 2 * MiB, content(300 + i));
+      await client.flush();
+      await agent.flush({ rp: true });
+    }
+    await client.close();
+    const last = await agent.flush({ rp: true });
+    await waitForWatermark(c.index, pairId, last, 60_000);
+    await agent.stop();
+    agent = undefined;
+    // Every batch (the clean stop's last one too, an RP) folded into the history, by this unit
+    // or by a run the apply path started meanwhile, and, grace 0, collected: the journal is empty.
+    await eventually('the history folded up to the watermark', async () => {
+      await compactOnce(c, pairId, { holder: 'test' });
+      const pair = (await c.index.getPair(pairId))!;
+      return (await c.history.getHistory(pairId)).frontierSeq === pair.watermark ? true : undefined;
+    });
+    await gcOnce(c, pairId, { nowMs: Date.now() + 1000, graceMs: 0 });
+    expect(await c.store.listKeys(`pairs/${pairId}/journal/`)).toEqual([]);
+
+    await write(image, 3 * MiB + 777, Buffer.from('changed offline'));
+    // The agent may not write index items: a reader lease it tried to take would fail here.
+    const readOnly = Object.assign(Object.create(c.history) as typeof c.history, {
+      putReaderLease: async () => {
+        throw new Error('AccessDenied: the agent may not write LEASE# items');
+      },
+    });
+    agent = await start({ history: readOnly, verifyReplica: true });
+    await untilStreaming('the comparison and resync');
+    const seq = await agent.flush({ rp: true });
+    expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
+    expect(agent.status().resyncedRegions).toBe(1);
+  }, 120_000);
+
   test('a corrupt spooled batch is dropped at start; its seq becomes a resync marker and its regions are found by comparison', async () => {
     const { pairId, c, image, start } = await servedPair('rot', 32 * MiB);
     const store = outage(c.store);
