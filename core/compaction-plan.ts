@@ -195,7 +195,7 @@ function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes
     lo = hi + 1;
     if (hi === cut) break;
   }
-  // 5. I1: in each span between consecutive images, merge the adjacent pair with the fewest bytes until at most maxPiecesPerSpan remain.
+  // 5. I1: in each span between consecutive images, merge the adjacent pair most alike in size until at most maxPiecesPerSpan remain.
   type Item = { build?: PieceBuild; piece?: PieceEntry; seqLo: number; seqHi: number; bytes: number };
   const items: Item[] = [
     ...[...keepPieces, ...recheck].map((q) => ({ piece: q, seqLo: q.seqLo, seqHi: q.seqHi, bytes: q.dataBytes })),
@@ -208,8 +208,18 @@ function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes
     while (j < items.length && spanOf(items[j]) === spanOf(items[i])) j++;
     const span = items.slice(i, j);
     while (span.length > cfg.maxPiecesPerSpan) {
+      // The most similar adjacent sizes (then the fewest bytes): pieces grow in tiers, as a
+      // counter's digits do. Merging the fewest bytes instead keeps rewriting the newest piece
+      // as it grows: 18.8 writes per folded byte over 150 equal folds into 4 slots, 7.4 this way.
+      const cost = (k: number): [number, number] => {
+        const [a, b] = [span[k].bytes, span[k + 1].bytes];
+        return [Math.max(a, b) / Math.max(1, Math.min(a, b)), a + b];
+      };
       let best = 0;
-      for (let k = 1; k + 1 < span.length; k++) if (span[k].bytes + span[k + 1].bytes < span[best].bytes + span[best + 1].bytes) best = k;
+      for (let k = 1; k + 1 < span.length; k++) {
+        const [c, b] = [cost(k), cost(best)];
+        if (c[0] < b[0] || (c[0] === b[0] && c[1] < b[1])) best = k;
+      }
       const [x, y] = [span[best], span[best + 1]];
       const from = [x, y].flatMap((it) => (it.piece ? [it.piece] : it.build!.from));
       const build: PieceBuild = { seqLo: x.seqLo, seqHi: y.seqHi, from, l0: Boolean(x.build?.l0 || y.build?.l0), bytes: x.bytes + y.bytes };

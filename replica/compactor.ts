@@ -409,7 +409,7 @@ class RunWriter {
     this.written.set(at.key, list);
     this.parts.push(piece);
     this.size += piece.length;
-    if (this.size >= this.runBytes) this.pending.push(this.close());
+    if (this.size >= this.runBytes) this.closeOpen();
     return at;
   }
 
@@ -426,8 +426,15 @@ class RunWriter {
     this.stats.bytes += body.length;
   }
 
+  /** Starts the PUT of the open run; a failure surfaces at flush (not as an unhandled rejection before it). */
+  private closeOpen(): void {
+    const put = this.close();
+    put.catch(() => {});
+    this.pending.push(put);
+  }
+
   async flush(): Promise<void> {
-    if (this.size > 0) this.pending.push(this.close());
+    if (this.size > 0) this.closeOpen();
     await Promise.all(this.pending);
     this.pending = [];
   }

@@ -70,7 +70,7 @@ describe('planUnit', () => {
     expect(planUnit(m, [batch(41, { 'd:1': 1 })], [22, 40], 41, cfg({ recheckLoss: 0 })).ranges.find((x) => x.range === 'd:0')!.recheck.map(span)).toEqual(['21-30']);
   });
 
-  test('I1: the adjacent pair with the fewest bytes is merged until at most 4 pieces remain per span', () => {
+  test('I1: the adjacent pair most alike in size (then fewest bytes) is merged until at most 4 pieces remain per span', () => {
     const m = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 10), piece(11, 20, 1), piece(21, 30, 1), piece(31, 40, 10)] } });
     const plan = planUnit(m, [batch(41, { 'd:0': 5 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 }));
     const r = plan.ranges[0];
@@ -79,10 +79,14 @@ describe('planUnit', () => {
       ['41-41', [], true, 5],
     ]);
     expect(r.keepPieces.map(span)).toEqual(['1-10', '31-40']);
-    // The fold merges into its neighbour when that is the cheapest pair.
+    // Equal neighbours merge first (tiers, as a counter's digits), the fewest bytes among equals.
     const m2 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 10), piece(11, 20, 10), piece(21, 30, 10), piece(31, 40, 1)] } });
     const r2 = planUnit(m2, [batch(41, { 'd:0': 2 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 })).ranges[0];
-    expect(r2.builds.map((b) => [span(b), b.from.map(span), b.l0])).toEqual([['31-41', ['31-40'], true]]);
+    expect(r2.builds.map((b) => [span(b), b.from.map(span), b.l0])).toEqual([['1-20', ['1-10', '11-20'], false], ['41-41', [], true]]);
+    // The fold merges into its neighbour when those two are the most alike.
+    const m3 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 40), piece(11, 20, 20), piece(21, 30, 10), piece(31, 40, 1)] } });
+    const r3 = planUnit(m3, [batch(41, { 'd:0': 1 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 })).ranges[0];
+    expect(r3.builds.map((b) => [span(b), b.from.map(span), b.l0])).toEqual([['31-41', ['31-40'], true]]);
   });
 
   test('spans are merged apart: pieces below an image never merge with pieces above it', () => {
