@@ -29,7 +29,7 @@ maybe('livesync local up', () => {
     const ddb = dynamoClient({ endpoint: env.AWS_ENDPOINT_URL_DYNAMODB });
     const { Table } = await ddb.send(new DescribeTableCommand({ TableName: env.LIVESYNC_TABLE }));
     expect(Table!.KeySchema).toEqual([{ AttributeName: 'pk', KeyType: 'HASH' }, { AttributeName: 'sk', KeyType: 'RANGE' }]);
-    expect(Table!.GlobalSecondaryIndexes!.map((g) => [g.IndexName, g.KeySchema!.map((k) => k.AttributeName)])).toEqual([['acrp', ['acrpPk', 'acrpSk']]]);
+    expect(Table!.GlobalSecondaryIndexes!.map((g) => [g.IndexName, g.KeySchema!.map((k) => k.AttributeName)])).toEqual([['acrp', ['acrpPk', 'acrpSk']], ['pairs', ['pairsPk', 'pk']]]);
     expect(Table!.StreamSpecification).toEqual({ StreamEnabled: true, StreamViewType: 'NEW_AND_OLD_IMAGES' });
     const ttl = await ddb.send(new DescribeTimeToLiveCommand({ TableName: env.LIVESYNC_TABLE }));
     expect(ttl.TimeToLiveDescription).toMatchObject({ AttributeName: 'expiresAt', TimeToLiveStatus: 'ENABLED' });
