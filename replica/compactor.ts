@@ -6,7 +6,7 @@
 
 import { BLOCK_SIZE, EXTENT_FLAGS, decodeBatch, decodeExtent, type DecodedBatch } from '../core/batch-format';
 import { CHUNK_BYTES, decodeChunk, encodeChunk, isAllZero } from '../core/chunk-format';
-import { DEFAULT_PLAN_CONFIG, applyUnit, pieceId, planUnit, removedKeys, type L0Summary, type PieceBuild, type PlanConfig, type RangePlan, type RangeResult, type UnitPlan } from '../core/compaction-plan';
+import { DEFAULT_PLAN_CONFIG, applyUnit, pieceId, planUnit, removedKeys, type L0Summary, type PlanConfig, type RangePlan, type RangeResult, type UnitPlan } from '../core/compaction-plan';
 import { BackupError, CorruptHistoryError, UnknownPairError } from '../core/errors';
 import { keepVisible, type KeptPart } from '../core/keep';
 import { baseChunkKey, historyPrefix } from '../core/keys';
@@ -313,18 +313,29 @@ async function buildRange(ctx: UnitContext, r: RangePlan, cfg: PlanConfig): Prom
     state.seq = p;
     result.images.push(await imageEntry(ctx, r.range, p, state.data, old.images));
   }
+  // Visibility is judged once over every version the unit holds for the range (the L0's and
+  // those of the pieces it merges or re-checks), so a version superseded in the fold or in
+  // another build's piece, with no point in between, is dead here too. Each version's next
+  // is then a real version at or after its true next: never drops what a point reads.
   const opts = { retained: plan.retained, future: true, images: r.imageSeqs };
-  const build = async (b: PieceBuild): Promise<PieceEntry[]> => {
-    const versions: Version[] = [];
-    for (const q of b.from) versions.push(...(await pieceVersions(ctx, q)));
+  const inputs = new Map<string, Version[]>();
+  for (const q of [...r.builds.flatMap((b) => b.from), ...r.recheck]) inputs.set(pieceId(q), await pieceVersions(ctx, q));
+  const partsOf = new Map<Version, KeptPart<Version>[]>();
+  for (const k of keepVisible([...l0, ...[...inputs.values()].flat()], opts)) {
+    const list = partsOf.get(k.of);
+    if (list) list.push(k);
+    else partsOf.set(k.of, [k]);
+  }
+  const keptOf = (vs: Version[]): KeptPart<Version>[] => vs.flatMap((v) => partsOf.get(v) ?? []);
+  for (const b of r.builds) {
+    const versions = b.from.flatMap((q) => inputs.get(pieceId(q))!);
     if (b.l0) versions.push(...l0.filter((v) => v.seq >= b.seqLo && v.seq <= b.seqHi));
-    return writePieces(ctx, r.range, b.seqLo, b.seqHi, keepVisible(versions, opts));
-  };
-  for (const b of r.builds) result.pieces.push(...(await build(b)));
+    result.pieces.push(...(await writePieces(ctx, r.range, b.seqLo, b.seqHi, keptOf(versions))));
+  }
   // Re-checked pieces: rewritten with their visible versions when enough of them is dead.
   for (const q of r.recheck) {
-    const versions = await pieceVersions(ctx, q);
-    const kept = keepVisible(versions, opts);
+    const versions = inputs.get(pieceId(q))!;
+    const kept = keptOf(versions);
     const live = kept.reduce((n, k) => n + (k.of.zero ? 0 : k.blockCount * BLOCK_SIZE), 0);
     if (q.dataBytes > 0 ? 1 - live / q.dataBytes < cfg.deadRewriteRatio : kept.length === versions.length) continue;
     result.replaced.push(q);
