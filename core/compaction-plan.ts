@@ -103,9 +103,10 @@ export function retainedFor(m: Manifest, points: readonly number[], cut: number)
   return [...new Set([...keep, cut])].sort(asc);
 }
 
-/** Plans one unit. `l0` are the batches in (frontier, cut] (others are ignored). */
+/** Plans one unit. `l0` are the batches in (frontier, cut] (others are ignored); a cut equal to the frontier plans drops and re-checks only. */
 export function planUnit(m: Manifest, l0: readonly L0Summary[], points: readonly number[], cut: number, cfg: PlanConfig = DEFAULT_PLAN_CONFIG): UnitPlan {
-  if (cut <= m.frontierSeq) throw new RangeError(`cut ${cut} is not above the frontier ${m.frontierSeq}`);
+  // A cut at the frontier folds nothing: a prune-only unit (RPs expired since the last one), never on version 0.
+  if (cut < m.frontierSeq || (cut === m.frontierSeq && m.version === 0)) throw new RangeError(`cut ${cut} is not above the frontier ${m.frontierSeq}`);
   const retained = retainedFor(m, points, cut);
   const folded = l0.filter((b) => b.seq > m.frontierSeq && b.seq <= cut).sort((a, b) => a.seq - b.seq);
   const touched = new Map<RangeId, { seq: number; bytes: number }[]>();

@@ -110,8 +110,11 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     // batch above the frontier if that is older (a backlog is folded over several units).
     const batches = (await index.batchesAfter(pairId, f, opts.maxBatches ?? 32)).filter((b) => b.seq <= pair.watermark);
     const limit = batches.length > 0 ? batches[batches.length - 1].seq : f;
-    const cut = Math.min(pair.lastRpSeq ?? 0, limit);
-    if (cut <= f) return idle(`no recovery point above the frontier ${f} (newest RP ${pair.lastRpSeq ?? 'none'}): nothing to fold`, m.version, f);
+    // Nothing to fold (no RP above the frontier): a compacted pair still prunes what RPs that
+    // expired since its last unit alone saw (a prune-only unit, cut = frontier), if anything.
+    const pruneOnly = Math.min(pair.lastRpSeq ?? 0, limit) <= f;
+    if (pruneOnly && m.version === 0) return idle(`no recovery point above the frontier ${f} (newest RP ${pair.lastRpSeq ?? 'none'}): nothing to fold`, m.version, f);
+    const cut = pruneOnly ? f : Math.min(pair.lastRpSeq ?? 0, limit);
     const rps = (await index.listRecoveryPoints(pairId, Math.floor(now() / 1000))).map((r) => r.seq);
     const folded = batches.filter((b) => b.seq <= cut);
     const leases = await history.listReaderLeases(pairId, now());
@@ -132,6 +135,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     if (!(await renew())) return idle('lost the compactor lease');
 
     const plan = planUnit(m, summaries, points, cut, cfg);
+    if (pruneOnly && plan.ranges.length === 0) return idle(`nothing to fold or prune above the frontier ${f}`, m.version, f);
     await opts.onStep?.('planned');
     const prefix = historyPrefix(pairId, m.version + 1);
     const ctx: UnitContext = { store, pair, m, plan, l0, stats, pieces: new Map(), runs: new RunWriter(store, prefix, opts.runBytes ?? 32 * 1024 * 1024, written), images: new Map() };

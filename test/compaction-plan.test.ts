@@ -104,7 +104,10 @@ describe('planUnit', () => {
     expect(retainedFor(m, [5, 10, 20, 31, 35, 50], 40)).toEqual([10, 31, 35, 40]);
     // The frontier is readable (readable() says so): the base's seq before the first unit, the seeded first RP.
     expect(retainedFor(manifest(0, [], {}), [0, 3, 7], 7)).toEqual([0, 3, 7]);
-    expect(() => planUnit(m, [], [], 30, cfg())).toThrow(/not above the frontier/);
+    expect(() => planUnit(m, [], [], 29, cfg())).toThrow(/not above the frontier/);
+    expect(() => planUnit(initialManifest('p'), [], [], 0, cfg())).toThrow(/not above the frontier/);
+    // At the frontier of a compacted history: prune-only (the cut stays retained).
+    expect(planUnit(m, [], [30], 30, cfg())).toMatchObject({ cut: 30, retained: [30], foldedSeqs: [], ranges: [] });
   });
 
   test('a range with nothing to do is not planned', () => {

@@ -215,6 +215,23 @@ describe('compactOnce', () => {
     await checkLiveRps(store, history, r, t);
   });
 
+  test('with nothing new to fold, a unit still prunes what expired RPs alone saw (prune-only: frontier unchanged)', async () => {
+    const history = new MemoryHistory();
+    const store = cloud().store;
+    const r = await replicate(newPairId('prune'), 12);
+    const first = await compactAll(store, history, r.pairId, { maxBatches: 4 });
+    const frontier = first[first.length - 1].frontierSeq;
+    const later = Date.now() + 3 * 3600_000;
+    const pruned = await compactAll(store, history, r.pairId, { maxBatches: 4, nowMs: () => later });
+    expect(pruned.length).toBe(1);
+    expect(pruned[0]).toMatchObject({ published: true, frontierSeq: frontier, foldedSeqs: [] });
+    expect(pruned[0].removedKeys.length).toBeGreaterThanOrEqual(1); // the old manifest, and any piece only expired RPs read
+    const { m } = await checkLiveRps(store, history, r, later);
+    expect(m.retained.length).toBeLessThan(4);
+    // Once pruned, nothing more to do: the next call publishes nothing.
+    expect(await compactOnce({ store, index: cloud().index, history }, r.pairId, { holder: 't', nowMs: later })).toMatchObject({ published: false, reason: expect.stringMatching(/nothing to fold or prune/) });
+  });
+
   test("a reader lease's seq stays readable after its RP expired", async () => {
     const history = new MemoryHistory();
     const store = cloud().store;
