@@ -59,6 +59,8 @@ export interface RangePlan {
   keepPieces: PieceEntry[];
   /** Pieces that lost recheckLoss of their points this unit, or whose span a new image closed: read, and rewritten with their visible versions when at least deadRewriteRatio of their bytes is dead (else kept). */
   recheck: PieceEntry[];
+  /** Of `recheck`, those rewritten whatever their dead share: their run object is mostly unreferenced (a piece keeps its whole run alive). */
+  relocate: PieceEntry[];
   /** Pieces no retained point reads. */
   dropPieces: PieceEntry[];
   builds: PieceBuild[];
@@ -104,7 +106,7 @@ export function retainedFor(m: Manifest, points: readonly number[], cut: number)
 }
 
 /** Plans one unit. `l0` are the batches in (frontier, cut] (others are ignored); a cut equal to the frontier plans drops and re-checks only. */
-export function planUnit(m: Manifest, l0: readonly L0Summary[], points: readonly number[], cut: number, cfg: PlanConfig = DEFAULT_PLAN_CONFIG): UnitPlan {
+export function planUnit(m: Manifest, l0: readonly L0Summary[], points: readonly number[], cut: number, cfg: PlanConfig = DEFAULT_PLAN_CONFIG, runSizes?: ReadonlyMap<string, number>): UnitPlan {
   // A cut at the frontier folds nothing: a prune-only unit (RPs expired since the last one), never on version 0.
   if (cut < m.frontierSeq || (cut === m.frontierSeq && m.version === 0)) throw new RangeError(`cut ${cut} is not above the frontier ${m.frontierSeq}`);
   const retained = retainedFor(m, points, cut);
@@ -119,10 +121,11 @@ export function planUnit(m: Manifest, l0: readonly L0Summary[], points: readonly
   }
   const ids = [...new Set([...Object.keys(m.ranges), ...touched.keys()])].sort();
   const kept = new Set(retained);
+  const sparse = sparseRuns(m, runSizes);
   const pts: Points = { retained, above: retained.filter((p) => p > m.frontierSeq), lost: m.retained.filter((p) => !kept.has(p)) };
   const ranges: RangePlan[] = [];
   for (const id of ids) {
-    const r = planRange(id, m.ranges[id] ?? { images: [], pieces: [] }, touched.get(id) ?? [], m, pts, cut, cfg);
+    const r = planRange(id, m.ranges[id] ?? { images: [], pieces: [] }, touched.get(id) ?? [], m, pts, cut, cfg, sparse);
     if (r) ranges.push(r);
   }
   return { pairId: m.pairId, fromVersion: m.version, frontierSeq: m.frontierSeq, cut, retained, foldedSeqs: folded.map((b) => b.seq), foldedKeys: folded.map((b) => b.key), ranges };
@@ -136,7 +139,7 @@ interface Points {
 }
 
 /** The plan of one range, or undefined when it stays as it is. */
-function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes: number }[], m: Manifest, points: Points, cut: number, cfg: PlanConfig): RangePlan | undefined {
+function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes: number }[], m: Manifest, points: Points, cut: number, cfg: PlanConfig, sparse: ReadonlySet<string>): RangePlan | undefined {
   const f = m.frontierSeq;
   const { retained } = points;
   // 1. New images: walking the retained points above the frontier, one where the data since the newest image reaches imageBytes.
@@ -185,7 +188,7 @@ function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes
     const had = countIn(m.retained, q.seqLo, oldEnd) + (oldEnd === undefined ? 1 : 0);
     const closed = oldEnd === undefined && end !== undefined;
     const lost = closed || countIn(points.lost, q.seqLo, oldEnd) >= Math.max(1, cfg.recheckLoss * had);
-    (lost ? recheck : keepPieces).push(q);
+    (lost || sparse.has(q.key) ? recheck : keepPieces).push(q);
   }
   // 4. Fold: one build per stretch of seqs between the new images that some batch wrote in.
   const builds: PieceBuild[] = [];
@@ -239,11 +242,26 @@ function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes
     imageSeqs,
     keepPieces: keepPieces.filter((q) => !mergedAway.has(q)),
     recheck: recheck.filter((q) => !mergedAway.has(q)),
+    relocate: recheck.filter((q) => !mergedAway.has(q) && sparse.has(q.key)),
     dropPieces,
     builds: finalBuilds,
   };
   const idle = newImages.length === 0 && dropImages.length === 0 && dropPieces.length === 0 && plan.recheck.length === 0 && finalBuilds.length === 0;
   return idle ? undefined : plan;
+}
+
+/**
+ * Run objects less than half of whose bytes the manifest still references: a run stays
+ * whole while any piece in it is referenced, so the pieces left in such a run are rewritten
+ * into the unit's own (`runSizes`: each run's object size; runs it lacks are not judged).
+ */
+export function sparseRuns(m: Manifest, runSizes?: ReadonlyMap<string, number>): Set<string> {
+  const live = new Map<string, number>();
+  for (const r of Object.values(m.ranges)) for (const q of r.pieces) live.set(q.key, (live.get(q.key) ?? 0) + q.length);
+  return new Set([...live].filter(([key, bytes]) => {
+    const size = runSizes?.get(key);
+    return size !== undefined && bytes * 2 < size;
+  }).map(([key]) => key));
 }
 
 /** A piece's identity in a manifest: its object and offset. */

@@ -134,7 +134,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     });
     if (!(await renew())) return idle('lost the compactor lease');
 
-    const plan = planUnit(m, summaries, points, cut, cfg);
+    const plan = planUnit(m, summaries, points, cut, cfg, await runSizes(store, m, concurrency));
     if (pruneOnly && plan.ranges.length === 0) return idle(`nothing to fold or prune above the frontier ${f}`, m.version, f);
     await opts.onStep?.('planned');
     const prefix = historyPrefix(pairId, m.version + 1);
@@ -181,6 +181,19 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
   } finally {
     if (held) await history.releaseCompactor(pairId, held).catch(() => {});
   }
+}
+
+/** Object sizes of run keys: objects are never overwritten, so a size once read holds for the process's life. */
+const RUN_SIZES = new Map<string, number>();
+
+/** The size of every run object the manifest references (HEAD once per run per process). */
+async function runSizes(store: ObjectStore, m: Manifest, concurrency: number): Promise<Map<string, number>> {
+  const keys = [...new Set(Object.values(m.ranges).flatMap((r) => r.pieces.map((q) => q.key)))];
+  await mapLimit(keys.filter((k) => !RUN_SIZES.has(k)), concurrency, async (key) => {
+    const size = await store.size(key);
+    if (size !== undefined) RUN_SIZES.set(key, size);
+  });
+  return new Map(keys.filter((k) => RUN_SIZES.has(k)).map((k) => [k, RUN_SIZES.get(k)!]));
 }
 
 /** Adds a decoded batch's versions to `l0`, split per range; returns the data bytes it writes per range. */
@@ -341,7 +354,8 @@ async function buildRange(ctx: UnitContext, r: RangePlan, cfg: PlanConfig): Prom
     const versions = inputs.get(pieceId(q))!;
     const kept = keptOf(versions);
     const live = kept.reduce((n, k) => n + (k.of.zero ? 0 : k.blockCount * BLOCK_SIZE), 0);
-    if (q.dataBytes > 0 ? 1 - live / q.dataBytes < cfg.deadRewriteRatio : kept.length === versions.length) continue;
+    const relocate = r.relocate.includes(q);
+    if (!relocate && (q.dataBytes > 0 ? 1 - live / q.dataBytes < cfg.deadRewriteRatio : kept.length === versions.length)) continue;
     result.replaced.push(q);
     result.pieces.push(...(await writePieces(ctx, r.range, q.seqLo, q.seqHi, kept)));
   }

@@ -70,6 +70,17 @@ describe('planUnit', () => {
     expect(planUnit(m, [batch(41, { 'd:1': 1 })], [22, 40], 41, cfg({ recheckLoss: 0 })).ranges.find((x) => x.range === 'd:0')!.recheck.map(span)).toEqual(['21-30']);
   });
 
+  test('pieces left in a run the manifest references less than half of are relocated (rewritten whatever their dead share)', () => {
+    const a = piece(1, 10, 5, RUN(1, 0));
+    const b = piece(1, 10, 5, RUN(1, 1));
+    const m = manifest(10, [10], { 'd:0': { images: [], pieces: [a] }, 'd:1': { images: [], pieces: [b] } });
+    // run 0 is 10,000 bytes with 1,000 referenced; run 1 is 1,500 bytes; a run of unknown size is not judged.
+    const sizes = new Map([[RUN(1, 0), 10_000], [RUN(1, 1), 1_500]]);
+    const plan = planUnit(m, [batch(11, { 'd:2': 1 })], [10, 11], 11, cfg(), sizes);
+    expect(plan.ranges.map((r) => [r.range, r.relocate.map(pieceId), r.recheck.map(pieceId)])).toEqual([['d:0', [pieceId(a)], [pieceId(a)]], ['d:2', [], []]]);
+    expect(planUnit(m, [batch(11, { 'd:2': 1 })], [10, 11], 11, cfg()).ranges.map((r) => r.range)).toEqual(['d:2']);
+  });
+
   test('I1: the adjacent pair most alike in size (then fewest bytes) is merged until at most 4 pieces remain per span', () => {
     const m = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 10), piece(11, 20, 1), piece(21, 30, 1), piece(31, 40, 10)] } });
     const plan = planUnit(m, [batch(41, { 'd:0': 5 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 }));
