@@ -11,6 +11,7 @@
 // DynamoDB's TTL deletes expired RP items some time after expiry: expireRps(nowSec) does it
 // when the caller says (until then getRecoveryPoint still returns them, as in AWS).
 
+import { countAtOrBelow } from '../core/sorted';
 import type { AdvancePlan } from '../core/advance';
 import { seqKey } from '../core/keys';
 import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpPin, RpType } from '../core/model';
@@ -45,25 +46,14 @@ function stored<T>(v: T): T {
   return out as T;
 }
 
-/** The index of the first element > v in ascending `a`. */
-function upperBound(a: readonly number[], v: number): number {
-  let lo = 0;
-  let hi = a.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (a[mid] <= v) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
 
 function insertSorted(a: number[], v: number): void {
   if (a.length === 0 || a[a.length - 1] < v) a.push(v); // the usual case: seqs arrive ascending
-  else a.splice(upperBound(a, v), 0, v);
+  else a.splice(countAtOrBelow(a, v), 0, v);
 }
 
 function removeSorted(a: number[], v: number): void {
-  const i = upperBound(a, v) - 1;
+  const i = countAtOrBelow(a, v) - 1;
   if (i >= 0 && a[i] === v) a.splice(i, 1);
 }
 
@@ -116,14 +106,14 @@ export class MemoryIndex implements ReplicaIndex {
   async batchesAfter(pairId: string, afterSeq: number, limit: number): Promise<BatchRecord[]> {
     const p = this.pairs.get(pairId);
     if (!p) return [];
-    const from = upperBound(p.batchSeqs, afterSeq);
+    const from = countAtOrBelow(p.batchSeqs, afterSeq);
     return p.batchSeqs.slice(from, from + Math.max(0, limit)).map((s) => structuredClone(p.batches.get(s)!));
   }
 
   async segmentsUpTo(pairId: string, uptoSeq: number): Promise<BatchRecord[]> {
     const p = this.pairs.get(pairId);
     if (!p) return [];
-    return p.batchSeqs.slice(0, upperBound(p.batchSeqs, uptoSeq)).map((s) => structuredClone(p.batches.get(s)!));
+    return p.batchSeqs.slice(0, countAtOrBelow(p.batchSeqs, uptoSeq)).map((s) => structuredClone(p.batches.get(s)!));
   }
 
   async commitAdvance(pairId: string, rev: number, plan: AdvancePlan, error?: { next?: PairError }): Promise<boolean> {
@@ -198,7 +188,7 @@ export class MemoryIndex implements ReplicaIndex {
     if (!p) return [];
     const limit = page.limit ?? Infinity;
     const out: RecoveryPoint[] = [];
-    for (let i = page.afterSeq === undefined ? 0 : upperBound(p.rpSeqs, page.afterSeq); i < p.rpSeqs.length && out.length < limit; i++) {
+    for (let i = page.afterSeq === undefined ? 0 : countAtOrBelow(p.rpSeqs, page.afterSeq); i < p.rpSeqs.length && out.length < limit; i++) {
       const rp = p.rps.get(p.rpSeqs[i])!;
       if ((type === 'APP' && rp.type !== 'APP') || !listedLive(rp, nowSec)) continue;
       out.push(structuredClone(rp));

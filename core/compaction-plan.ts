@@ -5,7 +5,8 @@
 // from what the unit wrote (applyUnit) and the keys it no longer references (removedKeys).
 // replica/compactor.ts reads, builds, writes and publishes.
 
-import { countAtOrBelow, oldestAtOrAbove } from './keep';
+import { oldestAtOrAbove } from './keep';
+import { countAtOrBelow } from './sorted';
 import { MAX_PIECES_PER_SPAN, MANIFEST_FORMAT, type ImageEntry, type Manifest, type PieceEntry, type RangeHistory, type RangeId } from './manifest';
 
 export interface PlanConfig {

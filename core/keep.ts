@@ -5,6 +5,8 @@
 // not read it from an image instead (the newest image of the range at or below p has a seq
 // below si). Extents visible over part of their blocks are split.
 
+import { countAtOrBelow } from './sorted';
+
 /** A version of `blockCount` blocks from `blockIndex`, written by `seq`. Versions of one seq must not overlap. */
 export interface VersionExtent {
   seq: number;
@@ -26,18 +28,6 @@ export interface KeepOptions {
   future: boolean;
   /** Seqs of the range's images, ascending: a point at or above one reads it, not the versions at or below its seq. */
   images?: readonly number[];
-}
-
-/** How many elements of ascending `xs` are ≤ x (binary search). */
-export function countAtOrBelow(xs: readonly number[], x: number): number {
-  let lo = 0;
-  let hi = xs.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] <= x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }
 
 /** The newest seq of ascending `xs` that is ≤ x, or undefined. */

@@ -32,7 +32,7 @@ export interface PieceEntry {
   key: string;
   offset: number;
   length: number;
-  /** CRC-32C of the whole piece (its last 4 bytes hold the same over the bytes before them). */
+  /** The CRC-32C stored in the piece's last 4 bytes: over every byte of the piece before them (core/run-format.ts). */
   crc32c: number;
   seqLo: number;
   seqHi: number;

@@ -3,6 +3,7 @@
 // (frontier, k] that touch the range. docs/design.md, "History", "Reading a range at seq k"
 // and "The read bound". Pure: the manifest and the L0's range sets in, sources out.
 
+import { countAtOrBelowBy } from './sorted';
 import { bitmapHas, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from './manifest';
 
 /** One L0 batch above the frontier, as a read sees it: its seq and the ranges its extents touch. */
@@ -124,17 +125,8 @@ export function readBound(m: Manifest, l0: readonly L0Batch[], points: readonly 
   return { max: worst?.count ?? 0, p50: counts.length > 0 ? counts[(counts.length - 1) >> 1] : 0, worst, unreadable };
 }
 
-/** The last index j in [0, n) with at(j) ≤ v (at ascending), or -1. */
-function lastAtOrBelow(n: number, at: (j: number) => number, v: number): number {
-  let lo = 0;
-  let hi = n;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (at(mid) <= v) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo - 1;
-}
+/** Index of the last of the first n elements (ascending by at) that is ≤ v; −1 if none. */
+const lastAtOrBelow = (n: number, at: (j: number) => number, v: number): number => countAtOrBelowBy(n, at, v) - 1;
 
 const bsearchEq = (a: readonly number[], v: number): boolean => {
   const j = lastAtOrBelow(a.length, (i) => a[i], v);
