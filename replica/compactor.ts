@@ -10,12 +10,13 @@ import { DEFAULT_PLAN_CONFIG, applyUnit, pieceId, planUnit, removedKeys, type L0
 import { BackupError, CorruptHistoryError, UnknownPairError } from '../core/errors';
 import { keepVisible, type KeptPart } from '../core/keep';
 import { baseChunkKey, historyPrefix } from '../core/keys';
-import { RANGE_BLOCKS, checkManifest, decodeManifest, encodeManifest, initialManifest, parseRangeId, rangeId, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from '../core/manifest';
+import { RANGE_BLOCKS, checkManifest, encodeManifest, parseRangeId, rangeId, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from '../core/manifest';
 import type { Pair } from '../core/model';
 import { MAX_PIECE_PAYLOAD, decodePiece, encodePiece, pieceBlocksBitmap, pieceVersionData, type DecodedPiece, type PieceVersionInput } from '../core/run-format';
 import { parseBaseManifest, type BaseManifest } from '../core/seed-manifests';
 import { mapLimit } from './concurrency';
 import type { CompactorLease, HistoryIndex, ObjectStore, ReplicaIndex } from './ports';
+import { manifestOf, type ManifestRead } from './history-manifest';
 
 export interface CompactorDeps {
   store: ObjectStore;
@@ -69,13 +70,9 @@ interface Version {
   data: () => Buffer;
 }
 
-/** The manifest in force: version 0 is implicit (the pair's base, if any, and nothing folded). */
-export async function currentManifest(store: ObjectStore, history: HistoryIndex, pair: Pair): Promise<{ manifest: Manifest; key?: string }> {
-  const head = await history.getHistory(pair.pairId);
-  if (head.version === 0 || !head.manifestKey) return { manifest: initialManifest(pair.pairId, pair.base ? { key: pair.base.key, seq: pair.base.baseSeq } : undefined) };
-  const m = decodeManifest(await store.get(head.manifestKey), head.manifestKey);
-  if (m.version !== head.version || m.pairId !== pair.pairId) throw new CorruptHistoryError(head.manifestKey, `is version ${m.version} of pair '${m.pairId}', HISTORY says version ${head.version} of '${pair.pairId}'`);
-  return { manifest: m, key: head.manifestKey };
+/** The manifest in force (replica/history-manifest.ts: version 0 is implicit, the pair's base if any, nothing folded). */
+export async function currentManifest(store: ObjectStore, history: HistoryIndex, pair: Pair): Promise<ManifestRead> {
+  return manifestOf(store, pair, await history.getHistory(pair.pairId));
 }
 
 export async function compactOnce(deps: CompactorDeps, pairId: string, opts: CompactOptions): Promise<CompactResult> {
