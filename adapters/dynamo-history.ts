@@ -14,15 +14,13 @@ import { seqKey } from '../core/keys';
 import { sleep } from '../replica/concurrency';
 import type { CompactionFailure, CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
 import { dynamoClient } from './aws-clients';
+import { batchSk, documentClient, pairPk, PAIR_SK, sendConditional } from './dynamo-table';
 import { checkAdvanceGc, checkPublish, checkReaderLease, COMPACTOR_LEASE_ID, FrontierBackwardsError } from './history-rules';
 
-const pk = (pairId: string): string => `PAIR#${pairId}`;
-const PAIR_SK = 'PAIR';
 const HISTORY_SK = 'HISTORY';
 const LEASE_PREFIX = 'LEASE#';
 const COMPACTOR_SK = `${LEASE_PREFIX}${COMPACTOR_LEASE_ID}`;
 const versionSk = (v: number): string => `VERSION#${seqKey(v)}`;
-const batchSk = (seq: number): string => `BATCH#${seqKey(seq)}`;
 /** BatchWriteItem's limit. */
 const BATCH_WRITE_ITEMS = 25;
 /** A publish that meets another transaction on the PAIR item (an applier's advance) is tried again, this many times in all. */
@@ -39,11 +37,11 @@ export class DynamoHistory implements HistoryIndex {
     readonly table: string,
     client: DynamoDBClient = dynamoClient(),
   ) {
-    this.doc = DynamoDBDocumentClient.from(client, { marshallOptions: { removeUndefinedValues: true } });
+    this.doc = documentClient(client);
   }
 
   async getHistory(pairId: string): Promise<HistoryHead> {
-    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: HISTORY_SK }, ConsistentRead: true }));
+    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: HISTORY_SK }, ConsistentRead: true }));
     const i = out.Item;
     if (!i) return { version: 0, frontierSeq: 0, publishedMs: 0, gcVersion: 0 };
     return {
@@ -61,7 +59,7 @@ export class DynamoHistory implements HistoryIndex {
     await this.doc.send(
       new UpdateCommand({
         TableName: this.table,
-        Key: { pk: pk(pairId), sk: HISTORY_SK },
+        Key: { pk: pairPk(pairId), sk: HISTORY_SK },
         UpdateExpression: 'SET kind = :kind, lastFailure = :f',
         ExpressionAttributeValues: { ':kind': 'history', ':f': { reason: failure.reason.slice(0, MAX_FAILURE_REASON), atMs: failure.atMs } },
       }),
@@ -73,7 +71,7 @@ export class DynamoHistory implements HistoryIndex {
       const out = await this.doc.send(
         new UpdateCommand({
           TableName: this.table,
-          Key: { pk: pk(pairId), sk: COMPACTOR_SK },
+          Key: { pk: pairPk(pairId), sk: COMPACTOR_SK },
           UpdateExpression: 'SET kind = :kind, holder = :h, expiresMs = :e, gen = if_not_exists(gen, :zero) + :one',
           ConditionExpression: 'attribute_not_exists(pk) OR expiresMs <= :now',
           ExpressionAttributeValues: { ':kind': 'compactor-lease', ':h': holder, ':e': nowMs + ttlMs, ':zero': 0, ':one': 1, ':now': nowMs },
@@ -97,22 +95,17 @@ export class DynamoHistory implements HistoryIndex {
     await this.ifHeld(pairId, lease, 0);
   }
 
-  private async ifHeld(pairId: string, lease: CompactorLease, expiresMs: number): Promise<boolean> {
-    try {
-      await this.doc.send(
-        new UpdateCommand({
-          TableName: this.table,
-          Key: { pk: pk(pairId), sk: COMPACTOR_SK },
-          UpdateExpression: 'SET expiresMs = :e',
-          ConditionExpression: 'gen = :g',
-          ExpressionAttributeValues: { ':e': expiresMs, ':g': lease.gen },
-        }),
-      );
-      return true;
-    } catch (err) {
-      if (err instanceof ConditionalCheckFailedException) return false;
-      throw err;
-    }
+  private ifHeld(pairId: string, lease: CompactorLease, expiresMs: number): Promise<boolean> {
+    return sendConditional(
+      this.doc,
+      new UpdateCommand({
+        TableName: this.table,
+        Key: { pk: pairPk(pairId), sk: COMPACTOR_SK },
+        UpdateExpression: 'SET expiresMs = :e',
+        ConditionExpression: 'gen = :g',
+        ExpressionAttributeValues: { ':e': expiresMs, ':g': lease.gen },
+      }),
+    );
   }
 
   async publish(pairId: string, lease: CompactorLease, fromVersion: number, record: VersionRecord, frontierSeq: number, nowMs: number): Promise<boolean> {
@@ -122,7 +115,7 @@ export class DynamoHistory implements HistoryIndex {
     if (size > MAX_ITEM_BYTES) throw new Error(`pair '${pairId}': VERSION#${record.version} would be ${size} bytes, over DynamoDB's ${MAX_ITEM_BYTES} (${record.removedKeys.length} removed keys)`);
     const history = {
       TableName: this.table,
-      Key: { pk: pk(pairId), sk: HISTORY_SK },
+      Key: { pk: pairPk(pairId), sk: HISTORY_SK },
       UpdateExpression: 'SET kind = :kind, version = :v, manifestKey = :m, frontierSeq = :f, publishedMs = :p, generation = :g, gcVersion = if_not_exists(gcVersion, :zero) REMOVE lastFailure',
       ConditionExpression: fromVersion === 0 ? 'attribute_not_exists(version) OR version = :from' : 'version = :from',
       ExpressionAttributeValues: { ':kind': 'history', ':v': record.version, ':m': record.manifestKey, ':f': frontierSeq, ':p': record.publishedMs, ':g': lease.gen, ':zero': 0, ':from': fromVersion },
@@ -132,7 +125,7 @@ export class DynamoHistory implements HistoryIndex {
         {
           ConditionCheck: {
             TableName: this.table,
-            Key: { pk: pk(pairId), sk: COMPACTOR_SK },
+            Key: { pk: pairPk(pairId), sk: COMPACTOR_SK },
             ConditionExpression: 'gen = :g AND expiresMs > :now',
             ExpressionAttributeValues: { ':g': lease.gen, ':now': nowMs },
           },
@@ -142,7 +135,7 @@ export class DynamoHistory implements HistoryIndex {
         {
           Update: {
             TableName: this.table,
-            Key: { pk: pk(pairId), sk: PAIR_SK },
+            Key: { pk: pairPk(pairId), sk: PAIR_SK },
             UpdateExpression: 'SET compactedThrough = :f',
             ConditionExpression: 'attribute_exists(pk) AND (attribute_not_exists(compactedThrough) OR compactedThrough <= :f)',
             ExpressionAttributeValues: { ':f': frontierSeq },
@@ -184,13 +177,13 @@ export class DynamoHistory implements HistoryIndex {
       new PutCommand({
         TableName: this.table,
         // expiresAt: the table's TTL attribute (seconds), so a reader that died leaves nothing for long.
-        Item: { pk: pk(pairId), sk: `${LEASE_PREFIX}${id}`, kind: 'reader-lease', id, leaseKind: kind, seq, manifestVersion, expiresMs, expiresAt: Math.ceil(expiresMs / 1000) },
+        Item: { pk: pairPk(pairId), sk: `${LEASE_PREFIX}${id}`, kind: 'reader-lease', id, leaseKind: kind, seq, manifestVersion, expiresMs, expiresAt: Math.ceil(expiresMs / 1000) },
       }),
     );
   }
 
   async deleteReaderLease(pairId: string, id: string): Promise<void> {
-    await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: `${LEASE_PREFIX}${id}` } }));
+    await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: `${LEASE_PREFIX}${id}` } }));
   }
 
   async listReaderLeases(pairId: string, nowMs: number): Promise<ReaderLease[]> {
@@ -198,7 +191,7 @@ export class DynamoHistory implements HistoryIndex {
     const items = await this.query({
       KeyConditionExpression: 'pk = :pk AND begins_with(sk, :lease)',
       FilterExpression: 'kind = :reader AND expiresMs > :now',
-      ExpressionAttributeValues: { ':pk': pk(pairId), ':lease': LEASE_PREFIX, ':reader': 'reader-lease', ':now': nowMs },
+      ExpressionAttributeValues: { ':pk': pairPk(pairId), ':lease': LEASE_PREFIX, ':reader': 'reader-lease', ':now': nowMs },
     });
     return items.map((i) => ({ id: i.id as string, kind: i.leaseKind as ReaderLease['kind'], seq: i.seq as number, manifestVersion: i.manifestVersion as number, expiresMs: i.expiresMs as number }));
   }
@@ -207,7 +200,7 @@ export class DynamoHistory implements HistoryIndex {
     const items = await this.query(
       {
         KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
-        ExpressionAttributeValues: { ':pk': pk(pairId), ':from': versionSk(afterVersion + 1), ':to': versionSk(Number.MAX_SAFE_INTEGER) },
+        ExpressionAttributeValues: { ':pk': pairPk(pairId), ':from': versionSk(afterVersion + 1), ':to': versionSk(Number.MAX_SAFE_INTEGER) },
       },
       limit,
     );
@@ -217,7 +210,7 @@ export class DynamoHistory implements HistoryIndex {
   async deleteBatchItems(pairId: string, given: number[]): Promise<void> {
     const seqs = [...new Set(given)]; // BatchWriteItem refuses a request naming one key twice
     for (let i = 0; i < seqs.length; i += BATCH_WRITE_ITEMS) {
-      let requests: { DeleteRequest: { Key: Record<string, unknown> } }[] = seqs.slice(i, i + BATCH_WRITE_ITEMS).map((s) => ({ DeleteRequest: { Key: { pk: pk(pairId), sk: batchSk(s) } } }));
+      let requests: { DeleteRequest: { Key: Record<string, unknown> } }[] = seqs.slice(i, i + BATCH_WRITE_ITEMS).map((s) => ({ DeleteRequest: { Key: { pk: pairPk(pairId), sk: batchSk(s) } } }));
       for (let attempt = 0; requests.length > 0; attempt++) {
         if (attempt > 0) await sleep(Math.min(2000, 50 * 2 ** attempt));
         const out = await this.doc.send(new BatchWriteCommand({ RequestItems: { [this.table]: requests } }));
@@ -229,25 +222,21 @@ export class DynamoHistory implements HistoryIndex {
 
   async advanceGc(pairId: string, fromVersion: number, toVersion: number): Promise<boolean> {
     checkAdvanceGc(pairId, fromVersion, toVersion);
-    try {
-      await this.doc.send(
-        new UpdateCommand({
-          TableName: this.table,
-          Key: { pk: pk(pairId), sk: HISTORY_SK },
-          UpdateExpression: 'SET gcVersion = :to',
-          ConditionExpression: 'gcVersion = :from AND version >= :to',
-          ExpressionAttributeValues: { ':from': fromVersion, ':to': toVersion },
-        }),
-      );
-      return true;
-    } catch (err) {
-      if (err instanceof ConditionalCheckFailedException) return false;
-      throw err;
-    }
+    return sendConditional(
+      this.doc,
+      new UpdateCommand({
+        TableName: this.table,
+        Key: { pk: pairPk(pairId), sk: HISTORY_SK },
+        UpdateExpression: 'SET gcVersion = :to',
+        ConditionExpression: 'gcVersion = :from AND version >= :to',
+        ExpressionAttributeValues: { ':from': fromVersion, ':to': toVersion },
+      }),
+    );
   }
 
+
   async deleteVersionRecord(pairId: string, version: number): Promise<void> {
-    await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: versionSk(version) } }));
+    await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: versionSk(version) } }));
   }
 
   private async query(input: { KeyConditionExpression: string; FilterExpression?: string; ExpressionAttributeValues: Record<string, unknown> }, limit = Infinity): Promise<Record<string, any>[]> {
@@ -271,7 +260,7 @@ export class DynamoHistory implements HistoryIndex {
  */
 function versionItem(pairId: string, r: VersionRecord): Record<string, unknown> {
   return {
-    pk: pk(pairId),
+    pk: pairPk(pairId),
     sk: versionSk(r.version),
     kind: 'version',
     version: r.version,

@@ -12,6 +12,7 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import type { AdvancePlan } from '../core/advance';
 import { dynamoClient } from './aws-clients';
+import { batchSk, documentClient, pairPk, PAIR_SK, sendConditional } from './dynamo-table';
 import { seqKey } from '../core/keys';
 import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpPin, RpType } from '../core/model';
 import type { RetentionPolicy } from '../core/retention';
@@ -20,9 +21,6 @@ import { PAIRS_KEYS, PAIRS_PK } from '../lib/names';
 
 export const ACRP_INDEX = 'acrp';
 
-const pk = (pairId: string): string => `PAIR#${pairId}`;
-const PAIR_SK = 'PAIR';
-const batchSk = (seq: number): string => `BATCH#${seqKey(seq)}`;
 const rpSk = (seq: number): string => `RP#${seqKey(seq)}`;
 /** One quarantine item per refused object: a redelivered event rewrites the same item. */
 const quarantineSk = (seq: number, key: string): string => `QUAR#${seqKey(seq)}#${key.slice(key.lastIndexOf('/') + 1)}`;
@@ -36,7 +34,7 @@ export class DynamoIndex implements ReplicaIndex {
     readonly table: string,
     client: DynamoDBClient = dynamoClient(),
   ) {
-    this.doc = DynamoDBDocumentClient.from(client, { marshallOptions: { removeUndefinedValues: true } });
+    this.doc = documentClient(client);
   }
 
   async createPair(pair: Pair): Promise<void> {
@@ -45,7 +43,7 @@ export class DynamoIndex implements ReplicaIndex {
         new PutCommand({
           TableName: this.table,
           // pairsPk puts the item (alone of a pair's items) in the sparse `pairs` index: the compaction schedule's list.
-          Item: { pk: pk(pair.pairId), sk: PAIR_SK, kind: 'pair', rev: 0, [PAIRS_KEYS.pk]: PAIRS_PK, ...pair },
+          Item: { pk: pairPk(pair.pairId), sk: PAIR_SK, kind: 'pair', rev: 0, [PAIRS_KEYS.pk]: PAIRS_PK, ...pair },
           ConditionExpression: 'attribute_not_exists(pk)',
         }),
       );
@@ -56,7 +54,7 @@ export class DynamoIndex implements ReplicaIndex {
   }
 
   async getPair(pairId: string): Promise<(Pair & { rev: number }) | undefined> {
-    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: PAIR_SK }, ConsistentRead: true }));
+    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: PAIR_SK }, ConsistentRead: true }));
     if (!out.Item) return undefined;
     const { pk: _pk, sk: _sk, kind: _kind, [PAIRS_KEYS.pk]: _list, ...pair } = out.Item;
     return pair as Pair & { rev: number };
@@ -67,14 +65,14 @@ export class DynamoIndex implements ReplicaIndex {
       await this.doc.send(
         new PutCommand({
           TableName: this.table,
-          Item: { pk: pk(pairId), sk: batchSk(batch.seq), kind: 'batch', ...batch },
+          Item: { pk: pairPk(pairId), sk: batchSk(batch.seq), kind: 'batch', ...batch },
           ConditionExpression: 'attribute_not_exists(pk)',
         }),
       );
       return { registered: true };
     } catch (err) {
       if (!(err instanceof ConditionalCheckFailedException)) throw err;
-      const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: batchSk(batch.seq) }, ConsistentRead: true }));
+      const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: batchSk(batch.seq) }, ConsistentRead: true }));
       return { registered: false, existing: strip(out.Item!) as unknown as BatchRecord };
     }
   }
@@ -83,7 +81,7 @@ export class DynamoIndex implements ReplicaIndex {
     return this.query<BatchRecord>(
       {
         KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
-        ExpressionAttributeValues: { ':pk': pk(pairId), ':from': batchSk(afterSeq + 1), ':to': batchSk(Number.MAX_SAFE_INTEGER) },
+        ExpressionAttributeValues: { ':pk': pairPk(pairId), ':from': batchSk(afterSeq + 1), ':to': batchSk(Number.MAX_SAFE_INTEGER) },
       },
       limit,
     );
@@ -92,7 +90,7 @@ export class DynamoIndex implements ReplicaIndex {
   async segmentsUpTo(pairId: string, uptoSeq: number): Promise<BatchRecord[]> {
     return this.query<BatchRecord>({
       KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
-      ExpressionAttributeValues: { ':pk': pk(pairId), ':from': batchSk(0), ':to': batchSk(uptoSeq) },
+      ExpressionAttributeValues: { ':pk': pairPk(pairId), ':from': batchSk(0), ':to': batchSk(uptoSeq) },
     });
   }
 
@@ -140,7 +138,7 @@ export class DynamoIndex implements ReplicaIndex {
     }
     return {
       TableName: this.table,
-      Key: { pk: pk(pairId), sk: PAIR_SK },
+      Key: { pk: pairPk(pairId), sk: PAIR_SK },
       UpdateExpression: update,
       ConditionExpression: 'rev = :rev',
       ExpressionAttributeValues: values,
@@ -161,7 +159,7 @@ export class DynamoIndex implements ReplicaIndex {
     }
     const update = {
       TableName: this.table,
-      Key: { pk: pk(pairId), sk: PAIR_SK },
+      Key: { pk: pairPk(pairId), sk: PAIR_SK },
       UpdateExpression: `SET ${set.join(', ')}${change.rpCheckDueMs === undefined ? ' REMOVE rpCheckDueMs' : ''}`,
       ConditionExpression: 'rev = :rev',
       ExpressionAttributeValues: values,
@@ -177,7 +175,7 @@ export class DynamoIndex implements ReplicaIndex {
   }
 
   async quarantine(r: QuarantineRecord, blocksWatermark: boolean): Promise<void> {
-    await this.doc.send(new PutCommand({ TableName: this.table, Item: { pk: pk(r.pairId), sk: quarantineSk(r.seq, r.key), kind: 'quarantine', ...r } }));
+    await this.doc.send(new PutCommand({ TableName: this.table, Item: { pk: pairPk(r.pairId), sk: quarantineSk(r.seq, r.key), kind: 'quarantine', ...r } }));
     if (!blocksWatermark) return;
     try {
       // Only while the watermark is still below the seq (a good copy may have won meanwhile),
@@ -185,7 +183,7 @@ export class DynamoIndex implements ReplicaIndex {
       await this.doc.send(
         new UpdateCommand({
           TableName: this.table,
-          Key: { pk: pk(r.pairId), sk: PAIR_SK },
+          Key: { pk: pairPk(r.pairId), sk: PAIR_SK },
           UpdateExpression: 'SET #error = :error, #state = :state, stateChangedMs = :now, rev = rev + :one',
           ConditionExpression: 'watermark < :seq AND (attribute_not_exists(#error) OR #error.seq >= :seq)',
           ExpressionAttributeNames: { '#error': 'error', '#state': 'state' },
@@ -207,7 +205,7 @@ export class DynamoIndex implements ReplicaIndex {
         .send(
           new UpdateCommand({
             TableName: this.table,
-            Key: { pk: pk(r.pairId), sk: PAIR_SK },
+            Key: { pk: pairPk(r.pairId), sk: PAIR_SK },
             UpdateExpression: 'SET rev = rev + :one',
             ConditionExpression: 'watermark < :seq',
             ExpressionAttributeValues: { ':one': 1, ':seq': r.seq },
@@ -222,7 +220,7 @@ export class DynamoIndex implements ReplicaIndex {
   async listQuarantine(pairId: string): Promise<QuarantineRecord[]> {
     return this.query<QuarantineRecord>({
       KeyConditionExpression: 'pk = :pk AND begins_with(sk, :q)',
-      ExpressionAttributeValues: { ':pk': pk(pairId), ':q': 'QUAR#' },
+      ExpressionAttributeValues: { ':pk': pairPk(pairId), ':q': 'QUAR#' },
     });
   }
 
@@ -238,7 +236,7 @@ export class DynamoIndex implements ReplicaIndex {
               IndexName: ACRP_INDEX,
               KeyConditionExpression: `acrpPk = :pk${after === undefined ? '' : ' AND acrpSk > :after'}`,
               FilterExpression: live,
-              ExpressionAttributeValues: { ':pk': pk(pairId), ':now': nowSec, ...(after === undefined ? {} : { ':after': seqKey(after) }) },
+              ExpressionAttributeValues: { ':pk': pairPk(pairId), ':now': nowSec, ...(after === undefined ? {} : { ':after': seqKey(after) }) },
             },
             page.limit,
           )
@@ -247,7 +245,7 @@ export class DynamoIndex implements ReplicaIndex {
               // Seq 0 is an RP too (a pair seeded from a backup taken before any batch).
               KeyConditionExpression: 'pk = :pk AND sk BETWEEN :from AND :to',
               FilterExpression: live,
-              ExpressionAttributeValues: { ':pk': pk(pairId), ':from': rpSk(after === undefined ? 0 : after + 1), ':to': rpSk(Number.MAX_SAFE_INTEGER), ':now': nowSec },
+              ExpressionAttributeValues: { ':pk': pairPk(pairId), ':from': rpSk(after === undefined ? 0 : after + 1), ':to': rpSk(Number.MAX_SAFE_INTEGER), ':now': nowSec },
             },
             page.limit,
           );
@@ -255,15 +253,15 @@ export class DynamoIndex implements ReplicaIndex {
   }
 
   async getRecoveryPoint(pairId: string, seq: number): Promise<RecoveryPoint | undefined> {
-    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pk(pairId), sk: rpSk(seq) }, ConsistentRead: true }));
+    const out = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: rpSk(seq) }, ConsistentRead: true }));
     return out.Item ? fromRpItem(strip(out.Item)) : undefined;
   }
 
   async pinRecoveryPoint(pairId: string, seq: number, pin: RpPin, aboveSec: number): Promise<boolean> {
-    return this.conditional(
+    return sendConditional(this.doc, 
       new UpdateCommand({
         TableName: this.table,
-        Key: { pk: pk(pairId), sk: rpSk(seq) },
+        Key: { pk: pairPk(pairId), sk: rpSk(seq) },
         UpdateExpression: 'SET pinned = :pin REMOVE expiresAt',
         ConditionExpression: 'attribute_exists(sk) AND attribute_not_exists(pinned) AND expiresAt > :above',
         ExpressionAttributeValues: { ':pin': pin, ':above': aboveSec },
@@ -282,10 +280,10 @@ export class DynamoIndex implements ReplicaIndex {
       condition = 'expiresAt = :was AND expiresAt > :above AND attribute_not_exists(pinned) AND policyRev < :rev';
       Object.assign(values, { ':was': expect.expiresAtSec, ':above': expect.aboveSec });
     }
-    return this.conditional(
+    return sendConditional(this.doc, 
       new UpdateCommand({
         TableName: this.table,
-        Key: { pk: pk(pairId), sk: rpSk(seq) },
+        Key: { pk: pairPk(pairId), sk: rpSk(seq) },
         UpdateExpression: `SET expiresAt = :exp, keptBy = :kept, policyRev = :rev${'pinnedAtMs' in expect ? ' REMOVE pinned' : ''}`,
         ConditionExpression: `attribute_exists(sk) AND ${condition}`,
         ExpressionAttributeValues: values,
@@ -297,10 +295,10 @@ export class DynamoIndex implements ReplicaIndex {
     const rev = policy.rev ?? 0;
     if (rev < 1) throw new RangeError(`setRetention of pair '${pairId}': the new policy's rev ${rev} must be ≥ 1`);
     const { condition, values } = policyRevCondition(rev - 1);
-    return this.conditional(
+    return sendConditional(this.doc, 
       new UpdateCommand({
         TableName: this.table,
-        Key: { pk: pk(pairId), sk: PAIR_SK },
+        Key: { pk: pairPk(pairId), sk: PAIR_SK },
         // rev moves on too: an advance or RP check planned under the old policy fails its
         // condition and plans again under this one, so no RP is written with the old one.
         UpdateExpression: 'SET retention = :policy, rev = rev + :one, updatedMs = :now',
@@ -308,17 +306,6 @@ export class DynamoIndex implements ReplicaIndex {
         ExpressionAttributeValues: { ...values, ':policy': policy, ':one': 1, ':now': Date.now() },
       }),
     );
-  }
-
-  /** Sends a conditional write: false if its condition failed. */
-  private async conditional(cmd: UpdateCommand): Promise<boolean> {
-    try {
-      await this.doc.send(cmd);
-      return true;
-    } catch (err) {
-      if (err instanceof ConditionalCheckFailedException) return false;
-      throw err;
-    }
   }
 
   async updateSeed(pairId: string, seedId: string, u: SeedUpdate): Promise<boolean> {
@@ -356,22 +343,17 @@ export class DynamoIndex implements ReplicaIndex {
       condition += ` AND #state IN (${u.fromStates.map((_, i) => `:from${i}`).join(', ')})`;
       u.fromStates.forEach((st, i) => (values[`:from${i}`] = st));
     }
-    try {
-      await this.doc.send(
-        new UpdateCommand({
-          TableName: this.table,
-          Key: { pk: pk(pairId), sk: PAIR_SK },
-          UpdateExpression: `SET ${set.join(', ')}${add.length ? ` ADD ${add.join(', ')}` : ''}${remove.length ? ` REMOVE ${remove.join(', ')}` : ''}`,
-          ConditionExpression: condition,
-          ExpressionAttributeNames: names,
-          ExpressionAttributeValues: values,
-        }),
-      );
-      return true;
-    } catch (err) {
-      if (err instanceof ConditionalCheckFailedException) return false;
-      throw err;
-    }
+    return sendConditional(
+      this.doc,
+      new UpdateCommand({
+        TableName: this.table,
+        Key: { pk: pairPk(pairId), sk: PAIR_SK },
+        UpdateExpression: `SET ${set.join(', ')}${add.length ? ` ADD ${add.join(', ')}` : ''}${remove.length ? ` REMOVE ${remove.join(', ')}` : ''}`,
+        ConditionExpression: condition,
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+      }),
+    );
   }
 
   async activateSeed(pairId: string, seedId: string, state: PairState, rps: RecoveryPoint[], watermark: number): Promise<boolean> {
@@ -390,7 +372,7 @@ export class DynamoIndex implements ReplicaIndex {
             {
               Update: {
                 TableName: this.table,
-                Key: { pk: pk(pairId), sk: PAIR_SK },
+                Key: { pk: pairPk(pairId), sk: PAIR_SK },
                 UpdateExpression: `SET #state = :state, stateChangedMs = :now, updatedMs = :now, rev = rev + :one, #seed.#status = :done, #seed.finishedMs = :now, lastRpMs = :at, lastRpSeq = :seq, rpMadeMs = :now${lastApp ? ', lastAppRpMs = :app' : ''}`,
                 // And the policy the RPs were judged under is still the pair's (set-retention moves it).
                 ConditionExpression: `#seed.seedId = :id AND #seed.#status = :running AND watermark = :wm AND ${revGuard.condition}`,
@@ -450,14 +432,14 @@ function policyRevCondition(rev: number): { condition: string; values: Record<st
 function rpItem(rp: RecoveryPoint): Record<string, unknown> {
   const { expiresAtSec, ...rest } = rp;
   return {
-    pk: pk(rp.pairId),
+    pk: pairPk(rp.pairId),
     sk: rpSk(rp.seq),
     kind: 'rp',
     ...rest,
     // Absent while pinned: TTL never deletes it.
     ...(expiresAtSec !== undefined ? { expiresAt: expiresAtSec } : {}),
     // Sparse GSI: only ACRPs carry the index keys.
-    ...(rp.type === 'APP' ? { acrpPk: pk(rp.pairId), acrpSk: seqKey(rp.seq) } : {}),
+    ...(rp.type === 'APP' ? { acrpPk: pairPk(rp.pairId), acrpSk: seqKey(rp.seq) } : {}),
   };
 }
 

@@ -4,8 +4,7 @@
 // from one file: only the GC function's role may delete.
 
 import { QueryCommand } from '@aws-sdk/lib-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { dynamoClient } from '../adapters/aws-clients';
+import { documentClient } from '../adapters/dynamo-table';
 import { DynamoHistory } from '../adapters/dynamo-history';
 import { DynamoIndex } from '../adapters/dynamo-index';
 import { S3ObjectStore } from '../adapters/s3-object-store';
@@ -71,7 +70,7 @@ export function compactHandlers(deps: CompactDeps, now: () => number = Date.now)
 }
 
 /** Pair ids from the sparse `pairs` index (keys only: `pk` = PAIR#{id}). */
-export function pairLister(table: string, doc = DynamoDBDocumentClient.from(dynamoClient())): () => Promise<string[]> {
+export function pairLister(table: string, doc = documentClient()): () => Promise<string[]> {
   return async () => {
     const ids: string[] = [];
     let start: Record<string, unknown> | undefined;
