@@ -69,16 +69,18 @@ import { crc32c } from '../core/crc32c';
 import { US_EAST_1 } from '../core/cost-model';
 import { manifestRefs } from '../core/gc-plan';
 import { baseChunkKey, baseManifestKey, journalKey } from '../core/keys';
-import { decodeManifest, initialManifest, parseRangeId, rangeId, RANGE_BLOCKS, type Manifest, type RangeId } from '../core/manifest';
+import { parseRangeId, rangeId, RANGE_BLOCKS, type Manifest, type RangeId } from '../core/manifest';
 import type { Pair } from '../core/model';
 import { readBound, type L0Batch } from '../core/read-sources';
 import { decodePiece } from '../core/run-format';
 import { DEFAULT_RETENTION } from '../core/retention';
+import { countAtOrBelow } from '../core/sorted';
 import type { BaseManifest } from '../core/seed-manifests';
 import { compactHandlers } from '../lambdas/compact';
 import { ApplyService } from '../replica/apply';
 import { mapLimit } from '../replica/concurrency';
 import { gcOnce } from '../replica/gc';
+import { manifestOf } from '../replica/history-manifest';
 import { materialize, type ImageSink } from '../replica/materialize';
 import type { ByteRange, HistoryIndex, KeyLister, ObjectDeleter, ObjectStore, PutOptions, ReplicaIndex } from '../replica/ports';
 import { rng, type Rng } from '../source/workload';
@@ -374,21 +376,11 @@ function neededBlocks(points: readonly number[], withBase: boolean): number {
   return n;
 }
 
-function firstAtOrAbove(a: readonly number[], v: number): number {
-  let lo = 0;
-  let hi = a.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (a[mid] < v) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
+/** Index of the first element of ascending `a` (integer seqs) that is ≥ v. */
+const firstAtOrAbove = (a: readonly number[], v: number): number => countAtOrBelow(a, v - 1);
 
 async function currentManifest(p: Peer, pair: Pair): Promise<Manifest> {
-  const head = await p.history.getHistory(PAIR);
-  if (head.version === 0 || !head.manifestKey) return initialManifest(PAIR, pair.base && { key: pair.base.key, seq: pair.base.baseSeq });
-  return decodeManifest(await p.objects.get(head.manifestKey), head.manifestKey);
+  return (await manifestOf(p.objects, pair, await p.history.getHistory(PAIR))).manifest;
 }
 
 async function livePoints(p: Peer): Promise<number[]> {
