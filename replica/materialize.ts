@@ -19,7 +19,7 @@ import { decodePiece, pieceBlocksBitmap, type PieceVersionEntry } from '../core/
 import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
-import type { HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
+import type { HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
 import { placeVerified, type PayloadOutcome } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
 import { limiter, mapLimit } from './concurrency';
@@ -239,16 +239,20 @@ async function openHistory(
   stats: Stats,
 ): Promise<HistoryReader> {
   if (!history) return { manifest: pairInitialManifest(pair), wholeL0: pair.compactedThrough !== undefined, check: () => {}, close: async () => {} };
-  if (!l.lease) {
-    const head = await history.getHistory(pair.pairId);
+  /** The manifest `head` names, its GET counted. */
+  const manifestAt = async (head: HistoryHead): Promise<Manifest> => {
     const read = await manifestOf(store, pair, head);
     if (read.key) {
       stats.gets++;
       stats.bytesRead += read.bytes;
     }
+    return read.manifest;
+  };
+  if (!l.lease) {
+    const manifest = await manifestAt(await history.getHistory(pair.pairId));
     const until = l.clock() + LEASELESS_READ_MS;
     return {
-      manifest: read.manifest,
+      manifest,
       check() {
         if (l.clock() >= until) throw new Error(`a read of pair '${pair.pairId}' without a reader lease ran past ${LEASELESS_READ_MS / 60000} min (GC may collect what it reads)`);
       },
@@ -271,12 +275,7 @@ async function openHistory(
       if (again.version === head.version) break;
       head = again;
     }
-    const read = await manifestOf(store, pair, head);
-    manifest = read.manifest;
-    if (read.key) {
-      stats.gets++;
-      stats.bytesRead += read.bytes;
-    }
+    manifest = await manifestAt(head);
   } catch (err) {
     await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
     throw err;
