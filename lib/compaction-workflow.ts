@@ -88,7 +88,6 @@ export class CompactionWorkflow extends Construct {
       },
     });
     this.grantStart(this.sweepFunction);
-    this.sweepFunction.addEnvironment(COMPACTION_STATE_MACHINE_ENV, this.stateMachine.stateMachineArn);
     new events.Rule(this, 'Schedule', {
       schedule: events.Schedule.rate(props.schedule ?? Duration.minutes(15)),
       targets: [new targets.LambdaFunction(this.sweepFunction, { retryAttempts: 2 })],
