@@ -85,6 +85,29 @@ export function simpleReply(cookie: Buffer, error: number, data?: Buffer): Buffe
   return data ? Buffer.concat([b, data]) : b;
 }
 
+/** Bytes of the plain success reply: simple, or structured (NBD_REPLY_TYPE_NONE, DONE). */
+export const okReplyBytes = (structured: boolean): number => (structured ? 20 : 16);
+
+/**
+ * Writes the plain success reply to the request whose header is `req` (its cookie, bytes
+ * 8–15) at `at` of `out`, without a buffer of its own: the reply a write gets under load.
+ * Returns its length.
+ */
+export function writeOkReply(out: Buffer, at: number, req: Buffer, structured: boolean): number {
+  if (structured) {
+    out.writeUInt32BE(STRUCTURED_REPLY_MAGIC, at);
+    out.writeUInt16BE(REPLY_FLAG_DONE, at + 4);
+    out.writeUInt16BE(REPLY_TYPE.NONE, at + 6);
+    req.copy(out, at + 8, 8, 16);
+    out.writeUInt32BE(0, at + 16);
+    return 20;
+  }
+  out.writeUInt32BE(SIMPLE_REPLY_MAGIC, at);
+  out.writeUInt32BE(0, at + 4);
+  req.copy(out, at + 8, 8, 16);
+  return 16;
+}
+
 export function structuredReply(cookie: Buffer, type: number, flags: number, payload: Buffer[] = []): Buffer {
   const len = payload.reduce((n, p) => n + p.length, 0);
   const b = Buffer.allocUnsafe(20);
@@ -111,7 +134,8 @@ export function parseRequest(b: Buffer): Request | { badMagic: number } {
   return {
     flags: b.readUInt16BE(4),
     type: b.readUInt16BE(6),
-    cookie: Buffer.from(b.subarray(8, 16)),
+    // A view: a request's header is never reused (a socket chunk, or its own joined copy).
+    cookie: b.subarray(8, 16),
     // Offsets past 2^53 cannot be valid for any export; map them to an out-of-range number.
     offset: high >= 2 ** 21 ? Number.MAX_SAFE_INTEGER : high * 2 ** 32 + b.readUInt32BE(20),
     length: b.readUInt32BE(24),

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { BodyPool } from '../source/body-pool';
 import {
   BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, MAX_PAYLOAD, NBDMAGIC, OPT,
-  REP, REPLY_FLAG_DONE, REPLY_TYPE, TFLAG, optionReply, parseRequest, simpleReply, structuredReply, type Request,
+  REP, REPLY_FLAG_DONE, REPLY_TYPE, TFLAG, okReplyBytes, optionReply, parseRequest, simpleReply, structuredReply, writeOkReply, type Request,
 } from './nbd-protocol';
 
 export interface Extent {
@@ -341,37 +341,82 @@ const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
  */
 const PAYLOAD_BUFFER = 1024 * 1024;
 
+/** Replies up to this size are copied into the turn's reply buffer; larger ones (reads) are written as they are. */
+const COPIED_REPLY = 1024;
+const REPLY_STAGING = 64 * 1024;
+
 /**
- * Requests are dispatched in arrival order and run concurrently; each reply goes out as
- * one socket write when its request completes (replies may overtake each other, as the
- * protocol allows). Exports order overlapping requests themselves.
+ * The replies completed in one turn of the event loop, sent in one socket write: a stream
+ * write and a syscall per reply is what limits small random writes otherwise. The success
+ * reply of a write is written straight from its request's header, with no buffer of its own.
+ */
+class ReplyQueue {
+  private readonly staging = Buffer.allocUnsafe(REPLY_STAGING);
+  private used = 0;
+  private scheduled = false;
+  private readonly sendNow = (): void => {
+    this.scheduled = false;
+    this.send();
+  };
+
+  constructor(
+    private readonly sock: Socket,
+    private readonly structured: boolean,
+  ) {}
+
+  /** Queues the plain success reply to the request whose 28-byte header is `req`; false once the client is behind on reading replies. */
+  ok(req: Buffer): boolean {
+    if (this.used + okReplyBytes(this.structured) > REPLY_STAGING) this.send();
+    this.used += writeOkReply(this.staging, this.used, req, this.structured);
+    return this.queued();
+  }
+
+  /** Queues any reply, after those queued before it; false as for `ok`. */
+  push(b: Buffer): boolean {
+    if (b.length > COPIED_REPLY || this.used + b.length > REPLY_STAGING) {
+      this.send();
+      if (b.length > COPIED_REPLY) return this.sock.write(b);
+    }
+    this.used += b.copy(this.staging, this.used);
+    return this.queued();
+  }
+
+  /** Writes what is queued now (before the connection ends). */
+  send(): void {
+    if (this.used === 0 || this.sock.destroyed || this.sock.writableEnded) return void (this.used = 0);
+    // A copy the socket owns until it is written: the staging buffer is reused at once.
+    const out = Buffer.allocUnsafe(this.used);
+    this.staging.copy(out, 0, 0, this.used);
+    this.used = 0;
+    this.sock.write(out);
+  }
+
+  private queued(): boolean {
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.sendNow);
+    }
+    return !this.sock.writableNeedDrain;
+  }
+}
+
+/**
+ * Requests are dispatched in arrival order and run concurrently; each reply goes out when
+ * its request completes (replies may overtake each other, as the protocol allows), with the
+ * others of the same loop turn. Exports order overlapping requests themselves.
  */
 async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void> {
   const inFlight = new Set<Promise<void>>();
   let inFlightBytes = 0;
   // A payload goes back once its write is done: the image and the capture hold copies.
   const payloads = new BodyPool(PAYLOAD_BUFFER, MAX_IN_FLIGHT_BYTES / PAYLOAD_BUFFER + 1);
-  // Replies completed in one turn of the event loop leave in one send: a syscall per
-  // reply is what limits small random writes otherwise.
-  let corked = false;
-  const uncork = (): void => {
-    corked = false;
-    sock.uncork();
-  };
-  /** Queues a reply (sent once per loop turn, with the others); false once the client is behind on reading them. */
-  const replyNow = (b: Buffer): boolean => {
-    if (!corked) {
-      corked = true;
-      sock.cork();
-      setImmediate(uncork);
-    }
-    return sock.write(b);
-  };
-  const reply = (b: Buffer): Promise<void> => (replyNow(b) ? Promise.resolve() : drained(sock));
+  const replies = new ReplyQueue(sock, s.structured);
+  const reply = (b: Buffer): Promise<void> => (replies.push(b) ? Promise.resolve() : drained(sock));
   for (;;) {
     while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
     while (inFlightBytes > MAX_IN_FLIGHT_BYTES) await Promise.race(inFlight);
-    const req = parseRequest(r.readNow(28) ?? (await r.read(28)));
+    const head = r.readNow(28) ?? (await r.read(28));
+    const req = parseRequest(head);
     if ('badMagic' in req) throw new Error(`bad request magic 0x${req.badMagic.toString(16)}`);
     // A WRITE's payload is consumed whatever happens to the request.
     let payload: Buffer | undefined;
@@ -383,13 +428,14 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
       if (req.flags === 0 && writtenNow(s, req, payload)) {
         into?.give(payload);
         // A client that does not read its replies stops this loop, as waiting replies would.
-        if (!replyNow(okReply(s, req))) await drained(sock);
+        if (!replies.ok(head)) await drained(sock);
         continue;
       }
     }
     if (req.type === CMD.DISC) {
       await Promise.all(inFlight);
       await s.exp.flush().catch(() => {});
+      replies.send();
       sock.end();
       return;
     }

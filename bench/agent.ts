@@ -33,8 +33,8 @@
 //                          source, waits in the queue until the job ends
 //   rand4k_iops_uploads_held, ratio_uploads_held
 //                          the same rand4k job against a fresh agent started with
-//                          `--bandwidth 1M` (and a spool of HELD_SPOOL, room for the whole
-//                          job): it captures and spools every write as usual, but
+//                          `--bandwidth 1M` (every agent has a spool of JOB_SPOOL, room for
+//                          the whole job): it captures and spools every write as usual, but
 //                          its uploads wait, so the local S3's work is left out: the agent's
 //                          own cost. Only if the spool never overflowed during the job (the
 //                          agent's `overflows` counter unchanged and its mode 'streaming' after,
@@ -117,7 +117,8 @@
 // stops naming them (bench/peers.ts). BENCH_DISK_GIB (default 16), BENCH_REPS (3), BENCH_FIO_S
 // (5), BENCH_RPO_S (20), BENCH_PLACEMENT (both), BENCH_AGENT_NODE_ARGS (extra node flags for
 // the agent, e.g. to profile it), BENCH_AGENT_PARTS (default peers,rpo,flush-fio,flush-files,idle:
-// the parts to run; the figures of the others are null).
+// the parts to run; the figures of the others are null), BENCH_AGENT_SERVERS (the peers part's
+// servers by name, comma-separated, e.g. `agent,qemu-nbd`: default all; the others' figures are null).
 
 import './quiet-handlers'; // first: before anything imports the handlers' logger
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -156,6 +157,8 @@ type Part = (typeof PARTS)[number];
 const parts = partsFromEnv('BENCH_AGENT_PARTS', PARTS);
 /** Extra node flags for the agent process, e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile it. */
 const nodeArgs = (process.env.BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
+/** BENCH_AGENT_SERVERS: the servers of the peers part to run, by name, comma-separated (default all; for quick comparisons). */
+const onlyServers = process.env.BENCH_AGENT_SERVERS?.split(',').map((x) => x.trim());
 const diskBytes = diskGib * GiB;
 const CCRP_INTERVAL_MS = 1000;
 const RPO_RATE = 20e6; // bytes per second
@@ -169,8 +172,13 @@ const RP_POLL_MS = 50;
 const IDLE_CCRP_INTERVAL_MS = DEFAULT_CCRP_INTERVAL_MS;
 const IDLE_WRITE_MS = 2000;
 const IDLE_CAP_MS = IDLE_CCRP_INTERVAL_MS + 30_000;
-/** The held-back agent's spool: room for a whole rand4k job's writes (~100k IOPS × 4 KiB for BENCH_FIO_S s), so that it does not overflow. */
-const HELD_SPOOL = `${Math.max(1, Math.ceil((fioSeconds * 100_000 * 4096 * 1.5) / GiB))}G`;
+/**
+ * Every agent's spool: room for a whole job's writes (~100k IOPS × 4 KiB, or 400 MiB/s of
+ * seq1m, for BENCH_FIO_S s, with half again), so that no job overflows it while the local S3
+ * on one core falls behind: a figure taken in the dirty-map mode would be null. An operator
+ * sizes the spool for the VM's bursts the same way (the agent's default is 1 GiB).
+ */
+const JOB_SPOOL = `${Math.max(1, Math.ceil((fioSeconds * 100_000 * 4096 * 1.5) / GiB))}G`;
 /** How long a stopped agent's batches may take to apply before we move on. */
 const DRAIN_TIMEOUT_MS = 180_000;
 /**
@@ -380,7 +388,7 @@ class AgentServer implements Server {
     // Node itself with the tsx loader: the PID we watch is the agent's own process (taskset execs it).
     const p = launch(
       'agent',
-      ...onServerCore(placement, nodeBin, [...AGENT_NODE_FLAGS, ...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, ...(variant.args ?? [])]),
+      ...onServerCore(placement, nodeBin, [...AGENT_NODE_FLAGS, ...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', 'cli/livesync.ts', 'agent', '--pair', pairId, '--disk', `${EXPORT}=${image}`, '--listen', '127.0.0.1:0', '--state-dir', stateDir, '--spool-size', JOB_SPOOL, ...(variant.args ?? [])]),
       { env: { ...process.env, ...this.stack.env, ...AGENT_ENV }, echo: true },
     );
     let sampler: NodeJS.Timeout | undefined;
@@ -427,8 +435,9 @@ class AgentServer implements Server {
       // With what the agent says of its memory now (where a peak came from: heap, buffers, the rest native).
       const note = async (): Promise<string> => {
         await sample();
-        const now = (await status().catch(() => undefined))?.memoryMiB;
-        return `agent peak RSS so far ${round(peak / MiB, 1)} MiB; now ${JSON.stringify(now ?? 'unknown')}`;
+        const st = await status().catch(() => undefined);
+        const spool = st ? `; spool files written ${st.spool.filesWritten}, ${st.spool.batches} batches held, overflows ${st.overflows}` : '';
+        return `agent peak RSS so far ${round(peak / MiB, 1)} MiB; now ${JSON.stringify(st?.memoryMiB ?? 'unknown')}${spool}`;
       };
       return { port, pairId, pid: p.pid, controlSocket, close, note, status };
     } catch (err) {
@@ -884,9 +893,12 @@ async function main(): Promise<void> {
     // held back (paced to 1 MiB/s, into the spool) so that the local S3's work is not on these
     // cores either. Left unapplied.
     const agentApplyLive: Server = { name: 'agent (apply on this host)', start: (image, placement) => agent.start(image, placement) };
-    const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image, placement) => agent.start(image, placement, { args: ['--bandwidth', '1M', '--spool-size', HELD_SPOOL], drain: false }) };
+    const agentUploadsHeld: Server = { name: 'agent (uploads held back)', start: (image, placement) => agent.start(image, placement, { args: ['--bandwidth', '1M'], drain: false }) };
     const peers: Server[] = [agent, qemuNbd, nbdkit];
-    const serversUnder = (placement: Placement): Server[] => (placement !== primary ? peers : external ? [...peers, agentUploadsHeld] : [...peers, agentApplyLive, agentUploadsHeld]);
+    const serversUnder = (placement: Placement): Server[] =>
+      (placement !== primary ? peers : external ? [...peers, agentUploadsHeld] : [...peers, agentApplyLive, agentUploadsHeld]).filter(
+        (s) => !onlyServers || onlyServers.includes(s.name),
+      );
 
     // Samples by `${placement}|${server}|${figure}`; a key in `spoiled` was taken while the agent's spool overflowed.
     const samples = new Map<string, number[]>();
