@@ -85,6 +85,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     maxPiecesPerSpan: opts.maxPiecesPerSpan ?? DEFAULT_PLAN_CONFIG.maxPiecesPerSpan,
     deadRewriteRatio: opts.deadRewriteRatio ?? DEFAULT_PLAN_CONFIG.deadRewriteRatio,
     recheckLoss: opts.recheckLoss ?? DEFAULT_PLAN_CONFIG.recheckLoss,
+    mergeRatio: opts.mergeRatio ?? DEFAULT_PLAN_CONFIG.mergeRatio,
   };
   const { store, index, history } = deps;
   const written = { runs: 0, images: 0, bytes: 0, imageBytes: 0 };

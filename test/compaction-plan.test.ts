@@ -1,4 +1,4 @@
-import { applyUnit, pieceId, planUnit, removedKeys, retainedFor, type L0Summary, type PlanConfig, type RangeResult } from '../core/compaction-plan';
+import { applyUnit, DEFAULT_PLAN_CONFIG, mergeChoice, pieceId, planUnit, removedKeys, retainedFor, type L0Summary, type PlanConfig, type RangeResult } from '../core/compaction-plan';
 import { checkManifest, initialManifest, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
 
 const RUN = (v: number, n = 0): string => `pairs/p/history/${String(v).padStart(20, '0')}-0123456789abcdef/run-${String(n).padStart(4, '0')}.run`;
@@ -9,7 +9,7 @@ const piece = (seqLo: number, seqHi: number, dataBytes: number, key = RUN(1)): P
 const sha = (c: string): string => c.repeat(64);
 const image = (seq: number, c: string, key = IMG(1, sha(c))): ImageEntry => ({ seq, key, sha256: sha(c), crc32c: 2, length: 4 * 1024 * 1024 });
 const batch = (seq: number, ranges: Record<string, number>): L0Summary => ({ seq, key: `pairs/p/journal/${seq}.batch`, ranges: new Map(Object.entries(ranges)) });
-const cfg = (o: Partial<PlanConfig> = {}): PlanConfig => ({ imageBytes: 100, maxPiecesPerSpan: 4, deadRewriteRatio: 0.5, recheckLoss: 0.25, ...o });
+const cfg = (o: Partial<PlanConfig> = {}): PlanConfig => ({ imageBytes: 100, maxPiecesPerSpan: 4, deadRewriteRatio: 0.5, recheckLoss: 0.25, mergeRatio: 0.75, ...o });
 const manifest = (frontierSeq: number, retained: number[], ranges: Manifest['ranges']): Manifest => ({ ...initialManifest('p'), version: 1, generation: 1, frontierSeq, retained, ranges });
 const span = (q: { seqLo: number; seqHi: number }): string => `${q.seqLo}-${q.seqHi}`;
 
@@ -81,23 +81,42 @@ describe('planUnit', () => {
     expect(planUnit(m, [batch(11, { 'd:2': 1 })], [10, 11], 11, cfg()).ranges.map((r) => r.range)).toEqual(['d:2']);
   });
 
-  test('I1: the adjacent pair most alike in size (then fewest bytes) is merged until at most 4 pieces remain per span', () => {
-    const m = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 10), piece(11, 20, 1), piece(21, 30, 1), piece(31, 40, 10)] } });
+  test('I1: the oldest piece whose newer pieces weigh >= mergeRatio of it takes them all in, until at most 4 pieces remain per span', () => {
+    // 40, 1, 1, 10 + fold 5: the 40 has 17 behind it, the first 1 has 16: 1..fold become one build.
+    const m = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 40), piece(11, 20, 1), piece(21, 30, 1), piece(31, 40, 10)] } });
     const plan = planUnit(m, [batch(41, { 'd:0': 5 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 }));
     const r = plan.ranges[0];
-    expect(r.builds.map((b) => [span(b), b.from.map(span), b.l0, b.bytes])).toEqual([
-      ['11-30', ['11-20', '21-30'], false, 2],
-      ['41-41', [], true, 5],
-    ]);
-    expect(r.keepPieces.map(span)).toEqual(['1-10', '31-40']);
-    // Equal neighbours merge first (tiers, as a counter's digits), the fewest bytes among equals.
-    const m2 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 10), piece(11, 20, 10), piece(21, 30, 10), piece(31, 40, 1)] } });
-    const r2 = planUnit(m2, [batch(41, { 'd:0': 2 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 })).ranges[0];
-    expect(r2.builds.map((b) => [span(b), b.from.map(span), b.l0])).toEqual([['1-20', ['1-10', '11-20'], false], ['41-41', [], true]]);
-    // The fold merges into its neighbour when those two are the most alike.
-    const m3 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 40), piece(11, 20, 20), piece(21, 30, 10), piece(31, 40, 1)] } });
+    expect(r.builds.map((b) => [span(b), b.from.map(span), b.l0, b.bytes])).toEqual([['11-41', ['11-20', '21-30', '31-40'], true, 17]]);
+    expect(r.keepPieces.map(span)).toEqual(['1-10']);
+    // Tiers: 60, 20, 10, 1 + fold 1: the first with 3/4 of its bytes behind it is the 1: it and the fold merge.
+    const m3 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 60), piece(11, 20, 20), piece(21, 30, 10), piece(31, 40, 1)] } });
     const r3 = planUnit(m3, [batch(41, { 'd:0': 1 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 })).ranges[0];
     expect(r3.builds.map((b) => [span(b), b.from.map(span), b.l0])).toEqual([['31-41', ['31-40'], true]]);
+    // 100, 40, 10, 8 + fold 8: 66 < 75 behind the 100, 26 < 30 behind the 40, 16 behind the 10: 10, 8 and the fold become one.
+    const m4 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 100), piece(11, 20, 40), piece(21, 30, 10), piece(31, 40, 8)] } });
+    const r4 = planUnit(m4, [batch(41, { 'd:0': 8 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 })).ranges[0];
+    expect(r4.builds.map((b) => [span(b), b.from.map(span), b.l0, b.bytes])).toEqual([['21-41', ['21-30', '31-40'], true, 26]]);
+  });
+
+  test('I1 merges cost about 4.4 writes per folded byte over 110 equal folds into 4 slots (the pair most alike: 6.2)', () => {
+    // A hot range between two images: ~110 folds of ~37 KiB until 4 MiB of data (bench:history).
+    const writesPerByte = (choose: (bytes: number[]) => [number, number], folds = 110, slots = 4): number => {
+      let span: { bytes: number; fresh: boolean }[] = [];
+      let written = 0;
+      for (let i = 0; i < folds; i++) {
+        span = [...span.map((x) => ({ ...x, fresh: false })), { bytes: 1, fresh: true }];
+        while (span.length > slots) {
+          const [a, b] = choose(span.map((x) => x.bytes));
+          span.splice(a, b - a + 1, { bytes: span.slice(a, b + 1).reduce((n, x) => n + x.bytes, 0), fresh: true });
+        }
+        written += span.filter((x) => x.fresh).reduce((n, x) => n + x.bytes, 0);
+      }
+      return written / folds;
+    };
+    const ours = writesPerByte((b) => mergeChoice(b, DEFAULT_PLAN_CONFIG.mergeRatio));
+    expect(ours).toBeGreaterThan(1);
+    expect(ours).toBeLessThan(4.6);
+    expect(() => mergeChoice([1], 1)).toThrow(RangeError);
   });
 
   test('spans are merged apart: pieces below an image never merge with pieces above it', () => {
@@ -106,8 +125,9 @@ describe('planUnit', () => {
     });
     const plan = planUnit(m, [batch(51, { 'd:0': 1 })], [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 51], 51, cfg({ imageBytes: 1000 }));
     const r = plan.ranges[0];
-    expect(r.builds.map((b) => span(b))).toEqual(['26-40', '51-51']);
-    expect(r.keepPieces.map(span)).toEqual(['1-5', '6-10', '11-15', '16-25', '41-45', '46-50']);
+    // Above the image, 4 equal pieces and the fold become one; below it, 4 stay apart.
+    expect(r.builds.map((b) => span(b))).toEqual(['26-51']);
+    expect(r.keepPieces.map(span)).toEqual(['1-5', '6-10', '11-15', '16-25']);
   });
 
   test('retainedFor: points the input cannot read (pruned, or above the cut) are left out; the cut is in', () => {
