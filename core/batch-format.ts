@@ -169,50 +169,43 @@ export async function encodeBatchAsync(header: BatchHeader, extents: ExtentInput
   return layOut(header, packed, alloc);
 }
 
+/**
+ * Writes the body in one pass into one buffer: header, payloads in index order, index,
+ * trailer (no intermediate parts: an agent under random writes lays out ~1,000 extents a batch).
+ */
 function layOut(header: BatchHeader, packed: PackedExtent[], alloc: (size: number) => Buffer = Buffer.allocUnsafe): Buffer {
-  const parts: Buffer[] = [];
   const headerBuf = encodeHeader(header);
-  parts.push(headerBuf);
+  let payloadBytes = 0;
+  for (const p of packed) payloadBytes += p.payload?.length ?? 0;
+  const indexOffset = headerBuf.length + payloadBytes;
+  const indexBytes = packed.length * INDEX_ENTRY;
+  const trailerAt = indexOffset + indexBytes;
+  const out = alloc(trailerAt + TRAILER_SIZE);
+  headerBuf.copy(out, 0);
   // The object checksum covers everything before its own field. It is combined from the
   // parts' checksums: a raw payload's is its extent's data checksum, so no byte is read twice.
   let objectCrc = crc32c(headerBuf);
   let offset = headerBuf.length;
-  const entries: ExtentEntry[] = [];
+  let entryAt = indexOffset;
   for (const { e, payload, zstd } of packed) {
     if (!payload) {
-      entries.push({ disk: e.disk, flags: EXTENT_FLAGS.ZERO, blockIndex: e.blockIndex, blockCount: e.zeroBlocks!, payloadOffset: offset, payloadLength: 0, dataCrc: 0 });
-      continue;
+      writeEntry(out, entryAt, e.disk, EXTENT_FLAGS.ZERO, e.zeroBlocks!, e.blockIndex, offset, 0, 0);
+    } else {
+      const dataCrc = crc32c(e.data!);
+      writeEntry(out, entryAt, e.disk, zstd ? EXTENT_FLAGS.ZSTD : 0, e.data!.length / BLOCK_SIZE, e.blockIndex, offset, payload.length, dataCrc);
+      objectCrc = crc32cCombine(objectCrc, zstd ? crc32c(payload) : dataCrc, payload.length);
+      offset += payload.copy(out, offset);
     }
-    const dataCrc = crc32c(e.data!);
-    entries.push({
-      disk: e.disk,
-      flags: zstd ? EXTENT_FLAGS.ZSTD : 0,
-      blockIndex: e.blockIndex,
-      blockCount: e.data!.length / BLOCK_SIZE,
-      payloadOffset: offset,
-      payloadLength: payload.length,
-      dataCrc,
-    });
-    objectCrc = crc32cCombine(objectCrc, zstd ? crc32c(payload) : dataCrc, payload.length);
-    parts.push(payload);
-    offset += payload.length;
+    entryAt += INDEX_ENTRY;
   }
-  const index = Buffer.alloc(entries.length * INDEX_ENTRY);
-  entries.forEach((x, i) => writeEntry(index, i * INDEX_ENTRY, x));
-  parts.push(index);
-  const indexCrc = crc32c(index);
-  const trailer = Buffer.alloc(TRAILER_SIZE);
-  writeU64(trailer, 0, offset);
-  trailer.writeUInt32LE(entries.length, 8);
-  trailer.writeUInt32LE(indexCrc, 12);
-  writeU64(trailer, 16, header.seq);
-  END_MAGIC.copy(trailer, 28);
-  parts.push(trailer);
-  objectCrc = crc32c(trailer.subarray(0, 24), crc32cCombine(objectCrc, indexCrc, index.length));
-  const out = alloc(offset + index.length + trailer.length);
-  let at = 0;
-  for (const part of parts) at += part.copy(out, at);
-  out.writeUInt32LE(objectCrc, out.length - 8);
+  const indexCrc = crc32c(out.subarray(indexOffset, trailerAt));
+  writeU64(out, trailerAt, indexOffset);
+  out.writeUInt32LE(packed.length, trailerAt + 8);
+  out.writeUInt32LE(indexCrc, trailerAt + 12);
+  writeU64(out, trailerAt + 16, header.seq);
+  END_MAGIC.copy(out, trailerAt + 28);
+  objectCrc = crc32c(out.subarray(trailerAt, trailerAt + 24), crc32cCombine(objectCrc, indexCrc, indexBytes));
+  out.writeUInt32LE(objectCrc, trailerAt + 24);
   return out;
 }
 
@@ -415,6 +408,8 @@ function checkHeaderInput(h: BatchHeader): void {
 
 /** Validates extents, splits long runs and returns them sorted by (disk, block). */
 function splitAndSort(extents: ExtentInput[], diskCount: number): ExtentInput[] {
+  // The batch writer's extents are split and sorted already: checked in one pass, not copied.
+  if (laidOutAlready(extents, diskCount)) return extents;
   const out: ExtentInput[] = [];
   for (const e of extents) {
     if (e.disk < 0 || e.disk >= diskCount) throw new RangeError(`extent names disk #${e.disk} of ${diskCount}`);
@@ -437,14 +432,28 @@ function splitAndSort(extents: ExtentInput[], diskCount: number): ExtentInput[] 
   return out;
 }
 
-function writeEntry(buf: Buffer, at: number, e: ExtentEntry): void {
-  buf.writeUInt16LE(e.disk, at);
-  buf.writeUInt16LE(e.flags, at + 2);
-  buf.writeUInt32LE(e.blockCount, at + 4);
-  writeU64(buf, at + 8, e.blockIndex);
-  writeU64(buf, at + 16, e.payloadOffset);
-  buf.writeUInt32LE(e.payloadLength, at + 24);
-  buf.writeUInt32LE(e.dataCrc, at + 28);
+/** Whether the extents are valid, within the size limits, sorted and disjoint: what splitAndSort returns. */
+function laidOutAlready(extents: ExtentInput[], diskCount: number): boolean {
+  let disk = -1;
+  let end = 0;
+  for (const e of extents) {
+    const blocks = e.data ? e.data.length / BLOCK_SIZE : e.zeroBlocks ?? 0;
+    if (!Number.isInteger(blocks) || blocks < 1 || blocks > (e.data ? MAX_EXTENT_BLOCKS : MAX_ZERO_EXTENT_BLOCKS)) return false;
+    if (!Number.isInteger(e.disk) || e.disk < disk || e.disk >= diskCount || (e.disk === disk && e.blockIndex < end)) return false;
+    disk = e.disk;
+    end = e.blockIndex + blocks;
+  }
+  return true;
+}
+
+function writeEntry(buf: Buffer, at: number, disk: number, flags: number, blockCount: number, blockIndex: number, payloadOffset: number, payloadLength: number, dataCrc: number): void {
+  buf.writeUInt16LE(disk, at);
+  buf.writeUInt16LE(flags, at + 2);
+  buf.writeUInt32LE(blockCount, at + 4);
+  writeU64(buf, at + 8, blockIndex);
+  writeU64(buf, at + 16, payloadOffset);
+  buf.writeUInt32LE(payloadLength, at + 24);
+  buf.writeUInt32LE(dataCrc, at + 28);
 }
 
 function readEntry(buf: Buffer, at: number, where: string): ExtentEntry {
@@ -459,15 +468,18 @@ function readEntry(buf: Buffer, at: number, where: string): ExtentEntry {
   };
 }
 
+/** A JS-safe non-negative integer as a little-endian u64 (two u32 halves: no BigInt per field). */
 function writeU64(buf: Buffer, at: number, v: number): void {
-  buf.writeBigUInt64LE(BigInt(v), at);
+  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`${v} is not a u64 field value`);
+  buf.writeUInt32LE(v % 2 ** 32, at);
+  buf.writeUInt32LE(Math.floor(v / 2 ** 32), at + 4);
 }
 
 /** u64 fields hold JS-safe integers; anything larger is corruption, not data. */
 function readU64(buf: Buffer, at: number, where: string): number {
-  const v = buf.readBigUInt64LE(at);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BatchError('MALFORMED', where, `64-bit field at byte ${at} out of range`);
-  return Number(v);
+  const high = buf.readUInt32LE(at + 4);
+  if (high >= 2 ** 21) throw new BatchError('MALFORMED', where, `64-bit field at byte ${at} out of range`);
+  return high * 2 ** 32 + buf.readUInt32LE(at);
 }
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;

@@ -90,6 +90,16 @@ describe('batch format', () => {
     expect(catchError(() => decodeBatch(Buffer.alloc(0), 'b'))).toMatchObject({ code: 'TRUNCATED', message: expect.stringContaining('batch b') });
   });
 
+  test('a 64-bit field beyond 2^53 is refused as malformed, one just below decodes', () => {
+    const buf = Buffer.from(encodeBatch(header(), []));
+    // prevSeq (header bytes 16–23): its high half at 2^21 is 2^53, past a JS-safe integer.
+    buf.writeUInt32LE(2 ** 21, 20);
+    resign(buf);
+    expect(catchError(() => decodeBatch(buf, 'b'))).toMatchObject({ code: 'MALFORMED', reason: expect.stringContaining('64-bit field at byte 16') });
+    expect(decodeBatch(Buffer.from(encodeBatch(header({ prevSeq: Number.MAX_SAFE_INTEGER }), [])), 'b').header.prevSeq).toBe(Number.MAX_SAFE_INTEGER);
+    expect(() => encodeBatch(header({ prevSeq: 2 ** 53 }), [])).toThrow(RangeError);
+  });
+
   test('reserved header bytes and duplicate disk names are refused', () => {
     const buf = Buffer.from(encodeBatch(header(), []));
     buf[52] = 0xff;
