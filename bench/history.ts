@@ -80,7 +80,7 @@ import { compactHandlers } from '../lambdas/compact';
 import { ApplyService } from '../replica/apply';
 import { mapLimit } from '../replica/concurrency';
 import { gcOnce } from '../replica/gc';
-import { manifestOf } from '../replica/history-manifest';
+import { manifestOf, readManifest } from '../replica/history-manifest';
 import { materialize, type ImageSink } from '../replica/materialize';
 import type { ByteRange, HistoryIndex, KeyLister, ObjectDeleter, ObjectStore, PutOptions, ReplicaIndex } from '../replica/ports';
 import { rng, type Rng } from '../source/workload';
@@ -120,7 +120,7 @@ type Counts = Record<string, number>;
 const add = (c: Counts, k: string, n = 1): void => void (c[k] = (c[k] ?? 0) + n);
 
 const keyKind = (key: string): string =>
-  key.includes('/journal/') ? 'batch' : key.includes('/history/') ? (key.endsWith('manifest.json') ? 'manifest' : key.includes('/image-') ? 'image' : 'run') : key.includes('/base/') ? 'base' : 'other';
+  key.includes('/journal/') ? 'batch' : key.includes('/history/') ? (key.endsWith('manifest.json') || key.includes('/part-') ? 'manifest' : key.includes('/image-') ? 'image' : 'run') : key.includes('/base/') ? 'base' : 'other';
 
 /** An ObjectStore (and lister, deleter) that counts requests and bytes by key kind into `c`. */
 class MeteredStore implements ObjectStore, KeyLister, ObjectDeleter {
@@ -512,10 +512,11 @@ async function main(): Promise<void> {
   const classify = async (): Promise<void> => {
     const head = await comp.history.getHistory(PAIR);
     if (!head.manifestKey) return;
-    const next = JSON.parse((await cObjects.get(head.manifestKey)).toString('utf8')) as Manifest;
+    const next = (await readManifest(cObjects, head.manifestKey)).manifest;
     const prefix = head.manifestKey.slice(0, -'manifest.json'.length);
     const before = prevManifest;
-    add(wrote, 'manifest.bytes', (await cObjects.get(head.manifestKey)).length);
+    // What the unit wrote of its manifest: the head and the parts under its prefix.
+    add(wrote, 'manifest.bytes', (await cObjects.get(head.manifestKey)).length + (next.parts ?? []).filter((p) => p.key.startsWith(prefix)).reduce((n, p) => n + p.length, 0));
     for (const [id, r] of Object.entries(next.ranges)) {
       const kind = rangeKind(id);
       const old = before?.ranges[id]?.pieces ?? [];

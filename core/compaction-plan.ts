@@ -306,9 +306,9 @@ export function applyUnit(m: Manifest, plan: UnitPlan, results: ReadonlyMap<Rang
   return { format: MANIFEST_FORMAT, pairId: m.pairId, version: m.version + 1, generation: stamp.generation, publishedMs: stamp.publishedMs, frontierSeq: plan.cut, base: m.base, retained: plan.retained, ranges };
 }
 
-/** Object keys a manifest references: its images' (base chunks aside: the base stays referenced by `base`) and its pieces' run objects. */
+/** Object keys a manifest references: its parts (format 2), its images' (base chunks aside: the base stays referenced by `base`) and its pieces' run objects. */
 export function referencedKeys(m: Manifest): Set<string> {
-  const out = new Set<string>();
+  const out = new Set<string>((m.parts ?? []).map((p) => p.key));
   const base = `pairs/${m.pairId}/base/`;
   for (const r of Object.values(m.ranges)) {
     for (const img of r.images) if (!img.zero && !img.key.startsWith(base)) out.add(img.key);

@@ -90,9 +90,9 @@ export function planGc(i: GcInputs): GcPlan {
   return { leftovers, steps };
 }
 
-/** The object keys a manifest references, its own key included (images that are objects, pieces' runs). */
+/** The object keys a manifest references, its own key included (its parts, images that are objects, pieces' runs). */
 export function manifestRefs(m: Manifest, manifestKey?: string): Set<string> {
-  const out = new Set<string>(manifestKey ? [manifestKey] : []);
+  const out = new Set<string>([...(manifestKey ? [manifestKey] : []), ...(m.parts ?? []).map((p) => p.key)]);
   for (const r of Object.values(m.ranges)) {
     for (const img of r.images) if (!img.zero) out.add(img.key);
     for (const p of r.pieces) out.add(p.key);

@@ -3,12 +3,17 @@
 // was planned for. Versioned; published by one conditional transaction (docs/design.md,
 // "History"). Types and constants here; the codec and checks join them in this module.
 
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { BLOCK_SIZE } from './batch-format';
 import { CHUNK_BYTES } from './chunk-format';
+import { crc32c } from './crc32c';
 import { CorruptHistoryError } from './errors';
 import { baseChunkKey, checkDiskName, checkPairId, parseHistoryKey } from './keys';
 
-export const MANIFEST_FORMAT = 1;
+/** The format a unit writes: 2, a head and per-group parts. Format 1 (one JSON object) still decodes. */
+export const MANIFEST_FORMAT = 2;
+/** Ranges of one disk per manifest part: ranges `[g·16, g·16 + 16)` are group `{disk}:{g}` (64 MiB of disk). */
+export const RANGES_PER_PART = 16;
 /** Blocks of one range: a range is CHUNK_BYTES of one disk, aligned. */
 export const RANGE_BLOCKS = CHUNK_BYTES / BLOCK_SIZE;
 /** I1: pieces of one range between two consecutive images. */
@@ -49,8 +54,22 @@ export interface RangeHistory {
   pieces: PieceEntry[];
 }
 
+/** One part of a format-2 manifest: the ranges of one group, in their own object (gzip of JSON). */
+export interface ManifestPart {
+  /** `{disk}:{g}`: the ranges `{disk}:{g·RANGES_PER_PART …}` (partGroup). */
+  group: string;
+  /** A history `part-NNNN.json.gz` of the pair, written by the unit that first wrote this content; reused by later versions while the group is unchanged. */
+  key: string;
+  /** Bytes of the object (gzip) and their CRC-32C: checked before it is inflated. */
+  length: number;
+  crc32c: number;
+}
+
 export interface Manifest {
-  format: typeof MANIFEST_FORMAT;
+  /** 1: one JSON object (read only); 2: a head naming its parts (`parts`). */
+  format: 1 | typeof MANIFEST_FORMAT;
+  /** Format 2: the part objects `ranges` was read from or written to (absent before a unit encodes it, and in format 1). */
+  parts?: ManifestPart[];
   pairId: string;
   /** 0 is the implicit manifest of a pair that was never compacted. */
   version: number;
@@ -73,28 +92,111 @@ export function initialManifest(pairId: string, base?: { key: string; seq: numbe
 
 // ---- Codec and checks -------------------------------------------------------------------
 
-/** The manifest object's bytes: JSON, UTF-8. */
-export function encodeManifest(m: Manifest): Buffer {
-  return Buffer.from(JSON.stringify(m), 'utf8');
+/** The group of a range: its disk and its index / RANGES_PER_PART. */
+export function partGroup(id: RangeId): string {
+  const { disk, index } = parseRangeId(id);
+  return `${disk}:${Math.floor(index / RANGES_PER_PART)}`;
+}
+
+/** The objects of a format-2 manifest: its head and the part bodies to write (by key). */
+export interface EncodedManifest {
+  head: Buffer;
+  bodies: Map<string, Buffer>;
+  parts: ManifestPart[];
+}
+
+/**
+ * Encodes `m` as a head and parts. A group not in `changed` whose part `prev` has (the input
+ * manifest's parts) keeps that part's object: no PUT. Every other group with ranges gets a new
+ * body under `prefix` (`part-NNNN.json.gz`, numbered in group order). Callers pass as
+ * changed every group holding a range the unit planned (only those can differ from the input).
+ */
+export function encodeManifest(m: Manifest, prefix: string, changed: ReadonlySet<string>, prev: readonly ManifestPart[] = []): EncodedManifest {
+  const groups = new Map<string, RangeId[]>();
+  for (const id of Object.keys(m.ranges).sort()) {
+    const g = partGroup(id);
+    const list = groups.get(g);
+    if (list) list.push(id);
+    else groups.set(g, [id]);
+  }
+  const old = new Map(prev.map((p) => [p.group, p]));
+  const bodies = new Map<string, Buffer>();
+  const parts: ManifestPart[] = [];
+  for (const g of [...groups.keys()].sort()) {
+    const reuse = old.get(g);
+    if (reuse && !changed.has(g)) {
+      parts.push(reuse);
+      continue;
+    }
+    const ranges: Record<RangeId, RangeHistory> = {};
+    for (const id of groups.get(g)!) ranges[id] = m.ranges[id];
+    const body = gzipSync(Buffer.from(JSON.stringify({ format: MANIFEST_FORMAT, pairId: m.pairId, group: g, ranges }), 'utf8'));
+    const key = `${prefix}part-${String(bodies.size).padStart(4, '0')}.json.gz`;
+    bodies.set(key, body);
+    parts.push({ group: g, key, length: body.length, crc32c: crc32c(body) });
+  }
+  const head = { format: MANIFEST_FORMAT, pairId: m.pairId, version: m.version, generation: m.generation, publishedMs: m.publishedMs, frontierSeq: m.frontierSeq, base: m.base, retained: m.retained, parts };
+  return { head: Buffer.from(JSON.stringify(head), 'utf8'), bodies, parts };
+}
+
+/**
+ * A format-1 manifest object (one JSON object holding every range), as units wrote before
+ * format 2. Still decoded; written only where one self-contained object is wanted (tests,
+ * tooling), never by a unit.
+ */
+export function encodeManifestV1(m: Manifest): Buffer {
+  const { parts: _parts, ...rest } = m;
+  return Buffer.from(JSON.stringify({ ...rest, format: 1 }), 'utf8');
+}
+
+/** The part keys a stored manifest head names (none for format 1): what a reader GETs before decodeManifest. */
+export function manifestPartKeys(buf: Buffer, where: string): ManifestPart[] {
+  const o = parseJson(buf, where);
+  return o.format === MANIFEST_FORMAT ? arr(o.parts, 'parts', badAt(where)).map((v, i) => part(v, `parts[${i}]`, badAt(where))) : [];
 }
 
 /**
  * Parses and checks a stored manifest: its shape field by field, then every rule
- * `manifestFaults` states. The read bound (I1) is not a reason to refuse a manifest: one
+ * `manifestFaults` states. Format 2: `bodies` holds each part's object by key (as read): its
+ * length and CRC-32C are checked against the head, then it is inflated and every range in it
+ * must be of its group. The read bound (I1) is not a reason to refuse a manifest: one
  * over it still reads, only slower (checkManifest reports it). Throws CorruptHistoryError
- * naming `where` and the first field or rule that is wrong.
+ * naming `where` (or the part's key) and the first field or rule that is wrong.
  */
-export function decodeManifest(buf: Buffer, where: string): Manifest {
+export function decodeManifest(buf: Buffer, where: string, bodies: ReadonlyMap<string, Buffer> = new Map()): Manifest {
+  const m = shape(parseJson(buf, where), where);
+  for (const p of m.parts ?? []) {
+    const body = bodies.get(p.key);
+    if (!body) throw new CorruptHistoryError(where, `part ${p.group} (${p.key}) was not read`);
+    if (body.length !== p.length || crc32c(body) !== p.crc32c) throw new CorruptHistoryError(p.key, `part ${p.group} of ${where}: ${body.length} bytes with CRC-32C ${crc32c(body)}, the head says ${p.length} bytes with ${p.crc32c}`);
+    let inflated: Buffer;
+    try {
+      inflated = gunzipSync(body);
+    } catch (err) {
+      throw new CorruptHistoryError(p.key, `part ${p.group} is not gzip: ${(err as Error).message}`);
+    }
+    const bad = badAt(p.key);
+    const o = obj(parseJson(inflated, p.key), 'part', bad);
+    if (o.format !== MANIFEST_FORMAT || o.pairId !== m.pairId || o.group !== p.group) throw bad('part', `is format ${JSON.stringify(o.format)} of pair ${JSON.stringify(o.pairId)}, group ${JSON.stringify(o.group)}; the head ${where} names format ${MANIFEST_FORMAT} of '${m.pairId}', group ${p.group}`);
+    for (const [id, r] of Object.entries(rangesOf(o.ranges, bad))) {
+      if (partGroup(id) !== p.group) throw bad(`ranges["${id}"]`, `is not in group ${p.group}`);
+      if (m.ranges[id]) throw bad(`ranges["${id}"]`, 'is in two parts');
+      m.ranges[id] = r;
+    }
+  }
+  const faults = manifestFaults(m);
+  if (faults.length > 0) throw new CorruptHistoryError(where, faults.slice(0, 3).join('; ') + (faults.length > 3 ? `; and ${faults.length - 3} more` : ''));
+  return m;
+}
+
+function parseJson(buf: Buffer, where: string): Record<string, unknown> {
   let raw: unknown;
   try {
     raw = JSON.parse(buf.toString('utf8'));
   } catch (err) {
     throw new CorruptHistoryError(where, `not JSON: ${(err as Error).message}`);
   }
-  const m = shape(raw, where);
-  const faults = manifestFaults(m);
-  if (faults.length > 0) throw new CorruptHistoryError(where, faults.slice(0, 3).join('; ') + (faults.length > 3 ? `; and ${faults.length - 3} more` : ''));
-  return m;
+  return obj(raw, 'manifest', badAt(where));
 }
 
 /** Every rule a manifest breaks (empty when it is sound), the read bound I1 included: run before every publish. */
@@ -113,6 +215,7 @@ export function bitmapHas(blocks: string, block: number): boolean {
 
 const SHA256 = /^[0-9a-f]{64}$/;
 const RUN_NAME = /^run-\d{4,}\.run$/;
+const PART_NAME = /^part-\d{4,}\.json\.gz$/;
 
 /** Correctness rules (a manifest breaking one is refused on read). */
 function manifestFaults(m: Manifest): string[] {
@@ -125,6 +228,10 @@ function manifestFaults(m: Manifest): string[] {
     if (p > m.frontierSeq) out.push(`retained: ${p} is above the frontier ${m.frontierSeq}`);
   });
   if (m.version > 0 && m.retained[m.retained.length - 1] !== m.frontierSeq) out.push(`retained does not end with the frontier ${m.frontierSeq} (the cut is a retained point)`);
+  for (const p of m.parts ?? []) {
+    const history = parseHistoryKey(p.key);
+    if (history?.pair !== m.pairId || !PART_NAME.test(history.name)) out.push(`part ${p.group}: key ${p.key} is not a part-NNNN.json.gz under ${pairRoot}history/`);
+  }
   /** Per run object: [offset, end, who] of each piece in it (pieces of one run must not overlap). */
   const inRuns = new Map<string, [number, number, string][]>();
   for (const [id, r] of Object.entries(m.ranges)) {
@@ -194,13 +301,15 @@ const passes = (check: (s: string) => string, s: string): boolean => {
 
 type Bad = (field: string, what: string) => CorruptHistoryError;
 
-function shape(raw: unknown, where: string): Manifest {
-  const bad: Bad = (field, what) => new CorruptHistoryError(where, `${field}: ${what}`);
-  const o = obj(raw, 'manifest', bad);
-  if (o.format !== MANIFEST_FORMAT) throw bad('format', `${JSON.stringify(o.format)}, this build reads ${MANIFEST_FORMAT}`);
+const badAt = (where: string): Bad => (field, what) => new CorruptHistoryError(where, `${field}: ${what}`);
+
+/** The head's fields (format 2: ranges empty, filled from the parts; format 1: ranges inline). */
+function shape(o: Record<string, unknown>, where: string): Manifest {
+  const bad = badAt(where);
+  if (o.format !== 1 && o.format !== MANIFEST_FORMAT) throw bad('format', `${JSON.stringify(o.format)}, this build reads 1 and ${MANIFEST_FORMAT}`);
   if (typeof o.pairId !== 'string' || !passes(checkPairId, o.pairId)) throw bad('pairId', `${JSON.stringify(o.pairId)} is not a pair id`);
   const m: Manifest = {
-    format: MANIFEST_FORMAT,
+    format: o.format as Manifest['format'],
     pairId: o.pairId,
     version: int(o.version, 'version', bad),
     generation: int(o.generation, 'generation', bad),
@@ -213,15 +322,33 @@ function shape(raw: unknown, where: string): Manifest {
     const b = obj(o.base, 'base', bad);
     m.base = { key: str(b.key, 'base.key', bad), seq: int(b.seq, 'base.seq', bad) };
   }
-  for (const [id, rv] of Object.entries(obj(o.ranges, 'ranges', bad))) {
+  if (o.format === 1) {
+    m.ranges = rangesOf(o.ranges, bad);
+    return m;
+  }
+  if (o.ranges !== undefined) throw bad('ranges', 'a format-2 head holds parts, not ranges');
+  m.parts = arr(o.parts, 'parts', bad).map((v, i) => part(v, `parts[${i}]`, bad));
+  const groups = m.parts.map((p) => p.group);
+  if (new Set(groups).size !== groups.length) throw bad('parts', 'name a group twice');
+  return m;
+}
+
+function rangesOf(v: unknown, bad: Bad): Record<RangeId, RangeHistory> {
+  const out: Record<RangeId, RangeHistory> = {};
+  for (const [id, rv] of Object.entries(obj(v, 'ranges', bad))) {
     const f = `ranges["${id}"]`;
     const r = obj(rv, f, bad);
-    m.ranges[id] = {
-      images: arr(r.images, `${f}.images`, bad).map((v, i) => image(v, `${f}.images[${i}]`, bad)),
-      pieces: arr(r.pieces, `${f}.pieces`, bad).map((v, i) => piece(v, `${f}.pieces[${i}]`, bad)),
+    out[id] = {
+      images: arr(r.images, `${f}.images`, bad).map((x, i) => image(x, `${f}.images[${i}]`, bad)),
+      pieces: arr(r.pieces, `${f}.pieces`, bad).map((x, i) => piece(x, `${f}.pieces[${i}]`, bad)),
     };
   }
-  return m;
+  return out;
+}
+
+function part(v: unknown, f: string, bad: Bad): ManifestPart {
+  const o = obj(v, f, bad);
+  return { group: str(o.group, `${f}.group`, bad), key: str(o.key, `${f}.key`, bad), length: int(o.length, `${f}.length`, bad), crc32c: u32(o.crc32c, `${f}.crc32c`, bad) };
 }
 
 function image(v: unknown, f: string, bad: Bad): ImageEntry {

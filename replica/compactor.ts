@@ -10,7 +10,7 @@ import { DEFAULT_PLAN_CONFIG, applyUnit, pieceId, planUnit, removedKeys, type L0
 import { BackupError, CorruptHistoryError, UnknownPairError } from '../core/errors';
 import { keepVisible, type KeptPart } from '../core/keep';
 import { baseChunkKey, historyPrefix } from '../core/keys';
-import { RANGE_BLOCKS, checkManifest, encodeManifest, parseRangeId, rangeId, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from '../core/manifest';
+import { RANGE_BLOCKS, checkManifest, encodeManifest, parseRangeId, partGroup, rangeId, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from '../core/manifest';
 import type { Pair } from '../core/model';
 import { MAX_PIECE_PAYLOAD, decodePiece, encodePiece, pieceBlocksBitmap, pieceVersionData, type DecodedPiece, type PieceVersionInput } from '../core/run-format';
 import { parseBaseManifest, type BaseManifest } from '../core/seed-manifests';
@@ -169,7 +169,16 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     const faults = checkManifest(next);
     if (faults.length > 0) throw new CorruptHistoryError(`${prefix}manifest.json`, `the unit's manifest breaks its rules: ${faults.slice(0, 3).join('; ')}`);
     const manifestKey = `${prefix}manifest.json`;
-    await store.put(manifestKey, encodeManifest(next));
+    // Format 2: a head and per-group parts; a group no planned range is in keeps its part object.
+    const encoded = encodeManifest(next, prefix, new Set(plan.ranges.map((r) => partGroup(r.range))), m.parts);
+    next.parts = encoded.parts;
+    // Parts are read back like runs and images before the head names them.
+    await mapLimit([...encoded.bodies], concurrency, async ([key, body]) => {
+      await store.put(key, body);
+      const back = await store.get(key);
+      if (!back.equals(body)) throw new CorruptHistoryError(key, `manifest part read back is not what was written (${back.length} bytes read, ${body.length} written)`);
+    });
+    await store.put(manifestKey, encoded.head);
     await opts.onStep?.('manifest');
     const removed = [...(oldKey ? [oldKey] : []), ...removedKeys(m, next), ...plan.foldedKeys];
     if (!(await renew())) return idle('lost the compactor lease');

@@ -7,8 +7,8 @@
 
 import { DEFAULT_GC_GRACE_MS, manifestRefs, planGc, planOrphans, type GcBlock } from '../core/gc-plan';
 import { historyRoot } from '../core/keys';
-import { decodeManifest } from '../core/manifest';
 import type { HistoryIndex, KeyLister, ObjectDeleter, ObjectStore, VersionRecord } from './ports';
+import { readManifest } from './history-manifest';
 
 export interface GcDeps {
   /** Reads manifests and lists the history (the orphan sweep). */
@@ -144,5 +144,5 @@ export async function sweepOrphans(deps: GcDeps, pairId: string, opts: Pick<GcOp
 
 /** The keys a stored manifest references, its own included. */
 async function refsOf(store: ObjectStore, key: string): Promise<Set<string>> {
-  return manifestRefs(decodeManifest(await store.get(key), key), key);
+  return manifestRefs((await readManifest(store, key)).manifest, key);
 }

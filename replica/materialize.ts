@@ -239,13 +239,11 @@ async function openHistory(
   stats: Stats,
 ): Promise<HistoryReader> {
   if (!history) return { manifest: pairInitialManifest(pair), wholeL0: pair.compactedThrough !== undefined, check: () => {}, close: async () => {} };
-  /** The manifest `head` names, its GET counted. */
+  /** The manifest `head` names, its GETs (head and parts) counted. */
   const manifestAt = async (head: HistoryHead): Promise<Manifest> => {
     const read = await manifestOf(store, pair, head);
-    if (read.key) {
-      stats.gets++;
-      stats.bytesRead += read.bytes;
-    }
+    stats.gets += read.gets;
+    stats.bytesRead += read.bytes;
     return read.manifest;
   };
   if (!l.lease) {

@@ -8,6 +8,7 @@ import type { Manifest } from '../core/manifest';
 import { readBound, readable } from '../core/read-sources';
 import { MemoryHistory } from '../adapters/memory-history';
 import { compactOnce, currentManifest, type CompactOptions, type CompactResult } from '../replica/compactor';
+import { gcOnce } from '../replica/gc';
 import { materialize } from '../replica/materialize';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { ObjectStore, PutOptions } from '../replica/ports';
@@ -250,7 +251,7 @@ describe('compactOnce', () => {
     expect(m.retained).not.toContain(r.seqs[1]);
   });
 
-  test.each([['a run', /run-\d+\.run$/], ['an image', /image-[0-9a-f]+\.chunk$/]])('%s corrupted between write and verify is caught; nothing is published', async (_what, pattern) => {
+  test.each([['a run', /run-\d+\.run$/], ['an image', /image-[0-9a-f]+\.chunk$/], ['a manifest part', /part-\d+\.json\.gz$/]])('%s corrupted between write and verify is caught; nothing is published', async (_what, pattern) => {
     const history = new MemoryHistory();
     const store = new FaultyStore(cloud().store);
     const r = await replicate(newPairId('rot'), 6);
@@ -262,6 +263,56 @@ describe('compactOnce', () => {
     expect(await history.getHistory(r.pairId)).toMatchObject({ version: 0 });
     await checkLiveRps(store, history, r, Date.now());
   });
+});
+
+test('manifest parts: a unit writes the head and the parts of the groups it planned; every other group keeps its part object, and the replaced part is in removedKeys', async () => {
+  const c = cloud();
+  const pairId = newPairId('parts');
+  const big = [{ name: 'd0', sizeBytes: 128 * MiB }];
+  await createPair(c.index, { pairId, disks: big, ccrpIntervalMs: 3600_000 });
+  const model = new SourceModel(big);
+  const w = new BatchWriter({ pairId, disks: big, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: 4 * MiB, firstSeq: 1 });
+  const history = new MemoryHistory();
+  const store = new FaultyStore(c.store);
+  const batch = async (writes: [number, number][]): Promise<number> => {
+    for (const [at, n] of writes) {
+      model.write('d0', at, pattern(16 * KiB, n));
+      await w.write('d0', at, pattern(16 * KiB, n));
+    }
+    const seq = await w.flush({ rp: true });
+    model.snapshot(seq);
+    await waitForWatermark(c.index, pairId, seq, 60_000);
+    return seq;
+  };
+  // Range 0 is group d0:0, range 20 (80 MiB) group d0:1.
+  await batch([[0, 1], [80 * MiB, 2]]);
+  const deps = { store, index: c.index, history };
+  expect(await compactOnce(deps, pairId, { holder: 't' })).toMatchObject({ published: true, version: 1 });
+  const pair = async () => (await c.index.getPair(pairId))!;
+  const m1 = (await currentManifest(store, history, await pair())).manifest;
+  expect(m1.parts!.map((p) => p.group)).toEqual(['d0:0', 'd0:1']);
+  const seq2 = await batch([[16 * KiB, 3]]);
+  store.puts.length = 0;
+  const u2 = await compactOnce(deps, pairId, { holder: 't' });
+  expect(u2.published).toBe(true);
+  const read2 = await currentManifest(store, history, await pair());
+  const m2 = read2.manifest;
+  expect(store.puts.filter((k) => k.includes('/part-'))).toEqual([m2.parts![0].key]);
+  expect(m2.parts![0].key).not.toBe(m1.parts![0].key);
+  expect(m2.parts![1]).toEqual(m1.parts![1]); // d0:1 untouched: the same object
+  expect(read2.gets).toBe(3); // head + 2 parts
+  expect(u2.removedKeys).toContain(m1.parts![0].key);
+  expect(u2.removedKeys).not.toContain(m1.parts![1].key);
+  // Both ranges read back through the reused and the new part.
+  const got = Buffer.alloc(big[0].sizeBytes);
+  await materialize(store, c.index, { pairId, seq: seq2, history, nowMs: Date.now(), sinkFor: async () => ({ write: async (at, b) => void b.copy(got, at), close: async () => {}, abort: async () => {} }) });
+  expect(firstDifference(got, model.atSeq.get(seq2)!.get('d0')!)).toBeUndefined();
+  // GC past the grace: the replaced part goes with version 1's head; the reused one stays, and version 2 still reads.
+  const later = Date.now() + 2 * 3600_000;
+  expect(await gcOnce({ store: c.store, deleter: c.deleter, history }, pairId, { nowMs: later })).toMatchObject({ gcVersion: 2 });
+  const left = new Set(await c.store.listKeys(`pairs/${pairId}/history/`));
+  expect([m1.parts![0].key, m1.parts![1].key, m2.parts![0].key].map((k) => left.has(k))).toEqual([false, true, true]);
+  expect((await currentManifest(store, history, await pair())).manifest).toEqual(m2);
 });
 
 function referenced(m: Manifest): Set<string> {

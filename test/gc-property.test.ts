@@ -10,7 +10,7 @@ import { MemoryHistory } from '../adapters/memory-history';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { manifestRefs } from '../core/gc-plan';
 import { historyPrefix, journalKey, parseHistoryKey } from '../core/keys';
-import { BITMAP_BYTES, encodeManifest, MANIFEST_FORMAT, type Manifest } from '../core/manifest';
+import { BITMAP_BYTES, encodeManifestV1, MANIFEST_FORMAT, type Manifest } from '../core/manifest';
 import { gcOnce, type GcDeps } from '../replica/gc';
 import type { HistoryIndex } from '../replica/ports';
 
@@ -66,7 +66,7 @@ async function build(publishes: Publish[]): Promise<Built> {
     const m: Manifest = { format: MANIFEST_FORMAT, pairId: PAIR, version: v, generation: 1, publishedMs: 0, frontierSeq: frontier, retained: [frontier], ranges: {} };
     for (const r of next) m.ranges[`disk0:${range++}`] = { images: [], pieces: [{ key: r, offset: 0, length: 8, crc32c: 0, seqLo: 1, seqHi: frontier, blocks: bitmap, dataBytes: 0 }] };
     const key = `${prefix}manifest.json`;
-    await store.put(key, encodeManifest(m));
+    await store.put(key, encodeManifestV1(m));
     const mine = manifestRefs(m, key);
     // A version also needs the batches above its frontier that are still in the journal: those are later versions' folds, never removed before them.
     const removed = [...refs[v - 1]].filter((k) => !mine.has(k));

@@ -7,7 +7,7 @@ import { MemoryHistory } from '../adapters/memory-history';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { manifestRefs } from '../core/gc-plan';
 import { historyPrefix, journalKey } from '../core/keys';
-import { BITMAP_BYTES, encodeManifest, MANIFEST_FORMAT, type Manifest } from '../core/manifest';
+import { BITMAP_BYTES, encodeManifestV1, MANIFEST_FORMAT, type Manifest } from '../core/manifest';
 import { gcOnce, type GcDeps } from '../replica/gc';
 import { createPair } from '../replica/pairs';
 import type { HistoryIndex, ObjectDeleter } from '../replica/ports';
@@ -67,7 +67,7 @@ async function world(): Promise<World> {
     for (const r of runs) if (!store.objects.has(r)) await store.put(r, Buffer.from(`run of ${version}`));
     const m = manifest(version, st.folds[1], runs);
     const key = `${prefix}manifest.json`;
-    await store.put(key, encodeManifest(m));
+    await store.put(key, encodeManifestV1(m));
     manifests.set(version, { key, m });
     const folded = Array.from({ length: st.folds[1] - st.folds[0] + 1 }, (_, j) => st.folds[0] + j);
     const removedKeys = [...(prevKey ? [prevKey] : []), ...prevRuns.filter((r) => !runs.includes(r)), ...folded.map((s) => journal[s])];
@@ -203,7 +203,7 @@ test("a record that lists a key the current manifest still references: GC keeps 
   const run = `${prefix}run-0000.run`;
   const key = `${prefix}manifest.json`;
   await store.put(run, Buffer.from('run'));
-  await store.put(key, encodeManifest(manifest(1, 5, [run])));
+  await store.put(key, encodeManifestV1(manifest(1, 5, [run])));
   await store.put(journalKey(PAIR, 5, 'b'.repeat(16)), Buffer.from('batch'));
   // A faulty unit listed its own run as removed.
   expect(await history.publish(PAIR, lease, 0, { version: 1, manifestKey: key, publishedMs: 0, removedKeys: [run, journalKey(PAIR, 5, 'b'.repeat(16))], foldedSeqs: [5] }, 5, 1)).toBe(true);
@@ -229,7 +229,7 @@ test('more versions than one page of records (250): one run collects them all, i
   const lease = (await history.acquireCompactor(PAIR, 'unit', 0, NOW))!;
   for (let v = 1; v <= 250; v++) {
     const key = `${historyPrefix(PAIR, v, 'a'.repeat(16))}manifest.json`;
-    await store.put(key, encodeManifest(manifest(v, v, [])));
+    await store.put(key, encodeManifestV1(manifest(v, v, [])));
     const prev = v > 1 ? [`${historyPrefix(PAIR, v - 1, 'a'.repeat(16))}manifest.json`] : [];
     expect(await history.publish(PAIR, lease, v - 1, { version: v, manifestKey: key, publishedMs: 0, removedKeys: prev, foldedSeqs: [v] }, v, 1)).toBe(true);
   }
@@ -263,7 +263,7 @@ test('on the test stack (DynamoDB, S3): BATCH# items, journal objects, old runs,
     await c.store.put(runs[0], Buffer.from(`run ${v}`));
     const m = { ...manifest(v, folds[folds.length - 1], runs), pairId };
     const key = `${prefix}manifest.json`;
-    await c.store.put(key, encodeManifest(m));
+    await c.store.put(key, encodeManifestV1(m));
     const removedKeys = [...(prevKey ? [prevKey] : []), ...prevRuns, ...folds.map((s) => journal[s])];
     expect(await c.history.publish(pairId, lease, v - 1, { version: v, manifestKey: key, publishedMs: t0 + v, removedKeys, foldedSeqs: [...folds] }, folds[folds.length - 1], t0 + v)).toBe(true);
     published.push({ key, runs });

@@ -4,7 +4,9 @@
 
 import { CorruptHistoryError } from '../core/errors';
 import { baseChunkKey } from '../core/keys';
-import { BITMAP_BYTES, bitmapHas, checkManifest, decodeManifest, encodeManifest, initialManifest, MAX_PIECES_PER_SPAN, type Manifest, type PieceEntry } from '../core/manifest';
+import { gzipSync } from 'node:zlib';
+import { crc32c } from '../core/crc32c';
+import { BITMAP_BYTES, bitmapHas, checkManifest, decodeManifest, encodeManifest, encodeManifestV1, initialManifest, manifestPartKeys, MAX_PIECES_PER_SPAN, partGroup, type Manifest, type PieceEntry } from '../core/manifest';
 
 const WHERE = 'pairs/demo/history/00000000000000000007-0123456789abcdef/manifest.json';
 const PREFIX = 'pairs/demo/history/00000000000000000007-0123456789abcdef/';
@@ -49,18 +51,18 @@ describe('manifest codec', () => {
   test('a sound manifest round-trips and has no violations', () => {
     const m = sample();
     expect(checkManifest(m)).toEqual([]);
-    expect(decodeManifest(encodeManifest(m), WHERE)).toEqual(m);
+    expect(decodeManifest(encodeManifestV1(m), WHERE)).toEqual(m);
     // Version 0 (nothing compacted), with and without a base.
     for (const v0 of [initialManifest('demo'), initialManifest('demo', { key: 'pairs/demo/base/s.json', seq: 5 })]) {
       expect(checkManifest(v0)).toEqual([]);
-      expect(decodeManifest(encodeManifest(v0), WHERE)).toEqual(JSON.parse(JSON.stringify(v0)));
+      expect(decodeManifest(encodeManifestV1(v0), WHERE)).toEqual({ ...JSON.parse(JSON.stringify(v0)), format: 1 });
     }
   });
 
   // Each row breaks one thing; the error must name the object and say what.
   const refused: [string, Edit | unknown, string][] = [
     ['not JSON', '{"format":1,', 'not JSON'],
-    ['a later format', (m: Manifest) => ((m as { format: number }).format = 2), 'format: 2, this build reads 1'],
+    ['a later format', (m: Manifest) => ((m as { format: number }).format = 3), 'format: 3, this build reads 1 and 2'],
     ['a bad pair id', (m: Manifest) => (m.pairId = 'Demo!'), 'pairId: "Demo!" is not a pair id'],
     ['a negative version', (m: Manifest) => (m.version = -1), 'version: -1 is not a non-negative integer'],
     ['a fractional frontier', (m: Manifest) => (m.frontierSeq = 4.5), 'frontierSeq: 4.5'],
@@ -122,10 +124,79 @@ describe('manifest codec', () => {
     expect(checkManifest(m)).toEqual([]);
     r12(m).pieces = [piece(11, 100), piece(101, 200), piece(201, 300), piece(301, 350), piece(351, 380), piece(381, 420)];
     expect(checkManifest(m)).toEqual([`range disk0:12: 5 pieces above its image at seq 10, over I1's ${MAX_PIECES_PER_SPAN}`]);
-    expect(decodeManifest(encodeManifest(m), WHERE)).toEqual(m);
+    expect(decodeManifest(encodeManifestV1(m), WHERE)).toEqual(m);
     // Below a range's first image counts as a span too.
     m.ranges['disk0:14'] = { images: [], pieces: [piece(11, 20, 1), piece(21, 30, 2), piece(31, 40, 3), piece(41, 50, 4), piece(51, 60, 5)] };
     expect(checkManifest(m)).toContain(`range disk0:14: 5 pieces below its first image, over I1's ${MAX_PIECES_PER_SPAN}`);
+  });
+
+  describe('format 2: a head and per-group parts', () => {
+    const PREFIX8 = 'pairs/demo/history/00000000000000000008-0123456789abcdef/';
+    /** The sample as format 2 with a third range in another group (disk0:40 is group disk0:2). */
+    const sample2 = (): Manifest => {
+      const m = { ...sample(), format: 2 as const };
+      m.ranges['disk0:40'] = { images: [], pieces: [piece(11, 420, 0, `${PREFIX}run-0001.run`)] };
+      return m;
+    };
+    const all = (m: Manifest): Set<string> => new Set(Object.keys(m.ranges).map(partGroup));
+
+    test('round-trips through a head and one gzip part per group of 16 ranges; the head names each part with its length and CRC-32C', () => {
+      const m = sample2();
+      const enc = encodeManifest(m, PREFIX, all(m));
+      expect(enc.parts.map((p) => [p.group, p.key])).toEqual([['disk0:0', `${PREFIX}part-0000.json.gz`], ['disk0:2', `${PREFIX}part-0001.json.gz`]]);
+      expect(manifestPartKeys(enc.head, WHERE)).toEqual(enc.parts);
+      expect(JSON.parse(enc.head.toString('utf8')).ranges).toBeUndefined();
+      for (const p of enc.parts) expect([enc.bodies.get(p.key)!.length, crc32c(enc.bodies.get(p.key)!)]).toEqual([p.length, p.crc32c]);
+      expect(decodeManifest(enc.head, WHERE, enc.bodies)).toEqual({ ...m, parts: enc.parts });
+      // A format-1 object names no parts.
+      expect(manifestPartKeys(encodeManifestV1(m), WHERE)).toEqual([]);
+    });
+
+    test('a group no planned range is in keeps its part object: only changed groups are written', () => {
+      const m = sample2();
+      const v7 = encodeManifest(m, PREFIX, all(m));
+      const next: Manifest = { ...m, version: 8, ranges: { ...m.ranges, 'disk0:13': { images: [{ seq: 300, zero: true as const }], pieces: [] } } };
+      const v8 = encodeManifest(next, PREFIX8, new Set(['disk0:0']), v7.parts);
+      expect([...v8.bodies.keys()]).toEqual([`${PREFIX8}part-0000.json.gz`]);
+      expect(v8.parts.map((p) => p.key)).toEqual([`${PREFIX8}part-0000.json.gz`, `${PREFIX}part-0001.json.gz`]);
+      const bodies = new Map([...v7.bodies, ...v8.bodies]);
+      expect(decodeManifest(v8.head, WHERE, bodies).ranges).toEqual(next.ranges);
+      // A group left without ranges has no part.
+      const emptied = { ...next, ranges: { 'disk0:40': next.ranges['disk0:40'] } };
+      expect(encodeManifest(emptied, PREFIX8, new Set(['disk0:0']), v8.parts).parts.map((p) => p.group)).toEqual(['disk0:2']);
+    });
+
+    const refusedParts: [string, (enc: ReturnType<typeof encodeManifest>) => { head?: Buffer; bodies?: Map<string, Buffer> }, string, string][] = [
+      ['a part not read', (e) => ({ bodies: new Map([...e.bodies].slice(1)) }), WHERE, 'part disk0:0 (pairs/demo/history/00000000000000000007-0123456789abcdef/part-0000.json.gz) was not read'],
+      ['a part with a flipped byte', (e) => ({ bodies: new Map([...e.bodies].map(([k, b], i) => [k, i === 1 ? Buffer.from(b).fill(1, 20, 21) : b])) }), `${PREFIX}part-0001.json.gz`, 'the head says'],
+      ['a part holding a range of another group', (e) => {
+        const body = gzipSync(JSON.stringify({ format: 2, pairId: 'demo', group: 'disk0:2', ranges: { 'disk0:12': { images: [], pieces: [] } } }));
+        const head = JSON.parse(e.head.toString('utf8'));
+        head.parts[1] = { ...head.parts[1], length: body.length, crc32c: crc32c(body) };
+        return { head: Buffer.from(JSON.stringify(head)), bodies: new Map([...e.bodies, [head.parts[1].key, body]]) };
+      }, `${PREFIX}part-0001.json.gz`, 'ranges["disk0:12"]: is not in group disk0:2'],
+      ['a part key that is not a part', (e) => {
+        const head = JSON.parse(e.head.toString('utf8'));
+        const body = e.bodies.get(head.parts[1].key)!;
+        head.parts[1].key = `${PREFIX}run-0009.run`;
+        return { head: Buffer.from(JSON.stringify(head)), bodies: new Map([...e.bodies, [head.parts[1].key, body]]) };
+      }, WHERE, 'part disk0:2: key pairs/demo/history/00000000000000000007-0123456789abcdef/run-0009.run is not a part-NNNN.json.gz'],
+      ['a head with ranges', (e) => ({ head: Buffer.from(JSON.stringify({ ...JSON.parse(e.head.toString('utf8')), ranges: {} })) }), WHERE, 'ranges: a format-2 head holds parts, not ranges'],
+    ];
+    test.each(refusedParts)('refuses %s, naming the object', (_what, edit, where, message) => {
+      const m = sample2();
+      const enc = encodeManifest(m, PREFIX, all(m));
+      const e = edit(enc);
+      let caught: unknown;
+      try {
+        decodeManifest(e.head ?? enc.head, WHERE, e.bodies ?? enc.bodies);
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).toBeInstanceOf(CorruptHistoryError);
+      expect((caught as CorruptHistoryError).where).toBe(where);
+      expect((caught as Error).message).toContain(message);
+    });
   });
 
   test('bitmapHas reads bit i of the range from byte i>>3, bit i&7', () => {

@@ -10,7 +10,7 @@ import { encodeChunk, isAllZero } from '../core/chunk-format';
 import { crc32c } from '../core/crc32c';
 import { CorruptExtentError, CorruptHistoryError, HistoryPrunedError } from '../core/errors';
 import { historyPrefix } from '../core/keys';
-import { encodeManifest, RANGE_BLOCKS, rangeId, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
+import { encodeManifestV1, RANGE_BLOCKS, rangeId, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
 import { readBound } from '../core/read-sources';
 import { encodePiece, pieceBlocksBitmap, type PieceVersionInput } from '../core/run-format';
 import { compactOnce, currentManifest } from '../replica/compactor';
@@ -203,7 +203,7 @@ const LEASE_MS = 15 * 60_000;
 async function publish(m: Manifest, prefixOf = historyPrefix(pairId, m.version)): Promise<string> {
   m.generation = compactor.gen;
   const key = `${prefixOf}manifest.json`;
-  await c.store.put(key, encodeManifest(m));
+  await c.store.put(key, encodeManifestV1(m));
   const now = Date.now();
   expect(await c.history.publish(pairId, compactor, m.version - 1, { version: m.version, manifestKey: key, publishedMs: now, removedKeys: [], foldedSeqs: [] }, m.frontierSeq, now)).toBe(true);
   return key;
