@@ -136,7 +136,7 @@ export function encodeManifest(m: Manifest, prefix: string, changed: ReadonlySet
     parts.push({ group: g, key, length: body.length, crc32c: crc32c(body) });
   }
   const head = { format: MANIFEST_FORMAT, pairId: m.pairId, version: m.version, generation: m.generation, publishedMs: m.publishedMs, frontierSeq: m.frontierSeq, base: m.base, retained: m.retained, parts };
-  return { head: Buffer.from(JSON.stringify(head), 'utf8'), bodies, parts };
+  return { head: gzipSync(Buffer.from(JSON.stringify(head), 'utf8')), bodies, parts };
 }
 
 /**
@@ -151,7 +151,7 @@ export function encodeManifestV1(m: Manifest): Buffer {
 
 /** The part keys a stored manifest head names (none for format 1): what a reader GETs before decodeManifest. */
 export function manifestPartKeys(buf: Buffer, where: string): ManifestPart[] {
-  const o = parseJson(buf, where);
+  const o = parseJson(headJson(buf, where), where);
   return o.format === MANIFEST_FORMAT ? arr(o.parts, 'parts', badAt(where)).map((v, i) => part(v, `parts[${i}]`, badAt(where))) : [];
 }
 
@@ -164,7 +164,7 @@ export function manifestPartKeys(buf: Buffer, where: string): ManifestPart[] {
  * naming `where` (or the part's key) and the first field or rule that is wrong.
  */
 export function decodeManifest(buf: Buffer, where: string, bodies: ReadonlyMap<string, Buffer> = new Map()): Manifest {
-  const m = shape(parseJson(buf, where), where);
+  const m = shape(parseJson(headJson(buf, where), where), where);
   for (const p of m.parts ?? []) {
     const body = bodies.get(p.key);
     if (!body) throw new CorruptHistoryError(where, `part ${p.group} (${p.key}) was not read`);
@@ -187,6 +187,16 @@ export function decodeManifest(buf: Buffer, where: string, bodies: ReadonlyMap<s
   const faults = manifestFaults(m);
   if (faults.length > 0) throw new CorruptHistoryError(where, faults.slice(0, 3).join('; ') + (faults.length > 3 ? `; and ${faults.length - 3} more` : ''));
   return m;
+}
+
+/** A head's JSON: format 2 heads are gzip (they start with its magic 1f 8b), format 1 objects plain JSON (they start with `{`). */
+function headJson(buf: Buffer, where: string): Buffer {
+  if (buf.length < 2 || buf[0] !== 0x1f || buf[1] !== 0x8b) return buf;
+  try {
+    return gunzipSync(buf);
+  } catch (err) {
+    throw new CorruptHistoryError(where, `not gzip: ${(err as Error).message}`);
+  }
 }
 
 function parseJson(buf: Buffer, where: string): Record<string, unknown> {

@@ -16,7 +16,7 @@ import { MAX_PIECE_PAYLOAD, decodePiece, encodePiece, pieceBlocksBitmap, pieceVe
 import { parseBaseManifest, type BaseManifest } from '../core/seed-manifests';
 import { mapLimit } from './concurrency';
 import type { CompactorLease, HistoryIndex, ObjectStore, ReplicaIndex } from './ports';
-import { manifestOf, type ManifestRead } from './history-manifest';
+import { manifestOf, PartCache, type ManifestRead } from './history-manifest';
 
 export interface CompactorDeps {
   store: ObjectStore;
@@ -72,8 +72,11 @@ interface Version {
 
 /** The manifest in force (replica/history-manifest.ts: version 0 is implicit, the pair's base if any, nothing folded). */
 export async function currentManifest(store: ObjectStore, history: HistoryIndex, pair: Pair): Promise<ManifestRead> {
-  return manifestOf(store, pair, await history.getHistory(pair.pairId));
+  return manifestOf(store, pair, await history.getHistory(pair.pairId), PARTS);
 }
+
+/** Manifest parts this process read or wrote: the next unit GETs only the head and the parts it has not seen. */
+const PARTS = new PartCache();
 
 export async function compactOnce(deps: CompactorDeps, pairId: string, opts: CompactOptions): Promise<CompactResult> {
   const clock = opts.nowMs ?? Date.now;
@@ -177,6 +180,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
       await store.put(key, body);
       const back = await store.get(key);
       if (!back.equals(body)) throw new CorruptHistoryError(key, `manifest part read back is not what was written (${back.length} bytes read, ${body.length} written)`);
+      PARTS.set(key, body);
     });
     await store.put(manifestKey, encoded.head);
     await opts.onStep?.('manifest');
