@@ -28,9 +28,19 @@ export interface PlanConfig {
    * at least this share of its bytes takes them all in (default 0.75).
    */
   mergeRatio: number;
+  /**
+   * A cold span — its pieces hold less than smallSpanBytes in all, and it began at least
+   * smallSpanSeqs seqs before the cut — keeps at most smallSpanPieces pieces (default
+   * 512 KiB, 1000 seqs, 2): merging it costs little, and a cold range then reads its image
+   * or base chunk + ≤ 2 pieces (p50 sources ≤ 3). A hot range's span is small only in its
+   * first minutes, and an image closes it within ~450 seqs: left to I1.
+   */
+  smallSpanBytes: number;
+  smallSpanSeqs: number;
+  smallSpanPieces: number;
 }
 
-export const DEFAULT_PLAN_CONFIG: PlanConfig = { imageBytes: 4 * 1024 * 1024, maxPiecesPerSpan: MAX_PIECES_PER_SPAN, deadRewriteRatio: 0.5, recheckLoss: 0.25, mergeRatio: 0.75 };
+export const DEFAULT_PLAN_CONFIG: PlanConfig = { imageBytes: 4 * 1024 * 1024, maxPiecesPerSpan: MAX_PIECES_PER_SPAN, deadRewriteRatio: 0.5, recheckLoss: 0.25, mergeRatio: 0.75, smallSpanBytes: 512 * 1024, smallSpanSeqs: 1000, smallSpanPieces: 2 };
 
 /** One L0 batch above the frontier as the planner sees it: which ranges it writes, and how many data bytes in each. */
 export interface L0Summary {
@@ -217,7 +227,8 @@ function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes
     let j = i;
     while (j < items.length && spanOf(items[j]) === spanOf(items[i])) j++;
     const span = items.slice(i, j);
-    while (span.length > cfg.maxPiecesPerSpan) {
+    const limit = spanLimit(span.reduce((n, it) => n + it.bytes, 0), cut - span[0].seqLo, cfg);
+    while (span.length > limit) {
       const [a, b] = mergeChoice(span.map((it) => it.bytes), cfg.mergeRatio);
       const group = span.slice(a, b + 1);
       const from = group.flatMap((it) => (it.piece ? [it.piece] : it.build!.from));
@@ -245,6 +256,10 @@ function planRange(id: RangeId, old: RangeHistory, batches: { seq: number; bytes
   const idle = newImages.length === 0 && dropImages.length === 0 && dropPieces.length === 0 && plan.recheck.length === 0 && finalBuilds.length === 0;
   return idle ? undefined : plan;
 }
+
+/** Pieces a span of `bytes` that began `age` seqs before the cut may keep: I1, or fewer when it is cold (small and old: merging it is cheap, and its reads touch fewer objects). */
+export const spanLimit = (bytes: number, age: number, cfg: Pick<PlanConfig, 'maxPiecesPerSpan' | 'smallSpanBytes' | 'smallSpanSeqs' | 'smallSpanPieces'>): number =>
+  bytes < cfg.smallSpanBytes && age >= cfg.smallSpanSeqs ? Math.max(1, Math.min(cfg.smallSpanPieces, cfg.maxPiecesPerSpan)) : cfg.maxPiecesPerSpan;
 
 /**
  * Which pieces of a span over I1 become one (`bytes`: their data bytes, oldest first, at

@@ -89,6 +89,9 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     deadRewriteRatio: opts.deadRewriteRatio ?? DEFAULT_PLAN_CONFIG.deadRewriteRatio,
     recheckLoss: opts.recheckLoss ?? DEFAULT_PLAN_CONFIG.recheckLoss,
     mergeRatio: opts.mergeRatio ?? DEFAULT_PLAN_CONFIG.mergeRatio,
+    smallSpanBytes: opts.smallSpanBytes ?? DEFAULT_PLAN_CONFIG.smallSpanBytes,
+    smallSpanSeqs: opts.smallSpanSeqs ?? DEFAULT_PLAN_CONFIG.smallSpanSeqs,
+    smallSpanPieces: opts.smallSpanPieces ?? DEFAULT_PLAN_CONFIG.smallSpanPieces,
   };
   const { store, index, history } = deps;
   const written = { runs: 0, images: 0, bytes: 0, imageBytes: 0 };

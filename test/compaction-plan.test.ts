@@ -1,4 +1,4 @@
-import { applyUnit, DEFAULT_PLAN_CONFIG, mergeChoice, pieceId, planUnit, removedKeys, retainedFor, type L0Summary, type PlanConfig, type RangeResult } from '../core/compaction-plan';
+import { applyUnit, DEFAULT_PLAN_CONFIG, mergeChoice, pieceId, planUnit, spanLimit, removedKeys, retainedFor, type L0Summary, type PlanConfig, type RangeResult } from '../core/compaction-plan';
 import { checkManifest, initialManifest, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
 
 const RUN = (v: number, n = 0): string => `pairs/p/history/${String(v).padStart(20, '0')}-0123456789abcdef/run-${String(n).padStart(4, '0')}.run`;
@@ -9,7 +9,7 @@ const piece = (seqLo: number, seqHi: number, dataBytes: number, key = RUN(1)): P
 const sha = (c: string): string => c.repeat(64);
 const image = (seq: number, c: string, key = IMG(1, sha(c))): ImageEntry => ({ seq, key, sha256: sha(c), crc32c: 2, length: 4 * 1024 * 1024 });
 const batch = (seq: number, ranges: Record<string, number>): L0Summary => ({ seq, key: `pairs/p/journal/${seq}.batch`, ranges: new Map(Object.entries(ranges)) });
-const cfg = (o: Partial<PlanConfig> = {}): PlanConfig => ({ imageBytes: 100, maxPiecesPerSpan: 4, deadRewriteRatio: 0.5, recheckLoss: 0.25, mergeRatio: 0.75, ...o });
+const cfg = (o: Partial<PlanConfig> = {}): PlanConfig => ({ imageBytes: 100, maxPiecesPerSpan: 4, deadRewriteRatio: 0.5, recheckLoss: 0.25, mergeRatio: 0.75, smallSpanBytes: 0, smallSpanSeqs: 0, smallSpanPieces: 2, ...o });
 const manifest = (frontierSeq: number, retained: number[], ranges: Manifest['ranges']): Manifest => ({ ...initialManifest('p'), version: 1, generation: 1, frontierSeq, retained, ranges });
 const span = (q: { seqLo: number; seqHi: number }): string => `${q.seqLo}-${q.seqHi}`;
 
@@ -96,6 +96,20 @@ describe('planUnit', () => {
     const m4 = manifest(40, [10, 20, 30, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 100), piece(11, 20, 40), piece(21, 30, 10), piece(31, 40, 8)] } });
     const r4 = planUnit(m4, [batch(41, { 'd:0': 8 })], [10, 20, 30, 40, 41], 41, cfg({ imageBytes: 1000 })).ranges[0];
     expect(r4.builds.map((b) => [span(b), b.from.map(span), b.l0, b.bytes])).toEqual([['21-41', ['21-30', '31-40'], true, 26]]);
+  });
+
+  test('a cold span (under smallSpanBytes, begun smallSpanSeqs before the cut) keeps at most smallSpanPieces: a cold range reads its base + 2 pieces', () => {
+    const m = manifest(40, [10, 20, 40], { 'd:0': { images: [], pieces: [piece(1, 10, 40), piece(11, 20, 8), piece(21, 40, 1)] } });
+    const plan = (o: Partial<PlanConfig>) => planUnit(m, [batch(41, { 'd:0': 1 })], [10, 20, 40, 41], 41, cfg({ imageBytes: 1000, ...o })).ranges[0];
+    // 50 bytes in all, under 100: 4 pieces become 2 (the 1 and the fold, then the newest two).
+    const small = plan({ smallSpanBytes: 100 });
+    expect(small.builds.map((b) => [span(b), b.from.map(span), b.l0, b.bytes])).toEqual([['11-41', ['11-20', '21-40'], true, 10]]);
+    expect(small.keepPieces.map(span)).toEqual(['1-10']);
+    // At or over it, or younger than smallSpanSeqs (the span began at 1, the cut is 41: 40 seqs), I1's 4 stand: the fold is a piece of its own.
+    for (const o of [{ smallSpanBytes: 50 }, { smallSpanBytes: 100, smallSpanSeqs: 41 }]) expect(plan(o).builds.map((b) => [span(b), b.from.map(span)])).toEqual([['41-41', []]]);
+    expect(plan({ smallSpanBytes: 100, smallSpanSeqs: 40 }).builds.map(span)).toEqual(['11-41']);
+    expect(spanLimit(10, 5, { maxPiecesPerSpan: 4, smallSpanBytes: 100, smallSpanSeqs: 5, smallSpanPieces: 2 })).toBe(2);
+    expect(spanLimit(10, 5, { maxPiecesPerSpan: 1, smallSpanBytes: 100, smallSpanSeqs: 5, smallSpanPieces: 2 })).toBe(1);
   });
 
   test('I1 merges cost about 4.4 writes per folded byte over 110 equal folds into 4 slots (the pair most alike: 6.2)', () => {
