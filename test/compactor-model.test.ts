@@ -5,7 +5,7 @@
 
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
-import { BLOCK_SIZE, encodeBatch, type ExtentInput } from '../core/batch-format';
+import { encodeBatch } from '../core/batch-format';
 import { CHUNK_BYTES, encodeChunk } from '../core/chunk-format';
 import { baseChunkKey, journalKey } from '../core/keys';
 import { checkManifest, RANGE_BLOCKS } from '../core/manifest';
@@ -17,6 +17,7 @@ import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { compactOnce, currentManifest, type CompactStep } from '../replica/compactor';
 import type { ReplicaIndex } from '../replica/ports';
 import { loadBatches, readDiskAt } from './history-read';
+import { applyExtents, batchExtents } from './model-extents';
 
 const PAIR = 'model';
 /** Two disks: three whole ranges, and one and a half (its last range is short). */
@@ -104,23 +105,8 @@ describe('compaction, model-based', () => {
           if (op.kind === 'wait') t += op.sec * 1000;
           if (op.kind === 'batch') {
             const seq = index.watermark + 1;
-            const extents: ExtentInput[] = [];
-            const used = new Set<string>();
-            for (const e of op.extents) {
-              const blocks = DISKS[e.disk].sizeBytes / BLOCK_SIZE;
-              const block = e.block % blocks;
-              const count = Math.min(e.count, blocks - block);
-              if (Array.from({ length: count }, (_, i) => `${e.disk}:${block + i}`).some((b) => used.has(b))) continue;
-              for (let i = 0; i < count; i++) used.add(`${e.disk}:${block + i}`);
-              if (e.zero) {
-                extents.push({ disk: e.disk, blockIndex: block, zeroBlocks: count });
-                model[e.disk].fill(0, block * BLOCK_SIZE, (block + count) * BLOCK_SIZE);
-              } else {
-                const data = randomBytes(count * BLOCK_SIZE);
-                extents.push({ disk: e.disk, blockIndex: block, data });
-                data.copy(model[e.disk], block * BLOCK_SIZE);
-              }
-            }
+            const extents = batchExtents(op.extents, DISKS);
+            applyExtents(model, extents);
             const body = encodeBatch({ pairId: PAIR, seq, prevSeq: seq - 1, firstWriteMs: t, cutMs: t, flags: 0, disks: DISKS.map((d) => d.name) }, extents);
             const key = journalKey(PAIR, seq);
             await store.put(key, body);
