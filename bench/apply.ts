@@ -5,7 +5,11 @@
 //
 // Replication: one workload (a sequential 1 MiB fill of the disk, then random writes and
 // zeroes over a quarter of it), written through a BatchWriter (encode + PUT, 4 uploads in
-// flight), then every batch applied (4 at once, as Lambda does).
+// flight), then every batch applied as Lambda does: invocations of up to 10 objects (the
+// event source's batch size), 4 at once, each reading and registering its objects one at a
+// time and then advancing the pair once (ApplyService.applyObjects): 4 GETs in flight, as the
+// raw side has. Before 2026-12-05 each object was applied on its own, 4 at once, each with
+// its own advance (commits racing on the pair's rev).
 //   written_mib              what the workload's write requests carry: MiB of data written,
 //                            zeroed ranges excluded (zeroed_mib says how much it zeroed)
 //   batch_object_mib         what the batch objects hold (the encoded bodies: compressed
@@ -73,6 +77,8 @@ const PARTS = ['replication', 'size', 'recovery'] as const;
 const parts = partsFromEnv('BENCH_APPLY_PARTS', PARTS);
 /** Lambda applies several events of a pair at once; so do we. The writer uploads 4 at once too. */
 const APPLY_CONCURRENCY = 4;
+/** Messages per invocation: the apply queue's event source batch size (lib/apply-pipeline.ts). */
+const APPLY_BATCH = 10;
 const dir = join(process.cwd(), '.livesync', 'bench');
 
 process.env.LOG_LEVEL = 'warn';
@@ -180,8 +186,9 @@ async function main(): Promise<void> {
       });
       upload.seconds -= bookkeepingS;
       await writer.close();
-      const apply = await timed(() => mapLimit(keys, concurrency, (k) => service.applyObject(k)));
-      const outcomes = new Set(apply.value.map((a) => a.outcome));
+      const invocations = Array.from({ length: Math.ceil(keys.length / APPLY_BATCH) }, (_, i) => keys.slice(i * APPLY_BATCH, (i + 1) * APPLY_BATCH));
+      const apply = await timed(async () => (await mapLimit(invocations, concurrency, (ks) => service.applyObjects(ks, 1))).flat());
+      const outcomes = new Set(apply.value.map((a) => ('error' in a ? `error: ${String(a.error)}` : a.outcome)));
       if ((await index.getPair(pairId))!.watermark !== upload.value) throw new Error(`bench pair ${pairId} did not apply fully: ${[...outcomes]}`);
       const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
       if (bodies.length !== keys.length || sum(bodies.map((b) => b.length)) !== sum(objectBytes)) {

@@ -9,6 +9,7 @@ import { parseJournalKey } from '../core/keys';
 import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
 import { checkAfterAdvance, decideRpCheck, type RpCheck, type ScheduledCheck } from '../core/rp-timer';
 import { compactionDue } from '../core/compaction-trigger';
+import { mapLimit } from './concurrency';
 import { ObjectNotFoundError, ObjectTooLargeError, type CompactionLauncher, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
 
 export type ApplyOutcome =
@@ -29,6 +30,16 @@ export interface ApplyResult {
   pairId?: string;
   seq?: number;
   detail?: string;
+}
+
+/** A batch registerObject registered: its pair's watermark has yet to be advanced over it. */
+interface Registered {
+  registered: true;
+  key: string;
+  pairId: string;
+  seq: number;
+  /** The pair as read before registering. */
+  pair: Pair & { rev: number };
 }
 
 /** What a received RP check did (core/rp-timer.ts decides). */
@@ -64,6 +75,45 @@ export class ApplyService {
 
   /** Applies one journal object. Throws only on transient faults, which the caller retries. */
   async applyObject(key: string): Promise<ApplyResult> {
+    const r = await this.registerObject(key);
+    if (!('registered' in r)) return r;
+    // The pair as read before registering: if it moved since, the commit fails on rev and re-reads.
+    const watermark = await this.advance(r.pairId, r.pair, r.seq);
+    return this.registeredOutcome(r, watermark);
+  }
+
+  /**
+   * Applies journal objects delivered together (one invocation's messages): each is read,
+   * checked and registered as applyObject does, `concurrency` at a time, then each pair is
+   * advanced once over all it registered, instead of once per batch: one commit where there
+   * were several racing each other on the pair's rev. Same outcomes as applyObject, in the
+   * order of `keys`; a transient fault is that key's `error` (its pair's advance failing is
+   * every registered key's of the pair): the caller retries those, and a redelivery finds its
+   * batch registered and finishes the advance.
+   */
+  async applyObjects(keys: readonly string[], concurrency = 4): Promise<(ApplyResult | { key: string; error: unknown })[]> {
+    const registered = await mapLimit(keys, concurrency, (key) => this.registerObject(key).catch((error: unknown) => ({ key, error })));
+    const byPair = new Map<string, Registered[]>();
+    for (const r of registered) if ('registered' in r) byPair.set(r.pairId, [...(byPair.get(r.pairId) ?? []), r]);
+    const advanced = new Map<string, { watermark: number } | { error: unknown }>();
+    await Promise.all(
+      [...byPair].map(async ([pairId, rs]) => {
+        const mine = Math.max(...rs.map((r) => r.seq));
+        advanced.set(pairId, await this.advance(pairId, undefined, mine).then((watermark) => ({ watermark }), (error: unknown) => ({ error })));
+      }),
+    );
+    return registered.map((r) => {
+      if (!('registered' in r)) return r;
+      const a = advanced.get(r.pairId)!;
+      return 'error' in a ? { key: r.key, error: a.error } : this.registeredOutcome(r, a.watermark);
+    });
+  }
+
+  /**
+   * Applies a journal object up to its registration: a final result (ignored, duplicate,
+   * quarantined), or a batch just registered, whose pair the caller advances.
+   */
+  private async registerObject(key: string): Promise<ApplyResult | Registered> {
     const parsed = parseJournalKey(key);
     if (!parsed) return this.ignore(key, 'not a journal key');
     const { pair: pairId, seq } = parsed;
@@ -112,12 +162,15 @@ export class ApplyService {
       await this.advance(pairId, pair);
       return { outcome: 'duplicate', key, pairId, seq };
     }
-    // The pair as read before registering: if it moved since, the commit fails on rev and re-reads.
-    const watermark = await this.advance(pairId, pair, seq);
-    const outcome = seq <= watermark ? 'applied' : 'pending';
-    this.log.info(`batch ${outcome}`, { pairId, seq, key, watermark });
-    return { outcome, key, pairId, seq };
+    return { registered: true, key, pairId, seq, pair };
   }
+
+  private registeredOutcome(r: Registered, watermark: number): ApplyResult {
+    const outcome = r.seq <= watermark ? 'applied' : 'pending';
+    this.log.info(`batch ${outcome}`, { pairId: r.pairId, seq: r.seq, key: r.key, watermark });
+    return { outcome, key: r.key, pairId: r.pairId, seq: r.seq };
+  }
+
 
   /**
    * Moves the watermark over every contiguous registered batch; returns the new watermark.
