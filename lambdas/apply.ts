@@ -48,7 +48,9 @@ export const handler = async (event: SQSEvent): Promise<SQSBatchResponse> => {
     }),
   );
   const results = await applier().applyObjects(objects.map((o) => o.key), APPLY_CONCURRENCY);
-  results.forEach((r, i) => 'error' in r && fail(objects[i].messageId, r.error));
+  results.forEach((r, i) => {
+    if ('error' in r) fail(objects[i].messageId, r.error);
+  });
   return { batchItemFailures: [...failed].map((itemIdentifier) => ({ itemIdentifier })) };
 };
 
