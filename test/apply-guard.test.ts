@@ -4,11 +4,9 @@
 
 import { DynamoHistory } from '../adapters/dynamo-history';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
-import { parseJournalKey } from '../core/keys';
 import { ApplyService, type Logger } from '../replica/apply';
 import { createPair } from '../replica/pairs';
-import { BatchWriter } from '../source/batch-writer';
-import { cloud, newPairId } from './helpers';
+import { cloud, journalBatches, newPairId } from './helpers';
 
 const disks = [{ name: 'disk0', sizeBytes: 1024 * 1024 }];
 
@@ -18,14 +16,7 @@ test('a redelivered batch at or below compactedThrough is ignored and logged, ne
   const pairId = newPairId('guard');
   await createPair(index, { pairId, disks });
   const mem = new MemoryObjectStore();
-  const writer = new BatchWriter({ pairId, disks, store: mem, maxBatchAgeMs: 0, maxBatchBytes: 1 << 30 });
-  for (let seq = 1; seq <= 3; seq++) {
-    await writer.write('disk0', seq * 8192, Buffer.alloc(8192, seq));
-    writer.cut({ rp: true });
-  }
-  await writer.flush();
-  await writer.close();
-  const keys = [...mem.objects.keys()].sort((a, b) => parseJournalKey(a)!.seq - parseJournalKey(b)!.seq);
+  const keys = await journalBatches(mem, pairId, disks, 3);
   const logged: string[] = [];
   const log: Logger = { info: (msg) => logged.push(msg), warn: (msg) => logged.push(msg) };
   const apply = new ApplyService(mem, index, log);

@@ -4,12 +4,11 @@
 // stack's DynamoDB index (the conditional writes and transactions of AWS) and an in-memory store.
 
 import { MemoryObjectStore } from '../adapters/memory-object-store';
-import { journalKey, parseJournalKey } from '../core/keys';
+import { journalKey } from '../core/keys';
 import { ApplyService } from '../replica/apply';
 import { createPair } from '../replica/pairs';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
-import { BatchWriter } from '../source/batch-writer';
-import { cloud, newPairId } from './helpers';
+import { cloud, journalBatches, newPairId } from './helpers';
 
 const disks = [{ name: 'disk0', sizeBytes: 1024 * 1024 }];
 
@@ -17,14 +16,7 @@ const disks = [{ name: 'disk0', sizeBytes: 1024 * 1024 }];
 async function pairWithBatches(index: ReplicaIndex, store: MemoryObjectStore, n: number): Promise<{ pairId: string; keys: string[] }> {
   const pairId = newPairId('together');
   await createPair(index, { pairId, disks });
-  const writer = new BatchWriter({ pairId, disks, store, maxBatchAgeMs: 0, maxBatchBytes: 1 << 30 });
-  for (let seq = 1; seq <= n; seq++) {
-    await writer.write('disk0', (seq % 16) * 8192, Buffer.alloc(8192, seq));
-    writer.cut({ rp: true });
-  }
-  await writer.close();
-  const keys = [...store.objects.keys()].filter((k) => parseJournalKey(k)?.pair === pairId).sort((a, b) => parseJournalKey(a)!.seq - parseJournalKey(b)!.seq);
-  return { pairId, keys };
+  return { pairId, keys: await journalBatches(store, pairId, disks, n) };
 }
 
 /** The index, counting commitAdvance calls by pair, and failing them while `failing` says so. */

@@ -3,25 +3,16 @@
 // nothing (the schedule starts the run instead). Through the real apply path.
 
 import { MemoryObjectStore } from '../adapters/memory-object-store';
-import { parseJournalKey } from '../core/keys';
 import { ApplyService, type Logger } from '../replica/apply';
 import { createPair } from '../replica/pairs';
 import type { CompactionLauncher } from '../replica/ports';
-import { BatchWriter } from '../source/batch-writer';
-import { cloud, newPairId } from './helpers';
+import { cloud, journalBatches, newPairId } from './helpers';
 
 const disks = [{ name: 'disk0', sizeBytes: 1024 * 1024 }];
 
 async function batches(pairId: string, n: number): Promise<{ mem: MemoryObjectStore; keys: string[] }> {
   const mem = new MemoryObjectStore();
-  const writer = new BatchWriter({ pairId, disks, store: mem, maxBatchAgeMs: 0, maxBatchBytes: 1 << 30 });
-  for (let seq = 1; seq <= n; seq++) {
-    await writer.write('disk0', (seq % 64) * 8192, Buffer.alloc(8192, seq));
-    writer.cut({ rp: true });
-  }
-  await writer.flush();
-  await writer.close();
-  return { mem, keys: [...mem.objects.keys()].sort((a, b) => parseJournalKey(a)!.seq - parseJournalKey(b)!.seq) };
+  return { mem, keys: await journalBatches(mem, pairId, disks, n) };
 }
 
 test('a run is asked for when the backlog reaches 4 and 8, not at every batch', async () => {

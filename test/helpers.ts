@@ -8,11 +8,13 @@ import { promisify } from 'node:util';
 import { rpStoreFromEnv, type RpStore } from '../adapters/from-env';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { CHUNK_BYTES } from '../core/chunk-format';
+import { parseJournalKey } from '../core/keys';
 import type { DiskSpec } from '../core/model';
 import type { BackupDiskSource } from '../source/backup';
 import { materialize, type ImageSink } from '../replica/materialize';
 import { sleep } from '../replica/concurrency';
 import { waitForWatermark } from '../replica/pairs';
+import { BatchWriter } from '../source/batch-writer';
 import type { HistoryIndex, ObjectStore, ReplicaIndex } from '../replica/ports';
 
 export const cloud = (): RpStore => rpStoreFromEnv();
@@ -28,6 +30,22 @@ export function have(cmd: string): boolean {
 }
 
 export const newPairId = (prefix: string): string => `${prefix}-${randomBytes(4).toString('hex')}`;
+
+/**
+ * Writes `n` batches of pair `pairId` (of `disks`, the first written) into `store`, seq 1 to
+ * n, an RP asked at each, for the apply path to be given; returns the pair's journal keys in
+ * seq order.
+ */
+export async function journalBatches(store: ObjectStore, pairId: string, disks: DiskSpec[], n: number): Promise<string[]> {
+  const keys: string[] = [];
+  const writer = new BatchWriter({ pairId, disks, store, maxBatchAgeMs: 0, maxBatchBytes: 1 << 30, onUploaded: (b) => void keys.push(b.key) });
+  for (let seq = 1; seq <= n; seq++) {
+    await writer.write(disks[0].name, (seq % 64) * 8192, Buffer.alloc(8192, seq));
+    writer.cut({ rp: true });
+  }
+  await writer.close();
+  return keys.sort((a, b) => parseJournalKey(a)!.seq - parseJournalKey(b)!.seq);
+}
 
 /** The source's disks in memory, with a copy taken at every batch boundary we care about. */
 export class SourceModel {
