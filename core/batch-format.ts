@@ -408,13 +408,23 @@ function checkHeaderInput(h: BatchHeader): void {
 
 /** Validates extents, splits long runs and returns them sorted by (disk, block). */
 function splitAndSort(extents: ExtentInput[], diskCount: number): ExtentInput[] {
-  // The batch writer's extents are split and sorted already: checked in one pass, not copied.
-  if (laidOutAlready(extents, diskCount)) return extents;
-  const out: ExtentInput[] = [];
+  // One pass checks every extent and whether they are laid out already (within the size
+  // limits, sorted, disjoint), as the batch writer's are: those are returned as they are.
+  let laidOut = true;
+  let lastDisk = -1;
+  let lastEnd = 0;
   for (const e of extents) {
     if (e.disk < 0 || e.disk >= diskCount) throw new RangeError(`extent names disk #${e.disk} of ${diskCount}`);
-    const blocks = e.data ? e.data.length / BLOCK_SIZE : e.zeroBlocks ?? 0;
+    const blocks = extentBlocks(e);
     if (!Number.isInteger(blocks) || blocks < 1) throw new RangeError(`extent at block ${e.blockIndex} is not a positive number of 4 KiB blocks`);
+    if (blocks > (e.data ? MAX_EXTENT_BLOCKS : MAX_ZERO_EXTENT_BLOCKS) || e.disk < lastDisk || (e.disk === lastDisk && e.blockIndex < lastEnd)) laidOut = false;
+    lastDisk = e.disk;
+    lastEnd = e.blockIndex + blocks;
+  }
+  if (laidOut) return extents;
+  const out: ExtentInput[] = [];
+  for (const e of extents) {
+    const blocks = extentBlocks(e);
     const max = e.data ? MAX_EXTENT_BLOCKS : MAX_ZERO_EXTENT_BLOCKS;
     for (let b = 0; b < blocks; b += max) {
       const n = Math.min(max, blocks - b);
@@ -426,25 +436,12 @@ function splitAndSort(extents: ExtentInput[], diskCount: number): ExtentInput[] 
   out.sort((a, b) => a.disk - b.disk || a.blockIndex - b.blockIndex);
   for (let i = 1; i < out.length; i++) {
     const p = out[i - 1];
-    const pEnd = p.blockIndex + (p.data ? p.data.length / BLOCK_SIZE : p.zeroBlocks!);
-    if (p.disk === out[i].disk && pEnd > out[i].blockIndex) throw new RangeError(`extents overlap at disk #${p.disk} block ${out[i].blockIndex}`);
+    if (p.disk === out[i].disk && p.blockIndex + extentBlocks(p) > out[i].blockIndex) throw new RangeError(`extents overlap at disk #${p.disk} block ${out[i].blockIndex}`);
   }
   return out;
 }
 
-/** Whether the extents are valid, within the size limits, sorted and disjoint: what splitAndSort returns. */
-function laidOutAlready(extents: ExtentInput[], diskCount: number): boolean {
-  let disk = -1;
-  let end = 0;
-  for (const e of extents) {
-    const blocks = e.data ? e.data.length / BLOCK_SIZE : e.zeroBlocks ?? 0;
-    if (!Number.isInteger(blocks) || blocks < 1 || blocks > (e.data ? MAX_EXTENT_BLOCKS : MAX_ZERO_EXTENT_BLOCKS)) return false;
-    if (!Number.isInteger(e.disk) || e.disk < disk || e.disk >= diskCount || (e.disk === disk && e.blockIndex < end)) return false;
-    disk = e.disk;
-    end = e.blockIndex + blocks;
-  }
-  return true;
-}
+const extentBlocks = (e: ExtentInput): number => (e.data ? e.data.length / BLOCK_SIZE : e.zeroBlocks ?? 0);
 
 function writeEntry(buf: Buffer, at: number, disk: number, flags: number, blockCount: number, blockIndex: number, payloadOffset: number, payloadLength: number, dataCrc: number): void {
   buf.writeUInt16LE(disk, at);
