@@ -89,22 +89,22 @@ export function simpleReply(cookie: Buffer, error: number, data?: Buffer): Buffe
 export const okReplyBytes = (structured: boolean): number => (structured ? 20 : 16);
 
 /**
- * Writes the plain success reply to the request whose header is `req` (its cookie, bytes
- * 8–15) at `at` of `out`, without a buffer of its own: the reply a write gets under load.
- * Returns its length.
+ * Writes the plain success reply (simple, or structured NONE with DONE) to the request with
+ * `cookie` at `at` of `out`; returns its length (okReplyBytes). Replies to writes under load
+ * are written this way into a shared buffer, with no buffer of their own.
  */
-export function writeOkReply(out: Buffer, at: number, req: Buffer, structured: boolean): number {
+export function writeOkReply(out: Buffer, at: number, cookie: Buffer, structured: boolean): number {
   if (structured) {
     out.writeUInt32BE(STRUCTURED_REPLY_MAGIC, at);
     out.writeUInt16BE(REPLY_FLAG_DONE, at + 4);
     out.writeUInt16BE(REPLY_TYPE.NONE, at + 6);
-    req.copy(out, at + 8, 8, 16);
+    cookie.copy(out, at + 8);
     out.writeUInt32BE(0, at + 16);
     return 20;
   }
   out.writeUInt32BE(SIMPLE_REPLY_MAGIC, at);
   out.writeUInt32BE(0, at + 4);
-  req.copy(out, at + 8, 8, 16);
+  cookie.copy(out, at + 8);
   return 16;
 }
 

@@ -364,10 +364,10 @@ class ReplyQueue {
     private readonly structured: boolean,
   ) {}
 
-  /** Queues the plain success reply to the request whose 28-byte header is `req`; false once the client is behind on reading replies. */
-  ok(req: Buffer): boolean {
+  /** Queues the plain success reply to the request with `cookie`; false once the client is behind on reading replies. */
+  ok(cookie: Buffer): boolean {
     if (this.used + okReplyBytes(this.structured) > REPLY_STAGING) this.send();
-    this.used += writeOkReply(this.staging, this.used, req, this.structured);
+    this.used += writeOkReply(this.staging, this.used, cookie, this.structured);
     return this.queued();
   }
 
@@ -415,8 +415,7 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
   for (;;) {
     while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
     while (inFlightBytes > MAX_IN_FLIGHT_BYTES) await Promise.race(inFlight);
-    const head = r.readNow(28) ?? (await r.read(28));
-    const req = parseRequest(head);
+    const req = parseRequest(r.readNow(28) ?? (await r.read(28)));
     if ('badMagic' in req) throw new Error(`bad request magic 0x${req.badMagic.toString(16)}`);
     // A WRITE's payload is consumed whatever happens to the request.
     let payload: Buffer | undefined;
@@ -428,7 +427,7 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
       if (req.flags === 0 && writtenNow(s, req, payload)) {
         into?.give(payload);
         // A client that does not read its replies stops this loop, as waiting replies would.
-        if (!replies.ok(head)) await drained(sock);
+        if (!replies.ok(req.cookie)) await drained(sock);
         continue;
       }
     }
@@ -463,7 +462,11 @@ function writtenNow(s: Session, req: Request, payload: Buffer): boolean {
   }
 }
 
-const okReply = (s: Session, req: Request): Buffer => (s.structured ? structuredReply(req.cookie, REPLY_TYPE.NONE, REPLY_FLAG_DONE) : simpleReply(req.cookie, 0));
+const okReply = (s: Session, req: Request): Buffer => {
+  const b = Buffer.allocUnsafe(okReplyBytes(s.structured));
+  writeOkReply(b, 0, req.cookie, s.structured);
+  return b;
+};
 
 async function handle(s: Session, req: Request, payload: Buffer | undefined): Promise<Buffer> {
   const fail = (errno: number): Buffer =>
