@@ -93,13 +93,13 @@ export class ApplyService {
    */
   async applyObjects(keys: readonly string[], concurrency = 4): Promise<(ApplyResult | { key: string; error: unknown })[]> {
     const registered = await mapLimit(keys, concurrency, (key) => this.registerObject(key).catch((error: unknown) => ({ key, error })));
-    const byPair = new Map<string, Registered[]>();
-    for (const r of registered) if ('registered' in r) byPair.set(r.pairId, [...(byPair.get(r.pairId) ?? []), r]);
+    // Per pair, the highest seq this call registered.
+    const mine = new Map<string, number>();
+    for (const r of registered) if ('registered' in r) mine.set(r.pairId, Math.max(r.seq, mine.get(r.pairId) ?? 0));
     const advanced = new Map<string, { watermark: number } | { error: unknown }>();
     await Promise.all(
-      [...byPair].map(async ([pairId, rs]) => {
-        const mine = Math.max(...rs.map((r) => r.seq));
-        advanced.set(pairId, await this.advance(pairId, undefined, mine).then((watermark) => ({ watermark }), (error: unknown) => ({ error })));
+      [...mine].map(async ([pairId, seq]) => {
+        advanced.set(pairId, await this.advance(pairId, undefined, seq).then((watermark) => ({ watermark }), (error: unknown) => ({ error })));
       }),
     );
     return registered.map((r) => {
