@@ -38,13 +38,17 @@ test('passes on the stack under test: the probe batch is applied within seconds'
   const root = join(__dirname, '..');
   const child = spawn(join(root, 'node_modules/.bin/tsx'), ['cli/livesync.ts', 'local', 'up', '--json', '--until-stdin-closes', '--template', join(dir, 'template.json')], {
     cwd: root,
-    stdio: ['pipe', 'pipe', 'ignore'],
+    stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, LIVESYNC_LOCAL_DIR: dir },
   });
+  // Its last words, for the error if it dies before answering.
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
+  const exited = once(child, 'exit');
   try {
     const env = JSON.parse(await new Promise<string>((resolve, reject) => {
       createInterface({ input: child.stdout! }).once('line', resolve);
-      child.once('exit', (code) => reject(new Error(`local up exited with ${code}`)));
+      child.once('exit', (code) => reject(new Error(`local up exited with ${code}: ${stderr}`)));
     })) as Record<string, string>;
     const t0 = Date.now();
     const err = await preflight(env, { timeoutMs: 3000 }).catch((e: unknown) => e);
@@ -53,7 +57,7 @@ test('passes on the stack under test: the probe batch is applied within seconds'
     expect((err as Error).message).toMatch(/did not reach the apply handler within 3000 ms: no message reached the apply queue: the bucket has no S3 → SQS notification for pairs\/\*\.batch/);
     expect(ms).toBeLessThan(6000);
   } finally {
-    const exited = once(child, 'exit');
+    // Listened for from the start: a child that already exited must not leave this waiting.
     child.kill('SIGTERM');
     await exited;
     rmSync(dir, { recursive: true, force: true });
