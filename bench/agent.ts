@@ -9,9 +9,12 @@
 // Placement (BENCH_PLACEMENT = pinned | shared | both, default both). In AWS the RP Store (S3,
 // SQS, DynamoDB, the apply Lambda) is not on the source host. 'pinned': the local stack (this
 // process: s3rver, fauxqs, the apply handler, the counting proxies; and DynamoDB Local's Java,
-// all threads: `taskset -a -cp 0`) runs on core 0, and fio with the server under test
-// (`taskset -c 1 …`; for the files job also nbdfuse and the writing loop) on core 1, the same
-// for every server. 'shared': no pinning, everything
+// all threads: `taskset -a -cp 0`; the compaction function's process, forked by it later at a
+// lower priority, inherits the core) runs on core 0, and fio with the server under test
+// (`taskset -c 1 …`; for the files job also nbdfuse and the writing loop; for the rpo and idle
+// jobs their guest, bench/paced-load.ts) on core 1, the same for every server. Only light
+// observers stay in this process: the RP watcher (a Query for RPs above the highest it saw,
+// every ~50 ms) and the flush jobs' FLUSH sampler. 'shared': no pinning, everything
 // shares the cores (the placement of the figures before pinning was added). With 'both' the
 // figures without a suffix are the pinned ones and the rand4k/seq1m/CPU figures of agent,
 // qemu-nbd and nbdkit are given again with a `_shared` suffix; the other jobs run pinned
@@ -53,7 +56,8 @@
 //   seq1m_ratio_vs_qemu_nbd  seq1m_mib_s / qemu_nbd_seq1m_mib_s (medians)
 //   …_shared               the figures above for agent, qemu-nbd and nbdkit under 'shared'
 //   rpo_p50_s / rpo_p99_s  a fresh agent under a paced load of 20 MB/s (64 KiB writes at random
-//                          offsets in the first 1 GiB) with an NBD FLUSH every ~250 ms, over
+//                          offsets in the first 1 GiB; bench/paced-load.ts, a process of its
+//                          own) with an NBD FLUSH every ~250 ms, over
 //                          BENCH_RPO_S seconds after a 2 s warm-up. Per FLUSH: t = when its
 //                          reply arrived; s = the seq holding the writes it covered (the agent's
 //                          status right after: FLUSH_SEQ_FIELD below); the sample is the first
@@ -122,7 +126,6 @@
 
 import './quiet-handlers'; // first: before anything imports the handlers' logger
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, readlink, realpath, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -141,6 +144,7 @@ import { createPair, DEFAULT_CCRP_INTERVAL_MS, waitForWatermark } from '../repli
 import type { ReplicaIndex } from '../replica/ports';
 import { median, partsFromEnv, percentile, round, runBench } from './measure';
 import { NbdClient } from './nbd-client';
+import type { PacedLoadArgs } from './paced-load';
 import { ensurePeers, JAVA_PEER, type Peer } from './peers';
 
 const MiB = 2 ** 20;
@@ -487,6 +491,14 @@ async function quiesce(agent: AgentRun, index: ReplicaIndex): Promise<void> {
   }
 }
 
+/** Waits until the stack runs no workflow (compaction of what earlier jobs wrote). */
+async function settle(stack: LocalStack): Promise<void> {
+  const t0 = performance.now();
+  await stack.workflowsIdle();
+  const s = (performance.now() - t0) / 1000;
+  if (s >= 0.1) log(`waited ${round(s, 1)} s for the stack's workflows to finish`);
+}
+
 // ---- fio -------------------------------------------------------------------------------
 
 type Job = 'rand4k' | 'seq1m' | 'flush4k';
@@ -521,6 +533,7 @@ async function cpuSeconds(pid: number): Promise<number> {
 /** Lists a pair's RPs every ~50 ms and remembers when each seq was first listed. */
 class RpWatcher {
   private readonly seen = new Map<number, number>();
+  private top: number | undefined;
   private polling = true;
   private readonly loop: Promise<void>;
 
@@ -529,9 +542,15 @@ class RpWatcher {
       while (this.polling) {
         const t0 = performance.now();
         try {
-          const rps = await index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000));
+          // Only RPs above the highest seen: firstAtOrAbove asks about higher seqs alone, and a
+          // poll that lists every RP again loads DynamoDB Local (on the stack's core) more with
+          // each RP, an observer effect on what it observes.
+          const rps = await index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000), undefined, this.top === undefined ? {} : { afterSeq: this.top });
           const t = performance.now();
-          for (const rp of rps) if (!this.seen.has(rp.seq)) this.seen.set(rp.seq, t);
+          for (const rp of rps) {
+            if (!this.seen.has(rp.seq)) this.seen.set(rp.seq, t);
+            this.top = Math.max(this.top ?? rp.seq, rp.seq);
+          }
         } catch (err) {
           if (this.polling) log(`listing the RPs of ${pairId}: ${(err as Error).message}`);
         }
@@ -583,76 +602,63 @@ function rpoSamples(flushes: FlushPoint[], watcher: RpWatcher, end: number, what
   return samples;
 }
 
-/** Random 64 KiB writes at a paced rate over the first 1 GiB of the disk, at most 16 in flight. */
-class PacedWriter {
-  private readonly pool = randomBytes(32 * MiB); // random (incompressible), never repeated within a batch
-  private poolAt = 0;
-  private sent = 0;
-  acked = 0;
-  failure?: Error;
-
-  constructor(
-    private readonly client: NbdClient,
-    private readonly rate: number,
-    private readonly start: number,
-  ) {}
-
-  /** Sends what the rate calls for by `now`. */
-  pump(now: number): void {
-    if (this.failure) throw this.failure;
-    const region = Math.min(GiB, this.client.size);
-    while (this.sent < (this.rate * (now - this.start)) / 1000 && this.client.inFlight < 16) {
-      const offset = Math.floor(Math.random() * (region / RPO_WRITE)) * RPO_WRITE;
-      if (this.poolAt + RPO_WRITE > this.pool.length) this.poolAt = 0;
-      const data = this.pool.subarray(this.poolAt, (this.poolAt += RPO_WRITE));
-      this.sent += RPO_WRITE;
-      this.client.write(offset, data).then(
-        () => void (this.acked += RPO_WRITE),
-        (err: Error) => void (this.failure ??= err),
-      );
+/** The paced guest (bench/paced-load.ts) against an agent, where fio would run (the server's core when pinned). */
+function pacedLoad(agent: AgentRun, placement: Placement, load: Pick<PacedLoadArgs, 'flushMs' | 'writeMs'>, onFlush: (f: FlushPoint & { last?: boolean }) => void): { stop(): Promise<void>; done: Promise<{ acked: number; ms: number }> } {
+  const args: PacedLoadArgs = { port: agent.port, exportName: EXPORT, controlSocket: agent.controlSocket, rate: RPO_RATE, writeBytes: RPO_WRITE, ...load };
+  const p = launch('paced-load', ...onServerCore(placement, nodeBin, ['--no-warnings=ExperimentalWarning', '--import', 'tsx', 'bench/paced-load.ts', JSON.stringify(args)]));
+  let summary: { acked: number; ms: number } | undefined;
+  let bad: Error | undefined;
+  createInterface({ input: p.child.stdout! }).on('line', (line) => {
+    try {
+      const m = JSON.parse(line) as { flush?: { t: number; status: AgentStatus; last?: boolean }; done?: { acked: number; ms: number } };
+      // Epoch ms → this process's performance.now() scale (both clocks are the system's).
+      if (m.flush) onFlush({ t: m.flush.t - performance.timeOrigin, seq: flushSeqOf(m.flush.status), last: m.flush.last });
+      if (m.done) summary = m.done;
+    } catch (err) {
+      bad ??= new Error(`paced-load printed '${line}': ${(err as Error).message}`);
     }
-  }
+  });
+  const done = p.exited.then(({ code, signal }) => {
+    if (bad) throw bad;
+    if (code !== 0 || !summary) throw new Error(`paced-load exited with ${code ?? signal}: ${p.tail.join('\n')}`);
+    return summary;
+  });
+  done.catch(() => {}); // awaited by the caller; not an unhandled rejection meanwhile
+  return { done, stop: async () => void (await stop(p)) };
 }
 
 /** Paced writes with periodic FLUSHes against a running agent; RPO samples in seconds. */
-async function measureRpo(agent: AgentRun, index: ReplicaIndex): Promise<number[]> {
-  const client = await NbdClient.connect('127.0.0.1', agent.port, EXPORT);
+async function measureRpo(agent: AgentRun, index: ReplicaIndex, placement: Placement): Promise<number[]> {
   const watcher = new RpWatcher(index, agent.pairId);
   const flushes: FlushPoint[] = [];
   const start = performance.now();
-  const writer = new PacedWriter(client, RPO_RATE, start);
   const windowStart = start + RPO_WARMUP_MS;
   const windowEnd = windowStart + rpoSeconds * 1000;
-  let failure: Error | undefined;
-  let flushing = false;
-  let lastFlush = start;
   let maxSeq = 0;
+  const load = pacedLoad(agent, placement, { flushMs: RPO_FLUSH_MS }, (f) => {
+    maxSeq = Math.max(maxSeq, f.seq);
+    if (f.t >= windowStart && f.t < windowEnd) flushes.push(f);
+  });
+  let failure: Error | undefined;
+  load.done.catch((err: Error) => (failure = err));
   const resolved = (): boolean => flushes.length > 0 && watcher.firstAtOrAbove(Math.max(...flushes.map((f) => f.seq))) !== undefined;
+  let end = start;
+  let acked = 0;
   try {
     for (;;) {
       const now = performance.now();
       if (failure) throw failure;
       if (now >= windowEnd && (resolved() || now >= windowEnd + RPO_TAIL_MS)) break;
-      writer.pump(now);
-      if (!flushing && now - lastFlush >= RPO_FLUSH_MS) {
-        flushing = true;
-        lastFlush = now;
-        flushPoint(client, agent)
-          .then((f) => {
-            maxSeq = Math.max(maxSeq, f.seq);
-            if (f.t >= windowStart && f.t < windowEnd) flushes.push(f);
-          })
-          .catch((err: Error) => void (failure ??= err))
-          .finally(() => (flushing = false));
-      }
-      await sleep(5);
+      await sleep(RP_POLL_MS);
     }
   } finally {
-    const end = performance.now();
-    await client.close();
+    await load.stop();
+    end = performance.now();
+    acked = (await load.done.catch(() => ({ acked: 0 }))).acked;
     await watcher.stop();
-    log(`rpo: ${round((writer.acked / 1e6 / (end - start)) * 1000, 1)} MB/s acknowledged over ${round((end - start) / 1000, 1)} s, ${flushes.length} flushes sampled, last flush seq ${maxSeq}, ${watcher.count} RPs listed`);
+    log(`rpo: ${round((acked / 1e6 / (end - start)) * 1000, 1)} MB/s acknowledged over ${round((end - start) / 1000, 1)} s, ${flushes.length} flushes sampled, last flush seq ${maxSeq}, ${watcher.count} RPs listed`);
   }
+  await load.done; // a load that failed fails the job
   return rpoSamples(flushes, watcher, performance.now(), 'rpo');
 }
 
@@ -661,18 +667,14 @@ async function measureRpo(agent: AgentRun, index: ReplicaIndex): Promise<number[
  * agent keeps running); seconds from that FLUSH's reply to an RP that holds it, or null if
  * none was listed within IDLE_CAP_MS.
  */
-async function measureIdleRpo(agent: AgentRun, index: ReplicaIndex): Promise<number | null> {
-  const client = await NbdClient.connect('127.0.0.1', agent.port, EXPORT);
+async function measureIdleRpo(agent: AgentRun, index: ReplicaIndex, placement: Placement): Promise<number | null> {
   const watcher = new RpWatcher(index, agent.pairId);
   try {
-    const start = performance.now();
-    const writer = new PacedWriter(client, RPO_RATE, start);
-    while (performance.now() - start < IDLE_WRITE_MS) {
-      writer.pump(performance.now());
-      await sleep(5);
-    }
-    const last = await flushPoint(client, agent); // after every write sent: a FLUSH covers what was acknowledged before it
-    log(`idle: ${round(writer.acked / 1e6, 1)} MB written, last FLUSH held by seq ${last.seq}; no writes from now on`);
+    let last: FlushPoint | undefined;
+    const load = pacedLoad(agent, placement, { flushMs: 0, writeMs: IDLE_WRITE_MS }, (f) => f.last && (last = f));
+    const { acked } = await load.done;
+    if (!last) throw new Error('idle: the paced load printed no last FLUSH');
+    log(`idle: ${round(acked / 1e6, 1)} MB written, last FLUSH held by seq ${last.seq}; no writes from now on`);
     while (watcher.firstAtOrAbove(last.seq) === undefined && performance.now() - last.t < IDLE_CAP_MS) await sleep(RP_POLL_MS);
     const first = watcher.firstAtOrAbove(last.seq);
     if (first === undefined) {
@@ -682,7 +684,6 @@ async function measureIdleRpo(agent: AgentRun, index: ReplicaIndex): Promise<num
     }
     return (first - last.t) / 1000;
   } finally {
-    await client.close();
     await watcher.stop();
   }
 }
@@ -768,7 +769,8 @@ async function flushHeavy(load: FlushLoad, agentServer: AgentServer, index: Repl
   try {
     if (load === 'files') {
       ext4 = await mountExt4(agent.port, join(tmp, 'files'), placement);
-      await quiesce(agent, index); // mkfs's batches are not the load's
+      await quiesce(agent, index); // mkfs's batches are not the load's,
+      await settle(stack); // nor their compaction
     }
     client = await NbdClient.connect('127.0.0.1', agent.port, EXPORT);
     watcher = new RpWatcher(index, agent.pairId);
@@ -848,7 +850,7 @@ function requestFigures(r: StackRequests | undefined, seconds: number): Pick<Flu
 // ---- main ------------------------------------------------------------------------------
 
 /** The RP Store the environment names (LocalStack elsewhere, or AWS): nothing to start or stop here, nothing counted, and its apply path is its own. */
-const environmentStack = (): LocalStack => ({ env: {}, deadLetterUrl: '', pids: [], setEventPathEnabled: () => {}, requests: () => undefined, stop: async () => {} });
+const environmentStack = (): LocalStack => ({ env: {}, deadLetterUrl: '', pids: [], setEventPathEnabled: () => {}, workflowsIdle: async () => {}, requests: () => undefined, stop: async () => {} });
 
 function peersNeeded(external: boolean, files: boolean): Peer[] {
   const peers: Peer[] = [
@@ -962,10 +964,19 @@ async function main(): Promise<void> {
       }
     }
 
-    // The agent-only jobs, under the primary placement, each on a fresh agent and image.
+    // The agent-only jobs, under the primary placement, each on a fresh agent and image, and
+    // each on a quiet stack: an earlier job's compaction is not the next one's cost or delay.
     await placeStack(primary, stack);
+    await settle(stack);
     log(`rpo: ${rpoSeconds} s at ${RPO_RATE / 1e6} MB/s, FLUSH every ${RPO_FLUSH_MS} ms, ccrp interval ${CCRP_INTERVAL_MS} ms`);
-    const rpo = runs('rpo') ? await withAgent(agent, tmp, 'rpo', primary, {}, (a) => measureRpo(a, index)) : [];
+    if (runs('rpo') && !runs('peers')) {
+      // The peers' reps warm the stack (DynamoDB Local's JIT: the same job on a cold JVM gave
+      // an RPO p99 of 4.5 s against 0.35 s warm); without them a first run does, uncounted.
+      log('rpo: a first, uncounted run warms the local stack');
+      await withAgent(agent, tmp, 'rpo-warm-up', primary, {}, (a) => measureRpo(a, index, primary));
+      await settle(stack);
+    }
+    const rpo = runs('rpo') ? await withAgent(agent, tmp, 'rpo', primary, {}, (a) => measureRpo(a, index, primary)) : [];
     if (runs('rpo') && rpo.length === 0) throw new Error('no RPO samples');
 
     const flushJobs: Partial<Record<FlushLoad, FlushFigures | null>> = {};
@@ -977,6 +988,7 @@ async function main(): Promise<void> {
         continue;
       }
       log(`flush ${load}: ${fioSeconds} s, the apply path live, ccrp interval ${CCRP_INTERVAL_MS} ms`);
+      await settle(stack);
       flushJobs[load] = await flushHeavy(load, agent, index, stack, tmp, primary);
     }
     /** The worse of the parts that ran; null if none ran or one has no such figure (an external RP Store). */
@@ -986,7 +998,8 @@ async function main(): Promise<void> {
     };
 
     log(`idle: ${IDLE_WRITE_MS / 1000} s at ${RPO_RATE / 1e6} MB/s, a last FLUSH, then quiet; ccrp interval ${IDLE_CCRP_INTERVAL_MS} ms, waiting at most ${IDLE_CAP_MS / 1000} s`);
-    const idleRpo = !runs('idle') ? null : await withAgent(agent, tmp, 'idle', primary, { ccrpIntervalMs: IDLE_CCRP_INTERVAL_MS }, (a) => measureIdleRpo(a, index));
+    await settle(stack);
+    const idleRpo = !runs('idle') ? null : await withAgent(agent, tmp, 'idle', primary, { ccrpIntervalMs: IDLE_CCRP_INTERVAL_MS }, (a) => measureIdleRpo(a, index, primary));
 
     /** Median of a figure's samples; null if none or if any was taken during a spool overflow. */
     const m = (placement: Placement, server: string, figure: string): number | null => {

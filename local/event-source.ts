@@ -1,9 +1,11 @@
 // The cloud's event path, locally: S3 ObjectCreated → SQS queue (with a dead-letter
 // queue after maxReceiveCount) → an event source mapping that long-polls the queue and
 // invokes the handler with SQS-shaped events, deleting only the messages it did not
-// report as failed. Same shapes, same at-least-once redelivery as in AWS.
+// report as failed. Same shapes, same at-least-once redelivery as in AWS; a failed message
+// may be made visible again sooner than the queue's visibility timeout (retryDelaySec).
 
 import {
+  ChangeMessageVisibilityBatchCommand,
   CreateQueueCommand,
   DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
@@ -77,7 +79,13 @@ export function startEventSourceMapping(
   sqs: SQSClient,
   queueUrl: string,
   handler: (event: SQSEvent) => Promise<SQSBatchResponse>,
-  opts: { batchSize: number; concurrency: number; onError: (err: unknown) => void },
+  opts: {
+    batchSize: number;
+    concurrency: number;
+    /** A failed message is received again after this many seconds (default: when the queue's visibility timeout ends). */
+    retryDelaySec?: number;
+    onError: (err: unknown) => void;
+  },
 ): EventSourceMapping {
   let running = true;
   let enabled = true;
@@ -117,6 +125,11 @@ export function startEventSourceMapping(
         const done = messages.filter((m) => !failed.has(m.MessageId!));
         if (done.length) {
           await sqs.send(new DeleteMessageBatchCommand({ QueueUrl: queueUrl, Entries: done.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle! })) }));
+        }
+        const retry = messages.filter((m) => failed.has(m.MessageId!));
+        if (retry.length && opts.retryDelaySec !== undefined) {
+          const Entries = retry.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle!, VisibilityTimeout: opts.retryDelaySec }));
+          await sqs.send(new ChangeMessageVisibilityBatchCommand({ QueueUrl: queueUrl, Entries }));
         }
       } catch (err) {
         if (!running) break;

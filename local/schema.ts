@@ -15,6 +15,8 @@ export interface LocalSchema {
    */
   notification?: { prefix: string; suffix: string };
   maxReceiveCount: number;
+  /** The apply queue's visibility timeout (6 × the apply function's timeout). */
+  visibilityTimeoutSec: number;
 }
 
 export function schemaFromTemplate(template: { Resources: Record<string, Resource> }, tableName: string): LocalSchema {
@@ -43,5 +45,6 @@ export function schemaFromTemplate(template: { Resources: Record<string, Resourc
     ttlAttribute: t.TimeToLiveSpecification?.Enabled ? t.TimeToLiveSpecification.AttributeName : undefined,
     notification: queueConfigs.length ? { prefix: rule('prefix'), suffix: rule('suffix') } : undefined,
     maxReceiveCount: queue.RedrivePolicy.maxReceiveCount,
+    visibilityTimeoutSec: queue.VisibilityTimeout ?? 30,
   };
 }

@@ -1,6 +1,8 @@
 // The embedded local default: DynamoDB Local + an S3-compatible server + SQS on
 // 127.0.0.1, the bucket, table and queues derived from the synthesized CDK template,
-// and the apply handler fed through the same S3 → SQS → Lambda event path as in AWS.
+// and the apply handler fed through the same S3 → SQS → Lambda event path as in AWS; the
+// workflows (seed, compaction) on the local Step Functions, compaction's function in a
+// process of its own (local/lambda-process.ts).
 // The requests each service received are counted (LocalStack.requests) for benchmarks.
 
 import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
@@ -11,6 +13,7 @@ import type { SQSEvent } from 'aws-lambda';
 import { dynamoClient, sqsClient } from '../adapters/aws-clients';
 import { synthTemplate } from '../lib/synth';
 import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
+import { lambdaProcess } from './lambda-process';
 import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
 import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
 import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
@@ -20,10 +23,16 @@ import { machinesFromTemplate, startStepFunctionsLocal, type RunningStepFunction
 
 export const LOCAL_BUCKET = 'livesync-local';
 export const LOCAL_TABLE = 'livesync-local';
-/** Locally a failed message is retried after 2 s, not 6 × the Lambda timeout as in AWS. */
-const LOCAL_VISIBILITY_TIMEOUT_SEC = 2;
+/**
+ * Locally a failed message is retried after 2 s, not when the visibility timeout (6 × the
+ * Lambda timeout) ends as in AWS; a message being handled stays invisible for that timeout, as
+ * in AWS, however long a CPU-starved local handler takes.
+ */
+const LOCAL_RETRY_DELAY_SEC = 2;
 /** Locally a Wait state (the seed workflow's catch-up poll) lasts 1 s, not 10 s. */
 const LOCAL_WAIT_MS = 1000;
+/** The compaction function's process runs this much nicer than the stack (see provision). */
+const COMPACTION_NICE = 10;
 
 export interface LocalStack {
   /** Environment for SDK clients and handlers (endpoints, region, names). */
@@ -33,6 +42,8 @@ export interface LocalStack {
   setEventPathEnabled(enabled: boolean): void;
   /** What each service has received so far (a snapshot; subtract two to count a window); undefined when the stack is not ours to count. */
   requests(): StackRequests | undefined;
+  /** Resolves when every workflow execution started so far (compaction, seeding) has stopped. */
+  workflowsIdle(): Promise<void>;
   /** Processes of the stack other than this one (DynamoDB Local's Java), e.g. to pin them to a core. */
   pids: number[];
   /** DynamoDB Local's own endpoint, past the counting proxy: for a benchmark's observers, whose requests are not the RP Store's work. */
@@ -135,7 +146,7 @@ async function provision(
 
   const sqs = sqsClient();
   let lambdaInvocations = 0;
-  const queues = await createApplyQueues(sqs, sqsServer.endpoint, 'livesync-apply', schema.maxReceiveCount, LOCAL_VISIBILITY_TIMEOUT_SEC);
+  const queues = await createApplyQueues(sqs, sqsServer.endpoint, 'livesync-apply', schema.maxReceiveCount, schema.visibilityTimeoutSec);
   env.LIVESYNC_APPLY_QUEUE_URL = queues.queueUrl;
   env.LIVESYNC_DLQ_URL = queues.deadLetterUrl;
   const onError = (err: unknown): void => log(`event path: ${String(err)}`);
@@ -146,19 +157,22 @@ async function provision(
     lambdaInvocations++;
     return apply(event);
   };
-  const mapping = opts.eventPath === false ? undefined : startEventSourceMapping(sqs, queues.queueUrl, invoke, { batchSize: 10, concurrency: 4, onError });
+  const mapping = opts.eventPath === false ? undefined : startEventSourceMapping(sqs, queues.queueUrl, invoke, { batchSize: 10, concurrency: 4, retryDelaySec: LOCAL_RETRY_DELAY_SEC, onError });
 
-  // The seed workflow: the template's state machine, its tasks run by the handlers here.
+  // The workflows: the template's state machines. The seed workflow's tasks run in this
+  // process; the compaction function's in a process of its own at a lower priority (it is a
+  // separate Lambda in AWS: however busy it is, the apply path does not wait for its CPU).
+  const compaction = lambdaProcess(require.resolve('../lambdas/compact'), ['unit', 'gc', 'sweep'], { nice: COMPACTION_NICE, log });
   let stepFunctions: RunningStepFunctions | undefined;
   try {
     const seedHandlers = await import('../lambdas/seed');
-    const compactHandlers = await import('../lambdas/compact');
     stepFunctions = await startStepFunctionsLocal(
       machinesFromTemplate(template),
-      { steps: seedHandlers.steps, range: seedHandlers.range, unit: compactHandlers.unit, gc: compactHandlers.gc, sweep: compactHandlers.sweep },
+      { steps: seedHandlers.steps, range: seedHandlers.range, ...compaction.handlers },
       { waitMs: LOCAL_WAIT_MS },
     );
   } catch (err) {
+    await compaction.stop();
     await mapping?.stop();
     throw err;
   }
@@ -172,6 +186,7 @@ async function provision(
     env,
     deadLetterUrl: queues.deadLetterUrl,
     setEventPathEnabled: (on) => mapping?.setEnabled(on),
+    workflowsIdle: () => stepFunctions.idle(),
     requests: () => ({ s3: s3.requests(), dynamodb: dynamo.requests(), sqs: sqsServer.requests(), lambdaInvocations }),
     pids: [dynamo.pid],
     uncountedDynamoEndpoint: dynamo.directEndpoint,
@@ -179,6 +194,7 @@ async function provision(
       if (stopped) return;
       stopped = true;
       await stepFunctions.stop();
+      await compaction.stop();
       await mapping?.stop();
       sqs.destroy();
       await stopServers();
