@@ -925,7 +925,10 @@ async function main(): Promise<void> {
           const at = `${placement}|${server.name}`;
           const image = await sparseImage(join(tmp, `${server.name}.img`));
           // Each server starts with no dirty page cache left by the one before (its writeback
-          // would land in this run: qemu-nbd measured 12k or 33k IOPS depending on it).
+          // would land in this run: qemu-nbd measured 12k or 33k IOPS depending on it), and on
+          // a stack that no longer compacts what an agent before it wrote (the files that
+          // writes are writeback too: a rep in which it ran was slower for every server).
+          await settle(stack);
           await run('sync', []);
           const t0 = performance.now();
           const serving = await server.start(image, placement);

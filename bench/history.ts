@@ -41,7 +41,7 @@
 //                          GETs in flight) into a sink that checks every byte against the model
 //   materialize_ratio_vs_raw: raw seconds / recovery seconds on the last day, raw = the
 //                          recovered data bytes as 4 MiB ranged GETs of one object through the
-//                          same model (target >= 0.5); recover_cpu_s_dayN and raw_download_cpu_s
+//                          same model into the same checking sink (target >= 0.5); recover_cpu_s_dayN and raw_download_cpu_s
 //                          the CPU seconds of each (every thread), which the shared core makes
 //                          the steadier figure. The sink compares a window of the newest RP
 //                          with the model in one pass (block CRCs only to say where it differs)
@@ -473,15 +473,25 @@ async function recoverLatest(p: Peer, withHistory: boolean): Promise<Recovery> {
   return { s: round(s, 2), cpuS: round(cpuUsed, 2), seq, gets: store.gets, mib: round(store.bytes / MiB, 1), sources: out.sources, segments: out.segments, dataBytes };
 }
 
-/** A plain download of `bytes` (4 MiB ranged GETs of one object) through the same model. */
+/**
+ * A plain download of `bytes` (4 MiB ranged GETs of one object) through the same model, each
+ * part copied into a window and handed to the same checking sink as the recovery's (the
+ * sink's compare is the bench's work, not recovery's: both sides pay it).
+ */
 async function rawDownload(bytes: number): Promise<{ s: number; cpuS: number }> {
   const store = new LatencyStore({ get: async (_k, range) => model.subarray(range!.start % model.length, (range!.start % model.length) + (range!.end - range!.start)) });
   const parts: ByteRange[] = [];
   for (let at = 0; at < bytes; at += CHUNK_BYTES) parts.push({ start: at, end: Math.min(bytes, at + CHUNK_BYTES) });
-  const out = Buffer.alloc(Math.min(bytes, model.length));
+  const { sink } = checkingSink(lastWrittenSeq);
   const t = performance.now();
   const cpu = cpuS();
-  await Promise.all(parts.map(async (r) => (await store.get('raw', r)).copy(out, r.start % out.length)));
+  await Promise.all(
+    parts.map(async (r) => {
+      const window = Buffer.allocUnsafe(r.end - r.start);
+      (await store.get('raw', r)).copy(window);
+      await sink.write(r.start % model.length, window, [{ start: 0, end: window.length }]);
+    }),
+  );
   return { s: round((performance.now() - t) / 1000, 2), cpuS: round(cpuS() - cpu, 2) };
 }
 
