@@ -9,6 +9,7 @@
 // SDK's default.
 
 import { DynamoDBClient, type DynamoDBClientConfig } from '@aws-sdk/client-dynamodb';
+import { EBSClient, type EBSClientConfig } from '@aws-sdk/client-ebs';
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { SFNClient, type SFNClientConfig } from '@aws-sdk/client-sfn';
 import { SQSClient, type SQSClientConfig } from '@aws-sdk/client-sqs';
@@ -30,7 +31,12 @@ export function sfnClient(config: SFNClientConfig = {}): SFNClient {
   return new SFNClient(config);
 }
 
-/** The endpoint the SDK would use for a service (`S3`, `DYNAMODB`, `SQS`, `SFN`) under `env`: its own variable, else AWS_ENDPOINT_URL. */
-export function endpointFor(service: 'S3' | 'DYNAMODB' | 'SQS' | 'SFN', env: NodeJS.ProcessEnv = process.env): string | undefined {
+/** The EBS direct APIs (recovery into a snapshot). */
+export function ebsClient(config: EBSClientConfig = {}): EBSClient {
+  return new EBSClient(config);
+}
+
+/** The endpoint the SDK would use for a service (`S3`, `DYNAMODB`, `SQS`, `SFN`, `EBS`) under `env`: its own variable, else AWS_ENDPOINT_URL. */
+export function endpointFor(service: 'S3' | 'DYNAMODB' | 'SQS' | 'SFN' | 'EBS', env: NodeJS.ProcessEnv = process.env): string | undefined {
   return env[`AWS_ENDPOINT_URL_${service}`] || env.AWS_ENDPOINT_URL || undefined;
 }

@@ -8,6 +8,8 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { userInfo } from 'node:os';
 import { rpStoreFromEnv } from '../adapters/from-env';
+import { ebsClient } from '../adapters/aws-clients';
+import { ebsSnapshotSink, type EbsSnapshotSink } from '../adapters/ebs-snapshot-sink';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
@@ -53,7 +55,9 @@ const USAGE = `usage: livesync <command> [options]
         the RP lives until unpinned, whatever the policy (it must have > 60 s left)
   rp unpin --pair P --seq N
         judged again under the policy in force: it may expire at once
-  recover --pair P --seq N (--out DIR | --to-s3 PREFIX)
+  recover --pair P --seq N (--out DIR | --to-s3 PREFIX | --to ebs)
+        --to ebs: into an EBS snapshot per disk (EBS direct APIs; zero blocks skipped), ready
+        for CreateVolume or RegisterImage; prints the snapshot ids
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
         [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--upload-interval 1s] [--verify-replica] [--sync-marks]
@@ -208,21 +212,35 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'recover': {
-      const o = opts({ pair: { type: 'string' }, seq: { type: 'string' }, out: { type: 'string' }, 'to-s3': { type: 'string' } });
+      const o = opts({ pair: { type: 'string' }, seq: { type: 'string' }, out: { type: 'string' }, 'to-s3': { type: 'string' }, to: { type: 'string' } });
       const pairId = required('pair', str(o, 'pair'));
       const seq = parseIntArg('seq', required('seq', str(o, 'seq')));
       const out = str(o, 'out');
       const prefix = str(o, 'to-s3');
-      if (Boolean(out) === Boolean(prefix)) throw new InvalidArgumentError('give exactly one of --out DIR or --to-s3 PREFIX');
+      const to = str(o, 'to');
+      if (to !== undefined && to !== 'ebs') throw new InvalidArgumentError(`--to ${to}: the only target --to names is 'ebs' (use --out DIR or --to-s3 PREFIX for the others)`);
+      if ([out, prefix, to].filter(Boolean).length !== 1) throw new InvalidArgumentError('give exactly one of --out DIR, --to-s3 PREFIX or --to ebs');
       const { store, index, history } = rpStoreFromEnv();
       if (out) await mkdir(out, { recursive: true });
-      const res = await materialize(store, index, {
-        pairId,
-        seq,
-        history,
-        sinkFor: async (disk, size) => (out ? fileSink(join(out, `${disk}.img`), size) : objectSink(store, `${prefix!.replace(/\/$/, '')}/${disk}.img`)),
-      });
-      console.log(JSON.stringify(res, null, 2));
+      const ebs = to ? ebsClient() : undefined;
+      const snapshots: Record<string, EbsSnapshotSink['snapshot']> = {};
+      try {
+        const res = await materialize(store, index, {
+          pairId,
+          seq,
+          history,
+          sinkFor: async (disk, size) => {
+            if (out) return fileSink(join(out, `${disk}.img`), size);
+            if (prefix) return objectSink(store, `${prefix.replace(/\/$/, '')}/${disk}.img`);
+            const sink = ebsSnapshotSink(ebs!, { sizeBytes: size, description: `livesync pair ${pairId} disk ${disk} RP ${seq}`, tags: { 'livesync:pair': pairId, 'livesync:disk': disk, 'livesync:rp': String(seq) } });
+            snapshots[disk] = sink.snapshot;
+            return sink;
+          },
+        });
+        console.log(JSON.stringify(to ? { ...res, snapshots } : res, null, 2));
+      } finally {
+        ebs?.destroy();
+      }
       return 0;
     }
     case 'agent': {

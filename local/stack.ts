@@ -1,5 +1,5 @@
-// The embedded local default: DynamoDB Local + an S3-compatible server + SQS on
-// 127.0.0.1, the bucket, table and queues derived from the synthesized CDK template,
+// The embedded local default: DynamoDB Local + an S3-compatible server + SQS + the EBS
+// direct APIs (local/ebs-local.ts) on 127.0.0.1, the bucket, table and queues derived from the synthesized CDK template,
 // and the apply handler fed through the same S3 → SQS → Lambda event path as in AWS; the
 // workflows (seed, compaction) on the local Step Functions, compaction's function in a
 // process of its own (local/lambda-process.ts).
@@ -16,6 +16,7 @@ import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
 import { lambdaProcess } from './lambda-process';
 import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
 import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
+import { startEbsLocal, type RunningEbs } from './ebs-local';
 import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
 import { startS3Local, type RunningS3, type S3RequestCounts } from './s3-local';
 import { schemaFromTemplate, type LocalSchema } from './schema';
@@ -90,21 +91,21 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
   const s3dir = join(dir, 's3');
   await rm(s3dir, { recursive: true, force: true });
 
-  const started = await Promise.allSettled([startDynamoLocal(await freePort()), startS3Local(s3dir, LOCAL_BUCKET), startSqsLocal().then(countedSqs)] as const);
+  const started = await Promise.allSettled([startDynamoLocal(await freePort()), startS3Local(s3dir, LOCAL_BUCKET), startSqsLocal().then(countedSqs), startEbsLocal()] as const);
   const failed = started.find((s) => s.status === 'rejected');
   if (failed) {
     // Never leave a half-started stack (an orphan Java process) behind.
     await Promise.allSettled(started.map((s) => (s.status === 'fulfilled' ? s.value.stop() : undefined)));
     throw (failed as PromiseRejectedResult).reason;
   }
-  const [dynamo, s3, sqs] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [RunningDynamo, RunningS3, CountedSqs];
+  const [dynamo, s3, sqs, ebs] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [RunningDynamo, RunningS3, CountedSqs, RunningEbs];
   await writeFile(join(dir, 'dynamodb.pid'), String(dynamo.pid));
   const stopServers = async (): Promise<void> => {
-    await Promise.allSettled([dynamo.stop(), s3.stop(), sqs.stop()]);
+    await Promise.allSettled([dynamo.stop(), s3.stop(), sqs.stop(), ebs.stop()]);
     await rm(join(dir, 'dynamodb.pid'), { force: true });
   };
   try {
-    return await provision(schema, template, { dynamo, s3, sqs }, stopServers, opts);
+    return await provision(schema, template, { dynamo, s3, sqs, ebs }, stopServers, opts);
   } catch (err) {
     await stopServers(); // a failure after the servers started must not leave them running
     throw err;
@@ -115,11 +116,11 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
 async function provision(
   schema: LocalSchema,
   template: unknown,
-  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: CountedSqs },
+  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: CountedSqs; ebs: RunningEbs },
   stopServers: () => Promise<void>,
   opts: LocalStackOptions,
 ): Promise<LocalStack> {
-  const { dynamo, s3, sqs: sqsServer } = servers;
+  const { dynamo, s3, sqs: sqsServer, ebs } = servers;
   const log = opts.log ?? (() => {});
   const env: Record<string, string> = {
     AWS_REGION: 'us-east-1',
@@ -129,6 +130,7 @@ async function provision(
     AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
     AWS_ENDPOINT_URL_DYNAMODB_STREAMS: dynamo.endpoint,
     AWS_ENDPOINT_URL_SQS: sqsServer.endpoint,
+    AWS_ENDPOINT_URL_EBS: ebs.endpoint,
     AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
     AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
     LIVESYNC_BUCKET: LOCAL_BUCKET,

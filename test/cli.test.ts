@@ -36,7 +36,7 @@ describe('livesync CLI', () => {
     [['pair', 'create', '--pair', 'p', '--disk', 'd=1000'], 'must be a positive multiple of 4 KiB'],
     [['pair', 'create', '--pair', 'p', '--disk', 'd=1M', '--ccrp-interval', 'soon'], "--ccrp-interval: 'soon' is not a duration"],
     [['recover', '--pair', 'p', '--seq', 'x', '--out', '/tmp'], "--seq: 'x' is not a non-negative integer"],
-    [['recover', '--pair', 'p', '--seq', '1'], 'give exactly one of --out DIR or --to-s3 PREFIX'],
+    [['recover', '--pair', 'p', '--seq', '1'], 'give exactly one of --out DIR, --to-s3 PREFIX or --to ebs'],
     [['pair', 'show', '--pair', 'no-such-pair'], "unknown pair 'no-such-pair'"],
     [['rp', 'list', '--pair', 'p', '--bogus'], "Unknown option '--bogus'"],
     [['frobnicate'], "unknown command 'frobnicate'"],
