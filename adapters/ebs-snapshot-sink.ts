@@ -1,22 +1,29 @@
 // A recovered disk written into an EBS snapshot through the EBS direct APIs, as the windows of
 // materialize arrive: StartSnapshot (VolumeSize: the disk rounded up to whole GiB; a client
-// token, so a retried start is the same snapshot), one PutSnapshotBlock per 512 KiB block
-// that holds data (all-zero blocks are skipped: a snapshot reads zeros where it has no block),
-// each with its SHA-256, at most `concurrency` at once; CompleteSnapshot with the number of
-// blocks written. The snapshot is then ready for CreateVolume or RegisterImage. A failed
+// token, so a retried start is the same snapshot; from `parent`, an earlier recovery's
+// snapshot of the disk, if it can be), one PutSnapshotBlock per 512 KiB block that
+// core/snapshot-record.ts blockAction says to write — without a parent the blocks holding data
+// (a snapshot reads zeros where it has no block), with one the blocks whose SHA-256 differs
+// from the parent's, zeros included — each with its SHA-256, at most `concurrency` at once;
+// CompleteSnapshot with the number of blocks written. `sums` then holds every block's SHA-256
+// for the snapshot's record. The snapshot is ready for CreateVolume or RegisterImage. A failed
 // recovery leaves the snapshot pending; EBS sets it to error when its timeout ends.
 
 import { createHash, randomUUID } from 'node:crypto';
 import { CompleteSnapshotCommand, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand, type EBSClient } from '@aws-sdk/client-ebs';
+import { blockAction, blocksOf, decodeSnapshotRecord, NO_BLOCK, SNAPSHOT_BLOCK_BYTES, snapshotRecordPrefix, type SnapshotRecord } from '../core/snapshot-record';
 import { limiter } from '../replica/concurrency';
 import type { ImageSink } from '../replica/materialize';
+import type { KeyLister, ObjectStore } from '../replica/ports';
 
-export const EBS_BLOCK_BYTES = 512 * 1024;
+export const EBS_BLOCK_BYTES = SNAPSHOT_BLOCK_BYTES;
 const GiB = 2 ** 30;
 
 export interface EbsSnapshotSink extends ImageSink {
-  /** The snapshot's id (after the first write or close), and the blocks written to it. */
-  readonly snapshot: { id?: string; blocksWritten: number };
+  /** The snapshot (its id once started), the parent it was started from, and the blocks written to it. */
+  readonly snapshot: { id?: string; parentId?: string; blocksWritten: number };
+  /** Every block's SHA-256 (NO_BLOCK for zeros), for the snapshot's record: complete after close. */
+  readonly sums: Buffer;
 }
 
 export interface EbsSinkOptions {
@@ -25,32 +32,46 @@ export interface EbsSinkOptions {
   tags?: Record<string, string>;
   /** PutSnapshotBlock requests in flight (default 16). */
   concurrency?: number;
+  /** An earlier recovery's snapshot of this disk: the new one starts from it and gets only the blocks that differ. */
+  parent?: Pick<SnapshotRecord, 'snapshotId' | 'sums'>;
+  log?: (msg: string) => void;
 }
 
 export function ebsSnapshotSink(ebs: EBSClient, o: EbsSinkOptions): EbsSnapshotSink {
-  const snapshot: { id?: string; blocksWritten: number } = { blocksWritten: 0 };
+  const snapshot: EbsSnapshotSink['snapshot'] = { blocksWritten: 0 };
+  const sums = Buffer.alloc(blocksOf(o.sizeBytes) * 32);
   const run = limiter(o.concurrency ?? 16);
   const puts = new Set<Promise<void>>();
   let failure: unknown;
-  const clientToken = randomUUID();
+  let parentSums: Buffer | undefined;
+  const volumeSize = Math.max(1, Math.ceil(o.sizeBytes / GiB));
+  const tags = o.tags ? Object.entries(o.tags).map(([Key, Value]) => ({ Key, Value })) : undefined;
+  const startOnce = async (parentId?: string): Promise<string> => {
+    const out = await ebs.send(new StartSnapshotCommand({ VolumeSize: volumeSize, ParentSnapshotId: parentId, ClientToken: randomUUID(), Description: o.description, Tags: tags }));
+    return out.SnapshotId!;
+  };
   let started: Promise<string> | undefined;
   const start = (): Promise<string> =>
-    (started ??= ebs
-      .send(
-        new StartSnapshotCommand({
-          VolumeSize: Math.max(1, Math.ceil(o.sizeBytes / GiB)),
-          ClientToken: clientToken,
-          Description: o.description,
-          Tags: o.tags ? Object.entries(o.tags).map(([Key, Value]) => ({ Key, Value })) : undefined,
-        }),
-      )
-      .then((out) => (snapshot.id = out.SnapshotId!)));
+    (started ??= (async () => {
+      if (o.parent) {
+        try {
+          snapshot.id = await startOnce(o.parent.snapshotId);
+          snapshot.parentId = o.parent.snapshotId;
+          parentSums = o.parent.sums;
+          return snapshot.id;
+        } catch (err) {
+          // Deleted, not completed, or smaller than allowed: a full snapshot instead.
+          const name = (err as Error).name;
+          if (name !== 'ResourceNotFoundException' && name !== 'ValidationException') throw err;
+          o.log?.(`snapshot ${o.parent.snapshotId} cannot be the parent (${name}: ${(err as Error).message}); writing a full snapshot`);
+        }
+      }
+      return (snapshot.id = await startOnce());
+    })());
 
-  const put = (index: number, data: Buffer): void => {
+  const put = (index: number, data: Buffer, Checksum: string): void => {
     const p = run(async () => {
-      const id = await start();
-      const Checksum = createHash('sha256').update(data).digest('base64');
-      await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: id, BlockIndex: index, BlockData: data, DataLength: data.length, Checksum, ChecksumAlgorithm: 'SHA256' }));
+      await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: await start(), BlockIndex: index, BlockData: data, DataLength: data.length, Checksum, ChecksumAlgorithm: 'SHA256' }));
       snapshot.blocksWritten++;
     }).catch((err) => void (failure ??= err));
     puts.add(p);
@@ -59,17 +80,22 @@ export function ebsSnapshotSink(ebs: EBSClient, o: EbsSinkOptions): EbsSnapshotS
 
   return {
     snapshot,
-    async write(offset, window, ranges) {
+    sums,
+    async write(offset, window) {
       if (failure) throw failure;
       if (offset % EBS_BLOCK_BYTES !== 0) throw new RangeError(`an EBS snapshot is written in ${EBS_BLOCK_BYTES}-byte blocks; a window at byte ${offset} is not aligned to one`);
-      const touched = new Set<number>();
-      for (const r of ranges) for (let b = Math.floor(r.start / EBS_BLOCK_BYTES); b * EBS_BLOCK_BYTES < r.end; b++) touched.add(b);
-      for (const b of touched) {
-        const at = b * EBS_BLOCK_BYTES;
+      await start(); // whether it has a parent decides what is written
+      // Every block of the window, data or not: a block that is zeros now may not be in the parent.
+      for (let at = 0; at < window.length; at += EBS_BLOCK_BYTES) {
+        const index = (offset + at) / EBS_BLOCK_BYTES;
         const data = Buffer.alloc(EBS_BLOCK_BYTES); // a copy: the window is reused once written; a short last block is zero-padded
         window.copy(data, 0, at, Math.min(window.length, at + EBS_BLOCK_BYTES));
-        if (isZero(data)) continue;
-        put((offset + at) / EBS_BLOCK_BYTES, data);
+        const zero = data.equals(ZERO_BLOCK);
+        const digest = zero ? NO_BLOCK : createHash('sha256').update(data).digest();
+        digest.copy(sums, index * 32);
+        const action = blockAction(digest, parentSums, index);
+        if (action === 'put') put(index, data, digest.toString('base64'));
+        else if (action === 'put-zeros') put(index, ZERO_BLOCK, ZERO_BLOCK_SHA256);
       }
       // Back-pressure: the window is not handed back while too many blocks wait.
       while (puts.size > 4 * (o.concurrency ?? 16)) await Promise.race(puts);
@@ -108,5 +134,23 @@ export async function readSnapshot(ebs: EBSClient, snapshotId: string, write: (o
   return blocks;
 }
 
+/**
+ * The record of the newest earlier recovery of the disk into EBS (highest seq, then newest
+ * key), if one decodes; one that does not is reported and the next older is tried.
+ */
+export async function latestSnapshotRecord(store: ObjectStore & KeyLister, pairId: string, disk: string, log: (msg: string) => void = () => {}): Promise<SnapshotRecord | undefined> {
+  const keys = (await store.listKeys(snapshotRecordPrefix(pairId, disk))).sort().reverse();
+  for (const key of keys) {
+    try {
+      const r = decodeSnapshotRecord(await store.get(key), key);
+      if (r.pairId === pairId && r.disk === disk) return r;
+      log(`snapshot record ${key} names pair '${r.pairId}' disk '${r.disk}': not used`);
+    } catch (err) {
+      log(`${(err as Error).message}: not used`);
+    }
+  }
+  return undefined;
+}
+
 const ZERO_BLOCK = Buffer.alloc(EBS_BLOCK_BYTES);
-const isZero = (b: Buffer): boolean => b.equals(ZERO_BLOCK);
+const ZERO_BLOCK_SHA256 = createHash('sha256').update(ZERO_BLOCK).digest('base64');

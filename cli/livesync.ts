@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { userInfo } from 'node:os';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { ebsClient } from '../adapters/aws-clients';
-import { ebsSnapshotSink, type EbsSnapshotSink } from '../adapters/ebs-snapshot-sink';
+import { ebsSnapshotSink, latestSnapshotRecord, type EbsSnapshotSink } from '../adapters/ebs-snapshot-sink';
+import { encodeSnapshotRecord, snapshotRecordKey } from '../core/snapshot-record';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
@@ -223,7 +224,7 @@ async function main(argv: string[]): Promise<number> {
       const { store, index, history } = rpStoreFromEnv();
       if (out) await mkdir(out, { recursive: true });
       const ebs = to ? ebsClient() : undefined;
-      const snapshots: Record<string, EbsSnapshotSink['snapshot']> = {};
+      const sinks = new Map<string, EbsSnapshotSink>();
       try {
         const res = await materialize(store, index, {
           pairId,
@@ -232,11 +233,24 @@ async function main(argv: string[]): Promise<number> {
           sinkFor: async (disk, size) => {
             if (out) return fileSink(join(out, `${disk}.img`), size);
             if (prefix) return objectSink(store, `${prefix.replace(/\/$/, '')}/${disk}.img`);
-            const sink = ebsSnapshotSink(ebs!, { sizeBytes: size, description: `livesync pair ${pairId} disk ${disk} RP ${seq}`, tags: { 'livesync:pair': pairId, 'livesync:disk': disk, 'livesync:rp': String(seq) } });
-            snapshots[disk] = sink.snapshot;
+            const parent = await latestSnapshotRecord(store, pairId, disk, (m) => console.error(`livesync: ${m}`));
+            const sink = ebsSnapshotSink(ebs!, {
+              sizeBytes: size,
+              parent,
+              description: `livesync pair ${pairId} disk ${disk} RP ${seq}`,
+              tags: { 'livesync:pair': pairId, 'livesync:disk': disk, 'livesync:rp': String(seq) },
+              log: (m) => console.error(`livesync: ${m}`),
+            });
+            sinks.set(disk, sink);
             return sink;
           },
         });
+        // Each snapshot's record, for the next recovery of the disk to start from it.
+        for (const [disk, sink] of sinks) {
+          const record = { pairId, disk, seq, snapshotId: sink.snapshot.id!, sizeBytes: res.disks.find((d) => d.name === disk)!.sizeBytes, sums: sink.sums };
+          await store.put(snapshotRecordKey(record), encodeSnapshotRecord(record));
+        }
+        const snapshots = Object.fromEntries([...sinks].map(([disk, sink]) => [disk, sink.snapshot]));
         console.log(JSON.stringify(to ? { ...res, snapshots } : res, null, 2));
       } finally {
         ebs?.destroy();

@@ -4,9 +4,10 @@
 // none that is all zeros, a short last block zero-padded, the volume rounded up to a GiB.
 
 import { randomBytes } from 'node:crypto';
-import { ListSnapshotBlocksCommand } from '@aws-sdk/client-ebs';
+import { ListChangedBlocksCommand, ListSnapshotBlocksCommand } from '@aws-sdk/client-ebs';
 import { ebsClient } from '../adapters/aws-clients';
 import { readSnapshot } from '../adapters/ebs-snapshot-sink';
+import { encodeSnapshotRecord, snapshotRecordKey } from '../core/snapshot-record';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, runCli } from './helpers';
@@ -17,10 +18,10 @@ const BLOCK = 512 * KiB;
 // endpoint of its own) the snapshot test is skipped; the embedded stack and AWS run it.
 const ebsReachable = Boolean(process.env.AWS_ENDPOINT_URL_EBS) || !process.env.AWS_ENDPOINT_URL;
 
-(ebsReachable ? test : test.skip)('recover --to ebs writes the RP into a snapshot that reads back bit for bit, zero blocks skipped', async () => {
+/** A new pair with one disk of `size` bytes, a writer into the RP Store, and the disk's model. */
+async function newDisk(prefix: string, size: number) {
   const c = cloud();
-  const pairId = newPairId('toebs');
-  const size = 6 * BLOCK + 12 * KiB; // a short last block
+  const pairId = newPairId(prefix);
   const disks = [{ name: 'disk0', sizeBytes: size }];
   await createPair(c.index, { pairId, disks });
   const model = Buffer.alloc(size);
@@ -29,6 +30,12 @@ const ebsReachable = Boolean(process.env.AWS_ENDPOINT_URL_EBS) || !process.env.A
     await writer.write('disk0', offset, data);
     data.copy(model, offset);
   };
+  return { c, pairId, model, writer, write };
+}
+
+(ebsReachable ? test : test.skip)('recover --to ebs writes the RP into a snapshot that reads back bit for bit, zero blocks skipped', async () => {
+  const size = 6 * BLOCK + 12 * KiB; // a short last block
+  const { c, pairId, model, writer, write } = await newDisk('toebs', size);
   await write(0, randomBytes(8 * KiB)); // block 0
   await write(3 * BLOCK - 4 * KiB, randomBytes(8 * KiB)); // straddles blocks 2 and 3
   await write(4 * BLOCK, Buffer.alloc(BLOCK)); // block 4: written, but zeros
@@ -64,4 +71,54 @@ test('recover refuses an unknown --to target and a second target, naming them', 
   const two = await runCli('recover', '--pair', 'p', '--seq', '1', '--to', 'ebs', '--out', '/tmp/x');
   expect(two.code).not.toBe(0);
   expect(two.stderr).toMatch(/exactly one of/);
+});
+
+(ebsReachable ? test : test.skip)('the next recovery of the disk into EBS starts from the last one\'s snapshot and writes only the blocks that differ, zeros included; a parent that is gone means a full snapshot', async () => {
+  const size = 4 * BLOCK;
+  const { c, pairId, model, writer, write } = await newDisk('ebsinc', size);
+  const rp = async (): Promise<number> => {
+    const seq = writer.cut({ rp: true })!;
+    await waitForWatermark(c.index, pairId, seq, 30_000);
+    return seq;
+  };
+  const toEbs = async (seq: number): Promise<{ id: string; parentId?: string; blocksWritten: number; stderr: string }> => {
+    const out = await runCli('recover', '--pair', pairId, '--seq', String(seq), '--to', 'ebs');
+    expect(out.code).toBe(0);
+    return { ...(JSON.parse(out.stdout) as { snapshots: Record<string, { id: string; parentId?: string; blocksWritten: number }> }).snapshots.disk0, stderr: out.stderr };
+  };
+  const ebs = ebsClient();
+  const readBack = async (id: string): Promise<Buffer> => {
+    const image = Buffer.alloc(size);
+    await readSnapshot(ebs, id, async (offset, data) => void data.copy(image, offset));
+    return image;
+  };
+  try {
+    await write(0, randomBytes(BLOCK));
+    await write(2 * BLOCK, randomBytes(BLOCK));
+    await write(3 * BLOCK, randomBytes(4 * KiB));
+    const first = await toEbs(await rp());
+    expect(first).toMatchObject({ blocksWritten: 3, stderr: '' });
+    expect(first.parentId).toBeUndefined();
+
+    await write(0, Buffer.alloc(BLOCK)); // data → zeros: the child must say so, or it reads its parent's block
+    await write(2 * BLOCK + 8 * KiB, randomBytes(4 * KiB));
+    const seq2 = await rp();
+    await writer.close();
+    const second = await toEbs(seq2);
+    expect(second).toMatchObject({ parentId: first.id, blocksWritten: 2, stderr: '' });
+    expect(firstDifference(await readBack(second.id), model)).toBeUndefined();
+    const changed = await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: first.id, SecondSnapshotId: second.id }));
+    expect(changed.ChangedBlocks!.map((b) => b.BlockIndex)).toEqual([0, 2]);
+
+    // The newest record names a snapshot that no longer exists (an operator deleted it).
+    const gone = { pairId, disk: 'disk0', seq: seq2 + 1, snapshotId: 'snap-0123456789abcdef', sizeBytes: size, sums: Buffer.alloc(4 * 32, 7) };
+    await c.store.put(snapshotRecordKey(gone), encodeSnapshotRecord(gone));
+    const third = await toEbs(seq2);
+    expect(third.parentId).toBeUndefined();
+    expect(third.blocksWritten).toBe(2); // blocks 2 and 3 hold data; 0 and 1 are zeros
+    expect(third.stderr).toMatch(/snap-0123456789abcdef cannot be the parent \(ResourceNotFoundException/);
+    expect(firstDifference(await readBack(third.id), model)).toBeUndefined();
+  } finally {
+    ebs.destroy();
+  }
 });
