@@ -11,8 +11,10 @@ import { rpStoreFromEnv } from '../adapters/from-env';
 import { ebsClient } from '../adapters/aws-clients';
 import { ebsSnapshotSink, latestSnapshotRecord, type EbsSnapshotSink } from '../adapters/ebs-snapshot-sink';
 import { encodeSnapshotRecord, snapshotRecordKey } from '../core/snapshot-record';
+import { chooseRp, parseRpTime, type RpChoice } from '../core/rp-choice';
+import { S3ObjectStore } from '../adapters/s3-object-store';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
-import { seedBackupKey } from '../core/keys';
+import { parseS3Url, seedBackupKey } from '../core/keys';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
 import { createPair, pinRp, setRetention, startSeed, unpinRp } from '../replica/pairs';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
@@ -56,9 +58,12 @@ const USAGE = `usage: livesync <command> [options]
         the RP lives until unpinned, whatever the policy (it must have > 60 s left)
   rp unpin --pair P --seq N
         judged again under the policy in force: it may expire at once
-  recover --pair P --seq N (--out DIR | --to-s3 PREFIX | --to ebs)
-        --to ebs: into an EBS snapshot per disk (EBS direct APIs; zero blocks skipped), ready
-        for CreateVolume or RegisterImage; prints the snapshot ids
+  recover --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --to (ebs | s3://BUCKET/PREFIX | file:DIR)
+        the RP: a live one by seq, the newest, the newest at or before TIME (ISO 8601 with zone,
+        or epoch ms), or the newest ACRP tagged TAG; --to ebs: an EBS snapshot per disk (EBS
+        direct APIs), incremental from the disk's last one, ready for CreateVolume or
+        RegisterImage, ids printed; s3://: DISK.img objects under PREFIX; file:DIR: DIR/DISK.img
+        (--seq N, --out DIR and --to-s3 PREFIX, in the RP Store's bucket, still work)
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
         [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--upload-interval 1s] [--verify-replica] [--sync-marks]
@@ -213,17 +218,26 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'recover': {
-      const o = opts({ pair: { type: 'string' }, seq: { type: 'string' }, out: { type: 'string' }, 'to-s3': { type: 'string' }, to: { type: 'string' } });
+      const o = opts({
+        pair: { type: 'string' },
+        rp: { type: 'string' },
+        seq: { type: 'string' },
+        latest: { type: 'boolean' },
+        at: { type: 'string' },
+        acrp: { type: 'string' },
+        to: { type: 'string' },
+        out: { type: 'string' },
+        'to-s3': { type: 'string' },
+      });
       const pairId = required('pair', str(o, 'pair'));
-      const seq = parseIntArg('seq', required('seq', str(o, 'seq')));
-      const out = str(o, 'out');
-      const prefix = str(o, 'to-s3');
-      const to = str(o, 'to');
-      if (to !== undefined && to !== 'ebs') throw new InvalidArgumentError(`--to ${to}: the only target --to names is 'ebs' (use --out DIR or --to-s3 PREFIX for the others)`);
-      if ([out, prefix, to].filter(Boolean).length !== 1) throw new InvalidArgumentError('give exactly one of --out DIR, --to-s3 PREFIX or --to ebs');
-      const { store, index, history } = rpStoreFromEnv();
-      if (out) await mkdir(out, { recursive: true });
-      const ebs = to ? ebsClient() : undefined;
+      const choice = rpChoiceOf(o);
+      const target = recoveryTargetOf(o);
+      const rps = rpStoreFromEnv();
+      const { store, index, history } = rps;
+      if (!(await index.getPair(pairId))) throw new UnknownPairError(pairId);
+      const seq = chooseRp(await index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000)), choice, pairId);
+      if (target.kind === 'file') await mkdir(target.dir, { recursive: true });
+      const ebs = target.kind === 'ebs' ? ebsClient() : undefined;
       const sinks = new Map<string, EbsSnapshotSink>();
       try {
         const res = await materialize(store, index, {
@@ -231,8 +245,8 @@ async function main(argv: string[]): Promise<number> {
           seq,
           history,
           sinkFor: async (disk, size) => {
-            if (out) return fileSink(join(out, `${disk}.img`), size);
-            if (prefix) return objectSink(store, `${prefix.replace(/\/$/, '')}/${disk}.img`);
+            if (target.kind === 'file') return fileSink(join(target.dir, `${disk}.img`), size);
+            if (target.kind === 's3') return objectSink(target.bucket && target.bucket !== rps.bucket ? new S3ObjectStore(target.bucket) : store, `${target.prefix.replace(/\/$/, '')}/${disk}.img`);
             const parent = await latestSnapshotRecord(store, pairId, disk, (m) => console.error(`livesync: ${m}`));
             const sink = ebsSnapshotSink(ebs!, {
               sizeBytes: size,
@@ -251,7 +265,7 @@ async function main(argv: string[]): Promise<number> {
           await store.put(snapshotRecordKey(record), encodeSnapshotRecord(record));
         }
         const snapshots = Object.fromEntries([...sinks].map(([disk, sink]) => [disk, sink.snapshot]));
-        console.log(JSON.stringify(to ? { ...res, snapshots } : res, null, 2));
+        console.log(JSON.stringify(target.kind === 'ebs' ? { ...res, snapshots } : res, null, 2));
       } finally {
         ebs?.destroy();
       }
@@ -390,4 +404,33 @@ async function readTemplate(file: string): Promise<{ Resources: Record<string, a
   }
   if (!parsed || typeof parsed.Resources !== 'object' || parsed.Resources === null) throw new InvalidArgumentError(`--template ${file}: not a CloudFormation template (no Resources)`);
   return parsed as { Resources: Record<string, any> };
+}
+
+/** recover's RP: exactly one of --rp SEQ (or --seq), --latest, --at TIME, --acrp TAG. */
+function rpChoiceOf(o: Record<string, unknown>): RpChoice {
+  const given = ['rp', 'seq', 'latest', 'at', 'acrp'].filter((k) => o[k] !== undefined && o[k] !== false);
+  if (given.length !== 1) throw new InvalidArgumentError(`name the RP with exactly one of --rp SEQ, --latest, --at TIME, --acrp TAG${given.length ? ` (given: ${given.map((k) => `--${k}`).join(', ')})` : ''}`);
+  const k = given[0];
+  if (k === 'rp' || k === 'seq') return { seq: parseIntArg(k, String(o[k])) };
+  if (k === 'latest') return { latest: true };
+  if (k === 'at') return { atMs: parseRpTime(String(o.at)) };
+  return { acrp: String(o.acrp) };
+}
+
+type RecoveryTarget = { kind: 'file'; dir: string } | { kind: 's3'; bucket?: string; prefix: string } | { kind: 'ebs' };
+
+/** recover's target: --to ebs | s3://BUCKET/PREFIX | file:DIR, or --out DIR, or --to-s3 PREFIX (in the RP Store's bucket). */
+function recoveryTargetOf(o: Record<string, unknown>): RecoveryTarget {
+  const given = ['to', 'out', 'to-s3'].filter((k) => o[k] !== undefined);
+  if (given.length !== 1) throw new InvalidArgumentError(`give exactly one of --to (ebs | s3://BUCKET/PREFIX | file:DIR), --out DIR or --to-s3 PREFIX${given.length ? ` (given: ${given.map((k) => `--${k}`).join(', ')})` : ''}`);
+  if (o.out !== undefined) return { kind: 'file', dir: String(o.out) };
+  if (o['to-s3'] !== undefined) return { kind: 's3', prefix: String(o['to-s3']) };
+  const to = String(o.to);
+  if (to === 'ebs') return { kind: 'ebs' };
+  if (to.startsWith('file:') && to.length > 'file:'.length) return { kind: 'file', dir: to.slice('file:'.length) };
+  if (to.startsWith('s3://')) {
+    const { bucket, key } = parseS3Url(to);
+    return { kind: 's3', bucket, prefix: key };
+  }
+  throw new InvalidArgumentError(`--to ${to}: expected ebs, s3://BUCKET/PREFIX or file:DIR`);
 }

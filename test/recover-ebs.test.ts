@@ -1,13 +1,19 @@
-// `livesync recover --to ebs`: an RP becomes one EBS snapshot per disk through the EBS direct
-// APIs (the local emulator on the embedded stack, AWS_ENDPOINT_URL_EBS or AWS itself
-// elsewhere), holding exactly the disk's bytes at that RP: every 512 KiB block with data,
-// none that is all zeros, a short last block zero-padded, the volume rounded up to a GiB.
+// `livesync recover`'s targets and RP choices. --to ebs: an RP becomes one EBS snapshot per
+// disk through the EBS direct APIs (the local emulator on the embedded stack,
+// AWS_ENDPOINT_URL_EBS or AWS itself elsewhere), holding exactly the disk's bytes at that RP:
+// every 512 KiB block with data, none that is all zeros, a short last block zero-padded, the
+// volume rounded up to a GiB; the next one incremental from it. file:DIR and s3://, and
+// --latest, --at, --acrp.
 
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ListChangedBlocksCommand, ListSnapshotBlocksCommand } from '@aws-sdk/client-ebs';
 import { ebsClient } from '../adapters/aws-clients';
 import { readSnapshot } from '../adapters/ebs-snapshot-sink';
 import { encodeSnapshotRecord, snapshotRecordKey } from '../core/snapshot-record';
+import { sleep } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, runCli } from './helpers';
@@ -120,5 +126,39 @@ test('recover refuses an unknown --to target and a second target, naming them', 
     expect(firstDifference(await readBack(third.id), model)).toBeUndefined();
   } finally {
     ebs.destroy();
+  }
+});
+
+test('recover --latest / --at / --acrp --to file:DIR and s3://BUCKET/PREFIX give the RP asked for', async () => {
+  const size = 2 * BLOCK;
+  const { c, pairId, model, writer, write } = await newDisk('totargets', size);
+  await write(0, randomBytes(16 * KiB));
+  const acrp = writer.cut({ appTag: 'before' })!;
+  await waitForWatermark(c.index, pairId, acrp, 30_000);
+  const atAcrp = Buffer.from(model);
+  await sleep(20); // RPs at distinct times
+  const between = Date.now();
+  await sleep(20);
+  await write(BLOCK, randomBytes(16 * KiB));
+  const last = writer.cut({ rp: true })!;
+  await writer.close();
+  await waitForWatermark(c.index, pairId, last, 30_000);
+
+  const dir = await mkdtemp(join(tmpdir(), 'recover-to-'));
+  try {
+    for (const [args, want] of [
+      [['--latest'], model],
+      [['--at', new Date(between).toISOString()], atAcrp],
+      [['--acrp', 'before'], atAcrp],
+    ] as const) {
+      const out = await runCli('recover', '--pair', pairId, ...args, '--to', `file:${dir}`);
+      expect(out.stderr).toBe('');
+      expect(firstDifference(await readFile(join(dir, 'disk0.img')), want)).toBeUndefined();
+    }
+    const prefix = `recoveries/${pairId}`;
+    expect((await runCli('recover', '--pair', pairId, '--latest', '--to', `s3://${c.bucket}/${prefix}`)).code).toBe(0);
+    expect(firstDifference(await c.store.get(`${prefix}/disk0.img`), model)).toBeUndefined();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });
