@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { App, PolicyViolation, Stack, Validations } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -9,8 +12,12 @@ import { ReplicaStore } from '../lib/replica-store';
 import { synthTemplate } from '../lib/synth';
 import { machinesFromTemplate } from '../local/stepfunctions-local';
 
-// No esbuild bundling in tests: fast, and independent of the handler's code.
-const newApp = () => new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+// No esbuild bundling in tests: fast, and independent of the handler's code. Each app
+// synthesizes under one temp directory removed at the end (an App without an outdir leaves a
+// cdk.out* directory in the system's temp dir at every synth).
+const outRoot = mkdtempSync(join(tmpdir(), 'livesync-cdk-test-'));
+afterAll(() => rmSync(outRoot, { recursive: true, force: true }));
+const newApp = (context: Record<string, unknown> = {}) => new App({ outdir: mkdtempSync(join(outRoot, 'app-')), context: { 'aws:cdk:bundling-stacks': [], ...context } });
 
 describe('LivesyncStack', () => {
   const app = newApp();
@@ -165,7 +172,7 @@ describe('LivesyncStack', () => {
   });
 
   test('agent grant: one pair\'s journal and backups writable, its objects, keys and items readable, nothing else', () => {
-    const app = new App();
+    const app = newApp();
     const other = new Stack(app, 'AgentGrant');
     const store = new ReplicaStore(other, 'Store');
     const role = new iam.Role(other, 'Agent', { assumedBy: new iam.AccountRootPrincipal() });
@@ -183,7 +190,7 @@ describe('LivesyncStack', () => {
 
   test('functions are arm64 unless the context says lambdaArchitecture=x86_64 (LocalStack on an x86 host); another value is refused', () => {
     const archs = (context: Record<string, unknown>): string[][] => {
-      const app = new App({ context: { 'aws:cdk:bundling-stacks': [], ...context } });
+      const app = newApp(context);
       return Object.values(Template.fromStack(new LivesyncStack(app, 'Arch')).findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Architectures);
     };
     expect(archs({})).toEqual(Array(6).fill(['arm64']));
