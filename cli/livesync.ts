@@ -4,18 +4,14 @@
 // when asked for: the agent stays small.
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { userInfo } from 'node:os';
 import { rpStoreFromEnv } from '../adapters/from-env';
-import { ebsClient } from '../adapters/aws-clients';
-import { ebsSnapshotSink, latestSnapshotRecord, type EbsSnapshotSink } from '../adapters/ebs-snapshot-sink';
-import { encodeSnapshotRecord, snapshotRecordKey } from '../core/snapshot-record';
-import { chooseRp, parseRpTime, type RpChoice } from '../core/rp-choice';
-import { S3ObjectStore } from '../adapters/s3-object-store';
+import { recoverCommand, recoveryTargetOf, rpChoiceOf } from './recover';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
-import { parseS3Url, seedBackupKey } from '../core/keys';
-import { fileSink, materialize, objectSink } from '../replica/materialize';
+import { seedBackupKey } from '../core/keys';
+
 import { createPair, pinRp, setRetention, startSeed, unpinRp } from '../replica/pairs';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
@@ -230,45 +226,7 @@ async function main(argv: string[]): Promise<number> {
         'to-s3': { type: 'string' },
       });
       const pairId = required('pair', str(o, 'pair'));
-      const choice = rpChoiceOf(o);
-      const target = recoveryTargetOf(o);
-      const rps = rpStoreFromEnv();
-      const { store, index, history } = rps;
-      if (!(await index.getPair(pairId))) throw new UnknownPairError(pairId);
-      const seq = chooseRp(await index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000)), choice, pairId);
-      if (target.kind === 'file') await mkdir(target.dir, { recursive: true });
-      const ebs = target.kind === 'ebs' ? ebsClient() : undefined;
-      const sinks = new Map<string, EbsSnapshotSink>();
-      try {
-        const res = await materialize(store, index, {
-          pairId,
-          seq,
-          history,
-          sinkFor: async (disk, size) => {
-            if (target.kind === 'file') return fileSink(join(target.dir, `${disk}.img`), size);
-            if (target.kind === 's3') return objectSink(target.bucket && target.bucket !== rps.bucket ? new S3ObjectStore(target.bucket) : store, `${target.prefix.replace(/\/$/, '')}/${disk}.img`);
-            const parent = await latestSnapshotRecord(store, pairId, disk, (m) => console.error(`livesync: ${m}`));
-            const sink = ebsSnapshotSink(ebs!, {
-              sizeBytes: size,
-              parent,
-              description: `livesync pair ${pairId} disk ${disk} RP ${seq}`,
-              tags: { 'livesync:pair': pairId, 'livesync:disk': disk, 'livesync:rp': String(seq) },
-              log: (m) => console.error(`livesync: ${m}`),
-            });
-            sinks.set(disk, sink);
-            return sink;
-          },
-        });
-        // Each snapshot's record, for the next recovery of the disk to start from it.
-        for (const [disk, sink] of sinks) {
-          const record = { pairId, disk, seq, snapshotId: sink.snapshot.id!, sizeBytes: res.disks.find((d) => d.name === disk)!.sizeBytes, sums: sink.sums };
-          await store.put(snapshotRecordKey(record), encodeSnapshotRecord(record));
-        }
-        const snapshots = Object.fromEntries([...sinks].map(([disk, sink]) => [disk, sink.snapshot]));
-        console.log(JSON.stringify(target.kind === 'ebs' ? { ...res, snapshots } : res, null, 2));
-      } finally {
-        ebs?.destroy();
-      }
+      console.log(JSON.stringify(await recoverCommand(rpStoreFromEnv(), pairId, rpChoiceOf(o), recoveryTargetOf(o)), null, 2));
       return 0;
     }
     case 'agent': {
@@ -406,31 +364,3 @@ async function readTemplate(file: string): Promise<{ Resources: Record<string, a
   return parsed as { Resources: Record<string, any> };
 }
 
-/** recover's RP: exactly one of --rp SEQ (or --seq), --latest, --at TIME, --acrp TAG. */
-function rpChoiceOf(o: Record<string, unknown>): RpChoice {
-  const given = ['rp', 'seq', 'latest', 'at', 'acrp'].filter((k) => o[k] !== undefined && o[k] !== false);
-  if (given.length !== 1) throw new InvalidArgumentError(`name the RP with exactly one of --rp SEQ, --latest, --at TIME, --acrp TAG${given.length ? ` (given: ${given.map((k) => `--${k}`).join(', ')})` : ''}`);
-  const k = given[0];
-  if (k === 'rp' || k === 'seq') return { seq: parseIntArg(k, String(o[k])) };
-  if (k === 'latest') return { latest: true };
-  if (k === 'at') return { atMs: parseRpTime(String(o.at)) };
-  return { acrp: String(o.acrp) };
-}
-
-type RecoveryTarget = { kind: 'file'; dir: string } | { kind: 's3'; bucket?: string; prefix: string } | { kind: 'ebs' };
-
-/** recover's target: --to ebs | s3://BUCKET/PREFIX | file:DIR, or --out DIR, or --to-s3 PREFIX (in the RP Store's bucket). */
-function recoveryTargetOf(o: Record<string, unknown>): RecoveryTarget {
-  const given = ['to', 'out', 'to-s3'].filter((k) => o[k] !== undefined);
-  if (given.length !== 1) throw new InvalidArgumentError(`give exactly one of --to (ebs | s3://BUCKET/PREFIX | file:DIR), --out DIR or --to-s3 PREFIX${given.length ? ` (given: ${given.map((k) => `--${k}`).join(', ')})` : ''}`);
-  if (o.out !== undefined) return { kind: 'file', dir: String(o.out) };
-  if (o['to-s3'] !== undefined) return { kind: 's3', prefix: String(o['to-s3']) };
-  const to = String(o.to);
-  if (to === 'ebs') return { kind: 'ebs' };
-  if (to.startsWith('file:') && to.length > 'file:'.length) return { kind: 'file', dir: to.slice('file:'.length) };
-  if (to.startsWith('s3://')) {
-    const { bucket, key } = parseS3Url(to);
-    return { kind: 's3', bucket, prefix: key };
-  }
-  throw new InvalidArgumentError(`--to ${to}: expected ebs, s3://BUCKET/PREFIX or file:DIR`);
-}
