@@ -11,6 +11,7 @@
 
 import { createHash, randomUUID } from 'node:crypto';
 import { CompleteSnapshotCommand, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand, type EBSClient } from '@aws-sdk/client-ebs';
+import { isAllZero } from '../core/chunk-format';
 import { blockAction, blocksOf, decodeSnapshotRecord, NO_BLOCK, SNAPSHOT_BLOCK_BYTES, snapshotRecordPrefix, type SnapshotRecord } from '../core/snapshot-record';
 import { limiter } from '../replica/concurrency';
 import type { ImageSink } from '../replica/materialize';
@@ -88,13 +89,17 @@ export function ebsSnapshotSink(ebs: EBSClient, o: EbsSinkOptions): EbsSnapshotS
       // Every block of the window, data or not: a block that is zeros now may not be in the parent.
       for (let at = 0; at < window.length; at += EBS_BLOCK_BYTES) {
         const index = (offset + at) / EBS_BLOCK_BYTES;
-        const data = Buffer.alloc(EBS_BLOCK_BYTES); // a copy: the window is reused once written; a short last block is zero-padded
-        window.copy(data, 0, at, Math.min(window.length, at + EBS_BLOCK_BYTES));
-        const zero = data.equals(ZERO_BLOCK);
-        const digest = zero ? NO_BLOCK : createHash('sha256').update(data).digest();
+        const slice = window.subarray(at, at + EBS_BLOCK_BYTES);
+        // A zero block is neither copied nor hashed (the padding of a short last block is zeros too).
+        let data: Buffer | undefined;
+        if (!isAllZero(slice)) {
+          data = Buffer.alloc(EBS_BLOCK_BYTES); // a copy: the window is not ours once written; a short last block is zero-padded
+          slice.copy(data);
+        }
+        const digest = data ? createHash('sha256').update(data).digest() : NO_BLOCK;
         digest.copy(sums, index * 32);
         const action = blockAction(digest, parentSums, index);
-        if (action === 'put') put(index, data, digest.toString('base64'));
+        if (action === 'put') put(index, data!, digest.toString('base64'));
         else if (action === 'put-zeros') put(index, ZERO_BLOCK, ZERO_BLOCK_SHA256);
       }
       // Back-pressure: the window is not handed back while too many blocks wait.
@@ -135,8 +140,8 @@ export async function readSnapshot(ebs: EBSClient, snapshotId: string, write: (o
 }
 
 /**
- * The record of the newest earlier recovery of the disk into EBS (highest seq, then newest
- * key), if one decodes; one that does not is reported and the next older is tried.
+ * The record of the newest earlier recovery of the disk into EBS (highest seq; of one seq, the
+ * last key), if one decodes; one that does not is reported and the next is tried.
  */
 export async function latestSnapshotRecord(store: ObjectStore & KeyLister, pairId: string, disk: string, log: (msg: string) => void = () => {}): Promise<SnapshotRecord | undefined> {
   const keys = (await store.listKeys(snapshotRecordPrefix(pairId, disk))).sort().reverse();

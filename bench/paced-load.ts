@@ -10,6 +10,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { callAgent } from '../agent/control';
+import { sleep } from '../replica/concurrency';
 import { NbdClient } from './nbd-client';
 
 export interface PacedLoadArgs {
@@ -28,7 +29,6 @@ export interface PacedLoadArgs {
 
 const GiB = 2 ** 30;
 const MAX_IN_FLIGHT = 16;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const epochMs = (): number => performance.timeOrigin + performance.now();
 const print = (o: object): void => void process.stdout.write(`${JSON.stringify(o)}\n`);
 

@@ -61,16 +61,12 @@ const sha256 = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
 
 export interface RunningEbs {
   endpoint: string;
-  /** Requests by operation, for benchmarks. */
-  requests(): Record<string, number>;
   stop(): Promise<void>;
 }
 
 export async function startEbsLocal(): Promise<RunningEbs> {
   const snapshots = new Map<string, Snapshot>();
   const byToken = new Map<string, string>();
-  const counts: Record<string, number> = {};
-  const count = (op: string): void => void (counts[op] = (counts[op] ?? 0) + 1);
 
   const snapshot = (id: string, reason = 'SNAPSHOT_NOT_FOUND'): Snapshot => {
     const s = snapshots.get(id);
@@ -224,7 +220,6 @@ export async function startEbsLocal(): Promise<RunningEbs> {
         for (const o of ops) {
           const m = req.method === o.method ? o.path.exec(url.pathname) : null;
           if (!m) continue;
-          count(o.op);
           const out = o.run(m, url.searchParams, req, body);
           if (out.raw) {
             res.writeHead(out.status, { 'content-type': 'application/octet-stream', 'content-length': out.raw.length, ...out.headers });
@@ -248,7 +243,6 @@ export async function startEbsLocal(): Promise<RunningEbs> {
   const { port } = server.address() as AddressInfo;
   return {
     endpoint: `http://127.0.0.1:${port}`,
-    requests: () => ({ ...counts }),
     stop: () => new Promise((resolve) => server.close(() => resolve())),
   };
 

@@ -1,7 +1,7 @@
 // The embedded local default: DynamoDB Local + an S3-compatible server + SQS + the EBS
-// direct APIs (local/ebs-local.ts) on 127.0.0.1, the bucket, table and queues derived from the synthesized CDK template,
-// and the apply handler fed through the same S3 → SQS → Lambda event path as in AWS; the
-// workflows (seed, compaction) on the local Step Functions, compaction's function in a
+// direct APIs (local/ebs-local.ts) on 127.0.0.1, the bucket, table and queues derived from
+// the synthesized CDK template, and the apply handler fed through the same S3 → SQS → Lambda
+// event path as in AWS; the workflows (seed, compaction) on the local Step Functions, compaction's function in a
 // process of its own (local/lambda-process.ts).
 // The requests each service received are counted (LocalStack.requests) for benchmarks.
 

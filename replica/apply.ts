@@ -171,7 +171,6 @@ export class ApplyService {
     return { outcome, key: r.key, pairId: r.pairId, seq: r.seq };
   }
 
-
   /**
    * Moves the watermark over every contiguous registered batch; returns the new watermark.
    * Stopping after one successful commit is enough: a batch registered after our query is

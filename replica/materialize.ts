@@ -654,4 +654,3 @@ export function objectSink(store: ObjectStore, key: string): ImageSink {
     },
   };
 }
-
