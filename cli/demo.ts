@@ -46,7 +46,7 @@ export interface DemoOptions {
 
 export async function runDemo(o: DemoOptions): Promise<boolean> {
   const t0 = Date.now();
-  o.log('starting the local AWS stack (DynamoDB Local, S3, SQS) ...');
+  o.log('starting the local AWS stack (DynamoDB Local, S3, SQS, Step Functions, EBS direct APIs) ...');
   process.env.LOG_LEVEL ??= 'warn'; // the apply handler's per-batch lines would drown the summary
   process.env[GC_GRACE_ENV] ??= String(DEMO_GC_GRACE_MS);
   const stack = await startLocalStack({ log: o.log });
