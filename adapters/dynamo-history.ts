@@ -182,6 +182,24 @@ export class DynamoHistory implements HistoryIndex {
     );
   }
 
+  async renewReaderLease(pairId: string, id: string, expiresMs: number, nowMs: number): Promise<boolean> {
+    try {
+      await this.doc.send(
+        new UpdateCommand({
+          TableName: this.table,
+          Key: { pk: pairPk(pairId), sk: `${LEASE_PREFIX}${id}` },
+          UpdateExpression: 'SET expiresMs = :e, expiresAt = :s',
+          ConditionExpression: 'kind = :reader AND expiresMs > :now',
+          ExpressionAttributeValues: { ':e': expiresMs, ':s': Math.ceil(expiresMs / 1000), ':reader': 'reader-lease', ':now': nowMs },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (err instanceof ConditionalCheckFailedException) return false;
+      throw err;
+    }
+  }
+
   async deleteReaderLease(pairId: string, id: string): Promise<void> {
     await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: `${LEASE_PREFIX}${id}` } }));
   }

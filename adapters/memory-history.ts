@@ -109,6 +109,13 @@ export class MemoryHistory implements HistoryIndex {
     this.pair(pairId).readers.set(lease.id, clone(checkReaderLease(pairId, lease)));
   }
 
+  async renewReaderLease(pairId: string, id: string, expiresMs: number, nowMs: number): Promise<boolean> {
+    const lease = this.pair(pairId).readers.get(id);
+    if (!lease || lease.expiresMs <= nowMs) return false;
+    lease.expiresMs = expiresMs;
+    return true;
+  }
+
   async deleteReaderLease(pairId: string, id: string): Promise<void> {
     this.pair(pairId).readers.delete(id);
   }

@@ -77,3 +77,11 @@ export class CorruptHistoryError extends Error {
     this.name = 'CorruptHistoryError';
   }
 }
+
+/** A reader lease that lapsed (or was removed) before its reader renewed it: what it held may be collected, so the read stops and starts over under a new lease. */
+export class ReaderLeaseLostError extends Error {
+  constructor(readonly pair: string, readonly id: string) {
+    super(`pair '${pair}': reader lease ${id} lapsed before it was renewed; start the read again`);
+    this.name = 'ReaderLeaseLostError';
+  }
+}

@@ -1,58 +1,19 @@
-// Recovery: reconstruct every disk of a pair at an RP, streaming, in bounded memory,
-// verifying every extent's checksum as it is read. It reads through the pair's history
-// manifest (docs/design.md, "History"): per range the image (or base chunk) at or below the
-// seq, the pieces above it, and the L0 batches above the frontier; version 0 (never
-// compacted) is the base and every batch above it.
+// Recovery: reconstruct every disk of a pair at an RP (or one byte range of one disk, for a
+// range of the recovery workflow), streaming, in bounded memory, every payload verified as it
+// is read (replica/rp-reader.ts). Windows go to a sink in order: a file, an S3 object, an EBS
+// snapshot, a part of a multipart upload.
 
-import { randomBytes } from 'node:crypto';
 import { open, rm } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { once } from 'node:events';
-import { BLOCK_SIZE, EXTENT_FLAGS, TRAILER_SIZE, checkExtentData, decodeIndex, decodeTrailer, type ExtentEntry } from '../core/batch-format';
-import { CHUNK_BYTES, checkChunkData, checkChunkHeader, type ChunkRef } from '../core/chunk-format';
-import { BackupError, BatchError, CorruptExtentError, CorruptHistoryError, HistoryPrunedError, InvalidArgumentError, UnknownPairError } from '../core/errors';
-import { baseChunkKey } from '../core/keys';
-import { RANGE_BLOCKS, rangeId, type Manifest, type PieceEntry } from '../core/manifest';
-import { rangeSources, readable } from '../core/read-sources';
-import { rpLives } from '../core/retention';
-import { decodePiece, pieceBlocksBitmap, type PieceVersionEntry } from '../core/run-format';
-import { parseBaseManifest } from '../core/seed-manifests';
-import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
-import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
-import type { HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
-import { placeVerified, type PayloadOutcome } from './chunk-verifier';
-import { manifestOf, pairInitialManifest } from './history-manifest';
-import { limiter, mapLimit } from './concurrency';
+import { BLOCK_SIZE } from '../core/batch-format';
+import { InvalidArgumentError } from '../core/errors';
+import type { RecoveryPoint } from '../core/model';
+import type { ObjectStore, ReplicaIndex } from './ports';
+import { limiter } from './concurrency';
+import { openRp, type RpReader, type RpReadOptions } from './rp-reader';
 
-/** A stored extent that some RP reads: which object, which entry. */
-interface ExtentRef {
-  batch: BatchRecord;
-  entry: ExtentEntry;
-}
-
-/** A stored chunk (a base chunk or a history image) some RP reads where nothing newer wrote. */
-interface ChunkVersionRef {
-  chunk: ChunkRef;
-  key: string;
-}
-
-/** A piece read whole (one ranged GET, checked end to end) whose versions a window reads. */
-interface FetchedPiece {
-  /** `key@offset`: how errors name it. */
-  where: string;
-  bytes: Buffer;
-  entries: PieceVersionEntry[];
-}
-
-/** One version held in a fetched piece. */
-interface PieceVersionRef {
-  piece: FetchedPiece;
-  entry: PieceVersionEntry;
-}
-
-type Ref = ExtentRef | ChunkVersionRef | PieceVersionRef;
-const isChunk = (r: Ref): r is ChunkVersionRef => 'chunk' in r;
-const isPieceVersion = (r: Ref): r is PieceVersionRef => 'piece' in r;
+export { LEASELESS_READ_MS } from './rp-reader';
 
 /** Receives one disk image as consecutive windows; `pieces` say which bytes hold data. */
 export interface ImageSink {
@@ -62,17 +23,15 @@ export interface ImageSink {
   abort(err: Error): Promise<void>;
 }
 
-export interface MaterializeOptions {
-  pairId: string;
-  /** The RP's seq; it must be a live (unexpired) RP of the pair. */
-  seq: number;
-  /**
-   * Internal reads (the agent's checksum resync): any applied seq, RP or not. Such a state
-   * may be mid-resync and is never offered to an operator as a recovery point.
-   */
-  anyAppliedSeq?: boolean;
+export interface MaterializeOptions extends RpReadOptions {
   /** Called once per disk for its sink. */
   sinkFor: (disk: string, sizeBytes: number) => Promise<ImageSink>;
+  /**
+   * One byte range of one disk instead of every disk whole: [start, end), start on the
+   * reader's alignment (4 MiB through a compacted history), end on it or the disk's end. The
+   * sink gets the range's windows at their offsets in the disk.
+   */
+  only?: { disk: string; start: number; end: number };
   /**
    * Bytes of image assembled per window (default 32 MiB); at most 3 windows are in memory (2
    * filling, 1 being written). Through a compacted history it is rounded up to whole ranges
@@ -81,29 +40,7 @@ export interface MaterializeOptions {
   windowBytes?: number;
   /** Parallel object reads (default 16). */
   concurrency?: number;
-  nowMs?: number;
-  /**
-   * The pair's history index (RpStore.history): the manifest, and the reader lease held while
-   * reading. Without it the pair is read as never compacted, which is refused once it was
-   * (the pair's compactedThrough is set).
-   */
-  history?: HistoryIndex;
-  /** What the reader lease says reads (default 'recovery'). */
-  readerKind?: ReaderLease['kind'];
-  /** The reader lease's lifetime (default 5 min); it is renewed every third of it while reading. */
-  leaseTtlMs?: number;
-  /**
-   * false: read the history without a reader lease, for a reader that may not write index
-   * items (the agent's checksum resync, whose role only reads its pair). Safe because GC
-   * deletes an object only a grace period (1 h) after the publish that stopped referencing
-   * it; such a read must therefore end within LEASELESS_READ_MS, or it fails (never reads
-   * wrong: a collected object is a missing one). Default true.
-   */
-  lease?: boolean;
 }
-
-/** The longest a read without a reader lease may run: well inside GC's default grace of 1 h. */
-export const LEASELESS_READ_MS = 15 * 60 * 1000;
 
 export interface MaterializeResult {
   /** The RP read (absent for an `anyAppliedSeq` read of a seq that is not one). */
@@ -119,76 +56,21 @@ export interface MaterializeResult {
   sources: number;
 }
 
-/** Two extents of one object closer than this are fetched with one ranged GET. */
-const MERGE_GAP = 1024 * 1024;
-const DEFAULT_LEASE_TTL_MS = 5 * 60 * 1000;
-
-interface Stats {
-  gets: number;
-  bytesRead: number;
-  sources: number;
-}
-
 export async function materialize(store: ObjectStore, index: ReplicaIndex, o: MaterializeOptions): Promise<MaterializeResult> {
   let windowBytes = o.windowBytes ?? 32 * 1024 * 1024;
   if (windowBytes % BLOCK_SIZE !== 0 || windowBytes <= 0) throw new InvalidArgumentError(`window of ${windowBytes} bytes is not a positive multiple of ${BLOCK_SIZE}`);
   const concurrency = o.concurrency ?? 16;
-  const started = Date.now();
-  const clock = (): number => (o.nowMs ?? started) + (Date.now() - started);
-  // The RP first (one GetItem), then the pair: an RP is written with (or after) the watermark covering it.
-  const item = await index.getRecoveryPoint(o.pairId, o.seq);
-  const rp = item && rpLives(item, clock()) ? item : undefined;
-  const pair = await index.getPair(o.pairId);
-  if (!pair) throw new UnknownPairError(o.pairId);
-  if (!rp && !(o.anyAppliedSeq && o.seq <= pair.watermark)) throw new InvalidArgumentError(`pair '${o.pairId}' has no live recovery point at seq ${o.seq}`);
-  if (o.seq > pair.watermark) throw new Error(`RP ${o.seq} of pair '${o.pairId}' is above the watermark ${pair.watermark}: index inconsistent`);
-
-  const stats: Stats = { gets: 0, bytesRead: 0, sources: 0 };
-  const reader = await openHistory(store, o.history, pair, { seq: o.seq, kind: o.readerKind ?? 'recovery', ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, clock, lease: o.lease ?? true }, stats);
+  const reader = await openRp(store, index, { ...o, disks: o.only ? [o.only.disk] : o.disks });
   try {
-    const m = reader.manifest;
-    if (!readable(m, o.seq)) throw new HistoryPrunedError(o.pairId, o.seq, m.frontierSeq);
-    if (m.version > 0) windowBytes = Math.ceil(windowBytes / CHUNK_BYTES) * CHUNK_BYTES;
-    // The L0: batches above the frontier (those at or below it are folded into the history,
-    // or into the base), read after the lease so that none is collected under us.
-    const segments = o.seq > m.frontierSeq ? (await index.batchesAfter(o.pairId, m.frontierSeq, o.seq - m.frontierSeq)).filter((b) => b.seq <= o.seq) : [];
-    if (reader.wholeL0 && segments.length !== o.seq - m.frontierSeq) {
-      throw new Error(`pair '${o.pairId}' was compacted through seq ${pair.compactedThrough} and GC has collected batches it folded: reading it needs its history index`);
-    }
-    const disks = new Map<string, DiskRead>(pair.disks.map((d) => [d.name, { versions: [], l0Ranges: new Map(), baseChunks: new Map() }]));
-    if (m.base) {
-      const base = parseBaseManifest((await store.get(m.base.key)).toString('utf8'), m.base.key);
-      stats.gets++;
-      for (const disk of base.disks) {
-        const read = disks.get(disk.name);
-        if (!read) throw new Error(`base ${m.base.key} names disk '${disk.name}', which pair '${o.pairId}' does not have`);
-        for (const [index, sha256, crc32c, length] of disk.chunks) read.baseChunks.set(index, { chunk: { index, sha256, crc32c, length }, key: baseChunkKey(o.pairId, sha256) });
-      }
-    }
-    await mapLimit(segments, concurrency, async (batch) => {
-      for (const entry of await readIndex(store, batch, stats)) {
-        const read = disks.get(batch.disks[entry.disk])!;
-        read.versions.push({ blockIndex: entry.blockIndex, blockCount: entry.blockCount, seq: batch.seq, ref: { batch, entry } });
-        const last = Math.floor((entry.blockIndex + entry.blockCount - 1) / RANGE_BLOCKS);
-        for (let r = Math.floor(entry.blockIndex / RANGE_BLOCKS); r <= last; r++) {
-          const seqs = read.l0Ranges.get(r);
-          if (!seqs) read.l0Ranges.set(r, [batch.seq]);
-          else if (seqs[seqs.length - 1] !== batch.seq) seqs.push(batch.seq);
-        }
-      }
-    });
-
+    windowBytes = Math.ceil(windowBytes / reader.alignBytes) * reader.alignBytes;
     const out: MaterializeResult['disks'] = [];
-    for (const disk of pair.disks) {
-      const read = disks.get(disk.name)!;
-      for (const seqs of read.l0Ranges.values()) seqs.sort((a, b) => a - b);
-      const l0 = resolvePieces(read.versions);
-      read.versions = []; // resolved: the pieces hold what the disk reads from the L0
-      const plan = windowPlanner(store, m, disk, o.seq, read, stats);
+    for (const disk of reader.pair.disks) {
+      if (o.only ? disk.name !== o.only.disk : o.disks && !o.disks.includes(disk.name)) continue;
+      const span = o.only ? checkRange(o.only, disk.sizeBytes, reader.alignBytes) : { start: 0, end: disk.sizeBytes };
       const sink = await o.sinkFor(disk.name, disk.sizeBytes);
       let dataBytes = 0;
       try {
-        dataBytes = await writeDisk(store, sink, disk.sizeBytes, l0, plan, windowBytes, concurrency, reader.check, stats);
+        dataBytes = await writeDisk(reader, disk.name, sink, span, windowBytes, concurrency);
         await sink.close();
       } catch (err) {
         await sink.abort(err as Error).catch(() => {});
@@ -196,211 +78,30 @@ export async function materialize(store: ObjectStore, index: ReplicaIndex, o: Ma
       }
       out.push({ name: disk.name, sizeBytes: disk.sizeBytes, dataBytes });
     }
-    return { rp, disks: out, segments: segments.length, gets: stats.gets, bytesRead: stats.bytesRead, manifestVersion: m.version, sources: stats.sources };
+    const { gets, bytesRead, sources } = reader.stats;
+    return { rp: reader.rp, disks: out, segments: reader.segments, gets, bytesRead, manifestVersion: reader.manifest.version, sources };
   } finally {
     await reader.close();
   }
 }
 
-/** What a read gathers about one disk before its windows: the L0's versions, per range the L0 seqs touching it, the base's chunks. */
-interface DiskRead {
-  versions: BlockVersion<ExtentRef>[];
-  /** Range index → ascending seqs of the L0 batches whose extents touch it. */
-  l0Ranges: Map<number, number[]>;
-  /** Chunk (= range) index → the base's stored chunk. */
-  baseChunks: Map<number, ChunkVersionRef>;
-}
-
-/** The manifest a read goes by, and the lease that holds it. */
-interface HistoryReader {
-  manifest: Manifest;
-  /**
-   * Read without the history index a pair that was compacted: as version 0, which is sound
-   * only while GC has collected none of the batches (BATCH# items go before their objects, so
-   * a gap-free L0 from the base up is all there; an object collected during the read fails it).
-   */
-  wholeL0?: boolean;
-  /** Throws if the lease could not be renewed (the history it holds may be collected). */
-  check(): void;
-  /** Stops renewing and deletes the lease (a failure to delete leaves it to expire). */
-  close(): Promise<void>;
-}
-
-/**
- * Reads HISTORY, puts the reader lease on its version, and reads HISTORY again: if a publish
- * came in between, the lease moves to the new version (and so on), so the version read is one
- * the lease held before GC could collect what it references. Then the manifest object.
- */
-async function openHistory(
-  store: ObjectStore,
-  history: HistoryIndex | undefined,
-  pair: Pair,
-  l: { seq: number; kind: ReaderLease['kind']; ttlMs: number; clock: () => number; lease: boolean },
-  stats: Stats,
-): Promise<HistoryReader> {
-  if (!history) return { manifest: pairInitialManifest(pair), wholeL0: pair.compactedThrough !== undefined, check: () => {}, close: async () => {} };
-  /** The manifest `head` names, its GETs (head and parts) counted. */
-  const manifestAt = async (head: HistoryHead): Promise<Manifest> => {
-    const read = await manifestOf(store, pair, head);
-    stats.gets += read.gets;
-    stats.bytesRead += read.bytes;
-    return read.manifest;
-  };
-  if (!l.lease) {
-    const manifest = await manifestAt(await history.getHistory(pair.pairId));
-    const until = l.clock() + LEASELESS_READ_MS;
-    return {
-      manifest,
-      check() {
-        if (l.clock() >= until) throw new Error(`a read of pair '${pair.pairId}' without a reader lease ran past ${LEASELESS_READ_MS / 60000} min (GC may collect what it reads)`);
-      },
-      close: async () => {},
-    };
-  }
-  const lease: ReaderLease = { id: `${l.kind}-${randomBytes(8).toString('hex')}`, kind: l.kind, seq: l.seq, manifestVersion: 0, expiresMs: 0 };
-  const put = async (): Promise<void> => {
-    const next = { ...lease, expiresMs: l.clock() + l.ttlMs };
-    await history.putReaderLease(pair.pairId, next);
-    lease.expiresMs = next.expiresMs;
-  };
-  let manifest: Manifest;
-  try {
-    let head = await history.getHistory(pair.pairId);
-    for (;;) {
-      lease.manifestVersion = head.version;
-      await put();
-      const again = await history.getHistory(pair.pairId);
-      if (again.version === head.version) break;
-      head = again;
-    }
-    manifest = await manifestAt(head);
-  } catch (err) {
-    await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
-    throw err;
-  }
-  // Renewed every third of its lifetime; a renewal that fails stops the read at its next window.
-  let failed: Error | undefined;
-  let renewing: Promise<void> = Promise.resolve();
-  let timer: NodeJS.Timeout | undefined;
-  let closed = false;
-  const schedule = (): void => {
-    if (closed) return;
-    timer = setTimeout(() => {
-      renewing = put().then(schedule, (err: Error) => void (failed = err));
-    }, l.ttlMs / 3);
-    timer.unref();
-  };
-  schedule();
-  return {
-    manifest,
-    check() {
-      if (failed) throw new Error(`reader lease ${lease.id} of pair '${pair.pairId}' could not be renewed: ${failed.message}`);
-      if (l.clock() >= lease.expiresMs) throw new Error(`reader lease ${lease.id} of pair '${pair.pairId}' expired while reading`);
-    },
-    async close() {
-      closed = true;
-      clearTimeout(timer);
-      await renewing; // a renewal in flight lands before the delete, not after it
-      await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
-    },
-  };
-}
-
-/** Plans one window [first, last) of a disk: the L0's pieces in it over what the manifest holds there. */
-type WindowPlanner = (first: number, last: number, l0: Piece<Ref>[], run: <T>(task: () => Promise<T>) => Promise<T>) => Promise<Piece<Ref>[]>;
-
-/**
- * For each range of the window: its image or base chunk and its pieces (each read whole with
- * one ranged GET and checked), resolved with the window's L0 pieces on top (every L0 batch
- * read is above the frontier, so newer than anything in the manifest).
- */
-function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: number, read: DiskRead, stats: Stats): WindowPlanner {
-  return async (first, last, l0, run) => {
-    const versions: BlockVersion<Ref | { l0: Piece<Ref> }>[] = [];
-    /** Per run object, the pieces the window's ranges read from it, with the image seq each reads above. */
-    const wanted = new Map<string, { p: PieceEntry; range: number; floor: number }[]>();
-    for (let r = Math.floor(first / RANGE_BLOCKS); r * RANGE_BLOCKS < last; r++) {
-      const s = rangeSources(m, read.l0Ranges.get(r) ?? [], rangeId(disk.name, r), seq);
-      const baseChunk = s.base ? read.baseChunks.get(r) : undefined;
-      stats.sources = Math.max(stats.sources, s.count - (s.base && !baseChunk ? 1 : 0));
-      const start = r * RANGE_BLOCKS;
-      if (baseChunk) versions.push({ blockIndex: start, blockCount: baseChunk.chunk.length / BLOCK_SIZE, seq: m.base!.seq, ref: baseChunk });
-      const image = s.image;
-      if (image && !image.zero) {
-        versions.push({ blockIndex: start, blockCount: image.length / BLOCK_SIZE, seq: image.seq, ref: { chunk: { index: r, sha256: image.sha256, crc32c: image.crc32c, length: image.length }, key: image.key } });
-      }
-      const floor = image ? image.seq : -1;
-      for (const p of s.pieces) {
-        const list = wanted.get(p.key) ?? [];
-        list.push({ p, range: r, floor });
-        wanted.set(p.key, list);
-      }
-    }
-    // The pieces, one ranged GET per run object and stretch of it (a unit writes a run's pieces in range order).
-    const reads = [...wanted].flatMap(([key, ws]) => mergeReads(key, ws, (w) => [w.p.offset, w.p.offset + w.p.length]));
-    await Promise.all(
-      reads.map((rd) =>
-        run(async () => {
-          const bytes = await store.get(rd.key, { start: rd.start, end: rd.end });
-          stats.gets++;
-          stats.bytesRead += bytes.length;
-          for (const { p, range, floor } of rd.items) {
-            const piece = checkPiece(bytes.subarray(p.offset - rd.start, p.offset - rd.start + p.length), p, disk.name, range, disk.sizeBytes / BLOCK_SIZE);
-            for (const entry of piece.entries) {
-              if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: range * RANGE_BLOCKS + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
-            }
-          }
-        }),
-      ),
-    );
-    if (versions.length === 0) return l0; // the L0 alone (a pair never compacted, without a base)
-    for (const q of l0) versions.push({ blockIndex: q.blockIndex, blockCount: q.blockCount, seq: (q.ref as ExtentRef).batch.seq, ref: { l0: q } });
-    const out: Piece<Ref>[] = [];
-    for (const q of resolvePieces(versions)) {
-      const c = clip(q, first, last);
-      const under = 'l0' in c.ref ? c.ref.l0 : undefined;
-      out.push(under ? { blockIndex: c.blockIndex, blockCount: c.blockCount, offsetBlocks: under.offsetBlocks + c.offsetBlocks, ref: under.ref } : (c as Piece<Ref>));
-    }
-    return out;
-  };
-}
-
-/** A piece's exact bytes (from a ranged GET), checked whole against its manifest entry: CRC, disk, range, span, data bytes, bitmap, the disk's end. */
-function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, diskBlocks: number): FetchedPiece {
-  const where = `${p.key}@${p.offset}`;
-  const decoded = decodePiece(bytes, where, p.crc32c);
-  const bad = (what: string): CorruptHistoryError => new CorruptHistoryError(where, what);
-  if (decoded.disk !== disk || decoded.rangeIndex !== range) throw bad(`holds range ${decoded.disk}:${decoded.rangeIndex}, the manifest lists it under ${disk}:${range}`);
-  if (decoded.seqLo !== p.seqLo || decoded.seqHi !== p.seqHi) throw bad(`spans seqs [${decoded.seqLo}, ${decoded.seqHi}], the manifest says [${p.seqLo}, ${p.seqHi}]`);
-  if (decoded.dataBytes !== p.dataBytes) throw bad(`holds ${decoded.dataBytes} bytes of data, the manifest says ${p.dataBytes}`);
-  if (pieceBlocksBitmap(decoded.entries) !== p.blocks) throw bad('holds other blocks than its bitmap in the manifest says');
-  const past = decoded.entries.find((e) => range * RANGE_BLOCKS + e.blockIndex + e.blockCount > diskBlocks);
-  if (past) throw bad(`entry (seq ${past.seq}, block ${past.blockIndex}) runs past the disk's end (${diskBlocks} blocks)`);
-  return { where, bytes, entries: decoded.entries };
+function checkRange(r: { disk: string; start: number; end: number }, sizeBytes: number, align: number): { start: number; end: number } {
+  const ok = Number.isSafeInteger(r.start) && Number.isSafeInteger(r.end) && r.start >= 0 && r.start < r.end && r.end <= sizeBytes && r.start % align === 0 && (r.end % align === 0 || r.end === sizeBytes);
+  if (!ok) throw new InvalidArgumentError(`range [${r.start}, ${r.end}) of disk '${r.disk}' (${sizeBytes} bytes) must start on a multiple of ${align} bytes and end on one or at the disk's end`);
+  return { start: r.start, end: r.end };
 }
 
 /** Windows being filled at once: their GETs share one limit, the oldest window's first. */
 const WINDOWS_AHEAD = 2;
 
 /**
- * Writes one disk window by window, in order. Up to WINDOWS_AHEAD windows are planned and
- * filled at once (so the GETs of the next window start while the last ones of this window
- * are still decoding) while the window before them is written: at most WINDOWS_AHEAD + 1 in
- * memory, with the pieces the windows being filled read.
+ * Writes [span.start, span.end) of one disk window by window, in order. Up to WINDOWS_AHEAD
+ * windows are planned and filled at once (so the GETs of the next window start while the last
+ * ones of this window are still decoding) while the window before them is written: at most
+ * WINDOWS_AHEAD + 1 in memory, with the pieces the windows being filled read.
  */
-async function writeDisk(
-  store: ObjectStore,
-  sink: ImageSink,
-  sizeBytes: number,
-  pieces: Piece<Ref>[],
-  plan: WindowPlanner,
-  windowBytes: number,
-  concurrency: number,
-  check: () => void,
-  stats: Stats,
-): Promise<number> {
+async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: { start: number; end: number }, windowBytes: number, concurrency: number): Promise<number> {
   let dataBytes = 0;
-  let p = 0;
   let writing: Promise<void> = Promise.resolve();
   const run = limiter(concurrency);
   const filling: { offset: number; window: Buffer; filled: Promise<{ start: number; end: number }[]> }[] = [];
@@ -413,22 +114,10 @@ async function writeDisk(
     writing.catch(() => {}); // handled: the next `await writing` rethrows it
   };
   try {
-    for (let offset = 0; offset < sizeBytes; offset += windowBytes) {
-      check();
-      const size = Math.min(windowBytes, sizeBytes - offset);
-      const first = offset / BLOCK_SIZE;
-      const last = first + Math.ceil(size / BLOCK_SIZE);
-      const inWindow: Piece<Ref>[] = [];
-      while (p < pieces.length && pieces[p].blockIndex < last) {
-        inWindow.push(clip(pieces[p], first, last));
-        if (pieces[p].blockIndex + pieces[p].blockCount > last) break;
-        p++;
-      }
-      const window = Buffer.from(new SharedArrayBuffer(size)); // zeros; workers place data into it
-      const filled = plan(first, last, inWindow, run).then(async (planned) => {
-        await fillWindow(store, window, first, planned, run, stats);
-        return dataRanges(planned, first, size);
-      });
+    for (let offset = span.start; offset < span.end; offset += windowBytes) {
+      reader.check();
+      const window = Buffer.from(new SharedArrayBuffer(Math.min(windowBytes, span.end - offset))); // zeros; workers place data into it
+      const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run);
       filled.catch(() => {}); // handled: awaited in order by writeOldest
       filling.push({ offset, window, filled });
       if (filling.length >= WINDOWS_AHEAD) await writeOldest();
@@ -440,176 +129,6 @@ async function writeDisk(
     throw err;
   }
   return dataBytes;
-}
-
-/** One ranged GET of a segment's index and trailer; both are checksum-verified. */
-async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats): Promise<ExtentEntry[]> {
-  const len = b.extentCount * 32 + TRAILER_SIZE;
-  const tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes });
-  stats.gets++;
-  stats.bytesRead += tail.length;
-  const trailer = decodeTrailer(tail, b.sizeBytes, b.key);
-  if (trailer.seq !== b.seq || trailer.objectCrc !== b.objectCrc) {
-    throw new CorruptExtentError(b.key, `trailer (seq ${trailer.seq}, crc ${trailer.objectCrc}) does not match the registered batch (seq ${b.seq}, crc ${b.objectCrc})`);
-  }
-  return decodeIndex(tail.subarray(0, len - TRAILER_SIZE), trailer, b.disks.length, b.key);
-}
-
-/**
- * Fetches what the window's pieces need: extents in merged ranged GETs per object, chunks
- * (base chunks, images) with one GET each; the pieces' versions are already in memory. A
- * worker decodes and checks each payload and copies its pieces into the window (shared
- * memory) while this thread goes on with the next GETs.
- */
-async function fillWindow(
-  store: ObjectStore,
-  window: Buffer,
-  firstBlock: number,
-  pieces: Piece<Ref>[],
-  run: <T>(task: () => Promise<T>) => Promise<T>,
-  stats: Stats,
-): Promise<void> {
-  const shared = window.buffer as SharedArrayBuffer;
-  const byObject = new Map<string, Piece<ExtentRef>[]>();
-  const byChunk = new Map<string, Piece<ChunkVersionRef>[]>();
-  const byPiece = new Map<FetchedPiece, Piece<PieceVersionRef>[]>();
-  for (const q of pieces) {
-    if (isChunk(q.ref)) {
-      const list = byChunk.get(q.ref.key) ?? [];
-      list.push(q as Piece<ChunkVersionRef>);
-      byChunk.set(q.ref.key, list);
-      continue;
-    }
-    if (q.ref.entry.payloadLength === 0) continue; // zero version: the window is already zeros
-    if (isPieceVersion(q.ref)) {
-      const list = byPiece.get(q.ref.piece) ?? [];
-      list.push(q as Piece<PieceVersionRef>);
-      byPiece.set(q.ref.piece, list);
-      continue;
-    }
-    const list = byObject.get(q.ref.batch.key) ?? [];
-    list.push(q as Piece<ExtentRef>);
-    byObject.set(q.ref.batch.key, list);
-  }
-  const places = (qs: Piece<unknown>[]): [number, number, number][] =>
-    qs.map((q) => {
-      const dst = (q.blockIndex - firstBlock) * BLOCK_SIZE;
-      return [q.offsetBlocks * BLOCK_SIZE, dst, Math.min(q.blockCount * BLOCK_SIZE, window.length - dst)];
-    });
-  /**
-   * The payloads of `qs`' entries, held in `bytes` (which start at byte `at` of their
-   * object): each entry decoded and checked once, with every piece the window takes from it.
-   */
-  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer, at: number, qs: Piece<{ entry: E }>[], judge: (e: E, outcome: PayloadOutcome) => void): Promise<void> => {
-    const byEntry = new Map<E, Piece<unknown>[]>();
-    for (const q of qs) {
-      const list = byEntry.get(q.ref.entry);
-      if (list) list.push(q);
-      else byEntry.set(q.ref.entry, [q]);
-    }
-    const entries = [...byEntry.keys()];
-    const items = entries.map((e) => ({
-      start: e.payloadOffset - at,
-      end: e.payloadOffset - at + e.payloadLength,
-      zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0,
-      length: e.blockCount * BLOCK_SIZE,
-      crc: e.dataCrc,
-      places: places(byEntry.get(e)!),
-    }));
-    const outcomes = await placeVerified(bytes, items, shared);
-    entries.forEach((e, i) => judge(e, outcomes[i]));
-  };
-  // Chunks: one whole-object GET each, verified end to end: the header here (magic, header
-  // CRC, lengths, its name and CRC-32C equal to the manifest's), the data's SHA-256 (the
-  // chunk's name) in the worker. Not only its CRC-32C: a CRC the writer chose can be forged,
-  // a content address cannot (docs/design.md, "Recovery").
-  const chunkReads = [...byChunk.values()].map((qs) => async () => {
-    const { key, chunk } = qs[0].ref;
-    const body = await store.get(key);
-    stats.gets++;
-    stats.bytesRead += body.length;
-    try {
-      const checked = checkChunkHeader(body, chunk, key);
-      const start = body.length - checked.payload.length;
-      const [outcome] = await placeVerified(body, [{ start, end: body.length, zstd: checked.zstd, length: checked.length, sha256: chunk.sha256, places: places(qs) }], shared);
-      checkChunkData(checked, chunk, outcome as Parameters<typeof checkChunkData>[2], key);
-    } catch (err) {
-      if (err instanceof BackupError) throw new CorruptExtentError(err.where, err.reason);
-      throw err;
-    }
-  });
-  const extentSpan = (q: Piece<ExtentRef>): [number, number] => [q.ref.entry.payloadOffset, q.ref.entry.payloadOffset + q.ref.entry.payloadLength];
-  const extentReads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs, extentSpan)).map((r) => async () => {
-    const bytes = await store.get(r.key, { start: r.start, end: r.end });
-    stats.gets++;
-    stats.bytesRead += bytes.length;
-    await placeEntries(bytes, r.start, r.items, (e, outcome) => {
-      try {
-        checkExtentData(e, outcome, `${r.key} block ${e.blockIndex}`);
-      } catch (err) {
-        if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
-        throw err;
-      }
-    });
-  });
-  // Pieces: read whole when the window was planned; only their versions' data is left to check.
-  const pieceReads = [...byPiece.entries()].map(([piece, qs]) => async () => {
-    await placeEntries(piece.bytes, 0, qs, (e, outcome) => {
-      try {
-        checkExtentData({ disk: 0, ...e }, outcome, `${piece.where} entry (seq ${e.seq}, block ${e.blockIndex})`);
-      } catch (err) {
-        if (err instanceof BatchError) throw new CorruptHistoryError(err.where, err.reason);
-        throw err;
-      }
-    });
-  });
-  await Promise.all([...chunkReads, ...extentReads, ...pieceReads].map(run));
-}
-
-/** What placing a stored payload needs of its entry (a batch extent or a piece version). */
-type PayloadEntry = Pick<ExtentEntry, 'payloadOffset' | 'payloadLength' | 'flags' | 'blockCount' | 'dataCrc'>;
-
-/** One ranged GET of an object serving several items (extents, pieces) of it. */
-interface RangeRead<T> {
-  key: string;
-  start: number;
-  end: number;
-  items: T[];
-}
-
-/** Items of one object, [start, end) each, merged into ranged GETs where less than MERGE_GAP lies between them. */
-function mergeReads<T>(key: string, items: T[], span: (t: T) => [number, number]): RangeRead<T>[] {
-  const sorted = items.map((t) => ({ t, at: span(t) })).sort((a, b) => a.at[0] - b.at[0]);
-  const reads: RangeRead<T>[] = [];
-  for (const { t, at: [start, end] } of sorted) {
-    const last = reads[reads.length - 1];
-    if (last && start - last.end <= MERGE_GAP) {
-      last.end = Math.max(last.end, end);
-      last.items.push(t);
-    } else {
-      reads.push({ key, start, end, items: [t] });
-    }
-  }
-  return reads;
-}
-
-/** Byte ranges of the window that hold data, adjacent pieces merged (fewer, larger writes). */
-function dataRanges(pieces: Piece<Ref>[], firstBlock: number, size: number): { start: number; end: number }[] {
-  const out: { start: number; end: number }[] = [];
-  for (const q of pieces) {
-    const start = (q.blockIndex - firstBlock) * BLOCK_SIZE;
-    const end = Math.min(size, start + q.blockCount * BLOCK_SIZE);
-    const last = out[out.length - 1];
-    if (last && last.end === start) last.end = end;
-    else out.push({ start, end });
-  }
-  return out;
-}
-
-function clip<R>(q: Piece<R>, first: number, last: number): Piece<R> {
-  const start = Math.max(q.blockIndex, first);
-  const end = Math.min(q.blockIndex + q.blockCount, last);
-  return { blockIndex: start, blockCount: end - start, offsetBlocks: q.offsetBlocks + (start - q.blockIndex), ref: q.ref };
 }
 
 /** A local image file: sized up front (sparse), only data ranges written. */

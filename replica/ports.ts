@@ -249,6 +249,11 @@ export interface HistoryIndex {
    */
   publish(pairId: string, lease: CompactorLease, fromVersion: number, record: VersionRecord, frontierSeq: number, nowMs: number): Promise<boolean>;
   putReaderLease(pairId: string, lease: ReaderLease): Promise<void>;
+  /**
+   * Moves a live lease's expiry to `expiresMs`; false if it is gone or expired at `nowMs` (GC
+   * may then have collected what it held: the reader must start over, never revive it).
+   */
+  renewReaderLease(pairId: string, id: string, expiresMs: number, nowMs: number): Promise<boolean>;
   deleteReaderLease(pairId: string, id: string): Promise<void>;
   /** Leases unexpired at nowMs. */
   listReaderLeases(pairId: string, nowMs: number): Promise<ReaderLease[]>;

@@ -8,7 +8,7 @@
 import { BLOCK_SIZE } from '../core/batch-format';
 import { encodeChunk, isAllZero } from '../core/chunk-format';
 import { crc32c } from '../core/crc32c';
-import { CorruptExtentError, CorruptHistoryError, HistoryPrunedError } from '../core/errors';
+import { CorruptExtentError, CorruptHistoryError, HistoryPrunedError, ReaderLeaseLostError } from '../core/errors';
 import { historyPrefix } from '../core/keys';
 import { encodeManifestV1, RANGE_BLOCKS, rangeId, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
 import { readBound } from '../core/read-sources';
@@ -343,6 +343,37 @@ describe('materialize through the history', () => {
     await expect(recoverAt(6, { history: failing, leaseTtlMs: 1500 }, () => new Promise((r) => setTimeout(r, 600)))).rejects.toThrow(/reader lease .* could not be renewed: throttled/);
     expect(failing.deletes.length).toBe(1);
     expect(await leases()).toEqual([]);
+  });
+
+  test('a disk read range by range (the recovery workflow) equals it read whole, through the manifest and the L0', async () => {
+    for (const seq of [4, 8]) {
+      const whole = (await recoverAt(seq)).out.get('d')!;
+      const parts = Buffer.alloc(whole.length, 0xee);
+      for (let start = 0; start < whole.length; start += 2 * RANGE) {
+        const { res, out } = await recoverAt(seq, { only: { disk: 'd', start, end: Math.min(start + 2 * RANGE, whole.length) } });
+        expect(res.disks.map((d) => d.name)).toEqual(['d']);
+        out.get('d')!.copy(parts, start, start, Math.min(start + 2 * RANGE, whole.length));
+      }
+      expect({ seq, diff: firstDifference(parts, model.atSeq.get(seq)!.get('d')!) }).toEqual({ seq, diff: undefined });
+    }
+    // A range that does not start on a range of the history (4 MiB) is refused, naming it.
+    await expect(recoverAt(8, { only: { disk: 'd', start: MiB, end: 2 * RANGE } })).rejects.toThrow(`range [${MiB}, ${2 * RANGE}) of disk 'd' (${12 * MiB} bytes) must start on a multiple of ${RANGE} bytes`);
+    await expect(recoverAt(8, { only: { disk: 'x', start: 0, end: RANGE } })).rejects.toThrow("pair '" + pairId + "' has no disk 'x'");
+  });
+
+  test('a held lease (the workflow run\'s) is renewed only while live, never revived, and not deleted by the read', async () => {
+    const head = await c.history.getHistory(pairId);
+    const id = 'recovery-held-test';
+    await c.history.putReaderLease(pairId, { id, kind: 'recovery', seq: 8, manifestVersion: head.version, expiresMs: Date.now() + 60_000 });
+    const { out } = await recoverAt(8, { heldLease: { id, head } });
+    expectModelAt(8, out);
+    expect(await leases()).toEqual([expect.objectContaining({ id, seq: 8 })]);
+    // Lapsed: the read refuses to go on, and the lease stays lapsed.
+    await c.history.putReaderLease(pairId, { id, kind: 'recovery', seq: 8, manifestVersion: head.version, expiresMs: Date.now() - 1 });
+    await expect(recoverAt(8, { heldLease: { id, head } })).rejects.toThrow(ReaderLeaseLostError);
+    expect(await leases()).toEqual([]);
+    await c.history.deleteReaderLease(pairId, id);
+    await expect(recoverAt(8, { heldLease: { id, head } })).rejects.toThrow(`reader lease ${id} lapsed`);
   });
 
   test('digests read through the manifest under a digests lease; a pruned seq is refused', async () => {
