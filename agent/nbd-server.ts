@@ -2,6 +2,7 @@
 // served concurrently per connection. What an export does with writes (pass-through and
 // capture) lives behind BlockExport.
 
+import { chmod } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { BodyPool } from '../source/body-pool';
@@ -20,6 +21,8 @@ export interface Extent {
 export interface BlockExport {
   readonly name: string;
   readonly size: number;
+  /** Advertised READ_ONLY; writes, trims and zeroes are answered EPERM (an RP export). */
+  readonly readOnly?: boolean;
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /**
@@ -35,11 +38,18 @@ export interface BlockExport {
 }
 
 export interface NbdServer {
+  /** The TCP port listened on (0 on a Unix socket). */
   port: number;
+  /** The Unix socket listened on, if one. */
+  path?: string;
   close(): Promise<void>;
 }
 
-export async function startNbdServer(exports: BlockExport[], host = '127.0.0.1', port = 10809, log: (m: string) => void = () => {}): Promise<NbdServer> {
+/**
+ * Serves `exports` on TCP `host`:`port`, or on the Unix socket `host.path` (mode 0600: only
+ * this user may connect; the path must not exist; it is removed at close).
+ */
+export async function startNbdServer(exports: BlockExport[], host: string | { path: string } = '127.0.0.1', port = 10809, log: (m: string) => void = () => {}): Promise<NbdServer> {
   const byName = new Map(exports.map((e) => [e.name, e]));
   const sockets = new Set<Socket>();
   const server: Server = createServer((sock) => {
@@ -53,10 +63,19 @@ export async function startNbdServer(exports: BlockExport[], host = '127.0.0.1',
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => resolve());
+    if (typeof host === 'string') return void server.listen(port, host, () => resolve());
+    // The socket is created 0600 (umask while it binds; listen binds at once in the main
+    // thread), and chmod'ed to it in case the platform bound later.
+    const umask = process.umask(0o177);
+    try {
+      server.listen(host.path, () => void chmod(host.path, 0o600).then(resolve, reject));
+    } finally {
+      process.umask(umask);
+    }
   });
   return {
-    port: (server.address() as AddressInfo).port,
+    port: typeof host === 'string' ? (server.address() as AddressInfo).port : 0,
+    path: typeof host === 'string' ? undefined : host.path,
     async close() {
       for (const s of sockets) s.destroy();
       await new Promise<void>((r) => server.close(() => r()));
@@ -191,9 +210,9 @@ async function serve(sock: Socket, exports: Map<string, BlockExport>): Promise<v
   if (session) await transmit(sock, r, session);
 }
 
-function transmissionFlags(structured: boolean): number {
+function transmissionFlags(structured: boolean, exp: BlockExport): number {
   return (
-    TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.SEND_TRIM | TFLAG.SEND_WRITE_ZEROES | TFLAG.CAN_MULTI_CONN | (structured ? TFLAG.SEND_DF : 0)
+    TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.SEND_TRIM | TFLAG.SEND_WRITE_ZEROES | TFLAG.CAN_MULTI_CONN | (structured ? TFLAG.SEND_DF : 0) | (exp.readOnly ? TFLAG.READ_ONLY : 0)
   );
 }
 
@@ -214,7 +233,7 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
         if (!exp) throw new Error(noSuchExport(exports, data.toString('utf8'))); // the protocol's only answer: hang up
         const b = Buffer.alloc(noZeroes ? 10 : 134);
         b.writeBigUInt64BE(BigInt(exp.size), 0);
-        b.writeUInt16BE(transmissionFlags(structured), 8);
+        b.writeUInt16BE(transmissionFlags(structured, exp), 8);
         await write(sock, b);
         return { exp, structured, allocationContext };
       }
@@ -252,7 +271,7 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
         const info = Buffer.alloc(12);
         info.writeUInt16BE(INFO.EXPORT, 0);
         info.writeBigUInt64BE(BigInt(exp.size), 2);
-        info.writeUInt16BE(transmissionFlags(structured), 10);
+        info.writeUInt16BE(transmissionFlags(structured, exp), 10);
         await reply(REP.INFO, info);
         const sizes = Buffer.alloc(14);
         sizes.writeUInt16BE(INFO.BLOCK_SIZE, 0);
@@ -454,7 +473,7 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
 
 /** The fast path: an in-range write the export did at once (an error leaves it to `handle`, which replies EIO). */
 function writtenNow(s: Session, req: Request, payload: Buffer): boolean {
-  if (!s.exp.writeNow || req.offset + req.length > s.exp.size) return false;
+  if (!s.exp.writeNow || s.exp.readOnly || req.offset + req.length > s.exp.size) return false;
   try {
     return s.exp.writeNow(req.offset, payload);
   } catch {
@@ -478,6 +497,7 @@ async function handle(s: Session, req: Request, payload: Buffer | undefined): Pr
   const fua = (req.flags & CMD_FLAG.FUA) !== 0;
   // Unknown command flags are refused, as the protocol asks.
   if (req.flags & ~(CMD_FLAG.FUA | CMD_FLAG.NO_HOLE | CMD_FLAG.DF | CMD_FLAG.REQ_ONE)) return fail(ERRNO.EINVAL);
+  if (s.exp.readOnly && (req.type === CMD.WRITE || req.type === CMD.TRIM || req.type === CMD.WRITE_ZEROES)) return fail(ERRNO.EPERM);
   try {
     switch (req.type) {
       case CMD.READ: {
