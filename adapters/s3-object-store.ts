@@ -3,11 +3,11 @@
 // adapters/aws-clients.ts: never a hard-coded endpoint.
 
 import type { Readable } from 'node:stream';
-import { DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, UploadPartCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { s3Client } from './aws-clients';
 import { sleep } from '../replica/concurrency';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PutOptions } from '../replica/ports';
+import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PartUploads, type PutOptions } from '../replica/ports';
 
 /** x-amz-checksum-crc32c: the big-endian CRC, base64. */
 export const crc32cHeader = (crc: number): string => {
@@ -36,7 +36,7 @@ export class ObjectDeleteError extends Error {
   }
 }
 
-export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter {
+export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter, PartUploads {
   constructor(
     readonly bucket: string,
     readonly client: S3Client = s3Client(),
@@ -85,6 +85,26 @@ export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter {
 
   async upload(key: string, body: Readable): Promise<void> {
     await new Upload({ client: this.client, params: { Bucket: this.bucket, Key: key, Body: body }, partSize: 16 * 1024 * 1024, queueSize: 4 }).done();
+  }
+
+  async startUpload(key: string): Promise<string> {
+    const out = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }));
+    return out.UploadId!;
+  }
+
+  async uploadPart(key: string, uploadId: string, partNumber: number, body: Readable, length: number): Promise<string> {
+    const out = await this.client.send(new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: partNumber, Body: body, ContentLength: length }));
+    return out.ETag!;
+  }
+
+  async completeUpload(key: string, uploadId: string, parts: { partNumber: number; etag: string }[]): Promise<void> {
+    await this.client.send(
+      new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) } }),
+    );
+  }
+
+  async abortUpload(key: string, uploadId: string): Promise<void> {
+    await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }));
   }
 
   async size(key: string): Promise<number | undefined> {

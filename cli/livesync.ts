@@ -8,7 +8,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { userInfo } from 'node:os';
 import { rpStoreFromEnv } from '../adapters/from-env';
-import { recoverCommand, recoveryTargetOf, rpChoiceOf } from './recover';
+import { recoverCommand, recoveryTargetOf, rpChoiceOf, showRun } from './recover';
+import { DynamoRecoveries } from '../adapters/dynamo-recoveries';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
 
@@ -58,8 +59,15 @@ const USAGE = `usage: livesync <command> [options]
         the RP: a live one by seq, the newest, the newest at or before TIME (ISO 8601 with zone,
         or epoch ms), or the newest ACRP tagged TAG; --to ebs: an EBS snapshot per disk (EBS
         direct APIs), incremental from the disk's last one, ready for CreateVolume or
-        RegisterImage, ids printed; s3://: DISK.img objects under PREFIX; file:DIR: DIR/DISK.img
+        RegisterImage, ids printed; s3://: DISK.img objects under PREFIX (in the RP Store's
+        bucket under recoveries/ only); file:DIR: DIR/DISK.img. ebs and s3:// run in the cloud
+        (the recovery workflow, LIVESYNC_RECOVERY_STATE_MACHINE_ARN), followed until done
+        unless --no-wait; --in-process does them from this process instead
         (--seq N, --out DIR and --to-s3 PREFIX, in the RP Store's bucket, still work)
+  recover --pair P --resume ID [--no-wait]
+        resume a failed recovery run: only the ranges not done are recovered
+  recovery list --pair P | recovery show --pair P --id ID
+        recovery runs: target, status, progress (done of total, rate, time left), outputs
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
         [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--upload-interval 1s] [--verify-replica] [--sync-marks]
@@ -74,18 +82,20 @@ const USAGE = `usage: livesync <command> [options]
   agent-status --pair P [--state-dir DIR]
         the running agent's state as JSON (last cut seq, spool, mode)
 
-The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, the seed workflow through
-LIVESYNC_SEED_STATE_MACHINE_ARN, endpoints through AWS_ENDPOINT_URL* (unset in AWS).`;
+The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, the workflows through
+LIVESYNC_SEED_STATE_MACHINE_ARN and LIVESYNC_RECOVERY_STATE_MACHINE_ARN, endpoints through AWS_ENDPOINT_URL* (unset in AWS).`;
 
 type Opts = Record<string, string | boolean | string[] | undefined>;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, sub] = argv;
-  const rest = argv.slice(['pair', 'local', 'rp'].includes(cmd) ? 2 : 1);
+  const grouped = ['pair', 'local', 'rp', 'recovery'].includes(cmd);
+  const rest = argv.slice(grouped ? 2 : 1);
   const opts = (spec: ParseArgsConfig['options']): Opts => parseArgs({ args: rest, options: spec, strict: true, allowPositionals: false }).values as Opts;
   const str = (o: Opts, k: string): string | undefined => o[k] as string | undefined;
 
-  switch (`${cmd}${['pair', 'local', 'rp'].includes(cmd) ? ` ${sub}` : ''}`) {
+  const command = `${cmd}${grouped ? ` ${sub}` : ''}`;
+  switch (command) {
     case 'demo': {
       const o = opts({ 'disk-size': { type: 'string' }, seconds: { type: 'string' }, rate: { type: 'string' }, 'ccrp-interval': { type: 'string' }, seed: { type: 'string' }, keep: { type: 'boolean' } });
       const { runDemo } = await import('./demo');
@@ -224,9 +234,29 @@ async function main(argv: string[]): Promise<number> {
         to: { type: 'string' },
         out: { type: 'string' },
         'to-s3': { type: 'string' },
+        resume: { type: 'string' },
+        'in-process': { type: 'boolean' },
+        'no-wait': { type: 'boolean' },
       });
       const pairId = required('pair', str(o, 'pair'));
-      console.log(JSON.stringify(await recoverCommand(rpStoreFromEnv(), pairId, rpChoiceOf(o), recoveryTargetOf(o)), null, 2));
+      const flags = { resume: str(o, 'resume'), inProcess: o['in-process'] === true, wait: o['no-wait'] !== true };
+      const choice = flags.resume ? undefined : rpChoiceOf(o);
+      const target = flags.resume ? undefined : recoveryTargetOf(o);
+      console.log(JSON.stringify(await recoverCommand(rpStoreFromEnv(), pairId, choice, target, flags), null, 2));
+      return 0;
+    }
+    case 'recovery list':
+    case 'recovery show': {
+      const o = opts({ pair: { type: 'string' }, id: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const runs = new DynamoRecoveries(rpStoreFromEnv().table);
+      if (command === 'recovery list') console.log(JSON.stringify((await runs.listRecoveries(pairId)).map((r) => showRun(r)), null, 2));
+      else {
+        const id = required('id', str(o, 'id'));
+        const run = await runs.getRecovery(pairId, id);
+        if (!run) throw new InvalidArgumentError(`pair '${pairId}' has no recovery run '${id}'`);
+        console.log(JSON.stringify(showRun(run), null, 2));
+      }
       return 0;
     }
     case 'agent': {

@@ -3,6 +3,7 @@
 //   recover web01 RP 1234: 12.0 of 100.0 GiB (12 %), 150.2 MiB/s, about 10 min left
 // A recovery shorter than `everyMs` prints nothing.
 
+import { recoveryProgress as runProgress } from '../core/recovery-ranges';
 import type { ImageSink } from '../replica/materialize';
 
 const MiB = 2 ** 20;
@@ -11,8 +12,9 @@ const GiB = 2 ** 30;
 /** One progress line; pure. */
 export function progressLine(what: string, doneBytes: number, totalBytes: number, elapsedMs: number): string {
   const pct = totalBytes > 0 ? Math.floor((doneBytes / totalBytes) * 100) : 100;
-  const rate = elapsedMs > 0 ? doneBytes / (elapsedMs / 1000) : 0;
-  const left = rate > 0 ? (totalBytes - doneBytes) / rate : Infinity;
+  const p = runProgress(doneBytes, totalBytes, 0, Math.max(0, elapsedMs));
+  const rate = p.rateBps ?? 0;
+  const left = p.etaMs === undefined ? Infinity : p.etaMs / 1000;
   const eta = !Number.isFinite(left) ? 'time left unknown' : left < 90 ? `about ${Math.max(1, Math.round(left))} s left` : left < 5400 ? `about ${Math.round(left / 60)} min left` : `about ${(left / 3600).toFixed(1)} h left`;
   return `${what}: ${(doneBytes / GiB).toFixed(1)} of ${(totalBytes / GiB).toFixed(1)} GiB (${pct} %), ${(rate / MiB).toFixed(1)} MiB/s, ${eta}`;
 }

@@ -1,6 +1,7 @@
 // `livesync recover`: which RP (core/rp-choice.ts), into what (a local file, S3 objects, an EBS
-// snapshot per disk, incremental from the disk's last one), with progress on stderr; each EBS
-// snapshot's record is written once the recovery succeeded.
+// snapshot per disk, incremental from the disk's last one). S3 and EBS go to the recovery
+// workflow (cli/recover-cloud.ts); a file, or anything with --in-process, is recovered here,
+// with progress on stderr; each EBS snapshot's record is written once the recovery succeeded.
 
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,10 +15,50 @@ import { chooseRp, parseRpTime, type RpChoice } from '../core/rp-choice';
 import { encodeSnapshotRecord, snapshotRecordKey } from '../core/snapshot-record';
 import { fileSink, materialize, objectSink, type ImageSink, type MaterializeResult } from '../replica/materialize';
 import { parseIntArg } from './args';
-import { recoveryProgress } from './progress';
+import { recoveryProgress as progressPrinter } from './progress';
+import { recoverInCloud } from './recover-cloud';
+import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
+import { recoveryProgress } from '../core/recovery-ranges';
+import { RECOVERY_STATE_MACHINE_ENV } from '../lib/names';
+import type { RecoveryRun } from '../replica/ports';
 
-/** Recovers the RP `choice` names of `pairId` into `target`; what materialize reports, and for EBS the snapshots. */
-export async function recoverCommand(rps: RpStore, pairId: string, choice: RpChoice, target: RecoveryTarget): Promise<MaterializeResult & { snapshots?: Record<string, EbsSnapshotSink['snapshot']> }> {
+export interface RecoverFlags {
+  /** Resume this recovery run (the workflow's) instead of starting one. */
+  resume?: string;
+  /** Recover into S3 or EBS from this process, not with the recovery workflow. */
+  inProcess?: boolean;
+  /** Follow a workflow run to its end (default true). */
+  wait?: boolean;
+}
+
+/**
+ * Recovers the RP `choice` names of `pairId` into `target`: into S3 or EBS with the recovery
+ * workflow (when the environment names it, unless `inProcess`), into a file (or in-process)
+ * here. What the run's item says, or what materialize reports (and for EBS the snapshots).
+ */
+export async function recoverCommand(rps: RpStore, pairId: string, choice: RpChoice | undefined, target: RecoveryTarget | undefined, flags: RecoverFlags = {}): Promise<unknown> {
+  const launcher = target?.kind === 'file' || flags.inProcess ? undefined : recoveryLauncherFromEnv();
+  if (flags.resume || (target && target.kind !== 'file' && !flags.inProcess)) {
+    if (!launcher) throw new InvalidArgumentError(`recovery into ${target?.kind ?? 'its target'} runs the recovery workflow: set ${RECOVERY_STATE_MACHINE_ENV} (the stack output RecoveryStateMachineArn), or give --in-process`);
+    try {
+      const out = await recoverInCloud(rps, launcher, { pairId, choice, target: target as Exclude<RecoveryTarget, { kind: 'file' }> | undefined, resume: flags.resume, wait: flags.wait });
+      return 'status' in out ? showRun(out) : out;
+    } finally {
+      launcher.destroy();
+    }
+  }
+  return recoverHere(rps, pairId, choice!, target!);
+}
+
+/** What `recovery show` and a finished `recover` print of a run: the item, and its progress. */
+export function showRun(run: RecoveryRun, nowMs = Date.now()): Omit<RecoveryRun, 'lease'> & { progress: ReturnType<typeof recoveryProgress>; snapshots?: Record<string, { id?: string; parentId?: string; blocksWritten?: number }> } {
+  const { lease: _lease, ...shown } = run;
+  const snapshots = run.target.kind === 'ebs' ? Object.fromEntries(run.disks.map((d) => [d.name, { id: d.snapshotId, parentId: d.parentSnapshotId, blocksWritten: d.blocksWritten }])) : undefined;
+  return { ...shown, progress: recoveryProgress(run.doneBytes, run.totalBytes, run.startedMs, run.finishedMs ?? nowMs), ...(snapshots ? { snapshots } : {}) };
+}
+
+/** Recovers from this process: a file, or S3/EBS with --in-process. */
+async function recoverHere(rps: RpStore, pairId: string, choice: RpChoice, target: RecoveryTarget): Promise<MaterializeResult & { snapshots?: Record<string, EbsSnapshotSink['snapshot']> }> {
   const { store, index, history } = rps;
   if (!(await index.getPair(pairId))) throw new UnknownPairError(pairId);
   const seq = chooseRp(await index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000)), choice, pairId);
@@ -38,7 +79,7 @@ export async function recoverCommand(rps: RpStore, pairId: string, choice: RpCho
     sinks.set(disk, sink);
     return sink;
   };
-  const progress = recoveryProgress(`recover ${pairId} RP ${seq}`, (line) => console.error(line));
+  const progress = progressPrinter(`recover ${pairId} RP ${seq}`, (line) => console.error(line));
   try {
     const res = await materialize(store, index, { pairId, seq, history, sinkFor: async (disk, size) => progress.wrap(size, await sinkFor(disk, size)) });
     // Each snapshot's record, for the next recovery of the disk to start from it.

@@ -6,13 +6,16 @@ import { Construct } from 'constructs';
 import { InvalidArgumentError } from '../core/errors';
 import { ApplyPipeline } from './apply-pipeline';
 import { CompactionWorkflow } from './compaction-workflow';
-import { LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX } from './names';
+import { LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX, RECOVERIES_PREFIX } from './names';
+import { RecoveryWorkflow } from './recovery-workflow';
 import { ReplicaStore } from './replica-store';
 import { SeedWorkflow } from './seed-workflow';
 
 export interface LivesyncStackProps extends StackProps {
   /** Buckets (names) the seed workflow may read backups and raw images from, besides the replica bucket. */
   readonly backupBucketNames?: string[];
+  /** Buckets (names) the recovery workflow may write raw images into, besides the replica bucket's `recoveries/` prefix. */
+  readonly recoveryBucketNames?: string[];
   /**
    * The functions' architecture. @default the context value `lambdaArchitecture`
    * (`arm64` or `x86_64`: `cdk deploy -c lambdaArchitecture=x86_64`, e.g. for LocalStack on
@@ -27,6 +30,7 @@ export class LivesyncStack extends Stack {
   readonly pipeline: ApplyPipeline;
   readonly seed: SeedWorkflow;
   readonly compaction: CompactionWorkflow;
+  readonly recovery: RecoveryWorkflow;
 
   constructor(scope: Construct, id: string, props: LivesyncStackProps = {}) {
     super(scope, id, props);
@@ -43,14 +47,21 @@ export class LivesyncStack extends Stack {
     // The apply path starts a pair's run when its L0 backlog crosses the threshold.
     this.compaction.grantStart(this.pipeline.applyFunction);
 
+    this.recovery = new RecoveryWorkflow(this, 'Recovery', {
+      store: this.store,
+      architecture,
+      targetBuckets: (props.recoveryBucketNames ?? []).map((name, i) => s3.Bucket.fromBucketName(this, `RecoveryBucket${i}`, name)),
+    });
+
     new CfnOutput(this, 'BucketName', { value: this.store.bucket.bucketName });
     new CfnOutput(this, 'TableName', { value: this.store.table.tableName });
     new CfnOutput(this, 'ApplyQueueUrl', { value: this.pipeline.queue.queueUrl });
     new CfnOutput(this, 'DeadLetterQueueUrl', { value: this.pipeline.deadLetterQueue.queueUrl });
     new CfnOutput(this, 'SeedStateMachineArn', { value: this.seed.stateMachine.stateMachineArn });
     new CfnOutput(this, 'CompactionStateMachineArn', { value: this.compaction.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'RecoveryStateMachineArn', { value: this.recovery.stateMachine.stateMachineArn });
 
-    this.acknowledgeNagFindings(props.backupBucketNames ?? []);
+    this.acknowledgeNagFindings(props.backupBucketNames ?? [], props.recoveryBucketNames ?? []);
   }
 
   /**
@@ -59,7 +70,7 @@ export class LivesyncStack extends Stack {
    * Not needed: S1 on the access-log bucket and SQS3 on the DLQ; cdk-nag already recognises
    * a log-destination bucket and a queue that is some queue's DLQ.
    */
-  private acknowledgeNagFindings(backupBucketNames: string[]): void {
+  private acknowledgeNagFindings(backupBucketNames: string[], recoveryBucketNames: string[]): void {
     const bucketId = this.getLogicalId(this.store.bucket.node.defaultChild as s3.CfnBucket);
     const pairsObjects = `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*]`;
     const xray = {
@@ -108,6 +119,29 @@ export class LivesyncStack extends Stack {
       })),
       { id: 'AwsSolutions-IAM5[Resource::*]', reason: 'X-Ray (tracing enabled) and CloudWatch Logs delivery (logs:CreateLogDelivery and friends) do not support resource-level permissions.' },
     );
+    const recovery = this.recovery;
+    for (const fn of [recovery.stepsFunction, recovery.rangeFunction]) {
+      Validations.of(fn.role!).acknowledge(
+        { id: pairsObjects, reason: `Read-only s3:GetObject under ${PAIRS_PREFIX}: a recovery reads the batches, pieces, images and base chunks of pairs created at run time.` },
+        { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*/recoveries/*]`, reason: 'PutObject of range sums and EBS snapshot records of pairs created at run time; never journal or history.' },
+        { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${RECOVERIES_PREFIX}*]`, reason: 'Raw images recovered into the replica bucket, named by the operator at run time, only under this prefix.' },
+        ...recoveryBucketNames.map((name) => ({
+          id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::${name}/*]`,
+          reason: `Raw images recovered into bucket ${name}, which the deployer allowed; keys are named by the operator at run time.`,
+        })),
+        { id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>::snapshot/*]', reason: 'EBS direct APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot) and tagging at StartSnapshot: snapshot ids are chosen by EBS at run time.' },
+        xray,
+      );
+      Validations.of(fn.node.defaultChild!).acknowledge(nodeRuntime);
+    }
+    Validations.of(recovery.stateMachine.role).acknowledge(
+      ...[recovery.stepsFunction, recovery.rangeFunction].map((fn) => ({
+        id: `AwsSolutions-IAM5[Resource::<${this.getLogicalId(fn.node.defaultChild as lambda.CfnFunction)}.Arn>:*]`,
+        reason: "lambda:InvokeFunction on the recovery functions' versions and aliases (qualified ARNs), as CDK grants for Lambda tasks.",
+      })),
+      { id: 'AwsSolutions-IAM5[Resource::*]', reason: 'X-Ray (tracing enabled) and CloudWatch Logs delivery (logs:CreateLogDelivery and friends) do not support resource-level permissions.' },
+    );
+    this.acknowledgeMapPolicy(recovery.stateMachine);
     const machine = this.seed.stateMachine;
     Validations.of(machine.role).acknowledge(
       ...[this.seed.stepsFunction, this.seed.rangeFunction].map((fn) => ({
@@ -116,6 +150,11 @@ export class LivesyncStack extends Stack {
       })),
       { id: 'AwsSolutions-IAM5[Resource::*]', reason: 'X-Ray (tracing enabled) and CloudWatch Logs delivery (logs:CreateLogDelivery and friends) do not support resource-level permissions.' },
     );
+    this.acknowledgeMapPolicy(machine);
+  }
+
+  /** A Distributed Map's policy: it describes and stops its own child executions, named at run time. */
+  private acknowledgeMapPolicy(machine: sfn.StateMachine): void {
     // cdk-nag writes concrete values where the stack's env has them, else the pseudo-parameter.
     const region = Token.isUnresolved(this.region) ? '<AWS::Region>' : this.region;
     const account = Token.isUnresolved(this.account) ? '<AWS::AccountId>' : this.account;

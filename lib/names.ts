@@ -7,6 +7,9 @@ export const ACRP_INDEX = 'acrp';
 export const TTL_ATTRIBUTE = 'expiresAt';
 export const JOURNAL_SUFFIX = '.batch';
 export const PAIRS_PREFIX = 'pairs/';
+/** Raw images the recovery workflow writes into the replica bucket go under this prefix (nothing else may). */
+export const RECOVERIES_PREFIX = 'recoveries/';
+export const RECOVERY_STATE_MACHINE_ENV = 'LIVESYNC_RECOVERY_STATE_MACHINE_ARN';
 /** Environment variables the apply handler reads its resource names from. */
 export const ENV = { bucket: 'LIVESYNC_BUCKET', table: 'LIVESYNC_TABLE' } as const;
 /** The CDK context key that picks the functions' architecture (`arm64`, the default, or `x86_64`). */

@@ -4,7 +4,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
-import { ACRP_INDEX, ACRP_KEYS, ENV, PAIRS_INDEX, PAIRS_KEYS, PAIRS_PREFIX, TABLE_KEYS, TTL_ATTRIBUTE } from './names';
+import { ACRP_INDEX, ACRP_KEYS, ENV, PAIRS_INDEX, PAIRS_KEYS, PAIRS_PREFIX, RECOVERIES_PREFIX, TABLE_KEYS, TTL_ATTRIBUTE } from './names';
 
 export interface ReplicaStoreProps {
   /** Applies to both buckets and the table. @default RemovalPolicy.RETAIN (replicas are the product) */
@@ -199,6 +199,36 @@ export class ReplicaStore extends Construct {
       iam.Grant.addToPrincipal({
         grantee: fn,
         actions: ['GetItem', 'Query', 'UpdateItem', 'DeleteItem', 'BatchWriteItem'].map((a) => `dynamodb:${a}`),
+        resourceArns: [this.table.tableArn],
+      }),
+    ];
+    this.setEnvironment(fn);
+    return grants;
+  }
+
+  /**
+   * The recovery workflow's functions: read the pair's objects (journal, base, history),
+   * write under each pair's `recoveries/` (range sums, snapshot records), write raw images under
+   * the bucket's `recoveries/` prefix and in the deployer's target buckets (multipart:
+   * PutObject, AbortMultipartUpload; HEAD to check the result), keep run and range items
+   * and the reader lease. It never writes journal or history objects and deletes nothing.
+   */
+  grantRecover(fn: lambda.IFunction, targetBuckets: s3.IBucket[]): iam.Grant[] {
+    const images = [this.bucket.arnForObjects(`${RECOVERIES_PREFIX}*`), ...targetBuckets.map((b) => b.arnForObjects('*'))];
+    const grants = [
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn, ...images] }),
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/recoveries/*`), ...images] }),
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:AbortMultipartUpload'], resourceArns: images }),
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['s3:ListBucket'],
+        resourceArns: [this.bucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`, `${RECOVERIES_PREFIX}*`] } },
+      }),
+      ...targetBuckets.map((b) => iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:ListBucket'], resourceArns: [b.bucketArn] })),
+      iam.Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['GetItem', 'PutItem', 'UpdateItem', 'DeleteItem', 'Query', 'ConditionCheckItem'].map((a) => `dynamodb:${a}`),
         resourceArns: [this.table.tableArn],
       }),
     ];

@@ -1,7 +1,7 @@
 // The embedded local default: DynamoDB Local + an S3-compatible server + SQS + the EBS
 // direct APIs (local/ebs-local.ts) on 127.0.0.1, the bucket, table and queues derived from
 // the synthesized CDK template, and the apply handler fed through the same S3 → SQS → Lambda
-// event path as in AWS; the workflows (seed, compaction) on the local Step Functions, compaction's function in a
+// event path as in AWS; the workflows (seed, compaction, recovery) on the local Step Functions, compaction's function in a
 // process of its own (local/lambda-process.ts).
 // The requests each service received are counted (LocalStack.requests) for benchmarks.
 
@@ -12,7 +12,7 @@ import { CreateTableCommand, UpdateTimeToLiveCommand } from '@aws-sdk/client-dyn
 import type { SQSEvent } from 'aws-lambda';
 import { dynamoClient, sqsClient } from '../adapters/aws-clients';
 import { synthTemplate } from '../lib/synth';
-import { COMPACTION_STATE_MACHINE_ENV } from '../lib/names';
+import { COMPACTION_STATE_MACHINE_ENV, RECOVERY_STATE_MACHINE_ENV } from '../lib/names';
 import { lambdaProcess } from './lambda-process';
 import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
 import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
@@ -168,9 +168,10 @@ async function provision(
   let stepFunctions: RunningStepFunctions | undefined;
   try {
     const seedHandlers = await import('../lambdas/seed');
+    const recoveryHandlers = await import('../lambdas/recover');
     stepFunctions = await startStepFunctionsLocal(
       machinesFromTemplate(template),
-      { steps: seedHandlers.steps, range: seedHandlers.range, ...compaction.handlers },
+      { steps: seedHandlers.steps, range: seedHandlers.range, recoveryStep: recoveryHandlers.recoveryStep, recoveryRange: recoveryHandlers.recoveryRange, ...compaction.handlers },
       { waitMs: LOCAL_WAIT_MS },
     );
   } catch (err) {
@@ -181,6 +182,7 @@ async function provision(
   env.AWS_ENDPOINT_URL_SFN = stepFunctions.endpoint;
   env.LIVESYNC_SEED_STATE_MACHINE_ARN = stepFunctions.machines.find((m) => m.id.startsWith('Seed'))!.arn;
   env[COMPACTION_STATE_MACHINE_ENV] = stepFunctions.machines.find((m) => m.id.startsWith('Compaction'))!.arn;
+  env[RECOVERY_STATE_MACHINE_ENV] = stepFunctions.machines.find((m) => m.id.startsWith('Recovery'))!.arn;
   Object.assign(process.env, env);
 
   let stopped = false;

@@ -9,19 +9,13 @@ import { once } from 'node:events';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
 import type { RecoveryPoint } from '../core/model';
-import type { ObjectStore, ReplicaIndex } from './ports';
+import type { ImageSink, ObjectStore, ReplicaIndex } from './ports';
 import { limiter } from './concurrency';
 import { openRp, type RpReader, type RpReadOptions } from './rp-reader';
 
 export { LEASELESS_READ_MS } from './rp-reader';
 
-/** Receives one disk image as consecutive windows; `pieces` say which bytes hold data. */
-export interface ImageSink {
-  write(offset: number, window: Buffer, dataRanges: { start: number; end: number }[]): Promise<void>;
-  close(): Promise<void>;
-  /** Recovery failed: release resources and leave no partial image behind. */
-  abort(err: Error): Promise<void>;
-}
+export type { ImageSink } from './ports';
 
 export interface MaterializeOptions extends RpReadOptions {
   /** Called once per disk for its sink. */

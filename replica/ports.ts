@@ -265,3 +265,109 @@ export interface HistoryIndex {
   advanceGc(pairId: string, fromVersion: number, toVersion: number): Promise<boolean>;
   deleteVersionRecord(pairId: string, version: number): Promise<void>;
 }
+
+/** Where a recovery run writes: one raw image object per disk (`{prefix}/{disk}.img`), or one EBS snapshot per disk. */
+export type RecoveryTargetSpec = { kind: 's3'; bucket: string; prefix: string } | { kind: 'ebs' };
+
+/** A disk of a recovery run: its ranges, and what the target holds for it while the run goes on. */
+export interface RecoveryDisk {
+  name: string;
+  sizeBytes: number;
+  rangeBytes: number;
+  ranges: number;
+  /** S3: the image's key and its multipart upload. */
+  key?: string;
+  uploadId?: string;
+  /** EBS: the snapshot being written, and the earlier recovery's it starts from (its record: key, where the sums start). */
+  snapshotId?: string;
+  parentSnapshotId?: string;
+  parentRecordKey?: string;
+  parentSumsOffset?: number;
+  /** Why the newest earlier snapshot could not be the parent (a full snapshot was started instead). */
+  parentRefused?: string;
+  /** EBS, once finished: the blocks the run put (CompleteSnapshot's ChangedBlocksCount). */
+  blocksWritten?: number;
+}
+
+export type RecoveryStatus = 'RUNNING' | 'COMPLETED' | 'FAILED';
+
+/** A recovery run (`sk = RECOVERY#{id}`): what it recovers, into what, under which lease, and how far it is. */
+export interface RecoveryRun {
+  id: string;
+  pairId: string;
+  seq: number;
+  target: RecoveryTargetSpec;
+  status: RecoveryStatus;
+  /** Who asked (the CLI's user, or the caller's identity). */
+  by: string;
+  startedMs: number;
+  updatedMs: number;
+  finishedMs?: number;
+  /** Runs of the workflow for this recovery (a resumed one adds one). */
+  attempts: number;
+  totalBytes: number;
+  doneBytes: number;
+  rangesTotal: number;
+  rangesDone: number;
+  disks: RecoveryDisk[];
+  /** The reader lease of the current attempt, on the manifest `head` names. */
+  lease?: { id: string; head: HistoryHead };
+  /** Why the last attempt failed. */
+  error?: string;
+  /** Per disk, what was made: `s3://bucket/key` or the snapshot id. */
+  outputs?: Record<string, string>;
+}
+
+/** A finished range (`sk = RECOVERY#{id}#RANGE#{disk}#{index:6}`): the run's proof that it need not be done again. */
+export interface RecoveryRangeDone {
+  disk: string;
+  index: number;
+  bytes: number;
+  dataBytes: number;
+  /** S3: the part's ETag. */
+  etag?: string;
+  /** EBS: blocks put, and the object holding the range's block sums. */
+  blocksWritten?: number;
+  sumsKey?: string;
+}
+
+/** Recovery runs on the pair's partition. */
+export interface RecoveryRuns {
+  /** Creates the run; false if one with its id exists. */
+  createRecovery(run: RecoveryRun): Promise<boolean>;
+  getRecovery(pairId: string, id: string): Promise<RecoveryRun | undefined>;
+  /** Sets the given fields (and updatedMs). */
+  updateRecovery(pairId: string, id: string, fields: Partial<Omit<RecoveryRun, 'id' | 'pairId'>>): Promise<void>;
+  /** Records a range done and adds it to the run's counters, once: false if it was recorded already. */
+  recordRange(pairId: string, id: string, range: RecoveryRangeDone, nowMs: number): Promise<boolean>;
+  rangesDone(pairId: string, id: string): Promise<RecoveryRangeDone[]>;
+  /** The pair's runs, newest first. */
+  listRecoveries(pairId: string): Promise<RecoveryRun[]>;
+}
+
+/** Multipart uploads, whose parts separate writers send in parallel (the recovery workflow's ranges). */
+export interface PartUploads {
+  /** Starts an upload of `key`; its id. */
+  startUpload(key: string): Promise<string>;
+  /** Sends part `partNumber` (1-based) of `length` bytes; its ETag. */
+  uploadPart(key: string, uploadId: string, partNumber: number, body: Readable, length: number): Promise<string>;
+  completeUpload(key: string, uploadId: string, parts: { partNumber: number; etag: string }[]): Promise<void>;
+  abortUpload(key: string, uploadId: string): Promise<void>;
+}
+
+/** Snapshots written block by block from several writers (the EBS direct APIs). */
+export interface SnapshotService {
+  /** Starts a snapshot of a disk of `sizeBytes`, from `parentSnapshotId` if it can be; the same token is the same snapshot. */
+  start(o: { sizeBytes: number; parentSnapshotId?: string; clientToken: string; description: string; tags: Record<string, string> }): Promise<{ snapshotId: string; parentId?: string; parentRefused?: string }>;
+  /** A sink for blocks [firstBlock, firstBlock + blocks) of a started snapshot; `parentSums` the parent's sums of those blocks. */
+  blocks(o: { snapshotId: string; firstBlock: number; blocks: number; parentSums?: Buffer }): ImageSink & { readonly blocksWritten: number; readonly sums: Buffer };
+  complete(snapshotId: string, changedBlocks: number): Promise<void>;
+}
+
+/** Receives one disk image (or a range of it) as consecutive windows at their offsets in the disk; `dataRanges` say which bytes of a window hold data. */
+export interface ImageSink {
+  write(offset: number, window: Buffer, dataRanges: { start: number; end: number }[]): Promise<void>;
+  close(): Promise<void>;
+  /** Recovery failed: release resources and leave no partial image behind. */
+  abort(err: Error): Promise<void>;
+}

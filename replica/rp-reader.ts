@@ -297,15 +297,7 @@ async function openHistory(
   };
   let manifest: Manifest;
   try {
-    let head = await history.getHistory(pair.pairId);
-    for (;;) {
-      lease.manifestVersion = head.version;
-      await put();
-      const again = await history.getHistory(pair.pairId);
-      if (again.version === head.version) break;
-      head = again;
-    }
-    manifest = await manifestAt(head);
+    manifest = await manifestAt(await holdHistory(history, pair.pairId, lease, put));
   } catch (err) {
     await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
     throw err;
@@ -319,6 +311,22 @@ async function openHistory(
       await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
     },
   };
+}
+
+/**
+ * Puts `lease` (through `put`) on the version HISTORY names and reads HISTORY again: if a
+ * publish came in between, the lease moves to the new version, until the two reads agree.
+ * Resolves with the head whose version the lease now holds. On failure the caller deletes it.
+ */
+export async function holdHistory(history: HistoryIndex, pairId: string, lease: ReaderLease, put: () => Promise<void>): Promise<HistoryHead> {
+  let head = await history.getHistory(pairId);
+  for (;;) {
+    lease.manifestVersion = head.version;
+    await put();
+    const again = await history.getHistory(pairId);
+    if (again.version === head.version) return head;
+    head = again;
+  }
 }
 
 /**
