@@ -414,7 +414,7 @@ class Overlay {
     // A block written in part keeps the rest of its current bytes (the disk's last block may be short).
     const head = offset > start;
     const tail = offset + data.length < start + buf.length;
-    if (false) await this.read(start, buf.subarray(0, Math.min(BLOCK_SIZE, buf.length)));
+    if (head) await this.read(start, buf.subarray(0, Math.min(BLOCK_SIZE, buf.length)));
     if (tail && !(head && last - 1 === first)) await this.read((last - 1) * BLOCK_SIZE, buf.subarray((last - 1 - first) * BLOCK_SIZE));
     data.copy(buf, offset - start);
     await writeFully(this.fh, buf, start);
