@@ -6,7 +6,8 @@
 // compacts and GC deletes what only they needed (storage shown before and after). The first
 // (seeded) RP, a mid-way ACRP (pinned, as for an investigation) and the latest RP, whose
 // batches were folded and deleted, are recovered and verified bit for bit; the latest also
-// into an EBS snapshot (the local EBS direct APIs), read back block by block and verified.
+// in the cloud (the recovery workflow) into an EBS snapshot (the local EBS direct APIs), read
+// back block by block and verified.
 
 import { copyFile, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -19,10 +20,12 @@ import { seedBackupKey } from '../core/keys';
 import { rpUntil } from '../core/retention';
 import { seedRunEnded, type Pair } from '../core/model';
 import { createPair, pinRp, seedProgress, startSeed, waitForWatermark } from '../replica/pairs';
-import type { CompactionLauncher, KeyLister, ObjectStore, ReplicaIndex } from '../replica/ports';
+import type { CompactionLauncher, KeyLister, ObjectStore, RecoveryRun, ReplicaIndex } from '../replica/ports';
 import { DescribeExecutionCommand } from '@aws-sdk/client-sfn';
 import { ebsClient, sfnClient } from '../adapters/aws-clients';
-import { ebsSnapshotSink, readSnapshot } from '../adapters/ebs-snapshot-sink';
+import { readSnapshot } from '../adapters/ebs-snapshot-sink';
+import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
+import { recoverInCloud } from './recover-cloud';
 import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
 import type { RetentionPolicy } from '../core/retention';
 import { GC_GRACE_ENV } from '../lib/names';
@@ -197,30 +200,32 @@ export async function runDemo(o: DemoOptions): Promise<boolean> {
           (diff === undefined ? 'VERIFIED bit for bit against the source' : `MISMATCH at byte ${diff}`),
       );
     }
-    // Issue 16's first target: the latest RP as an EBS snapshot (the local EBS direct APIs),
-    // read back block by block and compared with the source.
+    // The latest RP recovered in the cloud (the recovery workflow: a Lambda per range) into an
+    // EBS snapshot (the local EBS direct APIs), read back block by block and compared with the source.
     {
       const t = Date.now();
       const ebs = ebsClient();
+      const launcher = recoveryLauncherFromEnv()!;
       try {
-        const sink = ebsSnapshotSink(ebs, { sizeBytes: o.diskBytes, description: `livesync demo ${pairId} RP ${lastSeq}` });
-        await materialize(store, index, { pairId, seq: lastSeq, history, sinkFor: async () => sink });
+        const run = (await recoverInCloud(rpStoreFromEnv(), launcher, { pairId, choice: { seq: lastSeq }, target: { kind: 'ebs' }, by: 'demo', log: () => {} })) as RecoveryRun;
+        const disk = run.disks[0];
         const back = join(dir, `snapshot-${lastSeq}-disk0.img`);
         const fh = await open(back, 'w');
         try {
           await fh.truncate(o.diskBytes);
-          await readSnapshot(ebs, sink.snapshot.id!, async (offset, data) => void (await fh.write(data, 0, Math.min(data.length, o.diskBytes - offset), offset)));
+          await readSnapshot(ebs, disk.snapshotId!, async (offset, data) => void (await fh.write(data, 0, Math.min(data.length, o.diskBytes - offset), offset)));
         } finally {
           await fh.close();
         }
         const diff = await compareFiles(sourcePath, back);
         ok &&= diff === undefined;
         o.log(
-          `recover latest RP (seq ${lastSeq}) into EBS snapshot ${sink.snapshot.id} (${sink.snapshot.blocksWritten} blocks of 512 KiB written, zero blocks skipped) in ${((Date.now() - t) / 1000).toFixed(2)} s, read back -> ` +
+          `recover latest RP (seq ${lastSeq}) in the cloud (recovery workflow ${run.id}: ${run.rangesTotal} range Lambda${run.rangesTotal === 1 ? '' : 's'}) into EBS snapshot ${disk.snapshotId} (${disk.blocksWritten} blocks of 512 KiB written, zero blocks skipped) in ${((Date.now() - t) / 1000).toFixed(2)} s, read back -> ` +
             (diff === undefined ? 'VERIFIED bit for bit against the source' : `MISMATCH at byte ${diff}`),
         );
       } finally {
         ebs.destroy();
+        launcher.destroy();
       }
     }
     await source.close();

@@ -18,12 +18,13 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env, opts: { applyQu
   return { bucket: env.LIVESYNC_BUCKET!, table: env.LIVESYNC_TABLE!, ...(env[APPLY_QUEUE_URL_ENV] ? { applyQueueUrl: env[APPLY_QUEUE_URL_ENV] } : {}) };
 }
 
-const quiet = (process.env.LOG_LEVEL ?? 'info').toLowerCase() !== 'info';
+/** LOG_LEVEL as it is now (a process that sets it after importing a handler is obeyed). */
+const quiet = (): boolean => (process.env.LOG_LEVEL ?? 'info').toLowerCase() !== 'info';
 
 /** One JSON line per event, the shape CloudWatch Logs Insights queries well. LOG_LEVEL=warn quiets info. */
 export const jsonLogger = {
   info: (msg: string, data?: object): void => {
-    if (!quiet) console.log(JSON.stringify({ level: 'info', msg, ...data }));
+    if (!quiet()) console.log(JSON.stringify({ level: 'info', msg, ...data }));
   },
   warn: (msg: string, data?: object): void => console.warn(JSON.stringify({ level: 'warn', msg, ...data })),
 };

@@ -129,7 +129,7 @@ export class LivesyncStack extends Stack {
           id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::${name}/*]`,
           reason: `Raw images recovered into bucket ${name}, which the deployer allowed; keys are named by the operator at run time.`,
         })),
-        { id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>::snapshot/*]', reason: 'EBS direct APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot) and tagging at StartSnapshot: snapshot ids are chosen by EBS at run time.' },
+        { id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:${Token.isUnresolved(this.region) ? '<AWS::Region>' : this.region}::snapshot/*]`, reason: 'EBS direct APIs (StartSnapshot, PutSnapshotBlock, CompleteSnapshot) and tagging at StartSnapshot: snapshot ids are chosen by EBS at run time.' },
         xray,
       );
       Validations.of(fn.node.defaultChild!).acknowledge(nodeRuntime);

@@ -211,7 +211,8 @@ export class ReplicaStore extends Construct {
    * write under each pair's `recoveries/` (range sums, snapshot records), write raw images under
    * the bucket's `recoveries/` prefix and in the deployer's target buckets (multipart:
    * PutObject, AbortMultipartUpload; HEAD to check the result), keep run and range items
-   * and the reader lease. It never writes journal or history objects and deletes nothing.
+   * and the reader lease (released by letting it lapse). It never writes journal or history
+   * objects and deletes nothing, index items included.
    */
   grantRecover(fn: lambda.IFunction, targetBuckets: s3.IBucket[]): iam.Grant[] {
     const images = [this.bucket.arnForObjects(`${RECOVERIES_PREFIX}*`), ...targetBuckets.map((b) => b.arnForObjects('*'))];
@@ -228,7 +229,7 @@ export class ReplicaStore extends Construct {
       ...targetBuckets.map((b) => iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:ListBucket'], resourceArns: [b.bucketArn] })),
       iam.Grant.addToPrincipal({
         grantee: fn,
-        actions: ['GetItem', 'PutItem', 'UpdateItem', 'DeleteItem', 'Query', 'ConditionCheckItem'].map((a) => `dynamodb:${a}`),
+        actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query', 'ConditionCheckItem'].map((a) => `dynamodb:${a}`),
         resourceArns: [this.table.tableArn],
       }),
     ];

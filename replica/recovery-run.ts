@@ -77,7 +77,7 @@ export async function startRecovery(deps: RecoveryDeps, req: StartRequest, nowMs
   } else if (run.status === 'COMPLETED') {
     return { pairId: run.pairId, recoveryId: run.id, ranges: [] };
   } else {
-    if (run.lease) await deps.history.deleteReaderLease(run.pairId, run.lease.id).catch(() => {});
+    await releaseLease(deps, run);
     run.attempts++;
   }
   const rp = await deps.index.getRecoveryPoint(run.pairId, run.seq);
@@ -94,7 +94,7 @@ export async function startRecovery(deps: RecoveryDeps, req: StartRequest, nowMs
     const disks = await openTarget(deps, run);
     await deps.runs.updateRecovery(run.pairId, run.id, { status: 'RUNNING', attempts: run.attempts, disks, lease: { id: lease.id, head }, error: '' });
   } catch (err) {
-    await deps.history.deleteReaderLease(run.pairId, lease.id).catch(() => {});
+    await releaseLease(deps, { ...run, lease: { id: lease.id, head } });
     throw err;
   }
   const done = new Set((await deps.runs.rangesDone(run.pairId, run.id)).map((r) => `${r.disk}#${r.index}`));
@@ -310,7 +310,7 @@ export async function finishRecovery(deps: RecoveryDeps, req: { pairId: string; 
     }
   }
   await deps.runs.updateRecovery(run.pairId, run.id, { status: 'COMPLETED', finishedMs: nowMs, outputs, disks, error: '' });
-  if (run.lease) await deps.history.deleteReaderLease(run.pairId, run.lease.id).catch(() => {});
+  await releaseLease(deps, run);
   deps.log?.(`recovery ${run.id}: done, ${JSON.stringify(outputs)}`);
   return { recoveryId: run.id, outputs };
 }
@@ -324,13 +324,24 @@ async function completeOnce(snapshots: SnapshotService, id: string, changed: num
   }
 }
 
+/**
+ * Gives up the run's lease by letting it lapse now (a put with expiresMs = now; the table's TTL
+ * removes the item): the workflow's roles delete nothing, index items included. A range still
+ * renewing it then stops with ReaderLeaseLostError.
+ */
+async function releaseLease(deps: RecoveryDeps, run: Pick<RecoveryRun, 'pairId' | 'seq' | 'lease'>): Promise<void> {
+  if (!run.lease) return;
+  const now = Date.now();
+  await deps.history.putReaderLease(run.pairId, { id: run.lease.id, kind: 'recovery', seq: run.seq, manifestVersion: run.lease.head.version, expiresMs: now }).catch(() => {});
+}
+
 /** A run that failed: FAILED with the reason, its lease given up; its uploads and snapshots stay for a resume. */
 export async function failRecovery(deps: RecoveryDeps, req: { pairId: string; recoveryId: string; error?: { Error?: string; Cause?: string } }): Promise<{ reason: string }> {
   const reason = recoveryFailure(req.error);
   const run = await deps.runs.getRecovery(req.pairId, req.recoveryId);
   if (run && run.status !== 'COMPLETED') {
     await deps.runs.updateRecovery(run.pairId, run.id, { status: 'FAILED', error: reason, finishedMs: Date.now() });
-    if (run.lease) await deps.history.deleteReaderLease(run.pairId, run.lease.id).catch(() => {});
+    await releaseLease(deps, run);
   }
   return { reason };
 }

@@ -143,8 +143,8 @@ describe('LivesyncStack', () => {
   test('no custom resources: everything, the event path included, is a resource CloudFormation (and LocalStack community) creates natively', () => {
     const types = Object.values(template.toJSON().Resources).map((r: any) => r.Type as string);
     expect(types.filter((t) => t.startsWith('Custom::') || t === 'AWS::CloudFormation::CustomResource')).toEqual([]);
-    // No deploy-time helper Lambda either (CDK's notification or auto-delete handlers): only the six handlers.
-    expect(Object.values(template.findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Handler).sort()).toEqual(['index.gc', 'index.handler', 'index.range', 'index.steps', 'index.sweep', 'index.unit']);
+    // No deploy-time helper Lambda either (CDK's notification or auto-delete handlers): only the eight handlers.
+    expect(Object.values(template.findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Handler).sort()).toEqual(['index.gc', 'index.handler', 'index.range', 'index.recoveryRange', 'index.recoveryStep', 'index.steps', 'index.sweep', 'index.unit']);
   });
 
   test('apply role: least privilege (no deletes/scans; S3 read and list of pairs/* only)', () => {
@@ -193,8 +193,8 @@ describe('LivesyncStack', () => {
       const app = newApp(context);
       return Object.values(Template.fromStack(new LivesyncStack(app, 'Arch')).findResources('AWS::Lambda::Function')).map((f: any) => f.Properties.Architectures);
     };
-    expect(archs({})).toEqual(Array(6).fill(['arm64']));
-    expect(archs({ lambdaArchitecture: 'x86_64' })).toEqual(Array(6).fill(['x86_64']));
+    expect(archs({})).toEqual(Array(8).fill(['arm64']));
+    expect(archs({ lambdaArchitecture: 'x86_64' })).toEqual(Array(8).fill(['x86_64']));
     expect(() => archs({ lambdaArchitecture: 'amd64' })).toThrow('context lambdaArchitecture=amd64: expected arm64 or x86_64');
   });
 
@@ -262,6 +262,27 @@ describe('LivesyncStack', () => {
     ]);
     const unitPuts = statementsOf(ref(stack.compaction.unitFunction.role as iam.Role)).filter((st) => [st.Action].flat().includes('s3:PutObject'));
     expect(unitPuts).toEqual([expect.objectContaining({ Resource: { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*/history/*']] } })]);
+  });
+
+  test('recovery: start → a Distributed Map over the ranges → finish, failures recorded; its roles write only recoveries (never journal or history), read pairs/*, and the EBS direct APIs', () => {
+    const machine = machinesFromTemplate(template.toJSON()).find((m) => m.id.startsWith('Recovery'))!;
+    expect(Object.keys(machine.definition.States).sort()).toEqual(['Fail', 'Finish', 'Ranges', 'Recovered', 'RecoveryFailed', 'Start']);
+    expect(machine.handlerOfState).toEqual({ Start: 'recoveryStep', RecoverRange: 'recoveryRange', Finish: 'recoveryStep', Fail: 'recoveryStep' });
+    const ranges = machine.definition.States.Ranges as any;
+    expect(ranges).toMatchObject({ ItemsPath: '$.plan.ranges', MaxConcurrency: 16, ItemSelector: { 'range.$': '$$.Map.Item.Value' } });
+    expect((machine.definition.States.Start as any).Retry).toContainEqual(expect.objectContaining({ ErrorEquals: expect.arrayContaining(['HistoryPrunedError', 'ReaderLeaseLostError']), MaxAttempts: 0 }));
+    for (const fn of [stack.recovery.stepsFunction, stack.recovery.rangeFunction]) {
+      const statements = Object.values(template.findResources('AWS::IAM::Policy'))
+        .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === ref(fn.role as iam.Role)))
+        .flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+      const puts = statements.filter((st: any) => [st.Action].flat().includes('s3:PutObject')).flatMap((st: any) => [st.Resource].flat());
+      expect(puts).toEqual([
+        { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*/recoveries/*']] },
+        { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/recoveries/*']] },
+      ]);
+      const ebs = statements.find((st: any) => [st.Action].flat().includes('ebs:PutSnapshotBlock'));
+      expect([ebs.Action].flat().sort()).toEqual(['ebs:CompleteSnapshot', 'ebs:PutSnapshotBlock', 'ebs:StartSnapshot', 'ec2:CreateTags']);
+    }
   });
 
   test('compaction state machine: units in a loop, then GC; corrupt history is not retried; the schedule starts runs; the apply function may start them', () => {
