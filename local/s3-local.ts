@@ -10,6 +10,7 @@ import { dirname } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import S3rver from 's3rver';
+import { AwsChunkedDecoder, isAwsChunked } from './aws-chunked';
 
 /**
  * s3rver encrypts ListObjectsV2 continuation tokens with single DES, which OpenSSL 3 (Node 22)
@@ -78,6 +79,13 @@ export async function startS3Local(directory: string, bucket: string): Promise<R
   };
 }
 
+/** Metadata without the aws-chunked content encoding (the stored object is the decoded data). */
+function withoutAwsChunked(metadata: Record<string, string>): Record<string, string> {
+  const enc = (metadata['content-encoding'] ?? '').split(',').map((e) => e.trim()).filter((e) => e && e !== 'aws-chunked');
+  const { 'content-encoding': _enc, ...rest } = metadata;
+  return enc.length ? { ...rest, 'content-encoding': enc.join(',') } : rest;
+}
+
 /**
  * s3rver writes a PUT into the object's file in place (truncating it first), and answers
  * before the write is done: a GET during a re-PUT of the same key could read a short object.
@@ -88,6 +96,15 @@ export async function startS3Local(directory: string, bucket: string): Promise<R
  */
 function makePutsAtomic(server: S3rver): void {
   const store = server.store;
+  // A multipart part streamed aws-chunked is decoded too (putPart is missing from s3rver's types).
+  const parts = store as unknown as { putPart: (bucket: string, uploadId: string, partNumber: number, content: Readable) => Promise<unknown> };
+  const putPart = parts.putPart.bind(store);
+  parts.putPart = (bucket: string, uploadId: string, partNumber: number, content: Readable & { headers?: Record<string, string | string[] | undefined> }) => {
+    if (!content.headers || !isAwsChunked(content.headers)) return putPart(bucket, uploadId, partNumber, content);
+    const decoded = new AwsChunkedDecoder();
+    decoded.on('error', (err) => content.destroy(err));
+    return putPart(bucket, uploadId, partNumber, content.pipe(decoded));
+  };
   store.putObject = async (object) => {
     const objectPath = store.getResourcePath(object.bucket, object.key, 'object');
     const tmp = `${objectPath}.${randomBytes(8).toString('hex')}.tmp`;
@@ -100,6 +117,9 @@ function makePutsAtomic(server: S3rver): void {
         size = object.content.length;
         await writeFile(tmp, object.content);
       } else {
+        const content = object.content as Readable & { headers?: Record<string, string | string[] | undefined> };
+        const chunked = content.headers && isAwsChunked(content.headers);
+        if (chunked) object.metadata = withoutAwsChunked(object.metadata);
         const count = new Transform({
           transform(chunk: Buffer, _encoding, done) {
             md5.update(chunk);
@@ -107,7 +127,8 @@ function makePutsAtomic(server: S3rver): void {
             done(null, chunk);
           },
         });
-        await pipeline(object.content as Readable, count, createWriteStream(tmp));
+        if (chunked) await pipeline(content, new AwsChunkedDecoder(), count, createWriteStream(tmp));
+        else await pipeline(content, count, createWriteStream(tmp));
       }
       const digest = md5.digest('hex');
       await rename(tmp, objectPath);

@@ -1,0 +1,205 @@
+// npm run bench:recover — recovery of one RP, against peers doing the same work in the same run.
+// Prints one JSON line on stdout; progress on stderr.
+//
+// Setup (untimed): the embedded local stack (S3, DynamoDB Local, SQS, the local Step Functions
+// running the synthesized state machines, the local EBS direct APIs); one pair with one disk
+// of BENCH_RECOVER_MIB (default 1024) MiB, written through the BatchWriter in 8 MiB batches:
+// random (incompressible) data over half the disk in 1 MiB extents at seeded places, then a
+// second pass rewriting a quarter of those, then an RP; the apply path registers every batch
+// and a compaction run folds them into the history (images and pieces), as a pair that has run
+// for a while is read. The RP's image is written once more as one plain object (raw/src.img)
+// and into a restic repository in the same local S3 (restic's s3 backend) for the peers.
+//
+// Timed, BENCH_RECOVER_REPS (default 3) rounds, the order of the kinds rotated each round:
+//   cloud_s3    `livesync recover --to s3://…/recoveries/…`: the recovery workflow (a range
+//               Lambda per 64 MiB, 16 at once) writes the raw image as a multipart upload
+//   raw         a plain copy of the same bytes through the same S3: ranged GETs of raw/src.img
+//               in 64 MiB parts, 16 at once, each PUT as a part of a multipart upload (what a
+//               recovery would cost if the image were stored whole)
+//   cloud_ebs   the same RP into an EBS snapshot (full: the earlier records are removed first)
+//   file        `livesync recover --to file:DIR` (the CLI's process) of the same RP
+//   restic      `restic restore latest --target DIR` of the same image from its repository
+// Fields: recover_mib_s (disk MiB / cloud_s3 s), ratio_vs_raw (raw s / cloud_s3 s, target
+// >= 0.8), ebs_blocks_per_s, ratio_vs_restic (restic s / file s, target >= 1.5), medians of
+// the rounds; every recovered image is compared with the source's bytes (a mismatch fails).
+// Locally every part runs on this host's cores: the Lambdas, S3 and DynamoDB share them with
+// the peers, the same way for each.
+
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { promisify } from 'node:util';
+import { ebsClient } from '../adapters/aws-clients';
+import { readSnapshot } from '../adapters/ebs-snapshot-sink';
+import { rpStoreFromEnv } from '../adapters/from-env';
+import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
+import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
+import { recoverInCloud } from '../cli/recover-cloud';
+import { recoverCommand } from '../cli/recover';
+import { snapshotRecordPrefix } from '../core/snapshot-record';
+import { startLocalStack, type LocalStack } from '../local/stack';
+import { limiter } from '../replica/concurrency';
+import { createPair, waitForWatermark } from '../replica/pairs';
+import type { RecoveryRun } from '../replica/ports';
+import { BatchWriter } from '../source/batch-writer';
+import { rng } from '../source/workload';
+import { median, round, runBench, timed } from './measure';
+import { ensurePeers, JAVA_PEER } from './peers';
+
+const MiB = 2 ** 20;
+const log = (m: string): void => console.error(`bench:recover: ${m}`);
+const KINDS = ['cloud_s3', 'raw', 'cloud_ebs', 'file', 'restic'] as const;
+type Kind = (typeof KINDS)[number];
+
+async function main(): Promise<void> {
+  const diskBytes = Number(process.env.BENCH_RECOVER_MIB ?? 1024) * MiB;
+  const reps = Number(process.env.BENCH_RECOVER_REPS ?? 3);
+  ensurePeers([JAVA_PEER, { command: 'restic', pkg: 'restic' }], log);
+  const dir = await mkdtemp(join(tmpdir(), 'bench-recover-'));
+  let stack: LocalStack | undefined;
+  await runBench(
+    log,
+    async () => {
+      await stack?.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+    async () => {
+      process.env.LOG_LEVEL ??= 'warn';
+      stack = await startLocalStack({ dir: join(dir, 'stack') });
+      const rps = rpStoreFromEnv();
+      const pairId = `bench-${randomBytes(3).toString('hex')}`;
+      const disks = [{ name: 'disk0', sizeBytes: diskBytes }];
+      const source = Buffer.alloc(diskBytes);
+      await createPair(rps.index, { pairId, disks });
+      const w = new BatchWriter({ pairId, disks, store: rps.store, maxBatchAgeMs: 0, maxBatchBytes: 8 * MiB });
+      const random = rng(7);
+      const extents = Array.from({ length: diskBytes / MiB / 2 }, () => Math.floor(random() * (diskBytes / MiB)));
+      for (const [i, at] of [...extents, ...extents.slice(0, extents.length / 4)].entries()) {
+        const data = randomBytes(MiB);
+        data.copy(source, at * MiB);
+        await w.write('disk0', at * MiB, data);
+        if (i % 64 === 63) w.cut();
+      }
+      const seq = w.cut({ rp: true })!;
+      await w.close();
+      await waitForWatermark(rps.index, pairId, seq, 300_000);
+      await compactionLauncherFromEnv()!.start(pairId, 'operator', Date.now());
+      await stack.workflowsIdle();
+      const head = await rps.history.getHistory(pairId);
+      log(`pair ${pairId}: ${diskBytes / MiB} MiB disk, RP ${seq}, history version ${head.version} (frontier ${head.frontierSeq})`);
+
+      // The peers' copies of the same bytes: one plain object, and a restic repository in the same S3.
+      await rps.store.put('raw/src.img', source);
+      const srcFile = join(dir, 'disk0.img');
+      await writeFile(srcFile, source);
+      const s3 = stack.env.AWS_ENDPOINT_URL_S3;
+      const restic = { ...process.env, RESTIC_REPOSITORY: `s3:${s3}/${rps.bucket}/restic`, RESTIC_PASSWORD: 'bench', AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_DEFAULT_REGION: 'us-east-1' };
+      await run('restic', ['init'], restic);
+      await run('restic', ['backup', '--quiet', srcFile], restic, dir);
+      await rm(srcFile);
+
+      const launcher = recoveryLauncherFromEnv()!;
+      const seconds = new Map<Kind, number[]>(KINDS.map((k) => [k, []]));
+      let ebsBlocks = 0;
+      const check = (what: string, got: Buffer): void => {
+        if (!got.equals(source)) throw new Error(`${what}: the recovered image differs from the source`);
+      };
+      const runs: Record<Kind, (r: number) => Promise<void>> = {
+        cloud_s3: async (r) => {
+          const prefix = `recoveries/bench/${r}`;
+          const out = await timed(() => recoverInCloud(rps, launcher, { pairId, choice: { seq }, target: { kind: 's3', prefix }, log: () => {} }));
+          seconds.get('cloud_s3')!.push(out.seconds);
+          check('cloud_s3', await rps.store.get(`${prefix}/disk0.img`));
+        },
+        raw: async (r) => {
+          const key = `raw/copy-${r}.img`;
+          const out = await timed(() => rawCopy(rps.store, 'raw/src.img', key, diskBytes));
+          seconds.get('raw')!.push(out.seconds);
+          check('raw', await rps.store.get(key));
+        },
+        cloud_ebs: async () => {
+          // A full snapshot each round: no earlier record to start from.
+          const records = await rps.store.listKeys(snapshotRecordPrefix(pairId, 'disk0'));
+          if (records.length) await rps.deleter.deleteKeys(records);
+          const out = await timed(() => recoverInCloud(rps, launcher, { pairId, choice: { seq }, target: { kind: 'ebs' }, log: () => {} }));
+          seconds.get('cloud_ebs')!.push(out.seconds);
+          const disk = (out.value as RecoveryRun).disks[0];
+          ebsBlocks = disk.blocksWritten ?? 0;
+          const ebs = ebsClient();
+          const image = Buffer.alloc(diskBytes);
+          await readSnapshot(ebs, disk.snapshotId!, async (offset, data) => void data.copy(image, offset));
+          ebs.destroy();
+          check('cloud_ebs', image);
+        },
+        file: async (r) => {
+          const to = join(dir, `file-${r}`);
+          const out = await timed(() => recoverCommand(rps, pairId, { seq }, { kind: 'file', dir: to }));
+          seconds.get('file')!.push(out.seconds);
+          check('file', await readFile(join(to, 'disk0.img')));
+          await rm(to, { recursive: true });
+        },
+        restic: async (r) => {
+          const to = join(dir, `restic-${r}`);
+          await mkdir(to);
+          const out = await timed(() => run('restic', ['restore', 'latest', '--target', to], restic));
+          seconds.get('restic')!.push(out.seconds);
+          check('restic', await readFile(join(to, srcFile)));
+          await rm(to, { recursive: true });
+        },
+      };
+      for (let r = 0; r < reps; r++) {
+        const order = KINDS.map((_, i) => KINDS[(i + r) % KINDS.length]);
+        for (const k of order) {
+          await stack.workflowsIdle();
+          await runs[k](r);
+          log(`round ${r + 1}/${reps} ${k}: ${round(seconds.get(k)!.at(-1)!)} s`);
+        }
+      }
+      launcher.destroy();
+      const m = (k: Kind): number => median(seconds.get(k)!);
+      console.log(
+        JSON.stringify({
+          disk_mib: diskBytes / MiB,
+          data_mib: round(new Set(extents).size, 0),
+          reps,
+          recover_mib_s: round(diskBytes / MiB / m('cloud_s3'), 1),
+          ratio_vs_raw: round(m('raw') / m('cloud_s3')),
+          ebs_blocks_per_s: round(ebsBlocks / m('cloud_ebs'), 1),
+          ebs_blocks: ebsBlocks,
+          ratio_vs_restic: round(m('restic') / m('file')),
+          seconds: Object.fromEntries(KINDS.map((k) => [k, seconds.get(k)!.map((s) => round(s))])),
+        }),
+      );
+    },
+  );
+}
+
+/** The raw peer: the object copied in 64 MiB parts, 16 at once, each a ranged GET then an UploadPart. */
+async function rawCopy(store: ReturnType<typeof rpStoreFromEnv>['store'], from: string, to: string, size: number): Promise<void> {
+  const part = 64 * MiB;
+  const id = await store.startUpload(to);
+  const limit = limiter(16);
+  const parts = await Promise.all(
+    Array.from({ length: Math.ceil(size / part) }, (_, i) =>
+      limit(async () => {
+        const body = await store.get(from, { start: i * part, end: Math.min(size, (i + 1) * part) });
+        const stream = new PassThrough();
+        stream.end(body);
+        return { partNumber: i + 1, etag: await store.uploadPart(to, id, i + 1, stream, body.length) };
+      }),
+    ),
+  );
+  await store.completeUpload(to, id, parts);
+}
+
+async function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<void> {
+  await promisify(execFile)(cmd, args, { env, cwd, maxBuffer: 64 * MiB });
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
