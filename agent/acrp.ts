@@ -39,6 +39,32 @@ export async function takeAcrp(marker: Marker, disks: Settleable[], tag: string,
   });
 }
 
+/** A disk whose new writes can be refused (a planned failover's fence). */
+export interface Fenceable {
+  fence(reason: string | undefined): void;
+}
+
+/**
+ * The final ACRP of a planned failover: pre-freeze, then every disk refuses new writes, what
+ * was acknowledged is settled, and the mark is cut: every write the guest was told is done is
+ * below it, and none can follow. The application is not thawed (the source is going down;
+ * the post-thaw hook runs only if this fails, when writes are allowed again).
+ */
+export async function takeFinalAcrp(marker: Marker, disks: (Settleable & Fenceable)[], tag: string, hooks: AcrpHooks): Promise<number> {
+  checkAppTag(tag, 'failover tag');
+  const env = { LIVESYNC_ACRP_TAG: tag };
+  if (hooks.preFreeze) await runHook('pre-freeze', hooks.preFreeze, hooks.timeoutMs, env);
+  try {
+    for (const d of disks) d.fence(`the pair failed over at the ACRP tagged '${tag}'`);
+    for (const d of disks) await d.settle();
+    return await marker.cut({ appTag: tag });
+  } catch (err) {
+    for (const d of disks) d.fence(undefined);
+    if (hooks.postThaw) await runHook('post-thaw', hooks.postThaw, hooks.timeoutMs, env).catch(() => {});
+    throw err;
+  }
+}
+
 /**
  * Runs `body` between the pre-freeze and the post-thaw hook (both with `LIVESYNC_ACRP_TAG`).
  * The post-thaw hook always runs, once: when `body` calls `thaw` (to end the window early),

@@ -19,7 +19,7 @@ import { waitForWatermark } from '../replica/pairs';
 import type { HistoryIndex, KeyLister, ObjectStore, ReplicaIndex } from '../replica/ports';
 import { writeBackup } from '../source/backup';
 import type { CutOptions } from '../source/batch-writer';
-import { inFreezeWindow, takeAcrp, type AcrpHooks } from './acrp';
+import { inFreezeWindow, takeAcrp, takeFinalAcrp, type AcrpHooks } from './acrp';
 import { currentBootId, identityChange, imageIdentity, readState, writeState, type AgentState } from './agent-state';
 import { CapturedDisk } from './captured-disk';
 import { startControlSocket, type AgentBackup, type AgentStatus, type BackupRequest } from './control';
@@ -180,6 +180,13 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       if (capture.mode !== 'streaming') throw notStreaming('application-consistent RP');
       return takeAcrp(capture, exports, tag, hooks);
     });
+  const fence = (tag: string): Promise<number> =>
+    serialized(async () => {
+      if (capture.mode !== 'streaming') throw notStreaming('failover ACRP');
+      const seq = await takeFinalAcrp(capture, exports, tag, hooks);
+      log(`pair '${o.pairId}' fenced for failover: its last RP is ACRP ${seq} ('${tag}'); writes are refused from now on`);
+      return seq;
+    });
   const backup = (req: BackupRequest = {}): Promise<AgentBackup> =>
     serialized(() => {
       if (capture.mode !== 'streaming') throw notStreaming('backup');
@@ -190,7 +197,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const mib = (n: number): number => Math.round(n / 2 ** 20);
     return { pairId: o.pairId, ...capture.status(), memoryMiB: { rss: mib(m.rss), heap: mib(m.heapUsed), external: mib(m.external), buffers: mib(m.arrayBuffers) } };
   };
-  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, backup, status });
+  const control = await startControlSocket(join(stateDir, 'control.sock'), { acrp, fence, backup, status });
   const periodic = o.acrpIntervalMs
     ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => log(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
     : undefined;

@@ -38,7 +38,19 @@ export class CapturedDisk implements BlockExport {
     }
   }
 
+  /** Why new writes are refused (a planned failover fenced the source), if they are. */
+  private fenced: string | undefined;
+
+  fence(reason: string | undefined): void {
+    this.fenced = reason;
+  }
+
+  private refuseIfFenced(): void {
+    if (this.fenced) throw new Error(`disk '${this.name}' refuses writes: ${this.fenced}`);
+  }
+
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    this.refuseIfFenced();
     await this.mutate(
       offset,
       data.length,
@@ -54,6 +66,7 @@ export class CapturedDisk implements BlockExport {
    * without yielding, so it needs no place in the range lock's queue.
    */
   writeNow(offset: number, data: Buffer): boolean {
+    if (this.fenced) return false; // write() refuses it
     const [start, end] = blockSpan(offset, data.length);
     if (!this.capture.locks[this.index].isFree(start, end)) return false;
     return this.capture.mutateNow(
@@ -66,6 +79,7 @@ export class CapturedDisk implements BlockExport {
   }
 
   async zero(offset: number, length: number, fua: boolean): Promise<void> {
+    this.refuseIfFenced();
     await this.mutate(
       offset,
       length,

@@ -41,11 +41,13 @@ export interface BackupRequest {
 
 export interface ControlHandlers {
   acrp(tag: string): Promise<number>;
+  /** A planned failover's final ACRP: the disks refuse writes from it on (agent/acrp.ts takeFinalAcrp). */
+  fence(tag: string): Promise<number>;
   backup(req: BackupRequest): Promise<AgentBackup>;
   status(): AgentStatus;
 }
 
-export type ControlRequest = { op: 'acrp'; tag: string } | ({ op: 'backup' } & BackupRequest) | { op: 'status' };
+export type ControlRequest = { op: 'acrp'; tag: string } | { op: 'fence'; tag: string } | ({ op: 'backup' } & BackupRequest) | { op: 'status' };
 export type ControlAnswer = { ok: true; seq: number } | { ok: true; backup: AgentBackup } | { ok: true; status: AgentStatus } | { ok: false; error: string };
 
 export async function startControlSocket(path: string, h: ControlHandlers): Promise<{ close(): Promise<void> }> {
@@ -73,8 +75,8 @@ async function answer(line: string, h: ControlHandlers): Promise<ControlAnswer> 
       }
       return { ok: true, backup: await h.backup({ manifestKey: req.manifestKey, appTag: req.appTag }) };
     }
-    if (req.op !== 'acrp' || typeof req.tag !== 'string') return { ok: false, error: `unknown request ${line.slice(0, 100)}` };
-    return { ok: true, seq: await h.acrp(req.tag) };
+    if ((req.op !== 'acrp' && req.op !== 'fence') || typeof req.tag !== 'string') return { ok: false, error: `unknown request ${line.slice(0, 100)}` };
+    return { ok: true, seq: await (req.op === 'fence' ? h.fence(req.tag) : h.acrp(req.tag)) };
   } catch (err) {
     return { ok: false, error: (err as Error).message };
   }

@@ -10,6 +10,9 @@ import { userInfo } from 'node:os';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { recoverCommand, recoveryTargetOf, rpChoiceOf, showRun } from './recover';
 import { DynamoRecoveries } from '../adapters/dynamo-recoveries';
+import { DynamoOperations } from '../adapters/dynamo-operations';
+import { failoverCleanup, failoverPlanned, failoverTest, failoverUnplanned } from './failover';
+import { shownState } from '../core/failover';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
 
@@ -68,6 +71,17 @@ const USAGE = `usage: livesync <command> [options]
         resume a failed recovery run: only the ranges not done are recovered
   recovery list --pair P | recovery show --pair P --id ID
         recovery runs: target, status, progress (done of total, rate, time left), outputs
+  failover test --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --to TARGET
+        recover the RP as a sandboxed copy while replication goes on; the pair shows TEST
+  failover cleanup --pair P [--reason R]
+        end the test failover (what it made is printed, and kept)
+  failover planned --pair P --to TARGET [--state-dir DIR] [--tag T] [--timeout 10m]
+        the source's agent takes a final ACRP (pre-freeze hook) and refuses writes from then
+        on; once applied, that exact RP is recovered: FAILING_OVER -> FAILED_OVER, no write lost
+  failover unplanned --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --to TARGET
+        the source is gone: recover the chosen RP; FAILING_OVER -> FAILED_OVER
+  pair events --pair P
+        every failover transition: when, from, to, who asked, why
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
         [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--upload-interval 1s] [--verify-replica] [--sync-marks]
@@ -89,7 +103,7 @@ type Opts = Record<string, string | boolean | string[] | undefined>;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, sub] = argv;
-  const grouped = ['pair', 'local', 'rp', 'recovery'].includes(cmd);
+  const grouped = ['pair', 'local', 'rp', 'recovery', 'failover'].includes(cmd);
   const rest = argv.slice(grouped ? 2 : 1);
   const opts = (spec: ParseArgsConfig['options']): Opts => parseArgs({ args: rest, options: spec, strict: true, allowPositionals: false }).values as Opts;
   const str = (o: Opts, k: string): string | undefined => o[k] as string | undefined;
@@ -159,11 +173,12 @@ async function main(argv: string[]): Promise<number> {
     case 'pair status': {
       const o = opts({ pair: { type: 'string' }, watch: { type: 'boolean' } });
       const pairId = required('pair', str(o, 'pair'));
-      const { index } = rpStoreFromEnv();
+      const { index, table } = rpStoreFromEnv();
+      const ops = new DynamoOperations(table);
       for (;;) {
         const pair = await index.getPair(pairId);
         if (!pair) throw new UnknownPairError(pairId);
-        console.log(formatStatus(pair));
+        console.log(formatStatus(pair, (await ops.getOperation(pairId)).operation));
         if (!o.watch || seedRunEnded(pair)) return pair.state === 'SEED_FAILED' ? 1 : 0;
         await new Promise((r) => setTimeout(r, 1000));
       }
@@ -175,7 +190,9 @@ async function main(argv: string[]): Promise<number> {
       const pair = await index.getPair(pairId);
       if (!pair) throw new InvalidArgumentError(`unknown pair '${pairId}'`);
       // history: the manifest version in force, its frontier, GC's progress, and why the last unit failed (if one did since).
-      console.log(JSON.stringify({ ...pair, history: await history.getHistory(pairId), quarantine: await index.listQuarantine(pairId) }, null, 2));
+      const { operation } = await new DynamoOperations(rpStoreFromEnv().table).getOperation(pairId);
+      // shownState: a failover operation's phase while one is in progress; operation: what, since when, who, why.
+      console.log(JSON.stringify({ ...pair, shownState: shownState(pair.state, operation?.phase), operation, history: await history.getHistory(pairId), quarantine: await index.listQuarantine(pairId) }, null, 2));
       return 0;
     }
     case 'pair compact': {
@@ -243,6 +260,41 @@ async function main(argv: string[]): Promise<number> {
       const choice = flags.resume ? undefined : rpChoiceOf(o);
       const target = flags.resume ? undefined : recoveryTargetOf(o);
       console.log(JSON.stringify(await recoverCommand(rpStoreFromEnv(), pairId, choice, target, flags), null, 2));
+      return 0;
+    }
+    case 'failover test':
+    case 'failover unplanned':
+    case 'failover planned':
+    case 'failover cleanup': {
+      const o = opts({
+        pair: { type: 'string' },
+        rp: { type: 'string' },
+        latest: { type: 'boolean' },
+        at: { type: 'string' },
+        acrp: { type: 'string' },
+        to: { type: 'string' },
+        'state-dir': { type: 'string' },
+        tag: { type: 'string' },
+        timeout: { type: 'string' },
+        reason: { type: 'string' },
+        by: { type: 'string' },
+      });
+      const pairId = required('pair', str(o, 'pair'));
+      const rps = rpStoreFromEnv();
+      const ctx = { rps, ops: new DynamoOperations(rps.table), by: str(o, 'by') ?? process.env.USER ?? userInfo().username, log: (l: string) => console.error(l) };
+      let out: unknown;
+      if (command === 'failover cleanup') out = await failoverCleanup(ctx, pairId, str(o, 'reason') ?? 'test failover ended');
+      else if (command === 'failover planned') {
+        const dir = str(o, 'state-dir') ?? join(process.cwd(), '.livesync', 'agent', pairId);
+        out = await failoverPlanned(ctx, pairId, recoveryTargetOf(o), join(dir, 'control.sock'), { tag: str(o, 'tag'), timeoutMs: o.timeout ? parseDuration('timeout', str(o, 'timeout')!) : undefined });
+      } else out = await (command === 'failover test' ? failoverTest : failoverUnplanned)(ctx, pairId, rpChoiceOf(o), recoveryTargetOf(o));
+      console.log(JSON.stringify(out, null, 2));
+      return 0;
+    }
+    case 'pair events': {
+      const o = opts({ pair: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      console.log(JSON.stringify(await new DynamoOperations(rpStoreFromEnv().table).listEvents(pairId), null, 2));
       return 0;
     }
     case 'recovery list':

@@ -6,6 +6,7 @@ import type { AdvancePlan } from '../core/advance';
 import type { BaseRef, BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpPin, RpType, SeedStatus } from '../core/model';
 import type { RetentionPolicy } from '../core/retention';
 import type { RpCheck, TimerRp } from '../core/rp-timer';
+import type { OperationAction, OperationPhase } from '../core/failover';
 
 export interface PutOptions {
   /**
@@ -370,4 +371,39 @@ export interface ImageSink {
   close(): Promise<void>;
   /** Recovery failed: release resources and leave no partial image behind. */
   abort(err: Error): Promise<void>;
+}
+
+/** A failover operation in progress on a pair (`sk = OPERATION`): what, since when, who asked and why. */
+export interface PairOperation {
+  phase: OperationPhase;
+  kind: 'test' | 'planned' | 'unplanned' | 'failback';
+  sinceMs: number;
+  by: string;
+  reason: string;
+  /** The RP it recovers, its recovery run, and what the run made (per disk). */
+  seq?: number;
+  recoveryId?: string;
+  outputs?: Record<string, string>;
+}
+
+/** One transition of a pair (`sk = EVENT#{atMs:15}#{nonce}`), kept as its history. */
+export interface PairEvent {
+  atMs: number;
+  action: OperationAction;
+  from: string;
+  to: string;
+  by: string;
+  reason: string;
+  seq?: number;
+  recoveryId?: string;
+}
+
+/** Failover operations and the pair's transitions. */
+export interface PairOperations {
+  /** The operation in progress (none: undefined) and the revision a transition must name. */
+  getOperation(pairId: string): Promise<{ operation?: PairOperation; rev: number }>;
+  /** One transaction: the operation becomes `next` (or none) IF still at `rev`, and `event` is recorded; false if it moved. */
+  transition(pairId: string, rev: number, next: PairOperation | undefined, event: PairEvent): Promise<boolean>;
+  /** The pair's transitions, oldest first. */
+  listEvents(pairId: string): Promise<PairEvent[]>;
 }
