@@ -12,6 +12,7 @@ import { recoverCommand, recoveryTargetOf, rpChoiceOf, showRun } from './recover
 import { DynamoRecoveries } from '../adapters/dynamo-recoveries';
 import { DynamoOperations } from '../adapters/dynamo-operations';
 import { failoverCleanup, failoverPlanned, failoverTest, failoverUnplanned } from './failover';
+import { failbackFinish, failbackStart } from './failback';
 import { shownState } from '../core/failover';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
@@ -80,6 +81,14 @@ const USAGE = `usage: livesync <command> [options]
         on; once applied, that exact RP is recovered: FAILING_OVER -> FAILED_OVER, no write lost
   failover unplanned --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --to TARGET
         the source is gone: recover the chosen RP; FAILING_OVER -> FAILED_OVER
+  failback start --pair P --reverse R
+        after a failover: pair R (created if absent) protects the recovered disks in reverse
+        (run \`livesync agent --pair R --disk NAME=RECOVERED\` beside them); FAILED_OVER -> FAILING_BACK
+  failback finish --pair P --disk NAME=SOURCE_IMAGE [...] [--reverse-state-dir DIR] [--region 64K]
+        the reverse agent takes a final ACRP and refuses writes; the source's images get only
+        the blocks that differ (their own writes after the failover RP set back, found by
+        region checksums, and every block written on the recovery side); then restart the
+        source's agent: it resyncs the pair to its images
   pair events --pair P
         every failover transition: when, from, to, who asked, why
   agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
@@ -101,9 +110,18 @@ LIVESYNC_SEED_STATE_MACHINE_ARN and LIVESYNC_RECOVERY_STATE_MACHINE_ARN, endpoin
 
 type Opts = Record<string, string | boolean | string[] | undefined>;
 
+/** --disk NAME=PATH, repeated. */
+function diskPaths(o: Opts): { name: string; path: string }[] {
+  return ((o.disk as string[] | undefined) ?? []).map((v) => {
+    const i = v.indexOf('=');
+    if (i <= 0) throw new InvalidArgumentError(`--disk: '${v}' is not NAME=PATH`);
+    return { name: v.slice(0, i), path: v.slice(i + 1) };
+  });
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, sub] = argv;
-  const grouped = ['pair', 'local', 'rp', 'recovery', 'failover'].includes(cmd);
+  const grouped = ['pair', 'local', 'rp', 'recovery', 'failover', 'failback'].includes(cmd);
   const rest = argv.slice(grouped ? 2 : 1);
   const opts = (spec: ParseArgsConfig['options']): Opts => parseArgs({ args: rest, options: spec, strict: true, allowPositionals: false }).values as Opts;
   const str = (o: Opts, k: string): string | undefined => o[k] as string | undefined;
@@ -291,6 +309,21 @@ async function main(argv: string[]): Promise<number> {
       console.log(JSON.stringify(out, null, 2));
       return 0;
     }
+    case 'failback start':
+    case 'failback finish': {
+      const o = opts({ pair: { type: 'string' }, reverse: { type: 'string' }, disk: { type: 'string', multiple: true }, 'reverse-state-dir': { type: 'string' }, region: { type: 'string' }, by: { type: 'string' } });
+      const pairId = required('pair', str(o, 'pair'));
+      const rps = rpStoreFromEnv();
+      const ctx = { rps, ops: new DynamoOperations(rps.table), by: str(o, 'by') ?? process.env.USER ?? userInfo().username, log: (l: string) => console.error(l) };
+      if (command === 'failback start') console.log(JSON.stringify(await failbackStart(ctx, pairId, required('reverse', str(o, 'reverse'))), null, 2));
+      else {
+        const { operation } = await ctx.ops.getOperation(pairId);
+        const dir = str(o, 'reverse-state-dir') ?? join(process.cwd(), '.livesync', 'agent', operation?.reversePair ?? `${pairId}-reverse`);
+        const images = new Map(diskPaths(o).map((d) => [d.name, d.path]));
+        console.log(JSON.stringify(await failbackFinish(ctx, pairId, images, join(dir, 'control.sock'), { regionBytes: o.region ? parseSize('region', str(o, 'region')!) : undefined }), null, 2));
+      }
+      return 0;
+    }
     case 'pair events': {
       const o = opts({ pair: { type: 'string' } });
       const pairId = required('pair', str(o, 'pair'));
@@ -332,11 +365,7 @@ async function main(argv: string[]): Promise<number> {
       });
       const pairId = required('pair', str(o, 'pair'));
       const uploadInterval = parsePositiveDuration('upload-interval', str(o, 'upload-interval') ?? '1s');
-      const disks = ((o.disk as string[] | undefined) ?? []).map((v) => {
-        const i = v.indexOf('=');
-        if (i <= 0) throw new InvalidArgumentError(`--disk: '${v}' is not NAME=PATH`);
-        return { name: v.slice(0, i), path: v.slice(i + 1) };
-      });
+      const disks = diskPaths(o);
       const listen = str(o, 'listen') ?? '127.0.0.1:10809';
       const m = /^(.+):(\d+)$/.exec(listen);
       if (!m) throw new InvalidArgumentError(`--listen: '${listen}' is not HOST:PORT`);

@@ -14,6 +14,7 @@ export interface TransitionRequest {
   seq?: number;
   recoveryId?: string;
   outputs?: Record<string, string>;
+  reversePair?: string;
 }
 
 /** Moves the pair's operation by `action`; the operation now in progress (undefined: none). */
@@ -34,6 +35,7 @@ export async function transitionPair(index: ReplicaIndex, ops: PairOperations, p
       ...(r.seq !== undefined ? { seq: r.seq } : {}),
       ...(r.recoveryId ? { recoveryId: r.recoveryId } : {}),
       ...(r.outputs ? { outputs: r.outputs } : {}),
+      ...(r.reversePair ? { reversePair: r.reversePair } : {}),
     };
     const from = current?.phase ?? pair.state;
     const event = { atMs: nowMs, action, from, to: phase ?? pair.state, by: r.by, reason: r.reason, ...(r.seq !== undefined ? { seq: r.seq } : {}), ...(r.recoveryId ? { recoveryId: r.recoveryId } : {}) };

@@ -384,6 +384,8 @@ export interface PairOperation {
   seq?: number;
   recoveryId?: string;
   outputs?: Record<string, string>;
+  /** Failback: the pair that protects the recovered disks in reverse. */
+  reversePair?: string;
 }
 
 /** One transition of a pair (`sk = EVENT#{atMs:15}#{nonce}`), kept as its history. */
