@@ -36,7 +36,7 @@ export function ebsClient(config: EBSClientConfig = {}): EBSClient {
   return new EBSClient(config);
 }
 
-/** The endpoint the SDK would use for a service (`S3`, `DYNAMODB`, `SQS`, `SFN`, `EBS`) under `env`: its own variable, else AWS_ENDPOINT_URL. */
-export function endpointFor(service: 'S3' | 'DYNAMODB' | 'SQS' | 'SFN' | 'EBS', env: NodeJS.ProcessEnv = process.env): string | undefined {
+/** The endpoint the SDK would use for a service (`S3`, `DYNAMODB`, `SQS`, `SFN`, `EBS`, `EC2`) under `env`: its own variable, else AWS_ENDPOINT_URL. */
+export function endpointFor(service: 'S3' | 'DYNAMODB' | 'SQS' | 'SFN' | 'EBS' | 'EC2', env: NodeJS.ProcessEnv = process.env): string | undefined {
   return env[`AWS_ENDPOINT_URL_${service}`] || env.AWS_ENDPOINT_URL || undefined;
 }

@@ -68,6 +68,9 @@ const USAGE = `usage: livesync <command> [options]
         (the recovery workflow, LIVESYNC_RECOVERY_STATE_MACHINE_ARN), followed until done
         unless --no-wait; --in-process does them from this process instead
         (--seq N, --out DIR and --to-s3 PREFIX, in the RP Store's bucket, still work)
+        with --to ebs: [--create-volume AZ [--volume-type gp3]] [--register-image NAME
+        [--architecture x86_64|arm64] [--boot-mode uefi|legacy-bios]]: then a volume per disk
+        in the zone, and/or an AMI (first disk the root device /dev/xvda, then /dev/xvdb, …)
   recover --pair P --resume ID [--no-wait]
         resume a failed recovery run: only the ranges not done are recovered
   recovery list --pair P | recovery show --pair P --id ID
@@ -272,9 +275,16 @@ async function main(argv: string[]): Promise<number> {
         resume: { type: 'string' },
         'in-process': { type: 'boolean' },
         'no-wait': { type: 'boolean' },
+        'create-volume': { type: 'string' },
+        'volume-type': { type: 'string' },
+        'register-image': { type: 'string' },
+        architecture: { type: 'string' },
+        'boot-mode': { type: 'string' },
       });
       const pairId = required('pair', str(o, 'pair'));
-      const flags = { resume: str(o, 'resume'), inProcess: o['in-process'] === true, wait: o['no-wait'] !== true };
+      const bootable = { volumeZone: str(o, 'create-volume'), volumeType: str(o, 'volume-type'), imageName: str(o, 'register-image'), architecture: str(o, 'architecture'), bootMode: str(o, 'boot-mode') };
+      if ((bootable.volumeZone || bootable.imageName) && (o.to !== 'ebs' || o['no-wait'])) throw new InvalidArgumentError('--create-volume and --register-image follow a recovery into EBS: give --to ebs (and not --no-wait)');
+      const flags = { resume: str(o, 'resume'), inProcess: o['in-process'] === true, wait: o['no-wait'] !== true, bootable };
       const choice = flags.resume ? undefined : rpChoiceOf(o);
       const target = flags.resume ? undefined : recoveryTargetOf(o);
       console.log(JSON.stringify(await recoverCommand(rpStoreFromEnv(), pairId, choice, target, flags), null, 2));

@@ -17,12 +17,15 @@ import { fileSink, materialize, objectSink, type ImageSink, type MaterializeResu
 import { parseIntArg } from './args';
 import { recoveryProgress as progressPrinter } from './progress';
 import { recoverInCloud } from './recover-cloud';
+import { makeBootable, type Bootable, type BootableRequest } from '../adapters/ec2-bootable';
 import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
 import { recoveryProgress } from '../core/recovery-ranges';
 import { RECOVERY_STATE_MACHINE_ENV } from '../lib/names';
 import type { RecoveryRun } from '../replica/ports';
 
 export interface RecoverFlags {
+  /** --to ebs: then make the snapshots bootable (volumes in a zone, and/or an AMI). */
+  bootable?: Omit<BootableRequest, 'snapshots'>;
   /** Resume this recovery run (the workflow's) instead of starting one. */
   resume?: string;
   /** Recover into S3 or EBS from this process, not with the recovery workflow. */
@@ -42,12 +45,21 @@ export async function recoverCommand(rps: RpStore, pairId: string, choice: RpCho
     if (!launcher) throw new InvalidArgumentError(`recovery into ${target?.kind ?? 'its target'} runs the recovery workflow: set ${RECOVERY_STATE_MACHINE_ENV} (the stack output RecoveryStateMachineArn), or give --in-process`);
     try {
       const out = await recoverInCloud(rps, launcher, { pairId, choice, target: target as Exclude<RecoveryTarget, { kind: 'file' }> | undefined, resume: flags.resume, wait: flags.wait });
-      return 'status' in out ? showRun(out) : out;
+      if (!('status' in out)) return out;
+      const shown = showRun(out);
+      return wantsBootable(flags) && out.target.kind === 'ebs' ? { ...shown, ...(await bootable(flags, out.disks.map((d) => ({ disk: d.name, snapshotId: d.snapshotId! })))) } : shown;
     } finally {
       launcher.destroy();
     }
   }
-  return recoverHere(rps, pairId, choice!, target!);
+  const res = await recoverHere(rps, pairId, choice!, target!);
+  return wantsBootable(flags) && res.snapshots ? { ...res, ...(await bootable(flags, Object.entries(res.snapshots).map(([disk, s]) => ({ disk, snapshotId: s.id! })))) } : res;
+}
+
+const wantsBootable = (f: RecoverFlags): boolean => Boolean(f.bootable?.volumeZone || f.bootable?.imageName);
+
+function bootable(flags: RecoverFlags, snapshots: BootableRequest['snapshots']): Promise<Bootable> {
+  return makeBootable({ ...flags.bootable, snapshots });
 }
 
 /** What `recovery show` and a finished `recover` print of a run: the item, and its progress. */

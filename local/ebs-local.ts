@@ -61,6 +61,8 @@ const sha256 = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
 
 export interface RunningEbs {
   endpoint: string;
+  /** A snapshot's state, for the local EC2 API (CreateVolume, RegisterImage take completed snapshots). */
+  snapshotInfo(id: string): { status: 'pending' | 'completed'; volumeSize: number } | undefined;
   stop(): Promise<void>;
 }
 
@@ -243,6 +245,10 @@ export async function startEbsLocal(): Promise<RunningEbs> {
   const { port } = server.address() as AddressInfo;
   return {
     endpoint: `http://127.0.0.1:${port}`,
+    snapshotInfo: (id) => {
+      const s = snapshots.get(id);
+      return s && { status: s.status, volumeSize: s.volumeSize };
+    },
     stop: () => new Promise((resolve) => server.close(() => resolve())),
   };
 

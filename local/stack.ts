@@ -1,5 +1,5 @@
 // The embedded local default: DynamoDB Local + an S3-compatible server + SQS + the EBS
-// direct APIs (local/ebs-local.ts) on 127.0.0.1, the bucket, table and queues derived from
+// direct APIs (local/ebs-local.ts) + EC2's CreateVolume/RegisterImage (local/ec2-local.ts) on 127.0.0.1, the bucket, table and queues derived from
 // the synthesized CDK template, and the apply handler fed through the same S3 → SQS → Lambda
 // event path as in AWS; the workflows (seed, compaction, recovery) on the local Step Functions, compaction's function in a
 // process of its own (local/lambda-process.ts).
@@ -17,6 +17,7 @@ import { lambdaProcess } from './lambda-process';
 import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
 import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
 import { startEbsLocal, type RunningEbs } from './ebs-local';
+import { startEc2Local, type RunningEc2 } from './ec2-local';
 import { createApplyQueues, forwardNotifications, startEventSourceMapping, startSqsLocal, type RunningSqs } from './event-source';
 import { startS3Local, type RunningS3, type S3RequestCounts } from './s3-local';
 import { schemaFromTemplate, type LocalSchema } from './schema';
@@ -99,13 +100,14 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
     throw (failed as PromiseRejectedResult).reason;
   }
   const [dynamo, s3, sqs, ebs] = started.map((s) => (s as PromiseFulfilledResult<unknown>).value) as [RunningDynamo, RunningS3, CountedSqs, RunningEbs];
+  const ec2 = await startEc2Local(ebs.snapshotInfo); // in memory, on a free port: it does not fail once the others started
   await writeFile(join(dir, 'dynamodb.pid'), String(dynamo.pid));
   const stopServers = async (): Promise<void> => {
-    await Promise.allSettled([dynamo.stop(), s3.stop(), sqs.stop(), ebs.stop()]);
+    await Promise.allSettled([dynamo.stop(), s3.stop(), sqs.stop(), ebs.stop(), ec2.stop()]);
     await rm(join(dir, 'dynamodb.pid'), { force: true });
   };
   try {
-    return await provision(schema, template, { dynamo, s3, sqs, ebs }, stopServers, opts);
+    return await provision(schema, template, { dynamo, s3, sqs, ebs, ec2 }, stopServers, opts);
   } catch (err) {
     await stopServers(); // a failure after the servers started must not leave them running
     throw err;
@@ -116,11 +118,11 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
 async function provision(
   schema: LocalSchema,
   template: unknown,
-  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: CountedSqs; ebs: RunningEbs },
+  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: CountedSqs; ebs: RunningEbs; ec2: RunningEc2 },
   stopServers: () => Promise<void>,
   opts: LocalStackOptions,
 ): Promise<LocalStack> {
-  const { dynamo, s3, sqs: sqsServer, ebs } = servers;
+  const { dynamo, s3, sqs: sqsServer, ebs, ec2 } = servers;
   const log = opts.log ?? (() => {});
   const env: Record<string, string> = {
     AWS_REGION: 'us-east-1',
@@ -131,6 +133,7 @@ async function provision(
     AWS_ENDPOINT_URL_DYNAMODB_STREAMS: dynamo.endpoint,
     AWS_ENDPOINT_URL_SQS: sqsServer.endpoint,
     AWS_ENDPOINT_URL_EBS: ebs.endpoint,
+    AWS_ENDPOINT_URL_EC2: ec2.endpoint,
     AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
     AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
     LIVESYNC_BUCKET: LOCAL_BUCKET,

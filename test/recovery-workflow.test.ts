@@ -73,11 +73,14 @@ test('an RP recovered in the cloud into raw images in S3: a part per range, the 
   expect(shown).toMatchObject({ id: run.id, status: 'COMPLETED', rangesDone: 4 });
 }, 120_000);
 
-(ebsReachable ? test : test.skip)('the latest RP recovered in the cloud into EBS snapshots, one per disk, read back bit for bit', async () => {
-  const out = await runCli('recover', '--pair', pairId, '--latest', '--to', 'ebs');
+(ebsReachable ? test : test.skip)('the latest RP recovered in the cloud into EBS snapshots, one per disk, read back bit for bit, then a volume per disk and an AMI', async () => {
+  const out = await runCli('recover', '--pair', pairId, '--latest', '--to', 'ebs', '--create-volume', 'us-east-1a', '--register-image', `livesync ${pairId} RP ${last}`);
   expect(out.code).toBe(0);
   const run = JSON.parse(out.stdout);
   expect(run).toMatchObject({ status: 'COMPLETED', seq: last, rangesDone: 4 });
+  // The last step asked for: a volume per disk in the zone, and an AMI whose root is the first disk.
+  expect(Object.keys(run.volumes)).toEqual(['big', 'small']);
+  expect(run.imageId).toMatch(/^ami-/);
   const ebs = ebsClient();
   try {
     const images = new Map<string, Buffer>();
@@ -135,6 +138,8 @@ test('bad requests are refused before anything runs, naming what is wrong', asyn
   expect(unknown.stderr).toMatch(`pair '${pairId}' has no recovery run 'no-such-run'`);
   const pair = await runCli('recover', '--pair', 'no-such-pair', '--latest', '--to', 'ebs');
   expect(pair.stderr).toMatch(/no-such-pair/);
+  const volumeOfS3 = await runCli('recover', '--pair', pairId, '--latest', '--to', `s3://${c.bucket}/recoveries/x`, '--create-volume', 'us-east-1a');
+  expect(volumeOfS3.stderr).toMatch('--create-volume and --register-image follow a recovery into EBS: give --to ebs');
   const deps = recoveryDepsFromConfig();
   await expect(startRecovery(deps, { pairId, recoveryId: 'bad id!', seq: last, target: { kind: 'ebs' } })).rejects.toThrow("recovery id 'bad id!' must be 1-80 of [A-Za-z0-9._-]");
   await expect(startRecovery(deps, { pairId, recoveryId: newRecoveryId(pairId, 999), seq: 999, target: { kind: 'ebs' } })).rejects.toThrow(`pair '${pairId}' has no live recovery point at seq 999`);
