@@ -4,12 +4,14 @@
 
 import crypto, { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, Server } from 'node:http';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import S3rver from 's3rver';
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const S3Error = require('s3rver/lib/models/error') as new (code: string, message: string, detail?: Record<string, string>) => Error;
 import { AwsChunkedDecoder, isAwsChunked } from './aws-chunked';
 
 /**
@@ -96,14 +98,30 @@ function withoutAwsChunked(metadata: Record<string, string>): Record<string, str
  */
 function makePutsAtomic(server: S3rver): void {
   const store = server.store;
-  // A multipart part streamed aws-chunked is decoded too (putPart is missing from s3rver's types).
-  const parts = store as unknown as { putPart: (bucket: string, uploadId: string, partNumber: number, content: Readable) => Promise<unknown> };
+  // Multipart: a part streamed aws-chunked is decoded too; a part for, or the completion of, an
+  // upload that does not exist (completed, aborted, never started) is NoSuchUpload, as in S3
+  // (s3rver made the part's directory, or answered InternalError). Missing from s3rver's types.
+  const parts = store as unknown as {
+    putPart: (bucket: string, uploadId: string, partNumber: number, content: Readable) => Promise<unknown>;
+    putObjectMultipart: (bucket: string, uploadId: string, parts: unknown[]) => Promise<unknown>;
+  };
   const putPart = parts.putPart.bind(store);
-  parts.putPart = (bucket: string, uploadId: string, partNumber: number, content: Readable & { headers?: Record<string, string | string[] | undefined> }) => {
+  const putObjectMultipart = parts.putObjectMultipart.bind(store);
+  const uploadExists = async (bucket: string, uploadId: string): Promise<void> => {
+    if (!/^[\w.-]+$/.test(uploadId) || !(await stat(join(store.getResourcePath(bucket, '', 'uploads'), uploadId, 'key')).catch(() => undefined))) {
+      throw new S3Error('NoSuchUpload', 'The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.', { UploadId: uploadId });
+    }
+  };
+  parts.putPart = async (bucket: string, uploadId: string, partNumber: number, content: Readable & { headers?: Record<string, string | string[] | undefined> }) => {
+    await uploadExists(bucket, uploadId);
     if (!content.headers || !isAwsChunked(content.headers)) return putPart(bucket, uploadId, partNumber, content);
     const decoded = new AwsChunkedDecoder();
     decoded.on('error', (err) => content.destroy(err));
     return putPart(bucket, uploadId, partNumber, content.pipe(decoded));
+  };
+  parts.putObjectMultipart = async (bucket: string, uploadId: string, list: unknown[]) => {
+    await uploadExists(bucket, uploadId);
+    return putObjectMultipart(bucket, uploadId, list);
   };
   store.putObject = async (object) => {
     const objectPath = store.getResourcePath(object.bucket, object.key, 'object');

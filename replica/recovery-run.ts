@@ -292,8 +292,12 @@ export async function finishRecovery(deps: RecoveryDeps, req: { pairId: string; 
     const ranges = done.filter((r) => r.disk === d.name).sort((a, b) => a.index - b.index);
     if (run.target.kind === 's3') {
       const target = deps.targetStore(run.target.bucket);
-      // Completed already (a retried finish): the object is there whole.
-      if ((await target.size(d.key!)) !== d.sizeBytes) await target.completeUpload(d.key!, d.uploadId!, ranges.map((r) => ({ partNumber: r.index + 1, etag: r.etag! })));
+      try {
+        await target.completeUpload(d.key!, d.uploadId!, ranges.map((r) => ({ partNumber: r.index + 1, etag: r.etag! })));
+      } catch (err) {
+        // A retried finish: the upload was completed by the attempt before (checked by size below).
+        if ((err as Error).name !== 'NoSuchUpload') throw err;
+      }
       const size = await target.size(d.key!);
       if (size !== d.sizeBytes) throw new Error(`recovered image s3://${run.target.bucket}/${d.key} is ${size} bytes, the disk ${d.sizeBytes}`);
       outputs[d.name] = `s3://${run.target.bucket}/${d.key}`;

@@ -10,7 +10,7 @@ import { DynamoRecoveries } from '../adapters/dynamo-recoveries';
 import { readSnapshot } from '../adapters/ebs-snapshot-sink';
 import { recoveryDepsFromConfig } from '../lambdas/recover';
 import { createPair, waitForWatermark } from '../replica/pairs';
-import { failRecovery, newRecoveryId, recoverRange, startRecovery } from '../replica/recovery-run';
+import { failRecovery, finishRecovery, newRecoveryId, recoverRange, startRecovery } from '../replica/recovery-run';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, runCli } from './helpers';
 
@@ -124,6 +124,10 @@ test('a run that failed half way resumes without redoing its finished ranges, an
   expect(JSON.parse(out.stdout)).toMatchObject({ id: recoveryId, status: 'COMPLETED', attempts: 3, rangesDone: 4, doneBytes: 140 * MiB });
   expectImagesAt(last, new Map(await Promise.all(DISKS.map(async (d) => [d.name, await c.store.get(`${prefix}/${d.name}.img`)] as const))));
   expect(await leases()).toEqual([]);
+  // A finish retried after it completed the uploads (its Lambda died before it said so) completes the run.
+  await runs.updateRecovery(pairId, recoveryId, { status: 'RUNNING' });
+  expect(await finishRecovery(deps, { pairId, recoveryId })).toMatchObject({ outputs: { big: `s3://${c.bucket}/${prefix}/big.img` } });
+  expect(await runs.getRecovery(pairId, recoveryId)).toMatchObject({ status: 'COMPLETED' });
   // A completed run is not resumed.
   const done = await runCli('recover', '--pair', pairId, '--resume', recoveryId);
   expect(done.code).not.toBe(0);
