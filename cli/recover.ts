@@ -7,21 +7,21 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ebsClient } from '../adapters/aws-clients';
 import { ebsSnapshotSink, latestSnapshotRecord, type EbsSnapshotSink } from '../adapters/ebs-snapshot-sink';
+import { makeBootable, type Bootable, type BootableRequest } from '../adapters/ec2-bootable';
 import type { RpStore } from '../adapters/from-env';
 import { S3ObjectStore } from '../adapters/s3-object-store';
+import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { parseS3Url } from '../core/keys';
+import { recoveryProgress } from '../core/recovery-ranges';
 import { chooseRp, parseRpTime, type RpChoice } from '../core/rp-choice';
 import { encodeSnapshotRecord, snapshotRecordKey } from '../core/snapshot-record';
+import { RECOVERY_STATE_MACHINE_ENV } from '../lib/names';
 import { fileSink, materialize, objectSink, type ImageSink, type MaterializeResult } from '../replica/materialize';
+import type { RecoveryRun } from '../replica/ports';
 import { parseIntArg } from './args';
 import { recoveryProgress as progressPrinter } from './progress';
 import { recoverInCloud } from './recover-cloud';
-import { makeBootable, type Bootable, type BootableRequest } from '../adapters/ec2-bootable';
-import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
-import { recoveryProgress } from '../core/recovery-ranges';
-import { RECOVERY_STATE_MACHINE_ENV } from '../lib/names';
-import type { RecoveryRun } from '../replica/ports';
 
 export interface RecoverFlags {
   /** --to ebs: then make the snapshots bootable (volumes in a zone, and/or an AMI). */
