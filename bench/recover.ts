@@ -17,7 +17,8 @@
 //               in 64 MiB parts, 16 at once, each PUT as a part of a multipart upload (what a
 //               recovery would cost if the image were stored whole)
 //   cloud_ebs   the same RP into an EBS snapshot (full: the earlier records are removed first)
-//   file        `livesync recover --to file:DIR` (the CLI's process) of the same RP
+//   file        `livesync recover --to file:DIR` of the same RP, in a process of its own as an
+//               operator runs it (bench/recover-file.ts; its start-up not timed), like restic
 //   restic      `restic restore latest --target DIR` of the same image from its repository
 // Fields: recover_mib_s (disk MiB / cloud_s3 s), ratio_vs_raw (raw s / cloud_s3 s, target
 // >= 0.8), ebs_blocks_per_s, ratio_vs_restic (restic s / file s, target >= 1.5), medians of
@@ -25,7 +26,8 @@
 // Locally every part runs on this host's cores: the Lambdas, S3 and DynamoDB share them with
 // the peers, the same way for each.
 
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -38,7 +40,6 @@ import { rpStoreFromEnv } from '../adapters/from-env';
 import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
 import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
 import { recoverInCloud } from '../cli/recover-cloud';
-import { recoverCommand } from '../cli/recover';
 import { snapshotRecordPrefix } from '../core/snapshot-record';
 import { startLocalStack, type LocalStack } from '../local/stack';
 import { limiter } from '../replica/concurrency';
@@ -136,8 +137,7 @@ async function main(): Promise<void> {
         },
         file: async (r) => {
           const to = join(dir, `file-${r}`);
-          const out = await timed(() => recoverCommand(rps, pairId, { seq }, { kind: 'file', dir: to }));
-          seconds.get('file')!.push(out.seconds);
+          seconds.get('file')!.push(await recoverFileInChild(pairId, seq, to));
           check('file', await readFile(join(to, 'disk0.img')));
           await rm(to, { recursive: true });
         },
@@ -193,6 +193,19 @@ async function rawCopy(store: ReturnType<typeof rpStoreFromEnv>['store'], from: 
     ),
   );
   await store.completeUpload(to, id, parts);
+}
+
+/** `livesync recover --to file:` in a process of its own (bench/recover-file.ts): the seconds of the recovery alone. */
+async function recoverFileInChild(pairId: string, seq: number, to: string): Promise<number> {
+  const child = spawn(join(__dirname, '../node_modules/.bin/node'), ['--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, 'recover-file.ts'), pairId, String(seq), to], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! });
+  const next = (): Promise<string> => new Promise((resolve, reject) => {
+    lines.once('line', resolve);
+    child.once('exit', (code) => reject(new Error(`recover-file exited with ${code}`)));
+  });
+  if ((await next()) !== 'ready') throw new Error('recover-file did not start');
+  child.stdin!.write('go\n');
+  return (JSON.parse(await next()) as { seconds: number }).seconds;
 }
 
 async function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<void> {
