@@ -11,6 +11,7 @@ import { sleep } from '../replica/concurrency';
 import { transitionPair } from '../replica/failover';
 import { waitForWatermark } from '../replica/pairs';
 import type { PairOperation, PairOperations } from '../replica/ports';
+import { startExport, type ExportCommandOptions, type RunningExport } from './export';
 import { recoverCommand, type RecoveryTarget } from './recover';
 
 export interface FailoverContext {
@@ -30,6 +31,28 @@ async function recoverRp(c: FailoverContext, pairId: string, seq: number, target
 }
 
 const latestSeq = async (c: FailoverContext, pairId: string, choice: RpChoice): Promise<number> => chooseRp(await c.rps.index.listRecoveryPoints(pairId, Math.floor(Date.now() / 1000)), choice, pairId);
+
+/**
+ * Test or unplanned failover onto an export (instant access): the RP served over NBD straight
+ * from the RP Store (read-only, or writable into a local overlay) as soon as it is opened, no
+ * copy made first; the outputs are the disks' NBD URIs. The export runs until the caller stops
+ * it: a test then ends (test-cleanup), a failover stays FAILED_OVER.
+ */
+export async function failoverToExport(c: FailoverContext, pairId: string, kind: 'test' | 'unplanned', choice: RpChoice, o: ExportCommandOptions): Promise<{ operation?: PairOperation; running: RunningExport }> {
+  const seq = await latestSeq(c, pairId, choice);
+  const [start, ready, undo] = kind === 'test' ? (['test-start', 'test-ready', 'test-cleanup'] as const) : (['failover-start', 'failover-done', 'failover-failed'] as const);
+  await transitionPair(c.rps.index, c.ops, pairId, start, { by: c.by, reason: `${kind === 'test' ? 'test failover' : 'unplanned failover'} of RP ${seq} onto an export`, kind, seq });
+  let running: RunningExport;
+  try {
+    running = await startExport(c.rps, pairId, { seq }, o);
+  } catch (err) {
+    await transitionPair(c.rps.index, c.ops, pairId, undo, { by: c.by, reason: `the export failed: ${(err as Error).message}` }).catch(() => {});
+    throw err;
+  }
+  const outputs = Object.fromEntries(running.disks.map((d) => [d.name, d.uri]));
+  const operation = await transitionPair(c.rps.index, c.ops, pairId, ready, { by: c.by, reason: `RP ${seq} served over NBD${running.writable ? ' (writable overlay)' : ''}`, seq, outputs });
+  return { operation, running };
+}
 
 /** Test failover: the RP recovered as a sandboxed copy while replication goes on; the pair shows TEST and its age until cleanup. */
 export async function failoverTest(c: FailoverContext, pairId: string, choice: RpChoice, target: RecoveryTarget): Promise<PairOperation | undefined> {

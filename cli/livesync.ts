@@ -11,7 +11,7 @@ import { rpStoreFromEnv } from '../adapters/from-env';
 import { recoverCommand, recoveryTargetOf, rpChoiceOf, showRun } from './recover';
 import { DynamoRecoveries } from '../adapters/dynamo-recoveries';
 import { DynamoOperations } from '../adapters/dynamo-operations';
-import { failoverCleanup, failoverPlanned, failoverTest, failoverUnplanned } from './failover';
+import { failoverCleanup, failoverPlanned, failoverTest, failoverToExport, failoverUnplanned } from './failover';
 import { failbackFinish, failbackStart } from './failback';
 import { shownState } from '../core/failover';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
@@ -75,15 +75,17 @@ const USAGE = `usage: livesync <command> [options]
         resume a failed recovery run: only the ranges not done are recovered
   recovery list --pair P | recovery show --pair P --id ID
         recovery runs: target, status, progress (done of total, rate, time left), outputs
-  failover test --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --to TARGET
-        recover the RP as a sandboxed copy while replication goes on; the pair shows TEST
+  failover test --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) (--to TARGET | --listen ADDRESS [--writable])
+        recover the RP as a sandboxed copy while replication goes on, or (--listen) serve it
+        at once over NBD as \`export\` does until SIGINT, which ends the test; the pair shows TEST
   failover cleanup --pair P [--reason R]
         end the test failover (what it made is printed, and kept)
   failover planned --pair P --to TARGET [--state-dir DIR] [--tag T] [--timeout 10m]
         the source's agent takes a final ACRP (pre-freeze hook) and refuses writes from then
         on; once applied, that exact RP is recovered: FAILING_OVER -> FAILED_OVER, no write lost
-  failover unplanned --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --to TARGET
-        the source is gone: recover the chosen RP; FAILING_OVER -> FAILED_OVER
+  failover unplanned --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) (--to TARGET | --listen ADDRESS [--writable])
+        the source is gone: recover the chosen RP, or serve it at once over NBD (instant
+        recovery; run \`recover\` meanwhile for a full copy); FAILING_OVER -> FAILED_OVER
   failback start --pair P --reverse R
         after a failover: pair R (created if absent) protects the recovered disks in reverse
         (run \`livesync agent --pair R --disk NAME=RECOVERED\` beside them); FAILED_OVER -> FAILING_BACK
@@ -306,10 +308,26 @@ async function main(argv: string[]): Promise<number> {
         timeout: { type: 'string' },
         reason: { type: 'string' },
         by: { type: 'string' },
+        listen: { type: 'string' },
+        writable: { type: 'boolean' },
+        overlay: { type: 'string' },
       });
       const pairId = required('pair', str(o, 'pair'));
       const rps = rpStoreFromEnv();
       const ctx = { rps, ops: new DynamoOperations(rps.table), by: str(o, 'by') ?? process.env.USER ?? userInfo().username, log: (l: string) => console.error(l) };
+      if (o.listen !== undefined && (command === 'failover test' || command === 'failover unplanned')) {
+        if (o.to !== undefined) throw new InvalidArgumentError('give --to TARGET (a copy) or --listen ADDRESS (an export), not both');
+        const kind = command === 'failover test' ? 'test' : 'unplanned';
+        const { operation, running } = await failoverToExport(ctx, pairId, kind, rpChoiceOf(o), { listen: str(o, 'listen')!, writable: o.writable === true, overlayDir: str(o, 'overlay'), log: (m) => console.error(`livesync: ${m}`) });
+        console.log(JSON.stringify({ operation, disks: running.disks }));
+        await new Promise<void>((done) => {
+          process.once('SIGINT', done);
+          process.once('SIGTERM', done);
+        });
+        await running.stop();
+        if (kind === 'test') await failoverCleanup(ctx, pairId, 'the test export stopped');
+        return 0;
+      }
       let out: unknown;
       if (command === 'failover cleanup') out = await failoverCleanup(ctx, pairId, str(o, 'reason') ?? 'test failover ended');
       else if (command === 'failover planned') {

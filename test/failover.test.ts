@@ -3,7 +3,10 @@
 // the source; test failover and cleanup while replication goes on; unplanned failover; every
 // transition recorded with its time, who asked and why; actions that do not apply refused.
 
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
 import { mkdtemp, readFile, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +15,7 @@ import { nextPhase, type OperationAction, type OperationPhase } from '../core/fa
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
 import { exited, spawnAgentProcess } from './agent-process';
-import { cloud, firstDifference, newPairId, runCli } from './helpers';
+import { cloud, firstDifference, have, newPairId, runCli } from './helpers';
 
 const MiB = 2 ** 20;
 const c = cloud();
@@ -150,6 +153,42 @@ test('test failover while replication goes on, shown with its age until cleanup;
     expect(ev[2].reason).toBe('drill done');
     expect(ev.every((e, i) => i === 0 || e.atMs >= ev[i - 1].atMs)).toBe(true);
   } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}, 120_000);
+
+(have('qemu-img') ? test : test.skip)('test failover onto an export: the RP served at once over NBD while the test lasts, TEST shown; stopping the export ends it', async () => {
+  const size = 4 * MiB;
+  const pairId = newPairId('drillnbd');
+  const disks = [{ name: 'disk0', sizeBytes: size }];
+  await createPair(c.index, { pairId, disks });
+  const w = new BatchWriter({ pairId, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: MiB });
+  const model = Buffer.alloc(size);
+  const data = randomBytes(256 * 1024);
+  await w.write('disk0', 512 * 1024, data);
+  data.copy(model, 512 * 1024);
+  const seq = w.cut({ rp: true })!;
+  await w.close();
+  await waitForWatermark(c.index, pairId, seq, 30_000);
+  const dir = await mkdtemp(join(tmpdir(), 'livesync-drillnbd-'));
+  const child = spawn(join(__dirname, '../node_modules/.bin/tsx'), [join(__dirname, '../cli/livesync.ts'), 'failover', 'test', '--pair', pairId, '--latest', '--listen', '127.0.0.1:0', '--by', 'drill'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    const line = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: child.stdout! }).once('line', resolve);
+      child.once('exit', (code) => reject(new Error(`failover test exited with ${code}`)));
+    });
+    const { operation, disks: served } = JSON.parse(line);
+    expect(operation).toMatchObject({ phase: 'TEST', kind: 'test', seq, outputs: { disk0: served[0].uri } });
+    expect((await runCli('pair', 'status', '--pair', pairId)).stdout).toMatch(new RegExp(`^${pairId}\\tTEST\\t`));
+    await promisify(execFile)('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', served[0].uri, join(dir, 'read.img')]);
+    expect(firstDifference(await readFile(join(dir, 'read.img')), model)).toBeUndefined();
+    child.kill('SIGINT');
+    await exited(child);
+    expect(child.exitCode).toBe(0);
+    expect((await show(pairId)).shownState).toBe('REPLICATING');
+    expect((await events(pairId)).map((e) => e.action)).toEqual(['test-start', 'test-ready', 'test-cleanup']);
+  } finally {
+    child.kill('SIGKILL');
     await rm(dir, { recursive: true, force: true });
   }
 }, 120_000);
