@@ -146,7 +146,7 @@ function cpio(files: { path: string; mode: number; data: Buffer }[]): Buffer {
           const timer = setTimeout(() => reject(new Error(`no marker after 300 s; console:\n${console_.slice(-3000)}`)), 300_000);
           const onData = (b: Buffer): void => {
             console_ += b.toString('utf8');
-            const m = /MARKER: (\S+)/.exec(console_);
+            const m = /MARKER: (\S+)\r?\n/.exec(console_); // the whole line: the console comes in pieces
             if (m) {
               clearTimeout(timer);
               resolve(m[1]);
