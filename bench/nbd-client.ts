@@ -1,6 +1,8 @@
 // A minimal NBD client for benchmarks: fixed newstyle handshake with NBD_OPT_GO, simple
-// replies only, WRITE and FLUSH. Requests are pipelined; replies are matched by cookie, so
-// a server may answer out of order. No READ (a simple reply's length would depend on it).
+// replies only, WRITE, READ and FLUSH. Requests are pipelined; replies are matched by cookie,
+// so a server may answer out of order. A READ's reply carries its data after the header (the
+// client knows its length from the request); an error reply to a READ ends the connection, as
+// a simple reply cannot say whether data follows.
 
 import { connect, type Socket } from 'node:net';
 import { CMD, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, NBDMAGIC, OPT, OPTION_REPLY_MAGIC, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from '../agent/nbd-protocol';
@@ -45,8 +47,8 @@ class Reader {
 
 export class NbdClient {
   private nextCookie = 1n;
-  private readonly waiting = new Map<bigint, { resolve: () => void; reject: (e: Error) => void }>();
-  private readonly pending = new Set<Promise<void>>();
+  private readonly waiting = new Map<bigint, { resolve: (data?: Buffer) => void; reject: (e: Error) => void; readLength?: number }>();
+  private readonly pending = new Set<Promise<void | Buffer>>();
   private buf: Buffer = Buffer.alloc(0);
   private closed?: Error;
 
@@ -111,13 +113,18 @@ export class NbdClient {
   }
 
   /** Resolves when the server acknowledges the write; rejects on an error reply. */
-  write(offset: number, data: Buffer): Promise<void> {
-    return this.request(CMD.WRITE, offset, data.length, data);
+  async write(offset: number, data: Buffer): Promise<void> {
+    await this.request(CMD.WRITE, offset, data.length, data);
+  }
+
+  /** The bytes at [offset, offset + length). */
+  async read(offset: number, length: number): Promise<Buffer> {
+    return (await this.request(CMD.READ, offset, length, undefined, length)) as Buffer;
   }
 
   /** Resolves when every write acknowledged before it was sent is durable on the server. */
-  flush(): Promise<void> {
-    return this.request(CMD.FLUSH, 0, 0);
+  async flush(): Promise<void> {
+    await this.request(CMD.FLUSH, 0, 0);
   }
 
   /** Requests in flight (sent, not yet answered). */
@@ -137,11 +144,11 @@ export class NbdClient {
     this.sock.destroy();
   }
 
-  private request(type: number, offset: number, length: number, payload?: Buffer): Promise<void> {
+  private request(type: number, offset: number, length: number, payload?: Buffer, readLength?: number): Promise<void | Buffer> {
     if (this.closed) return Promise.reject(this.closed);
     const cookie = this.nextCookie++;
-    const answered = new Promise<void>((resolve, reject) => {
-      this.waiting.set(cookie, { resolve, reject });
+    const answered = new Promise<void | Buffer>((resolve, reject) => {
+      this.waiting.set(cookie, { resolve, reject, readLength });
       this.sock.write(payload ? Buffer.concat([header(type, cookie, offset, length), payload]) : header(type, cookie, offset, length));
     });
     this.pending.add(answered);
@@ -158,12 +165,16 @@ export class NbdClient {
         if (magic !== SIMPLE_REPLY_MAGIC) return this.fail(new Error(`unexpected reply magic 0x${magic.toString(16)}`));
         const error = this.buf.readUInt32BE(4);
         const cookie = this.buf.readBigUInt64BE(8);
-        this.buf = this.buf.subarray(16);
         const w = this.waiting.get(cookie);
         if (!w) return this.fail(new Error(`reply for unknown cookie ${cookie}`));
+        if (w.readLength !== undefined && error) return this.fail(new Error(`NBD error ${error} on a READ`));
+        const data = w.readLength ?? 0;
+        if (this.buf.length < 16 + data) return; // the READ's data is still coming
+        const body = w.readLength !== undefined ? Buffer.from(this.buf.subarray(16, 16 + data)) : undefined;
+        this.buf = this.buf.subarray(16 + data);
         this.waiting.delete(cookie);
         if (error) w.reject(new Error(`NBD error ${error}`));
-        else w.resolve();
+        else w.resolve(body);
       }
     };
     this.sock.on('data', onData);

@@ -20,13 +20,21 @@
 //   file        `livesync recover --to file:DIR` of the same RP, in a process of its own as an
 //               operator runs it (bench/recover-file.ts; its start-up not timed), like restic
 //   restic      `restic restore latest --target DIR` of the same image from its repository
-// Fields: recover_mib_s (disk MiB / cloud_s3 s), ratio_vs_raw (raw s / cloud_s3 s, target
+//   export      a test failover onto an export (`failover test --listen`), as an operator starts
+//               one: an NBD client's first 4 KiB read of data, then the whole disk in 1 MiB reads
+//               (8 in flight, compared with the source), then fio random 4 KiB reads (iodepth 32,
+//               BENCH_RECOVER_FIO_SECONDS, default 10 s); then the test is cleaned up
+//   qemu_nbd    the same fio job against qemu-nbd serving the source's image read-only
+// Fields: rto_s (from the failover command to the first read's data), export_first_read_ms,
+// export_seq_mib_s, export_rand4k_iops and ratio_vs_qemu_nbd (reported, no target);
+// recover_mib_s (disk MiB / cloud_s3 s), ratio_vs_raw (raw s / cloud_s3 s, target
 // >= 0.8), ebs_blocks_per_s, ratio_vs_restic (restic s / file s, target >= 1.5), medians of
 // the rounds; every recovered image is compared with the source's bytes (a mismatch fails).
 // Locally every part runs on this host's cores: the Lambdas, S3 and DynamoDB share them with
 // the peers, the same way for each.
 
 import { execFile, spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -39,26 +47,30 @@ import { readSnapshot } from '../adapters/ebs-snapshot-sink';
 import { rpStoreFromEnv } from '../adapters/from-env';
 import { compactionLauncherFromEnv } from '../adapters/sfn-compaction-launcher';
 import { recoveryLauncherFromEnv } from '../adapters/sfn-recovery-launcher';
+import { DynamoOperations } from '../adapters/dynamo-operations';
+import { failoverCleanup, failoverToExport } from '../cli/failover';
 import { recoverInCloud } from '../cli/recover-cloud';
 import { snapshotRecordPrefix } from '../core/snapshot-record';
 import { startLocalStack, type LocalStack } from '../local/stack';
-import { limiter } from '../replica/concurrency';
+import { limiter, sleep } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { RecoveryRun } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { rng } from '../source/workload';
 import { median, round, runBench, timed } from './measure';
+import { NbdClient } from './nbd-client';
 import { ensurePeers, JAVA_PEER } from './peers';
 
 const MiB = 2 ** 20;
+const FIO_SECONDS = Number(process.env.BENCH_RECOVER_FIO_SECONDS ?? 10);
 const log = (m: string): void => console.error(`bench:recover: ${m}`);
-const KINDS = ['cloud_s3', 'raw', 'cloud_ebs', 'file', 'restic'] as const;
+const KINDS = ['cloud_s3', 'raw', 'cloud_ebs', 'file', 'restic', 'export', 'qemu_nbd'] as const;
 type Kind = (typeof KINDS)[number];
 
 async function main(): Promise<void> {
   const diskBytes = Number(process.env.BENCH_RECOVER_MIB ?? 1024) * MiB;
   const reps = Number(process.env.BENCH_RECOVER_REPS ?? 3);
-  ensurePeers([JAVA_PEER, { command: 'restic', pkg: 'restic' }], log);
+  ensurePeers([JAVA_PEER, { command: 'restic', pkg: 'restic' }, { command: 'fio', pkg: 'fio' }, { command: 'qemu-nbd', pkg: 'qemu-utils' }], log);
   const dir = await mkdtemp(join(tmpdir(), 'bench-recover-'));
   let stack: LocalStack | undefined;
   await runBench(
@@ -103,6 +115,10 @@ async function main(): Promise<void> {
       await rm(srcFile);
 
       const launcher = recoveryLauncherFromEnv()!;
+      const ctx = { rps, ops: new DynamoOperations(rps.table), by: 'bench', log: () => {} };
+      const firstData = extents[0] * MiB;
+      const exportFigures = { firstReadMs: [] as number[], rtoS: [] as number[], seqS: [] as number[], rand4k: [] as number[] };
+      const qemuRand4k: number[] = [];
       const seconds = new Map<Kind, number[]>(KINDS.map((k) => [k, []]));
       let ebsBlocks = 0;
       const check = (what: string, got: Buffer): void => {
@@ -141,7 +157,49 @@ async function main(): Promise<void> {
           check('file', await readFile(join(to, 'disk0.img')));
           await rm(to, { recursive: true });
         },
-        restic: async (r) => {
+        export: async () => {
+        // A test failover onto an export, as an operator starts one: the clock runs from the command to the first read's data.
+        const t0 = performance.now();
+        const { running } = await failoverToExport(ctx, pairId, 'test', { seq }, { listen: { host: '127.0.0.1', port: 0 } });
+        try {
+          const client = await NbdClient.connect('127.0.0.1', running.server.port, 'disk0');
+          const t1 = performance.now();
+          const first = await client.read(firstData, 4096);
+          exportFigures.firstReadMs.push(performance.now() - t1);
+          exportFigures.rtoS.push((performance.now() - t0) / 1000);
+          if (!first.equals(source.subarray(firstData, firstData + 4096))) throw new Error('export: the first read differs from the source');
+          // The whole disk in 1 MiB reads, 8 in flight, compared with the source.
+          const ts = performance.now();
+          const limit = limiter(8);
+          await Promise.all(Array.from({ length: diskBytes / MiB }, (_, i) => limit(async () => {
+            if (!(await client.read(i * MiB, MiB)).equals(source.subarray(i * MiB, (i + 1) * MiB))) throw new Error(`export: MiB ${i} differs from the source`);
+          })));
+          exportFigures.seqS.push((performance.now() - ts) / 1000);
+          await client.close();
+          seconds.get('export')!.push((performance.now() - t0) / 1000);
+          exportFigures.rand4k.push(await fioRandRead(running.server.port, dir));
+        } finally {
+          await running.stop();
+          await failoverCleanup(ctx, pairId, 'bench round done');
+        }
+      },
+      qemu_nbd: async () => {
+        // The peer of the export's random reads: qemu-nbd serving the recovered image read-only, same fio job.
+        const image = join(dir, 'qemu-nbd.img');
+        await writeFile(image, source);
+        const port = 20000 + Math.floor(Math.random() * 20000);
+        const server = spawn('qemu-nbd', ['-r', '-f', 'raw', '-x', 'disk0', '-b', '127.0.0.1', '-p', String(port), '--persistent', image], { stdio: 'ignore' });
+        try {
+          await waitForPort(port);
+          const t0 = performance.now();
+          qemuRand4k.push(await fioRandRead(port, dir));
+          seconds.get('qemu_nbd')!.push((performance.now() - t0) / 1000);
+        } finally {
+          server.kill('SIGTERM');
+          await rm(image, { force: true });
+        }
+      },
+      restic: async (r) => {
           const to = join(dir, `restic-${r}`);
           await mkdir(to);
           const out = await timed(() => run('restic', ['restore', 'latest', '--target', to], restic));
@@ -170,6 +228,12 @@ async function main(): Promise<void> {
           ebs_blocks_per_s: round(ebsBlocks / m('cloud_ebs'), 1),
           ebs_blocks: ebsBlocks,
           ratio_vs_restic: round(m('restic') / m('file')),
+          export_first_read_ms: round(median(exportFigures.firstReadMs), 1),
+          export_seq_mib_s: round(diskBytes / MiB / median(exportFigures.seqS), 1),
+          export_rand4k_iops: Math.round(median(exportFigures.rand4k)),
+          qemu_nbd_rand4k_iops: Math.round(median(qemuRand4k)),
+          ratio_vs_qemu_nbd: round(median(exportFigures.rand4k) / median(qemuRand4k), 3),
+          rto_s: round(median(exportFigures.rtoS), 2),
           seconds: Object.fromEntries(KINDS.map((k) => [k, seconds.get(k)!.map((s) => round(s))])),
         }),
       );
@@ -193,6 +257,30 @@ async function rawCopy(store: ReturnType<typeof rpStoreFromEnv>['store'], from: 
     ),
   );
   await store.completeUpload(to, id, parts);
+}
+
+/** fio's nbd engine, random 4 KiB reads, iodepth 32, 10 s over the whole disk: IOPS. */
+async function fioRandRead(port: number, dir: string): Promise<number> {
+  const out = join(dir, 'fio.json');
+  await run('fio', ['--name=rand4k', '--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/disk0`, '--rw=randread', '--bs=4k', '--iodepth=32', '--time_based', `--runtime=${FIO_SECONDS}`, '--output-format=json', `--output=${out}`], process.env);
+  const j = (JSON.parse(await readFile(out, 'utf8')) as { jobs: { error: number; read: { iops: number; total_ios: number } }[] }).jobs[0];
+  if (j.error !== 0 || j.read.total_ios === 0) throw new Error(`fio on port ${port}: error ${j.error}, ${j.read.total_ios} reads`);
+  return j.read.iops;
+}
+
+async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.end();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on 127.0.0.1:${port}`);
 }
 
 /** `livesync recover --to file:` in a process of its own (bench/recover-file.ts): the seconds of the recovery alone. */
