@@ -37,6 +37,9 @@ export class ObjectDeleteError extends Error {
 }
 
 export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter, PartUploads {
+  /** A GET's body is a new array the SDK assembled: the caller's to give away. */
+  readonly freshReads = true;
+
   constructor(
     readonly bucket: string,
     readonly client: S3Client = s3Client(),

@@ -25,6 +25,7 @@
 //               (8 in flight, compared with the source), then fio random 4 KiB reads (iodepth 32,
 //               BENCH_RECOVER_FIO_SECONDS, default 10 s); then the test is cleaned up
 //   qemu_nbd    the same fio job against qemu-nbd serving the source's image read-only
+// BENCH_RECOVER_PARTS (comma-separated kinds) runs some only; the others' figures are null.
 // Fields: rto_s (from the failover command to the first read's data), export_first_read_ms,
 // export_seq_mib_s, export_rand4k_iops and ratio_vs_qemu_nbd (reported, no target);
 // recover_mib_s (disk MiB / cloud_s3 s), ratio_vs_raw (raw s / cloud_s3 s, target
@@ -57,7 +58,7 @@ import { createPair, waitForWatermark } from '../replica/pairs';
 import type { RecoveryRun } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { rng } from '../source/workload';
-import { median, round, runBench, timed } from './measure';
+import { median, partsFromEnv, round, runBench, timed } from './measure';
 import { NbdClient } from './nbd-client';
 import { ensurePeers, JAVA_PEER } from './peers';
 
@@ -70,6 +71,7 @@ type Kind = (typeof KINDS)[number];
 async function main(): Promise<void> {
   const diskBytes = Number(process.env.BENCH_RECOVER_MIB ?? 1024) * MiB;
   const reps = Number(process.env.BENCH_RECOVER_REPS ?? 3);
+  const parts = partsFromEnv('BENCH_RECOVER_PARTS', KINDS);
   ensurePeers([JAVA_PEER, { command: 'restic', pkg: 'restic' }, { command: 'fio', pkg: 'fio' }, { command: 'qemu-nbd', pkg: 'qemu-utils' }], log);
   const dir = await mkdtemp(join(tmpdir(), 'bench-recover-'));
   let stack: LocalStack | undefined;
@@ -209,7 +211,7 @@ async function main(): Promise<void> {
         },
       };
       for (let r = 0; r < reps; r++) {
-        const order = KINDS.map((_, i) => KINDS[(i + r) % KINDS.length]);
+        const order = KINDS.map((_, i) => KINDS[(i + r) % KINDS.length]).filter((k) => parts.has(k));
         for (const k of order) {
           await stack.workflowsIdle();
           await runs[k](r);
@@ -217,23 +219,24 @@ async function main(): Promise<void> {
         }
       }
       launcher.destroy();
-      const m = (k: Kind): number => median(seconds.get(k)!);
+      const m = (k: Kind): number => (seconds.get(k)!.length ? median(seconds.get(k)!) : NaN);
+      const figure = (x: number, digits = 2): number | null => (Number.isFinite(x) ? round(x, digits) : null);
       console.log(
         JSON.stringify({
           disk_mib: diskBytes / MiB,
           data_mib: round(new Set(extents).size, 0),
           reps,
-          recover_mib_s: round(diskBytes / MiB / m('cloud_s3'), 1),
-          ratio_vs_raw: round(m('raw') / m('cloud_s3')),
-          ebs_blocks_per_s: round(ebsBlocks / m('cloud_ebs'), 1),
+          recover_mib_s: figure(diskBytes / MiB / m('cloud_s3'), 1),
+          ratio_vs_raw: figure(m('raw') / m('cloud_s3')),
+          ebs_blocks_per_s: figure(ebsBlocks / m('cloud_ebs'), 1),
           ebs_blocks: ebsBlocks,
-          ratio_vs_restic: round(m('restic') / m('file')),
-          export_first_read_ms: round(median(exportFigures.firstReadMs), 1),
-          export_seq_mib_s: round(diskBytes / MiB / median(exportFigures.seqS), 1),
-          export_rand4k_iops: Math.round(median(exportFigures.rand4k)),
-          qemu_nbd_rand4k_iops: Math.round(median(qemuRand4k)),
-          ratio_vs_qemu_nbd: round(median(exportFigures.rand4k) / median(qemuRand4k), 3),
-          rto_s: round(median(exportFigures.rtoS), 2),
+          ratio_vs_restic: figure(m('restic') / m('file')),
+          export_first_read_ms: figure(med(exportFigures.firstReadMs), 1),
+          export_seq_mib_s: figure(diskBytes / MiB / med(exportFigures.seqS), 1),
+          export_rand4k_iops: figure(med(exportFigures.rand4k), 0),
+          qemu_nbd_rand4k_iops: figure(med(qemuRand4k), 0),
+          ratio_vs_qemu_nbd: figure(med(exportFigures.rand4k) / med(qemuRand4k), 3),
+          rto_s: figure(med(exportFigures.rtoS)),
           seconds: Object.fromEntries(KINDS.map((k) => [k, seconds.get(k)!.map((s) => round(s))])),
         }),
       );
@@ -258,6 +261,8 @@ async function rawCopy(store: ReturnType<typeof rpStoreFromEnv>['store'], from: 
   );
   await store.completeUpload(to, id, parts);
 }
+
+const med = (xs: number[]): number => (xs.length ? median(xs) : NaN);
 
 /** fio's nbd engine, random 4 KiB reads, iodepth 32, 10 s over the whole disk: IOPS. */
 async function fioRandRead(port: number, dir: string): Promise<number> {
@@ -285,7 +290,8 @@ async function waitForPort(port: number): Promise<void> {
 
 /** `livesync recover --to file:` in a process of its own (bench/recover-file.ts): the seconds of the recovery alone. */
 async function recoverFileInChild(pairId: string, seq: number, to: string): Promise<number> {
-  const child = spawn(join(__dirname, '../node_modules/.bin/node'), ['--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, 'recover-file.ts'), pairId, String(seq), to], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const nodeArgs = (process.env.BENCH_RECOVER_NODE_ARGS ?? '').split(' ').filter(Boolean); // e.g. --cpu-prof --cpu-prof-dir=DIR
+  const child = spawn(join(__dirname, '../node_modules/.bin/node'), [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, 'recover-file.ts'), pairId, String(seq), to], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! });
   const next = (): Promise<string> => new Promise((resolve, reject) => {
     lines.once('line', resolve);

@@ -166,15 +166,18 @@ export interface PlaceItem {
 
 /**
  * Decodes and checks each item in a worker, copying the pieces of those that match into
- * `window` (a SharedArrayBuffer). `body` is copied to the worker, not transferred: a store
- * may hand out its own memory (the memory store does). Resolves with each item's outcome, in
- * order; the caller decides what a mismatch means. Rejects (plain Error) if the worker failed.
+ * `window` (a SharedArrayBuffer). `body` is copied to the worker, unless `giveAway` says it is
+ * the caller's alone (a store's `freshReads`) and it spans its whole ArrayBuffer: then that is
+ * transferred, and `body` is empty afterwards (detached). Resolves with each item's outcome,
+ * in order; the caller decides what a mismatch means. Rejects (plain Error) if the worker failed.
  */
-export async function placeVerified(body: Buffer, items: PlaceItem[], window: SharedArrayBuffer): Promise<PayloadOutcome[]> {
-  // Exactly the view's bytes, copied once and that copy transferred (cloning a view would
-  // clone its whole ArrayBuffer, which may be a larger object's).
-  const copy = new Uint8Array(body);
-  const answer = await ask({ type: 'place', body: copy, items, window }, [copy.buffer]);
+export async function placeVerified(body: Buffer, items: PlaceItem[], window: SharedArrayBuffer, giveAway = false): Promise<PayloadOutcome[]> {
+  // Exactly the view's bytes: transferred as they are when they are a whole buffer of ours,
+  // else copied once and that copy transferred (cloning a view would clone its whole
+  // ArrayBuffer, which may be a larger object's, or a store's own memory).
+  const whole = giveAway && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && body.buffer instanceof ArrayBuffer;
+  const sent = whole ? new Uint8Array(body.buffer, 0, body.byteLength) : new Uint8Array(body);
+  const answer = await ask({ type: 'place', body: sent, items, window }, [sent.buffer as ArrayBuffer]);
   if ('died' in answer) throw new Error(`decoding thread died: ${answer.died}`);
   if ('error' in answer) throw new Error(`decoding thread failed: ${answer.error}`);
   if (!('results' in answer)) throw new Error('decoding thread: unexpected answer');

@@ -28,6 +28,12 @@ export interface ByteRange {
  * wholly visible or absent (never partial); `get` of a missing key throws ObjectNotFoundError.
  */
 export interface ObjectStore {
+  /**
+   * true: every get() resolves with memory of its own that nothing else holds (S3's bodies), so
+   * a reader may hand it to a worker thread without a copy. A store that hands out its own
+   * memory (the memory store) leaves it unset.
+   */
+  readonly freshReads?: boolean;
   put(key: string, body: Buffer, opts?: PutOptions): Promise<void>;
   /** Reads an object or a range of it; with `maxBytes`, a larger object throws ObjectTooLargeError unread. */
   get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer>;

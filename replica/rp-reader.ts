@@ -504,7 +504,7 @@ async function fillWindow(
    * The payloads of `qs`' entries, held in `bytes` (which start at byte `at` of their
    * object): each entry decoded and checked once, with every piece the window takes from it.
    */
-  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer, at: number, qs: Piece<{ entry: E }>[], judge: (e: E, outcome: PayloadOutcome) => void): Promise<void> => {
+  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer, at: number, qs: Piece<{ entry: E }>[], judge: (e: E, outcome: PayloadOutcome) => void, giveAway = false): Promise<void> => {
     const byEntry = new Map<E, Piece<unknown>[]>();
     for (const q of qs) {
       const list = byEntry.get(q.ref.entry);
@@ -520,7 +520,7 @@ async function fillWindow(
       crc: e.dataCrc,
       places: places(byEntry.get(e)!),
     }));
-    const outcomes = await placeVerified(bytes, items, shared);
+    const outcomes = await placeVerified(bytes, items, shared, giveAway);
     entries.forEach((e, i) => judge(e, outcomes[i]));
   };
   // Chunks: one whole-object GET each, verified end to end: the header here (magic, header
@@ -535,7 +535,8 @@ async function fillWindow(
     try {
       const checked = checkChunkHeader(body, chunk, key);
       const start = body.length - checked.payload.length;
-      const [outcome] = await placeVerified(body, [{ start, end: body.length, zstd: checked.zstd, length: checked.length, sha256: chunk.sha256, places: places(qs) }], shared);
+      // The body is read for this chunk only: a store's fresh memory goes to the worker uncopied.
+      const [outcome] = await placeVerified(body, [{ start, end: body.length, zstd: checked.zstd, length: checked.length, sha256: chunk.sha256, places: places(qs) }], shared, store.freshReads === true);
       checkChunkData(checked, chunk, outcome as Parameters<typeof checkChunkData>[2], key);
     } catch (err) {
       if (err instanceof BackupError) throw new CorruptExtentError(err.where, err.reason);
@@ -547,14 +548,20 @@ async function fillWindow(
     const bytes = await store.get(r.key, { start: r.start, end: r.end });
     stats.gets++;
     stats.bytesRead += bytes.length;
-    await placeEntries(bytes, r.start, r.items, (e, outcome) => {
-      try {
-        checkExtentData(e, outcome, `${r.key} block ${e.blockIndex}`);
-      } catch (err) {
-        if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
-        throw err;
-      }
-    });
+    await placeEntries(
+      bytes,
+      r.start,
+      r.items,
+      (e, outcome) => {
+        try {
+          checkExtentData(e, outcome, `${r.key} block ${e.blockIndex}`);
+        } catch (err) {
+          if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
+          throw err;
+        }
+      },
+      store.freshReads === true, // read for these extents only
+    );
   });
   // Pieces: read whole when the window was planned; only their versions' data is left to check.
   const pieceReads = [...byPiece.entries()].map(([piece, qs]) => async () => {
