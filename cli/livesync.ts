@@ -13,6 +13,7 @@ import { DynamoRecoveries } from '../adapters/dynamo-recoveries';
 import { DynamoOperations } from '../adapters/dynamo-operations';
 import { failoverCleanup, failoverPlanned, failoverTest, failoverToExport, failoverUnplanned } from './failover';
 import { failbackFinish, failbackStart } from './failback';
+import { exportCommand } from './export';
 import { shownState } from '../core/failover';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
@@ -71,6 +72,12 @@ const USAGE = `usage: livesync <command> [options]
         with --to ebs: [--create-volume AZ [--volume-type gp3]] [--register-image NAME
         [--architecture x86_64|arm64] [--boot-mode uefi|legacy-bios]]: then a volume per disk
         in the zone, and/or an AMI (first disk the root device /dev/xvda, then /dev/xvdb, …)
+  export --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --listen (unix:PATH | 127.0.0.1:PORT)
+        [--writable [--overlay DIR]] [--cache 256M]
+        serve the RP's disks over NBD straight from the RP Store (one export per disk, named after
+        it; one JSON line gives each disk's nbd URI) until SIGINT/SIGTERM, under a reader lease;
+        read-only, or --writable into a local copy-on-write overlay (DIR kept; default a temporary
+        one, removed); never writes to the RP Store. A Unix socket (0600) or loopback only: no TLS yet
   recover --pair P --resume ID [--no-wait]
         resume a failed recovery run: only the ranges not done are recovered
   recovery list --pair P | recovery show --pair P --id ID
@@ -114,6 +121,16 @@ The RP Store is found through LIVESYNC_BUCKET and LIVESYNC_TABLE, the workflows 
 LIVESYNC_SEED_STATE_MACHINE_ARN and LIVESYNC_RECOVERY_STATE_MACHINE_ARN, endpoints through AWS_ENDPOINT_URL* (unset in AWS).`;
 
 type Opts = Record<string, string | boolean | string[] | undefined>;
+
+/** --pair and the options that name an RP (core/rp-choice.ts; --seq is --rp's old name). */
+const RP_OPTIONS = {
+  pair: { type: 'string' },
+  rp: { type: 'string' },
+  seq: { type: 'string' },
+  latest: { type: 'boolean' },
+  at: { type: 'string' },
+  acrp: { type: 'string' },
+} as const;
 
 /** --disk NAME=PATH, repeated. */
 function diskPaths(o: Opts): { name: string; path: string }[] {
@@ -265,12 +282,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'recover': {
       const o = opts({
-        pair: { type: 'string' },
-        rp: { type: 'string' },
-        seq: { type: 'string' },
-        latest: { type: 'boolean' },
-        at: { type: 'string' },
-        acrp: { type: 'string' },
+        ...RP_OPTIONS,
         to: { type: 'string' },
         out: { type: 'string' },
         'to-s3': { type: 'string' },
@@ -297,11 +309,7 @@ async function main(argv: string[]): Promise<number> {
     case 'failover planned':
     case 'failover cleanup': {
       const o = opts({
-        pair: { type: 'string' },
-        rp: { type: 'string' },
-        latest: { type: 'boolean' },
-        at: { type: 'string' },
-        acrp: { type: 'string' },
+        ...RP_OPTIONS,
         to: { type: 'string' },
         'state-dir': { type: 'string' },
         tag: { type: 'string' },
@@ -350,6 +358,23 @@ async function main(argv: string[]): Promise<number> {
         const images = new Map(diskPaths(o).map((d) => [d.name, d.path]));
         console.log(JSON.stringify(await failbackFinish(ctx, pairId, images, join(dir, 'control.sock'), { regionBytes: o.region ? parseSize('region', str(o, 'region')!) : undefined }), null, 2));
       }
+      return 0;
+    }
+    case 'export': {
+      const o = opts({
+        ...RP_OPTIONS,
+        listen: { type: 'string' },
+        writable: { type: 'boolean' },
+        overlay: { type: 'string' },
+        cache: { type: 'string' },
+      });
+      const pairId = required('pair', str(o, 'pair'));
+      await exportCommand(rpStoreFromEnv(), pairId, rpChoiceOf(o), {
+        listen: required('listen', str(o, 'listen')),
+        writable: o.writable === true,
+        overlayDir: str(o, 'overlay'),
+        cacheBytes: o.cache ? parseSize('cache', str(o, 'cache')!) : undefined,
+      });
       return 0;
     }
     case 'pair events': {
