@@ -5,13 +5,12 @@ import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
-import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
 import { COMPACTION_STATE_MACHINE_ENV, GC_GRACE_ENV } from './names';
 import type { ReplicaStore } from './replica-store';
-import { retried, workflowFunction } from './workflow-function';
+import { retried, workflowFunction, workflowStateMachine } from './workflow-function';
 
 export const COMPACT_ENTRY = path.join(__dirname, '../lambdas/compact.ts');
 
@@ -76,17 +75,8 @@ export class CompactionWorkflow extends Construct {
     // Unit ⟲ while it says there is more (a bounded number of units per run), then GC.
     const definition = unit.next(new sfn.Choice(this, 'More').when(sfn.Condition.booleanEquals('$.more', true), unit).otherwise(gc.next(new sfn.Succeed(this, 'Compacted'))));
 
-    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      definitionBody: sfn.DefinitionBody.fromChainable(definition),
-      // A run does ≤ 32 units and one GC pass.
-      timeout: Duration.hours(1),
-      tracingEnabled: true,
-      logs: {
-        destination: new logs.LogGroup(this, 'ExecutionLogs', { retention: logs.RetentionDays.ONE_MONTH }),
-        level: sfn.LogLevel.ALL,
-        includeExecutionData: false,
-      },
-    });
+    // A run does ≤ 32 units and one GC pass.
+    this.stateMachine = workflowStateMachine(this, definition, Duration.hours(1));
     this.grantStart(this.sweepFunction);
     new events.Rule(this, 'Schedule', {
       schedule: events.Schedule.rate(props.schedule ?? Duration.minutes(15)),

@@ -3,13 +3,12 @@ import { Duration, Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import type * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
-import * as logs from 'aws-cdk-lib/aws-logs';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
 import type { ReplicaStore } from './replica-store';
-import { retried, workflowFunction } from './workflow-function';
+import { failOnError, retried, stepTask, workflowFunction, workflowStateMachine } from './workflow-function';
 
 export const RECOVER_ENTRY = path.join(__dirname, '../lambdas/recover.ts');
 
@@ -52,16 +51,7 @@ export class RecoveryWorkflow extends Construct {
     }
 
     const step = (name: string, stepName: string, input: Record<string, unknown> | string, resultPath?: string): tasks.LambdaInvoke =>
-      retried(
-        new tasks.LambdaInvoke(this, name, {
-          lambdaFunction: this.stepsFunction,
-          payload: sfn.TaskInput.fromObject({ step: stepName, input: typeof input === 'string' ? sfn.JsonPath.objectAt(input) : input }),
-          payloadResponseOnly: true,
-          resultPath,
-          taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
-        }),
-        RECOVERY_PERMANENT_ERRORS,
-      );
+      stepTask(this, name, this.stepsFunction, stepName, input, RECOVERY_PERMANENT_ERRORS, resultPath);
     const run = { pairId: sfn.JsonPath.stringAt('$.pairId'), recoveryId: sfn.JsonPath.stringAt('$.recoveryId') };
     const start = step('Start', 'start', '$', '$.plan');
     const range = retried(
@@ -82,25 +72,9 @@ export class RecoveryWorkflow extends Construct {
     });
     ranges.itemProcessor(range);
     const finish = step('Finish', 'finish', run, '$.result');
+    failOnError(this, this.stepsFunction, run, 'RecoveryFailed', [start, ranges, finish]);
 
-    const fail = new tasks.LambdaInvoke(this, 'Fail', {
-      lambdaFunction: this.stepsFunction,
-      payload: sfn.TaskInput.fromObject({ step: 'fail', input: { ...run, error: sfn.JsonPath.objectAt('$.error') } }),
-      payloadResponseOnly: true,
-    }).addRetry({ errors: [sfn.Errors.ALL], interval: Duration.seconds(2), maxAttempts: 5, backoffRate: 2 });
-    fail.next(new sfn.Fail(this, 'RecoveryFailed', { error: 'RecoveryFailed', causePath: '$.reason' }));
-    for (const s of [start, ranges, finish]) s.addCatch(fail, { errors: [sfn.Errors.ALL], resultPath: '$.error' });
-
-    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      definitionBody: sfn.DefinitionBody.fromChainable(start.next(ranges).next(finish).next(new sfn.Succeed(this, 'Recovered'))),
-      timeout: Duration.hours(12),
-      tracingEnabled: true,
-      logs: {
-        destination: new logs.LogGroup(this, 'ExecutionLogs', { retention: logs.RetentionDays.ONE_MONTH }),
-        level: sfn.LogLevel.ALL,
-        includeExecutionData: false,
-      },
-    });
+    this.stateMachine = workflowStateMachine(this, start.next(ranges).next(finish).next(new sfn.Succeed(this, 'Recovered')), Duration.hours(12));
   }
 
   /** Lets an operator (the CLI's role) start runs and follow them. */

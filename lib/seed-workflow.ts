@@ -3,13 +3,12 @@ import { Duration } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
-import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
 import type { ReplicaStore } from './replica-store';
-import { retried, workflowFunction } from './workflow-function';
+import { failOnError, retried, stepTask, workflowFunction, workflowStateMachine } from './workflow-function';
 
 export const SEED_ENTRY = path.join(__dirname, '../lambdas/seed.ts');
 
@@ -55,15 +54,7 @@ export class SeedWorkflow extends Construct {
     for (const fn of [this.stepsFunction, this.rangeFunction]) props.store.grantSeed(fn, backupBuckets);
 
     const step = (name: string, stepName: string, input: Record<string, unknown> | string, resultPath?: string): tasks.LambdaInvoke =>
-      this.retried(
-        new tasks.LambdaInvoke(this, name, {
-          lambdaFunction: this.stepsFunction,
-          payload: sfn.TaskInput.fromObject({ step: stepName, input: typeof input === 'string' ? sfn.JsonPath.objectAt(input) : input }),
-          payloadResponseOnly: true,
-          resultPath,
-          taskTimeout: sfn.Timeout.duration(Duration.minutes(15)),
-        }),
-      );
+      stepTask(this, name, this.stepsFunction, stepName, input, PERMANENT_ERRORS, resultPath);
     const run = { pairId: sfn.JsonPath.stringAt('$.pairId'), seedId: sfn.JsonPath.stringAt('$.seedId') };
 
     const validate = step('Validate', 'validate', '$');
@@ -90,13 +81,7 @@ export class SeedWorkflow extends Construct {
     const waitForJournal = new sfn.Wait(this, 'WaitForJournal', { time: poll });
     const waitForBackup = new sfn.Wait(this, 'WaitForBackup', { time: poll });
 
-    const fail = new tasks.LambdaInvoke(this, 'Fail', {
-      lambdaFunction: this.stepsFunction,
-      payload: sfn.TaskInput.fromObject({ step: 'fail', input: { ...run, error: sfn.JsonPath.objectAt('$.error') } }),
-      payloadResponseOnly: true,
-    }).addRetry({ errors: [sfn.Errors.ALL], interval: Duration.seconds(2), maxAttempts: 5, backoffRate: 2 });
-    fail.next(new sfn.Fail(this, 'SeedFailed', { error: 'SeedFailed', causePath: '$.reason' }));
-    for (const s of [validate, plan, ranges, finalize, catchUp, activate]) s.addCatch(fail, { errors: [sfn.Errors.ALL], resultPath: '$.error' });
+    failOnError(this, this.stepsFunction, run, 'SeedFailed', [validate, plan, ranges, finalize, catchUp, activate]);
 
     // validate ⟲ until the backup is there (one the agent is taking), … catchUp ⟲ until the journal reaches the first RP.
     const seeding = plan.next(ranges).next(finalize).next(catchUp).next(
@@ -104,18 +89,8 @@ export class SeedWorkflow extends Construct {
     );
     const definition = validate.next(new sfn.Choice(this, 'BackupReady').when(sfn.Condition.booleanEquals('$.ready', true), seeding).otherwise(waitForBackup.next(validate)));
 
-    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      definitionBody: sfn.DefinitionBody.fromChainable(definition),
-      // Catch-up gives up after 24 h (replica/seeding.ts); a run never outlives this.
-      timeout: Duration.days(2),
-      tracingEnabled: true,
-      logs: {
-        destination: new logs.LogGroup(this, 'ExecutionLogs', { retention: logs.RetentionDays.ONE_MONTH }),
-        level: sfn.LogLevel.ALL,
-        // Inputs and outputs are ids and counters; leave them out of the logs anyway.
-        includeExecutionData: false,
-      },
-    });
+    // Catch-up gives up after 24 h (replica/seeding.ts); a run never outlives this.
+    this.stateMachine = workflowStateMachine(this, definition, Duration.days(2));
   }
 
   /** Lets an operator (the CLI's role) start runs and follow them. */
