@@ -8,13 +8,13 @@
 import { randomUUID } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { ConditionalCheckFailedException, TransactionCanceledException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { BatchWriteCommand, DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { BatchWriteCommand, DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { CorruptHistoryError } from '../core/errors';
 import { seqKey } from '../core/keys';
 import { sleep } from '../replica/concurrency';
 import type { CompactionFailure, CompactorLease, HistoryHead, HistoryIndex, ReaderLease, VersionRecord } from '../replica/ports';
 import { dynamoClient } from './aws-clients';
-import { batchSk, documentClient, pairPk, PAIR_SK, sendConditional } from './dynamo-table';
+import { batchSk, documentClient, pairPk, PAIR_SK, queryAll, sendConditional } from './dynamo-table';
 import { checkAdvanceGc, checkPublish, checkReaderLease, COMPACTOR_LEASE_ID, FrontierBackwardsError } from './history-rules';
 
 const HISTORY_SK = 'HISTORY';
@@ -257,17 +257,8 @@ export class DynamoHistory implements HistoryIndex {
     await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: versionSk(version) } }));
   }
 
-  private async query(input: { KeyConditionExpression: string; FilterExpression?: string; ExpressionAttributeValues: Record<string, unknown> }, limit = Infinity): Promise<Record<string, any>[]> {
-    const out: Record<string, any>[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.doc.send(
-        new QueryCommand({ TableName: this.table, ...input, ConsistentRead: true, ExclusiveStartKey: start, Limit: Number.isFinite(limit) ? limit - out.length : undefined }),
-      );
-      out.push(...(page.Items ?? []));
-      start = page.LastEvaluatedKey;
-    } while (start && out.length < limit);
-    return out;
+  private query(input: { KeyConditionExpression: string; FilterExpression?: string; ExpressionAttributeValues: Record<string, unknown> }, limit = Infinity): Promise<Record<string, any>[]> {
+    return queryAll(this.doc, this.table, input, limit);
   }
 }
 

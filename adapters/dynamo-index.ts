@@ -5,14 +5,13 @@ import {
   DynamoDBDocumentClient,
   GetCommand,
   PutCommand,
-  QueryCommand,
   TransactWriteCommand,
   UpdateCommand,
   type QueryCommandInput,
 } from '@aws-sdk/lib-dynamodb';
 import type { AdvancePlan } from '../core/advance';
 import { dynamoClient } from './aws-clients';
-import { batchSk, documentClient, pairPk, PAIR_SK, sendConditional } from './dynamo-table';
+import { batchSk, documentClient, pairPk, PAIR_SK, queryAll, sendConditional } from './dynamo-table';
 import { seqKey } from '../core/keys';
 import type { BatchRecord, Pair, PairError, PairState, QuarantineRecord, RecoveryPoint, RpPin, RpType } from '../core/model';
 import type { RetentionPolicy } from '../core/retention';
@@ -392,22 +391,7 @@ export class DynamoIndex implements ReplicaIndex {
   }
 
   private async query<T = Record<string, unknown>>(input: Omit<QueryCommandInput, 'TableName'>, limit = Infinity): Promise<T[]> {
-    const out: unknown[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.doc.send(
-        new QueryCommand({
-          TableName: this.table,
-          ...input,
-          ConsistentRead: input.IndexName ? undefined : true,
-          ExclusiveStartKey: start,
-          Limit: Number.isFinite(limit) ? limit - out.length : undefined,
-        }),
-      );
-      out.push(...(page.Items ?? []).map(strip));
-      start = page.LastEvaluatedKey;
-    } while (start && out.length < limit);
-    return out as T[];
+    return (await queryAll(this.doc, this.table, input, limit)).map(strip) as T[];
   }
 }
 

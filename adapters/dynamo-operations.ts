@@ -5,10 +5,10 @@
 
 import { randomBytes } from 'node:crypto';
 import { TransactionCanceledException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient, GetCommand, QueryCommand, TransactWriteCommand } from '@aws-sdk/lib-dynamodb';
+import { DynamoDBDocumentClient, GetCommand, TransactWriteCommand } from '@aws-sdk/lib-dynamodb';
 import type { PairEvent, PairOperation, PairOperations } from '../replica/ports';
 import { dynamoClient } from './aws-clients';
-import { documentClient, pairPk } from './dynamo-table';
+import { documentClient, pairPk, queryAll } from './dynamo-table';
 
 const OPERATION_SK = 'OPERATION';
 const EVENT_PREFIX = 'EVENT#';
@@ -54,15 +54,7 @@ export class DynamoOperations implements PairOperations {
   }
 
   async listEvents(pairId: string): Promise<PairEvent[]> {
-    const out: PairEvent[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.doc.send(
-        new QueryCommand({ TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :e)', ExpressionAttributeValues: { ':pk': pairPk(pairId), ':e': EVENT_PREFIX }, ConsistentRead: true, ExclusiveStartKey: start }),
-      );
-      for (const { pk: _pk, sk: _sk, kind: _kind, ...e } of page.Items ?? []) out.push(e as PairEvent);
-      start = page.LastEvaluatedKey;
-    } while (start);
-    return out;
+    const items = await queryAll(this.doc, this.table, { KeyConditionExpression: 'pk = :pk AND begins_with(sk, :e)', ExpressionAttributeValues: { ':pk': pairPk(pairId), ':e': EVENT_PREFIX } });
+    return items.map(({ pk: _pk, sk: _sk, kind: _kind, ...e }) => e as PairEvent);
   }
 }

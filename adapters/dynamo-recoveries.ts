@@ -4,10 +4,10 @@
 // transaction: its item IF absent, and the run's counters ADDed, so a retried range counts once.
 
 import { TransactionCanceledException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { DynamoDBDocumentClient, GetCommand, PutCommand, TransactWriteCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import type { RecoveryRangeDone, RecoveryRun, RecoveryRuns } from '../replica/ports';
 import { dynamoClient } from './aws-clients';
-import { documentClient, pairPk, sendConditional } from './dynamo-table';
+import { documentClient, pairPk, queryAll, sendConditional } from './dynamo-table';
 
 const RUN_PREFIX = 'RECOVERY#';
 const runSk = (id: string): string => `${RUN_PREFIX}${id}`;
@@ -91,17 +91,8 @@ export class DynamoRecoveries implements RecoveryRuns {
     return items.filter((i) => i.kind === 'recovery').map(runOf).sort((a, b) => b.startedMs - a.startedMs);
   }
 
-  private async query(pairId: string, prefix: string): Promise<Record<string, any>[]> {
-    const out: Record<string, any>[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.doc.send(
-        new QueryCommand({ TableName: this.table, KeyConditionExpression: 'pk = :pk AND begins_with(sk, :p)', ExpressionAttributeValues: { ':pk': pairPk(pairId), ':p': prefix }, ConsistentRead: true, ExclusiveStartKey: start }),
-      );
-      out.push(...(page.Items ?? []));
-      start = page.LastEvaluatedKey;
-    } while (start);
-    return out;
+  private query(pairId: string, prefix: string): Promise<Record<string, any>[]> {
+    return queryAll(this.doc, this.table, { KeyConditionExpression: 'pk = :pk AND begins_with(sk, :p)', ExpressionAttributeValues: { ':pk': pairPk(pairId), ':p': prefix } });
   }
 }
 

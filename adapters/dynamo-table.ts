@@ -3,7 +3,7 @@
 // conditional write's outcome as a boolean.
 
 import { ConditionalCheckFailedException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient, type PutCommand, type UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { DynamoDBDocumentClient, QueryCommand, type PutCommand, type QueryCommandInput, type UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { seqKey } from '../core/keys';
 import { dynamoClient } from './aws-clients';
 
@@ -25,4 +25,24 @@ export async function sendConditional(doc: DynamoDBDocumentClient, cmd: UpdateCo
     if (err instanceof ConditionalCheckFailedException) return false;
     throw err;
   }
+}
+
+/** Every item a Query finds, page after page, up to `limit`: strongly consistent on the table (an index cannot be). */
+export async function queryAll(doc: DynamoDBDocumentClient, table: string, input: Omit<QueryCommandInput, 'TableName'>, limit = Infinity): Promise<Record<string, any>[]> {
+  const out: Record<string, any>[] = [];
+  let start: Record<string, unknown> | undefined;
+  do {
+    const page = await doc.send(
+      new QueryCommand({
+        TableName: table,
+        ...input,
+        ConsistentRead: input.IndexName ? undefined : true,
+        ExclusiveStartKey: start,
+        Limit: Number.isFinite(limit) ? limit - out.length : undefined,
+      }),
+    );
+    out.push(...(page.Items ?? []));
+    start = page.LastEvaluatedKey;
+  } while (start && out.length < limit);
+  return out;
 }
