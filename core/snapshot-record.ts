@@ -36,14 +36,24 @@ export function encodeSnapshotRecord(r: SnapshotRecord): Buffer {
   return Buffer.concat([Buffer.from(`${JSON.stringify(head)}\n`), r.sums]);
 }
 
-/** The record in `body` (stored at `where`); throws an Error naming `where` and the field that is wrong. */
-export function decodeSnapshotRecord(body: Buffer, where: string): SnapshotRecord {
-  const nl = body.indexOf(0x0a);
+/** A record's header line, checked, and where its sums start (the byte after the line). */
+export interface SnapshotRecordHeader extends Omit<SnapshotRecord, 'sums'> {
+  blocks: number;
+  sumsOffset: number;
+}
+
+/**
+ * The header of the record that starts with `head` (stored at `where`; the whole record or
+ * only its first bytes, which must hold the header line); throws an Error naming `where` and
+ * the field that is wrong.
+ */
+export function decodeSnapshotRecordHeader(head: Buffer, where: string): SnapshotRecordHeader {
+  const nl = head.indexOf(0x0a);
   const bad = (what: string): Error => new Error(`snapshot record ${where}: ${what}`);
   if (nl < 0) throw bad('no header line');
   let h: Record<string, unknown>;
   try {
-    h = JSON.parse(body.subarray(0, nl).toString('utf8')) as Record<string, unknown>;
+    h = JSON.parse(head.subarray(0, nl).toString('utf8')) as Record<string, unknown>;
   } catch {
     throw bad('the header is not JSON');
   }
@@ -52,10 +62,19 @@ export function decodeSnapshotRecord(body: Buffer, where: string): SnapshotRecor
   for (const f of ['seq', 'sizeBytes', 'blocks'] as const) if (!Number.isSafeInteger(h[f]) || (h[f] as number) < 0) throw bad(`${f} is not a whole number`);
   if (h.blockBytes !== SNAPSHOT_BLOCK_BYTES) throw bad(`blockBytes ${String(h.blockBytes)}, expected ${SNAPSHOT_BLOCK_BYTES}`);
   if (h.blocks !== blocksOf(h.sizeBytes as number)) throw bad(`${String(h.blocks)} blocks for ${String(h.sizeBytes)} bytes`);
-  const sums = body.subarray(nl + 1);
-  if (sums.length !== (h.blocks as number) * DIGEST) throw bad(`${sums.length} bytes of sums for ${String(h.blocks)} blocks`);
-  return { pairId: h.pairId as string, disk: h.disk as string, seq: h.seq as number, snapshotId: h.snapshotId as string, sizeBytes: h.sizeBytes as number, sums: Buffer.from(sums) };
+  return { pairId: h.pairId as string, disk: h.disk as string, seq: h.seq as number, snapshotId: h.snapshotId as string, sizeBytes: h.sizeBytes as number, blocks: h.blocks as number, sumsOffset: nl + 1 };
 }
+
+/** The record in `body` (stored at `where`); throws an Error naming `where` and the field that is wrong. */
+export function decodeSnapshotRecord(body: Buffer, where: string): SnapshotRecord {
+  const { blocks, sumsOffset, ...record } = decodeSnapshotRecordHeader(body, where);
+  const sums = body.subarray(sumsOffset);
+  if (sums.length !== blocks * DIGEST) throw new Error(`snapshot record ${where}: ${sums.length} bytes of sums for ${blocks} blocks`);
+  return { ...record, sums: Buffer.from(sums) };
+}
+
+/** The length of a whole record with this header. */
+export const snapshotRecordBytes = (h: SnapshotRecordHeader): number => h.sumsOffset + h.blocks * DIGEST;
 
 /**
  * What a snapshot started from `parent` must do with block `index` whose new sum is `sum`

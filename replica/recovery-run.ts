@@ -9,7 +9,7 @@ import { PassThrough } from 'node:stream';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { planRecoveryRanges, rangeOf, type DiskRanges } from '../core/recovery-ranges';
 import { rpLives } from '../core/retention';
-import { encodeSnapshotRecord, SNAPSHOT_BLOCK_BYTES, snapshotRecordKey, snapshotRecordPrefix } from '../core/snapshot-record';
+import { decodeSnapshotRecordHeader, encodeSnapshotRecord, SNAPSHOT_BLOCK_BYTES, snapshotRecordBytes, snapshotRecordKey, snapshotRecordPrefix } from '../core/snapshot-record';
 import { mapLimit } from './concurrency';
 import { materialize } from './materialize';
 import type { HistoryIndex, ImageSink, KeyLister, ObjectStore, PartUploads, ReaderLease, RecoveryDisk, RecoveryRangeDone, RecoveryRun, RecoveryRuns, RecoveryTargetSpec, ReplicaIndex, SnapshotService } from './ports';
@@ -161,19 +161,22 @@ async function openTarget(deps: RecoveryDeps, run: RecoveryRun): Promise<Recover
   );
 }
 
-/** The disk's newest snapshot record whose header decodes: its key, snapshot and where its sums start (read by range). */
+/**
+ * The disk's newest snapshot record whose header decodes (core/snapshot-record.ts, as a whole
+ * record is judged) and whose length fits it: its key, snapshot and where its sums start (the
+ * ranges read their sums by range). A record that does not is said and skipped.
+ */
 async function newestRecord(deps: RecoveryDeps, pairId: string, disk: string): Promise<{ key: string; snapshotId: string; sumsOffset: number } | undefined> {
   const keys = (await deps.store.listKeys(snapshotRecordPrefix(pairId, disk))).sort().reverse();
   for (const key of keys) {
-    const size = await deps.store.size(key);
-    const head = size ? await deps.store.get(key, { start: 0, end: Math.min(size, 4096) }) : undefined;
-    const nl = head?.indexOf(0x0a) ?? -1;
-    if (!head || nl < 0) continue;
     try {
-      const h = JSON.parse(head.subarray(0, nl).toString('utf8')) as { pairId?: string; disk?: string; snapshotId?: string; blockBytes?: number };
-      if (h.pairId === pairId && h.disk === disk && typeof h.snapshotId === 'string' && h.blockBytes === SNAPSHOT_BLOCK_BYTES) return { key, snapshotId: h.snapshotId, sumsOffset: nl + 1 };
-    } catch {
-      deps.log?.(`snapshot record ${key}: the header is not JSON; not used`);
+      const size = (await deps.store.size(key)) ?? 0;
+      const h = decodeSnapshotRecordHeader(await deps.store.get(key, { start: 0, end: Math.min(size, 4096) }), key);
+      if (h.pairId !== pairId || h.disk !== disk) throw new Error(`snapshot record ${key} names pair '${h.pairId}' disk '${h.disk}'`);
+      if (size !== snapshotRecordBytes(h)) throw new Error(`snapshot record ${key}: ${size} bytes, its header says ${snapshotRecordBytes(h)}`);
+      return { key, snapshotId: h.snapshotId, sumsOffset: h.sumsOffset };
+    } catch (err) {
+      deps.log?.(`${(err as Error).message}: not used`);
     }
   }
   return undefined;

@@ -2,7 +2,7 @@
 // blocks an incremental snapshot writes.
 
 import { createHash } from 'node:crypto';
-import { blockAction, decodeSnapshotRecord, encodeSnapshotRecord, NO_BLOCK, snapshotRecordKey, type SnapshotRecord } from '../core/snapshot-record';
+import { blockAction, decodeSnapshotRecord, decodeSnapshotRecordHeader, encodeSnapshotRecord, NO_BLOCK, snapshotRecordBytes, snapshotRecordKey, type SnapshotRecord } from '../core/snapshot-record';
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 const record: SnapshotRecord = { pairId: 'web01', disk: 'sda', seq: 42, snapshotId: 'snap-0a1b', sizeBytes: 3 * 512 * 1024 + 1, sums: Buffer.concat([digest('a'), NO_BLOCK, digest('c'), digest('d')]) };
@@ -15,6 +15,15 @@ test('encodes as one JSON line and the sums, decodes to the same, under a key so
   expect(decodeSnapshotRecord(body, 'k')).toEqual(record);
   expect(snapshotRecordKey(record)).toBe('pairs/web01/recoveries/ebs/sda/00000000000000000042-snap-0a1b.sums');
   expect(() => encodeSnapshotRecord({ ...record, sums: record.sums.subarray(32) })).toThrow(/needs 128 bytes/);
+});
+
+test("the header alone decodes from the record's first bytes (the workflow's ranged read), saying where the sums start and how long the record is", () => {
+  const body = encodeSnapshotRecord(record);
+  const h = decodeSnapshotRecordHeader(body.subarray(0, body.indexOf(0x0a) + 1), 'k');
+  const { sums: _sums, ...rest } = record;
+  expect(h).toEqual({ ...rest, blocks: 4, sumsOffset: body.indexOf(0x0a) + 1 });
+  expect(snapshotRecordBytes(h)).toBe(body.length);
+  expect(body.subarray(h.sumsOffset).equals(record.sums)).toBe(true);
 });
 
 test.each([
