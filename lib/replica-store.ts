@@ -144,11 +144,7 @@ export class ReplicaStore extends Construct {
       iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject', 's3:PutObject'], resourceArns: [this.pairsObjectsArn] }),
       // A missing chunk must read as MISSING_CHUNK, not as access denied.
       this.grantListPairs(fn),
-      iam.Grant.addToPrincipal({
-        grantee: fn,
-        actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query'].map((a) => `dynamodb:${a}`),
-        resourceArns: [this.table.tableArn],
-      }),
+      this.grantItems(fn, ['GetItem', 'PutItem', 'UpdateItem', 'Query']),
     ];
     for (const b of backupBuckets) {
       grants.push(
@@ -171,11 +167,7 @@ export class ReplicaStore extends Construct {
       iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn] }),
       iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/history/*`)] }),
       this.grantListPairs(fn),
-      iam.Grant.addToPrincipal({
-        grantee: fn,
-        actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query', 'ConditionCheckItem'].map((a) => `dynamodb:${a}`),
-        resourceArns: [this.table.tableArn],
-      }),
+      this.grantItems(fn, ['GetItem', 'PutItem', 'UpdateItem', 'Query', 'ConditionCheckItem']),
     ];
     this.setEnvironment(fn);
     return grants;
@@ -196,11 +188,7 @@ export class ReplicaStore extends Construct {
         resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/journal/*`), this.bucket.arnForObjects(`${PAIRS_PREFIX}*/history/*`)],
       }),
       this.grantListPairs(fn),
-      iam.Grant.addToPrincipal({
-        grantee: fn,
-        actions: ['GetItem', 'Query', 'UpdateItem', 'DeleteItem', 'BatchWriteItem'].map((a) => `dynamodb:${a}`),
-        resourceArns: [this.table.tableArn],
-      }),
+      this.grantItems(fn, ['GetItem', 'Query', 'UpdateItem', 'DeleteItem', 'BatchWriteItem']),
     ];
     this.setEnvironment(fn);
     return grants;
@@ -227,11 +215,8 @@ export class ReplicaStore extends Construct {
         conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`, `${RECOVERIES_PREFIX}*`] } },
       }),
       ...targetBuckets.map((b) => iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:ListBucket'], resourceArns: [b.bucketArn] })),
-      iam.Grant.addToPrincipal({
-        grantee: fn,
-        actions: ['GetItem', 'PutItem', 'UpdateItem', 'Query', 'ConditionCheckItem'].map((a) => `dynamodb:${a}`),
-        resourceArns: [this.table.tableArn],
-      }),
+      // No ConditionCheckItem: its transaction (a range done) is a conditional Put and Update.
+      this.grantItems(fn, ['GetItem', 'PutItem', 'UpdateItem', 'Query']),
     ];
     this.setEnvironment(fn);
     return grants;
@@ -242,6 +227,11 @@ export class ReplicaStore extends Construct {
     const grants = [iam.Grant.addToPrincipal({ grantee: fn, actions: ['dynamodb:Query'], resourceArns: [`${this.table.tableArn}/index/${PAIRS_INDEX}`] })];
     this.setEnvironment(fn);
     return grants;
+  }
+
+  /** DynamoDB item actions (`GetItem`, …) on the table. */
+  private grantItems(fn: lambda.IFunction, actions: string[]): iam.Grant {
+    return iam.Grant.addToPrincipal({ grantee: fn, actions: actions.map((a) => `dynamodb:${a}`), resourceArns: [this.table.tableArn] });
   }
 
   /** Without ListBucket S3 answers a missing key with 403 instead of 404. Limited to the pairs/ prefix. */
