@@ -11,7 +11,7 @@ import { rpStoreFromEnv } from '../adapters/from-env';
 import { recoverCommand, recoveryTargetOf, rpChoiceOf, showRun } from './recover';
 import { DynamoRecoveries } from '../adapters/dynamo-recoveries';
 import { DynamoOperations } from '../adapters/dynamo-operations';
-import { failoverCleanup, failoverPlanned, failoverTest, failoverToExport, failoverUnplanned } from './failover';
+import { failoverCleanup, failoverPlanned, failoverTest, failoverToExport, failoverUnplanned, type FailoverContext } from './failover';
 import { failbackFinish, failbackStart } from './failback';
 import { exportCommand } from './export';
 import { shownState } from '../core/failover';
@@ -131,6 +131,15 @@ const RP_OPTIONS = {
   at: { type: 'string' },
   acrp: { type: 'string' },
 } as const;
+
+/** Who asks (recorded on pins and transitions): --by, else the user. */
+const operatorName = (by: string | undefined): string => by ?? process.env.USER ?? userInfo().username;
+
+/** What the failover and failback commands work with: the RP Store, the pair's operations, who asks, stderr. */
+function operatorContext(by: string | undefined): FailoverContext {
+  const rps = rpStoreFromEnv();
+  return { rps, ops: new DynamoOperations(rps.table), by: operatorName(by), log: (l) => console.error(l) };
+}
 
 /** --disk NAME=PATH, repeated. */
 function diskPaths(o: Opts): { name: string; path: string }[] {
@@ -267,7 +276,7 @@ async function main(argv: string[]): Promise<number> {
       const pairId = required('pair', str(o, 'pair'));
       const seq = parseIntArg('seq', required('seq', str(o, 'seq')));
       const reason = required('reason', str(o, 'reason'));
-      const by = str(o, 'by') ?? process.env.USER ?? userInfo().username;
+      const by = operatorName(str(o, 'by'));
       console.log(rpLine(await pinRp(rpStoreFromEnv().index, pairId, seq, { by, reason })));
       return 0;
     }
@@ -321,8 +330,7 @@ async function main(argv: string[]): Promise<number> {
         overlay: { type: 'string' },
       });
       const pairId = required('pair', str(o, 'pair'));
-      const rps = rpStoreFromEnv();
-      const ctx = { rps, ops: new DynamoOperations(rps.table), by: str(o, 'by') ?? process.env.USER ?? userInfo().username, log: (l: string) => console.error(l) };
+      const ctx = operatorContext(str(o, 'by'));
       if (o.listen !== undefined && (command === 'failover test' || command === 'failover unplanned')) {
         if (o.to !== undefined) throw new InvalidArgumentError('give --to TARGET (a copy) or --listen ADDRESS (an export), not both');
         const kind = command === 'failover test' ? 'test' : 'unplanned';
@@ -349,8 +357,7 @@ async function main(argv: string[]): Promise<number> {
     case 'failback finish': {
       const o = opts({ pair: { type: 'string' }, reverse: { type: 'string' }, disk: { type: 'string', multiple: true }, 'reverse-state-dir': { type: 'string' }, region: { type: 'string' }, by: { type: 'string' } });
       const pairId = required('pair', str(o, 'pair'));
-      const rps = rpStoreFromEnv();
-      const ctx = { rps, ops: new DynamoOperations(rps.table), by: str(o, 'by') ?? process.env.USER ?? userInfo().username, log: (l: string) => console.error(l) };
+      const ctx = operatorContext(str(o, 'by'));
       if (command === 'failback start') console.log(JSON.stringify(await failbackStart(ctx, pairId, required('reverse', str(o, 'reverse'))), null, 2));
       else {
         const { operation } = await ctx.ops.getOperation(pairId);
