@@ -5,6 +5,7 @@
 // a simple reply cannot say whether data follows.
 
 import { connect, type Socket } from 'node:net';
+import { sleep } from '../replica/concurrency';
 import { CMD, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, NBDMAGIC, OPT, OPTION_REPLY_MAGIC, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from '../agent/nbd-protocol';
 
 const REP_ERROR_BIT = 0x80000000;
@@ -200,4 +201,24 @@ function header(type: number, cookie: bigint, offset: number, length: number): B
   b.writeBigUInt64BE(BigInt(offset), 16);
   b.writeUInt32BE(length, 24);
   return b;
+}
+
+/**
+ * Waits until an NBD handshake for `exportName` on 127.0.0.1:`port` succeeds (then
+ * disconnects), for up to `timeoutMs`; `gone()` says why the server cannot come (it exited),
+ * which ends the wait at once.
+ */
+export async function waitForNbd(port: number, exportName: string, name: string, gone: () => string | undefined = () => undefined, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const why = gone();
+    if (why !== undefined) throw new Error(`${name} exited before serving: ${why}`);
+    try {
+      await (await NbdClient.connect('127.0.0.1', port, exportName)).close();
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`${name} does not serve on port ${port}: ${(err as Error).message}`);
+      await sleep(100);
+    }
+  }
 }

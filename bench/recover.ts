@@ -35,7 +35,6 @@
 // the peers, the same way for each.
 
 import { execFile, spawn } from 'node:child_process';
-import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -52,14 +51,14 @@ import { DynamoOperations } from '../adapters/dynamo-operations';
 import { failoverCleanup, failoverToExport } from '../cli/failover';
 import { recoverInCloud } from '../cli/recover-cloud';
 import { snapshotRecordPrefix } from '../core/snapshot-record';
-import { startLocalStack, type LocalStack } from '../local/stack';
-import { limiter, sleep } from '../replica/concurrency';
+import { freePort, startLocalStack, type LocalStack } from '../local/stack';
+import { limiter } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { RecoveryRun } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { rng } from '../source/workload';
 import { median, partsFromEnv, round, runBench, timed } from './measure';
-import { NbdClient } from './nbd-client';
+import { NbdClient, waitForNbd } from './nbd-client';
 import { ensurePeers, JAVA_PEER } from './peers';
 
 const MiB = 2 ** 20;
@@ -189,15 +188,16 @@ async function main(): Promise<void> {
         // The peer of the export's random reads: qemu-nbd serving the recovered image read-only, same fio job.
         const image = join(dir, 'qemu-nbd.img');
         await writeFile(image, source);
-        const port = 20000 + Math.floor(Math.random() * 20000);
+        const port = await freePort();
         const server = spawn('qemu-nbd', ['-r', '-f', 'raw', '-x', 'disk0', '-b', '127.0.0.1', '-p', String(port), '--persistent', image], { stdio: 'ignore' });
         try {
-          await waitForPort(port);
+          await waitForNbd(port, 'disk0', 'qemu-nbd', () => (server.exitCode !== null || server.signalCode !== null ? `exit ${server.exitCode ?? server.signalCode}` : undefined));
           const t0 = performance.now();
           qemuRand4k.push(await fioRandRead(port, dir));
           seconds.get('qemu_nbd')!.push((performance.now() - t0) / 1000);
         } finally {
           server.kill('SIGTERM');
+          if (server.exitCode === null && server.signalCode === null) await new Promise((r) => server.once('exit', r));
           await rm(image, { force: true });
         }
       },
@@ -271,21 +271,6 @@ async function fioRandRead(port: number, dir: string): Promise<number> {
   const j = (JSON.parse(await readFile(out, 'utf8')) as { jobs: { error: number; read: { iops: number; total_ios: number } }[] }).jobs[0];
   if (j.error !== 0 || j.read.total_ios === 0) throw new Error(`fio on port ${port}: error ${j.error}, ${j.read.total_ios} reads`);
   return j.read.iops;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.end();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(50);
-  }
-  throw new Error(`nothing listens on 127.0.0.1:${port}`);
 }
 
 /** `livesync recover --to file:` in a process of its own (bench/recover-file.ts): the seconds of the recovery alone. */
