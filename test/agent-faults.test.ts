@@ -139,7 +139,7 @@ async function recoverLatest(pairId: string, seq: number): Promise<Buffer> {
     expect(pair?.state).toBe('REPLICATING');
     expect(pair?.error).toBeUndefined();
     await rm(dir, { recursive: true, force: true });
-  }, 180_000);
+  });
 });
 
 /** An object store whose uploads fail while `down` is set (a network outage). */
@@ -255,7 +255,7 @@ function outage(store: ObjectStore & KeyLister): ObjectStore & KeyLister & { dow
     expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
     expect(agent.status().resyncedRegions).toBe(1);
     expect(await c.index.listQuarantine(pairId)).toEqual([]);
-  }, 120_000);
+  });
   test('once its batches are compacted and collected, the comparison reads the replica through the history, without a reader lease', async () => {
     const { pairId, c, image, start } = await servedPair('vhist', 16 * MiB);
     agent = await start({ history: c.history });
@@ -292,7 +292,7 @@ function outage(store: ObjectStore & KeyLister): ObjectStore & KeyLister & { dow
     const seq = await agent.flush({ rp: true });
     expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
     expect(agent.status().resyncedRegions).toBe(1);
-  }, 120_000);
+  });
 
   test('a corrupt spooled batch is dropped at start; its seq becomes a resync marker and its regions are found by comparison', async () => {
     const { pairId, c, image, start } = await servedPair('rot', 32 * MiB);
@@ -325,5 +325,5 @@ function outage(store: ObjectStore & KeyLister): ObjectStore & KeyLister & { dow
     expect(firstDifference(await recoverLatest(pairId, seq), await readFile(image))).toBeUndefined();
     expect(agent.status().resyncedRegions).toBeGreaterThan(0);
     expect(await c.index.listQuarantine(pairId)).toEqual([]);
-  }, 120_000);
+  });
 });

@@ -62,7 +62,7 @@ describe('compaction workflow (lib/compaction-workflow.ts) on the local Step Fun
       const got = await recover(c, pairId, seq);
       expect(firstDifference(got.get('d0')!, model.atSeq.get(seq)!.get('d0')!)).toBeUndefined();
     }
-  }, 180_000);
+  });
 
   test('the schedule lists pairs through the sparse index and starts a run for each', async () => {
     const c = cloud();
@@ -74,7 +74,7 @@ describe('compaction workflow (lib/compaction-workflow.ts) on the local Step Fun
     const handlers = compactHandlers({ store: c.store, index: c.index, history: c.history, listPairs: async () => [pairId], launcher: { start: async (p) => (started.push(p), 'arn') } });
     expect(await handlers.sweep()).toEqual({ started: 1 });
     expect(started).toEqual([pairId]);
-  }, 60_000);
+  });
 
   test('a unit that fails says why on the pair (HISTORY.lastFailure), leaves the manifest as it was, and the next good unit clears it', async () => {
     const c = cloud();
@@ -99,5 +99,5 @@ describe('compaction workflow (lib/compaction-workflow.ts) on the local Step Fun
     broken = false;
     expect(await handlers.unit({ pairId })).toEqual(expect.objectContaining({ published: true, frontierSeq: 3 }));
     expect((await c.history.getHistory(pairId)).lastFailure).toBeUndefined();
-  }, 60_000);
+  });
 });

@@ -41,5 +41,5 @@ import { eventually, newPairId } from './helpers';
       await mapping.stop();
       sqs.destroy();
     }
-  }, 30_000);
+  });
 });

@@ -92,7 +92,7 @@ beforeAll(async () => {
   await w.close();
   await waitForWatermark(c.index, pairId, LAST, 60_000);
   expect(atSeq(SEQ, 'd').equals(atSeq(LAST, 'd'))).toBe(false);
-}, 180_000);
+});
 
 afterAll(async () => {
   if (held) await c.history.releaseCompactor(pairId, held);

@@ -95,4 +95,4 @@ test('fail over, write on the recovered side, fail back: the source gets the rec
     if (b) await stop(b);
     await rm(dir, { recursive: true, force: true });
   }
-}, 180_000);
+});

@@ -99,7 +99,7 @@ test('planned failover: the agent takes the final ACRP and refuses writes after 
     await exited(agent.child);
     await rm(dir, { recursive: true, force: true });
   }
-}, 120_000);
+});
 
 test('test failover while replication goes on, shown with its age until cleanup; unplanned failover to an ACRP; refusals', async () => {
   const size = 4 * MiB;
@@ -155,7 +155,7 @@ test('test failover while replication goes on, shown with its age until cleanup;
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-}, 120_000);
+});
 
 (have('qemu-img') ? test : test.skip)('test failover onto an export: the RP served at once over NBD while the test lasts, TEST shown; stopping the export ends it', async () => {
   const size = 4 * MiB;
@@ -191,4 +191,4 @@ test('test failover while replication goes on, shown with its age until cleanup;
     child.kill('SIGKILL');
     await rm(dir, { recursive: true, force: true });
   }
-}, 120_000);
+});

@@ -121,4 +121,4 @@ test('a crash with a batch held (never uploaded) and the next one uploaded but n
     await b?.stop();
     await rm(dir, { recursive: true, force: true });
   }
-}, 60_000);
+});

@@ -322,12 +322,12 @@ describe('RP timer with a real agent (livesync agent, as an operator runs it)', 
     run.agent.child.kill('SIGTERM');
     await exited(run.agent.child);
     await expectRpAtWatermark(run, 'clean stop');
-  }, 120_000);
+  });
 
   test('killed (SIGKILL) after a FLUSH: an RP at the watermark within the interval + 2 s, bytes equal', async () => {
     const run = await writeAndFlush('killed');
     run.agent.child.kill('SIGKILL');
     await exited(run.agent.child);
     await expectRpAtWatermark(run, 'SIGKILL');
-  }, 120_000);
+  });
 });

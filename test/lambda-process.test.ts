@@ -23,7 +23,7 @@ describe('lambdaProcess', () => {
       delete process.env.LAMBDA_FIXTURE_MARK;
       await fn.stop();
     }
-  }, 30_000);
+  });
 
   test('an error keeps its name (what a state machine\'s Retry and Catch match); a process that dies fails its invocation and the next one gets a new process', async () => {
     const fn = lambdaProcess(FIXTURE, ['echo', 'fail', 'die']);
@@ -37,5 +37,5 @@ describe('lambdaProcess', () => {
       await fn.stop();
     }
     await expect(fn.handlers.echo({})).rejects.toThrow(/stopped/);
-  }, 30_000);
+  });
 });

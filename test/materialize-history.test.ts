@@ -250,7 +250,7 @@ beforeAll(async () => {
   const folded = [...journal].filter(([seq]) => seq <= FRONTIER);
   await c.history.deleteBatchItems(pairId, folded.map(([seq]) => seq));
   await c.deleter.deleteKeys(folded.map(([, key]) => key));
-}, 120_000);
+});
 
 afterAll(async () => {
   await c.history.releaseCompactor(pairId, compactor);

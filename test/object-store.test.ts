@@ -84,7 +84,7 @@ describe('S3ObjectStore.put', () => {
     await store.deleteKeys(keys);
     expect(await store.listKeys(prefix)).toEqual([]);
     store.client.destroy();
-  }, 120_000);
+  });
 
   test('round trip through the stack under test', async () => {
     const store = new S3ObjectStore(process.env.LIVESYNC_BUCKET!);
