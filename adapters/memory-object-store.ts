@@ -2,7 +2,7 @@
 
 import type { Readable } from 'node:stream';
 import { crc32c } from '../core/crc32c';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PutOptions } from '../replica/ports';
+import { ObjectExistsError, ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PutOptions } from '../replica/ports';
 
 export class MemoryObjectStore implements ObjectStore, KeyLister, ObjectDeleter {
   readonly objects = new Map<string, Buffer>();
@@ -12,6 +12,7 @@ export class MemoryObjectStore implements ObjectStore, KeyLister, ObjectDeleter 
   async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
     // As S3 does with x-amz-checksum-crc32c: a body that does not match is refused.
     if (opts.crc32c !== undefined && crc32c(body) !== opts.crc32c) throw new Error(`put ${key}: the body's CRC-32C is ${crc32c(body)}, not ${opts.crc32c}`);
+    if (opts.createOnly && this.objects.has(key)) throw new ObjectExistsError(key);
     this.objects.set(key, Buffer.from(body));
   }
 

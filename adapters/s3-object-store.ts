@@ -7,7 +7,7 @@ import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMult
 import { Upload } from '@aws-sdk/lib-storage';
 import { s3Client } from './aws-clients';
 import { sleep } from '../replica/concurrency';
-import { ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PartUploads, type PutOptions } from '../replica/ports';
+import { ObjectExistsError, ObjectNotFoundError, ObjectTooLargeError, type ByteRange, type KeyLister, type ObjectDeleter, type ObjectStore, type PartUploads, type PutOptions } from '../replica/ports';
 
 /** x-amz-checksum-crc32c: the big-endian CRC, base64. */
 export const crc32cHeader = (crc: number): string => {
@@ -46,11 +46,25 @@ export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter, Par
   ) {}
 
   async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
-    const command = new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ChecksumCRC32C: opts.crc32c === undefined ? undefined : crc32cHeader(opts.crc32c) });
+    const command = new PutObjectCommand({
+      Bucket: this.bucket,
+      Key: key,
+      Body: body,
+      ContentLength: body.length,
+      ChecksumCRC32C: opts.crc32c === undefined ? undefined : crc32cHeader(opts.crc32c),
+      IfNoneMatch: opts.createOnly ? '*' : undefined,
+    });
     // S3 checks the CRC-32C on receipt, so the signature need not cover a SHA-256 of the body
     // (a pass over every byte the agent uploads). TLS protects the request in transit.
     if (opts.crc32c !== undefined) command.middlewareStack.add(unsignedPayload, { step: 'build', name: 'livesyncUnsignedPayload' });
-    await this.client.send(command);
+    try {
+      await this.client.send(command);
+    } catch (err) {
+      // 412: the key exists. (409 ConditionalRequestConflict, a concurrent conditional write of
+      // the key still in flight, stays an error to retry: the retry then sees 412 or succeeds.)
+      if (opts.createOnly && ((err as { name?: string }).name === 'PreconditionFailed' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 412)) throw new ObjectExistsError(key);
+      throw err;
+    }
   }
 
   async listKeys(prefix: string, startAfter?: string): Promise<string[]> {

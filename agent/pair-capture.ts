@@ -139,6 +139,12 @@ export class PairCapture {
         // Client I/O goes on (a replication fault never fails the machine's writes).
         o.log?.(`${err.message}: uploads stop here (the journal cannot skip a seq); a restart drops it and compares with the replica`);
       },
+      onConflict: (err) => {
+        this.failure ??= err;
+        // Client I/O goes on; the batch stays spooled. Another writer used this pair's seq (a
+        // second agent, a restored state directory, or a compromised one): not overwritten.
+        o.log?.(`${err.message}: uploads stop here; check which agent writes this pair before restarting it`);
+      },
       log: o.log,
     });
     const coolMs = o.coolMs ?? 2000;

@@ -7,6 +7,7 @@ import { setTimeout as wait } from 'node:timers/promises';
 import { batchObjectCrc32c } from '../core/batch-format';
 import { journalKey } from '../core/keys';
 import type { ObjectStore } from '../replica/ports';
+import { ObjectConflictError, putOnce } from '../replica/put-once';
 import { backoffMs } from '../source/batch-writer';
 import { SpoolCorruptError, type Spool } from './spool';
 
@@ -25,6 +26,8 @@ export interface UploaderOptions {
   onUploaded?: (seq: number, bytes: number) => void;
   /** A spooled batch is unreadable: uploads stop (the journal cannot skip a seq). */
   onCorrupt?: (err: SpoolCorruptError) => void;
+  /** The journal holds another object under a batch's key: uploads stop, nothing is overwritten. */
+  onConflict?: (err: ObjectConflictError) => void;
   log?: (m: string) => void;
 }
 
@@ -34,6 +37,7 @@ export class Uploader {
   /** Ends the waits (bandwidth, backoff) when the uploader stops. */
   private readonly stopping = new AbortController();
   private corrupt: SpoolCorruptError | undefined;
+  private conflict: ObjectConflictError | undefined;
   private idleWaiters: (() => void)[] = [];
   /** When the bandwidth budget lets the next upload start. */
   private nextSlotMs = 0;
@@ -46,7 +50,7 @@ export class Uploader {
 
   /** Starts uploads for spooled batches not yet in flight. Call after every spool add. */
   kick(): void {
-    if (this.stopped || this.corrupt) return;
+    if (this.stopped || this.corrupt || this.conflict) return;
     const max = this.o.maxInFlight ?? 4;
     for (const seq of this.o.spool.seqs()) {
       if (this.active.size >= max) break;
@@ -55,7 +59,7 @@ export class Uploader {
       void this.uploadOne(seq).finally(() => {
         this.active.delete(seq);
         this.kick();
-        if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.corrupt)) this.wakeIdle();
+        if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.corrupt || this.conflict)) this.wakeIdle();
       });
     }
     if (this.active.size === 0) this.wakeIdle();
@@ -63,7 +67,7 @@ export class Uploader {
 
   /** Resolves when the spool is empty (or uploads stopped); rejects after `timeoutMs`. */
   idle(timeoutMs = Infinity): Promise<void> {
-    if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.corrupt)) return Promise.resolve();
+    if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.corrupt || this.conflict)) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const timer = Number.isFinite(timeoutMs)
         ? setTimeout(() => reject(new Error(`${this.o.spool.count} spooled batches not uploaded after ${timeoutMs} ms${this.lastError ? `: ${this.lastError}` : ''}`)), timeoutMs)
@@ -102,12 +106,15 @@ export class Uploader {
     await this.waitForBandwidth(body.length);
     if (this.stopped) return; // stopped while waiting its turn: it stays spooled
     const crc32c = batchObjectCrc32c(body); // the spool checked a body read back from its file
+    const key = journalKey(this.o.pairId, seq); // one key for every retry of this upload
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
         // From memory as a rule (a held batch is never written to its file if this comes
         // first). A crash after this PUT and before state.json records its seq as used does
         // not get the seq cut again: the start-up lists the journal past the watermark.
-        await this.o.store.put(journalKey(this.o.pairId, seq), body, { crc32c });
+        // Create-only: a retry after a lost reply finds its own batch there and is done; any
+        // other batch under the key is a conflict, reported and never overwritten.
+        await putOnce(this.o.store, key, body, { crc32c });
         this.lastError = undefined;
         this.uploadedBatches++;
         this.uploadedBytes += body.length;
@@ -116,6 +123,14 @@ export class Uploader {
         this.o.onUploaded?.(seq, body.length);
         return;
       } catch (err) {
+        if (err instanceof ObjectConflictError) {
+          // The journal holds another batch for this seq: uploads stop here (the journal cannot
+          // skip a seq) and the batch stays spooled; the pair needs the operator.
+          this.conflict ??= err;
+          this.lastError = `batch ${seq}: ${err.message}`;
+          this.o.onConflict?.(err);
+          return;
+        }
         this.lastError = `batch ${seq}: ${(err as Error).message}`;
         if (attempt === 1 || attempt % 10 === 0) this.o.log?.(`upload of batch ${seq} failed (attempt ${attempt}), retrying: ${(err as Error).message}`);
         await this.pause(backoffMs({ baseDelayMs: this.o.baseDelayMs ?? 100, maxDelayMs: this.o.maxDelayMs ?? 10_000 }, Math.min(attempt, 20)));

@@ -4,7 +4,7 @@
 
 import crypto, { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { link, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, Server } from 'node:http';
 import { dirname, join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -95,6 +95,11 @@ function withoutAwsChunked(metadata: Record<string, string>): Record<string, str
  * body goes to a temporary file (not an object name to s3rver's listings), renamed over the
  * object once written. Journal keys are written once or re-PUT with the same bytes, so the
  * metadata written after the rename matches the object either way.
+ *
+ * `If-None-Match: *` (a create-only PUT) is honoured as S3 does: when the key exists the
+ * object stays as it was and the answer is 412 PreconditionFailed. The temporary file is
+ * hard-linked to the object's name, which fails if the name exists: two such PUTs of one
+ * key racing each other cannot both win. (s3rver ignored the header and replaced it.)
  */
 function makePutsAtomic(server: S3rver): void {
   const store = server.store;
@@ -149,7 +154,17 @@ function makePutsAtomic(server: S3rver): void {
         else await pipeline(content, count, createWriteStream(tmp));
       }
       const digest = md5.digest('hex');
-      await rename(tmp, objectPath);
+      if (createOnly(object.content)) {
+        try {
+          await link(tmp, objectPath);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          throw new S3Error('PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', { Condition: 'If-None-Match' });
+        }
+        await rm(tmp, { force: true });
+      } else {
+        await rename(tmp, objectPath);
+      }
       await store.putMetadata(object.bucket, object.key, object.metadata, digest);
       return { size, md5: digest };
     } catch (err) {
@@ -157,4 +172,10 @@ function makePutsAtomic(server: S3rver): void {
       throw err;
     }
   };
+}
+
+/** Whether the PUT carried `If-None-Match: *` (its body is the request, with its headers). */
+function createOnly(content: unknown): boolean {
+  const headers = (content as { headers?: Record<string, string | string[] | undefined> } | undefined)?.headers;
+  return headers?.['if-none-match'] === '*';
 }

@@ -15,6 +15,13 @@ export interface PutOptions {
    * for the request signature.
    */
   crc32c?: number;
+  /**
+   * Create the object, never replace one (S3: `If-None-Match: *`). A key that exists already
+   * throws ObjectExistsError and the stored object stays as it was. Journal batches and
+   * backups are written this way (replica/put-once.ts); the bucket policy requires it of the
+   * agent's role.
+   */
+  createOnly?: boolean;
 }
 
 /** Byte range, end exclusive. */
@@ -52,6 +59,14 @@ export class ObjectNotFoundError extends Error {
   constructor(readonly key: string) {
     super(`object '${key}' not found`);
     this.name = 'ObjectNotFoundError';
+  }
+}
+
+/** A create-only put found its key taken (S3: 412 PreconditionFailed); nothing was written. */
+export class ObjectExistsError extends Error {
+  constructor(readonly key: string) {
+    super(`object '${key}' exists already: a create-only write does not replace it`);
+    this.name = 'ObjectExistsError';
   }
 }
 

@@ -7,6 +7,7 @@ import { CHUNK_BYTES, encodeChunk, isAllZero, type ChunkRef } from '../core/chun
 import { backupChunkKey, type BackupManifest } from '../core/seed-manifests';
 import { mapLimit } from '../replica/concurrency';
 import type { ObjectStore } from '../replica/ports';
+import { putOnce } from '../replica/put-once';
 
 export interface BackupDiskSource {
   name: string;
@@ -59,7 +60,7 @@ export async function writeBackup(o: BackupOptions): Promise<BackupResult> {
           return;
         }
         const { body, ref } = await encodeChunk(index, data);
-        await o.store.put(backupChunkKey(o.manifestKey, ref.sha256), body);
+        await putOnce(o.store, backupChunkKey(o.manifestKey, ref.sha256), body);
         chunks[index] = ref;
         stats.chunksStored++;
         stats.bytesStored += body.length;
@@ -82,6 +83,6 @@ export async function writeBackup(o: BackupOptions): Promise<BackupResult> {
     disks,
   };
   // The manifest last: a backup without one is not a backup (its chunks are just orphans).
-  await o.store.put(o.manifestKey, Buffer.from(JSON.stringify(manifest)));
+  await putOnce(o.store, o.manifestKey, Buffer.from(JSON.stringify(manifest)));
   return { manifest, ...stats };
 }

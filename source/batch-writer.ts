@@ -10,6 +10,7 @@ import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/key
 import type { DiskSpec } from '../core/model';
 import type { ObjectStore } from '../replica/ports';
 import { sleep } from '../replica/concurrency';
+import { ObjectConflictError, putOnce } from '../replica/put-once';
 
 export interface RetryPolicy {
   attempts: number;
@@ -613,9 +614,10 @@ export class BatchWriter {
     const { attempts } = this.o.retry;
     for (let attempt = 1; ; attempt++) {
       try {
-        await store.put(key, body, { crc32c: batchObjectCrc32c(body) });
+        await putOnce(store, key, body, { crc32c: batchObjectCrc32c(body) });
         return key;
       } catch (err) {
+        if (err instanceof ObjectConflictError) throw err; // another batch holds the seq: retrying changes nothing
         if (attempt >= attempts) throw new Error(`upload to ${key} failed after ${attempts} attempts: ${(err as Error).message}`);
         await sleep(backoffMs(this.o.retry, attempt));
       }

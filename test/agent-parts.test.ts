@@ -255,4 +255,35 @@ describe('Uploader', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(putAt).toHaveLength(1); // none of the waiting ones went after the stop
   });
+
+  test('a PUT whose reply was lost is retried under its key and done; another batch under a key stops the uploads and is not overwritten', async () => {
+    const { spool, store } = await setUp(4);
+    const put = store.put.bind(store);
+    const keys: string[] = [];
+    const foreign = batch(3);
+    foreign[100] ^= 1;
+    store.put = async (key, body, opts) => {
+      keys.push(key);
+      expect(opts?.createOnly).toBe(true);
+      const seq = Number(/journal\/(\d{20})-/.exec(key)![1]);
+      // Batch 3's key is taken just before its PUT lands (another writer that learnt the key).
+      if (seq === 3) store.objects.set(key, foreign);
+      await put(key, body, opts);
+      // Batch 1 reaches the store but its reply is lost: the retry finds its own bytes (412).
+      if (seq === 1 && keys.length === 1) throw new Error('socket hang up');
+    };
+    const conflicts: string[] = [];
+    const uploader = new Uploader({ pairId: 'p', spool, store, baseDelayMs: 1, maxInFlight: 1, onConflict: (err) => conflicts.push(err.message) });
+    uploader.kick();
+    await uploader.idle(5000);
+    expect(keys.slice(0, 2)).toEqual([keys[0], keys[0]]); // the retry reused the key
+    expect(store.objects.get(keys[0])!.equals(batch(1))).toBe(true);
+    const key3 = keys.find((k) => k.includes(`/${'3'.padStart(20, '0')}-`))!;
+    expect(store.objects.get(key3)!.equals(foreign)).toBe(true); // left as it was
+    expect(conflicts).toEqual([expect.stringMatching(/exists with other contents/)]);
+    expect(uploader.lastError).toMatch(/^batch 3: /);
+    expect(spool.seqs()).toEqual([3, 4]); // kept: nothing past the conflict is uploaded
+    expect([...store.objects.keys()].filter((k) => k.includes(`/${'4'.padStart(20, '0')}-`))).toEqual([]);
+    await uploader.stop();
+  });
 });

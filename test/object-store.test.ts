@@ -9,6 +9,8 @@ import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { crc32cHeader, S3ObjectStore } from '../adapters/s3-object-store';
 import { batchObjectCrc32c, encodeBatch } from '../core/batch-format';
 import { crc32c } from '../core/crc32c';
+import { ObjectExistsError, type ObjectStore } from '../replica/ports';
+import { ObjectConflictError, putOnce } from '../replica/put-once';
 
 const batch = encodeBatch({ pairId: 'p1', seq: 7, prevSeq: 6, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['disk0'] }, [
   { disk: 0, blockIndex: 3, data: Buffer.alloc(8192, 0x5a) },
@@ -91,6 +93,42 @@ describe('S3ObjectStore.put', () => {
     const key = `tests/object-store/${Date.now()}`;
     await store.put(key, batch, { crc32c: batchObjectCrc32c(batch) });
     expect((await store.get(key)).equals(batch)).toBe(true);
+    store.client.destroy();
+  });
+});
+
+describe('create-only writes (If-None-Match: *) and putOnce', () => {
+  const other = Buffer.from(batch);
+  other[40] ^= 1;
+
+  /** The checks every store must pass: the memory store, and S3 on the stack under test. */
+  async function createOnlyContract(store: ObjectStore, key: string): Promise<void> {
+    await store.put(key, batch, { createOnly: true, crc32c: crc32c(batch) });
+    // A second create-only write of the key, same bytes or not, is refused and changes nothing.
+    await expect(store.put(key, other, { createOnly: true })).rejects.toThrow(ObjectExistsError);
+    await expect(store.put(key, batch, { createOnly: true })).rejects.toThrow(new RegExp(`'${key}' exists already`));
+    expect((await store.get(key)).equals(batch)).toBe(true);
+    // putOnce: a retry that finds its own bytes is done; other bytes are a conflict, not overwritten.
+    await putOnce(store, key, batch, { crc32c: crc32c(batch) });
+    await expect(putOnce(store, key, other)).rejects.toThrow(ObjectConflictError);
+    expect((await store.get(key)).equals(batch)).toBe(true);
+    // Racing create-only writes of one new key: exactly one wins, and the object is the winner's.
+    const raced = `${key}-race`;
+    const bodies = Array.from({ length: 6 }, (_, i) => Buffer.alloc(256 * 1024, i + 1));
+    const results = await Promise.allSettled(bodies.map((b) => store.put(raced, b, { createOnly: true })));
+    const won = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
+    expect(won).toHaveLength(1);
+    expect(results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason instanceof ObjectExistsError)).toBe(true);
+    expect((await store.get(raced)).equals(bodies[won[0]])).toBe(true);
+  }
+
+  test('the memory store', async () => {
+    await createOnlyContract(new MemoryObjectStore(), 'pairs/p1/journal/00000000000000000007');
+  });
+
+  test('S3 on the stack under test: 412 for a taken key, the stored object unchanged', async () => {
+    const store = new S3ObjectStore(process.env.LIVESYNC_BUCKET!);
+    await createOnlyContract(store, `tests/object-store/create-only-${Date.now()}`);
     store.client.destroy();
   });
 });
