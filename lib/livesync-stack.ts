@@ -4,9 +4,10 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { InvalidArgumentError } from '../core/errors';
+import { AgentAccess } from './agent-access';
 import { ApplyPipeline } from './apply-pipeline';
 import { CompactionWorkflow } from './compaction-workflow';
-import { LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX, RECOVERIES_PREFIX } from './names';
+import { AGENT_PAIR_TAG, LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX, RECOVERIES_PREFIX } from './names';
 import { RecoveryWorkflow } from './recovery-workflow';
 import { ReplicaStore } from './replica-store';
 import { SeedWorkflow } from './seed-workflow';
@@ -22,6 +23,8 @@ export interface LivesyncStackProps extends StackProps {
    * an x86 Docker host that does not set LAMBDA_IGNORE_ARCHITECTURE=1), else arm64.
    */
   readonly lambdaArchitecture?: lambda.Architecture;
+  /** IAM Roles Anywhere trust anchors whose host certificates may take the agent role. @default any of this account's */
+  readonly agentTrustAnchorArns?: string[];
 }
 
 
@@ -31,6 +34,7 @@ export class LivesyncStack extends Stack {
   readonly seed: SeedWorkflow;
   readonly compaction: CompactionWorkflow;
   readonly recovery: RecoveryWorkflow;
+  readonly agents: AgentAccess;
 
   constructor(scope: Construct, id: string, props: LivesyncStackProps = {}) {
     super(scope, id, props);
@@ -53,6 +57,10 @@ export class LivesyncStack extends Stack {
       targetBuckets: (props.recoveryBucketNames ?? []).map((name, i) => s3.Bucket.fromBucketName(this, `RecoveryBucket${i}`, name)),
     });
 
+    // The source's writes are create-only and only GC deletes, whatever any role's grants say.
+    this.store.protectHistory(this.compaction.gcFunction.role!);
+    this.agents = new AgentAccess(this, 'Agents', { store: this.store, trustAnchorArns: props.agentTrustAnchorArns?.length ? props.agentTrustAnchorArns : undefined });
+
     new CfnOutput(this, 'BucketName', { value: this.store.bucket.bucketName });
     new CfnOutput(this, 'TableName', { value: this.store.table.tableName });
     new CfnOutput(this, 'ApplyQueueUrl', { value: this.pipeline.queue.queueUrl });
@@ -60,6 +68,8 @@ export class LivesyncStack extends Stack {
     new CfnOutput(this, 'SeedStateMachineArn', { value: this.seed.stateMachine.stateMachineArn });
     new CfnOutput(this, 'CompactionStateMachineArn', { value: this.compaction.stateMachine.stateMachineArn });
     new CfnOutput(this, 'RecoveryStateMachineArn', { value: this.recovery.stateMachine.stateMachineArn });
+    new CfnOutput(this, 'AgentRoleArn', { value: this.agents.role.roleArn });
+    new CfnOutput(this, 'AgentProfileArn', { value: this.agents.profile.attrProfileArn });
 
     this.acknowledgeNagFindings(props.backupBucketNames ?? [], props.recoveryBucketNames ?? []);
   }
@@ -142,6 +152,12 @@ export class LivesyncStack extends Stack {
       { id: 'AwsSolutions-IAM5[Resource::*]', reason: 'X-Ray (tracing enabled) and CloudWatch Logs delivery (logs:CreateLogDelivery and friends) do not support resource-level permissions.' },
     );
     this.acknowledgeMapPolicy(recovery.stateMachine);
+    const agentObjects = (suffix: string): string => `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}<aws:PrincipalTag/${AGENT_PAIR_TAG}>/${suffix}]`;
+    Validations.of(this.agents.role).acknowledge(
+      { id: agentObjects('journal/*'), reason: "PutObject of the agent's own pair's batches (the pair is its certificate's CN), create-only by the bucket policy; batch keys carry the seq." },
+      { id: agentObjects('backups/*'), reason: "PutObject of the agent's own pair's backups (the pair is its certificate's CN), create-only by the bucket policy." },
+      { id: agentObjects('*'), reason: "Read-only s3:GetObject of the agent's own pair's objects (start-up and the comparison with the replica read its journal and history)." },
+    );
     const machine = this.seed.stateMachine;
     Validations.of(machine.role).acknowledge(
       ...[this.seed.stepsFunction, this.seed.rangeFunction].map((fn) => ({

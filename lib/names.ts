@@ -10,6 +10,13 @@ export const PAIRS_PREFIX = 'pairs/';
 /** Raw images the recovery workflow writes into the replica bucket go under this prefix (nothing else may). */
 export const RECOVERIES_PREFIX = 'recoveries/';
 export const RECOVERY_STATE_MACHINE_ENV = 'LIVESYNC_RECOVERY_STATE_MACHINE_ARN';
+/**
+ * The agent role's pair: the principal tag IAM Roles Anywhere sets from the Common Name of
+ * the host's certificate (a certificate per source host, CN = its pair id), as an IAM policy
+ * variable in every resource the role may reach and in dynamodb:LeadingKeys.
+ */
+export const AGENT_PAIR_TAG = 'x509Subject/CN';
+export const AGENT_PAIR = `\${aws:PrincipalTag/${AGENT_PAIR_TAG}}`;
 /** Environment variables the apply handler reads its resource names from. */
 export const ENV = { bucket: 'LIVESYNC_BUCKET', table: 'LIVESYNC_TABLE' } as const;
 /** The CDK context key that picks the functions' architecture (`arm64`, the default, or `x86_64`). */

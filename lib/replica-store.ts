@@ -84,6 +84,37 @@ export class ReplicaStore extends Construct {
     });
   }
 
+  /**
+   * The bucket policy that keeps stored history out of reach of any principal's own grants
+   * (docs/design.md, "Trust boundaries"):
+   * - what the source writes (`journal/`, `backups/` of every pair) is created only with
+   *   `If-None-Match: *`, so it can never be overwritten, whoever asks;
+   * - nothing under `pairs/` is deleted by anyone but `deleter`, the GC's role.
+   */
+  protectHistory(deleter: iam.IRole): void {
+    const sourceWritten = [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/journal/*`), this.bucket.arnForObjects(`${PAIRS_PREFIX}*/backups/*`)];
+    this.bucket.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'CreateOnlySourceWrites',
+        effect: iam.Effect.DENY,
+        principals: [new iam.AnyPrincipal()],
+        actions: ['s3:PutObject'],
+        resources: sourceWritten,
+        conditions: { Null: { 's3:if-none-match': 'true' } },
+      }),
+    );
+    this.bucket.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'OnlyGcDeletes',
+        effect: iam.Effect.DENY,
+        principals: [new iam.AnyPrincipal()],
+        actions: ['s3:DeleteObject', 's3:DeleteObjectVersion'],
+        resources: [this.pairsObjectsArn],
+        conditions: { ArnNotEquals: { 'aws:PrincipalArn': deleter.roleArn } },
+      }),
+    );
+  }
+
   /** The object ARN pattern for everything the replication writes (`pairs/*`). */
   get pairsObjectsArn(): string {
     return this.bucket.arnForObjects(`${PAIRS_PREFIX}*`);
@@ -111,10 +142,12 @@ export class ReplicaStore extends Construct {
   }
 
   /**
-   * Least privilege for the source agent of one pair (e.g. a role its host assumes through
-   * IAM Roles Anywhere): write that pair's journal objects and backups; read that pair's objects and
+   * Least privilege for the source agent of one pair: write that pair's journal objects and
+   * backups (create-only, which the bucket policy enforces); read that pair's objects and
    * items, which start-up and the comparison with the replica need (docs/design.md,
-   * "Agent"). Nothing of other pairs, no deletes, no index writes.
+   * "Agent"). Nothing of other pairs, no deletes, no index writes. `pairId` is a pair, or
+   * AGENT_PAIR (the policy variable the deployed agent role uses: the pair from the session's
+   * principal tag, lib/agent-access.ts).
    */
   grantAgent(grantee: iam.IGrantable, pairId: string): iam.Grant[] {
     const pairPrefix = `${PAIRS_PREFIX}${pairId}/`;

@@ -264,6 +264,56 @@ describe('LivesyncStack', () => {
     expect(unitPuts).toEqual([expect.objectContaining({ Resource: { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*/history/*']] } })]);
   });
 
+  test('the bucket policy: what the source writes is create-only (If-None-Match) for every principal, and nobody but GC deletes under pairs/', () => {
+    const policy = Object.values(template.findResources('AWS::S3::BucketPolicy')).find((p: any) => p.Properties.Bucket.Ref === bucketId) as any;
+    const objects = (suffix: string): unknown => ({ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, `/pairs/${suffix}`]] });
+    expect(policy.Properties.PolicyDocument.Statement).toEqual(expect.arrayContaining([
+      { Sid: 'CreateOnlySourceWrites', Effect: 'Deny', Principal: { AWS: '*' }, Action: 's3:PutObject', Resource: [objects('*/journal/*'), objects('*/backups/*')], Condition: { Null: { 's3:if-none-match': 'true' } } },
+      {
+        Sid: 'OnlyGcDeletes',
+        Effect: 'Deny',
+        Principal: { AWS: '*' },
+        Action: ['s3:DeleteObject', 's3:DeleteObjectVersion'],
+        Resource: objects('*'),
+        Condition: { ArnNotEquals: { 'aws:PrincipalArn': { 'Fn::GetAtt': [ref(stack.compaction.gcFunction.role as iam.Role), 'Arn'] } } },
+      },
+    ]));
+  });
+
+  test('agent role: taken through IAM Roles Anywhere, one pair per certificate CN in every resource and leading key; create-only writes, no deletes', () => {
+    const agentRole = ref(stack.agents.role);
+    const role = template.findResources('AWS::IAM::Role')[agentRole] as any;
+    const cn = '${aws:PrincipalTag/x509Subject/CN}';
+    expect(role.Properties.AssumeRolePolicyDocument.Statement).toEqual([{
+      Effect: 'Allow',
+      Principal: { Service: 'rolesanywhere.amazonaws.com' },
+      Action: ['sts:AssumeRole', 'sts:TagSession', 'sts:SetSourceIdentity'],
+      Condition: {
+        StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } },
+        StringNotLike: { 'aws:PrincipalTag/x509Subject/CN': ['*${*}*', '*${?}*', '*/*'] },
+        Null: { 'aws:PrincipalTag/x509Subject/CN': 'false' },
+      },
+    }]);
+    const statements = Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === agentRole))
+      .flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+    const objects = (suffix: string): unknown => ({ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, `/pairs/${cn}/${suffix}`]] });
+    expect(statements).toEqual([
+      expect.objectContaining({ Action: 's3:PutObject', Resource: [objects('journal/*'), objects('backups/*')] }),
+      expect.objectContaining({ Action: 's3:GetObject', Resource: objects('*') }),
+      expect.objectContaining({ Action: 's3:ListBucket', Condition: { StringLike: { 's3:prefix': [`pairs/${cn}/*`] } } }),
+      expect.objectContaining({ Action: ['dynamodb:GetItem', 'dynamodb:Query'], Condition: { 'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': [`PAIR#${cn}`] } } }),
+    ]);
+    template.hasResourceProperties('AWS::RolesAnywhere::Profile', { RoleArns: [{ 'Fn::GetAtt': [agentRole, 'Arn'] }], Enabled: true, DurationSeconds: 3600 });
+    template.hasOutput('AgentRoleArn', {});
+    template.hasOutput('AgentProfileArn', {});
+    // With trust anchors named at deploy time, only their certificates may take it.
+    const anchored = new LivesyncStack(newApp(), 'Anchored', { agentTrustAnchorArns: ['arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/ta1'] });
+    const trust = (Template.fromStack(anchored).findResources('AWS::IAM::Role')[anchored.getLogicalId(anchored.agents.role.node.defaultChild as iam.CfnRole)] as any).Properties.AssumeRolePolicyDocument.Statement[0];
+    expect(trust.Condition.ArnEquals).toEqual({ 'aws:SourceArn': ['arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/ta1'] });
+    expect(trust.Condition.StringEquals).toBeUndefined();
+  });
+
   test('recovery: start → a Distributed Map over the ranges → finish, failures recorded; its roles write only recoveries (never journal or history), read pairs/*, and the EBS direct APIs', () => {
     const machine = machinesFromTemplate(template.toJSON()).find((m) => m.id.startsWith('Recovery'))!;
     expect(Object.keys(machine.definition.States).sort()).toEqual(['Fail', 'Finish', 'Ranges', 'Recovered', 'RecoveryFailed', 'Start']);
