@@ -95,6 +95,12 @@ export interface BatchRecord {
   sizeBytes: number;
   /** Object checksum from the trailer: tells a duplicate from a conflicting batch. */
   objectCrc: number;
+  /**
+   * SHA-256 (hex) of the whole object as apply read it: compaction and recovery check the
+   * bytes they read against it (replica/applied-batch.ts). Absent on batches applied before
+   * it was recorded.
+   */
+  sha256?: string;
   firstWriteMs: number;
   cutMs: number;
   flags: number;

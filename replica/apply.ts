@@ -9,6 +9,7 @@ import { parseJournalKey } from '../core/keys';
 import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
 import { checkAfterAdvance, decideRpCheck, type RpCheck, type ScheduledCheck } from '../core/rp-timer';
 import { compactionDue } from '../core/compaction-trigger';
+import { batchSha256 } from './applied-batch';
 import { mapLimit } from './concurrency';
 import { ObjectNotFoundError, ObjectTooLargeError, type CompactionLauncher, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
 
@@ -140,7 +141,7 @@ export class ApplyService {
 
     let record: BatchRecord;
     try {
-      record = toRecord(key, body.length, validate(decodeBatch(body, key), pair, seq, key), this.now());
+      record = toRecord(key, body, validate(decodeBatch(body, key), pair, seq, key), this.now());
     } catch (err) {
       if (!(err instanceof BatchError)) throw err;
       return this.quarantine(pair, seq, key, err.code, err.reason);
@@ -148,7 +149,8 @@ export class ApplyService {
 
     const reg = await this.index.registerBatch(pairId, record);
     if (!reg.registered) {
-      if (reg.existing.objectCrc !== record.objectCrc) {
+      // The same batch again (a duplicate event, a retried upload under another key) has the same bytes.
+      if (reg.existing.objectCrc !== record.objectCrc || (reg.existing.sha256 !== undefined && reg.existing.sha256 !== record.sha256)) {
         const applied = seq <= pair.watermark;
         return this.quarantine(
           pair,
@@ -313,13 +315,14 @@ function validate(b: DecodedBatch, pair: Pair, keySeq: number, where: string): D
   return b;
 }
 
-function toRecord(key: string, sizeBytes: number, b: DecodedBatch, nowMs: number): BatchRecord {
+function toRecord(key: string, body: Buffer, b: DecodedBatch, nowMs: number): BatchRecord {
   const h = b.header;
   return {
     seq: h.seq,
     key,
-    sizeBytes,
+    sizeBytes: body.length,
     objectCrc: b.trailer.objectCrc,
+    sha256: batchSha256(body),
     firstWriteMs: h.firstWriteMs,
     cutMs: h.cutMs,
     flags: h.flags,

@@ -14,6 +14,7 @@ import { RANGE_BLOCKS, checkManifest, encodeManifest, parseRangeId, partGroup, r
 import type { Pair } from '../core/model';
 import { MAX_PIECE_PAYLOAD, decodePiece, encodePiece, pieceBlocksBitmap, pieceVersionData, type DecodedPiece, type PieceVersionInput } from '../core/run-format';
 import { parseBaseManifest, type BaseManifest } from '../core/seed-manifests';
+import { checkAppliedBatch } from './applied-batch';
 import { mapLimit } from './concurrency';
 import type { CompactorLease, HistoryIndex, ObjectStore, ReplicaIndex } from './ports';
 import { manifestOf, PartCache, type ManifestRead } from './history-manifest';
@@ -129,6 +130,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     const bodies = await mapLimit(folded, concurrency, async (b) => {
       const body = await store.get(b.key);
       stats.readBytes += body.length;
+      checkAppliedBatch(body, b);
       return body;
     });
     const summaries: L0Summary[] = folded.map((b, i) => {

@@ -19,6 +19,7 @@ import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-p
 import type { HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
 import { placeVerified, type PayloadOutcome } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
+import { checkAppliedBatch } from './applied-batch';
 import { mapLimit } from './concurrency';
 
 /** A stored extent that some RP reads: which object, which entry. */
@@ -446,12 +447,28 @@ function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, d
   return { where, bytes, entries: decoded.entries };
 }
 
-/** One ranged GET of a segment's index and trailer; both are checksum-verified. */
+/**
+ * A segment's index and trailer, both checksum-verified: one ranged GET of them, or, when apply
+ * recorded the batch's SHA-256, one GET of the whole object checked against it. The index
+ * read from verified bytes then vouches (CRC-32C per extent) for the payloads read later by
+ * ranged GETs; between the two reads nothing can replace the object (create-only writes, only
+ * GC deletes: "Trust boundaries").
+ */
 async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats): Promise<ExtentEntry[]> {
   const len = b.extentCount * 32 + TRAILER_SIZE;
-  const tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes });
-  stats.gets++;
-  stats.bytesRead += tail.length;
+  let tail: Buffer;
+  if (b.sha256 !== undefined) {
+    const whole = await store.get(b.key);
+    stats.gets++;
+    stats.bytesRead += whole.length;
+    if (whole.length !== b.sizeBytes) throw new CorruptExtentError(b.key, `is ${whole.length} bytes, batch ${b.seq} was ${b.sizeBytes} when it was applied`);
+    checkAppliedBatch(whole, b);
+    tail = whole.subarray(b.sizeBytes - len);
+  } else {
+    tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes });
+    stats.gets++;
+    stats.bytesRead += tail.length;
+  }
   const trailer = decodeTrailer(tail, b.sizeBytes, b.key);
   if (trailer.seq !== b.seq || trailer.objectCrc !== b.objectCrc) {
     throw new CorruptExtentError(b.key, `trailer (seq ${trailer.seq}, crc ${trailer.objectCrc}) does not match the registered batch (seq ${b.seq}, crc ${b.objectCrc})`);

@@ -6,6 +6,13 @@
 // the listing shows an expired RP) and the test fails.
 
 import { randomBytes } from 'node:crypto';
+import { UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { batchSk, documentClient, pairPk } from '../adapters/dynamo-table';
+import { MemoryHistory } from '../adapters/memory-history';
+import { decodeBatch, EXTENT_FLAGS } from '../core/batch-format';
+import { crc32c } from '../core/crc32c';
+import { compactOnce } from '../replica/compactor';
+import { forgeCrc32c } from './forge-crc';
 import { seedLauncherFromEnv } from '../adapters/sfn-seed-launcher';
 import { CHUNK_BYTES } from '../core/chunk-format';
 import { CorruptExtentError } from '../core/errors';
@@ -18,6 +25,13 @@ import { BatchWriter } from '../source/batch-writer';
 import { cloud, eventually, firstDifference, newPairId, nowSec, recover, runCli } from './helpers';
 
 const MiB = 1024 * 1024;
+
+/** The BATCH item as a batch applied before SHA-256s were recorded has it. */
+async function unrecordSha256(pairId: string, seq: number): Promise<void> {
+  const doc = documentClient();
+  await doc.send(new UpdateCommand({ TableName: process.env.LIVESYNC_TABLE!, Key: { pk: pairPk(pairId), sk: batchSk(seq) }, UpdateExpression: 'REMOVE sha256' }));
+  doc.destroy();
+}
 
 describe('recovery refuses stored data that is not what was registered', () => {
   test('a base chunk whose data does not hash to its name (header and CRC intact) stops recovery, naming the chunk', async () => {
@@ -98,7 +112,50 @@ describe('recovery refuses stored data that is not what was registered', () => {
     await eventually('the replacement refused', async () => ((await c.index.listQuarantine(pairId)).some((q) => q.key === keys[0]) ? true : undefined));
     expect(await c.index.getPair(pairId)).toMatchObject({ state: 'REPLICATING', watermark: 2 });
     await expect(recover(c, pairId, 1)).rejects.toThrow(CorruptExtentError);
+    // Apply recorded the batch's SHA-256: that check comes first. (The trailer's guards the
+    // batches applied before SHA-256s were recorded: the next test removes the record's.)
+    await expect(recover(c, pairId, 1)).rejects.toThrow(new RegExp(`${keys[0]}: SHA-256 [0-9a-f]{64} of batch 1 is not the [0-9a-f]{64} recorded when it was applied`));
+    await unrecordSha256(pairId, 1);
     await expect(recover(c, pairId, 1)).rejects.toThrow(/does not match the registered batch/);
+  });
+
+  test('a batch replaced after apply by a forgery whose every CRC matches (trailer, index, extents) is caught by the SHA-256 apply recorded: recovery and compaction refuse it, naming the object', async () => {
+    const c = cloud();
+    const pairId = newPairId('forged');
+    const disks = [{ name: 'd', sizeBytes: 4 * MiB }];
+    await createPair(c.index, { pairId, disks });
+    const keys: string[] = [];
+    const data = randomBytes(256 * 1024); // incompressible: stored raw
+    const w = new BatchWriter({ pairId, disks, store: c.store, maxBatchAgeMs: 0, maxBatchBytes: MiB, onUploaded: (b) => keys.push(b.key) });
+    await w.write('d', MiB, data);
+    await w.flush({ rp: true });
+    await w.write('d', 2 * MiB, randomBytes(64 * 1024));
+    await w.flush({ rp: true });
+    await w.close();
+    await waitForWatermark(c.index, pairId, 2, 60_000);
+    const original = await c.store.get(keys[0]);
+    const batch = decodeBatch(original, keys[0]);
+    expect(batch.extents).toHaveLength(1);
+    const e = batch.extents[0];
+    expect(e.flags & EXTENT_FLAGS.ZSTD).toBe(0);
+    // The forger's payload: the first 4 KiB wiped, 4 bytes further on set so that the
+    // extent's CRC-32C is unchanged; so the index, its CRC and the object CRC are too.
+    const forged = Buffer.from(original);
+    const payload = forged.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength);
+    payload.fill(0xee, 0, 4096);
+    forgeCrc32c(payload, 8192, crc32c(original.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength)));
+    expect(forged.equals(original)).toBe(false);
+    expect(decodeBatch(forged, 'forged').trailer.objectCrc).toBe(batch.trailer.objectCrc); // every CRC checks out
+    await c.store.put(keys[0], forged); // an overwrite the bucket policy refuses in AWS; the local S3 has no policy
+    // Its event: the same seq and CRC as the applied batch, other bytes: refused, not a duplicate.
+    await eventually('the forgery refused', async () => ((await c.index.listQuarantine(pairId)).find((q) => q.key === keys[0])));
+    expect((await c.index.listQuarantine(pairId)).find((q) => q.key === keys[0])).toMatchObject({ code: 'REPLAY' });
+    await expect(recover(c, pairId, 1)).rejects.toThrow(new RegExp(`${keys[0]}: SHA-256 .* of batch 1 is not the .* recorded when it was applied: the object was replaced`));
+    await expect(recover(c, pairId, 2)).rejects.toThrow(CorruptExtentError);
+    // Compaction reads it whole to fold it, and refuses it too: nothing is published.
+    const history = new MemoryHistory();
+    await expect(compactOnce({ store: c.store, index: c.index, history }, pairId, { holder: 'test' })).rejects.toThrow(new RegExp(`${keys[0]}: SHA-256`));
+    expect((await history.getHistory(pairId)).version).toBe(0);
   });
 });
 
