@@ -8,6 +8,7 @@ import { AgentAccess } from './agent-access';
 import { ApplyPipeline } from './apply-pipeline';
 import { CompactionWorkflow } from './compaction-workflow';
 import { AGENT_PAIR_TAG, LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX, RECOVERIES_PREFIX } from './names';
+import { parseObjectLock, type ObjectLockOption } from './object-lock';
 import { RecoveryWorkflow } from './recovery-workflow';
 import { ReplicaStore } from './replica-store';
 import { SeedWorkflow } from './seed-workflow';
@@ -23,6 +24,11 @@ export interface LivesyncStackProps extends StackProps {
    * an x86 Docker host that does not set LAMBDA_IGNORE_ARCHITECTURE=1), else arm64.
    */
   readonly lambdaArchitecture?: lambda.Architecture;
+  /**
+   * S3 Object Lock on the replica bucket. @default the context value `objectLock`
+   * (`cdk deploy -c objectLock=governance:30`, lib/object-lock.ts), else none
+   */
+  readonly objectLock?: ObjectLockOption;
   /** IAM Roles Anywhere trust anchors whose host certificates may take the agent role. @default any of this account's */
   readonly agentTrustAnchorArns?: string[];
 }
@@ -38,7 +44,7 @@ export class LivesyncStack extends Stack {
 
   constructor(scope: Construct, id: string, props: LivesyncStackProps = {}) {
     super(scope, id, props);
-    this.store = new ReplicaStore(this, 'Store');
+    this.store = new ReplicaStore(this, 'Store', { objectLock: props.objectLock ?? parseObjectLock(this.node.tryGetContext('objectLock')) });
     const architecture = props.lambdaArchitecture ?? architectureFromContext(this.node.tryGetContext(LAMBDA_ARCHITECTURE_CONTEXT));
     this.pipeline = new ApplyPipeline(this, 'Apply', { store: this.store, architecture });
     this.seed = new SeedWorkflow(this, 'Seed', {

@@ -4,11 +4,14 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
+import type { ObjectLockOption } from './object-lock';
 import { ACRP_INDEX, ACRP_KEYS, ENV, PAIRS_INDEX, PAIRS_KEYS, PAIRS_PREFIX, RECOVERIES_PREFIX, TABLE_KEYS, TTL_ATTRIBUTE } from './names';
 
 export interface ReplicaStoreProps {
   /** Applies to both buckets and the table. @default RemovalPolicy.RETAIN (replicas are the product) */
   readonly removalPolicy?: RemovalPolicy;
+  /** S3 Object Lock on the replica bucket (lib/object-lock.ts). @default none */
+  readonly objectLock?: ObjectLockOption;
 }
 
 /**
@@ -29,6 +32,7 @@ export class ReplicaStore extends Construct {
   constructor(scope: Construct, id: string, props: ReplicaStoreProps = {}) {
     super(scope, id);
     const removalPolicy = props.removalPolicy ?? RemovalPolicy.RETAIN;
+    const lock = props.objectLock;
     // Grant S3 log delivery through the log bucket's policy, not the legacy ACL
     // (what AWS recommends), whatever the app's cdk.json says; scoped to this construct.
     this.node.setContext('@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy', true);
@@ -53,8 +57,13 @@ export class ReplicaStore extends Construct {
       enforceSSL: true,
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
       // Pruning must really free storage; noncurrent versions would keep pruned data alive.
-      versioned: false,
-      lifecycleRules: [{ id: 'abort-incomplete-multipart', abortIncompleteMultipartUploadAfter: Duration.days(7) }],
+      // Object Lock needs versioning: a deleted object's version goes a day after its retention.
+      versioned: props.objectLock !== undefined,
+      objectLockDefaultRetention: lock && (lock.mode === 'COMPLIANCE' ? s3.ObjectLockRetention.compliance(Duration.days(lock.days)) : s3.ObjectLockRetention.governance(Duration.days(lock.days))),
+      lifecycleRules: [
+        { id: 'abort-incomplete-multipart', abortIncompleteMultipartUploadAfter: Duration.days(7) },
+        ...(lock ? [{ id: 'pruned-versions', noncurrentVersionExpiration: Duration.days(1), expiredObjectDeleteMarker: true }] : []),
+      ],
       serverAccessLogsBucket: this.accessLogBucket,
       serverAccessLogsPrefix: 'replica-bucket/',
       removalPolicy,

@@ -48,6 +48,20 @@ describe('LivesyncStack', () => {
     });
   });
 
+  test('Object Lock as a deploy option: versioned, the default retention, pruned versions expire; a bad value is refused', () => {
+    const locked = (value: string): Template => Template.fromStack(new LivesyncStack(newApp({ objectLock: value }), 'Locked'));
+    const bucketWith = (t: Template): any => Object.values(t.findResources('AWS::S3::Bucket')).find((b: any) => b.Properties.BucketName)!;
+    for (const [value, mode, days] of [['governance:30', 'GOVERNANCE', 30], ['7', 'GOVERNANCE', 7], ['compliance:365', 'COMPLIANCE', 365]] as const) {
+      const b = bucketWith(locked(value)).Properties;
+      expect(b.ObjectLockEnabled).toBe(true);
+      expect(b.ObjectLockConfiguration).toEqual({ ObjectLockEnabled: 'Enabled', Rule: { DefaultRetention: { Mode: mode, Days: days } } });
+      expect(b.VersioningConfiguration).toEqual({ Status: 'Enabled' });
+      expect(b.LifecycleConfiguration.Rules).toContainEqual(expect.objectContaining({ Id: 'pruned-versions', NoncurrentVersionExpiration: { NoncurrentDays: 1 }, ExpiredObjectDeleteMarker: true, Status: 'Enabled' }));
+    }
+    expect(bucketWith(template).Properties.ObjectLockEnabled).toBeUndefined();
+    for (const bad of ['forever', 'governance:0', 'legal:30', 'governance:40000']) expect(() => locked(bad)).toThrow(`context objectLock=${bad}: expected [governance|compliance:]DAYS`);
+  });
+
   test('table: keys, TTL, stream, GSIs acrp and pairs, PITR, SSE', () => {
     template.resourceCountIs('AWS::DynamoDB::Table', 1);
     template.hasResourceProperties('AWS::DynamoDB::Table', {
