@@ -94,7 +94,7 @@ export async function inFreezeWindow<T>(tag: string, hooks: AcrpHooks, body: (th
 
 function runHook(hook: 'pre-freeze' | 'post-thaw', command: string, timeoutMs: number, env: Record<string, string>): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn('sh', ['-c', command], { env: { ...hookEnvironment(process.env), ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-500)));
     const timer = setTimeout(() => {
@@ -111,4 +111,13 @@ function runHook(hook: 'pre-freeze' | 'post-thaw', command: string, timeoutMs: n
       else reject(new HookError(hook, `'${command}' failed (${signal ?? `exit ${code}`})${stderr ? `: ${stderr.trim()}` : ''}`));
     });
   });
+}
+
+/**
+ * The agent's environment without its AWS credentials and settings (every `AWS_*` variable:
+ * keys, session token, profile, role and web-identity settings, container credentials): a
+ * freeze hook is the application's script and gets no way into the pair's history.
+ */
+export function hookEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !/^AWS_/i.test(k)));
 }

@@ -5,7 +5,7 @@
 // from the replica's (docs/design.md, "Agent"). It also takes full streaming backups of the
 // images as served (`livesync backup`, docs/design.md "Seeding").
 
-import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
+import { chmod, mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BATCH_FLAGS, batchBodyBound, encodeBatch } from '../core/batch-format';
 import { BodyPool } from '../source/body-pool';
@@ -33,7 +33,8 @@ export interface AgentOptions {
   pairId: string;
   /** Disk name → image path; the names and sizes must be the pair's. */
   disks: { name: string; path: string }[];
-  host: string;
+  /** Where NBD clients connect: a TCP host (loopback, cli/listen.ts) with `port`, or a Unix socket (mode 0600). */
+  host: string | { path: string };
   port: number;
   store: ObjectStore & KeyLister;
   index: ReplicaIndex;
@@ -67,6 +68,8 @@ export interface AgentOptions {
 
 export interface RunningAgent {
   port: number;
+  /** The Unix socket NBD clients connect to, when it listens on one. */
+  path?: string;
   capture: PairCapture;
   /** Cuts (with `opts`) once every write so far is in the images; resolves when spooled. Returns the seq. (An NBD FLUSH does not cut: PairCapture.flush.) */
   flush(opts?: CutOptions): Promise<number>;
@@ -88,7 +91,10 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   if (!pair) throw new UnknownPairError(o.pairId);
   const paths = await checkDisks(pair, o);
   const stateDir = o.stateDir ?? join(process.cwd(), '.livesync', 'agent', o.pairId);
-  await mkdir(stateDir, { recursive: true });
+  // Owner-only: the spool, the flush logs, the dirty map, state.json and the control socket
+  // hold the VM's data or drive the agent (an existing directory is narrowed too).
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await chmod(stateDir, 0o700);
   const statePath = join(stateDir, 'state.json');
   const previous = await readState(statePath);
   if (previous && previous.pairId !== o.pairId) throw new InvalidArgumentError(`state directory ${stateDir} belongs to pair '${previous.pairId}', not '${o.pairId}'`);
@@ -201,7 +207,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const periodic = o.acrpIntervalMs
     ? setInterval(() => acrp(o.acrpTag ?? 'periodic').catch((err: Error) => log(`periodic ACRP failed, replication goes on: ${err.message}`)), o.acrpIntervalMs)
     : undefined;
-  log(`agent for pair '${o.pairId}' serving ${pair.disks.map((d) => d.name).join(', ')} on nbd://${o.host}:${server.port}, next seq ${firstSeq}, ${spool.count} batches spooled`);
+  log(`agent for pair '${o.pairId}' serving ${pair.disks.map((d) => d.name).join(', ')} on ${typeof o.host === 'string' ? `nbd://${o.host}:${server.port}` : `nbd+unix:///?socket=${o.host.path}`}, next seq ${firstSeq}, ${spool.count} batches spooled`);
   // A pair waiting for a backup in its own prefix (`pair create --backup agent`) gets it from
   // here: now, or once the capture streams (after a resync), retried every 10 s until taken.
   let seedBackupTimer: NodeJS.Timeout | undefined;
@@ -230,6 +236,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
 
   return {
     port: server.port,
+    path: server.path,
     capture,
     flush,
     drained: (timeoutMs) => capture.uploader.idle(timeoutMs),

@@ -1,8 +1,8 @@
 // The agent's control socket (a Unix socket in its state directory): one JSON request per
 // line, one JSON answer per line. `livesync acrp` and `livesync backup` talk to it.
 
-import { createConnection, createServer } from 'node:net';
-import { rm } from 'node:fs/promises';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { chmod, rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import type { CaptureStatus } from './pair-capture';
 
@@ -50,19 +50,48 @@ export interface ControlHandlers {
 export type ControlRequest = { op: 'acrp'; tag: string } | { op: 'fence'; tag: string } | ({ op: 'backup' } & BackupRequest) | { op: 'status' };
 export type ControlAnswer = { ok: true; seq: number } | { ok: true; backup: AgentBackup } | { ok: true; status: AgentStatus } | { ok: false; error: string };
 
+/** A request line longer than this is refused and its connection closed (requests are a few hundred bytes). */
+export const CONTROL_LINE_MAX = 64 * 1024;
+
+/**
+ * Serves the control socket at `path`, mode 0600 (in the agent's 0700 state directory): only
+ * the agent's user may ask it for ACRPs, backups or a fence.
+ */
 export async function startControlSocket(path: string, h: ControlHandlers): Promise<{ close(): Promise<void> }> {
   await rm(path, { force: true }); // a stale socket of a killed agent
   const server = createServer((sock) => {
-    createInterface({ input: sock }).on('line', (line) => {
-      void answer(line, h).then((a) => sock.write(`${JSON.stringify(a)}\n`));
-    });
+    readLines(sock, (line) => void answer(line, h).then((a) => sock.write(`${JSON.stringify(a)}\n`)));
     sock.on('error', () => {});
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(path, resolve);
+    const umask = process.umask(0o177);
+    try {
+      server.listen(path, () => void chmod(path, 0o600).then(resolve, reject));
+    } finally {
+      process.umask(umask);
+    }
   });
   return { close: () => new Promise<void>((r) => server.close(() => r())) };
+}
+
+/** Calls `onLine` per request line; a line past CONTROL_LINE_MAX gets an error answer and the connection ends. */
+function readLines(sock: Socket, onLine: (line: string) => void): void {
+  let pending = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (chunk: string) => {
+    pending += chunk;
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+      onLine(pending.slice(0, nl));
+      pending = pending.slice(nl + 1);
+    }
+    if (pending.length > CONTROL_LINE_MAX) {
+      const a: ControlAnswer = { ok: false, error: `request line over ${CONTROL_LINE_MAX} bytes: refused` };
+      sock.end(`${JSON.stringify(a)}\n`);
+      sock.removeAllListeners('data');
+      pending = '';
+    }
+  });
 }
 
 async function answer(line: string, h: ControlHandlers): Promise<ControlAnswer> {

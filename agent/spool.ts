@@ -327,7 +327,7 @@ export class Spool {
 
 /** Writes `body` to a new file in one call (a 4 MiB body: not eight 512 KiB writes), synced if asked. */
 async function writeWhole(path: string, body: Buffer, sync: boolean): Promise<void> {
-  const fh = await open(path, 'w');
+  const fh = await open(path, 'w', 0o600); // the VM's data: owner-only (in a 0700 state directory)
   try {
     for (let at = 0; at < body.length; ) at += (await fh.write(body, at, body.length - at, at)).bytesWritten;
     if (sync) await fh.datasync();

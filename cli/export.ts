@@ -2,15 +2,13 @@
 // (replica/rp-export.ts), on a Unix socket (0600) or a loopback TCP port, until SIGINT or
 // SIGTERM; the `export` reader lease is held all the while and deleted at the end.
 
-import { isAbsolute, resolve } from 'node:path';
 import type { RpStore } from '../adapters/from-env';
 import { startNbdServer, type NbdServer } from '../agent/nbd-server';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { chooseRp, type RpChoice } from '../core/rp-choice';
+import { parseListen, type ListenAddress } from './listen';
 import { openRpExport, type ExportStats, type RpExport } from '../replica/rp-export';
 
-/** Where an export listens: a Unix socket, or a loopback TCP address (no TLS yet: issue 17). */
-export type ListenAddress = { path: string } | { host: string; port: number };
 
 export interface ExportCommandOptions {
   /** `unix:PATH` or `127.0.0.1:PORT` (any 127.x.y.z, or `[::1]:PORT`; port 0: any free one), or parsed. */
@@ -35,22 +33,6 @@ export interface RunningExport {
   stats(): ExportStats;
   /** Stops serving, waits for reads in flight, closes the overlays and deletes the lease. */
   stop(): Promise<void>;
-}
-
-/** --listen's value: `unix:PATH`, or HOST:PORT with a loopback HOST. */
-export function parseListen(value: string): ListenAddress {
-  if (value.startsWith('unix:')) {
-    const path = value.slice('unix:'.length);
-    if (!path) throw new InvalidArgumentError(`--listen ${value}: expected unix:PATH`);
-    return { path: isAbsolute(path) ? path : resolve(path) };
-  }
-  const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(value);
-  if (!m || Number(m[2]) > 65535) throw new InvalidArgumentError(`--listen ${value}: expected unix:PATH or 127.0.0.1:PORT`);
-  const host = m[1].replace(/^\[(.*)\]$/, '$1');
-  if (!/^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) && host !== '::1') {
-    throw new InvalidArgumentError(`--listen ${value}: an export serves only on a Unix socket or a loopback address (127.0.0.1, ::1): NBD here has no TLS or authentication yet (issue 17)`);
-  }
-  return { host, port: Number(m[2]) };
 }
 
 /** The NBD URI of export `disk` on `server`. */

@@ -14,6 +14,7 @@ import { DynamoOperations } from '../adapters/dynamo-operations';
 import { failoverCleanup, failoverPlanned, failoverTest, failoverToExport, failoverUnplanned, type FailoverContext } from './failover';
 import { failbackFinish, failbackStart } from './failback';
 import { exportCommand } from './export';
+import { parseListen } from './listen';
 import { shownState } from '../core/failover';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
@@ -103,7 +104,7 @@ const USAGE = `usage: livesync <command> [options]
         source's agent: it resyncs the pair to its images
   pair events --pair P
         every failover transition: when, from, to, who asked, why
-  agent --pair P --disk NAME=PATH [--disk ...] [--listen 127.0.0.1:10809] [--state-dir DIR]
+  agent --pair P --disk NAME=PATH [--disk ...] [--listen unix:PATH | 127.0.0.1:PORT] [--state-dir DIR]
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
         [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--upload-interval 1s] [--verify-replica] [--sync-marks]
         serve the images over NBD; every write goes to the image and to the journal, in about
@@ -426,21 +427,22 @@ async function main(argv: string[]): Promise<number> {
       const pairId = required('pair', str(o, 'pair'));
       const uploadInterval = parsePositiveDuration('upload-interval', str(o, 'upload-interval') ?? '1s');
       const disks = diskPaths(o);
-      const listen = str(o, 'listen') ?? '127.0.0.1:10809';
-      const m = /^(.+):(\d+)$/.exec(listen);
-      if (!m) throw new InvalidArgumentError(`--listen: '${listen}' is not HOST:PORT`);
+      // Default: a Unix socket in the state directory (0600), for a VM on this host; TCP only
+      // on loopback (no TLS yet: issue 17).
+      const stateDir = str(o, 'state-dir') ?? join(process.cwd(), '.livesync', 'agent', pairId);
+      const listen = parseListen(str(o, 'listen') ?? `unix:${join(stateDir, 'nbd.sock')}`);
       const { store, index, history } = rpStoreFromEnv();
       const interval = str(o, 'acrp-interval');
       const agent = await startAgent({
         pairId,
         disks,
-        host: m[1],
-        port: Number(m[2]),
+        host: 'path' in listen ? listen : listen.host,
+        port: 'path' in listen ? 0 : listen.port,
         store,
         index,
         history,
         bucket: process.env.LIVESYNC_BUCKET,
-        stateDir: str(o, 'state-dir'),
+        stateDir,
         hooks: { preFreeze: str(o, 'pre-freeze'), postThaw: str(o, 'post-thaw'), timeoutMs: parseDuration('hook-timeout', str(o, 'hook-timeout') ?? '60s') },
         acrpIntervalMs: interval ? parseDuration('acrp-interval', interval) : undefined,
         acrpTag: str(o, 'acrp-tag'),
@@ -451,7 +453,7 @@ async function main(argv: string[]): Promise<number> {
         syncMarks: o['sync-marks'] === true,
         log: (l) => console.error(l),
       });
-      console.log(JSON.stringify({ port: agent.port }));
+      console.log(JSON.stringify(agent.path ? { socket: agent.path, uri: `nbd+unix:///?socket=${agent.path}` } : { port: agent.port }));
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);

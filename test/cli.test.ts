@@ -24,7 +24,7 @@ describe('livesync CLI', () => {
     const res = await runCliWithEnv(env, 'agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', 'nope');
     expect(res.stderr).toContain(`restarting with ${AGENT_RUNTIME_WORDS.join(' ')}`);
     expect(res.stderr).not.toContain('node was started without');
-    expect(res.stderr).toContain("--listen: 'nope' is not HOST:PORT");
+    expect(res.stderr).toContain('--listen nope: expected unix:PATH or 127.0.0.1:PORT');
     expect(res.code).toBe(2);
   });
 
@@ -44,7 +44,7 @@ describe('livesync CLI', () => {
     [['recover', '--pair', 'no-such-pair', '--latest', '--to', 'file:/tmp/x'], "unknown pair 'no-such-pair'"],
     [['pair', 'show', '--pair', 'no-such-pair'], "unknown pair 'no-such-pair'"],
     [['export', '--pair', 'p', '--latest'], '--listen is required'],
-    [['export', '--pair', 'p', '--latest', '--listen', '0.0.0.0:10809'], 'an export serves only on a Unix socket or a loopback address'],
+    [['export', '--pair', 'p', '--latest', '--listen', '0.0.0.0:10809'], 'NBD is served only on a Unix socket or a loopback address'],
     [['export', '--pair', 'no-such-pair', '--latest', '--listen', '127.0.0.1:0'], "unknown pair 'no-such-pair'"],
     [['failover', 'test', '--pair', 'p', '--latest', '--to', 'file:/tmp/x', '--listen', '127.0.0.1:0'], 'give --to TARGET (a copy) or --listen ADDRESS (an export), not both'],
     [['failover', 'cleanup', '--pair', 'no-such-pair'], "unknown pair 'no-such-pair'"],
@@ -53,7 +53,8 @@ describe('livesync CLI', () => {
     [['rp', 'list', '--pair', 'p', '--bogus'], "Unknown option '--bogus'"],
     [['frobnicate'], "unknown command 'frobnicate'"],
     [['agent', '--pair', 'p', '--disk', 'foo'], "--disk: 'foo' is not NAME=PATH"],
-    [['agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', 'nope'], "--listen: 'nope' is not HOST:PORT"],
+    [['agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', 'nope'], '--listen nope: expected unix:PATH or 127.0.0.1:PORT'],
+    [['agent', '--pair', 'p', '--disk', 'd=/tmp/x', '--listen', '0.0.0.0:10809'], '--listen 0.0.0.0:10809: NBD is served only on a Unix socket or a loopback address'],
     [['agent', '--pair', 'no-such-pair', '--disk', 'd=/tmp/x'], "unknown pair 'no-such-pair'"],
   ])('livesync %j fails with exit 2: %s', async (args, message) => {
     const res = await runCli(...args);

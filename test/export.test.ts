@@ -19,7 +19,8 @@ import { compactOnce } from '../replica/compactor';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { openRpExport } from '../replica/rp-export';
 import { BatchWriter } from '../source/batch-writer';
-import { parseListen, startExport, type RunningExport } from '../cli/export';
+import { startExport, type RunningExport } from '../cli/export';
+import { parseListen } from '../cli/listen';
 import { cloud, eventually, firstDifference, newPairId, pattern, SourceModel } from './helpers';
 
 const KiB = 1024;
@@ -379,9 +380,9 @@ exportCommand(rpStoreFromEnv(), ${JSON.stringify(pairId)}, { latest: true }, { l
     expect(parseListen('unix:x.sock')).toEqual({ path: join(process.cwd(), 'x.sock') });
     for (const bad of ['0.0.0.0:10809', '10.1.2.3:10809', '[::]:10809', 'example.com:10809']) {
       expect(() => parseListen(bad)).toThrow(InvalidArgumentError);
-      expect(() => parseListen(bad)).toThrow(`--listen ${bad}: an export serves only on a Unix socket or a loopback address`);
+      expect(() => parseListen(bad)).toThrow(`--listen ${bad}: NBD is served only on a Unix socket or a loopback address`);
     }
-    for (const bad of ['10809', 'unix:', '127.0.0.1:99999']) expect(() => parseListen(bad)).toThrow(InvalidArgumentError);
+    for (const bad of ['10809', 'unix:', '127.0.0.1:99999', `unix:/tmp/${'x'.repeat(100)}.sock`]) expect(() => parseListen(bad)).toThrow(InvalidArgumentError);
     await expect(serve('127.0.0.1:0', { overlayDir: dir })).rejects.toThrow('--overlay DIR is for a --writable export');
     await expect(startExport(c, 'no-such-pair', { latest: true }, { listen: '127.0.0.1:0' })).rejects.toThrow("no-such-pair");
     expect(await leases()).toEqual([]);

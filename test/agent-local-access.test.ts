@@ -1,0 +1,95 @@
+// The agent's local trust boundaries: by default NBD is served on a Unix socket (0600) in
+// its state directory, which is owner-only like everything in it (spool files 0600, the
+// control socket 0600); the control protocol bounds its request lines; freeze hooks run
+// without the agent's AWS credentials. Real qemu-io over nbd+unix://.
+
+import { execFile } from 'node:child_process';
+import { createConnection } from 'node:net';
+import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { hookEnvironment } from '../agent/acrp';
+import { callAgent, CONTROL_LINE_MAX } from '../agent/control';
+import { Spool } from '../agent/spool';
+import { encodeBatch } from '../core/batch-format';
+import { createPair, waitForWatermark } from '../replica/pairs';
+import { exited, spawnAgentProcess } from './agent-process';
+import { cloud, firstDifference, have, newPairId, recover } from './helpers';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+const mode = async (path: string): Promise<number> => (await stat(path)).mode & 0o777;
+
+describe('the agent on its host', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'livesync-la-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  (have('qemu-io') ? test : test.skip)('by default it serves NBD on a 0600 Unix socket in its 0700 state directory; qemu-io writes through it; the control socket is 0600 and refuses an endless line; hooks see no AWS_ variable', async () => {
+    const c = cloud();
+    const pairId = newPairId('local');
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 8 * MiB }] });
+    const image = join(dir, 'disk0.img');
+    await writeFile(image, Buffer.alloc(0));
+    await truncate(image, 8 * MiB);
+    const stateDir = join(dir, 'state');
+    const hookOut = join(dir, 'hook.env');
+    const agent = await spawnAgentProcess(pairId, { disk0: image }, stateDir, { listen: null, args: ['--pre-freeze', `env > ${hookOut}`] });
+    try {
+      expect(agent.socket).toBe(join(stateDir, 'nbd.sock'));
+      expect(await mode(stateDir)).toBe(0o700);
+      expect(await mode(agent.socket!)).toBe(0o600);
+      expect(await mode(join(stateDir, 'control.sock'))).toBe(0o600);
+
+      // qemu-io over nbd+unix://: a pattern written at 2 MiB, read back and verified by qemu-io.
+      const uri = `nbd+unix:///disk0?socket=${agent.socket}`;
+      await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x5a ${2 * MiB} ${MiB}`, uri]);
+      const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0x5a ${2 * MiB} ${MiB}`, uri]);
+      expect(stdout).toContain(`read ${MiB}/${MiB} bytes`);
+      expect(stdout).not.toContain('Pattern verification failed');
+
+      // An ACRP: its pre-freeze hook runs without the agent's AWS variables (the stack's endpoints and keys are set here).
+      expect(Object.keys(process.env).some((k) => k.startsWith('AWS_'))).toBe(true);
+      const acrp = await callAgent(join(stateDir, 'control.sock'), { op: 'acrp', tag: 'app=test' });
+      expect(acrp).toMatchObject({ ok: true });
+      const hookEnv = await readFile(hookOut, 'utf8');
+      expect(hookEnv).toContain('LIVESYNC_ACRP_TAG=app=test');
+      expect(hookEnv.split('\n').filter((l) => /^AWS_/i.test(l))).toEqual([]);
+      const seq = (acrp as { seq: number }).seq;
+      await waitForWatermark(c.index, pairId, seq, 60_000);
+      const got = (await recover(c, pairId, seq)).get('disk0')!;
+      expect(firstDifference(got.subarray(2 * MiB, 3 * MiB), Buffer.alloc(MiB, 0x5a))).toBeUndefined();
+
+      // A request line that never ends: refused once past the bound, the connection closed, the agent unharmed.
+      const answer = await new Promise<string>((resolve, reject) => {
+        const sock = createConnection(join(stateDir, 'control.sock'));
+        let got = '';
+        sock.on('data', (b) => (got += b.toString()));
+        sock.on('close', () => resolve(got));
+        sock.on('error', reject);
+        sock.write('x'.repeat(CONTROL_LINE_MAX + 1024));
+      });
+      expect(answer).toContain(`request line over ${CONTROL_LINE_MAX} bytes: refused`);
+      expect(await callAgent(join(stateDir, 'control.sock'), { op: 'status' })).toMatchObject({ ok: true });
+    } finally {
+      agent.child.kill('SIGTERM');
+      await exited(agent.child);
+    }
+  });
+
+  test('spool files are 0600', async () => {
+    const spool = await Spool.open(join(dir, 'spool'), 64 * MiB);
+    const body = encodeBatch({ pairId: 'p', seq: 1, prevSeq: 0, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['d'] }, [{ disk: 0, blockIndex: 0, data: Buffer.alloc(4096, 1) }]);
+    await spool.add(1, body, { durable: true });
+    expect(await mode(join(dir, 'spool', `${'1'.padStart(20, '0')}.batch`))).toBe(0o600);
+  });
+
+  test('hookEnvironment drops every AWS_ variable and keeps the rest', () => {
+    expect(hookEnvironment({ PATH: '/bin', AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 's', AWS_SESSION_TOKEN: 't', AWS_PROFILE: 'p', aws_region: 'r', HOME: '/h' })).toEqual({ PATH: '/bin', HOME: '/h' });
+  });
+});
