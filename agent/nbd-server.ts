@@ -46,17 +46,29 @@ export interface NbdServer {
 }
 
 /**
- * Serves `exports` on TCP `host`:`port`, or on the Unix socket `host.path` (mode 0600: only
+ * Serves the `served` exports on TCP `host`:`port`, or on the Unix socket `host.path` (mode 0600: only
  * this user may connect; the path must not exist; it is removed at close).
  */
-export async function startNbdServer(exports: BlockExport[], host: string | { path: string } = '127.0.0.1', port = 10809, log: (m: string) => void = () => {}): Promise<NbdServer> {
-  const byName = new Map(exports.map((e) => [e.name, e]));
+export async function startNbdServer(
+  served: BlockExport[],
+  host: string | { path: string } = '127.0.0.1',
+  port = 10809,
+  log: (m: string) => void = () => {},
+  limits: { maxConnections?: number; handshakeMs?: number } = {},
+): Promise<NbdServer> {
+  const maxConnections = limits.maxConnections ?? MAX_CONNECTIONS;
+  const byName = new Map(served.map((e) => [e.name, e]));
   const sockets = new Set<Socket>();
   const server: Server = createServer((sock) => {
+    if (sockets.size >= maxConnections) {
+      log(`nbd: refused a connection: ${maxConnections} are open`);
+      sock.destroy();
+      return;
+    }
     sockets.add(sock);
     sock.setNoDelay(true);
     sock.on('close', () => sockets.delete(sock));
-    serve(sock, byName).catch((err: Error) => {
+    serve(sock, byName, limits.handshakeMs).catch((err: Error) => {
       log(`nbd connection: ${err.message}`);
       sock.destroy();
     });
@@ -198,15 +210,27 @@ interface Session {
   allocationContext?: number;
 }
 
-async function serve(sock: Socket, exports: Map<string, BlockExport>): Promise<void> {
+/** A client must finish the handshake (reach transmission) within this long, or is hung up on. */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Connections a server serves at once; more are closed as they arrive. */
+export const MAX_CONNECTIONS = 64;
+
+async function serve(sock: Socket, served: Map<string, BlockExport>, handshakeMs = HANDSHAKE_TIMEOUT_MS): Promise<void> {
   const r = new SocketReader(sock);
-  const hello = Buffer.alloc(18);
-  hello.writeBigUInt64BE(NBDMAGIC, 0);
-  hello.writeBigUInt64BE(IHAVEOPT, 8);
-  hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
-  await write(sock, hello);
-  const clientFlags = (await r.read(4)).readUInt32BE(0);
-  const session = await negotiate(sock, r, exports, (clientFlags & FLAG_NO_ZEROES) !== 0);
+  // A client that connects and says nothing (or negotiates forever) holds no slot for long.
+  const timer = setTimeout(() => sock.destroy(new Error(`handshake not done within ${handshakeMs} ms`)), handshakeMs);
+  let session: Session | undefined;
+  try {
+    const hello = Buffer.alloc(18);
+    hello.writeBigUInt64BE(NBDMAGIC, 0);
+    hello.writeBigUInt64BE(IHAVEOPT, 8);
+    hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
+    await write(sock, hello);
+    const clientFlags = (await r.read(4)).readUInt32BE(0);
+    session = await negotiate(sock, r, served, (clientFlags & FLAG_NO_ZEROES) !== 0);
+  } finally {
+    clearTimeout(timer);
+  }
   if (session) await transmit(sock, r, session);
 }
 
@@ -216,7 +240,7 @@ function transmissionFlags(structured: boolean, exp: BlockExport): number {
   );
 }
 
-async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, BlockExport>, noZeroes: boolean): Promise<Session | undefined> {
+async function negotiate(sock: Socket, r: SocketReader, served: Map<string, BlockExport>, noZeroes: boolean): Promise<Session | undefined> {
   let structured = false;
   let allocationContext: number | undefined;
   for (;;) {
@@ -229,8 +253,8 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
     const reply = (type: number, payload?: Buffer): Promise<void> => write(sock, optionReply(opt, type, payload));
     switch (opt) {
       case OPT.EXPORT_NAME: {
-        const exp = exportNamed(exports, data.toString('utf8'));
-        if (!exp) throw new Error(noSuchExport(exports, data.toString('utf8'))); // the protocol's only answer: hang up
+        const exp = exportNamed(served, data.toString('utf8'));
+        if (!exp) throw new Error(noSuchExport(served, data.toString('utf8'))); // the protocol's only answer: hang up
         const b = Buffer.alloc(noZeroes ? 10 : 134);
         b.writeBigUInt64BE(BigInt(exp.size), 0);
         b.writeUInt16BE(transmissionFlags(structured, exp), 8);
@@ -246,7 +270,7 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
           await reply(REP.ERR_INVALID);
           break;
         }
-        for (const name of exports.keys()) {
+        for (const name of served.keys()) {
           const n = Buffer.from(name, 'utf8');
           const p = Buffer.alloc(4 + n.length);
           p.writeUInt32BE(n.length, 0);
@@ -263,9 +287,9 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
           break;
         }
         const name = data.toString('utf8', 4, 4 + nameLen);
-        const exp = exportNamed(exports, name);
+        const exp = exportNamed(served, name);
         if (!exp) {
-          await reply(REP.ERR_UNKNOWN, Buffer.from(noSuchExport(exports, name)));
+          await reply(REP.ERR_UNKNOWN, Buffer.from(noSuchExport(served, name)));
           break;
         }
         const info = Buffer.alloc(12);
@@ -322,13 +346,13 @@ async function negotiate(sock: Socket, r: SocketReader, exports: Map<string, Blo
  * The export a client names; the empty name is the default export, which a server with one
  * disk answers with it (as qemu-nbd and nbdkit do: `-drive file=nbd://host:port` names none).
  */
-function exportNamed(exports: Map<string, BlockExport>, name: string): BlockExport | undefined {
-  return exports.get(name) ?? (name === '' && exports.size === 1 ? exports.values().next().value : undefined);
+function exportNamed(served: Map<string, BlockExport>, name: string): BlockExport | undefined {
+  return served.get(name) ?? (name === '' && served.size === 1 ? served.values().next().value : undefined);
 }
 
-function noSuchExport(exports: Map<string, BlockExport>, name: string): string {
-  const names = [...exports.keys()].map((n) => `'${n}'`).join(', ');
-  return name === '' ? `no default export: this server has ${exports.size} exports (${names}); name one` : `no export named '${name}' (exports: ${names})`;
+function noSuchExport(served: Map<string, BlockExport>, name: string): string {
+  const names = [...served.keys()].map((n) => `'${n}'`).join(', ');
+  return name === '' ? `no default export: this server has ${served.size} exports (${names}); name one` : `no export named '${name}' (exports: ${names})`;
 }
 
 function parseMetaContext(data: Buffer): string[] | undefined {
@@ -351,6 +375,11 @@ function parseMetaContext(data: Buffer): string[] | undefined {
 /** Requests, and bytes of write payload, a connection may have in flight before the server stops reading more. */
 const MAX_IN_FLIGHT = 64;
 const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+/**
+ * Bytes of READ replies a connection may have in flight (read, or waiting for the client to
+ * take them): a client that never reads its replies pins at most this much, not 64 × 32 MiB.
+ */
+export const MAX_READ_BYTES_IN_FLIGHT = 64 * 1024 * 1024;
 
 /**
  * Write payloads of more than half this size that span socket chunks are joined in reused
@@ -427,13 +456,14 @@ class ReplyQueue {
 async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void> {
   const inFlight = new Set<Promise<void>>();
   let inFlightBytes = 0;
+  let readBytes = 0;
   // A payload goes back once its write is done: the image and the capture hold copies.
   const payloads = new BodyPool(PAYLOAD_BUFFER, MAX_IN_FLIGHT_BYTES / PAYLOAD_BUFFER + 1);
   const replies = new ReplyQueue(sock, s.structured);
   const reply = (b: Buffer): Promise<void> => (replies.push(b) ? Promise.resolve() : drained(sock));
   for (;;) {
     while (inFlight.size >= MAX_IN_FLIGHT) await Promise.race(inFlight);
-    while (inFlightBytes > MAX_IN_FLIGHT_BYTES) await Promise.race(inFlight);
+    while (inFlightBytes > MAX_IN_FLIGHT_BYTES || readBytes > MAX_READ_BYTES_IN_FLIGHT) await Promise.race(inFlight);
     const req = parseRequest(r.readNow(28) ?? (await r.read(28)));
     if ('badMagic' in req) throw new Error(`bad request magic 0x${req.badMagic.toString(16)}`);
     // A WRITE's payload is consumed whatever happens to the request.
@@ -458,13 +488,17 @@ async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void
       return;
     }
     const bytes = payload?.length ?? 0;
+    // A READ's reply counts until the socket took it (`reply` waits for a drain).
+    const reads = req.type === CMD.READ ? Math.min(req.length, MAX_PAYLOAD) : 0;
     inFlightBytes += bytes;
+    readBytes += reads;
     const done: Promise<void> = handle(s, req, payload)
       .then(reply)
       .catch(() => void sock.destroy())
       .finally(() => {
         inFlight.delete(done);
         inFlightBytes -= bytes;
+        readBytes -= reads;
         if (into && payload) into.give(payload);
       });
     inFlight.add(done);
