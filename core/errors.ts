@@ -48,7 +48,7 @@ export class CorruptExtentError extends Error {
 }
 
 /** Why a backup cannot seed a pair. Stable codes: they are shown on the pair (SEED_FAILED). */
-export type BackupErrorCode = 'MALFORMED' | 'MISMATCH' | 'MISSING_CHUNK' | 'TRUNCATED' | 'CHECKSUM_MISMATCH';
+export type BackupErrorCode = 'MALFORMED' | 'MISMATCH' | 'MISSING_CHUNK' | 'TRUNCATED' | 'CHECKSUM_MISMATCH' | 'FORBIDDEN';
 
 /** A backup (manifest, chunk or raw image) refused. `where` names the object and, where it helps, the offset. */
 export class BackupError extends Error {

@@ -164,3 +164,22 @@ function wrap(f: () => unknown, where: string): void {
     throw new BackupError('MALFORMED', where, (err as Error).message);
   }
 }
+
+/** What the replication itself writes under `pairs/{pair}/`: never a seed's source. */
+const REPLICATION_DIRS = new Set(['journal', 'history', 'base', 'seed', 'recoveries']);
+
+/**
+ * Where a pair's seed may read: under `pairs/` only the pair's own prefix (its agent's
+ * `backups/`, or an import an operator put there), never another pair's objects nor its own
+ * journal, history, base, seed or recoveries objects; a key outside `pairs/` (a backup
+ * bucket, `recoveries/`) as the deployer's grants allow. Checked for the backup's URL before
+ * anything is read, and for every part a raw-image manifest names before any part is
+ * (docs/design.md, "Seeding").
+ */
+export function checkSeedKey(pairId: string, bucket: string, key: string): void {
+  if (!key.startsWith('pairs/')) return;
+  const [, owner, dir] = key.split('/');
+  if (owner === pairId && !REPLICATION_DIRS.has(dir) && key.split('/').length > 3) return;
+  const why = owner !== pairId ? `it is pair '${owner}'s` : `pairs/${pairId}/${dir}/ is the replication's own`;
+  throw new BackupError('FORBIDDEN', `s3://${bucket}/${key}`, `pair '${pairId}' may not seed from this key (${why}): only from its own pairs/${pairId}/ (backups/, an import) or from outside pairs/`);
+}

@@ -178,12 +178,15 @@ export class ReplicaStore extends Construct {
 
   /**
    * Least privilege for the seed workflow's functions: read backups (in the replica bucket
-   * under `pairs/`, or in the given buckets), write base chunks and seed work objects under
-   * `pairs/`, update the pair and write its first RP. No deletes, no scans.
+   * under `pairs/` — a pair's own `backups/`, which replica/seeding.ts checks before reading —
+   * or in the given buckets), write base chunks (`base/`) and seed work objects (`seed/`),
+   * update the pair and write its first RP. No deletes, no scans, no journal or history writes.
    */
   grantSeed(fn: lambda.IFunction, backupBuckets: s3.IBucket[]): iam.Grant[] {
     const grants = [
-      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject', 's3:PutObject'], resourceArns: [this.pairsObjectsArn] }),
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:GetObject'], resourceArns: [this.pairsObjectsArn] }),
+      // It writes base chunks and manifests and its work objects; never journal/, history/ or backups/.
+      iam.Grant.addToPrincipal({ grantee: fn, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/base/*`), this.bucket.arnForObjects(`${PAIRS_PREFIX}*/seed/*`)] }),
       // A missing chunk must read as MISSING_CHUNK, not as access denied.
       this.grantListPairs(fn),
       this.grantItems(fn, ['GetItem', 'PutItem', 'UpdateItem', 'Query']),

@@ -17,7 +17,7 @@ import { baseChunkKey, baseManifestKey, checkPairId, parseS3Url, seedDoneKey, se
 import type { Pair, PairState, RecoveryPoint } from '../core/model';
 import { planAdvance } from '../core/advance';
 import { judgeNew } from '../core/retention';
-import { backupChunkKey, parseBackupManifest, parseRawImageManifest, type BackupManifest, type BaseManifest, type RawImageManifest } from '../core/seed-manifests';
+import { backupChunkKey, checkSeedKey, parseBackupManifest, parseRawImageManifest, type BackupManifest, type BaseManifest, type RawImageManifest } from '../core/seed-manifests';
 import { verifyChunk } from './chunk-verifier';
 import { mapLimit } from './concurrency';
 import { ObjectNotFoundError, type ObjectStore, type ReplicaIndex } from './ports';
@@ -85,7 +85,7 @@ export async function validateSeed(
   const pair = await seedingPair(d, run, RESTARTABLE);
   const awaited = await awaitedBackup(d, pair, run.backupWaitSinceMs);
   if (awaited) return { pairId: run.pairId, seedId: run.seedId, ready: false, backupWaitSinceMs: awaited };
-  const src = await readSource(d, pair.seed!.source);
+  const src = await readSource(d, pair.seed!.source, run.pairId);
   checkDisks(pair, src);
   await checkObjects(d, src);
   // A re-run after SEED_FAILED clears the previous failure.
@@ -113,8 +113,9 @@ async function awaitedBackup(d: SeedDeps, pair: Pair, sinceMs: number | undefine
   return since;
 }
 
-async function readSource(d: SeedDeps, url: string): Promise<Source> {
+async function readSource(d: SeedDeps, url: string, pairId: string): Promise<Source> {
   const { bucket, key } = parseS3Url(url);
+  checkSeedKey(pairId, bucket, key);
   const store = d.sourceStore(bucket);
   const size = await store.size(key);
   if (size === undefined) throw new BackupError('MISSING_CHUNK', url, 'no such object');
@@ -125,7 +126,12 @@ async function readSource(d: SeedDeps, url: string): Promise<Source> {
   if (size > MAX_MANIFEST_BYTES) throw new BackupError('MALFORMED', url, `manifest of ${size} bytes is over ${MAX_MANIFEST_BYTES}`);
   const text = (await store.get(key)).toString('utf8');
   const format = /"format"\s*:\s*"([^"]*)"/.exec(text)?.[1];
-  if (format === 'livesync-raw-image') return { kind: 'raw', bucket, key, manifest: parseRawImageManifest(text, url) };
+  if (format === 'livesync-raw-image') {
+    const manifest = parseRawImageManifest(text, url);
+    // Every part it names, before any is read.
+    for (const disk of manifest.disks) for (const p of disk.parts) checkSeedKey(pairId, bucket, p.key);
+    return { kind: 'raw', bucket, key, manifest };
+  }
   return { kind: 'backup', bucket, key, manifest: parseBackupManifest(text, url) };
 }
 
@@ -171,7 +177,7 @@ async function checkObjects(d: SeedDeps, src: Source): Promise<void> {
 /** Cuts the work into ranges (descriptors in S3, small Map items) and records the totals. */
 export async function planSeed(d: SeedDeps, run: SeedRun): Promise<{ items: (SeedRun & { range: number })[]; ranges: number; bytesTotal: number }> {
   const pair = await seedingPair(d, run, ['SEEDING']);
-  const src = await readSource(d, pair.seed!.source);
+  const src = await readSource(d, pair.seed!.source, run.pairId);
   checkDisks(pair, src);
   const work: RangeWork[] = [];
   let bytesTotal = 0;
@@ -353,7 +359,7 @@ async function rangesDone(d: SeedDeps, run: SeedRun & { ranges: number }): Promi
 /** Writes the base manifest from the ranges' markers (every one, or the run fails) and puts it on the pair. */
 export async function finalizeSeed(d: SeedDeps, run: SeedRun & { ranges: number }): Promise<SeedRun & FirstRp> {
   const pair = await seedingPair(d, run, ['SEEDING', 'ERROR']);
-  const src = await readSource(d, pair.seed!.source);
+  const src = await readSource(d, pair.seed!.source, run.pairId);
   checkDisks(pair, src);
   const done = await rangesDone(d, run);
   const baseSeq = src.kind === 'backup' ? src.manifest.startSeq - 1 : 0;

@@ -251,6 +251,10 @@ describe('LivesyncStack', () => {
     expect(statements).toEqual(expect.arrayContaining([
       expect.objectContaining({ Action: 's3:GetObject', Resource: { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':s3:::my-backups/*']] } }),
     ]));
+    // Its writes: base chunks and manifests, seed work objects; never journal/, history/ or backups/.
+    const bucket = other.getLogicalId(other.store.bucket.node.defaultChild as s3.CfnBucket);
+    const puts = statements.filter((st: any) => [st.Action].flat().includes('s3:PutObject'));
+    expect(puts).toEqual([expect.objectContaining({ Resource: ['/pairs/*/base/*', '/pairs/*/seed/*'].map((s) => ({ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucket, 'Arn'] }, s]] })) })]);
   });
 
   test('only the GC role deletes (journal and history objects, index items); compaction writes only history/; no principal may overwrite-by-delete elsewhere', () => {

@@ -213,6 +213,22 @@ describe('bad backups are refused before anything is written', () => {
       return `${dir}/manifest.json`;
     }, /MALFORMED: not JSON/],
     ['a raw image of the wrong size', async (c, _pairId, dir) => (await c.store.put(`${dir}/disk.img`, Buffer.alloc(MiB)), `${dir}/disk.img`), /MISMATCH: disk 'disk0' is 1048576 bytes/],
+    // Where a seed may read: another pair's prefix is refused before anything is read.
+    ['its own backup, stored in another pair\'s prefix', async (c, pairId) => {
+      const dir = `pairs/other-${pairId}/backups/b`;
+      await backupOf(c, pairId, dir);
+      return `${dir}/manifest.json`;
+    }, /FORBIDDEN: pair '[^']+' may not seed from this key \(it is pair 'other-[^']+'s\)/],
+    ...(['other', 'own'] as const).map((whose): (typeof cases)[number] => [
+      `a raw-image manifest naming a part in ${whose === 'own' ? 'its own journal' : 'another pair\'s journal'} (refused before any part is read)`,
+      async (c, pairId, dir) => {
+        const part = `pairs/${whose === 'own' ? pairId : `other-${pairId}`}/journal/${'1'.padStart(20, '0')}-0123456789abcdef.batch`; // not even there: no HEAD is made
+        const manifest = { format: 'livesync-raw-image', version: 1, disks: [{ name: 'disk0', sizeBytes: 16 * MiB, parts: [{ key: part, bytes: 16 * MiB }] }] };
+        await c.store.put(`${dir}/raw.json`, Buffer.from(JSON.stringify(manifest)));
+        return `${dir}/raw.json`;
+      },
+      /\/journal\/0+1-0123456789abcdef\.batch: FORBIDDEN: pair '[^']+' may not seed from this key \((it is pair 'other-|pairs\/[^/]+\/journal\/ is the replication's own)/,
+    ]),
   ];
 
   test.each(cases)('%s', async (_name, make, message) => {
