@@ -45,9 +45,13 @@ export interface JournalKey {
 }
 
 /** Parses a journal key; undefined for any other key (not ours to apply). */
+/**
+ * The pair and seq of a journal key; undefined for any other key, and for a seq past 2^53 − 1
+ * (20 digits hold more than a double keeps exactly: such a key would parse as another seq).
+ */
 export function parseJournalKey(key: string): JournalKey | undefined {
   const m = JOURNAL_KEY.exec(key);
-  if (!m) return undefined;
+  if (!m || BigInt(m[2]) > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
   return { pair: m[1], seq: Number(m[2]) };
 }
 

@@ -56,10 +56,12 @@ const quietLogger: Logger = { info: () => {}, warn: () => {} };
 /** Batches advanced per index read; bounded by the RPs one transaction can hold. */
 const ADVANCE_PAGE = 90;
 /**
- * Largest batch object apply reads (writers cut at 8 MiB by default). A larger one is
- * quarantined instead of exhausting the function's memory on every retry.
+ * Largest batch object apply reads: writers cut at 8 MiB by default (the agent at 4 MiB), and
+ * an invocation reads 10 objects at once, so 10 × 32 MiB stay well under the function's
+ * 1,024 MB (its extents are decoded one at a time, each ≤ 1 MiB). A larger one is
+ * quarantined unread instead of exhausting the function's memory on every retry.
  */
-export const MAX_BATCH_OBJECT_BYTES = 256 * 1024 * 1024;
+export const MAX_BATCH_OBJECT_BYTES = 32 * 1024 * 1024;
 
 export class ApplyService {
   constructor(

@@ -337,6 +337,13 @@ describe('apply service: crashes and unknown input', () => {
     const service = new ApplyService(c.store, c.index);
     await expect(service.applyObject(journalKey('no-such-pair', 1))).resolves.toMatchObject({ outcome: 'ignored', detail: "unknown pair 'no-such-pair'" });
     await expect(service.applyObject('pairs/x/other/thing.batch')).resolves.toMatchObject({ outcome: 'ignored', detail: 'not a journal key' });
+    // A seq past 2^53 − 1 would parse as another (…993 as …992): not a journal key either.
+    for (const seq of ['09007199254740993', '99999999999999999999']) {
+      const key = `pairs/x/journal/${seq.padStart(20, '0')}-0123456789abcdef.batch`;
+      expect(parseJournalKey(key)).toBeUndefined();
+      await expect(service.applyObject(key)).resolves.toMatchObject({ outcome: 'ignored', detail: 'not a journal key' });
+    }
+    expect(parseJournalKey(`pairs/x/journal/${String(Number.MAX_SAFE_INTEGER).padStart(20, '0')}-0123456789abcdef.batch`)).toEqual({ pair: 'x', seq: Number.MAX_SAFE_INTEGER });
     const pairId = newPairId('gone');
     await createPair(c.index, { pairId, disks });
     await expect(service.applyObject(journalKey(pairId, 1))).resolves.toMatchObject({ outcome: 'ignored', detail: 'object no longer exists' });
