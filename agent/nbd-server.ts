@@ -67,6 +67,8 @@ export async function startNbdServer(
     }
     sockets.add(sock);
     sock.setNoDelay(true);
+    // Each reply waiting for the socket to drain listens for it once: up to a connection's requests.
+    sock.setMaxListeners(MAX_IN_FLIGHT + 16);
     sock.on('close', () => sockets.delete(sock));
     serve(sock, byName, limits.handshakeMs).catch((err: Error) => {
       log(`nbd connection: ${err.message}`);

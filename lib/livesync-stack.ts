@@ -105,7 +105,9 @@ export class LivesyncStack extends Stack {
 
     for (const fn of [this.seed.stepsFunction, this.seed.rangeFunction]) {
       Validations.of(fn.role!).acknowledge(
-        { id: pairsObjects, reason: `Get/PutObject under ${PAIRS_PREFIX}: base chunks, seed work objects and backups are per-pair keys of pairs created at run time.` },
+        { id: pairsObjects, reason: `Read-only s3:GetObject under ${PAIRS_PREFIX}: a pair's own backups, of pairs created at run time (replica/seeding.ts refuses any other pair's key before reading).` },
+        { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*/base/*]`, reason: 'PutObject of base chunks and base manifests of pairs created at run time; never journal, history or backups.' },
+        { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*/seed/*]`, reason: "PutObject of a seed run's work items and done markers, for pairs created at run time." },
         xray,
         ...backupBucketNames.map((name) => ({
           id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::${name}/*]`,
