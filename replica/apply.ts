@@ -10,7 +10,7 @@ import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } 
 import { checkAfterAdvance, decideRpCheck, type RpCheck, type ScheduledCheck } from '../core/rp-timer';
 import { compactionDue } from '../core/compaction-trigger';
 import { batchSha256 } from './applied-batch';
-import { mapLimit } from './concurrency';
+import { mapLimit, sleep } from './concurrency';
 import { ObjectNotFoundError, ObjectTooLargeError, type CompactionLauncher, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
 
 export type ApplyOutcome =
@@ -62,6 +62,16 @@ const ADVANCE_PAGE = 90;
  * quarantined unread instead of exhausting the function's memory on every retry.
  */
 export const MAX_BATCH_OBJECT_BYTES = 32 * 1024 * 1024;
+
+/**
+ * The pause after the n-th lost commit of one advance: half of min(1 s, 10 ms × 2^n) plus up
+ * to as much again at random, so that appliers of one pair spread out instead of retrying in
+ * step on its item.
+ */
+export function lostRacePauseMs(n: number): number {
+  const cap = Math.min(1000, 10 * 2 ** Math.min(n, 10));
+  return cap / 2 + (Math.random() * cap) / 2;
+}
 
 export class ApplyService {
   constructor(
@@ -182,7 +192,7 @@ export class ApplyService {
    */
   async advance(pairId: string, known?: Pair & { rev: number }, mine?: number): Promise<number> {
     let pair = known;
-    for (;;) {
+    for (let lost = 0; ; ) {
       const reread = pair === undefined;
       pair ??= await this.index.getPair(pairId);
       if (!pair) throw new Error(`pair '${pairId}' vanished during apply`);
@@ -210,8 +220,13 @@ export class ApplyService {
       const committed = await this.index.commitAdvance(pairId, pair.rev, plan, errorUpdate);
       const backlog = { fromWatermark: pair.watermark, toWatermark: plan.progress.watermark, compactedThrough: pair.compactedThrough ?? 0 };
       pair = undefined; // stale either way: re-read before planning again
-      // Not committed: another applier moved the pair first; re-read and go on from there.
-      if (!committed) continue;
+      // Not committed: another applier moved the pair first (or held its item: a
+      // TransactionConflict); after a jittered pause that grows with each loss, re-read and go
+      // on from there.
+      if (!committed) {
+        await sleep(lostRacePauseMs(++lost));
+        continue;
+      }
       if (this.compaction && seeded && compactionDue(backlog)) await this.requestCompaction(pairId);
       for (const rp of plan.rps) this.log.info('recovery point', { pairId, seq: rp.seq, type: rp.type, tag: rp.tag });
       const truncated = plan.applied.length < pending.length && pending[plan.applied.length].seq === plan.progress.watermark + 1;

@@ -3,7 +3,7 @@
 
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { parseJournalKey } from '../core/keys';
-import { ApplyService } from '../replica/apply';
+import { ApplyService, lostRacePauseMs } from '../replica/apply';
 import { createPair } from '../replica/pairs';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
@@ -87,6 +87,38 @@ describe('apply: racing appliers', () => {
     await expect(new ApplyService(mem, index).applyObject(keys[1])).resolves.toMatchObject({ outcome: 'applied', seq: 2 });
     expect((await c.index.getPair(pairId))!.watermark).toBe(2);
     expect(index.queries).toBe(2);
+  });
+
+  test('commits lost in a row (TransactionConflict: another transaction holds the pair item) are retried after growing, jittered pauses, not thrown', async () => {
+    const c = cloud();
+    const { mem, keys } = await pairWithBatches('race-held', 1);
+    let losses = 5;
+    const at: number[] = [];
+    const held = new Proxy(c.index, {
+      get(target, prop, receiver) {
+        if (prop === 'commitAdvance') {
+          return async (...args: Parameters<ReplicaIndex['commitAdvance']>) => {
+            at.push(Date.now());
+            if (losses-- > 0) return false; // what commitAdvance answers to a TransactionConflict
+            return target.commitAdvance(...args);
+          };
+        }
+        const v = Reflect.get(target, prop, receiver);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await expect(new ApplyService(mem, held).applyObject(keys[0])).resolves.toMatchObject({ outcome: 'applied', seq: 1 });
+    expect(at).toHaveLength(6);
+    // Pauses of at least half of 20, 40, 80, 160 and 320 ms.
+    const gaps = at.slice(1).map((t, i) => t - at[i]);
+    gaps.forEach((g, i) => expect(g).toBeGreaterThanOrEqual(5 * 2 ** (i + 1) - 2));
+    expect(at[5] - at[0]).toBeGreaterThanOrEqual(305);
+    for (let n = 1; n <= 12; n++) {
+      const cap = Math.min(1000, 10 * 2 ** n);
+      const p = lostRacePauseMs(n);
+      expect(p).toBeGreaterThanOrEqual(cap / 2);
+      expect(p).toBeLessThanOrEqual(cap);
+    }
   });
 
   test('an object of an unknown pair is ignored whatever its read did', async () => {
