@@ -25,7 +25,7 @@ import { CapturedDisk } from './captured-disk';
 import { startControlSocket, type AgentBackup, type AgentStatus, type BackupRequest } from './control';
 import { DirtyMap, type Region } from './dirty-map';
 import { FlushLog, replayFlushLogs } from './flush-log';
-import { startNbdServer } from './nbd-server';
+import { startNbdServer, type NbdTls } from './nbd-server';
 import { PairCapture, readRange } from './pair-capture';
 import { Spool, SpoolCorruptError } from './spool';
 
@@ -36,6 +36,8 @@ export interface AgentOptions {
   /** Where NBD clients connect: a TCP host (loopback, cli/listen.ts) with `port`, or a Unix socket (mode 0600). */
   host: string | { path: string };
   port: number;
+  /** NBD over TLS only (STARTTLS before anything else). */
+  tls?: NbdTls;
   store: ObjectStore & KeyLister;
   index: ReplicaIndex;
   /** The pair's history index (read only): the checksum resync reads the replica through it. */
@@ -166,7 +168,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   }
 
   const exports = pair.disks.map((d, i) => new CapturedDisk(d.name, d.sizeBytes, i, paths.get(d.name)!, files[i], capture));
-  const server = await startNbdServer(exports, o.host, o.port, log);
+  const server = await startNbdServer(exports, o.host, o.port, log, { tls: o.tls });
   const flush = async (opts: CutOptions = {}): Promise<number> => {
     for (const e of exports) await e.settle();
     return capture.cut(opts);

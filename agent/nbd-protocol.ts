@@ -32,6 +32,8 @@ export const REP = {
   ERR_UNSUP: 0x80000001,
   ERR_POLICY: 0x80000002,
   ERR_INVALID: 0x80000003,
+  /** The server requires TLS: the client must send STARTTLS first. */
+  ERR_TLS_REQD: 0x80000005,
   ERR_UNKNOWN: 0x80000006,
 } as const;
 

@@ -5,6 +5,7 @@
 import { chmod } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
 import { BodyPool } from '../source/body-pool';
 import {
   BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, MAX_PAYLOAD, NBDMAGIC, OPT,
@@ -54,7 +55,7 @@ export async function startNbdServer(
   host: string | { path: string } = '127.0.0.1',
   port = 10809,
   log: (m: string) => void = () => {},
-  limits: { maxConnections?: number; handshakeMs?: number } = {},
+  limits: { maxConnections?: number; handshakeMs?: number; tls?: NbdTls } = {},
 ): Promise<NbdServer> {
   const maxConnections = limits.maxConnections ?? MAX_CONNECTIONS;
   const byName = new Map(served.map((e) => [e.name, e]));
@@ -70,7 +71,7 @@ export async function startNbdServer(
     // Each reply waiting for the socket to drain listens for it once: up to a connection's requests.
     sock.setMaxListeners(MAX_IN_FLIGHT + 16);
     sock.on('close', () => sockets.delete(sock));
-    serve(sock, byName, limits.handshakeMs).catch((err: Error) => {
+    serve(sock, byName, limits.handshakeMs, limits.tls).catch((err: Error) => {
       log(`nbd connection: ${err.message}`);
       sock.destroy();
     });
@@ -107,22 +108,38 @@ class SocketReader {
   private waiting?: { n: number; into?: BodyPool; resolve: (b: Buffer) => void; reject: (e: Error) => void };
   private done?: Error;
 
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  private readonly listeners: [string, (...a: any[]) => void][];
+
   constructor(private readonly sock: Socket) {
-    sock.on('data', (c: Buffer) => {
-      this.chunks.push(c);
-      this.have += c.length;
-      this.pump();
-    });
     const end = (): void => {
       this.done ??= new Error('client closed the connection');
       this.pump();
     };
-    sock.on('end', end);
-    sock.on('close', end);
-    sock.on('error', (e) => {
-      this.done ??= e;
-      this.pump();
-    });
+    this.listeners = [
+      ['data', (c: Buffer) => {
+        this.chunks.push(c);
+        this.have += c.length;
+        this.pump();
+      }],
+      ['end', end],
+      ['close', end],
+      ['error', (e: Error) => {
+        this.done ??= e;
+        this.pump();
+      }],
+    ];
+    for (const [event, fn] of this.listeners) sock.on(event, fn);
+  }
+
+  /**
+   * Lets go of the socket (STARTTLS: the TLS layer reads it from here on). Nothing may be
+   * buffered: a client sends nothing after STARTTLS until the server's reply.
+   */
+  detach(): void {
+    if (this.have > 0) throw new Error('bytes after STARTTLS before its reply');
+    for (const [event, fn] of this.listeners) this.sock.off(event, fn);
+    if (this.sock.isPaused()) this.sock.resume();
   }
 
   /** `n` bytes; `into` gives the buffer they are joined in when they span socket chunks. */
@@ -217,23 +234,51 @@ export const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** Connections a server serves at once; more are closed as they arrive. */
 export const MAX_CONNECTIONS = 64;
 
-async function serve(sock: Socket, served: Map<string, BlockExport>, handshakeMs = HANDSHAKE_TIMEOUT_MS): Promise<void> {
-  const r = new SocketReader(sock);
+/** TLS on a server: every client must STARTTLS before anything else (TLS-only mode). */
+export interface NbdTls {
+  context: SecureContext;
+  /** Clients must present a certificate the context's CA signed. */
+  requireClientCert?: boolean;
+}
+
+/** A connection's socket and reader: the TCP or Unix socket, or, after STARTTLS, its TLS layer. */
+interface Conn {
+  sock: Socket;
+  r: SocketReader;
+}
+
+async function serve(raw: Socket, served: Map<string, BlockExport>, handshakeMs = HANDSHAKE_TIMEOUT_MS, tlsOptions?: NbdTls): Promise<void> {
+  let conn: Conn = { sock: raw, r: new SocketReader(raw) };
   // A client that connects and says nothing (or negotiates forever) holds no slot for long.
-  const timer = setTimeout(() => sock.destroy(new Error(`handshake not done within ${handshakeMs} ms`)), handshakeMs);
+  const timer = setTimeout(() => raw.destroy(new Error(`handshake not done within ${handshakeMs} ms`)), handshakeMs);
   let session: Session | undefined;
   try {
     const hello = Buffer.alloc(18);
     hello.writeBigUInt64BE(NBDMAGIC, 0);
     hello.writeBigUInt64BE(IHAVEOPT, 8);
     hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
-    await write(sock, hello);
-    const clientFlags = (await r.read(4)).readUInt32BE(0);
-    session = await negotiate(sock, r, served, (clientFlags & FLAG_NO_ZEROES) !== 0);
+    await write(raw, hello);
+    const clientFlags = (await conn.r.read(4)).readUInt32BE(0);
+    const negotiated = await negotiate(conn, served, (clientFlags & FLAG_NO_ZEROES) !== 0, tlsOptions);
+    session = negotiated?.session;
+    if (negotiated) conn = negotiated.conn;
   } finally {
     clearTimeout(timer);
   }
-  if (session) await transmit(sock, r, session);
+  if (session) await transmit(conn.sock, conn.r, session);
+}
+
+/** NBD_OPT_STARTTLS acknowledged: the TLS handshake over the connection, then a reader of it. */
+async function startTls(conn: Conn, t: NbdTls): Promise<Conn> {
+  conn.r.detach();
+  const secure = new TLSSocket(conn.sock, { isServer: true, secureContext: t.context, requestCert: t.requireClientCert === true, rejectUnauthorized: t.requireClientCert === true });
+  await new Promise<void>((resolve, reject) => {
+    secure.once('secure', resolve);
+    secure.once('error', reject);
+    secure.once('close', () => reject(new Error('client closed the connection during the TLS handshake')));
+  });
+  secure.setMaxListeners(MAX_IN_FLIGHT + 16);
+  return { sock: secure, r: new SocketReader(secure) };
 }
 
 function transmissionFlags(structured: boolean, exp: BlockExport): number {
@@ -242,10 +287,12 @@ function transmissionFlags(structured: boolean, exp: BlockExport): number {
   );
 }
 
-async function negotiate(sock: Socket, r: SocketReader, served: Map<string, BlockExport>, noZeroes: boolean): Promise<Session | undefined> {
+async function negotiate(conn: Conn, served: Map<string, BlockExport>, noZeroes: boolean, t?: NbdTls): Promise<{ session: Session; conn: Conn } | undefined> {
   let structured = false;
   let allocationContext: number | undefined;
+  let secured = false;
   for (;;) {
+    const { sock, r } = conn;
     const head = await r.read(16);
     if (head.readBigUInt64BE(0) !== IHAVEOPT) throw new Error('bad option magic');
     const opt = head.readUInt32BE(8);
@@ -253,7 +300,26 @@ async function negotiate(sock: Socket, r: SocketReader, served: Map<string, Bloc
     if (len > 64 * 1024) throw new Error(`option ${opt} payload of ${len} bytes`);
     const data = await r.read(len);
     const reply = (type: number, payload?: Buffer): Promise<void> => write(sock, optionReply(opt, type, payload));
+    if (t && !secured && opt !== OPT.STARTTLS && opt !== OPT.ABORT) {
+      // TLS-only: nothing but STARTTLS (or ABORT) before TLS; EXPORT_NAME has no error reply.
+      if (opt === OPT.EXPORT_NAME) throw new Error('EXPORT_NAME before STARTTLS on a TLS-only server');
+      await reply(REP.ERR_TLS_REQD, Buffer.from('this server requires TLS: STARTTLS first'));
+      continue;
+    }
     switch (opt) {
+      case OPT.STARTTLS:
+        if (!t) {
+          await reply(REP.ERR_UNSUP);
+          break;
+        }
+        if (secured || len !== 0) {
+          await reply(REP.ERR_INVALID);
+          break;
+        }
+        await reply(REP.ACK);
+        conn = await startTls(conn, t);
+        secured = true;
+        break;
       case OPT.EXPORT_NAME: {
         const exp = exportNamed(served, data.toString('utf8'));
         if (!exp) throw new Error(noSuchExport(served, data.toString('utf8'))); // the protocol's only answer: hang up
@@ -261,7 +327,7 @@ async function negotiate(sock: Socket, r: SocketReader, served: Map<string, Bloc
         b.writeBigUInt64BE(BigInt(exp.size), 0);
         b.writeUInt16BE(transmissionFlags(structured, exp), 8);
         await write(sock, b);
-        return { exp, structured, allocationContext };
+        return { session: { exp, structured, allocationContext }, conn };
       }
       case OPT.ABORT:
         await reply(REP.ACK);
@@ -306,7 +372,7 @@ async function negotiate(sock: Socket, r: SocketReader, served: Map<string, Bloc
         sizes.writeUInt32BE(MAX_PAYLOAD, 10);
         await reply(REP.INFO, sizes);
         await reply(REP.ACK);
-        if (opt === OPT.GO) return { exp, structured, allocationContext };
+        if (opt === OPT.GO) return { session: { exp, structured, allocationContext }, conn };
         break;
       }
       case OPT.STRUCTURED_REPLY:

@@ -3,7 +3,7 @@
 // SIGTERM; the `export` reader lease is held all the while and deleted at the end.
 
 import type { RpStore } from '../adapters/from-env';
-import { startNbdServer, type NbdServer } from '../agent/nbd-server';
+import { startNbdServer, type NbdServer, type NbdTls } from '../agent/nbd-server';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { chooseRp, type RpChoice } from '../core/rp-choice';
 import { parseListen, type ListenAddress } from './listen';
@@ -13,6 +13,8 @@ import { openRpExport, type ExportStats, type RpExport } from '../replica/rp-exp
 export interface ExportCommandOptions {
   /** `unix:PATH` or `127.0.0.1:PORT` (any 127.x.y.z, or `[::1]:PORT`; port 0: any free one), or parsed. */
   listen: string | ListenAddress;
+  /** TLS only (clients STARTTLS first); a non-loopback listen needs it. */
+  tls?: NbdTls;
   writable?: boolean;
   /** Writable: the overlays' directory, kept at the end (default: a temporary one, removed). */
   overlayDir?: string;
@@ -45,7 +47,7 @@ export function nbdUri(server: NbdServer, listen: ListenAddress, disk: string): 
 
 /** Opens the RP `choice` names of `pairId` and serves its disks over NBD. */
 export async function startExport(rps: RpStore, pairId: string, choice: RpChoice, o: ExportCommandOptions): Promise<RunningExport> {
-  const listen = typeof o.listen === 'string' ? parseListen(o.listen) : o.listen;
+  const listen = typeof o.listen === 'string' ? parseListen(o.listen, { tls: o.tls !== undefined }) : o.listen;
   if (o.overlayDir !== undefined && !o.writable) throw new InvalidArgumentError('--overlay DIR is for a --writable export');
   const { store, index, history } = rps;
   if (!(await index.getPair(pairId))) throw new UnknownPairError(pairId);
@@ -60,7 +62,7 @@ export async function startExport(rps: RpStore, pairId: string, choice: RpChoice
   });
   let server: NbdServer;
   try {
-    server = await startNbdServer(exp.exports, 'path' in listen ? { path: listen.path } : listen.host, 'path' in listen ? 0 : listen.port, o.log);
+    server = await startNbdServer(exp.exports, 'path' in listen ? { path: listen.path } : listen.host, 'path' in listen ? 0 : listen.port, o.log, { tls: o.tls });
   } catch (err) {
     await exp.close();
     throw err;

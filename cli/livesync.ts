@@ -14,7 +14,8 @@ import { DynamoOperations } from '../adapters/dynamo-operations';
 import { failoverCleanup, failoverPlanned, failoverTest, failoverToExport, failoverUnplanned, type FailoverContext } from './failover';
 import { failbackFinish, failbackStart } from './failback';
 import { exportCommand } from './export';
-import { parseListen } from './listen';
+import { loadNbdTls, parseListen } from './listen';
+import type { NbdTls } from '../agent/nbd-server';
 import { shownState } from '../core/failover';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { seedBackupKey } from '../core/keys';
@@ -74,6 +75,7 @@ const USAGE = `usage: livesync <command> [options]
         [--architecture x86_64|arm64] [--boot-mode uefi|legacy-bios]]: then a volume per disk
         in the zone, and/or an AMI (first disk the root device /dev/xvda, then /dev/xvdb, …)
   export --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --listen (unix:PATH | 127.0.0.1:PORT)
+        [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] (TLS only; then any --listen HOST:PORT)
         [--writable [--overlay DIR]] [--cache 256M]
         serve the RP's disks over NBD straight from the RP Store (one export per disk, named after
         it; one JSON line gives each disk's nbd URI) until SIGINT/SIGTERM, under a reader lease;
@@ -105,6 +107,7 @@ const USAGE = `usage: livesync <command> [options]
   pair events --pair P
         every failover transition: when, from, to, who asked, why
   agent --pair P --disk NAME=PATH [--disk ...] [--listen unix:PATH | 127.0.0.1:PORT] [--state-dir DIR]
+        [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] (TLS only; then any --listen HOST:PORT)
         [--pre-freeze CMD] [--post-thaw CMD] [--hook-timeout 60s] [--acrp-interval 1h --acrp-tag T]
         [--spool-size 1G] [--bandwidth 20M (bytes/s)] [--upload-interval 1s] [--verify-replica] [--sync-marks]
         serve the images over NBD; every write goes to the image and to the journal, in about
@@ -132,6 +135,14 @@ const RP_OPTIONS = {
   at: { type: 'string' },
   acrp: { type: 'string' },
 } as const;
+
+/** NBD over TLS (cli/listen.ts): a server certificate and key, and the CA clients must show a certificate of. */
+const TLS_OPTIONS = {
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+} as const;
+const tlsOf = (o: Opts): NbdTls | undefined => loadNbdTls({ cert: o['tls-cert'] as string | undefined, key: o['tls-key'] as string | undefined, ca: o['tls-ca'] as string | undefined });
 
 /** Who asks (recorded on pins and transitions): --by, else the user. */
 const operatorName = (by: string | undefined): string => by ?? process.env.USER ?? userInfo().username;
@@ -375,10 +386,12 @@ async function main(argv: string[]): Promise<number> {
         writable: { type: 'boolean' },
         overlay: { type: 'string' },
         cache: { type: 'string' },
+        ...TLS_OPTIONS,
       });
       const pairId = required('pair', str(o, 'pair'));
       await exportCommand(rpStoreFromEnv(), pairId, rpChoiceOf(o), {
         listen: required('listen', str(o, 'listen')),
+        tls: tlsOf(o),
         writable: o.writable === true,
         overlayDir: str(o, 'overlay'),
         cacheBytes: o.cache ? parseSize('cache', str(o, 'cache')!) : undefined,
@@ -423,6 +436,7 @@ async function main(argv: string[]): Promise<number> {
         'upload-interval': { type: 'string' },
         'verify-replica': { type: 'boolean' },
         'sync-marks': { type: 'boolean' },
+        ...TLS_OPTIONS,
       });
       const pairId = required('pair', str(o, 'pair'));
       const uploadInterval = parsePositiveDuration('upload-interval', str(o, 'upload-interval') ?? '1s');
@@ -430,7 +444,8 @@ async function main(argv: string[]): Promise<number> {
       // Default: a Unix socket in the state directory (0600), for a VM on this host; TCP only
       // on loopback (no TLS yet: issue 17).
       const stateDir = str(o, 'state-dir') ?? join(process.cwd(), '.livesync', 'agent', pairId);
-      const listen = parseListen(str(o, 'listen') ?? `unix:${join(stateDir, 'nbd.sock')}`);
+      const tls = tlsOf(o);
+      const listen = parseListen(str(o, 'listen') ?? `unix:${join(stateDir, 'nbd.sock')}`, { tls: tls !== undefined });
       const { store, index, history } = rpStoreFromEnv();
       const interval = str(o, 'acrp-interval');
       const agent = await startAgent({
@@ -438,6 +453,7 @@ async function main(argv: string[]): Promise<number> {
         disks,
         host: 'path' in listen ? listen : listen.host,
         port: 'path' in listen ? 0 : listen.port,
+        tls,
         store,
         index,
         history,

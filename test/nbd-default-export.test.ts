@@ -5,26 +5,12 @@
 
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { startNbdServer, type BlockExport, type NbdServer } from '../agent/nbd-server';
+import { startNbdServer, type NbdServer } from '../agent/nbd-server';
 import { have } from './helpers';
+import { memoryExport } from './memory-export';
 
 const run = promisify(execFile);
 const KiB = 1024;
-
-/** A disk in memory: what the clients wrote is in `bytes`. */
-function memoryExport(name: string, size: number): BlockExport & { bytes: Buffer } {
-  const bytes = Buffer.alloc(size);
-  return {
-    name,
-    size,
-    bytes,
-    read: async (offset, length) => Buffer.from(bytes.subarray(offset, offset + length)),
-    write: async (offset, data) => void data.copy(bytes, offset),
-    zero: async (offset, length) => void bytes.fill(0, offset, offset + length),
-    flush: async () => {},
-    allocation: async (_offset, length) => [{ length, state: 0 }],
-  };
-}
 
 /** qemu-io's commands against `uri`; rejects with its output on failure. */
 async function qemuIo(uri: string, ...commands: string[]): Promise<string> {
