@@ -5,7 +5,7 @@
 
 import { execFile } from 'node:child_process';
 import { createConnection } from 'node:net';
-import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -16,6 +16,7 @@ import { encodeBatch } from '../core/batch-format';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { exited, spawnAgentProcess } from './agent-process';
 import { cloud, firstDifference, have, newPairId, recover } from './helpers';
+import { makeCerts } from './tls-certs';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -76,6 +77,36 @@ describe('the agent on its host', () => {
       });
       expect(answer).toContain(`request line over ${CONTROL_LINE_MAX} bytes: refused`);
       expect(await callAgent(join(stateDir, 'control.sock'), { op: 'status' })).toMatchObject({ ok: true });
+    } finally {
+      agent.child.kill('SIGTERM');
+      await exited(agent.child);
+    }
+  });
+
+  (have('qemu-io') && have('openssl') ? test : test.skip)('with --tls-cert and --tls-key it serves TLS only, on a TCP address: qemu-io writes over TLS, a plain client is refused; the RP holds the write', async () => {
+    const c = cloud();
+    const pairId = newPairId('tls');
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 8 * MiB }] });
+    const image = join(dir, 'disk0.img');
+    await writeFile(image, Buffer.alloc(0));
+    await truncate(image, 8 * MiB);
+    const certs = join(dir, 'certs');
+    await mkdir(certs);
+    await makeCerts(certs);
+    const clientDir = join(dir, 'client');
+    await mkdir(clientDir);
+    await copyFile(join(certs, 'ca-cert.pem'), join(clientDir, 'ca-cert.pem'));
+    const agent = await spawnAgentProcess(pairId, { disk0: image }, join(dir, 'state'), { listen: '127.0.0.1:0', args: ['--tls-cert', join(certs, 'server-cert.pem'), '--tls-key', join(certs, 'server-key.pem')] });
+    try {
+      const tlsImage = ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${clientDir}`, '--image-opts', `driver=nbd,host=127.0.0.1,port=${agent.port},export=disk0,tls-creds=tls0`];
+      const { stdout } = await run('qemu-io', [...tlsImage, '-c', `write -P 0x6b ${MiB} ${MiB}`, '-c', `read -P 0x6b ${MiB} ${MiB}`]);
+      expect(stdout).toContain(`read ${MiB}/${MiB} bytes`);
+      expect(stdout).not.toContain('Pattern verification failed');
+      await expect(run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.1:${agent.port}/disk0`])).rejects.toThrow(/TLS negotiation required/);
+      const acrp = await callAgent(join(dir, 'state', 'control.sock'), { op: 'acrp', tag: 'tls' });
+      const seq = (acrp as { seq: number }).seq;
+      await waitForWatermark(c.index, pairId, seq, 60_000);
+      expect(firstDifference((await recover(c, pairId, seq)).get('disk0')!.subarray(MiB, 2 * MiB), Buffer.alloc(MiB, 0x6b))).toBeUndefined();
     } finally {
       agent.child.kill('SIGTERM');
       await exited(agent.child);

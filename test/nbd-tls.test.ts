@@ -3,7 +3,7 @@
 // (tls-creds-x509) against a server on an in-memory disk; certificates made by openssl.
 
 import { execFile } from 'node:child_process';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -12,20 +12,10 @@ import { loadNbdTls, parseListen } from '../cli/listen';
 import { InvalidArgumentError } from '../core/errors';
 import { have } from './helpers';
 import { memoryExport } from './memory-export';
+import { makeCerts } from './tls-certs';
 
 const run = promisify(execFile);
 const KiB = 1024;
-
-/** A CA, a server certificate for 127.0.0.1, and a client certificate, in `dir`. */
-async function makeCerts(dir: string): Promise<void> {
-  const ssl = (...args: string[]): Promise<unknown> => run('openssl', args, { cwd: dir });
-  await ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=livesync test CA');
-  for (const [who, ext] of [['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n'], ['client', 'extendedKeyUsage=clientAuth\n']] as const) {
-    await writeFile(join(dir, `${who}.ext`), ext);
-    await ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${who}-key.pem`, '-out', `${who}.csr`, '-subj', `/CN=${who === 'server' ? 'localhost' : 'agent-client'}`);
-    await ssl('x509', '-req', '-in', `${who}.csr`, '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', `${who}-cert.pem`, '-days', '2', '-extfile', `${who}.ext`);
-  }
-}
 
 /** qemu-io's commands against the server's disk0, over TLS with the credentials in `credsDir` (none: plain). */
 async function qemuIo(port: number, credsDir: string | undefined, ...commands: string[]): Promise<string> {
