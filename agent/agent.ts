@@ -125,6 +125,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   // In the journal and not registered yet: uploads of the last run (most go from memory and are
   // never spooled), which may have ended before state.json recorded their seqs as used.
   const uploaded = await journalSeqsAfter(o.store, o.pairId, pair.watermark);
+  refuseForeignSeqs(o.pairId, Math.max(pair.watermark, (previous?.nextSeq ?? 1) - 1, ...spool.seqs()), [...registered.map((b) => ({ seq: b.seq, key: b.key })), ...uploaded.map((seq) => ({ seq }))]);
   const firstSeq = Math.max(pair.watermark + 1, ...registered.map((b) => b.seq + 1), previous?.nextSeq ?? 1, ...spool.seqs().map((s) => s + 1), ...uploaded.map((s) => s + 1));
   const state: AgentState = { version: 1, pairId: o.pairId, nextSeq: firstSeq, running: true, bootId, syncMarks };
   // One write of the state file at a time (they share its temporary name).
@@ -426,6 +427,30 @@ async function fillGaps(pairId: string, pair: Pair, spool: Spool, lost: number[]
     log(`seq ${seq} was lost with the local state: filled with a resync marker`);
     await spool.add(seq, encodeBatch({ pairId, seq, prevSeq: seq - 1, firstWriteMs: now, cutMs: now, flags: BATCH_FLAGS.RESYNC, disks }, []));
   }
+}
+
+/**
+ * How far past what it recorded (state.json's next seq, the spool, the watermark) this agent's
+ * own batches can be in the journal after a crash: uploads in flight and batches held in
+ * memory, a few thousand at most; or, with its state lost, what its last run uploaded while
+ * apply was down (a day at one batch a second).
+ */
+export const MAX_SEQ_LEAD = 100_000;
+
+/**
+ * A seq in the journal or the index that far past anything this agent wrote is not its own
+ * (another writer on the pair): starting would fill every seq up to it with a resync marker,
+ * a PUT each. Refused instead, naming them.
+ */
+function refuseForeignSeqs(pairId: string, known: number, found: { seq: number; key?: string }[]): void {
+  const bySeq = new Map<number, string | undefined>();
+  for (const f of found) if (f.seq > known + MAX_SEQ_LEAD) bySeq.set(f.seq, bySeq.get(f.seq) ?? f.key);
+  const foreign = [...bySeq].map(([seq, key]) => ({ seq, key })).sort((a, b) => a.seq - b.seq);
+  if (foreign.length === 0) return;
+  const named = foreign.slice(0, 3).map((f) => `${f.seq}${f.key ? ` (${f.key})` : ''}`).join(', ');
+  throw new InvalidArgumentError(
+    `pair '${pairId}' has batches ${named}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''} over ${MAX_SEQ_LEAD} seqs past anything this agent wrote (seq ${known}): another writer's; not starting, which would fill the gap with that many empty batches. Check which agent or host writes this pair`,
+  );
 }
 
 const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);

@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { hookEnvironment } from '../agent/acrp';
+import { MAX_SEQ_LEAD, startAgent } from '../agent/agent';
+import { journalKey } from '../core/keys';
 import { callAgent, CONTROL_LINE_MAX } from '../agent/control';
 import { Spool } from '../agent/spool';
 import { encodeBatch } from '../core/batch-format';
@@ -111,6 +113,20 @@ describe('the agent on its host', () => {
       agent.child.kill('SIGTERM');
       await exited(agent.child);
     }
+  });
+
+  test('a batch in the journal far past anything it wrote (another writer\'s) stops the agent from starting, named, instead of a million gap-filling PUTs', async () => {
+    const c = cloud();
+    const pairId = newPairId('far');
+    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: MiB }] });
+    const image = join(dir, 'disk0.img');
+    await writeFile(image, Buffer.alloc(MiB));
+    const far = 1 + MAX_SEQ_LEAD + 1;
+    const key = journalKey(pairId, far);
+    await c.store.put(key, encodeBatch({ pairId, seq: far, prevSeq: far - 1, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['disk0'] }, []));
+    const start = (): Promise<unknown> => startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
+    await expect(start()).rejects.toThrow(`pair '${pairId}' has batches ${far} (${key}) over ${MAX_SEQ_LEAD} seqs past anything this agent wrote (seq 0): another writer's`);
+    expect(await c.store.listKeys(`pairs/${pairId}/journal/`)).toEqual([key]); // nothing filled
   });
 
   test('spool files are 0600', async () => {
