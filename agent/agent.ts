@@ -124,8 +124,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   }
   // In the journal and not registered yet: uploads of the last run (most go from memory and are
   // never spooled), which may have ended before state.json recorded their seqs as used.
-  const uploaded = await journalSeqsAfter(o.store, o.pairId, pair.watermark);
-  refuseForeignSeqs(o.pairId, Math.max(pair.watermark, (previous?.nextSeq ?? 1) - 1, ...spool.seqs()), [...registered.map((b) => ({ seq: b.seq, key: b.key })), ...uploaded.map((seq) => ({ seq }))]);
+  const inJournal = await journalAfter(o.store, o.pairId, pair.watermark);
+  refuseForeignSeqs(o.pairId, Math.max(pair.watermark, (previous?.nextSeq ?? 1) - 1, ...spool.seqs()), [...registered, ...inJournal]);
+  const uploaded = inJournal.map((j) => j.seq);
   const firstSeq = Math.max(pair.watermark + 1, ...registered.map((b) => b.seq + 1), previous?.nextSeq ?? 1, ...spool.seqs().map((s) => s + 1), ...uploaded.map((s) => s + 1));
   const state: AgentState = { version: 1, pairId: o.pairId, nextSeq: firstSeq, running: true, bootId, syncMarks };
   // One write of the state file at a time (they share its temporary name).
@@ -389,15 +390,18 @@ async function whyUntrusted(
   return undefined;
 }
 
-/** Seqs above `after` the pair's journal holds (uploaded, registered or not), ascending. */
-async function journalSeqsAfter(store: KeyLister, pairId: string, after: number): Promise<number[]> {
+/** The batches above seq `after` the pair's journal holds (uploaded, registered or not), ascending. */
+async function journalAfter(store: KeyLister, pairId: string, after: number): Promise<{ seq: number; key: string }[]> {
   let keys: string[];
   try {
     keys = await store.listKeys(journalPrefix(pairId), journalStartAfter(pairId, after));
   } catch (err) {
     throw new Error(`cannot list the journal of pair '${pairId}' (${journalPrefix(pairId)}; the agent needs s3:ListBucket on it): ${(err as Error).message}`);
   }
-  return keys.flatMap((k) => parseJournalKey(k)?.seq ?? []).filter((seq) => seq > after);
+  return keys.flatMap((key) => {
+    const seq = parseJournalKey(key)?.seq;
+    return seq !== undefined && seq > after ? [{ seq, key }] : [];
+  });
 }
 
 /** Drops spooled batches that fail their checksums; returns their seqs (gaps that fillGaps closes). */
@@ -442,12 +446,12 @@ export const MAX_SEQ_LEAD = 100_000;
  * (another writer on the pair): starting would fill every seq up to it with a resync marker,
  * a PUT each. Refused instead, naming them.
  */
-function refuseForeignSeqs(pairId: string, known: number, found: { seq: number; key?: string }[]): void {
-  const bySeq = new Map<number, string | undefined>();
-  for (const f of found) if (f.seq > known + MAX_SEQ_LEAD) bySeq.set(f.seq, bySeq.get(f.seq) ?? f.key);
+function refuseForeignSeqs(pairId: string, known: number, found: { seq: number; key: string }[]): void {
+  const bySeq = new Map<number, string>();
+  for (const f of found) if (f.seq > known + MAX_SEQ_LEAD && !bySeq.has(f.seq)) bySeq.set(f.seq, f.key);
   const foreign = [...bySeq].map(([seq, key]) => ({ seq, key })).sort((a, b) => a.seq - b.seq);
   if (foreign.length === 0) return;
-  const named = foreign.slice(0, 3).map((f) => `${f.seq}${f.key ? ` (${f.key})` : ''}`).join(', ');
+  const named = foreign.slice(0, 3).map((f) => `${f.seq} (${f.key})`).join(', ');
   throw new InvalidArgumentError(
     `pair '${pairId}' has batches ${named}${foreign.length > 3 ? ` and ${foreign.length - 3} more` : ''} over ${MAX_SEQ_LEAD} seqs past anything this agent wrote (seq ${known}): another writer's; not starting, which would fill the gap with that many empty batches. Check which agent or host writes this pair`,
   );
