@@ -2,8 +2,9 @@
 // line, one JSON answer per line. `livesync acrp` and `livesync backup` talk to it.
 
 import { createConnection, createServer, type Socket } from 'node:net';
-import { chmod, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
+import { listenOwnerOnly } from './owner-socket';
 import type { CaptureStatus } from './pair-capture';
 
 /** What `livesync agent-status` shows; fields are only ever added. */
@@ -63,15 +64,7 @@ export async function startControlSocket(path: string, h: ControlHandlers): Prom
     readLines(sock, (line) => void answer(line, h).then((a) => sock.write(`${JSON.stringify(a)}\n`)));
     sock.on('error', () => {});
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    const umask = process.umask(0o177);
-    try {
-      server.listen(path, () => void chmod(path, 0o600).then(resolve, reject));
-    } finally {
-      process.umask(umask);
-    }
-  });
+  await listenOwnerOnly(server, path);
   return { close: () => new Promise<void>((r) => server.close(() => r())) };
 }
 

@@ -2,11 +2,11 @@
 // served concurrently per connection. What an export does with writes (pass-through and
 // capture) lives behind BlockExport.
 
-import { chmod } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import { BodyPool } from '../source/body-pool';
+import { listenOwnerOnly } from './owner-socket';
 import {
   BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, MAX_PAYLOAD, NBDMAGIC, OPT,
   REP, REPLY_FLAG_DONE, REPLY_TYPE, TFLAG, okReplyBytes, optionReply, parseRequest, simpleReply, structuredReply, writeOkReply, type Request,
@@ -68,26 +68,19 @@ export async function startNbdServer(
     }
     sockets.add(sock);
     sock.setNoDelay(true);
-    // Each reply waiting for the socket to drain listens for it once: up to a connection's requests.
-    sock.setMaxListeners(MAX_IN_FLIGHT + 16);
     sock.on('close', () => sockets.delete(sock));
     serve(sock, byName, limits.handshakeMs, limits.tls).catch((err: Error) => {
       log(`nbd connection: ${err.message}`);
       sock.destroy();
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    if (typeof host === 'string') return void server.listen(port, host, () => resolve());
-    // The socket is created 0600 (umask while it binds; listen binds at once in the main
-    // thread), and chmod'ed to it in case the platform bound later.
-    const umask = process.umask(0o177);
-    try {
-      server.listen(host.path, () => void chmod(host.path, 0o600).then(resolve, reject));
-    } finally {
-      process.umask(umask);
-    }
-  });
+  if (typeof host !== 'string') await listenOwnerOnly(server, host.path);
+  else {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+  }
   return {
     port: typeof host === 'string' ? (server.address() as AddressInfo).port : 0,
     path: typeof host === 'string' ? undefined : host.path,
@@ -248,10 +241,10 @@ interface Conn {
 }
 
 async function serve(raw: Socket, served: Map<string, BlockExport>, handshakeMs = HANDSHAKE_TIMEOUT_MS, tlsOptions?: NbdTls): Promise<void> {
-  let conn: Conn = { sock: raw, r: new SocketReader(raw) };
+  const conn: Conn = { sock: raw, r: new SocketReader(raw) };
   // A client that connects and says nothing (or negotiates forever) holds no slot for long.
   const timer = setTimeout(() => raw.destroy(new Error(`handshake not done within ${handshakeMs} ms`)), handshakeMs);
-  let session: Session | undefined;
+  let negotiated: { session: Session; conn: Conn } | undefined;
   try {
     const hello = Buffer.alloc(18);
     hello.writeBigUInt64BE(NBDMAGIC, 0);
@@ -259,13 +252,12 @@ async function serve(raw: Socket, served: Map<string, BlockExport>, handshakeMs 
     hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
     await write(raw, hello);
     const clientFlags = (await conn.r.read(4)).readUInt32BE(0);
-    const negotiated = await negotiate(conn, served, (clientFlags & FLAG_NO_ZEROES) !== 0, tlsOptions);
-    session = negotiated?.session;
-    if (negotiated) conn = negotiated.conn;
+    negotiated = await negotiate(conn, served, (clientFlags & FLAG_NO_ZEROES) !== 0, tlsOptions);
   } finally {
     clearTimeout(timer);
   }
-  if (session) await transmit(conn.sock, conn.r, session);
+  // Over the connection as negotiation left it: the TLS layer after STARTTLS.
+  if (negotiated) await transmit(negotiated.conn.sock, negotiated.conn.r, negotiated.session);
 }
 
 /** NBD_OPT_STARTTLS acknowledged: the TLS handshake over the connection, then a reader of it. */
@@ -277,7 +269,6 @@ async function startTls(conn: Conn, t: NbdTls): Promise<Conn> {
     secure.once('error', reject);
     secure.once('close', () => reject(new Error('client closed the connection during the TLS handshake')));
   });
-  secure.setMaxListeners(MAX_IN_FLIGHT + 16);
   return { sock: secure, r: new SocketReader(secure) };
 }
 
@@ -522,6 +513,8 @@ class ReplyQueue {
  * others of the same loop turn. Exports order overlapping requests themselves.
  */
 async function transmit(sock: Socket, r: SocketReader, s: Session): Promise<void> {
+  // Each reply waiting for the socket to drain listens for it once: up to a connection's requests.
+  sock.setMaxListeners(MAX_IN_FLIGHT + 16);
   const inFlight = new Set<Promise<void>>();
   let inFlightBytes = 0;
   let readBytes = 0;

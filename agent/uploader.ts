@@ -36,8 +36,8 @@ export class Uploader {
   private stopped = false;
   /** Ends the waits (bandwidth, backoff) when the uploader stops. */
   private readonly stopping = new AbortController();
-  private corrupt: SpoolCorruptError | undefined;
-  private conflict: ObjectConflictError | undefined;
+  /** Why uploads stopped for good (a corrupt spooled batch, a conflict in the journal): the journal cannot skip a seq. */
+  private halted: SpoolCorruptError | ObjectConflictError | undefined;
   private idleWaiters: (() => void)[] = [];
   /** When the bandwidth budget lets the next upload start. */
   private nextSlotMs = 0;
@@ -50,7 +50,7 @@ export class Uploader {
 
   /** Starts uploads for spooled batches not yet in flight. Call after every spool add. */
   kick(): void {
-    if (this.stopped || this.corrupt || this.conflict) return;
+    if (this.stopped || this.halted) return;
     const max = this.o.maxInFlight ?? 4;
     for (const seq of this.o.spool.seqs()) {
       if (this.active.size >= max) break;
@@ -59,7 +59,7 @@ export class Uploader {
       void this.uploadOne(seq).finally(() => {
         this.active.delete(seq);
         this.kick();
-        if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.corrupt || this.conflict)) this.wakeIdle();
+        if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.halted)) this.wakeIdle();
       });
     }
     if (this.active.size === 0) this.wakeIdle();
@@ -67,7 +67,7 @@ export class Uploader {
 
   /** Resolves when the spool is empty (or uploads stopped); rejects after `timeoutMs`. */
   idle(timeoutMs = Infinity): Promise<void> {
-    if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.corrupt || this.conflict)) return Promise.resolve();
+    if (this.active.size === 0 && (this.o.spool.count === 0 || this.stopped || this.halted)) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const timer = Number.isFinite(timeoutMs)
         ? setTimeout(() => reject(new Error(`${this.o.spool.count} spooled batches not uploaded after ${timeoutMs} ms${this.lastError ? `: ${this.lastError}` : ''}`)), timeoutMs)
@@ -99,7 +99,7 @@ export class Uploader {
       body = await this.o.spool.read(seq);
     } catch (err) {
       if (!(err instanceof SpoolCorruptError)) throw err;
-      this.corrupt ??= err;
+      this.halted ??= err;
       this.o.onCorrupt?.(err);
       return;
     }
@@ -126,7 +126,7 @@ export class Uploader {
         if (err instanceof ObjectConflictError) {
           // The journal holds another batch for this seq: uploads stop here (the journal cannot
           // skip a seq) and the batch stays spooled; the pair needs the operator.
-          this.conflict ??= err;
+          this.halted ??= err;
           this.lastError = `batch ${seq}: ${err.message}`;
           this.o.onConflict?.(err);
           return;

@@ -143,7 +143,7 @@ import { sleep } from '../replica/concurrency';
 import { createPair, DEFAULT_CCRP_INTERVAL_MS, waitForWatermark } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
 import { median, partsFromEnv, percentile, round, runBench } from './measure';
-import { NbdClient } from './nbd-client';
+import { NbdClient, waitForNbd } from './nbd-client';
 import type { PacedLoadArgs } from './paced-load';
 import { ensurePeers, JAVA_PEER, type Peer } from './peers';
 
@@ -291,20 +291,8 @@ async function run(cmd: string, args: string[]): Promise<string> {
   return out;
 }
 
-/** Waits until an NBD handshake for our export succeeds (then disconnects). */
-async function waitForNbd(port: number, p: Proc, name: string): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (!running.has(p)) throw new Error(`${name} exited before serving: ${p.tail.join('\n')}`);
-    try {
-      await (await NbdClient.connect('127.0.0.1', port, EXPORT)).close();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw new Error(`${name} does not serve on port ${port}: ${(err as Error).message}`);
-      await sleep(100);
-    }
-  }
-}
+/** Waits until an NBD handshake for our export succeeds on `port` (bench/nbd-client.ts), while `p` runs. */
+const serving = (port: number, p: Proc, name: string): Promise<void> => waitForNbd(port, EXPORT, name, () => (running.has(p) ? undefined : p.tail.join('\n')));
 
 /** A fresh sparse image of the disk size. */
 async function sparseImage(path: string): Promise<string> {
@@ -344,7 +332,7 @@ const qemuNbd: Server = {
   async start(image, placement) {
     const port = await freePort();
     const p = launch('qemu-nbd', ...onServerCore(placement, 'qemu-nbd', ['-f', 'raw', '-t', '-b', '127.0.0.1', '-p', String(port), '-x', EXPORT, image]));
-    await waitForNbd(port, p, 'qemu-nbd');
+    await serving(port, p, 'qemu-nbd');
     return { port, pid: p.pid, close: () => stopPeer(p, 'qemu-nbd') };
   },
 };
@@ -354,7 +342,7 @@ const nbdkit: Server = {
   async start(image, placement) {
     const port = await freePort();
     const p = launch('nbdkit', ...onServerCore(placement, 'nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image]));
-    await waitForNbd(port, p, 'nbdkit');
+    await serving(port, p, 'nbdkit');
     return { port, pid: p.pid, close: () => stopPeer(p, 'nbdkit') };
   },
 };
@@ -426,7 +414,7 @@ class AgentServer implements Server {
       const cmdline = (await readFile(`/proc/${p.pid}/cmdline`, 'utf8')).split('\0');
       if (exe !== (await realpath(nodeBin)) || !cmdline.includes('cli/livesync.ts')) throw new Error(`PID ${p.pid} is ${exe} ${cmdline.join(' ')}, not the agent`);
       sampler = setInterval(() => void sample(), 100);
-      await waitForNbd(port, p, 'agent');
+      await serving(port, p, 'agent');
       idle = await sample();
       const close = async (): Promise<void> => {
         clearInterval(sampler);

@@ -178,8 +178,9 @@ const REPLICATION_DIRS = new Set(['journal', 'history', 'base', 'seed', 'recover
  */
 export function checkSeedKey(pairId: string, bucket: string, key: string): void {
   if (!key.startsWith('pairs/')) return;
-  const [, owner, dir] = key.split('/');
-  if (owner === pairId && !REPLICATION_DIRS.has(dir) && key.split('/').length > 3) return;
+  const parts = key.split('/');
+  const [, owner, dir] = parts;
+  if (owner === pairId && !REPLICATION_DIRS.has(dir) && parts.length > 3) return;
   const why = owner !== pairId ? `it is pair '${owner}'s` : `pairs/${pairId}/${dir}/ is the replication's own`;
   throw new BackupError('FORBIDDEN', `s3://${bucket}/${key}`, `pair '${pairId}' may not seed from this key (${why}): only from its own pairs/${pairId}/ (backups/, an import) or from outside pairs/`);
 }

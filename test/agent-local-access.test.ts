@@ -33,13 +33,19 @@ describe('the agent on its host', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  (have('qemu-io') ? test : test.skip)('by default it serves NBD on a 0600 Unix socket in its 0700 state directory; qemu-io writes through it; the control socket is 0600 and refuses an endless line; hooks see no AWS_ variable', async () => {
-    const c = cloud();
-    const pairId = newPairId('local');
-    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 8 * MiB }] });
+  /** A new one-disk pair (disk0 of `size`) and its image, sparse, in the test's directory. */
+  async function pairWithImage(prefix: string, size: number): Promise<{ pairId: string; image: string }> {
+    const pairId = newPairId(prefix);
+    await createPair(cloud().index, { pairId, disks: [{ name: 'disk0', sizeBytes: size }] });
     const image = join(dir, 'disk0.img');
     await writeFile(image, Buffer.alloc(0));
-    await truncate(image, 8 * MiB);
+    await truncate(image, size);
+    return { pairId, image };
+  }
+
+  (have('qemu-io') ? test : test.skip)('by default it serves NBD on a 0600 Unix socket in its 0700 state directory; qemu-io writes through it; the control socket is 0600 and refuses an endless line; hooks see no AWS_ variable', async () => {
+    const c = cloud();
+    const { pairId, image } = await pairWithImage('local', 8 * MiB);
     const stateDir = join(dir, 'state');
     const hookOut = join(dir, 'hook.env');
     const agent = await spawnAgentProcess(pairId, { disk0: image }, stateDir, { listen: null, args: ['--pre-freeze', `env > ${hookOut}`] });
@@ -87,11 +93,7 @@ describe('the agent on its host', () => {
 
   (have('qemu-io') && have('openssl') ? test : test.skip)('with --tls-cert and --tls-key it serves TLS only, on a TCP address: qemu-io writes over TLS, a plain client is refused; the RP holds the write', async () => {
     const c = cloud();
-    const pairId = newPairId('tls');
-    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: 8 * MiB }] });
-    const image = join(dir, 'disk0.img');
-    await writeFile(image, Buffer.alloc(0));
-    await truncate(image, 8 * MiB);
+    const { pairId, image } = await pairWithImage('tls', 8 * MiB);
     const certs = join(dir, 'certs');
     await mkdir(certs);
     await makeCerts(certs);
@@ -117,10 +119,7 @@ describe('the agent on its host', () => {
 
   test('a batch in the journal far past anything it wrote (another writer\'s) stops the agent from starting, named, instead of a million gap-filling PUTs', async () => {
     const c = cloud();
-    const pairId = newPairId('far');
-    await createPair(c.index, { pairId, disks: [{ name: 'disk0', sizeBytes: MiB }] });
-    const image = join(dir, 'disk0.img');
-    await writeFile(image, Buffer.alloc(MiB));
+    const { pairId, image } = await pairWithImage('far', MiB);
     const far = 1 + MAX_SEQ_LEAD + 1;
     const key = journalKey(pairId, far);
     await c.store.put(key, encodeBatch({ pairId, seq: far, prevSeq: far - 1, firstWriteMs: 1, cutMs: 2, flags: 0, disks: ['disk0'] }, []));
