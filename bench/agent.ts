@@ -139,6 +139,7 @@ import { callAgent, type AgentStatus } from '../agent/control';
 import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/runtime';
 import { dynamoRequestUnits, monthlyCost } from '../core/cost-model';
 import { freePort, requestsBetween, startLocalStack, type LocalStack, type StackRequests } from '../local/stack';
+import { EdgeFaults } from '../local/edge-faults';
 import { sleep } from '../replica/concurrency';
 import { createPair, DEFAULT_CCRP_INTERVAL_MS, waitForWatermark } from '../replica/pairs';
 import type { ReplicaIndex } from '../replica/ports';
@@ -838,7 +839,7 @@ function requestFigures(r: StackRequests | undefined, seconds: number): Pick<Flu
 // ---- main ------------------------------------------------------------------------------
 
 /** The RP Store the environment names (LocalStack elsewhere, or AWS): nothing to start or stop here, nothing counted, and its apply path is its own. */
-const environmentStack = (): LocalStack => ({ env: {}, deadLetterUrl: '', pids: [], setEventPathEnabled: () => {}, workflowsIdle: async () => {}, requests: () => undefined, stop: async () => {} });
+const environmentStack = (): LocalStack => ({ env: {}, deadLetterUrl: '', pids: [], setEventPathEnabled: () => {}, workflowsIdle: async () => {}, requests: () => undefined, faults: new EdgeFaults(), kill: () => -1, inFlight: () => 0, stop: async () => {} });
 
 function peersNeeded(external: boolean, files: boolean): Peer[] {
   const peers: Peer[] = [

@@ -5,6 +5,7 @@
 
 import { Agent, createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { refuseRequest, type EdgeFaults } from './edge-faults';
 
 /** Requests by operation, plus what `detail` adds (e.g. `TransactWriteItems.items`). */
 export type RequestCounts = Record<string, number>;
@@ -22,13 +23,15 @@ export interface CountingProxy {
  */
 export type Detail = (op: string, request: Buffer, answer: Buffer) => Record<string, number>;
 
-export async function startCountingProxy(target: string, opts: { detailed?: string[]; detail?: Detail } = {}): Promise<CountingProxy> {
+/** `faults`: requests it refuses (as DynamoDB throttles) instead of forwarding, for the fault campaign. */
+export async function startCountingProxy(target: string, opts: { detailed?: string[]; detail?: Detail; faults?: EdgeFaults } = {}): Promise<CountingProxy> {
   const { hostname, port } = new URL(target);
   const counts: RequestCounts = {};
   const add = (key: string, n = 1): void => void (counts[key] = (counts[key] ?? 0) + n);
   const detailed = new Set(opts.detailed ?? []);
   const agent = new Agent({ keepAlive: true });
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    if (opts.faults?.refuse('dynamodb')) return refuseRequest('dynamodb', req, res);
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {

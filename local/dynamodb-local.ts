@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { ListTablesCommand } from '@aws-sdk/client-dynamodb';
 import { dynamoClient } from '../adapters/aws-clients';
 import { sleep } from '../replica/concurrency';
+import type { EdgeFaults } from './edge-faults';
 import { jsonOf, startCountingProxy, type CountingProxy, type Detail, type RequestCounts } from './counting-proxy';
 
 export interface RunningDynamo {
@@ -23,7 +24,8 @@ export interface RunningDynamo {
   stop(): Promise<void>;
 }
 
-export async function startDynamoLocal(port: number): Promise<RunningDynamo> {
+/** `faults`: requests the counting proxy refuses as throttled (the fault campaign). */
+export async function startDynamoLocal(port: number, faults?: EdgeFaults): Promise<RunningDynamo> {
   const child: ChildProcess = spawn({ port, sharedDb: true, stdio: 'pipe' });
   let output = '';
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
@@ -55,7 +57,7 @@ export async function startDynamoLocal(port: number): Promise<RunningDynamo> {
   };
   let proxy: CountingProxy;
   try {
-    proxy = await startCountingProxy(direct, { detailed: ['TransactWriteItems', 'BatchWriteItem'], detail: itemsOf });
+    proxy = await startCountingProxy(direct, { detailed: ['TransactWriteItems', 'BatchWriteItem'], detail: itemsOf, faults });
   } catch (err) {
     await stopJava();
     throw err;

@@ -22,6 +22,14 @@ export interface LambdaProcessOptions {
 export interface LambdaProcess {
   /** One invoker per export name, each running that export in the process. */
   handlers: Record<string, TaskHandler>;
+  /**
+   * Kills the process now with `signal` (a sandbox dying under its invocations: they fail, and
+   * the next invocation starts a new process). Returns how many invocations were in flight; -1
+   * when no process was running.
+   */
+  kill(signal?: NodeJS.Signals): number;
+  /** Invocations the running process has in flight (0 when none runs). */
+  inFlight(): number;
   /** Ends the process; invocations in flight fail. */
   stop(): Promise<void>;
 }
@@ -30,17 +38,19 @@ type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false
 
 /** Runs the exports `names` of the handler module `modulePath` (absolute) in a process of their own. */
 export function lambdaProcess(modulePath: string, names: readonly string[], opts: LambdaProcessOptions = {}): LambdaProcess {
-  let child: ChildProcess | undefined;
+  /** The running process and the invocations it has in flight (each process its own: a killed one fails only its own). */
+  let child: { proc: ChildProcess; pending: Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }> } | undefined;
   let stopped = false;
   let nextId = 1;
-  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
 
-  const start = (): ChildProcess => {
+  const start = (): NonNullable<typeof child> => {
     const c = fork(join(__dirname, 'lambda-runner.ts'), [modulePath], {
       execArgv: ['--no-warnings=ExperimentalWarning', '--import', require.resolve('tsx')],
       env: process.env,
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
+    const self: NonNullable<typeof child> = { proc: c, pending: new Map() };
+    const { pending } = self;
     if (opts.nice && c.pid !== undefined) {
       try {
         setPriority(c.pid, opts.nice);
@@ -56,7 +66,7 @@ export function lambdaProcess(modulePath: string, names: readonly string[], opts
       else call.reject(Object.assign(new Error(m.error.message), { name: m.error.name, stack: m.error.stack }));
     });
     c.on('exit', (code, signal) => {
-      if (child === c) child = undefined;
+      if (child === self) child = undefined;
       const why = new Error(`local Lambda process of ${modulePath} exited (${signal ?? `code ${code}`}) during the invocation`);
       for (const [id, call] of pending) {
         pending.delete(id);
@@ -64,18 +74,18 @@ export function lambdaProcess(modulePath: string, names: readonly string[], opts
       }
     });
     c.on('error', (err) => opts.log?.(`local Lambda ${modulePath}: ${String(err)}`));
-    return c;
+    return self;
   };
 
   const invoke = (name: string, input: unknown): Promise<unknown> => {
     if (stopped) return Promise.reject(new Error(`local Lambda ${modulePath} is stopped`));
-    child ??= start();
+    const self = (child ??= start());
     const id = nextId++;
     return new Promise((resolve, reject) => {
-      pending.set(id, { resolve, reject });
-      child!.send({ id, name, input }, (err) => {
+      self.pending.set(id, { resolve, reject });
+      self.proc.send({ id, name, input }, (err) => {
         if (!err) return;
-        pending.delete(id);
+        self.pending.delete(id);
         reject(err);
       });
     });
@@ -83,9 +93,17 @@ export function lambdaProcess(modulePath: string, names: readonly string[], opts
 
   return {
     handlers: Object.fromEntries(names.map((name) => [name, (input: unknown) => invoke(name, input)])),
+    kill(signal = 'SIGKILL') {
+      const self = child;
+      if (!self || self.proc.exitCode !== null || self.proc.signalCode !== null) return -1;
+      child = undefined; // the next invocation starts a new process, as Lambda starts a new sandbox
+      self.proc.kill(signal);
+      return self.pending.size;
+    },
+    inFlight: () => child?.pending.size ?? 0,
     async stop() {
       stopped = true;
-      const c = child;
+      const c = child?.proc;
       if (!c || c.exitCode !== null || c.signalCode !== null) return;
       const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
       c.kill('SIGTERM');

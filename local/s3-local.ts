@@ -5,7 +5,7 @@
 import crypto, { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { link, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
-import type { IncomingMessage, Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { dirname, join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -13,6 +13,7 @@ import S3rver from 's3rver';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const S3Error = require('s3rver/lib/models/error') as new (code: string, message: string, detail?: Record<string, string>) => Error;
 import { AwsChunkedDecoder, isAwsChunked } from './aws-chunked';
+import { refuseRequest, type EdgeFaults } from './edge-faults';
 
 /**
  * s3rver encrypts ListObjectsV2 continuation tokens with single DES, which OpenSSL 3 (Node 22)
@@ -54,7 +55,8 @@ export function s3RequestClass(method: string, url: string): { op: string; kind?
   return { op: method, kind: m?.[1] };
 }
 
-export async function startS3Local(directory: string, bucket: string): Promise<RunningS3> {
+/** `faults`: requests it refuses (503 SlowDown) before s3rver sees them, for the fault campaign. */
+export async function startS3Local(directory: string, bucket: string, faults?: EdgeFaults): Promise<RunningS3> {
   allowS3rverTokens();
   const server = new S3rver({
     address: '127.0.0.1',
@@ -68,11 +70,21 @@ export async function startS3Local(directory: string, bucket: string): Promise<R
   const { port } = await server.run();
   const counts: S3RequestCounts = {};
   const count = (name: string): void => void (counts[name] = (counts[name] ?? 0) + 1);
-  (server as unknown as { httpServer: Server }).httpServer.on('request', (req: IncomingMessage) => {
+  const http = (server as unknown as { httpServer: Server }).httpServer;
+  http.on('request', (req: IncomingMessage) => {
     const { op, kind } = s3RequestClass(req.method ?? '', req.url ?? '/');
     count(op);
     if (kind) count(`${op} ${kind}`);
   });
+  if (faults) {
+    // In front of s3rver's own handler: a refused request never reaches it.
+    const handlers = http.listeners('request') as ((req: IncomingMessage, res: ServerResponse) => void)[];
+    http.removeAllListeners('request');
+    http.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (faults.refuse('s3')) return refuseRequest('s3', req, res);
+      for (const h of handlers) h.call(http, req, res);
+    });
+  }
   return {
     endpoint: `http://127.0.0.1:${port}`,
     onEvent: (listener) => server.on('event', listener),

@@ -9,11 +9,12 @@ import { mkdir, rm, writeFile, readFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { CreateTableCommand, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
-import type { SQSEvent } from 'aws-lambda';
+import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { dynamoClient, sqsClient } from '../adapters/aws-clients';
 import { synthTemplate } from '../lib/synth';
 import { COMPACTION_STATE_MACHINE_ENV, RECOVERY_STATE_MACHINE_ENV } from '../lib/names';
 import { lambdaProcess } from './lambda-process';
+import { EdgeFaults } from './edge-faults';
 import { jsonOf, startCountingProxy, type RequestCounts } from './counting-proxy';
 import { startDynamoLocal, type RunningDynamo } from './dynamodb-local';
 import { startEbsLocal, type RunningEbs } from './ebs-local';
@@ -50,6 +51,16 @@ export interface LocalStack {
   pids: number[];
   /** DynamoDB Local's own endpoint, past the counting proxy: for a benchmark's observers, whose requests are not the RP Store's work. */
   uncountedDynamoEndpoint?: string;
+  /** Requests S3 and DynamoDB refuse as throttled (off until set; the fault campaign). */
+  faults: EdgeFaults;
+  /**
+   * SIGKILLs the process of a function the stack runs in one (`compaction`; `apply` with
+   * `applyProcess`), as a sandbox dying mid-invocation: returns how many invocations it had in
+   * flight, -1 when none was running. The next invocation starts a new process.
+   */
+  kill(fn: 'apply' | 'compaction'): number;
+  /** Invocations that process has in flight now (0 when it runs none, or runs in this process). */
+  inFlight(fn: 'apply' | 'compaction'): number;
   stop(): Promise<void>;
 }
 
@@ -81,6 +92,8 @@ export interface LocalStackOptions {
    * community does: a template without one (e.g. a custom resource's) gets no event path.
    */
   template?: { Resources: Record<string, any> };
+  /** Run the apply handler in a process of its own, which `kill` can kill (default: in this process). */
+  applyProcess?: boolean;
 }
 
 export async function startLocalStack(opts: LocalStackOptions = {}): Promise<LocalStack> {
@@ -92,7 +105,8 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
   const s3dir = join(dir, 's3');
   await rm(s3dir, { recursive: true, force: true });
 
-  const started = await Promise.allSettled([startDynamoLocal(await freePort()), startS3Local(s3dir, LOCAL_BUCKET), startSqsLocal().then(countedSqs), startEbsLocal()] as const);
+  const faults = new EdgeFaults();
+  const started = await Promise.allSettled([startDynamoLocal(await freePort(), faults), startS3Local(s3dir, LOCAL_BUCKET, faults), startSqsLocal().then(countedSqs), startEbsLocal()] as const);
   const failed = started.find((s) => s.status === 'rejected');
   if (failed) {
     // Never leave a half-started stack (an orphan Java process) behind.
@@ -107,7 +121,7 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
     await rm(join(dir, 'dynamodb.pid'), { force: true });
   };
   try {
-    return await provision(schema, template, { dynamo, s3, sqs, ebs, ec2 }, stopServers, opts);
+    return await provision(schema, template, { dynamo, s3, sqs, ebs, ec2, faults }, stopServers, opts);
   } catch (err) {
     await stopServers(); // a failure after the servers started must not leave them running
     throw err;
@@ -118,11 +132,11 @@ export async function startLocalStack(opts: LocalStackOptions = {}): Promise<Loc
 async function provision(
   schema: LocalSchema,
   template: unknown,
-  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: CountedSqs; ebs: RunningEbs; ec2: RunningEc2 },
+  servers: { dynamo: RunningDynamo; s3: RunningS3; sqs: CountedSqs; ebs: RunningEbs; ec2: RunningEc2; faults: EdgeFaults },
   stopServers: () => Promise<void>,
   opts: LocalStackOptions,
 ): Promise<LocalStack> {
-  const { dynamo, s3, sqs: sqsServer, ebs, ec2 } = servers;
+  const { dynamo, s3, sqs: sqsServer, ebs, ec2, faults } = servers;
   const log = opts.log ?? (() => {});
   const env: Record<string, string> = {
     AWS_REGION: 'us-east-1',
@@ -157,8 +171,11 @@ async function provision(
   const onError = (err: unknown): void => log(`event path: ${String(err)}`);
   if (schema.notification) s3.onEvent(forwardNotifications(sqs, queues.queueUrl, schema.notification, onError));
   else log('event path: the template\'s bucket has no queue notification; uploads reach no queue');
-  const apply = (await import('../lambdas/apply')).handler;
-  const invoke = (event: SQSEvent): ReturnType<typeof apply> => {
+  // In this process by default; in one of its own (started at the first invocation, with the
+  // environment of then) when a campaign is to kill it.
+  const applyProcess = opts.applyProcess ? lambdaProcess(require.resolve('../lambdas/apply'), ['handler'], { log }) : undefined;
+  const apply = applyProcess ? (applyProcess.handlers.handler as (e: SQSEvent) => Promise<SQSBatchResponse>) : (await import('../lambdas/apply')).handler;
+  const invoke = (event: SQSEvent): Promise<SQSBatchResponse> => {
     lambdaInvocations++;
     return apply(event);
   };
@@ -180,6 +197,7 @@ async function provision(
   } catch (err) {
     await compaction.stop();
     await mapping?.stop();
+    await applyProcess?.stop();
     throw err;
   }
   env.AWS_ENDPOINT_URL_SFN = stepFunctions.endpoint;
@@ -197,12 +215,16 @@ async function provision(
     requests: () => ({ s3: s3.requests(), dynamodb: dynamo.requests(), sqs: sqsServer.requests(), lambdaInvocations }),
     pids: [dynamo.pid],
     uncountedDynamoEndpoint: dynamo.directEndpoint,
+    faults,
+    kill: (fn) => (fn === 'compaction' ? compaction.kill() : applyProcess ? applyProcess.kill() : -1),
+    inFlight: (fn) => (fn === 'compaction' ? compaction.inFlight() : (applyProcess?.inFlight() ?? 0)),
     async stop() {
       if (stopped) return;
       stopped = true;
       await stepFunctions.stop();
       await compaction.stop();
       await mapping?.stop();
+      await applyProcess?.stop();
       sqs.destroy();
       await stopServers();
     },

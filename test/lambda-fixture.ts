@@ -9,3 +9,5 @@ export const fail = async (): Promise<never> => {
 };
 /** Dies mid-invocation, as a Lambda sandbox that crashes. */
 export const die = async (): Promise<never> => process.exit(3);
+/** Answers after `ms` (an invocation that is still running when the test kills its process). */
+export const slow = async (input: { ms: number }): Promise<number> => new Promise((resolve) => setTimeout(() => resolve(process.pid), input.ms));

@@ -38,4 +38,23 @@ describe('lambdaProcess', () => {
     }
     await expect(fn.handlers.echo({})).rejects.toThrow(/stopped/);
   });
+
+  test('kill: SIGKILLs the process under its invocations, which fail, and says how many there were; a killed process fails only its own', async () => {
+    const fn = lambdaProcess(FIXTURE, ['echo', 'slow']);
+    try {
+      expect(fn.kill()).toBe(-1); // none started yet
+      const first = ((await fn.handlers.echo({})) as { pid: number }).pid;
+      const running = [fn.handlers.slow({ ms: 60_000 }), fn.handlers.slow({ ms: 60_000 })];
+      await new Promise((r) => setTimeout(r, 200));
+      expect(fn.kill()).toBe(2);
+      // The next invocation starts a new process at once, while the killed one may still be exiting.
+      const next = fn.handlers.slow({ ms: 300 });
+      for (const p of running) await expect(p).rejects.toThrow(/exited \(SIGKILL\) during the invocation/);
+      const pid = (await next) as number;
+      expect(pid).not.toBe(first);
+      expect(fn.kill()).toBe(0);
+    } finally {
+      await fn.stop();
+    }
+  });
 });
