@@ -6,7 +6,8 @@ import { LivesyncStack } from '../lib/livesync-stack';
 const app = new App();
 // `cdk deploy -c backupBuckets=my-backups,other` lets the seed workflow read backups there;
 // `-c recoveryBuckets=my-recoveries` lets the recovery workflow write raw images there;
-// `-c agentTrustAnchors=arn:…:trust-anchor/…` limits the agent role to those IAM Roles Anywhere trust anchors.
+// `-c agentTrustAnchors=arn:…:trust-anchor/…` limits the agent role to those IAM Roles Anywhere trust anchors;
+// `-c operatorPrincipals=arn:…:role/…` names who may take the operator role (default: the account decides).
 const backupBuckets = String(app.node.tryGetContext('backupBuckets') ?? '');
 const recoveryBuckets = String(app.node.tryGetContext('recoveryBuckets') ?? '');
 const names = (list: string): string[] => list.split(',').map((b) => b.trim()).filter(Boolean);
@@ -15,6 +16,7 @@ new LivesyncStack(app, 'Livesync', {
   backupBucketNames: names(backupBuckets),
   recoveryBucketNames: names(recoveryBuckets),
   agentTrustAnchorArns: names(String(app.node.tryGetContext('agentTrustAnchors') ?? '')),
+  operatorPrincipalArns: names(String(app.node.tryGetContext('operatorPrincipals') ?? '')),
 });
 // cdk-nag 3 is a policy-validation plugin (not an Aspect): any unacknowledged finding fails
 // synth. The acknowledgements are also written into the template as `cdk_nag` metadata.

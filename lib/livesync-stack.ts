@@ -1,10 +1,12 @@
 import { CfnOutput, Stack, StackProps, Token, Validations } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { InvalidArgumentError } from '../core/errors';
 import { AgentAccess } from './agent-access';
+import { OperatorAccess } from './operator-access';
 import { ApplyPipeline } from './apply-pipeline';
 import { CompactionWorkflow } from './compaction-workflow';
 import { AGENT_PAIR_TAG, LAMBDA_ARCHITECTURE_CONTEXT, PAIRS_PREFIX, RECOVERIES_PREFIX } from './names';
@@ -31,6 +33,8 @@ export interface LivesyncStackProps extends StackProps {
   readonly objectLock?: ObjectLockOption;
   /** IAM Roles Anywhere trust anchors whose host certificates may take the agent role. @default any of this account's */
   readonly agentTrustAnchorArns?: string[];
+  /** Users or roles (ARNs) that may take the operator role. @default this account's (its IAM policies decide) */
+  readonly operatorPrincipalArns?: string[];
 }
 
 
@@ -41,6 +45,7 @@ export class LivesyncStack extends Stack {
   readonly compaction: CompactionWorkflow;
   readonly recovery: RecoveryWorkflow;
   readonly agents: AgentAccess;
+  readonly operators: OperatorAccess;
 
   constructor(scope: Construct, id: string, props: LivesyncStackProps = {}) {
     super(scope, id, props);
@@ -66,6 +71,11 @@ export class LivesyncStack extends Stack {
     // The source's writes are create-only and only GC deletes, whatever any role's grants say.
     this.store.protectHistory(this.compaction.gcFunction.role!);
     this.agents = new AgentAccess(this, 'Agents', { store: this.store, trustAnchorArns: props.agentTrustAnchorArns?.length ? props.agentTrustAnchorArns : undefined });
+    this.operators = new OperatorAccess(this, 'Operators', {
+      store: this.store,
+      workflows: [this.seed.stateMachine, this.compaction.stateMachine, this.recovery.stateMachine],
+      principalArns: props.operatorPrincipalArns,
+    });
 
     new CfnOutput(this, 'BucketName', { value: this.store.bucket.bucketName });
     new CfnOutput(this, 'TableName', { value: this.store.table.tableName });
@@ -76,6 +86,7 @@ export class LivesyncStack extends Stack {
     new CfnOutput(this, 'RecoveryStateMachineArn', { value: this.recovery.stateMachine.stateMachineArn });
     new CfnOutput(this, 'AgentRoleArn', { value: this.agents.role.roleArn });
     new CfnOutput(this, 'AgentProfileArn', { value: this.agents.profile.attrProfileArn });
+    new CfnOutput(this, 'OperatorRoleArn', { value: this.operators.role.roleArn });
 
     this.acknowledgeNagFindings(props.backupBucketNames ?? [], props.recoveryBucketNames ?? []);
   }
@@ -165,6 +176,21 @@ export class LivesyncStack extends Stack {
       { id: agentObjects('journal/*'), reason: "PutObject of the agent's own pair's batches (the pair is its certificate's CN), create-only by the bucket policy; batch keys carry the seq." },
       { id: agentObjects('backups/*'), reason: "PutObject of the agent's own pair's backups (the pair is its certificate's CN), create-only by the bucket policy." },
       { id: agentObjects('*'), reason: "Read-only s3:GetObject of the agent's own pair's objects (start-up and the comparison with the replica read its journal and history)." },
+    );
+    const region = Token.isUnresolved(this.region) ? '<AWS::Region>' : this.region;
+    const account = Token.isUnresolved(this.account) ? '<AWS::AccountId>' : this.account;
+    const tableId = this.getLogicalId(this.store.table.node.defaultChild as dynamodb.CfnTable);
+    Validations.of(this.operators.role).acknowledge(
+      { id: pairsObjects, reason: `Read-only s3:GetObject under ${PAIRS_PREFIX}: recovery and export read the history of any pair, and pairs are created at run time.` },
+      { id: `AwsSolutions-IAM5[Resource::<${bucketId}.Arn>/${PAIRS_PREFIX}*/recoveries/ebs/*]`, reason: "PutObject of the records of the CLI's own EBS recoveries (the next one starts from them), for pairs created at run time." },
+      { id: `AwsSolutions-IAM5[Resource::<${tableId}.Arn>/index/*]`, reason: 'Queries of the table\'s indexes (ACRPs by tag, pairs), which CDK names by wildcard.' },
+      ...[this.seed.stateMachine, this.compaction.stateMachine, this.recovery.stateMachine].map((m) => ({
+        id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:${region}:${account}:execution:{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"${this.getLogicalId(m.node.defaultChild as sfn.CfnStateMachine)}"}]}]}:*]`,
+        reason: 'DescribeExecution of the runs the CLI started, named at run time.',
+      })),
+      { id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:${region}::snapshot/*]`, reason: '`recover --to ebs` from the CLI: the EBS direct APIs on the snapshot it starts, whose id EBS chooses at run time; CreateVolume and RegisterImage from it.' },
+      { id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:${region}:${account}:volume/*]`, reason: 'CreateVolume (and its tags at creation) from a recovered snapshot, for an operator who asks; the volume id is chosen at run time.' },
+      { id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:${region}::image/*]`, reason: 'RegisterImage from a recovered snapshot, for an operator who asks; the image id is chosen at run time.' },
     );
     const machine = this.seed.stateMachine;
     Validations.of(machine.role).acknowledge(

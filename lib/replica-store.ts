@@ -297,8 +297,20 @@ export class ReplicaStore extends Construct {
     }
   }
 
-  /** For CLI / operator roles (never Lambda): read/write `pairs/*` objects and all items. */
+  /** For the operator's role (lib/operator-access.ts; never a Lambda): reads of `pairs/*`, its recoveries' records, and the items. */
   grantOperator(grantee: iam.IGrantable): iam.Grant[] {
-    return [this.bucket.grantReadWrite(grantee, `${PAIRS_PREFIX}*`), this.table.grantReadWriteData(grantee)];
+    return [
+      // Reads of every pair; writes only of what the CLI records (a recovery's snapshot sums); never a delete.
+      iam.Grant.addToPrincipal({ grantee, actions: ['s3:GetObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*`)] }),
+      iam.Grant.addToPrincipal({ grantee, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/recoveries/ebs/*`)] }),
+      iam.Grant.addToPrincipal({ grantee, actions: ['s3:ListBucket'], resourceArns: [this.bucket.bucketArn], conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`] } } }),
+      // Items: pairs, RPs, pins, operations, recovery runs; and its reader leases, which it
+      // deletes when a recovery or an export ends. No BatchWriteItem (GC's) and no scan.
+      iam.Grant.addToPrincipal({
+        grantee,
+        actions: ['dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:ConditionCheckItem', 'dynamodb:DeleteItem'],
+        resourceArns: [this.table.tableArn, `${this.table.tableArn}/index/*`],
+      }),
+    ];
   }
 }

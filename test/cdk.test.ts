@@ -265,9 +265,12 @@ describe('LivesyncStack', () => {
     const roleIds = Object.keys(template.findResources('AWS::IAM::Role'));
     const gcRole = ref(stack.compaction.gcFunction.role as iam.Role);
     const deletes = (a: string): boolean => /^s3:(DeleteObject|\*)|^dynamodb:(DeleteItem|BatchWriteItem|\*)$|^s3:\*$/.test(a);
+    const operatorRole = ref(stack.operators.role);
     for (const id of roleIds.filter((r) => r !== gcRole)) {
       const actions = statementsOf(id).flatMap((st) => [st.Action].flat());
-      expect({ role: id, deletes: actions.filter(deletes) }).toEqual({ role: id, deletes: [] });
+      // The operator's CLI deletes its own reader leases (items) when a recovery or an export ends; no object, no batch of items.
+      const allowed = id === operatorRole ? ['dynamodb:DeleteItem'] : [];
+      expect({ role: id, deletes: actions.filter(deletes) }).toEqual({ role: id, deletes: allowed });
     }
     const gcDeletes = statementsOf(gcRole).filter((st) => [st.Action].flat().includes('s3:DeleteObject'));
     expect(gcDeletes).toEqual([
@@ -330,6 +333,28 @@ describe('LivesyncStack', () => {
     const trust = (Template.fromStack(anchored).findResources('AWS::IAM::Role')[anchored.getLogicalId(anchored.agents.role.node.defaultChild as iam.CfnRole)] as any).Properties.AssumeRolePolicyDocument.Statement[0];
     expect(trust.Condition.ArnEquals).toEqual({ 'aws:SourceArn': ['arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/ta1'] });
     expect(trust.Condition.StringEquals).toBeUndefined();
+  });
+
+  test('operator role: its own, taken by this account (or the principals named), reads every pair, writes only its recoveries\' records, deletes no object; starts and watches the workflows', () => {
+    const operatorRole = ref(stack.operators.role);
+    expect(operatorRole).not.toBe(ref(stack.agents.role));
+    const role = template.findResources('AWS::IAM::Role')[operatorRole] as any;
+    expect(role.Properties.MaxSessionDuration).toBe(3600);
+    expect(role.Properties.AssumeRolePolicyDocument.Statement).toEqual([expect.objectContaining({ Action: 'sts:AssumeRole', Principal: { AWS: expect.objectContaining({ 'Fn::Join': expect.anything() }) } })]);
+    const statements = Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p: any) => p.Properties.Roles.some((r: any) => r.Ref === operatorRole))
+      .flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+    const actions = statements.flatMap((st: any) => [st.Action].flat());
+    expect(actions.filter((a: string) => a.startsWith('s3:')).sort()).toEqual(['s3:GetObject', 's3:ListBucket', 's3:PutObject']);
+    const puts = statements.filter((st: any) => [st.Action].flat().includes('s3:PutObject')).flatMap((st: any) => [st.Resource].flat());
+    expect(puts).toEqual([{ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, '/pairs/*/recoveries/ebs/*']] }]);
+    expect(actions).toEqual(expect.arrayContaining(['states:StartExecution', 'states:DescribeExecution', 'ebs:PutSnapshotBlock', 'ec2:CreateVolume', 'ec2:RegisterImage']));
+    expect(actions.filter((a: string) => /^s3:Delete|^s3:\*|^s3:PutBucket|^iam:/.test(a))).toEqual([]);
+    template.hasOutput('OperatorRoleArn', {});
+    // Principals named at deploy time instead of the account.
+    const named = new LivesyncStack(newApp(), 'Named', { operatorPrincipalArns: ['arn:aws:iam::111122223333:role/dr-team'] });
+    const trust = (Template.fromStack(named).findResources('AWS::IAM::Role')[named.getLogicalId(named.operators.role.node.defaultChild as iam.CfnRole)] as any).Properties.AssumeRolePolicyDocument.Statement[0];
+    expect(trust.Principal).toEqual({ AWS: 'arn:aws:iam::111122223333:role/dr-team' });
   });
 
   test('recovery: start → a Distributed Map over the ranges → finish, failures recorded; its roles write only recoveries (never journal or history), read pairs/*, and the EBS direct APIs', () => {
