@@ -14,6 +14,13 @@ export const MAX_EXTENT_BLOCKS = 256;
 /** A zero extent has no payload, so one entry may cover up to 2^32 − 1 blocks (16 TiB). */
 export const MAX_ZERO_EXTENT_BLOCKS = 0xffffffff;
 export const FORMAT_VERSION = 1;
+/**
+ * The most data (decompressed, zero extents aside) a batch may hold: 4 × the apply path's
+ * 32 MiB object cap, and 4 × what a writer cuts at its default (its raw bound is 32 MiB). It
+ * bounds the work a decoder does for one object, whatever its extents claim (1 MiB of zstd
+ * can be ~30 bytes: a 32 MiB object could otherwise make it decompress ~1 TiB).
+ */
+export const MAX_BATCH_DATA_BYTES = 128 * 1024 * 1024;
 
 export const BATCH_FLAGS = {
   /** The batch ends at an application-consistent point (an ACRP); the header carries its tag. */
@@ -234,6 +241,9 @@ export function decodeBatch(buf: Buffer, where: string): DecodedBatch {
     throw new BatchError('MALFORMED', where, `index at ${trailer.indexOffset} with ${trailer.extentCount} entries does not end at the trailer (${indexEnd})`);
   }
   const extents = decodeIndex(buf.subarray(trailer.indexOffset, indexEnd), trailer, header.disks.length, where);
+  let claimed = 0;
+  for (const e of extents) if (!(e.flags & EXTENT_FLAGS.ZERO)) claimed += e.blockCount * BLOCK_SIZE;
+  if (claimed > MAX_BATCH_DATA_BYTES) throw new BatchError('MALFORMED', where, `extents hold ${claimed} bytes of data, over the limit of ${MAX_BATCH_DATA_BYTES}`);
   let expectedOffset = headerLen;
   let dataBytes = 0;
   for (const [i, e] of extents.entries()) {

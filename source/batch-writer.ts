@@ -3,7 +3,7 @@
 // The NBD agent sits on top of this.
 
 import type { BodyPool } from './body-pool';
-import { BATCH_FLAGS, BLOCK_SIZE, batchObjectCrc32c, encodeBatchAsync, type BatchHeader, type ExtentInput } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, batchObjectCrc32c, encodeBatchAsync, MAX_BATCH_DATA_BYTES, type BatchHeader, type ExtentInput } from '../core/batch-format';
 import { CompressionGate } from '../core/compression-gate';
 import { InvalidArgumentError } from '../core/errors';
 import { checkAppTag, checkDiskName, checkPairId, journalKey } from '../core/keys';
@@ -271,7 +271,8 @@ export class BatchWriter {
       for (const x of m.slice(-2)) if (x.raw >= this.o.maxBatchBytes / 4) r = Math.max(r, x.stored / x.raw);
       const maxK = Math.floor(this.o.maxRawBatchBytes / this.o.maxBatchBytes);
       const k = Math.max(1, Math.min(maxK, Math.floor(1 / r)));
-      this.batchLimit = k * this.o.maxBatchBytes;
+      // Never past what a decoder accepts, whatever the options (core/batch-format.ts).
+      this.batchLimit = Math.min(k * this.o.maxBatchBytes, MAX_BATCH_DATA_BYTES);
     }
     return this.batchLimit;
   }

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { BATCH_FLAGS, BLOCK_SIZE, decodeBatch, decodeExtent, encodeBatch, type BatchHeader, type ExtentInput } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, decodeBatch, decodeExtent, encodeBatch, MAX_BATCH_DATA_BYTES, type BatchHeader, type ExtentInput } from '../core/batch-format';
 import { BatchError } from '../core/errors';
 import { crc32c } from '../core/crc32c';
 
@@ -88,6 +88,16 @@ describe('batch format', () => {
     expect(catchError(() => decodeBatch(Buffer.concat([buf, Buffer.from('xx')]), 'b'))).toMatchObject({ code: 'TRUNCATED' });
     expect(catchError(() => decodeBatch(Buffer.alloc(4096, 0x41), 'b'))).toMatchObject({ code: 'TRUNCATED' });
     expect(catchError(() => decodeBatch(Buffer.alloc(0), 'b'))).toMatchObject({ code: 'TRUNCATED', message: expect.stringContaining('batch b') });
+  });
+
+  test('a small object whose extents claim more than MAX_BATCH_DATA_BYTES of data is refused before any is decompressed', () => {
+    // 1 MiB of one byte compresses to a few dozen bytes: 129 such extents would be 129 MiB to decompress.
+    const mib = Buffer.alloc(256 * BLOCK_SIZE, 7);
+    const extents = (n: number): ExtentInput[] => Array.from({ length: n }, (_, i) => ({ disk: 0, blockIndex: i * 256, data: mib }));
+    const over = encodeBatch(header(), extents(MAX_BATCH_DATA_BYTES / mib.length + 1));
+    expect(over.length).toBeLessThan(64 * 1024);
+    expect(catchError(() => decodeBatch(over, 'b'))).toMatchObject({ code: 'MALFORMED', reason: expect.stringContaining(`over the limit of ${MAX_BATCH_DATA_BYTES}`) });
+    expect(decodeBatch(encodeBatch(header(), extents(MAX_BATCH_DATA_BYTES / mib.length)), 'b').dataBytes).toBe(MAX_BATCH_DATA_BYTES);
   });
 
   test('a 64-bit field beyond 2^53 is refused as malformed, one just below decodes', () => {
