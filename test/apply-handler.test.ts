@@ -3,7 +3,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SQSBatchResponse, SQSEvent } from 'aws-lambda';
+import { journalKey } from '../core/keys';
 import { encodeRpCheck } from '../core/rp-timer';
+import { MAX_BATCH_OBJECT_BYTES } from '../replica/apply';
+import { createPair } from '../replica/pairs';
+import { cloud, journalBatches, newPairId } from './helpers';
 
 describe('apply handler event parsing', () => {
   const sample = JSON.parse(readFileSync(join(__dirname, '../events/s3-journal-put.sqs.json'), 'utf8')) as SQSEvent;
@@ -41,5 +45,27 @@ describe('apply handler event parsing', () => {
     const message = (messageId: string, body: string) => ({ ...sample.Records[0], messageId, body });
     const out = await handler({ Records: [message('ok', check), message('bad', '{"kind":"rp-check","pairId":"p"}')] });
     expect(out.batchItemFailures).toEqual([{ itemIdentifier: 'bad' }]);
+  });
+
+  test('one invocation, several pairs: a malformed message and an oversized object fail or quarantine only themselves; the other pair\'s batch applies', async () => {
+    const c = cloud();
+    const disks = [{ name: 'd0', sizeBytes: 1024 * 1024 }];
+    const good = newPairId('hgood');
+    const other = newPairId('hbig');
+    await createPair(c.index, { pairId: good, disks });
+    await createPair(c.index, { pairId: other, disks });
+    const [key] = await journalBatches(c.store, good, disks, 1);
+    const big = journalKey(other, 1);
+    await c.store.put(big, Buffer.alloc(MAX_BATCH_OBJECT_BYTES + 1), { createOnly: true });
+    const s3Message = (messageId: string, k: string) => {
+      const record = JSON.parse(sample.Records[0].body).Records[0];
+      record.s3.object.key = encodeURIComponent(k).replace(/%2F/g, '/');
+      record.s3.bucket.name = c.bucket;
+      return { ...sample.Records[0], messageId, body: JSON.stringify({ Records: [record] }) };
+    };
+    const out = await handler({ Records: [{ ...sample.Records[0], messageId: 'garbled', body: 'not json' }, s3Message('oversized', big), s3Message('good', key)] });
+    expect(out.batchItemFailures).toEqual([{ itemIdentifier: 'garbled' }]);
+    expect((await c.index.getPair(good))?.watermark).toBe(1);
+    expect((await c.index.listQuarantine(other)).map((q) => ({ key: q.key, code: q.code }))).toEqual([{ key: big, code: 'MALFORMED' }]);
   });
 });
