@@ -78,10 +78,18 @@ export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter, Par
     return keys;
   }
 
-  async get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, maxBytes?: number, versionId?: string): Promise<Buffer> {
+    return (await this.read(key, range, maxBytes, versionId)).body;
+  }
+
+  async getVersion(key: string, maxBytes?: number): Promise<{ body: Buffer; versionId?: string }> {
+    return this.read(key, undefined, maxBytes);
+  }
+
+  private async read(key: string, range?: ByteRange, maxBytes?: number, versionId?: string): Promise<{ body: Buffer; versionId?: string }> {
     try {
       const out = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: range ? `bytes=${range.start}-${range.end - 1}` : undefined }),
+        new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: range ? `bytes=${range.start}-${range.end - 1}` : undefined, VersionId: versionId }),
       );
       if (maxBytes !== undefined && (out.ContentLength ?? 0) > maxBytes) {
         await out.Body!.transformToWebStream().cancel(); // do not read it into memory
@@ -93,9 +101,10 @@ export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter, Par
       if (range && body.length !== range.end - range.start) {
         throw new Error(`short read of ${key} ${range.start}-${range.end}: got ${body.length} bytes`);
       }
-      return body;
+      // An unversioned bucket answers no version id (or "null", for objects written before versioning).
+      return { body, versionId: out.VersionId && out.VersionId !== 'null' ? out.VersionId : undefined };
     } catch (err) {
-      if (err instanceof NoSuchKey || (err as { name?: string }).name === 'NoSuchKey') throw new ObjectNotFoundError(key);
+      if (err instanceof NoSuchKey || (err as { name?: string }).name === 'NoSuchKey' || (err as { name?: string }).name === 'NoSuchVersion') throw new ObjectNotFoundError(key);
       throw err;
     }
   }

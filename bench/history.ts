@@ -133,9 +133,9 @@ class MeteredStore implements ObjectStore, KeyLister, ObjectDeleter {
     add(this.c, `s3.put_bytes.${keyKind(key)}`, body.length);
     await this.inner.put(key, body, opts);
   }
-  async get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, maxBytes?: number, versionId?: string): Promise<Buffer> {
     add(this.c, 's3.get');
-    const b = await this.inner.get(key, range, maxBytes);
+    const b = await this.inner.get(key, range, maxBytes, versionId);
     add(this.c, `s3.get_bytes.${keyKind(key)}`, b.length);
     return b;
   }
@@ -222,11 +222,11 @@ class LatencyStore implements ObjectStore {
   gets = 0;
   bytes = 0;
   constructor(private readonly inner: Pick<ObjectStore, 'get'>) {}
-  async get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, maxBytes?: number, versionId?: string): Promise<Buffer> {
     if (this.active >= IN_FLIGHT) await new Promise<void>((r) => this.waiting.push(r));
     this.active++;
     try {
-      const b = await this.inner.get(key, range, maxBytes);
+      const b = await this.inner.get(key, range, maxBytes, versionId);
       this.gets++;
       this.bytes += b.length;
       await new Promise((r) => setTimeout(r, FIRST_BYTE_MS + b.length / GET_BYTES_PER_MS));

@@ -101,6 +101,12 @@ export interface BatchRecord {
    * it was recorded.
    */
   sha256?: string;
+  /**
+   * The S3 version apply read, when the bucket is versioned (Object Lock): every later read
+   * of the batch (compaction, recovery) asks for that version, so an object written over the
+   * key later (which the bucket policy refuses anyway) cannot stand in for it.
+   */
+  versionId?: string;
   firstWriteMs: number;
   cutMs: number;
   flags: number;

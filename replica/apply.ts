@@ -131,7 +131,7 @@ export class ApplyService {
     if (!parsed) return this.ignore(key, 'not a journal key');
     const { pair: pairId, seq } = parsed;
     // The object is read while the pair is (each is a round trip; neither needs the other).
-    const got = settle(this.store.get(key, undefined, this.maxObjectBytes));
+    const got = settle(this.store.getVersion ? this.store.getVersion(key, this.maxObjectBytes) : this.store.get(key, undefined, this.maxObjectBytes).then((body) => ({ body, versionId: undefined })));
     const pair = await this.index.getPair(pairId);
     if (!pair) return this.ignore(key, `unknown pair '${pairId}'`, pairId, seq);
     // Folded into the history already: a redelivery after GC collected its BATCH# item.
@@ -149,11 +149,11 @@ export class ApplyService {
       if (err instanceof ObjectTooLargeError) return this.quarantine(pair, seq, key, 'MALFORMED', err.message);
       throw err;
     }
-    const body = read.value;
+    const { body, versionId } = read.value;
 
     let record: BatchRecord;
     try {
-      record = toRecord(key, body, validate(decodeBatch(body, key), pair, seq, key), this.now());
+      record = toRecord(key, body, versionId, validate(decodeBatch(body, key), pair, seq, key), this.now());
     } catch (err) {
       if (!(err instanceof BatchError)) throw err;
       return this.quarantine(pair, seq, key, err.code, err.reason);
@@ -332,7 +332,7 @@ function validate(b: DecodedBatch, pair: Pair, keySeq: number, where: string): D
   return b;
 }
 
-function toRecord(key: string, body: Buffer, b: DecodedBatch, nowMs: number): BatchRecord {
+function toRecord(key: string, body: Buffer, versionId: string | undefined, b: DecodedBatch, nowMs: number): BatchRecord {
   const h = b.header;
   return {
     seq: h.seq,
@@ -340,6 +340,7 @@ function toRecord(key: string, body: Buffer, b: DecodedBatch, nowMs: number): Ba
     sizeBytes: body.length,
     objectCrc: b.trailer.objectCrc,
     sha256: batchSha256(body),
+    ...(versionId === undefined ? {} : { versionId }),
     firstWriteMs: h.firstWriteMs,
     cutMs: h.cutMs,
     flags: h.flags,

@@ -128,7 +128,7 @@ export async function compactOnce(deps: CompactorDeps, pairId: string, opts: Com
     // The L0: every folded batch read whole and verified; its versions per range.
     const l0 = new Map<RangeId, Version[]>();
     const bodies = await mapLimit(folded, concurrency, async (b) => {
-      const body = await store.get(b.key);
+      const body = await store.get(b.key, undefined, undefined, b.versionId);
       stats.readBytes += body.length;
       checkAppliedBatch(body, b);
       return body;

@@ -42,8 +42,17 @@ export interface ObjectStore {
    */
   readonly freshReads?: boolean;
   put(key: string, body: Buffer, opts?: PutOptions): Promise<void>;
-  /** Reads an object or a range of it; with `maxBytes`, a larger object throws ObjectTooLargeError unread. */
-  get(key: string, range?: ByteRange, maxBytes?: number): Promise<Buffer>;
+  /**
+   * Reads an object or a range of it; with `maxBytes`, a larger object throws
+   * ObjectTooLargeError unread. With `versionId`, that version of it (a versioned bucket
+   * keeps every version: what apply read stays readable whatever is written over the key).
+   */
+  get(key: string, range?: ByteRange, maxBytes?: number, versionId?: string): Promise<Buffer>;
+  /**
+   * Reads the current object and says which version it read: the id S3 gives when the bucket
+   * is versioned (Object Lock), else undefined. Stores without versions may leave it out.
+   */
+  getVersion?(key: string, maxBytes?: number): Promise<{ body: Buffer; versionId?: string }>;
   /** Streams a large object (multipart where the backend has it). */
   upload(key: string, body: Readable): Promise<void>;
   /** The object's size, or undefined when there is no such object. */

@@ -458,14 +458,14 @@ async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats): Prom
   const len = b.extentCount * 32 + TRAILER_SIZE;
   let tail: Buffer;
   if (b.sha256 !== undefined) {
-    const whole = await store.get(b.key);
+    const whole = await store.get(b.key, undefined, undefined, b.versionId);
     stats.gets++;
     stats.bytesRead += whole.length;
     if (whole.length !== b.sizeBytes) throw new CorruptExtentError(b.key, `is ${whole.length} bytes, batch ${b.seq} was ${b.sizeBytes} when it was applied`);
     checkAppliedBatch(whole, b);
     tail = whole.subarray(b.sizeBytes - len);
   } else {
-    tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes });
+    tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes }, undefined, b.versionId);
     stats.gets++;
     stats.bytesRead += tail.length;
   }
@@ -562,7 +562,7 @@ async function fillWindow(
   });
   const extentSpan = (q: Piece<ExtentRef>): [number, number] => [q.ref.entry.payloadOffset, q.ref.entry.payloadOffset + q.ref.entry.payloadLength];
   const extentReads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs, extentSpan)).map((r) => async () => {
-    const bytes = await store.get(r.key, { start: r.start, end: r.end });
+    const bytes = await store.get(r.key, { start: r.start, end: r.end }, undefined, byObject.get(r.key)![0].ref.batch.versionId);
     stats.gets++;
     stats.bytesRead += bytes.length;
     await placeEntries(
