@@ -13,7 +13,7 @@ import { createPair } from '../../replica/pairs';
 import { sleep } from '../../replica/concurrency';
 import { randInt } from '../../source/workload';
 import { newPairId } from '../helpers';
-import { applyQueueDrained, checkExact, count, expectHealthy, KiB, MiB, ModelSource, pattern, sendEvent, underEdgeFaults, untilWatermark, type Trial } from './common';
+import { applyQueueDrained, checkExact, count, expectHealthy, KiB, MiB, ModelSource, pattern, retried, sendEvent, underEdgeFaults, untilWatermark, upload, type Trial } from './common';
 
 const DISKS = [
   { name: 'd0', sizeBytes: 4 * MiB },
@@ -66,7 +66,7 @@ export async function events(t: Trial): Promise<string> {
   const pairId = await newPair(t, 'fc-events');
   const mem = new MemoryObjectStore();
   const src = new ModelSource(pairId, DISKS, mem);
-  const n = randInt(t.r, 6, 16);
+  const n = randInt(t.r, 4, 12);
   for (let i = 0; i < n; i++) await src.batch(t.r);
   await src.writer.close();
   const objects = [...mem.objects].map(([key, body]) => ({ key, body }));
@@ -75,7 +75,7 @@ export async function events(t: Trial): Promise<string> {
   let dups = 0;
   await underEdgeFaults(t, async () => {
     for (const i of order) {
-      await t.c.store.put(objects[i].key, objects[i].body, { createOnly: true });
+      await upload(t, objects[i].key, objects[i].body);
       if (t.r() < 0.3) {
         dups++;
         await sendEvent(t, objects[i].key, objects[i].body.length);
@@ -125,14 +125,19 @@ export async function badBatches(t: Trial): Promise<string> {
   const inject = async (kind: Bad, seq: number): Promise<void> => {
     const body = badBody(t, kind, good[seq - 1].body, pairId, seq);
     const key = journalKey(pairId, seq);
-    await t.c.store.put(key, body, { createOnly: true });
+    await upload(t, key, body);
     injected.push(key);
     count(t, `${kind}_batch`);
     if (kind === 'overwritten') {
       // Over the good object itself: the store refuses (create-only), nothing is replaced.
-      const refused = await putOnce(t.c.store, good[seq - 1].key, body).then(
-        () => false,
-        (err: Error) => err instanceof ObjectExistsError || err instanceof ObjectConflictError,
+      const refused = await retried('the overwrite attempt', () =>
+        putOnce(t.c.store, good[seq - 1].key, body).then(
+          () => false,
+          (err: Error) => {
+            if (err instanceof ObjectExistsError || err instanceof ObjectConflictError) return true;
+            throw err; // an injected 503: try again
+          },
+        ),
       );
       if (!refused) throw new Error(`pair '${pairId}': an overwrite of ${good[seq - 1].key} was not refused`);
     }
@@ -141,7 +146,7 @@ export async function badBatches(t: Trial): Promise<string> {
   await underEdgeFaults(t, async () => {
     for (const g of good) {
       for (const p of plan) if (p.seq === g.seq && p.first && p.kind !== 'overwritten') await inject(p.kind, p.seq);
-      await t.c.store.put(g.key, g.body, { createOnly: true });
+      await upload(t, g.key, g.body);
     }
     await untilWatermark(t, pairId, n);
     for (const p of plan) if (!p.first || p.kind === 'overwritten') await inject(p.kind, p.seq);

@@ -9,6 +9,7 @@ import { BLOCK_SIZE } from '../../core/batch-format';
 import type { DiskSpec, RecoveryPoint } from '../../core/model';
 import type { LocalStack } from '../../local/stack';
 import { sleep } from '../../replica/concurrency';
+import { putOnce } from '../../replica/put-once';
 import { BatchWriter } from '../../source/batch-writer';
 import { randInt, type Rng } from '../../source/workload';
 import { firstDifference, recover, SourceModel } from '../helpers';
@@ -98,6 +99,15 @@ export async function retried<T>(what: string, step: () => Promise<T>, attempts 
       await sleep(100 * i);
     }
   }
+}
+
+/**
+ * PUTs a journal object as a source does: create-only, retried until it lands (an injected
+ * 503 that outlasted the SDK's retries is retried again; a retry whose first attempt landed
+ * finds its own bytes: replica/put-once.ts).
+ */
+export async function upload(t: Trial, key: string, body: Buffer): Promise<void> {
+  await retried(`the upload of ${key}`, () => putOnce(t.c.store, key, body));
 }
 
 /** Every live RP of the pair (pinned or not expired), in seq order. */

@@ -79,7 +79,7 @@ export async function compactionKill(t: Trial): Promise<string> {
  * checked after each unit and each GC.
  */
 export async function historyCrash(t: Trial): Promise<string> {
-  const { pairId, src } = await pairWithBatches(t, 'fc-history', randInt(t.r, 4, 16));
+  const { pairId, src } = await pairWithBatches(t, 'fc-history', randInt(t.r, 3, 12));
   let units = 0;
   let checks = 0;
   const steps = randInt(t.r, 2, 6);

@@ -51,6 +51,13 @@ async function main(): Promise<number> {
   const dir = await mkdtemp(join(tmpdir(), 'livesync-faults-'));
   const log = (msg: string): void => void process.stderr.write(`[faults] ${msg}\n`);
   const stack = await startLocalStack({ dir: join(dir, 'stack'), applyProcess: true, log });
+  // Ctrl-C (or a kill) stops the stack and its processes, not only this one.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      log(`${signal}: stopping the stack`);
+      void stack.stop().finally(() => rm(dir, { recursive: true, force: true }).finally(() => process.exit(130)));
+    });
+  }
   const c = rpStoreFromEnv();
   const tally: Tally = { faults: {}, realKills: 0, rpsChecked: 0, rpsBitExact: 0, writesLost: 0 };
   const byKind: Record<string, number> = {};
