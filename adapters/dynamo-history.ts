@@ -200,8 +200,9 @@ export class DynamoHistory implements HistoryIndex {
     }
   }
 
-  async deleteReaderLease(pairId: string, id: string): Promise<void> {
-    await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: pairPk(pairId), sk: `${LEASE_PREFIX}${id}` } }));
+  async releaseReaderLease(pairId: string, id: string, nowMs: number): Promise<void> {
+    // A renewal to now, on the same conditions: it never creates an item nor revives a lapsed lease.
+    await this.renewReaderLease(pairId, id, nowMs, nowMs);
   }
 
   async listReaderLeases(pairId: string, nowMs: number): Promise<ReaderLease[]> {

@@ -116,8 +116,8 @@ export class MemoryHistory implements HistoryIndex {
     return true;
   }
 
-  async deleteReaderLease(pairId: string, id: string): Promise<void> {
-    this.pair(pairId).readers.delete(id);
+  async releaseReaderLease(pairId: string, id: string, nowMs: number): Promise<void> {
+    await this.renewReaderLease(pairId, id, nowMs, nowMs);
   }
 
   async listReaderLeases(pairId: string, nowMs: number): Promise<ReaderLease[]> {

@@ -182,7 +182,7 @@ const DDB_COSTS: Record<string, DdbCost> = {
   // ConditionCheck + HISTORY + VERSION# (removed keys gzipped, ~12.7 bytes each: adapters/dynamo-history.ts) + PAIR, 2 units per KB each.
   publish: (a) => ({ wru: 2 * (3 + Math.max(1, Math.ceil((300 + a[3].removedKeys.length * 12.7) / 1024))) }),
   putReaderLease: () => write1,
-  deleteReaderLease: () => write1,
+  releaseReaderLease: () => write1,
   listReaderLeases: (_a, r) => query(r.length),
   versionsAfter: (_a, r) => ({ rru: Math.max(1, Math.ceil(r.reduce((n: number, v: { removedKeys: string[] }) => n + 300 + v.removedKeys.length * 12.7, 0) / 4096)) }),
   deleteBatchItems: (a) => ({ wru: a[1].length }),

@@ -304,11 +304,11 @@ export class ReplicaStore extends Construct {
       iam.Grant.addToPrincipal({ grantee, actions: ['s3:GetObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*`)] }),
       iam.Grant.addToPrincipal({ grantee, actions: ['s3:PutObject'], resourceArns: [this.bucket.arnForObjects(`${PAIRS_PREFIX}*/recoveries/ebs/*`)] }),
       iam.Grant.addToPrincipal({ grantee, actions: ['s3:ListBucket'], resourceArns: [this.bucket.bucketArn], conditions: { StringLike: { 's3:prefix': [`${PAIRS_PREFIX}*`] } } }),
-      // Items: pairs, RPs, pins, operations, recovery runs; and its reader leases, which it
-      // deletes when a recovery or an export ends. No BatchWriteItem (GC's) and no scan.
+      // Items: pairs, RPs, pins, operations, recovery runs, its reader leases (released by
+      // expiring them: the table's TTL removes them). No delete (GC's) and no scan.
       iam.Grant.addToPrincipal({
         grantee,
-        actions: ['dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:ConditionCheckItem', 'dynamodb:DeleteItem'],
+        actions: ['dynamodb:GetItem', 'dynamodb:BatchGetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:ConditionCheckItem'],
         resourceArns: [this.table.tableArn, `${this.table.tableArn}/index/*`],
       }),
     ];

@@ -285,7 +285,12 @@ export interface HistoryIndex {
    * may then have collected what it held: the reader must start over, never revive it).
    */
   renewReaderLease(pairId: string, id: string, expiresMs: number, nowMs: number): Promise<boolean>;
-  deleteReaderLease(pairId: string, id: string): Promise<void>;
+  /**
+   * Ends a live lease now (its expiry moved to `nowMs`; the table's TTL removes the item later):
+   * a reader that is done gives up what it held without deleting anything (only GC deletes).
+   * A lease that is gone or expired already is left as it is.
+   */
+  releaseReaderLease(pairId: string, id: string, nowMs: number): Promise<void>;
   /** Leases unexpired at nowMs. */
   listReaderLeases(pairId: string, nowMs: number): Promise<ReaderLease[]>;
   /** VERSION# records with version > afterVersion, ascending. */

@@ -300,7 +300,7 @@ async function openHistory(
   try {
     manifest = await manifestAt(await holdHistory(history, pair.pairId, lease, put));
   } catch (err) {
-    await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
+    await history.releaseReaderLease(pair.pairId, lease.id, l.clock()).catch(() => {});
     throw err;
   }
   const renewal = renewEvery(l.ttlMs / 3, put, () => lease.expiresMs, pair.pairId, lease.id, l.clock);
@@ -308,8 +308,8 @@ async function openHistory(
     manifest,
     check: renewal.check,
     async close() {
-      await renewal.stop(); // a renewal in flight lands before the delete, not after it
-      await history.deleteReaderLease(pair.pairId, lease.id).catch(() => {});
+      await renewal.stop(); // a renewal in flight lands before the release, not after it
+      await history.releaseReaderLease(pair.pairId, lease.id, l.clock()).catch(() => {});
     },
   };
 }

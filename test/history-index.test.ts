@@ -190,7 +190,7 @@ describe.each(subjects)('%s', (_name, make) => {
     expect(await s.compactedThrough(p)).toBe(10);
   });
 
-  test('reader leases: put, overwrite by id, listed while unexpired (expiresMs > now), deleted', async () => {
+  test('reader leases: put, overwrite by id, listed while unexpired (expiresMs > now), released (expired now, never revived or created)', async () => {
     const p = await s.newPair();
     await h.putReaderLease(p, { id: 'r1', kind: 'recovery', seq: 5, manifestVersion: 0, expiresMs: 2000 });
     await h.putReaderLease(p, { id: 'r2', kind: 'digests', seq: 7, manifestVersion: 0, expiresMs: 3000 });
@@ -202,9 +202,11 @@ describe.each(subjects)('%s', (_name, make) => {
     expect((await h.listReaderLeases(p, 2500)).map((l) => l.id)).toEqual(['r2']);
     // The compactor's lease is not a reader's.
     await h.acquireCompactor(p, 'a', 1000, 10_000);
-    await h.deleteReaderLease(p, 'r2');
-    await h.deleteReaderLease(p, 'r2');
+    await h.releaseReaderLease(p, 'r2', 1000);
+    await h.releaseReaderLease(p, 'r2', 1200); // lapsed already: left as it is
+    await h.releaseReaderLease(p, 'nobody', 1000); // no such lease: nothing is created
     expect((await h.listReaderLeases(p, 1000)).map((l) => l.id)).toEqual(['r1']);
+    expect(await h.listReaderLeases(p, 999)).toEqual([expect.objectContaining({ id: 'r1' }), expect.objectContaining({ id: 'r2', expiresMs: 1000 })]);
     await expect(h.putReaderLease(p, { id: 'compactor', kind: 'recovery', seq: 1, manifestVersion: 0, expiresMs: 2000 })).rejects.toThrow(InvalidArgumentError);
     await expect(h.putReaderLease(p, { id: 'a/b', kind: 'recovery', seq: 1, manifestVersion: 0, expiresMs: 2000 })).rejects.toThrow(/reader lease id 'a\/b'/);
   });

@@ -173,23 +173,23 @@ const expectModelAt = (seq: number, out: Map<string, Buffer>) => {
 const leases = () => c.history.listReaderLeases(pairId, Date.now());
 
 /** The history index with hooks around the lease calls and HISTORY reads. */
-function spy(h: HistoryIndex, over: Partial<HistoryIndex>): HistoryIndex & { puts: ReaderLease[]; deletes: string[] } {
+function spy(h: HistoryIndex, over: Partial<HistoryIndex>): HistoryIndex & { puts: ReaderLease[]; releases: string[] } {
   const puts: ReaderLease[] = [];
-  const deletes: string[] = [];
+  const releases: string[] = [];
   return {
     ...Object.fromEntries((Object.getOwnPropertyNames(Object.getPrototypeOf(h)) as (keyof HistoryIndex)[]).filter((k) => k !== ('constructor' as string)).map((k) => [k, (h[k] as (...a: unknown[]) => unknown).bind(h)])),
     async putReaderLease(p: string, l: ReaderLease) {
       puts.push({ ...l });
       return over.putReaderLease ? over.putReaderLease(p, l) : h.putReaderLease(p, l);
     },
-    async deleteReaderLease(p: string, id: string) {
-      deletes.push(id);
-      return h.deleteReaderLease(p, id);
+    async releaseReaderLease(p: string, id: string, nowMs: number) {
+      releases.push(id);
+      return h.releaseReaderLease(p, id, nowMs);
     },
     ...(over.getHistory ? { getHistory: over.getHistory } : {}),
     puts,
-    deletes,
-  } as HistoryIndex & { puts: ReaderLease[]; deletes: string[] };
+    releases,
+  } as HistoryIndex & { puts: ReaderLease[]; releases: string[] };
 }
 
 /**
@@ -324,10 +324,10 @@ describe('materialize through the history', () => {
     expect(res.manifestVersion).toBe(1);
     expect(h.puts.map((l) => l.manifestVersion)).toEqual([0, 1]);
     expect(new Set(h.puts.map((l) => l.id)).size).toBe(1); // one lease, moved
-    expect(h.deletes).toEqual([h.puts[0].id]);
+    expect(h.releases).toEqual([h.puts[0].id]);
   });
 
-  test('the lease is renewed while reading; a renewal that fails stops the read and the lease is deleted', async () => {
+  test('the lease is renewed while reading; a renewal that fails stops the read and the lease is released', async () => {
     const ok = spy(c.history, {});
     await recoverAt(6, { history: ok, leaseTtlMs: 1500 }, () => new Promise((r) => setTimeout(r, 600)));
     expect(ok.puts.length).toBeGreaterThan(2);
@@ -341,7 +341,7 @@ describe('materialize through the history', () => {
       },
     });
     await expect(recoverAt(6, { history: failing, leaseTtlMs: 1500 }, () => new Promise((r) => setTimeout(r, 600)))).rejects.toThrow(/reader lease .* could not be renewed: throttled/);
-    expect(failing.deletes.length).toBe(1);
+    expect(failing.releases.length).toBe(1);
     expect(await leases()).toEqual([]);
   });
 
@@ -361,7 +361,7 @@ describe('materialize through the history', () => {
     await expect(recoverAt(8, { only: { disk: 'x', start: 0, end: RANGE } })).rejects.toThrow("pair '" + pairId + "' has no disk 'x'");
   });
 
-  test('a held lease (the workflow run\'s) is renewed only while live, never revived, and not deleted by the read', async () => {
+  test('a held lease (the workflow run\'s) is renewed only while live, never revived, and not released by the read', async () => {
     const head = await c.history.getHistory(pairId);
     const id = 'recovery-held-test';
     await c.history.putReaderLease(pairId, { id, kind: 'recovery', seq: 8, manifestVersion: head.version, expiresMs: Date.now() + 60_000 });
@@ -372,7 +372,7 @@ describe('materialize through the history', () => {
     await c.history.putReaderLease(pairId, { id, kind: 'recovery', seq: 8, manifestVersion: head.version, expiresMs: Date.now() - 1 });
     await expect(recoverAt(8, { heldLease: { id, head } })).rejects.toThrow(ReaderLeaseLostError);
     expect(await leases()).toEqual([]);
-    await c.history.deleteReaderLease(pairId, id);
+    await c.history.releaseReaderLease(pairId, id, Date.now());
     await expect(recoverAt(8, { heldLease: { id, head } })).rejects.toThrow(`reader lease ${id} lapsed`);
   });
 
