@@ -1,7 +1,7 @@
 // The agent's local trust boundaries: by default NBD is served on a Unix socket (0600) in
 // its state directory, which is owner-only like everything in it (spool files 0600, the
 // control socket 0600); the control protocol bounds its request lines; freeze hooks run
-// without the agent's AWS credentials. Real qemu-io over nbd+unix://.
+// without the agent's AWS credentials. Real qemu-io, nbdsh (libnbd) and qemu-img over nbd+unix://.
 
 import { execFile } from 'node:child_process';
 import { createConnection } from 'node:net';
@@ -43,7 +43,7 @@ describe('the agent on its host', () => {
     return { pairId, image };
   }
 
-  (have('qemu-io') ? test : test.skip)('by default it serves NBD on a 0600 Unix socket in its 0700 state directory; qemu-io writes through it; the control socket is 0600 and refuses an endless line; hooks see no AWS_ variable', async () => {
+  (['qemu-io', 'nbdsh', 'qemu-img'].every(have) ? test : test.skip)('by default it serves NBD on a 0600 Unix socket in its 0700 state directory; qemu-io, nbdsh and qemu-img write and read through it; the control socket is 0600 and refuses an endless line; hooks see no AWS_ variable', async () => {
     const c = cloud();
     const { pairId, image } = await pairWithImage('local', 8 * MiB);
     const stateDir = join(dir, 'state');
@@ -61,6 +61,14 @@ describe('the agent on its host', () => {
       const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0x5a ${2 * MiB} ${MiB}`, uri]);
       expect(stdout).toContain(`read ${MiB}/${MiB} bytes`);
       expect(stdout).not.toContain('Pattern verification failed');
+      // nbdsh (libnbd) over the socket: a write at 4 MiB, and qemu-io's pattern read back.
+      const { stdout: py } = await run('nbdsh', ['-u', uri, '-c', `h.pwrite(b'\\x33' * 4096, ${4 * MiB}); print(h.pread(4096, ${2 * MiB}) == b'\\x5a' * 4096)`], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } });
+      expect(py.trim()).toBe('True');
+      // qemu-img copies the whole disk out through it: the image's bytes.
+      const copy = join(dir, 'copy.img');
+      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri, copy]);
+      expect(firstDifference(await readFile(copy), await readFile(image))).toBeUndefined();
+      expect((await readFile(copy)).subarray(4 * MiB, 4 * MiB + 4096).every((b) => b === 0x33)).toBe(true);
 
       // An ACRP: its pre-freeze hook runs without the agent's AWS variables (the stack's endpoints and keys are set here).
       expect(Object.keys(process.env).some((k) => k.startsWith('AWS_'))).toBe(true);

@@ -1,9 +1,10 @@
 // NBD over TLS (STARTTLS, x509): a server given a certificate serves only clients that
-// STARTTLS first; with a CA, only those showing a certificate it signed. Real qemu-io
-// (tls-creds-x509) against a server on an in-memory disk; certificates made by openssl.
+// STARTTLS first; with a CA, only those showing a certificate it signed. Real qemu-io and
+// qemu-img (tls-creds-x509) and nbdsh (libnbd) against a server on an in-memory disk;
+// certificates made by openssl.
 
 import { execFile } from 'node:child_process';
-import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -16,6 +17,10 @@ import { makeCerts } from './tls-certs';
 
 const run = promisify(execFile);
 const KiB = 1024;
+/** nbdsh -c: Debian's python3 has the nbd module, so /usr/bin goes first (as in agent-clients.test.ts). */
+const execNbdsh = (code: string): Promise<{ stdout: string }> => run('nbdsh', ['-c', code], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } }).catch((err: { stderr?: string; message: string }) => {
+  throw new Error(err.stderr || err.message);
+});
 
 /** qemu-io's commands against the server's disk0, over TLS with the credentials in `credsDir` (none: plain). */
 async function qemuIo(port: number, credsDir: string | undefined, ...commands: string[]): Promise<string> {
@@ -66,6 +71,28 @@ if (!tools) console.warn('NBD TLS tests skipped: qemu-io or openssl missing (apt
     await run('mkdir', ['-p', join(dir, 'other-ca')]);
     await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'other-ca', 'k.pem'), '-out', join(dir, 'other-ca', 'ca-cert.pem'), '-days', '1', '-subj', '/CN=other']);
     await expect(qemuIo(server.port, join(dir, 'other-ca'), 'read 0 4k')).rejects.toThrow(/certificate|verif|TLS/i);
+  });
+
+  (have('qemu-img') && have('nbdsh') ? test : test.skip)('qemu-img and nbdsh (libnbd) over TLS too: an image copied out whole, a write and a read; nbdsh without TLS is refused', async () => {
+    const disk = memoryExport('disk0', 1024 * KiB);
+    disk.bytes.fill(0x21, 0, 256 * KiB);
+    const tls = loadNbdTls({ cert: join(dir, 'server-cert.pem'), key: join(dir, 'server-key.pem') });
+    server = await startNbdServer([disk], '127.0.0.1', 0, undefined, { tls });
+    const out = join(dir, 'copy.img');
+    await run('qemu-img', ['convert', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${join(dir, 'ca-only')}`, '--image-opts', `driver=nbd,host=127.0.0.1,port=${server.port},export=disk0,tls-creds=tls0`, '-O', 'raw', out]);
+    expect((await readFile(out)).equals(disk.bytes)).toBe(true);
+    // libnbd checks the server's certificate against the CA and its name (127.0.0.1 in its SAN).
+    const py = (tlsMode: string): string => [
+      `h.set_tls(${tlsMode})`,
+      `h.set_tls_certificates(${JSON.stringify(join(dir, 'ca-only'))})`,
+      "h.set_export_name('disk0')",
+      `h.connect_tcp('127.0.0.1', '${server!.port}')`,
+      `h.pwrite(b'\\x44' * 4096, ${512 * KiB})`,
+      `print(h.pread(4096, ${512 * KiB}) == b'\\x44' * 4096, h.pread(4096, 0) == b'\\x21' * 4096)`,
+    ].join('; ');
+    expect((await execNbdsh(py('nbd.TLS_REQUIRE'))).stdout.trim()).toBe('True True');
+    expect(disk.bytes.subarray(512 * KiB, 516 * KiB).every((b) => b === 0x44)).toBe(true);
+    await expect(execNbdsh(py('nbd.TLS_DISABLE'))).rejects.toThrow(/server requires TLS/);
   });
 
   test('with --tls-ca: only a client showing a certificate the CA signed gets in', async () => {
