@@ -124,7 +124,11 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   }
   // In the journal and not registered yet: uploads of the last run (most go from memory and are
   // never spooled), which may have ended before state.json recorded their seqs as used.
-  const inJournal = await journalAfter(o.store, o.pairId, pair.watermark);
+  // Objects apply refused (quarantined: corrupt, foreign, another writer's) hold no seq,
+  // whatever their key says: counted as this agent's uploads, one would leave its seq unsent
+  // for good (nothing past it could apply), and one far ahead would stop the agent starting.
+  const refused = new Set((await o.index.listQuarantine(o.pairId)).map((q) => q.key));
+  const inJournal = (await journalAfter(o.store, o.pairId, pair.watermark)).filter((j) => !refused.has(j.key));
   refuseForeignSeqs(o.pairId, Math.max(pair.watermark, (previous?.nextSeq ?? 1) - 1, ...spool.seqs()), [...registered, ...inJournal]);
   const uploaded = inJournal.map((j) => j.seq);
   const firstSeq = Math.max(pair.watermark + 1, ...registered.map((b) => b.seq + 1), previous?.nextSeq ?? 1, ...spool.seqs().map((s) => s + 1), ...uploaded.map((s) => s + 1));

@@ -17,7 +17,8 @@ import { Spool } from '../agent/spool';
 import { encodeBatch } from '../core/batch-format';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { exited, spawnAgentProcess } from './agent-process';
-import { cloud, firstDifference, have, newPairId, recover } from './helpers';
+import { NbdClient } from '../bench/nbd-client';
+import { cloud, eventually, firstDifference, have, newPairId, recover } from './helpers';
 import { makeCerts } from './tls-certs';
 
 const run = promisify(execFile);
@@ -134,6 +135,28 @@ describe('the agent on its host', () => {
     const start = (): Promise<unknown> => startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
     await expect(start()).rejects.toThrow(`pair '${pairId}' has batches ${far} (${key}) over ${MAX_SEQ_LEAD} seqs past anything this agent wrote (seq 0): another writer's`);
     expect(await c.store.listKeys(`pairs/${pairId}/journal/`)).toEqual([key]); // nothing filled
+  });
+
+  test('objects apply quarantined hold no seq: one at the next seq is written over by a real batch, one far ahead does not stop the agent', async () => {
+    const c = cloud();
+    const { pairId, image } = await pairWithImage('quar', MiB);
+    const junk = [journalKey(pairId, 1), journalKey(pairId, 1 + MAX_SEQ_LEAD + 1)];
+    for (const key of junk) await c.store.put(key, Buffer.from('not a batch'), { createOnly: true });
+    await eventually('apply to quarantine both', async () => ((await c.index.listQuarantine(pairId)).length === 2 ? true : undefined));
+    const agent = await startAgent({ pairId, disks: [{ name: 'disk0', path: image }], host: '127.0.0.1', port: 0, store: c.store, index: c.index, stateDir: join(dir, 'state') });
+    try {
+      const client = await NbdClient.connect('127.0.0.1', agent.port, 'disk0');
+      await client.write(64 * 1024, Buffer.alloc(4096, 0x77));
+      await client.flush();
+      const seq = await agent.acrp('after-junk');
+      await waitForWatermark(c.index, pairId, seq, 60_000); // seq 1 was sent for real: apply moved past it
+      expect(seq).toBeLessThan(10);
+      const got = (await recover(c, pairId, seq)).get('disk0')!;
+      expect(got.subarray(64 * 1024, 68 * 1024).every((b) => b === 0x77)).toBe(true);
+      await client.close();
+    } finally {
+      await agent.stop();
+    }
   });
 
   test('spool files are 0600', async () => {
