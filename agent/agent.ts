@@ -12,7 +12,7 @@ import { BodyPool } from '../source/body-pool';
 import { crc32c } from '../core/crc32c';
 import { InvalidArgumentError, UnknownPairError } from '../core/errors';
 import { backupManifestKey, checkAppTag, JOURNAL_SUFFIX, journalPrefix, journalStartAfter, parseJournalKey, parseS3Url } from '../core/keys';
-import type { Pair } from '../core/model';
+import { MAX_SEQ_LEAD, type Pair } from '../core/model';
 import { replicaDigests } from '../replica/digests';
 import { sleep } from '../replica/concurrency';
 import { waitForWatermark } from '../replica/pairs';
@@ -436,14 +436,6 @@ async function fillGaps(pairId: string, pair: Pair, spool: Spool, lost: number[]
     await spool.add(seq, encodeBatch({ pairId, seq, prevSeq: seq - 1, firstWriteMs: now, cutMs: now, flags: BATCH_FLAGS.RESYNC, disks }, []));
   }
 }
-
-/**
- * How far past what it recorded (state.json's next seq, the spool, the watermark) this agent's
- * own batches can be in the journal after a crash: uploads in flight and batches held in
- * memory, a few thousand at most; or, with its state lost, what its last run uploaded while
- * apply was down (a day at one batch a second).
- */
-export const MAX_SEQ_LEAD = 100_000;
 
 /**
  * A seq in the journal or the index that far past anything this agent wrote is not its own

@@ -2,6 +2,15 @@
 
 import type { RetentionPolicy } from './retention';
 
+/**
+ * How far past what it recorded a source's own batches can be: uploads in flight and batches
+ * held in memory after a crash, a few thousand at most; or, its state lost, what its last run
+ * uploaded while apply was down (a day at one batch a second). A seq further ahead is another
+ * writer's (or junk): the agent will not start past it (agent/agent.ts), and its quarantine
+ * does not put the pair in ERROR (replica/apply.ts).
+ */
+export const MAX_SEQ_LEAD = 100_000;
+
 export type PairState = 'CONFIGURED' | 'SEEDING' | 'SEED_FAILED' | 'REPLICATING' | 'PAUSED' | 'RESYNCING' | 'ERROR';
 
 /** A seeding run of a pair (the seed workflow writes it; `livesync pair status` shows it). */

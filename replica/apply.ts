@@ -6,7 +6,7 @@ import { planAdvance } from '../core/advance';
 import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format';
 import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
-import { offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
+import { MAX_SEQ_LEAD, offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
 import { checkAfterAdvance, decideRpCheck, type RpCheck, type ScheduledCheck } from '../core/rp-timer';
 import { compactionDue } from '../core/compaction-trigger';
 import { batchSha256 } from './applied-batch';
@@ -289,7 +289,7 @@ export class ApplyService {
 
   /** The lowest quarantined seq above the watermark that has no good copy registered. */
   private async blockingError(pairId: string, watermark: number): Promise<PairError | undefined> {
-    const candidates = (await this.index.listQuarantine(pairId)).filter((r) => r.seq > watermark).sort((a, b) => a.seq - b.seq);
+    const candidates = (await this.index.listQuarantine(pairId)).filter((r) => blocksAt(r.seq, watermark)).sort((a, b) => a.seq - b.seq);
     for (const q of candidates) {
       if ((await this.index.batchesAfter(pairId, q.seq - 1, 1))[0]?.seq === q.seq) continue;
       return { seq: q.seq, code: q.code, reason: q.reason, key: q.key, atMs: q.atMs };
@@ -298,7 +298,7 @@ export class ApplyService {
   }
 
   private async quarantine(pair: Pair, seq: number, key: string, code: string, reason: string): Promise<ApplyResult> {
-    const blocks = seq > pair.watermark;
+    const blocks = blocksAt(seq, pair.watermark);
     await this.index.quarantine({ pairId: pair.pairId, seq, key, code, reason, atMs: this.now() }, blocks);
     this.log.warn('batch quarantined', { pairId: pair.pairId, seq, key, code, reason });
     return { outcome: 'quarantined', key, pairId: pair.pairId, seq, detail: `${code}: ${reason}` };
@@ -331,6 +331,13 @@ function validate(b: DecodedBatch, pair: Pair, keySeq: number, where: string): D
   }
   return b;
 }
+
+/**
+ * Whether a refused object at `seq` holds the pair up (ERROR, shown until a good copy
+ * arrives): above the watermark, and not so far ahead that it is another writer's or junk
+ * (MAX_SEQ_LEAD): such a record is listed with the quarantine, and the pair replicates on.
+ */
+const blocksAt = (seq: number, watermark: number): boolean => seq > watermark && seq <= watermark + MAX_SEQ_LEAD;
 
 function toRecord(key: string, body: Buffer, versionId: string | undefined, b: DecodedBatch, nowMs: number): BatchRecord {
   const h = b.header;

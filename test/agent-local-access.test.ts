@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { hookEnvironment } from '../agent/acrp';
-import { MAX_SEQ_LEAD, startAgent } from '../agent/agent';
+import { startAgent } from '../agent/agent';
+import { MAX_SEQ_LEAD } from '../core/model';
 import { journalKey } from '../core/keys';
 import { callAgent, CONTROL_LINE_MAX } from '../agent/control';
 import { Spool } from '../agent/spool';
@@ -137,7 +138,7 @@ describe('the agent on its host', () => {
     expect(await c.store.listKeys(`pairs/${pairId}/journal/`)).toEqual([key]); // nothing filled
   });
 
-  test('objects apply quarantined hold no seq: one at the next seq is written over by a real batch, one far ahead does not stop the agent', async () => {
+  test('objects apply quarantined hold no seq: one at the next seq is written over by a real batch, one far ahead neither stops the agent nor holds the pair in ERROR', async () => {
     const c = cloud();
     const { pairId, image } = await pairWithImage('quar', MiB);
     const junk = [journalKey(pairId, 1), journalKey(pairId, 1 + MAX_SEQ_LEAD + 1)];
@@ -153,6 +154,10 @@ describe('the agent on its host', () => {
       expect(seq).toBeLessThan(10);
       const got = (await recover(c, pairId, seq)).get('disk0')!;
       expect(got.subarray(64 * 1024, 68 * 1024).every((b) => b === 0x77)).toBe(true);
+      // The junk far ahead is listed, and holds nothing up: the pair replicates, without an error.
+      const after = await c.index.getPair(pairId);
+      expect({ state: after?.state, error: after?.error }).toEqual({ state: 'REPLICATING', error: undefined });
+      expect((await c.index.listQuarantine(pairId)).map((q) => q.key).sort()).toEqual([...junk].sort());
       await client.close();
     } finally {
       await agent.stop();
