@@ -88,6 +88,17 @@ export interface RunningAgent {
 const GiB = 2 ** 30;
 
 export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
+  // What a start that fails half-way has opened is closed again (a running agent's stop closes it).
+  const opened: { close(): Promise<void> }[] = [];
+  try {
+    return await start(o, opened);
+  } catch (err) {
+    await Promise.allSettled(opened.map((r) => r.close()));
+    throw err;
+  }
+}
+
+async function start(o: AgentOptions, opened: { close(): Promise<void> }[]): Promise<RunningAgent> {
   const log = o.log ?? (() => {});
   const pair = await o.index.getPair(o.pairId);
   if (!pair) throw new UnknownPairError(o.pairId);
@@ -107,6 +118,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const spool = await Spool.open(join(stateDir, 'spool'), o.spoolBytes ?? GiB, { bodies });
   const syncMarks = o.syncMarks === true;
   const { map: dirty, trusted: mapTrusted } = await DirtyMap.open(join(stateDir, 'dirty.map'), pair.disks, syncMarks);
+  opened.push(dirty);
   const bootId = await currentBootId();
 
   // Continue the seq stream past everything registered, spooled or ever cut here.
@@ -146,7 +158,10 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   await fillGaps(o.pairId, pair, spool, range(pair.watermark + 1, firstSeq).filter((seq) => !holds.has(seq)), log);
 
   const files: FileHandle[] = [];
-  for (const d of pair.disks) files.push(await open(paths.get(d.name)!, 'r+'));
+  for (const d of pair.disks) {
+    files.push(await open(paths.get(d.name)!, 'r+'));
+    opened.push(files[files.length - 1]);
+  }
   const capture = new PairCapture({
     pairId: o.pairId,
     disks: pair.disks,
