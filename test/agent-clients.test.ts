@@ -16,11 +16,9 @@ import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { startAgent, type RunningAgent } from '../agent/agent';
 import { createPair } from '../replica/pairs';
-import { SourceModel, cloud, eventually, firstDifference, have, newPairId, recover, runCli, takeRp } from './helpers';
+import { SourceModel, cloud, eventually, execNbdsh, firstDifference, have, newPairId, recover, runCli, takeRp } from './helpers';
 
 const run = promisify(execFile);
-/** nbdsh -c: Debian's python3 has the nbd module, so /usr/bin goes first. */
-const execNbdsh = (code: string): Promise<{ stdout: string }> => run('nbdsh', ['-c', code], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } });
 const MiB = 1024 * 1024;
 
 interface Served {
@@ -84,7 +82,7 @@ def attempt(f):
     except nbd.Error as e:
         return errno.errorcode.get(e.errnum, e.string)
 `;
-    const { stdout } = await execNbdsh(prelude + code);
+    const { stdout } = await execNbdsh('-c', prelude + code);
     return JSON.parse(stdout.trim().split('\n').pop()!) as T;
   }
 
@@ -253,7 +251,7 @@ print(json.dumps({'write': w, 'next': attempt(lambda: connect('meta').pread(4096
     await fc.assert(
       fc.asyncProperty(fc.array(op, { minLength: 20, maxLength: 80 }), async (ops: Op[]) => {
         const base = run++ * window;
-        const { stdout } = await execNbdsh(`
+        const { stdout } = await execNbdsh('-c', `
 import json, nbd
 c = nbd.NBD()
 c.connect_uri(${JSON.stringify(`nbd://127.0.0.1:${served.agent.port}/disk0`)})

@@ -19,7 +19,7 @@ import { encodeBatch } from '../core/batch-format';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { exited, spawnAgentProcess } from './agent-process';
 import { NbdClient } from '../bench/nbd-client';
-import { cloud, eventually, firstDifference, have, newPairId, recover } from './helpers';
+import { cloud, eventually, execNbdsh, firstDifference, have, newPairId, recover } from './helpers';
 import { makeCerts } from './tls-certs';
 
 const run = promisify(execFile);
@@ -64,7 +64,7 @@ describe('the agent on its host', () => {
       expect(stdout).toContain(`read ${MiB}/${MiB} bytes`);
       expect(stdout).not.toContain('Pattern verification failed');
       // nbdsh (libnbd) over the socket: a write at 4 MiB, and qemu-io's pattern read back.
-      const { stdout: py } = await run('nbdsh', ['-u', uri, '-c', `h.pwrite(b'\\x33' * 4096, ${4 * MiB}); print(h.pread(4096, ${2 * MiB}) == b'\\x5a' * 4096)`], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } });
+      const { stdout: py } = await execNbdsh('-u', uri, '-c', `h.pwrite(b'\\x33' * 4096, ${4 * MiB}); print(h.pread(4096, ${2 * MiB}) == b'\\x5a' * 4096)`);
       expect(py.trim()).toBe('True');
       // qemu-img copies the whole disk out through it: the image's bytes.
       const copy = join(dir, 'copy.img');

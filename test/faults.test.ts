@@ -1,8 +1,6 @@
 // Bad input and faults on the apply path, through the event path (no direct handler
 // calls), except where a crash has to be injected between two index writes.
 
-import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
-import { sqsClient } from '../adapters/aws-clients';
 import fc from 'fast-check';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { BLOCK_SIZE, encodeBatch } from '../core/batch-format';
@@ -13,7 +11,7 @@ import { createPair, waitForWatermark } from '../replica/pairs';
 import type { ObjectStore, ReplicaIndex } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { rng, randomOp } from '../source/workload';
-import { cloud, eventually, firstDifference, newPairId, nowSec, recover, SourceModel } from './helpers';
+import { applyQueueDrained, cloud, eventually, firstDifference, newPairId, nowSec, recover, SourceModel } from './helpers';
 
 const disks = [{ name: 'disk0', sizeBytes: 2 * 1024 * 1024 }];
 
@@ -60,22 +58,6 @@ async function expectRecovers(pairId: string, seq: number, model: SourceModel, s
 
 async function registered(pairId: string): Promise<number[]> {
   return (await cloud().index.batchesAfter(pairId, 0, 1000)).map((b) => b.seq);
-}
-
-/**
- * Waits until the apply queue holds no message, visible or in flight (the embedded stack
- * names it; elsewhere its events are not ours to see, and a pause stands in).
- */
-async function applyQueueDrained(): Promise<void> {
-  const QueueUrl = process.env.LIVESYNC_APPLY_QUEUE_URL;
-  if (!QueueUrl) return new Promise((r) => setTimeout(r, 3000));
-  const sqs = sqsClient();
-  const names = ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'] as const;
-  await eventually('the apply queue to drain', async () => {
-    const { Attributes: a = {} } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: [...names] }));
-    return names.every((n) => a[n] === '0') ? true : undefined;
-  });
-  sqs.destroy();
 }
 
 /** An index that fails once at a chosen operation, as a Lambda killed mid-apply would. */

@@ -5,6 +5,8 @@ import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
+import { sqsClient } from '../adapters/aws-clients';
 import { rpStoreFromEnv, type RpStore } from '../adapters/from-env';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { CHUNK_BYTES } from '../core/chunk-format';
@@ -128,6 +130,32 @@ export async function runCliWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): 
 }
 
 export const nowSec = (): number => Math.floor(Date.now() / 1000);
+
+/**
+ * Waits until the apply queue holds no message, visible or in flight (the embedded stack
+ * names it; elsewhere its events are not ours to see, and a pause stands in).
+ */
+export async function applyQueueDrained(timeoutMs = 30_000): Promise<void> {
+  const QueueUrl = process.env.LIVESYNC_APPLY_QUEUE_URL;
+  if (!QueueUrl) return sleep(3000);
+  const sqs = sqsClient();
+  const names = ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'] as const;
+  try {
+    await eventually('the apply queue to drain', async () => {
+      const { Attributes: a = {} } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: [...names] }));
+      return names.every((n) => a[n] === '0') ? true : undefined;
+    }, timeoutMs);
+  } finally {
+    sqs.destroy();
+  }
+}
+
+/** nbdsh: Debian's python3 has the nbd module, so /usr/bin goes first. A failure carries nbdsh's stderr. */
+export function execNbdsh(...args: string[]): Promise<{ stdout: string }> {
+  return promisify(execFile)('nbdsh', args, { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } }).catch((err: { stderr?: string; message: string }) => {
+    throw new Error(err.stderr || err.message);
+  });
+}
 
 /** `n` bytes of a deterministic pattern (incompressible enough to be stored as written). */
 export function pattern(n: number, seed: number): Buffer {

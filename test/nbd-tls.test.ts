@@ -11,16 +11,12 @@ import { promisify } from 'node:util';
 import { startNbdServer, type NbdServer } from '../agent/nbd-server';
 import { loadNbdTls, parseListen } from '../cli/listen';
 import { InvalidArgumentError } from '../core/errors';
-import { have } from './helpers';
+import { execNbdsh, have } from './helpers';
 import { memoryExport } from './memory-export';
 import { makeCerts } from './tls-certs';
 
 const run = promisify(execFile);
 const KiB = 1024;
-/** nbdsh -c: Debian's python3 has the nbd module, so /usr/bin goes first (as in agent-clients.test.ts). */
-const execNbdsh = (code: string): Promise<{ stdout: string }> => run('nbdsh', ['-c', code], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH}` } }).catch((err: { stderr?: string; message: string }) => {
-  throw new Error(err.stderr || err.message);
-});
 
 /** qemu-io's commands against the server's disk0, over TLS with the credentials in `credsDir` (none: plain). */
 async function qemuIo(port: number, credsDir: string | undefined, ...commands: string[]): Promise<string> {
@@ -90,9 +86,9 @@ if (!tools) console.warn('NBD TLS tests skipped: qemu-io or openssl missing (apt
       `h.pwrite(b'\\x44' * 4096, ${512 * KiB})`,
       `print(h.pread(4096, ${512 * KiB}) == b'\\x44' * 4096, h.pread(4096, 0) == b'\\x21' * 4096)`,
     ].join('; ');
-    expect((await execNbdsh(py('nbd.TLS_REQUIRE'))).stdout.trim()).toBe('True True');
+    expect((await execNbdsh('-c', py('nbd.TLS_REQUIRE'))).stdout.trim()).toBe('True True');
     expect(disk.bytes.subarray(512 * KiB, 516 * KiB).every((b) => b === 0x44)).toBe(true);
-    await expect(execNbdsh(py('nbd.TLS_DISABLE'))).rejects.toThrow(/server requires TLS/);
+    await expect(execNbdsh('-c', py('nbd.TLS_DISABLE'))).rejects.toThrow(/server requires TLS/);
   });
 
   test('with --tls-ca: only a client showing a certificate the CA signed gets in', async () => {

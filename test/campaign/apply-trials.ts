@@ -12,8 +12,8 @@ import { gcOnce } from '../../replica/gc';
 import { createPair } from '../../replica/pairs';
 import { sleep } from '../../replica/concurrency';
 import { randInt } from '../../source/workload';
-import { newPairId } from '../helpers';
-import { applyQueueDrained, checkExact, count, expectHealthy, KiB, MiB, ModelSource, pattern, retried, sendEvent, underEdgeFaults, untilWatermark, upload, type Trial } from './common';
+import { applyQueueDrained, newPairId } from '../helpers';
+import { checkExact, count, expectHealthy, KiB, MiB, ModelSource, pattern, retried, sendEvent, underEdgeFaults, untilWatermark, upload, type Trial } from './common';
 
 const DISKS = [
   { name: 'd0', sizeBytes: 4 * MiB },
@@ -24,6 +24,17 @@ async function newPair(t: Trial, prefix: string): Promise<string> {
   const pairId = newPairId(prefix);
   await createPair(t.c.index, { pairId, disks: DISKS });
   return pairId;
+}
+
+/** A new pair and `n` batches of it (an RP each), in memory, not uploaded: each object with its seq, in seq order. */
+async function unsentBatches(t: Trial, prefix: string, n: number): Promise<{ pairId: string; src: ModelSource; objects: { key: string; body: Buffer; seq: number }[] }> {
+  const pairId = await newPair(t, prefix);
+  const mem = new MemoryObjectStore();
+  const src = new ModelSource(pairId, DISKS, mem);
+  for (let i = 0; i < n; i++) await src.batch(t.r);
+  await src.writer.close();
+  const objects = [...mem.objects].map(([key, body]) => ({ key, body, seq: parseJournalKey(key)!.seq })).sort((a, b) => a.seq - b.seq);
+  return { pairId, src, objects };
 }
 
 /** The apply Lambda's process SIGKILLed 1–3 times while batches arrive. */
@@ -63,13 +74,8 @@ export async function applyKill(t: Trial): Promise<string> {
  * old events again (late).
  */
 export async function events(t: Trial): Promise<string> {
-  const pairId = await newPair(t, 'fc-events');
-  const mem = new MemoryObjectStore();
-  const src = new ModelSource(pairId, DISKS, mem);
-  const n = randInt(t.r, 4, 12);
-  for (let i = 0; i < n; i++) await src.batch(t.r);
-  await src.writer.close();
-  const objects = [...mem.objects].map(([key, body]) => ({ key, body }));
+  const { pairId, src, objects } = await unsentBatches(t, 'fc-events', randInt(t.r, 4, 12));
+  const n = objects.length;
   const order = shuffle(t, objects.map((_, i) => i));
   const reordered = order.some((v, i) => v !== i);
   let dups = 0;
@@ -94,7 +100,7 @@ export async function events(t: Trial): Promise<string> {
   const late = objects.filter(() => t.r() < 0.4);
   for (const o of late) await sendEvent(t, o.key, o.body.length);
   count(t, 'late_event', late.length);
-  await applyQueueDrained(t);
+  await applyQueueDrained(120_000);
   await expectHealthy(t, pairId);
   const q = await t.c.index.listQuarantine(pairId);
   if (q.length > 0) throw new Error(`pair '${pairId}': duplicate or late events were quarantined: ${q.map((x) => `${x.seq} ${x.code}`).join(', ')}`);
@@ -112,13 +118,8 @@ const BAD: Bad[] = ['corrupt', 'truncated', 'foreign', 'oversized', 'overwritten
  * good ones applied; an overwrite of a stored object's key is refused by the store.
  */
 export async function badBatches(t: Trial): Promise<string> {
-  const pairId = await newPair(t, 'fc-bad');
-  const mem = new MemoryObjectStore();
-  const src = new ModelSource(pairId, DISKS, mem);
-  const n = randInt(t.r, 4, 10);
-  for (let i = 0; i < n; i++) await src.batch(t.r);
-  await src.writer.close();
-  const good = [...mem.objects].map(([key, body]) => ({ key, body, seq: parseJournalKey(key)!.seq })).sort((a, b) => a.seq - b.seq);
+  const { pairId, src, objects: good } = await unsentBatches(t, 'fc-bad', randInt(t.r, 4, 10));
+  const n = good.length;
   const plan = Array.from({ length: randInt(t.r, 1, 3) }, () => ({ kind: BAD[randInt(t.r, 0, BAD.length - 1)], seq: randInt(t.r, 1, n), first: t.r() < 0.5 }));
   const injected: string[] = [];
 
@@ -150,7 +151,7 @@ export async function badBatches(t: Trial): Promise<string> {
     }
     await untilWatermark(t, pairId, n);
     for (const p of plan) if (!p.first || p.kind === 'overwritten') await inject(p.kind, p.seq);
-    await applyQueueDrained(t);
+    await applyQueueDrained(120_000);
   });
   // The source's writes first (what a refused object must not have cost), then the refusals.
   const rps = await checkExact(t, pairId, src.model);

@@ -2,7 +2,7 @@
 // through the batch writer, waits that outlast injected faults, and the check — every live RP
 // recovered and compared with what the source had at its seq.
 
-import { GetQueueAttributesCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { SendMessageCommand } from '@aws-sdk/client-sqs';
 import { sqsClient } from '../../adapters/aws-clients';
 import type { RpStore } from '../../adapters/from-env';
 import { BLOCK_SIZE } from '../../core/batch-format';
@@ -206,20 +206,6 @@ export async function sendEvent(t: Trial, key: string, size: number): Promise<vo
   const sqs = sqsClient();
   try {
     await sqs.send(new SendMessageCommand({ QueueUrl: t.stack.env.LIVESYNC_APPLY_QUEUE_URL, MessageBody: JSON.stringify({ Records: [record] }) }));
-  } finally {
-    sqs.destroy();
-  }
-}
-
-/** Waits until the apply queue holds no message, visible or in flight. */
-export async function applyQueueDrained(t: Trial): Promise<void> {
-  const sqs = sqsClient();
-  const names = ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'] as const;
-  try {
-    await until('the apply queue to drain', async () => {
-      const { Attributes: a = {} } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl: t.stack.env.LIVESYNC_APPLY_QUEUE_URL, AttributeNames: [...names] }));
-      return names.every((n) => a[n] === '0') ? true : undefined;
-    });
   } finally {
     sqs.destroy();
   }
