@@ -54,6 +54,10 @@
 //                          the uploads, and the bench itself) during the agent's rand4k job
 //   seq1m_mib_s            fio, sequential 1 MiB writes, iodepth 8, from 1 GiB on → MiB/s
 //   seq1m_ratio_vs_qemu_nbd  seq1m_mib_s / qemu_nbd_seq1m_mib_s (medians)
+//   agent_cpu_ms_per_seq1m_mib, qemu_nbd_cpu_ms_per_seq1m_mib
+//                          CPU (user + system, all threads) of the server process during its
+//                          seq1m job per MiB written: what the throughput figures' noise hides
+//                          (the agent's includes spooling and uploading what the job wrote)
 //   …_shared               the figures above for agent, qemu-nbd and nbdkit under 'shared'
 //   rpo_p50_s / rpo_p99_s  a fresh agent under a paced load of 20 MB/s (64 KiB writes at random
 //                          offsets in the first 1 GiB; bench/paced-load.ts, a process of its
@@ -938,11 +942,14 @@ async function main(): Promise<void> {
             if (serving.note) log(`rep ${rep + 1}/${reps} ${placement} ${server.name} after rand4k: ${await serving.note()}`);
             if (server !== agentApplyLive && server !== agentUploadsHeld) {
               before = await serving.status?.();
-              const { rate: s } = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'), placement);
+              const seqCpu0 = await cpuSeconds(serving.pid);
+              const { rate: s, writes: seqWrites } = await fio(serving.port, 'seq1m', join(tmp, 'fio.json'), placement);
               add(`${at}|seq`, s);
+              const seqCpu = (((await cpuSeconds(serving.pid)) - seqCpu0) * 1e3) / seqWrites; // bs=1M: ms per MiB
+              add(`${at}|seqCpu`, seqCpu);
               await spoolHeld(serving, before, `${at}|seq`);
               if (serving.note) log(`rep ${rep + 1}/${reps} ${placement} ${server.name} after seq1m: ${await serving.note()}`);
-              log(`rep ${rep + 1}/${reps} ${placement} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s`);
+              log(`rep ${rep + 1}/${reps} ${placement} ${server.name}: rand4k ${Math.round(r)} IOPS, seq1m ${round(s, 1)} MiB/s (${round(seqCpu, 2)} CPU ms per MiB)`);
             } else log(`rep ${rep + 1}/${reps} ${placement} ${server.name}: rand4k ${Math.round(r)} IOPS`);
           } finally {
             const t2 = performance.now();
@@ -1023,6 +1030,8 @@ async function main(): Promise<void> {
       [`qemu_nbd_seq1m_mib_s${suffix}`]: r(m(p, 'qemu-nbd', 'seq')),
       [`nbdkit_seq1m_mib_s${suffix}`]: r(m(p, 'nbdkit', 'seq')),
       [`seq1m_ratio_vs_qemu_nbd${suffix}`]: ratio(m(p, 'agent', 'seq'), m(p, 'qemu-nbd', 'seq')),
+      [`agent_cpu_ms_per_seq1m_mib${suffix}`]: r(m(p, 'agent', 'seqCpu'), 2),
+      [`qemu_nbd_cpu_ms_per_seq1m_mib${suffix}`]: r(m(p, 'qemu-nbd', 'seqCpu'), 2),
     });
     console.log(
       JSON.stringify({
