@@ -411,6 +411,7 @@ function checkingSink(seq: number): { sink: ImageSink; done: () => Mismatch } {
   return {
     done: () => m,
     sink: {
+      doneWithWindow: true, // compared within write()
       async write(offset, window, ranges) {
         for (const r of ranges) if (offset + r.end > model.length) throw new Error(`recovery at ${seq} wrote data at ${offset + r.start}..${offset + r.end}, past the data region`);
         // An RP at or above the newest write reads exactly the model: one compare (the block-by-block CRCs below only to say where it differs).

@@ -35,6 +35,7 @@ export function recoveryProgress(what: string, print: (line: string) => void, ev
     wrap(sizeBytes, sink) {
       total += sizeBytes;
       return {
+        doneWithWindow: sink.doneWithWindow,
         async write(offset, window, ranges) {
           await sink.write(offset, window, ranges);
           done += window.length;

@@ -38,11 +38,14 @@ export async function replicaDigests(store: ObjectStore, index: ReplicaIndex, r:
     readerKind: 'digests',
     lease: r.lease,
     windowBytes,
+    // In the agent's process, whose memory is bounded: checked batches' extents are read again instead of kept.
+    checkedBatchBytes: 0,
     sinkFor: async (disk, size) => {
       const region = regionSizes.get(disk)!;
       const digests = new Uint32Array(Math.ceil(size / region));
       out.set(disk, digests);
       return {
+        doneWithWindow: true, // digested within write()
         async write(offset, window, dataRanges) {
           for (let at = 0; at < window.length; at += region) {
             const end = Math.min(at + region, window.length);

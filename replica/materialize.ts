@@ -99,18 +99,25 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
   let writing: Promise<void> = Promise.resolve();
   const run = limiter(concurrency);
   const filling: { offset: number; window: Buffer; filled: Promise<{ start: number; end: number }[]> }[] = [];
+  /** Windows the sink is done with (doneWithWindow), to fill again. */
+  const spare: Buffer[] = [];
+  const newWindow = (size: number): Buffer => {
+    const reused = spare.length > 0 && spare[spare.length - 1].length === size ? spare.pop()! : undefined;
+    return reused ? reused.fill(0) : Buffer.from(new SharedArrayBuffer(size)); // zeros; workers place data into it
+  };
   const writeOldest = async (): Promise<void> => {
     const w = filling.shift()!;
     const ranges = await w.filled;
     dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
     await writing;
     writing = sink.write(w.offset, w.window, ranges);
+    if (sink.doneWithWindow) writing = writing.then(() => void spare.push(w.window));
     writing.catch(() => {}); // handled: the next `await writing` rethrows it
   };
   try {
     for (let offset = span.start; offset < span.end; offset += windowBytes) {
       reader.check();
-      const window = Buffer.from(new SharedArrayBuffer(Math.min(windowBytes, span.end - offset))); // zeros; workers place data into it
+      const window = newWindow(Math.min(windowBytes, span.end - offset));
       const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run);
       filled.catch(() => {}); // handled: awaited in order by writeOldest
       filling.push({ offset, window, filled });
@@ -130,6 +137,7 @@ export async function fileSink(path: string, sizeBytes: number): Promise<ImageSi
   const fh = await open(path, 'w');
   await fh.truncate(sizeBytes);
   return {
+    doneWithWindow: true,
     async write(offset, window, ranges) {
       for (const r of ranges) {
         // fs may write less than asked (e.g. a full disk); go on until all is written or it throws.

@@ -403,6 +403,12 @@ export interface SnapshotService {
 /** Receives one disk image (or a range of it) as consecutive windows at their offsets in the disk; `dataRanges` say which bytes of a window hold data. */
 export interface ImageSink {
   write(offset: number, window: Buffer, dataRanges: { start: number; end: number }[]): Promise<void>;
+  /**
+   * Once write() resolves, the sink holds no reference to the window: the caller fills it
+   * again for a later window (a recovery then allocates its few windows once, not one per
+   * 32 MiB, whose allocation each brought the process's full GC closer).
+   */
+  readonly doneWithWindow?: boolean;
   close(): Promise<void>;
   /** Recovery failed: release resources and leave no partial image behind. */
   abort(err: Error): Promise<void>;

@@ -69,6 +69,11 @@ export interface RpReadOptions {
   disks?: string[];
   /** Parallel reads of L0 batch indexes (default 16). */
   concurrency?: number;
+  /**
+   * Bytes of L0 batches read whole (to check them against their SHA-256) kept for the windows
+   * to take their extents from, instead of GETting those again (default 128 MiB; 0: none).
+   */
+  checkedBatchBytes?: number;
   nowMs?: number;
   /**
    * The pair's history index (RpStore.history): the manifest, and the reader lease held while
@@ -99,6 +104,35 @@ export interface RpReadOptions {
 /** The longest a read without a reader lease may run: well inside GC's default grace of 1 h. */
 export const LEASELESS_READ_MS = 15 * 60 * 1000;
 const DEFAULT_LEASE_TTL_MS = 5 * 60 * 1000;
+const DEFAULT_CHECKED_BATCH_BYTES = 128 * 1024 * 1024;
+
+/**
+ * L0 batches read whole and checked against the SHA-256 apply recorded (readIndex), kept
+ * while the reader is open, up to a byte budget: a window takes their extents from here. A
+ * batch over the budget is read again by ranged GETs of its extents.
+ */
+class CheckedBatches {
+  private readonly bodies = new Map<string, Buffer>();
+  private bytes = 0;
+
+  constructor(private readonly budget: number) {}
+
+  keep(key: string, body: Buffer): void {
+    if (this.bytes + body.length > this.budget) return;
+    this.bodies.set(key, body);
+    this.bytes += body.length;
+  }
+
+  /** Bytes [start, end) of the batch at `key`, if it is kept. */
+  slice(key: string, start: number, end: number): Buffer | undefined {
+    return this.bodies.get(key)?.subarray(start, end);
+  }
+
+  clear(): void {
+    this.bodies.clear();
+    this.bytes = 0;
+  }
+}
 
 /** What reading cost so far, and the read bound observed. */
 export interface ReadStats {
@@ -171,8 +205,9 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
         for (const [index, sha256, crc32c, length] of disk.chunks) read.baseChunks.set(index, { chunk: { index, sha256, crc32c, length }, key: baseChunkKey(o.pairId, sha256) });
       }
     }
+    const checked = new CheckedBatches(o.checkedBatchBytes ?? DEFAULT_CHECKED_BATCH_BYTES);
     await mapLimit(segments, concurrency, async (batch) => {
-      for (const entry of await readIndex(store, batch, stats)) {
+      for (const entry of await readIndex(store, batch, stats, checked)) {
         const read = disks.get(batch.disks[entry.disk]);
         if (!read) continue;
         read.versions.push({ blockIndex: entry.blockIndex, blockCount: entry.blockCount, seq: batch.seq, ref: { batch, entry } });
@@ -208,11 +243,14 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
         const last = firstBlock + Math.ceil(window.length / BLOCK_SIZE);
         if (firstBlock < 0 || last * BLOCK_SIZE > Math.ceil(d.spec.sizeBytes / BLOCK_SIZE) * BLOCK_SIZE) throw new RangeError(`blocks [${firstBlock}, ${last}) are not all within disk '${disk}' (${d.spec.sizeBytes} bytes)`);
         const planned = await d.plan(firstBlock, last, l0Within(d.l0, firstBlock, last), run);
-        await fillWindow(store, window, firstBlock, planned, run, stats);
+        await fillWindow(store, window, firstBlock, planned, run, stats, checked);
         return dataRanges(planned, firstBlock, window.length);
       },
       check: () => reader.check(),
-      close: () => reader.close(),
+      close: () => {
+        checked.clear();
+        return reader.close();
+      },
     };
   } catch (err) {
     await reader.close();
@@ -454,7 +492,7 @@ function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, d
  * ranged GETs; between the two reads nothing can replace the object (create-only writes, only
  * GC deletes: "Trust boundaries").
  */
-async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats): Promise<ExtentEntry[]> {
+async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats, checked: CheckedBatches): Promise<ExtentEntry[]> {
   const len = b.extentCount * 32 + TRAILER_SIZE;
   let tail: Buffer;
   if (b.sha256 !== undefined) {
@@ -463,6 +501,7 @@ async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats): Prom
     stats.bytesRead += whole.length;
     if (whole.length !== b.sizeBytes) throw new CorruptExtentError(b.key, `is ${whole.length} bytes, batch ${b.seq} was ${b.sizeBytes} when it was applied`);
     checkAppliedBatch(whole, b);
+    checked.keep(b.key, whole);
     tail = whole.subarray(b.sizeBytes - len);
   } else {
     tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes }, undefined, b.versionId);
@@ -489,6 +528,7 @@ async function fillWindow(
   pieces: Piece<Ref>[],
   run: Run,
   stats: Stats,
+  checked: CheckedBatches,
 ): Promise<void> {
   const shared = window.buffer as SharedArrayBuffer;
   const byObject = new Map<string, Piece<ExtentRef>[]>();
@@ -562,9 +602,13 @@ async function fillWindow(
   });
   const extentSpan = (q: Piece<ExtentRef>): [number, number] => [q.ref.entry.payloadOffset, q.ref.entry.payloadOffset + q.ref.entry.payloadLength];
   const extentReads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs, extentSpan)).map((r) => async () => {
-    const bytes = await store.get(r.key, { start: r.start, end: r.end }, undefined, byObject.get(r.key)![0].ref.batch.versionId);
-    stats.gets++;
-    stats.bytesRead += bytes.length;
+    // From the checked whole batch where it is kept (copied to the worker), else one ranged GET.
+    const kept = checked.slice(r.key, r.start, r.end);
+    const bytes = kept ?? (await store.get(r.key, { start: r.start, end: r.end }, undefined, byObject.get(r.key)![0].ref.batch.versionId));
+    if (!kept) {
+      stats.gets++;
+      stats.bytesRead += bytes.length;
+    }
     await placeEntries(
       bytes,
       r.start,
@@ -577,7 +621,7 @@ async function fillWindow(
           throw err;
         }
       },
-      store.freshReads === true, // read for these extents only
+      !kept && store.freshReads === true, // read for these extents only
     );
   });
   // Pieces: read whole when the window was planned; only their versions' data is left to check.

@@ -85,4 +85,31 @@ describe('materialize', () => {
     await createPair(c.index, { pairId, disks: [{ name: 'd', sizeBytes: MiB }] });
     await expect(recover(c, pairId, 3)).rejects.toThrow(`pair '${pairId}' has no live recovery point at seq 3`);
   });
+  test('an L0 batch read whole to check its SHA-256 is not read again: the windows take its extents from it (and a reader with no room for it GETs them)', async () => {
+    const disks = [{ name: 'd', sizeBytes: 40 * MiB }];
+    const pairId = newPairId('once');
+    // Extents of three batches scattered over several windows (8 MiB each), partly overwritten.
+    const writes: [string, number, Buffer][] = [
+      ['d', 0, pattern(2 * MiB, 1)],
+      ['d', 9 * MiB, pattern(2 * MiB, 2)],
+      ['d', 17 * MiB, pattern(2 * MiB, 3)],
+      ['d', MiB, pattern(3 * MiB, 4)],
+      ['d', 20 * MiB, pattern(MiB, 5)],
+      ['d', 33 * MiB, pattern(2 * MiB, 6)],
+    ];
+    const { c, model, seq, keys } = await replicate(pairId, disks, writes);
+    const batchBytes = (await Promise.all(keys.map((k) => c.store.get(k)))).reduce((n, b) => n + b.length, 0);
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-'));
+    const read = async (checkedBatchBytes?: number) => {
+      const res = await materialize(c.store, c.index, { pairId, seq, windowBytes: 8 * MiB, checkedBatchBytes, sinkFor: async (disk, size) => fileSink(join(dir, `${disk}.img`), size) });
+      expect(firstDifference(await readFile(join(dir, 'd.img')), model.disks.get('d')!)).toBeUndefined();
+      return res;
+    };
+    const once = await read();
+    expect(keys.length).toBeGreaterThan(1);
+    expect({ gets: once.gets, bytesRead: once.bytesRead }).toEqual({ gets: keys.length, bytesRead: batchBytes });
+    const again = await read(0);
+    expect(again.gets).toBeGreaterThan(keys.length);
+    expect(again.bytesRead).toBeGreaterThan(batchBytes);
+  });
 });
