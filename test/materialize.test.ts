@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { CorruptExtentError } from '../core/errors';
-import { fileSink, materialize, objectSink } from '../replica/materialize';
+import { fileSink, materialize, objectSink, zeroOutside } from '../replica/materialize';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, recover, SourceModel } from './helpers';
@@ -111,5 +111,41 @@ describe('materialize', () => {
     const again = await read(0);
     expect(again.gets).toBeGreaterThan(keys.length);
     expect(again.bytesRead).toBeGreaterThan(batchBytes);
+  });
+  test('windows a sink gives back (doneWithWindow) are filled again and read as zeros wherever the RP has no data', async () => {
+    const disks = [{ name: 'd', sizeBytes: 48 * MiB }];
+    const pairId = newPairId('reuse');
+    // Data in different places of each 8 MiB window; windows 4 and 5 reuse windows 0 and 1, whose data must not show through.
+    const writes: [string, number, Buffer][] = [
+      ['d', 0, pattern(6 * MiB, 1)],
+      ['d', 8 * MiB, pattern(7 * MiB, 2)],
+      ['d', 22 * MiB, pattern(MiB, 3)],
+      ['d', 38 * MiB, pattern(MiB, 4)],
+    ];
+    const { c, model, seq } = await replicate(pairId, disks, writes);
+    const image = Buffer.alloc(48 * MiB, 0xee);
+    const seen = new Set<ArrayBufferLike>();
+    await materialize(c.store, c.index, {
+      pairId,
+      seq,
+      windowBytes: 8 * MiB,
+      sinkFor: async () => ({
+        doneWithWindow: true,
+        async write(offset, window) {
+          seen.add(window.buffer);
+          window.copy(image, offset); // whole windows: the zeros count
+        },
+        close: async () => {},
+        abort: async () => {},
+      }),
+    });
+    expect(seen.size).toBeLessThan(6); // windows were reused
+    expect(firstDifference(image, model.disks.get('d')!)).toBeUndefined();
+  });
+
+  test('zeroOutside zeroes what a window held before outside the ranges it holds now', () => {
+    const w = Buffer.alloc(16, 7);
+    zeroOutside(w, [{ start: 0, end: 6 }, { start: 10, end: 16 }], [{ start: 12, end: 14 }, { start: 2, end: 4 }]);
+    expect([...w]).toEqual([0, 0, 7, 7, 0, 0, 7, 7, 7, 7, 0, 0, 7, 7, 0, 0]);
   });
 });
