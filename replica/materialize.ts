@@ -99,20 +99,23 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
   let writing: Promise<void> = Promise.resolve();
   const run = limiter(concurrency);
   type Ranges = { start: number; end: number }[];
-  /** `stale`: where a reused window still holds its last use's data. */
-  const filling: { offset: number; window: Buffer; stale: Ranges; filled: Promise<Ranges> }[] = [];
-  /** Windows the sink is done with (doneWithWindow), to fill again, with their data ranges. */
+  const filling: { offset: number; window: Buffer; filled: Promise<Ranges> }[] = [];
+  /** Windows the sink is done with (doneWithWindow), to fill again, with their last data ranges. */
   const spare: { window: Buffer; ranges: Ranges }[] = [];
-  const newWindow = (size: number): { window: Buffer; stale: Ranges } => {
+  /**
+   * A window of zeros: new, or a spare one whose last data ranges (outside them it is zeros
+   * already) are zeroed. Not only what this fill leaves out: a zero version in a data range
+   * is not placed, the window's zeros are taken for it.
+   */
+  const newWindow = (size: number): Buffer => {
     const reused = spare.length > 0 && spare[spare.length - 1].window.length === size ? spare.pop()! : undefined;
-    // A new one is zeros; workers place data into it.
-    return reused ? { window: reused.window, stale: reused.ranges } : { window: Buffer.from(new SharedArrayBuffer(size)), stale: [] };
+    if (!reused) return Buffer.from(new SharedArrayBuffer(size)); // zeros; workers place data into it
+    for (const r of reused.ranges) reused.window.fill(0, r.start, r.end);
+    return reused.window;
   };
   const writeOldest = async (): Promise<void> => {
     const w = filling.shift()!;
     const ranges = await w.filled;
-    // What its last use left outside this use's data reads as zeros again (the data ranges are all placed anew).
-    zeroOutside(w.window, w.stale, ranges);
     dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
     await writing;
     writing = sink.write(w.offset, w.window, ranges);
@@ -122,10 +125,10 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
   try {
     for (let offset = span.start; offset < span.end; offset += windowBytes) {
       reader.check();
-      const { window, stale } = newWindow(Math.min(windowBytes, span.end - offset));
+      const window = newWindow(Math.min(windowBytes, span.end - offset));
       const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run);
       filled.catch(() => {}); // handled: awaited in order by writeOldest
-      filling.push({ offset, window, stale, filled });
+      filling.push({ offset, window, filled });
       if (filling.length >= WINDOWS_AHEAD) await writeOldest();
     }
     while (filling.length > 0) await writeOldest();
@@ -135,21 +138,6 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
     throw err;
   }
   return dataBytes;
-}
-
-/** Zeroes the bytes of `stale` ranges of `window` that no range of `keep` covers. */
-export function zeroOutside(window: Buffer, stale: { start: number; end: number }[], keep: { start: number; end: number }[]): void {
-  const kept = [...keep].sort((a, b) => a.start - b.start);
-  for (const s of stale) {
-    let at = s.start;
-    for (const k of kept) {
-      if (k.end <= at) continue;
-      if (k.start >= s.end) break;
-      if (k.start > at) window.fill(0, at, k.start);
-      at = Math.max(at, k.end);
-    }
-    if (at < s.end) window.fill(0, at, s.end);
-  }
 }
 
 /** A local image file: sized up front (sparse), only data ranges written. */
