@@ -487,10 +487,11 @@ function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, d
 
 /**
  * A segment's index and trailer, both checksum-verified: one ranged GET of them, or, when apply
- * recorded the batch's SHA-256, one GET of the whole object checked against it. The index
- * read from verified bytes then vouches (CRC-32C per extent) for the payloads read later by
- * ranged GETs; between the two reads nothing can replace the object (create-only writes, only
- * GC deletes: "Trust boundaries").
+ * recorded the batch's SHA-256, one GET of the whole object checked against it, kept in
+ * `checked` (within its budget) for the windows to take the payloads from. The index read
+ * from verified bytes vouches (CRC-32C per extent) for payloads read later by ranged GETs
+ * where it was not kept; between the two reads nothing can replace the object (create-only
+ * writes, only GC deletes: "Trust boundaries").
  */
 async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats, checked: CheckedBatches): Promise<ExtentEntry[]> {
   const len = b.extentCount * 32 + TRAILER_SIZE;
