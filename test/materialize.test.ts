@@ -85,6 +85,7 @@ describe('materialize', () => {
     await createPair(c.index, { pairId, disks: [{ name: 'd', sizeBytes: MiB }] });
     await expect(recover(c, pairId, 3)).rejects.toThrow(`pair '${pairId}' has no live recovery point at seq 3`);
   });
+
   test('an L0 batch read whole to check its SHA-256 is not read again: the windows take its extents from it (and a reader with no room for it GETs them)', async () => {
     const disks = [{ name: 'd', sizeBytes: 40 * MiB }];
     const pairId = newPairId('once');
@@ -112,6 +113,7 @@ describe('materialize', () => {
     expect(again.gets).toBeGreaterThan(keys.length);
     expect(again.bytesRead).toBeGreaterThan(batchBytes);
   });
+
   test('windows a sink gives back (doneWithWindow) are filled again and read as zeros wherever the RP has no data', async () => {
     const disks = [{ name: 'd', sizeBytes: 48 * MiB }];
     const pairId = newPairId('reuse');
@@ -146,5 +148,4 @@ describe('materialize', () => {
     expect(seen.size).toBeLessThan(6); // windows were reused
     expect(firstDifference(image, model.disks.get('d')!)).toBeUndefined();
   });
-
 });
