@@ -17,7 +17,10 @@ export function batchSha256(body: Buffer): string {
  * registered as `b`. A batch registered before SHA-256s were recorded (no `sha256`) passes.
  */
 export function checkAppliedBatch(body: Buffer, b: Pick<BatchRecord, 'key' | 'seq' | 'sha256'>): void {
-  if (b.sha256 === undefined) return;
-  const got = batchSha256(body);
-  if (got !== b.sha256) throw new CorruptExtentError(b.key, `SHA-256 ${got} of batch ${b.seq} is not the ${b.sha256} recorded when it was applied: the object was replaced`);
+  if (b.sha256 !== undefined) checkAppliedSha256(batchSha256(body), b);
+}
+
+/** The same check, for the SHA-256 `got` of the bytes read, taken elsewhere (a worker). */
+export function checkAppliedSha256(got: string, b: Pick<BatchRecord, 'key' | 'seq' | 'sha256'>): void {
+  if (b.sha256 !== undefined && got !== b.sha256) throw new CorruptExtentError(b.key, `SHA-256 ${got} of batch ${b.seq} is not the ${b.sha256} recorded when it was applied: the object was replaced`);
 }

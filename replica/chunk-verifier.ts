@@ -9,6 +9,10 @@
 //   checksum is copied into the window, a SharedArrayBuffer the workers write directly. What
 //   each payload turned into (its length and checksum, or why it did not decompress) comes
 //   back, and the caller judges it: a mismatch fails recovery, naming the extent.
+// - hashHeld (recovery): a whole batch object's SHA-256, taken in a worker, which can keep the
+//   body (a HeldBody) so that placeVerified takes payloads from it there: the bytes cross to
+//   the worker once, uncopied, and the event loop neither hashes them nor holds them (its
+//   heap's collector is not made to run by them).
 //
 // The worker is inline source using only Node built-ins (and the CRC-32C binary by its
 // resolved path where that loads), so it needs no file of its own in a bundle. A worker
@@ -46,15 +50,41 @@ if (crc32c(Buffer.from('123456789')) !== 0xe3069283) throw new Error('CRC-32C se
 const sha256 = (data) => createHash('sha256').update(data).digest('hex');
 // The output in one buffer of its known size, not 16 KiB pieces joined (a copy of every byte).
 const decode = (payload, zstd, length) => (zstd ? zstdDecompressSync(payload, { maxOutputLength: length, chunkSize: Math.max(64, length) }) : payload);
+// Bodies kept for the caller (hash with hold), by the id of the message that brought them.
+const held = new Map();
+const asBuffer = (u) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 parentPort.on('message', (m) => {
   try {
+    if (m.type === 'drop') {
+      for (const id of m.ids) held.delete(id);
+      return;
+    }
+    if (m.type === 'held') {
+      let bytes = 0;
+      for (const b of held.values()) bytes += b.length;
+      parentPort.postMessage({ id: m.id, bytes });
+      return;
+    }
     if (m.type === 'chunk') {
       const data = decode(m.payload, m.zstd, m.length);
       parentPort.postMessage({ id: m.id, length: data.length, sha256: sha256(data) });
       return;
     }
+    if (m.type === 'hash') {
+      const body = asBuffer(m.body);
+      if (m.hold) held.set(m.id, body);
+      // The tail back as a copy of its own (the body stays here, or is dropped).
+      parentPort.postMessage({ id: m.id, sha256: sha256(body), tail: new Uint8Array(body.subarray(m.tailFrom)) });
+      return;
+    }
     // place: every item's payload decoded and checked; its pieces copied only if it matches.
-    const body = Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
+    let body;
+    if (m.held === undefined) body = asBuffer(m.body);
+    else {
+      const whole = held.get(m.held);
+      if (!whole) throw new Error('no body held as ' + m.held + ' (dropped, or another thread holds it)');
+      body = whole.subarray(m.start, m.end);
+    }
     const win = Buffer.from(m.window);
     const results = m.items.map((it) => {
       let data;
@@ -80,6 +110,8 @@ export type PayloadOutcome = { length: number; crc?: number; sha256?: string } |
 
 type Answer =
   | { id: number; length: number; sha256: string }
+  | { id: number; sha256: string; tail: Uint8Array }
+  | { id: number; bytes: number }
   | { id: number; results: PayloadOutcome[] }
   | { id: number; error: string }
   | { id: number; died: string };
@@ -126,10 +158,9 @@ function workers(): PoolWorker[] {
   return pool;
 }
 
-/** Sends a task to the least busy worker; resolves with its answer. */
-function ask(message: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<Answer> {
-  const w = workers().reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
-  const id = nextId++;
+/** Sends a task to the least busy worker (or to `to`); resolves with its answer. */
+function ask(message: Record<string, unknown>, transfer: ArrayBuffer[] = [], to?: PoolWorker, id = nextId++): Promise<Answer> {
+  const w = to ?? workers().reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
   return new Promise<Answer>((resolve) => {
     if (w.pending.size === 0) w.worker.ref();
     w.pending.set(id, resolve);
@@ -144,7 +175,7 @@ export async function verifyChunk(body: Buffer, expected: ChunkRef, where: strin
   const answer = await ask({ type: 'chunk', payload: chunk.payload, zstd: chunk.zstd, length: chunk.length });
   // Not the chunk's fault: a plain error, which the workflow retries.
   if ('died' in answer) throw new Error(`verifying ${where}: the verifier thread died: ${answer.died}`);
-  if ('results' in answer) throw new Error(`verifying ${where}: unexpected answer`);
+  if (!('length' in answer)) throw new Error(`verifying ${where}: unexpected answer`);
   // What the payload turned into, or why it did not decompress: judged as the chunk's.
   checkChunkData(chunk, expected, answer, where);
 }
@@ -164,20 +195,80 @@ export interface PlaceItem {
   places: [number, number, number][];
 }
 
+/** A whole object kept by a worker (hashHeld), for placeVerified to take payloads from there. */
+export interface HeldBody {
+  readonly worker: PoolWorker;
+  readonly id: number;
+  readonly length: number;
+}
+
+/** Bytes [start, end) of a held body. */
+export interface HeldRange {
+  held: HeldBody;
+  start: number;
+  end: number;
+}
+
+/**
+ * The SHA-256 (hex) of `body`, taken in a worker, with a copy of its bytes from `tailFrom`
+ * on; with `hold`, the worker keeps the body (a HeldBody, until release()). `body` is copied
+ * to the worker, unless `giveAway` says it is the caller's alone (see placeVerified). Rejects
+ * (plain Error) if the worker failed.
+ */
+export async function hashHeld(body: Buffer, o: { hold: boolean; tailFrom: number; giveAway: boolean }): Promise<{ sha256: string; tail: Buffer; held?: HeldBody }> {
+  const sent = sendable(body, o.giveAway);
+  const w = workers().reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+  const id = nextId++;
+  const answer = await ask({ type: 'hash', body: sent, hold: o.hold, tailFrom: o.tailFrom }, [sent.buffer as ArrayBuffer], w, id);
+  if ('died' in answer) throw new Error(`hashing thread died: ${answer.died}`);
+  if ('error' in answer) throw new Error(`hashing thread failed: ${answer.error}`);
+  if (!('tail' in answer)) throw new Error('hashing thread: unexpected answer');
+  const tail = Buffer.from(answer.tail.buffer, answer.tail.byteOffset, answer.tail.byteLength);
+  return { sha256: answer.sha256, tail, held: o.hold ? { worker: w, id, length: sent.byteLength } : undefined };
+}
+
+/** Lets the workers drop these bodies (fire and forget: a dead worker held nothing). */
+export function release(held: HeldBody[]): void {
+  const byWorker = new Map<PoolWorker, number[]>();
+  for (const h of held) byWorker.set(h.worker, [...(byWorker.get(h.worker) ?? []), h.id]);
+  for (const [w, ids] of byWorker) if (pool?.includes(w)) w.worker.postMessage({ type: 'drop', ids });
+}
+
+/** Bytes the workers hold now (hashHeld's bodies not yet released): 0 when no read is open. */
+export async function heldBytes(): Promise<number> {
+  if (!pool) return 0;
+  const answers = await Promise.all(pool.map((w) => ask({ type: 'held' }, [], w)));
+  return answers.reduce((n, a) => n + ('bytes' in a ? a.bytes : 0), 0);
+}
+
+/**
+ * Exactly the view's bytes, to post: transferred as they are when they are a whole buffer of
+ * ours, else copied once and that copy transferred (cloning a view would clone its whole
+ * ArrayBuffer, which may be a larger object's, or a store's own memory).
+ */
+function sendable(body: Buffer, giveAway: boolean): Uint8Array {
+  const whole = giveAway && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && body.buffer instanceof ArrayBuffer;
+  return whole ? new Uint8Array(body.buffer, 0, body.byteLength) : new Uint8Array(body);
+}
+
 /**
  * Decodes and checks each item in a worker, copying the pieces of those that match into
- * `window` (a SharedArrayBuffer). `body` is copied to the worker, unless `giveAway` says it is
- * the caller's alone (a store's `freshReads`) and it spans its whole ArrayBuffer: then that is
- * transferred, and `body` is empty afterwards (detached). Resolves with each item's outcome,
- * in order; the caller decides what a mismatch means. Rejects (plain Error) if the worker failed.
+ * `window` (a SharedArrayBuffer). The items' bytes are `body`, or a range of a body a worker
+ * holds (then that worker does it). `body` is copied to the worker, unless `giveAway` says it
+ * is the caller's alone (a store's `freshReads`) and it spans its whole ArrayBuffer: then
+ * that is transferred, and `body` is empty afterwards (detached). Resolves with each item's
+ * outcome, in order; the caller decides what a mismatch means. Rejects (plain Error) if the
+ * worker failed.
  */
-export async function placeVerified(body: Buffer, items: PlaceItem[], window: SharedArrayBuffer, giveAway = false): Promise<PayloadOutcome[]> {
-  // Exactly the view's bytes: transferred as they are when they are a whole buffer of ours,
-  // else copied once and that copy transferred (cloning a view would clone its whole
-  // ArrayBuffer, which may be a larger object's, or a store's own memory).
-  const whole = giveAway && body.byteOffset === 0 && body.byteLength === body.buffer.byteLength && body.buffer instanceof ArrayBuffer;
-  const sent = whole ? new Uint8Array(body.buffer, 0, body.byteLength) : new Uint8Array(body);
-  const answer = await ask({ type: 'place', body: sent, items, window }, [sent.buffer as ArrayBuffer]);
+export async function placeVerified(body: Buffer | HeldRange, items: PlaceItem[], window: SharedArrayBuffer, giveAway = false): Promise<PayloadOutcome[]> {
+  let answer: Answer;
+  if (Buffer.isBuffer(body)) {
+    const sent = sendable(body, giveAway);
+    answer = await ask({ type: 'place', body: sent, items, window }, [sent.buffer as ArrayBuffer]);
+  } else {
+    if (!pool?.includes(body.held.worker)) throw new Error('decoding thread died: the body it held is gone');
+    answer = await ask({ type: 'place', held: body.held.id, start: body.start, end: body.end, items, window }, [], body.held.worker);
+  }
   if ('died' in answer) throw new Error(`decoding thread died: ${answer.died}`);
   if ('error' in answer) throw new Error(`decoding thread failed: ${answer.error}`);
   if (!('results' in answer)) throw new Error('decoding thread: unexpected answer');

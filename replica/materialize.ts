@@ -103,15 +103,13 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
   /** Windows the sink is done with (doneWithWindow), to fill again, with their last data ranges. */
   const spare: { window: Buffer; ranges: Ranges }[] = [];
   /**
-   * A window of zeros: new, or a spare one whose last data ranges (outside them it is zeros
-   * already) are zeroed. Not only what this fill leaves out: a zero version in a data range
-   * is not placed, the window's zeros are taken for it.
+   * A window to fill: new (zeros; workers place data into it), or a spare one whose last data
+   * ranges (outside them it is zeros already) are stale: the fill zeroes what of them it does
+   * not place data over.
    */
-  const newWindow = (size: number): Buffer => {
+  const newWindow = (size: number): { window: Buffer; stale?: Ranges } => {
     const reused = spare.length > 0 && spare[spare.length - 1].window.length === size ? spare.pop()! : undefined;
-    if (!reused) return Buffer.from(new SharedArrayBuffer(size)); // zeros; workers place data into it
-    for (const r of reused.ranges) reused.window.fill(0, r.start, r.end);
-    return reused.window;
+    return reused ? { window: reused.window, stale: reused.ranges } : { window: Buffer.from(new SharedArrayBuffer(size)) };
   };
   const writeOldest = async (): Promise<void> => {
     const w = filling.shift()!;
@@ -125,8 +123,8 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
   try {
     for (let offset = span.start; offset < span.end; offset += windowBytes) {
       reader.check();
-      const window = newWindow(Math.min(windowBytes, span.end - offset));
-      const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run);
+      const { window, stale } = newWindow(Math.min(windowBytes, span.end - offset));
+      const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run, stale);
       filled.catch(() => {}); // handled: awaited in order by writeOldest
       filling.push({ offset, window, filled });
       if (filling.length >= WINDOWS_AHEAD) await writeOldest();

@@ -16,10 +16,10 @@ import { decodePiece, pieceBlocksBitmap, type PieceVersionEntry } from '../core/
 import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
-import type { HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
-import { placeVerified, type PayloadOutcome } from './chunk-verifier';
+import type { ByteRange, HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
+import { hashHeld, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
-import { checkAppliedBatch } from './applied-batch';
+import { checkAppliedSha256 } from './applied-batch';
 import { mapLimit } from './concurrency';
 
 /** A stored extent that some RP reads: which object, which entry. */
@@ -107,29 +107,45 @@ const DEFAULT_LEASE_TTL_MS = 5 * 60 * 1000;
 const DEFAULT_CHECKED_BATCH_BYTES = 128 * 1024 * 1024;
 
 /**
- * L0 batches read whole and checked against the SHA-256 apply recorded (readIndex), kept
- * while the reader is open, up to a byte budget: a window takes their extents from here. A
- * batch over the budget is read again by ranged GETs of its extents.
+ * L0 batches read whole and checked against the SHA-256 apply recorded (readIndex), held by
+ * the decoding workers while the reader is open, up to a byte budget: a window takes their
+ * extents from there. A batch over the budget is read again by ranged GETs of its extents.
  */
 class CheckedBatches {
-  private readonly bodies = new Map<string, Buffer>();
+  private readonly held = new Map<string, HeldBody>();
   private bytes = 0;
+  private closed = false;
 
   constructor(private readonly budget: number) {}
 
-  keep(key: string, body: Buffer): void {
-    if (this.bytes + body.length > this.budget) return;
-    this.bodies.set(key, body);
-    this.bytes += body.length;
+  /** Reserves room for a body of `length` bytes: false when it would pass the budget. */
+  reserve(length: number): boolean {
+    if (this.bytes + length > this.budget) return false;
+    this.bytes += length;
+    return true;
+  }
+
+  /** Gives back a reservation that was not kept. */
+  unreserve(length: number): void {
+    this.bytes -= length;
+  }
+
+  /** Keeps `body` for the windows; once cleared (the reader closed, or failed to open), lets it go at once. */
+  keep(key: string, body: HeldBody): void {
+    if (this.closed) release([body]);
+    else this.held.set(key, body);
   }
 
   /** Bytes [start, end) of the batch at `key`, if it is kept. */
-  slice(key: string, start: number, end: number): Buffer | undefined {
-    return this.bodies.get(key)?.subarray(start, end);
+  slice(key: string, start: number, end: number): HeldRange | undefined {
+    const held = this.held.get(key);
+    return held && { held, start, end };
   }
 
   clear(): void {
-    this.bodies.clear();
+    this.closed = true;
+    release([...this.held.values()]);
+    this.held.clear();
     this.bytes = 0;
   }
 }
@@ -159,10 +175,13 @@ export interface RpReader {
   /** Windows should start and end on this many bytes (a compacted history's range, 4 MiB; else a block), so each piece is read once. */
   alignBytes: number;
   /**
-   * Fills `window` (zeros, over a SharedArrayBuffer) with disk `disk` from block `firstBlock`
-   * on, every payload verified; resolves with the byte ranges of the window that hold data.
+   * Fills `window` (over a SharedArrayBuffer) with disk `disk` from block `firstBlock` on,
+   * every payload verified; resolves with the byte ranges of the window that hold data. The
+   * window is zeros, but for `stale` (sorted, disjoint byte ranges left from an earlier use):
+   * the parts of those that this fill places no data over are zeroed by it, so the window
+   * is written once where data goes rather than zeroed and then written.
    */
-  fill(disk: string, firstBlock: number, window: Buffer, run: Run): Promise<{ start: number; end: number }[]>;
+  fill(disk: string, firstBlock: number, window: Buffer, run: Run, stale?: ByteRange[]): Promise<ByteRange[]>;
   /** Throws if the lease could not be renewed (the history it holds may be collected). */
   check(): void;
   close(): Promise<void>;
@@ -184,6 +203,7 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
   for (const d of wanted) if (!pair.disks.some((p) => p.name === d)) throw new InvalidArgumentError(`pair '${o.pairId}' has no disk '${d}'`);
 
   const stats: Stats = { gets: 0, bytesRead: 0, sources: 0 };
+  const checked = new CheckedBatches(o.checkedBatchBytes ?? DEFAULT_CHECKED_BATCH_BYTES);
   const reader = await openHistory(store, o.history, pair, { seq: o.seq, kind: o.readerKind ?? 'recovery', ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, clock, lease: o.lease ?? true, held: o.heldLease }, stats);
   try {
     const m = reader.manifest;
@@ -205,7 +225,6 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
         for (const [index, sha256, crc32c, length] of disk.chunks) read.baseChunks.set(index, { chunk: { index, sha256, crc32c, length }, key: baseChunkKey(o.pairId, sha256) });
       }
     }
-    const checked = new CheckedBatches(o.checkedBatchBytes ?? DEFAULT_CHECKED_BATCH_BYTES);
     await mapLimit(segments, concurrency, async (batch) => {
       for (const entry of await readIndex(store, batch, stats, checked)) {
         const read = disks.get(batch.disks[entry.disk]);
@@ -237,12 +256,14 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
       segments: segments.length,
       stats,
       alignBytes: m.version > 0 ? RANGE_BLOCKS * BLOCK_SIZE : BLOCK_SIZE,
-      async fill(disk, firstBlock, window, run) {
+      async fill(disk, firstBlock, window, run, stale) {
         const d = resolved.get(disk);
         if (!d) throw new InvalidArgumentError(`disk '${disk}' is not one this read of pair '${o.pairId}' opened`);
         const last = firstBlock + Math.ceil(window.length / BLOCK_SIZE);
         if (firstBlock < 0 || last * BLOCK_SIZE > Math.ceil(d.spec.sizeBytes / BLOCK_SIZE) * BLOCK_SIZE) throw new RangeError(`blocks [${firstBlock}, ${last}) are not all within disk '${disk}' (${d.spec.sizeBytes} bytes)`);
         const planned = await d.plan(firstBlock, last, l0Within(d.l0, firstBlock, last), run);
+        // Zero versions are not placed (the window's zeros are taken for them): zeroed here.
+        if (stale) for (const r of subtract(stale, dataRanges(planned.filter(placesData), firstBlock, window.length))) window.fill(0, r.start, r.end);
         await fillWindow(store, window, firstBlock, planned, run, stats, checked);
         return dataRanges(planned, firstBlock, window.length);
       },
@@ -253,6 +274,7 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
       },
     };
   } catch (err) {
+    checked.clear(); // and the reads still in flight let theirs go as they end
     await reader.close();
     throw err;
   }
@@ -501,9 +523,21 @@ async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats, check
     stats.gets++;
     stats.bytesRead += whole.length;
     if (whole.length !== b.sizeBytes) throw new CorruptExtentError(b.key, `is ${whole.length} bytes, batch ${b.seq} was ${b.sizeBytes} when it was applied`);
-    checkAppliedBatch(whole, b);
-    checked.keep(b.key, whole);
-    tail = whole.subarray(b.sizeBytes - len);
+    // Hashed in a worker, which keeps the body (within the budget) for the windows.
+    const hold = checked.reserve(whole.length);
+    const hashed = await hashHeld(whole, { hold, tailFrom: b.sizeBytes - len, giveAway: store.freshReads === true }).catch((err: unknown) => {
+      if (hold) checked.unreserve(b.sizeBytes);
+      throw err;
+    });
+    try {
+      checkAppliedSha256(hashed.sha256, b);
+    } catch (err) {
+      if (hashed.held) release([hashed.held]);
+      if (hold) checked.unreserve(b.sizeBytes);
+      throw err;
+    }
+    if (hashed.held) checked.keep(b.key, hashed.held);
+    tail = hashed.tail;
   } else {
     tail = await store.get(b.key, { start: b.sizeBytes - len, end: b.sizeBytes }, undefined, b.versionId);
     stats.gets++;
@@ -562,7 +596,7 @@ async function fillWindow(
    * The payloads of `qs`' entries, held in `bytes` (which start at byte `at` of their
    * object): each entry decoded and checked once, with every piece the window takes from it.
    */
-  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer, at: number, qs: Piece<{ entry: E }>[], judge: (e: E, outcome: PayloadOutcome) => void, giveAway = false): Promise<void> => {
+  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer | HeldRange, at: number, qs: Piece<{ entry: E }>[], judge: (e: E, outcome: PayloadOutcome) => void, giveAway = false): Promise<void> => {
     const byEntry = new Map<E, Piece<unknown>[]>();
     for (const q of qs) {
       const list = byEntry.get(q.ref.entry);
@@ -603,12 +637,14 @@ async function fillWindow(
   });
   const extentSpan = (q: Piece<ExtentRef>): [number, number] => [q.ref.entry.payloadOffset, q.ref.entry.payloadOffset + q.ref.entry.payloadLength];
   const extentReads = [...byObject.entries()].flatMap(([key, qs]) => mergeReads(key, qs, extentSpan)).map((r) => async () => {
-    // From the checked whole batch where it is kept (copied to the worker), else one ranged GET.
+    // From the checked whole batch where a worker keeps it, else one ranged GET.
     const kept = checked.slice(r.key, r.start, r.end);
-    const bytes = kept ?? (await store.get(r.key, { start: r.start, end: r.end }, undefined, byObject.get(r.key)![0].ref.batch.versionId));
-    if (!kept) {
+    let bytes: Buffer | HeldRange | undefined = kept;
+    if (!bytes) {
+      const got = await store.get(r.key, { start: r.start, end: r.end }, undefined, byObject.get(r.key)![0].ref.batch.versionId);
       stats.gets++;
-      stats.bytesRead += bytes.length;
+      stats.bytesRead += got.length;
+      bytes = got;
     }
     await placeEntries(
       bytes,
@@ -666,15 +702,34 @@ function mergeReads<T>(key: string, items: T[], span: (t: T) => [number, number]
   return reads;
 }
 
+/** A piece whose stored payload fillWindow copies into the window (a zero version's is not). */
+const placesData = (q: Piece<Ref>): boolean => isChunk(q.ref) || q.ref.entry.payloadLength > 0;
+
 /** Byte ranges of the window that hold data, adjacent pieces merged (fewer, larger writes). */
-function dataRanges(pieces: Piece<Ref>[], firstBlock: number, size: number): { start: number; end: number }[] {
-  const out: { start: number; end: number }[] = [];
+function dataRanges(pieces: Piece<Ref>[], firstBlock: number, size: number): ByteRange[] {
+  const out: ByteRange[] = [];
   for (const q of pieces) {
     const start = (q.blockIndex - firstBlock) * BLOCK_SIZE;
     const end = Math.min(size, start + q.blockCount * BLOCK_SIZE);
     const last = out[out.length - 1];
     if (last && last.end === start) last.end = end;
     else out.push({ start, end });
+  }
+  return out;
+}
+
+/** The parts of `a` outside `b` (both sorted and disjoint). */
+export function subtract(a: readonly ByteRange[], b: readonly ByteRange[]): ByteRange[] {
+  const out: ByteRange[] = [];
+  let j = 0;
+  for (const r of a) {
+    let start = r.start;
+    while (j < b.length && b[j].end <= start) j++;
+    for (let k = j; k < b.length && b[k].start < r.end && start < r.end; k++) {
+      if (b[k].start > start) out.push({ start, end: b[k].start });
+      start = Math.max(start, b[k].end);
+    }
+    if (start < r.end) out.push({ start, end: r.end });
   }
   return out;
 }

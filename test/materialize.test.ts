@@ -6,7 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { CorruptExtentError } from '../core/errors';
+import { heldBytes } from '../replica/chunk-verifier';
 import { fileSink, materialize, objectSink } from '../replica/materialize';
+import { subtract } from '../replica/rp-reader';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, recover, SourceModel } from './helpers';
@@ -47,8 +49,12 @@ describe('materialize', () => {
     ];
     const { c, model, seq } = await replicate(pairId, disks, writes);
     const prefix = `recoveries/${pairId}/${seq}`;
-    const res = await materialize(c.store, c.index, { pairId, seq, windowBytes: 8 * MiB, sinkFor: async (disk) => objectSink(c.store, `${prefix}/${disk}.img`) });
+    const held: number[] = [];
+    const res = await materialize(c.store, c.index, { pairId, seq, windowBytes: 8 * MiB, sinkFor: async (disk) => (held.push(await heldBytes()), objectSink(c.store, `${prefix}/${disk}.img`)) });
     expect(res.disks.map((d) => d.name)).toEqual(['big', 'small']);
+    // The checked batches were held by the decoding workers while reading, and let go after.
+    expect(held[0]).toBeGreaterThan(0);
+    expect(await heldBytes()).toBe(0);
     for (const d of disks) {
       const image = await c.store.get(`${prefix}/${d.name}.img`);
       expect({ disk: d.name, diff: firstDifference(image, model.disks.get(d.name)!) }).toEqual({ disk: d.name, diff: undefined });
@@ -76,6 +82,23 @@ describe('materialize', () => {
     const out = join(await mkdtemp(join(tmpdir(), 'livesync-')), 'd.img');
     await expect(materialize(c.store, c.index, { pairId, seq, sinkFor: async (_d, size) => fileSink(out, size) })).rejects.toThrow(CorruptExtentError);
     await expect(stat(out)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await heldBytes()).toBe(0); // a read that failed to open holds nothing
+  });
+
+  test('a read that fails to open (one batch of several replaced) lets go of the batches it had checked', async () => {
+    const disks = [{ name: 'd', sizeBytes: 16 * MiB }];
+    const pairId = newPairId('rotmany');
+    const writes: [string, number, Buffer][] = [0, 1, 2, 3].map((i) => ['d', i * 3 * MiB, pattern(3 * MiB, 20 + i)]);
+    const { c, seq, keys } = await replicate(pairId, disks, writes);
+    expect(keys.length).toBeGreaterThan(2);
+    const key = keys[keys.length - 1];
+    const body = Buffer.from(await c.store.get(key));
+    body[200] ^= 0xff;
+    await c.store.put(key, body);
+    await expect(recover(c, pairId, seq)).rejects.toThrow(key);
+    // The others' reads may still be ending: each lets its body go as it does.
+    for (let t = 0; t < 50 && (await heldBytes()) > 0; t++) await new Promise((r) => setTimeout(r, 20));
+    expect(await heldBytes()).toBe(0);
   });
 
   test('recovery of an unknown pair or a seq that is not an RP is refused clearly', async () => {
@@ -147,5 +170,19 @@ describe('materialize', () => {
     });
     expect(seen.size).toBeLessThan(6); // windows were reused
     expect(firstDifference(image, model.disks.get('d')!)).toBeUndefined();
+  });
+
+  test('subtract: the parts of sorted ranges outside others (what a reused window zeroes)', () => {
+    const r = (...xs: [number, number][]) => xs.map(([start, end]) => ({ start, end }));
+    const table: [ReturnType<typeof r>, ReturnType<typeof r>, ReturnType<typeof r>][] = [
+      [r([0, 10]), r(), r([0, 10])],
+      [r([0, 10]), r([0, 10]), r()],
+      [r([0, 10]), r([2, 4], [6, 8]), r([0, 2], [4, 6], [8, 10])],
+      [r([0, 4], [6, 10]), r([3, 7]), r([0, 3], [7, 10])],
+      [r([5, 6]), r([0, 5], [6, 9]), r([5, 6])],
+      [r([0, 2], [4, 6], [8, 10]), r([1, 9]), r([0, 1], [9, 10])],
+      [r(), r([0, 1]), r()],
+    ];
+    for (const [a, b, want] of table) expect({ a, b, got: subtract(a, b) }).toEqual({ a, b, got: want });
   });
 });
