@@ -175,7 +175,7 @@ export async function verifyChunk(body: Buffer, expected: ChunkRef, where: strin
   const answer = await ask({ type: 'chunk', payload: chunk.payload, zstd: chunk.zstd, length: chunk.length });
   // Not the chunk's fault: a plain error, which the workflow retries.
   if ('died' in answer) throw new Error(`verifying ${where}: the verifier thread died: ${answer.died}`);
-  if (!('length' in answer)) throw new Error(`verifying ${where}: unexpected answer`);
+  if (!('length' in answer || 'error' in answer)) throw new Error(`verifying ${where}: unexpected answer`);
   // What the payload turned into, or why it did not decompress: judged as the chunk's.
   checkChunkData(chunk, expected, answer, where);
 }
