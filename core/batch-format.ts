@@ -225,8 +225,12 @@ export function batchObjectCrc32c(body: Buffer): number {
   return crc32c(body.subarray(body.length - 8), body.readUInt32LE(body.length - 8));
 }
 
-/** Decodes and fully verifies a whole batch object: every checksum, every extent. */
-export function decodeBatch(buf: Buffer, where: string): DecodedBatch {
+/**
+ * Decodes and fully verifies a whole batch object: every checksum, every extent. With
+ * `payloads: false` everything but the extents' payloads (their decoding and data CRC-32C),
+ * which the caller then checks elsewhere (apply: in a worker, judged with checkExtentData).
+ */
+export function decodeBatch(buf: Buffer, where: string, o: { payloads: boolean } = { payloads: true }): DecodedBatch {
   checkEnd(buf, buf.length, where);
   // The whole-object checksum first: after it, a bad field is a bug, not corruption.
   const objectCrc = crc32c(buf.subarray(0, buf.length - 8));
@@ -250,7 +254,7 @@ export function decodeBatch(buf: Buffer, where: string): DecodedBatch {
     if (e.payloadOffset !== expectedOffset) throw new BatchError('MALFORMED', where, `extent ${i} payload at ${e.payloadOffset}, expected ${expectedOffset}`);
     expectedOffset += e.payloadLength;
     if (expectedOffset > trailer.indexOffset) throw new BatchError('MALFORMED', where, `extent ${i} payload runs into the index`);
-    if (!(e.flags & EXTENT_FLAGS.ZERO)) decodeExtent(e, buf.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), `${where} extent ${i}`);
+    if (o.payloads && !(e.flags & EXTENT_FLAGS.ZERO)) decodeExtent(e, buf.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength), `${where} extent ${i}`);
     dataBytes += e.blockCount * BLOCK_SIZE;
   }
   if (expectedOffset !== trailer.indexOffset) throw new BatchError('MALFORMED', where, `${trailer.indexOffset - expectedOffset} stray bytes before the index`);

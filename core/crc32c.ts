@@ -21,8 +21,8 @@ export const nativeCrc32c: Crc32cFn | undefined = (() => {
 const NATIVE_MIN_BYTES = 256;
 
 const POLY = 0x82f63b78;
-/** 16 tables of 256 entries, flattened: T[k * 256 + n]. */
-const T: Uint32Array = (() => {
+/** 16 tables of 256 entries, flattened: T[k * 256 + n]. Exported for the decoding workers' copy of the table code (replica/chunk-verifier.ts). */
+export const CRC32C_TABLES: Uint32Array = (() => {
   const t = new Uint32Array(16 * 256);
   for (let n = 0; n < 256; n++) {
     let c = n;
@@ -42,6 +42,7 @@ export function crc32c(buf: Uint8Array, crc = 0): number {
 
 /** The table code, in plain TypeScript. */
 export function crc32cPortable(buf: Uint8Array, crc = 0): number {
+  const T = CRC32C_TABLES;
   let c = ~crc >>> 0;
   let i = 0;
   const len = buf.length;

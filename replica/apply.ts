@@ -3,13 +3,13 @@
 // already durable when we run; the index is written last; every step is safe to repeat.
 
 import { planAdvance } from '../core/advance';
-import { BLOCK_SIZE, decodeBatch, type DecodedBatch } from '../core/batch-format';
+import { BLOCK_SIZE, EXTENT_FLAGS, checkExtentData, decodeBatch, type DecodedBatch } from '../core/batch-format';
 import { BatchError } from '../core/errors';
 import { parseJournalKey } from '../core/keys';
 import { MAX_SEQ_LEAD, offersRps, seedingState, type BatchRecord, type Pair, type PairError } from '../core/model';
 import { checkAfterAdvance, decideRpCheck, type RpCheck, type ScheduledCheck } from '../core/rp-timer';
 import { compactionDue } from '../core/compaction-trigger';
-import { batchSha256 } from './applied-batch';
+import { checkBatchPayloads } from './chunk-verifier';
 import { mapLimit, sleep } from './concurrency';
 import { ObjectNotFoundError, ObjectTooLargeError, type CompactionLauncher, type ObjectStore, type ReplicaIndex, type RpCheckQueue } from './ports';
 
@@ -153,10 +153,20 @@ export class ApplyService {
 
     let record: BatchRecord;
     try {
-      record = toRecord(key, body, versionId, validate(decodeBatch(body, key), pair, seq, key), this.now());
+      // The structure and every checksum here; the payloads' decoding and data CRC-32Cs and
+      // the body's SHA-256 in a worker thread (the body goes there uncopied when it is ours).
+      const sizeBytes = body.length;
+      const decoded = decodeBatch(body, key, { payloads: false });
+      const stored = decoded.extents.map((e, i) => ({ e, i })).filter(({ e }) => !(e.flags & EXTENT_FLAGS.ZERO));
+      const payloads = stored.map(({ e }) => ({ start: e.payloadOffset, end: e.payloadOffset + e.payloadLength, zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0, length: e.blockCount * BLOCK_SIZE }));
+      const checked = await checkBatchPayloads(body, payloads, this.store.freshReads === true);
+      stored.forEach(({ e, i }, n) => checkExtentData(e, checked.outcomes[n], `${key} extent ${i}`));
+      record = toRecord(key, sizeBytes, checked.sha256, versionId, validate(decoded, pair, seq, key), this.now());
     } catch (err) {
       if (!(err instanceof BatchError)) throw err;
-      return this.quarantine(pair, seq, key, err.code, err.reason);
+      // The record names the object; its reason, the part of it at fault (an extent) if any.
+      const part = err.where.startsWith(key) ? err.where.slice(key.length).trim() : '';
+      return this.quarantine(pair, seq, key, err.code, part ? `${part}: ${err.reason}` : err.reason);
     }
 
     const reg = await this.index.registerBatch(pairId, record);
@@ -339,14 +349,14 @@ function validate(b: DecodedBatch, pair: Pair, keySeq: number, where: string): D
  */
 const blocksAt = (seq: number, watermark: number): boolean => seq > watermark && seq <= watermark + MAX_SEQ_LEAD;
 
-function toRecord(key: string, body: Buffer, versionId: string | undefined, b: DecodedBatch, nowMs: number): BatchRecord {
+function toRecord(key: string, sizeBytes: number, sha256: string, versionId: string | undefined, b: DecodedBatch, nowMs: number): BatchRecord {
   const h = b.header;
   return {
     seq: h.seq,
     key,
-    sizeBytes: body.length,
+    sizeBytes,
     objectCrc: b.trailer.objectCrc,
-    sha256: batchSha256(body),
+    sha256,
     ...(versionId === undefined ? {} : { versionId }),
     firstWriteMs: h.firstWriteMs,
     cutMs: h.cutMs,

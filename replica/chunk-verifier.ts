@@ -1,8 +1,10 @@
-// The read path's heavy work on worker threads: zstd decompression and the data checksums
-// (SHA-256 of backup chunks, CRC-32C of batch extents), and for recovery also placing the
-// verified data into the image window. The event loop that moves the bytes (S3 GETs and PUTs;
-// locally also the S3 server itself) keeps its core.
+// The heavy work of reading stored objects, on worker threads: zstd decompression and the data
+// checksums (SHA-256 of backup chunks and batch objects, CRC-32C of batch extents), and for
+// recovery also placing the verified data into the image window. The event loop that moves
+// the bytes (S3 GETs and PUTs, DynamoDB calls; locally also the S3 server itself) keeps its core.
 //
+// - checkBatchPayloads (apply): every stored payload of a batch decoded and its length and
+//   CRC-32C taken, and the body's SHA-256; the caller judges them against the index.
 // - verifyChunk (seeding): a backup chunk checked end to end; the body stays ours to store.
 // - placeVerified (recovery): the objects' bytes read by one GET hold payloads (extents or a
 //   chunk); each is decompressed and checked in a worker, and only data that matches its
@@ -21,32 +23,45 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { checkChunkData, checkChunkHeader, type ChunkRef } from '../core/chunk-format';
-import { nativeCrc32c } from '../core/crc32c';
+import { CRC32C_TABLES, crc32c, nativeCrc32c } from '../core/crc32c';
 
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { zstdDecompressSync } = require('node:zlib');
 const { createHash } = require('node:crypto');
-let crc32c;
+// CRC-32C: slicing-by-16 over core/crc32c.ts's tables (its table code, the same as
+// crc32cPortable), or the CPU's instruction through the binary where that loads. Both are
+// checked at start against a sample the parent checksummed (aligned and not).
+const T = workerData.crcTables;
+const crc32cPortable = (buf) => {
+  let c = ~0 >>> 0;
+  let i = 0;
+  const len = buf.length;
+  for (; i < len && ((buf.byteOffset + i) & 3) !== 0; i++) c = T[(c ^ buf[i]) & 0xff] ^ (c >>> 8);
+  const blocks = (len - i) >>> 4;
+  if (blocks > 0) {
+    const w = new Uint32Array(buf.buffer, buf.byteOffset + i, blocks * 4);
+    for (let j = 0; j < w.length; j += 4) {
+      const a = w[j] ^ c, b = w[j + 1], d = w[j + 2], e = w[j + 3];
+      c =
+        T[3840 + (a & 0xff)] ^ T[3584 + ((a >>> 8) & 0xff)] ^ T[3328 + ((a >>> 16) & 0xff)] ^ T[3072 + (a >>> 24)] ^
+        T[2816 + (b & 0xff)] ^ T[2560 + ((b >>> 8) & 0xff)] ^ T[2304 + ((b >>> 16) & 0xff)] ^ T[2048 + (b >>> 24)] ^
+        T[1792 + (d & 0xff)] ^ T[1536 + ((d >>> 8) & 0xff)] ^ T[1280 + ((d >>> 16) & 0xff)] ^ T[1024 + (d >>> 24)] ^
+        T[768 + (e & 0xff)] ^ T[512 + ((e >>> 8) & 0xff)] ^ T[256 + ((e >>> 16) & 0xff)] ^ T[e >>> 24];
+    }
+    i += blocks * 16;
+  }
+  for (; i < len; i++) c = T[(c ^ buf[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
+};
+const sample = Buffer.from(workerData.crcSample);
+const agrees = (f) => f(sample) === workerData.crcSampleCrc && f(sample.subarray(3)) === workerData.crcSampleCrc3;
+if (!agrees(crc32cPortable)) throw new Error('CRC-32C self-check failed');
+let crc32c = crc32cPortable;
 try {
   const f = workerData.crcModule && require(workerData.crcModule).crc32c;
-  if (f && f(Buffer.from('123456789')) === 0xe3069283) crc32c = f;
+  if (f && agrees(f)) crc32c = (b) => (b.length >= 256 ? f(b) : crc32cPortable(b));
 } catch {}
-if (!crc32c) {
-  // Bytewise CRC-32C (Castagnoli): where the binary does not load.
-  const T = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    T[n] = c >>> 0;
-  }
-  crc32c = (b) => {
-    let c = ~0;
-    for (let i = 0; i < b.length; i++) c = T[(c ^ b[i]) & 0xff] ^ (c >>> 8);
-    return ~c >>> 0;
-  };
-}
-if (crc32c(Buffer.from('123456789')) !== 0xe3069283) throw new Error('CRC-32C self-check failed');
 const sha256 = (data) => createHash('sha256').update(data).digest('hex');
 // The output in one buffer of its known size, not 16 KiB pieces joined (a copy of every byte).
 const decode = (payload, zstd, length) => (zstd ? zstdDecompressSync(payload, { maxOutputLength: length, chunkSize: Math.max(64, length) }) : payload);
@@ -68,6 +83,21 @@ parentPort.on('message', (m) => {
     if (m.type === 'chunk') {
       const data = decode(m.payload, m.zstd, m.length);
       parentPort.postMessage({ id: m.id, length: data.length, sha256: sha256(data) });
+      return;
+    }
+    if (m.type === 'batch') {
+      // apply: every item's payload decoded and its length and CRC-32C taken; the body's SHA-256.
+      const body = asBuffer(m.body);
+      const outcomes = m.items.map((it) => {
+        let data;
+        try {
+          data = decode(body.subarray(it.start, it.end), it.zstd, it.length);
+        } catch (err) {
+          return { error: String((err && err.message) || err) };
+        }
+        return { length: data.length, crc: crc32c(data) };
+      });
+      parentPort.postMessage({ id: m.id, sha256: sha256(body), outcomes });
       return;
     }
     if (m.type === 'hash') {
@@ -112,6 +142,7 @@ type Answer =
   | { id: number; length: number; sha256: string }
   | { id: number; sha256: string; tail: Uint8Array }
   | { id: number; bytes: number }
+  | { id: number; sha256: string; outcomes: PayloadOutcome[] }
   | { id: number; results: PayloadOutcome[] }
   | { id: number; error: string }
   | { id: number; died: string };
@@ -133,12 +164,19 @@ const crcModule = ((): string | undefined => {
   }
 })();
 
+/** What a worker checks its CRC-32C code against at start: 1 KiB of a fixed pattern, and its CRCs (whole, and from byte 3). */
+const CRC_SAMPLE = ((): { crcSample: Uint8Array; crcSampleCrc: number; crcSampleCrc3: number } => {
+  const b = Buffer.alloc(1024);
+  for (let i = 0, x = 1; i < b.length; i++) b[i] = (x = (x * 1103515245 + 12345) >>> 0) >>> 24;
+  return { crcSample: b, crcSampleCrc: crc32c(b), crcSampleCrc3: crc32c(b.subarray(3)) };
+})();
+
 /** One worker per core but one (the event loop keeps that), at least one, at most 4. */
 function workers(): PoolWorker[] {
   if (!pool) {
     const n = Math.max(1, Math.min(4, availableParallelism() - 1));
     pool = Array.from({ length: n }, () => {
-      const w: PoolWorker = { worker: new Worker(WORKER_SOURCE, { eval: true, workerData: { crcModule } }), pending: new Map() };
+      const w: PoolWorker = { worker: new Worker(WORKER_SOURCE, { eval: true, workerData: { crcModule, crcTables: CRC32C_TABLES, ...CRC_SAMPLE } }), pending: new Map() };
       w.worker.on('message', (a: Answer) => {
         const done = w.pending.get(a.id);
         w.pending.delete(a.id);
@@ -193,6 +231,30 @@ export interface PlaceItem {
   sha256?: string;
   /** [offset in the data, offset in the window, length] of each piece to copy. */
   places: [number, number, number][];
+}
+
+/** One stored payload of a batch, for checkBatchPayloads: its bytes within the body, and what it decodes to. */
+export interface BatchPayload {
+  start: number;
+  end: number;
+  zstd: boolean;
+  /** Decoded length. */
+  length: number;
+}
+
+/**
+ * Decodes each payload of a batch object in a worker, and takes the body's SHA-256 there:
+ * each payload's outcome (its length and CRC-32C, or why it did not decompress), in order,
+ * for the caller to judge. `body` is copied to the worker unless `giveAway` (see
+ * placeVerified). Rejects (plain Error) if the worker failed.
+ */
+export async function checkBatchPayloads(body: Buffer, payloads: BatchPayload[], giveAway: boolean): Promise<{ sha256: string; outcomes: PayloadOutcome[] }> {
+  const sent = sendable(body, giveAway);
+  const answer = await ask({ type: 'batch', body: sent, items: payloads }, [sent.buffer as ArrayBuffer]);
+  if ('died' in answer) throw new Error(`decoding thread died: ${answer.died}`);
+  if ('error' in answer) throw new Error(`decoding thread failed: ${answer.error}`);
+  if (!('outcomes' in answer)) throw new Error('decoding thread: unexpected answer');
+  return answer;
 }
 
 /** A whole object kept by a worker (hashHeld), for placeVerified to take payloads from there. */
