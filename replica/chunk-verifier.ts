@@ -65,6 +65,14 @@ try {
 const sha256 = (data) => createHash('sha256').update(data).digest('hex');
 // The output in one buffer of its known size, not 16 KiB pieces joined (a copy of every byte).
 const decode = (payload, zstd, length) => (zstd ? zstdDecompressSync(payload, { maxOutputLength: length, chunkSize: Math.max(64, length) }) : payload);
+// An item's payload within body, decoded; or { error } saying why it did not decompress.
+const decodeItem = (body, it) => {
+  try {
+    return decode(body.subarray(it.start, it.end), it.zstd, it.length);
+  } catch (err) {
+    return { error: String((err && err.message) || err) };
+  }
+};
 // Bodies kept for the caller (hash with hold), by the id of the message that brought them.
 const held = new Map();
 const asBuffer = (u) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
@@ -89,13 +97,8 @@ parentPort.on('message', (m) => {
       // apply: every item's payload decoded and its length and CRC-32C taken; the body's SHA-256.
       const body = asBuffer(m.body);
       const outcomes = m.items.map((it) => {
-        let data;
-        try {
-          data = decode(body.subarray(it.start, it.end), it.zstd, it.length);
-        } catch (err) {
-          return { error: String((err && err.message) || err) };
-        }
-        return { length: data.length, crc: crc32c(data) };
+        const data = decodeItem(body, it);
+        return data.error !== undefined ? data : { length: data.length, crc: crc32c(data) };
       });
       parentPort.postMessage({ id: m.id, sha256: sha256(body), outcomes });
       return;
@@ -117,12 +120,8 @@ parentPort.on('message', (m) => {
     }
     const win = Buffer.from(m.window);
     const results = m.items.map((it) => {
-      let data;
-      try {
-        data = decode(body.subarray(it.start, it.end), it.zstd, it.length);
-      } catch (err) {
-        return { error: String((err && err.message) || err) };
-      }
+      const data = decodeItem(body, it);
+      if (data.error !== undefined) return data;
       const out = it.sha256 !== undefined ? { length: data.length, sha256: sha256(data) } : { length: data.length, crc: crc32c(data) };
       if (data.length === it.length && (it.sha256 !== undefined ? out.sha256 === it.sha256 : out.crc === it.crc)) {
         for (const [src, dst, len] of it.places) data.copy(win, dst, src, src + len);
