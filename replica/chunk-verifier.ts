@@ -195,14 +195,24 @@ function workers(): PoolWorker[] {
   return pool;
 }
 
+/** The worker with the fewest tasks in flight. */
+const leastBusy = (): PoolWorker => workers().reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+
 /** Sends a task to the least busy worker (or to `to`); resolves with its answer. */
-function ask(message: Record<string, unknown>, transfer: ArrayBuffer[] = [], to?: PoolWorker, id = nextId++): Promise<Answer> {
-  const w = to ?? workers().reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+function ask(message: Record<string, unknown>, transfer: ArrayBuffer[] = [], w: PoolWorker = leastBusy(), id = nextId++): Promise<Answer> {
   return new Promise<Answer>((resolve) => {
     if (w.pending.size === 0) w.worker.ref();
     w.pending.set(id, resolve);
     w.worker.postMessage({ ...message, id }, transfer);
   });
+}
+
+/** `answer` if it carries `key`; else a plain Error saying the worker (`thread`) died, failed, or answered something else. */
+function answered<K extends string>(answer: Answer, key: K, thread: string): Extract<Answer, Record<K, unknown>> {
+  if ('died' in answer) throw new Error(`${thread} died: ${answer.died}`);
+  if ('error' in answer) throw new Error(`${thread} failed: ${answer.error}`);
+  if (!(key in answer)) throw new Error(`${thread}: unexpected answer`);
+  return answer as Extract<Answer, Record<K, unknown>>;
 }
 
 /** Checks a chunk object end to end against the manifest's ref; throws BackupError naming `where`. */
@@ -249,18 +259,13 @@ export interface BatchPayload {
  */
 export async function checkBatchPayloads(body: Buffer, payloads: BatchPayload[], giveAway: boolean): Promise<{ sha256: string; outcomes: PayloadOutcome[] }> {
   const sent = sendable(body, giveAway);
-  const answer = await ask({ type: 'batch', body: sent, items: payloads }, [sent.buffer as ArrayBuffer]);
-  if ('died' in answer) throw new Error(`decoding thread died: ${answer.died}`);
-  if ('error' in answer) throw new Error(`decoding thread failed: ${answer.error}`);
-  if (!('outcomes' in answer)) throw new Error('decoding thread: unexpected answer');
-  return answer;
+  return answered(await ask({ type: 'batch', body: sent, items: payloads }, [sent.buffer as ArrayBuffer]), 'outcomes', 'decoding thread');
 }
 
 /** A whole object kept by a worker (hashHeld), for placeVerified to take payloads from there. */
 export interface HeldBody {
   readonly worker: PoolWorker;
   readonly id: number;
-  readonly length: number;
 }
 
 /** Bytes [start, end) of a held body. */
@@ -278,20 +283,21 @@ export interface HeldRange {
  */
 export async function hashHeld(body: Buffer, o: { hold: boolean; tailFrom: number; giveAway: boolean }): Promise<{ sha256: string; tail: Buffer; held?: HeldBody }> {
   const sent = sendable(body, o.giveAway);
-  const w = workers().reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+  const w = leastBusy();
   const id = nextId++;
-  const answer = await ask({ type: 'hash', body: sent, hold: o.hold, tailFrom: o.tailFrom }, [sent.buffer as ArrayBuffer], w, id);
-  if ('died' in answer) throw new Error(`hashing thread died: ${answer.died}`);
-  if ('error' in answer) throw new Error(`hashing thread failed: ${answer.error}`);
-  if (!('tail' in answer)) throw new Error('hashing thread: unexpected answer');
+  const answer = answered(await ask({ type: 'hash', body: sent, hold: o.hold, tailFrom: o.tailFrom }, [sent.buffer as ArrayBuffer], w, id), 'tail', 'hashing thread');
   const tail = Buffer.from(answer.tail.buffer, answer.tail.byteOffset, answer.tail.byteLength);
-  return { sha256: answer.sha256, tail, held: o.hold ? { worker: w, id, length: sent.byteLength } : undefined };
+  return { sha256: answer.sha256, tail, held: o.hold ? { worker: w, id } : undefined };
 }
 
 /** Lets the workers drop these bodies (fire and forget: a dead worker held nothing). */
 export function release(held: HeldBody[]): void {
   const byWorker = new Map<PoolWorker, number[]>();
-  for (const h of held) byWorker.set(h.worker, [...(byWorker.get(h.worker) ?? []), h.id]);
+  for (const h of held) {
+    const ids = byWorker.get(h.worker);
+    if (ids) ids.push(h.id);
+    else byWorker.set(h.worker, [h.id]);
+  }
   for (const [w, ids] of byWorker) if (pool?.includes(w)) w.worker.postMessage({ type: 'drop', ids });
 }
 
@@ -330,8 +336,5 @@ export async function placeVerified(body: Buffer | HeldRange, items: PlaceItem[]
     if (!pool?.includes(body.held.worker)) throw new Error('decoding thread died: the body it held is gone');
     answer = await ask({ type: 'place', held: body.held.id, start: body.start, end: body.end, items, window }, [], body.held.worker);
   }
-  if ('died' in answer) throw new Error(`decoding thread died: ${answer.died}`);
-  if ('error' in answer) throw new Error(`decoding thread failed: ${answer.error}`);
-  if (!('results' in answer)) throw new Error('decoding thread: unexpected answer');
-  return answer.results;
+  return answered(answer, 'results', 'decoding thread').results;
 }

@@ -9,7 +9,7 @@ import { once } from 'node:events';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
 import type { RecoveryPoint } from '../core/model';
-import type { ImageSink, ObjectStore, ReplicaIndex } from './ports';
+import type { ByteRange, ImageSink, ObjectStore, ReplicaIndex } from './ports';
 import { limiter } from './concurrency';
 import { openRp, type RpReader, type RpReadOptions } from './rp-reader';
 
@@ -98,7 +98,7 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
   let dataBytes = 0;
   let writing: Promise<void> = Promise.resolve();
   const run = limiter(concurrency);
-  type Ranges = { start: number; end: number }[];
+  type Ranges = ByteRange[];
   const filling: { offset: number; window: Buffer; filled: Promise<Ranges> }[] = [];
   /** Windows the sink is done with (doneWithWindow), to fill again, with their last data ranges. */
   const spare: { window: Buffer; ranges: Ranges }[] = [];

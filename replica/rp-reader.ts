@@ -525,14 +525,12 @@ async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats, check
     if (whole.length !== b.sizeBytes) throw new CorruptExtentError(b.key, `is ${whole.length} bytes, batch ${b.seq} was ${b.sizeBytes} when it was applied`);
     // Hashed in a worker, which keeps the body (within the budget) for the windows.
     const hold = checked.reserve(whole.length);
-    const hashed = await hashHeld(whole, { hold, tailFrom: b.sizeBytes - len, giveAway: store.freshReads === true }).catch((err: unknown) => {
-      if (hold) checked.unreserve(b.sizeBytes);
-      throw err;
-    });
+    let hashed: Awaited<ReturnType<typeof hashHeld>> | undefined;
     try {
+      hashed = await hashHeld(whole, { hold, tailFrom: b.sizeBytes - len, giveAway: store.freshReads === true });
       checkAppliedSha256(hashed.sha256, b);
     } catch (err) {
-      if (hashed.held) release([hashed.held]);
+      if (hashed?.held) release([hashed.held]);
       if (hold) checked.unreserve(b.sizeBytes);
       throw err;
     }
