@@ -12,13 +12,14 @@
 // The cloud side shows the pair RESYNCING from the first RESYNC batch to RESYNC_END.
 
 import type { FileHandle } from 'node:fs/promises';
-import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch } from '../core/batch-format';
+import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch, type ExtentInput } from '../core/batch-format';
 import type { DiskSpec } from '../core/model';
 import type { ObjectStore } from '../replica/ports';
 import { BatchWriter, type CutBatch, type CutOptions } from '../source/batch-writer';
 import type { BodyPool } from '../source/body-pool';
 import type { DirtyMap, Region } from './dirty-map';
 import { encodeRecord, type FlushLog } from './flush-log';
+import { MAX_BACKED_EXTENTS, type ImageRange } from './image-backing';
 import { RangeLock } from './range-lock';
 import { readFully } from './read-fully';
 import type { Spool } from './spool';
@@ -42,8 +43,11 @@ export interface CaptureStatus {
   flushLogWrites: number;
   /** Highest seq such that it and every seq below it are secured: on file in the spool, or uploaded. */
   sealedThrough: number;
-  /** held: batches in memory only; filesWritten: batch files this process wrote (most batches never need one). */
-  spool: { batches: number; bytes: number; limitBytes: number; held: number; filesWritten: number };
+  /**
+   * held: batches in memory only; imageBacked: of those, the ones whose bodies were let go (the
+   * disk images give them back); filesWritten: batch files this process wrote (most batches never need one).
+   */
+  spool: { batches: number; bytes: number; limitBytes: number; held: number; imageBacked: number; filesWritten: number };
   upload: { inFlight: number; batches: number; bytes: number; lastError?: string };
   dirtyRegions: number;
   resyncPendingRegions: number;
@@ -94,6 +98,11 @@ export class PairCapture {
   private flushCount = 0;
   private flushLogWrites = 0;
   private roomWaiters: (() => void)[] = [];
+  /**
+   * Mutations that may have changed their image range and are not yet recorded by the writer:
+   * a batch cut meanwhile does not hold what the image holds there, and is not image-backed.
+   */
+  private readonly changing = new Set<ImageRange>();
   private stopping = false;
   private readonly sweepTimer: NodeJS.Timeout;
   /** Before the resync loop: what must run first (the comparison with the replica). */
@@ -110,6 +119,11 @@ export class PairCapture {
       this.sealed.add(seq);
       while (this.sealed.delete(this.sealedThroughValue + 1)) this.sealedThroughValue++;
     };
+    // Held batches the images can give back are let go of instead of written (agent/image-backing.ts).
+    o.spool.readImage = async (disk, offset, into) => {
+      const n = await readFully(o.files[disk], into, offset);
+      into.fill(0, n); // past the end of the image file: zeros
+    };
     this.writer = new BatchWriter({
       pairId: o.pairId,
       disks: o.disks,
@@ -120,6 +134,7 @@ export class PairCapture {
       // Uploads behind (a batch spooled and not yet in the journal): no cut by age, the
       // batch grows to maxBatchBytes; the link bounds the RPO then anyway.
       holdAgeCut: () => o.spool.count > 0,
+      onCut: (seq, extents) => this.trackImageRanges(seq, extents),
       maxInFlight: 2, // spool writes: local, and each holds a batch in memory
       compressConcurrency: 1, // one zstd context at a time: pool threads' allocator arenas stay small
       bodies: o.bodies,
@@ -164,13 +179,21 @@ export class PairCapture {
   async mutate(d: number, offset: number, length: number, toImage: () => Promise<void>, toWriter: (w: BatchWriter) => Promise<void>): Promise<void> {
     await this.o.dirty.beforeWrite(d, offset, length, this.modeValue !== 'overflow');
     let seq: number | undefined;
+    const changing: ImageRange = { disk: d, offset, length };
+    this.changing.add(changing);
     try {
+      // Batches the images back over this range are rebuilt first (no new one is: it is changing).
+      await this.o.spool.beforeImageWrite(d, offset, length);
       await toImage();
       if (this.modeValue !== 'overflow') {
-        await toWriter(this.writer);
+        const recorded = toWriter(this.writer);
+        // Whole blocks are recorded before the writer returns (its promise is backpressure).
+        if (offset % BLOCK_SIZE === 0 && length % BLOCK_SIZE === 0) this.changing.delete(changing);
+        await recorded;
         seq = this.writer.nextSeq;
       }
     } finally {
+      this.changing.delete(changing);
       // Not captured (overflow, or an error after the image may have changed): resync it.
       this.o.dirty.afterWrite(d, offset, length, this.modeValue === 'overflow' ? undefined : seq);
     }
@@ -183,12 +206,17 @@ export class PairCapture {
    */
   mutateNow(d: number, offset: number, length: number, toImage: () => void, toWriter: (w: BatchWriter) => void): boolean {
     if (this.modeValue === 'overflow' || !this.writer.canWriteNow(offset, length) || !this.o.dirty.markedOnFile(d, offset, length)) return false;
+    // A batch whose body was let go relies on this range: `mutate` waits for its rebuild.
+    if (this.o.spool.beforeImageWrite(d, offset, length)) return false;
     let seq: number | undefined;
+    const changing: ImageRange = { disk: d, offset, length };
+    this.changing.add(changing);
     try {
       toImage();
       toWriter(this.writer);
       seq = this.writer.nextSeq;
     } finally {
+      this.changing.delete(changing);
       this.o.dirty.afterWriteNow(d, offset, length, seq);
     }
     return true;
@@ -258,7 +286,14 @@ export class PairCapture {
       flushes: this.flushCount,
       flushLogWrites: this.flushLogWrites,
       sealedThrough: this.sealedThroughValue,
-      spool: { batches: this.o.spool.count, bytes: this.o.spool.bytes, limitBytes: this.o.spool.limitBytes, held: this.o.spool.heldCount, filesWritten: this.o.spool.filesWritten },
+      spool: {
+        batches: this.o.spool.count,
+        bytes: this.o.spool.bytes,
+        limitBytes: this.o.spool.limitBytes,
+        held: this.o.spool.heldCount,
+        imageBacked: this.o.spool.imageBackedCount,
+        filesWritten: this.o.spool.filesWritten,
+      },
       upload: { inFlight: this.uploader.inFlight, batches: this.uploader.uploadedBatches, bytes: this.uploader.uploadedBytes, lastError: this.uploader.lastError },
       dirtyRegions: this.o.dirty.dirtyRegions,
       resyncPendingRegions: this.o.dirty.pendingResync,
@@ -299,6 +334,23 @@ export class PairCapture {
     const through = this.sealedThroughValue;
     if (this.o.dirty.syncMarks) await this.o.spool.syncThrough(through);
     await this.o.dirty.sweep(through, coolMs);
+  }
+
+  /**
+   * At a cut: a batch of a few large data extents (a sequential write, as a rule) holds what
+   * the images hold at their ranges, unless a mutation in flight has changed one and is not
+   * recorded yet (`changing`); the spool may then let its body go while uploads are behind.
+   */
+  private trackImageRanges(seq: number, extents: readonly ExtentInput[]): void {
+    const ranges: ImageRange[] = [];
+    for (const e of extents) {
+      if (!e.data) continue;
+      const r = { disk: e.disk, offset: e.blockIndex * BLOCK_SIZE, length: e.data.length };
+      if (ranges.length === MAX_BACKED_EXTENTS) return;
+      for (const c of this.changing) if (c.disk === r.disk && c.offset < r.offset + r.length && r.offset < c.offset + c.length) return;
+      ranges.push(r);
+    }
+    this.o.spool.trackImageRanges(seq, ranges);
   }
 
   private file(disk: string): FileHandle {

@@ -1,9 +1,10 @@
 // The agent's local spool: cut batches, kept until the journal holds them. One file per
 // batch, named by seq: `{seq:020}.batch`, written to a temporary name, renamed. A batch added
 // without `durable` is first only held in memory: the uploader usually PUTs it from there
-// and it never touches the disk. It is written to its file when held bodies outgrow the
-// memory budget, or when something needs it on disk: syncThrough (a FLUSH, a cut, the
-// discard of its flush log, a clean stop), which also syncs it (docs/design.md, "Agent").
+// and it never touches the disk. When held bodies outgrow the memory budget, those the disk
+// images can give back are let go (agent/image-backing.ts) and the rest written to their
+// files; a batch is also written when something needs it on disk: syncThrough (a FLUSH, a
+// cut, the discard of its flush log, a clean stop), which also syncs it (docs/design.md, "Agent").
 
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -11,6 +12,7 @@ import { decodeBatch, decodeTrailer } from '../core/batch-format';
 import { crc32c } from '../core/crc32c';
 import { BatchError } from '../core/errors';
 import type { BodyPool } from '../source/body-pool';
+import { ImageRanges, rebuildBody, rebuildPlan, type ImageRange, type RebuildPlan } from './image-backing';
 import { readFully } from './read-fully';
 
 const NAME = /^(\d{20})\.batch$/;
@@ -73,6 +75,16 @@ export class Spool {
   private dirUnsynced = false;
   /** The syncThrough running, if any: the next one waits for it, then syncs what is left. */
   private syncing: Promise<void> = Promise.resolve();
+  /**
+   * Reads a disk image's bytes (the agent's images), for the batches they can give back;
+   * undefined: none are (every held batch over the budget is written to its file).
+   */
+  readImage: ((disk: number, offset: number, into: Buffer) => Promise<void>) | undefined;
+  /** The image ranges of batches the images can give back, from their cut until a write reaches one (see beforeImageWrite). */
+  private readonly images = new ImageRanges();
+  /** Held batches whose bodies were let go: the images give them back (see restore). */
+  private readonly backed = new Map<number, RebuildPlan>();
+  private readonly restoring = new Map<number, Promise<Buffer>>();
 
   private constructor(
     readonly dir: string,
@@ -168,9 +180,40 @@ export class Spool {
     return this.unsynced.size + this.held.size;
   }
 
-  /** Batches held in memory only, with no file. */
+  /** Batches held in memory only, with no file (image-backed ones included). */
   get heldCount(): number {
     return this.held.size;
+  }
+
+  /** Held batches whose bodies were let go because the disk images can give them back. */
+  get imageBackedCount(): number {
+    return this.backed.size;
+  }
+
+  /**
+   * Batch `seq`, just cut, holds at these ranges exactly what the images hold (every write
+   * reaches its image before the batch writer, and none in flight overlaps them): until a write
+   * reaches one of them, its body may be let go and rebuilt from the images. Ignored without readImage.
+   */
+  trackImageRanges(seq: number, ranges: readonly ImageRange[]): void {
+    if (this.readImage && ranges.length > 0) this.images.track(seq, ranges);
+  }
+
+  /**
+   * A write is about to change [offset, offset + length) of disk `disk`'s image: the batches
+   * relying on that range stop doing so, at once where their body is in memory; a body let go
+   * is rebuilt first, and the promise returned resolves once it is (undefined: nothing to wait
+   * for, and the write may go ahead now). Never rejects: a batch that cannot be rebuilt fails its upload.
+   */
+  beforeImageWrite(disk: number, offset: number, length: number): Promise<void> | undefined {
+    const seqs = this.images.overlapping(disk, offset, length);
+    if (seqs.length === 0) return undefined;
+    const waits: Promise<unknown>[] = [];
+    for (const seq of seqs) {
+      if (this.backed.has(seq)) waits.push(this.restore(seq).catch(() => {}));
+      else this.images.untrack(seq);
+    }
+    return waits.length > 0 ? Promise.all(waits).then(() => {}) : undefined;
   }
 
   /**
@@ -183,6 +226,14 @@ export class Spool {
     if (kept) {
       this.handedOut.add(seq);
       return kept;
+    }
+    if (this.backed.has(seq)) {
+      // Handed out from the moment it is back in memory: never written out or let go meanwhile.
+      this.handedOut.add(seq);
+      return this.restore(seq).catch((err: Error) => {
+        this.handedOut.delete(seq);
+        throw err;
+      });
     }
     const body = await this.readWhole(this.path(seq));
     try {
@@ -229,6 +280,8 @@ export class Spool {
     this.sizes.delete(seq);
     const kept = this.inMemory.get(seq);
     const body = kept ?? this.lent.get(seq);
+    this.backed.delete(seq);
+    this.images.untrack(seq);
     this.inMemory.delete(seq);
     this.lent.delete(seq);
     this.handedOut.delete(seq);
@@ -247,11 +300,13 @@ export class Spool {
     if (!this.held.has(seq)) return Promise.resolve();
     const path = this.path(seq);
     const write = this.lastWrite.then(async () => {
+      if (this.backed.has(seq)) await this.restore(seq);
       const body = this.inMemory.get(seq);
       if (!body || !this.held.has(seq)) return; // removed (uploaded) before its turn
       await writeWhole(`${path}.tmp`, body, false);
       await rename(`${path}.tmp`, path);
       this.filesWritten++;
+      this.images.untrack(seq); // on file: the images may change
       this.dirUnsynced = true;
       this.unsynced.add(seq);
       // Removed while it was being written: remove() deletes the file and says it is secured.
@@ -288,10 +343,25 @@ export class Spool {
       this.bodies?.give(body);
       over -= footprint(body);
     }
+    // Then bodies the images can give back, the newest first (uploaded last): no disk write.
+    for (const seq of [...waiting].reverse()) {
+      if (over <= 0) break;
+      if (!this.held.has(seq) || !this.images.has(seq) || this.writes.has(seq)) continue;
+      const body = this.inMemory.get(seq)!;
+      const plan = planOf(body, this.path(seq));
+      if (!plan) {
+        this.images.untrack(seq);
+        continue;
+      }
+      this.backed.set(seq, plan);
+      this.inMemory.delete(seq);
+      this.bodies?.give(body);
+      over -= footprint(body);
+    }
     // Then held ones are written out, the oldest first, and let go of once written (writeOut calls this again).
     for (const seq of waiting) {
       if (over <= 0) break;
-      if (!this.held.has(seq)) continue;
+      if (!this.held.has(seq) || !this.inMemory.has(seq)) continue;
       writes.push(this.writeOut(seq));
       over -= footprint(this.inMemory.get(seq)!);
     }
@@ -300,6 +370,41 @@ export class Spool {
       () => {},
       () => {},
     );
+  }
+
+  /**
+   * Brings an image-backed batch's body back into memory: laid out again from the images and
+   * checked whole (the object CRC-32C covers every byte). From then on it no longer relies on
+   * the images (it is an ordinary held batch). One restore per batch at a time, shared.
+   */
+  private restore(seq: number): Promise<Buffer> {
+    const running = this.restoring.get(seq);
+    if (running) return running;
+    const plan = this.backed.get(seq);
+    if (!plan || !this.readImage) return Promise.reject(new Error(`batch ${seq} is not image-backed`));
+    const read = this.readImage;
+    const where = `${this.path(seq)} (rebuilt from the disk images)`;
+    const body = this.bodies ? this.bodies.take(plan.length) : Buffer.allocUnsafe(plan.length);
+    const done = rebuildBody(plan, body, read)
+      .then(() => checkWhole(body, seq, where))
+      .then(
+        () => {
+          this.restoring.delete(seq);
+          this.images.untrack(seq);
+          // Removed meanwhile (cannot happen while an upload waits for it): nothing holds it.
+          if (!this.backed.delete(seq)) this.bodies?.give(body);
+          else this.inMemory.set(seq, body);
+          return body;
+        },
+        (err: Error) => {
+          this.restoring.delete(seq);
+          this.images.untrack(seq);
+          this.bodies?.give(body);
+          throw err instanceof SpoolCorruptError ? err : new SpoolCorruptError(where, err.message);
+        },
+      );
+    this.restoring.set(seq, done);
+    return done;
   }
 
   /** A file's bytes, in a body from the pool if there is one. */
@@ -363,6 +468,15 @@ function checkWhole(body: Buffer, seq: number, path: string): void {
   } catch (err) {
     if (err instanceof BatchError) throw new SpoolCorruptError(path, err.message);
     throw err;
+  }
+}
+
+/** The rebuild plan of a body the images can give back, if they can (a body with a compressed payload cannot). */
+function planOf(body: Buffer, where: string): RebuildPlan | undefined {
+  try {
+    return rebuildPlan(body, where);
+  } catch {
+    return undefined; // not a body this agent encoded as expected: it is written to its file instead
   }
 }
 

@@ -88,8 +88,12 @@ export interface BatchWriterOptions {
    * uploaded; the open batch grows to its size limit instead, so a slow link gets fewer, larger objects).
    */
   holdAgeCut?: () => boolean;
-  /** Called synchronously when a batch is cut, before the write that caused it (if any) is recorded. */
-  onCut?: (seq: number) => void;
+  /**
+   * Called synchronously when a batch is cut, before the write that caused it (if any) is
+   * recorded, with what the batch holds (data extents are views of the writer's buffers: read
+   * them now, or not at all).
+   */
+  onCut?: (seq: number, extents: readonly ExtentInput[]) => void;
   /** After each upload by the default sink (with the key it went to). */
   onUploaded?: (b: UploadedBatch) => void;
 }
@@ -327,7 +331,10 @@ export class BatchWriter {
     this.throwIfFailed();
   }
 
-  /** Records a write of `data` at byte `offset` of `disk`. Resolves once accepted (backpressure). */
+  /**
+   * Records a write of `data` at byte `offset` of `disk`. Resolves once accepted
+   * (backpressure). A write of whole blocks is recorded before this returns.
+   */
   async write(disk: string, offset: number, data: Buffer): Promise<void> {
     const d = this.checkRange(disk, offset, data.length);
     const end = offset + data.length;
@@ -366,7 +373,7 @@ export class BatchWriter {
     this.putBlocks(d, offset / BLOCK_SIZE, data);
   }
 
-  /** Records that a byte range now reads as zeros (TRIM / WRITE_ZEROES). */
+  /** Records that a byte range now reads as zeros (TRIM / WRITE_ZEROES); whole blocks before this returns, as `write`. */
   async zero(disk: string, offset: number, length: number): Promise<void> {
     const d = this.checkRange(disk, offset, length);
     this.makeRoom(offset, length);
@@ -435,7 +442,7 @@ export class BatchWriter {
     this.touched.forEach((t) => t.clear());
     this.runsTaken.fill(0);
     this.pendingBytes = 0;
-    this.o.onCut?.(seq);
+    this.o.onCut?.(seq, extents);
     const started = this.sinkChain.then(async () => {
       const b = await body;
       return { b, stored: this.sink({ seq, body: b, dataBytes, flags, appTag: opts.appTag, cutMs }) };
