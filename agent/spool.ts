@@ -300,7 +300,9 @@ export class Spool {
     if (!this.held.has(seq)) return Promise.resolve();
     const path = this.path(seq);
     const write = this.lastWrite.then(async () => {
-      if (this.backed.has(seq)) await this.restore(seq);
+      // One the images cannot give back stays held and unsecured (its regions stay marked, and a
+      // restart resends them): its upload stops the uploads and says why; the guest's FLUSH goes on.
+      if (this.backed.has(seq) && !(await this.restore(seq).then(() => true, () => false))) return;
       const body = this.inMemory.get(seq);
       if (!body || !this.held.has(seq)) return; // removed (uploaded) before its turn
       await writeWhole(`${path}.tmp`, body, false);

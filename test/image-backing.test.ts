@@ -133,6 +133,24 @@ describe('Spool with image-backed batches', () => {
     await expect(spool.read(4)).rejects.toThrow(/00000000000000000004\.batch \(rebuilt from the disk images\) is unreadable: object checksum/);
   });
 
+  test("a FLUSH over a batch the images cannot give back goes on; the batch stays held, unsecured, and its upload fails", async () => {
+    const { spool } = await setUp();
+    const secured: number[] = [];
+    spool.onSecured = (seq) => void secured.push(seq);
+    const before = spool.filesWritten;
+    // Batch 3's range changed behind the spool's back (never in the agent: writes check first).
+    const img = (spool as unknown as { readImage: (d: number, o: number, into: Buffer) => Promise<void> }).readImage;
+    spool.readImage = async (d, o, into) => {
+      await img(d, o, into);
+      if (o === 2 * MiB) into[7] ^= 1;
+    };
+    await spool.syncThrough(4);
+    expect(spool.filesWritten).toBe(before + 3); // every batch but 3
+    expect(secured).not.toContain(3);
+    expect(spool.heldCount).toBe(1);
+    await expect(spool.read(3)).rejects.toThrow(SpoolCorruptError);
+  });
+
   test('syncThrough writes let-go batches to their files from the images', async () => {
     const { spool, dir, cuts } = await setUp();
     await spool.syncThrough(4);
