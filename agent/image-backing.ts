@@ -54,8 +54,11 @@ export class ImageRanges {
     const counts = this.regions.get(disk);
     if (!counts) return [];
     const end = offset + length;
+    const [first, last] = [Math.floor(offset / REGION_BYTES), Math.ceil(end / REGION_BYTES)];
+    // A write's few regions, or (a TRIM of a whole disk) the few regions counted.
     let touched = false;
-    for (let r = Math.floor(offset / REGION_BYTES); r * REGION_BYTES < end; r++) if (counts.has(r)) touched = true;
+    if (last - first <= counts.size) for (let r = first; r < last && !touched; r++) touched = counts.has(r);
+    else for (const r of counts.keys()) if (r >= first && r < last) touched = true;
     if (!touched) return [];
     const out: number[] = [];
     for (const [seq, ranges] of this.bySeq) if (ranges.some((x) => x.disk === disk && x.offset < end && offset < x.offset + x.length)) out.push(seq);

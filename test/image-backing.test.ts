@@ -42,6 +42,8 @@ describe('ImageRanges', () => {
     ['across both', 0, 4095, 3 * MiB, [1, 2]],
     ['another disk', 1, 4096, 4096, []],
     ['far away', 0, 64 * MiB, 4096, []],
+    ['of a whole 2 TiB disk (a TRIM)', 0, 0, 2 ** 41, [1, 2]],
+    ['past both, however large', 0, 4 * MiB, 2 ** 41, []],
   ])('a write %s of a tracked range', (_name, disk, offset, length, want) => {
     const r = new ImageRanges();
     r.track(1, [{ disk: 0, offset: 4096, length: 4096 }]);
