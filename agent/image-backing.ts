@@ -14,6 +14,9 @@ export interface ImageRange {
   length: number;
 }
 
+/** Whether two image ranges share a byte. */
+export const overlaps = (a: ImageRange, b: ImageRange): boolean => a.disk === b.disk && a.offset < b.offset + b.length && b.offset < a.offset + a.length;
+
 /** Batches with more data extents than this are never image-backed: random writes (thousands of 4 KiB extents) cost nothing to track. */
 export const MAX_BACKED_EXTENTS = 64;
 /** Granularity of the per-disk counts that let a write skip the scan of tracked batches. */
@@ -60,8 +63,9 @@ export class ImageRanges {
     if (last - first <= counts.size) for (let r = first; r < last && !touched; r++) touched = counts.has(r);
     else for (const r of counts.keys()) if (r >= first && r < last) touched = true;
     if (!touched) return [];
+    const write = { disk, offset, length };
     const out: number[] = [];
-    for (const [seq, ranges] of this.bySeq) if (ranges.some((x) => x.disk === disk && x.offset < end && offset < x.offset + x.length)) out.push(seq);
+    for (const [seq, ranges] of this.bySeq) if (ranges.some((x) => overlaps(x, write))) out.push(seq);
     return out;
   }
 

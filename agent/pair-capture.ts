@@ -19,7 +19,7 @@ import { BatchWriter, type CutBatch, type CutOptions } from '../source/batch-wri
 import type { BodyPool } from '../source/body-pool';
 import type { DirtyMap, Region } from './dirty-map';
 import { encodeRecord, type FlushLog } from './flush-log';
-import { MAX_BACKED_EXTENTS, type ImageRange } from './image-backing';
+import { MAX_BACKED_EXTENTS, overlaps, type ImageRange } from './image-backing';
 import { RangeLock } from './range-lock';
 import { readFully } from './read-fully';
 import type { Spool } from './spool';
@@ -347,7 +347,7 @@ export class PairCapture {
       if (!e.data) continue;
       const r = { disk: e.disk, offset: e.blockIndex * BLOCK_SIZE, length: e.data.length };
       if (ranges.length === MAX_BACKED_EXTENTS) return;
-      for (const c of this.changing) if (c.disk === r.disk && c.offset < r.offset + r.length && r.offset < c.offset + c.length) return;
+      for (const c of this.changing) if (overlaps(c, r)) return;
       ranges.push(r);
     }
     this.o.spool.trackImageRanges(seq, ranges);
