@@ -38,7 +38,12 @@
 //                          at the end of the first and last busy day (after the RP timer made
 //                          the watermark an RP, before the next scheduled run), wall seconds
 //                          through a latency model (15 ms to first byte, 90 MB/s per GET, 16
-//                          GETs in flight) into a sink that checks every byte against the model
+//                          GETs in flight) into a sink that checks every byte against the model;
+//                          each the median of BENCH_HISTORY_RECOVERY_REPS (3) runs alternated with
+//                          the plain download below, each after a full GC (recover_samples_s).
+//                          recover_vs_raw_day7_vs_day1: the same against the plain download at the
+//                          same moment (the bench's model and stores grow in this process and slow
+//                          both); recover_gets_/recover_mib_day7_vs_day1: what recovery read
 //   materialize_ratio_vs_raw: raw seconds / recovery seconds on the last day, raw = the
 //                          recovered data bytes as 4 MiB ranged GETs of one object through the
 //                          same model into the same checking sink (target >= 0.5); recover_cpu_s_dayN and raw_download_cpu_s
@@ -46,6 +51,12 @@
 //                          the steadier figure. The sink compares a window of the newest RP
 //                          with the model in one pass (block CRCs only to say where it differs)
 //   put_bytes_ratio        compaction PUT bytes (runs, images, manifests) / batch bytes PUT
+//   put_bytes_floor        core/merge-floor.ts: the least merge + image bytes per byte ingested
+//                          any compaction needs under the read bound (budget 13) for items of
+//                          this run's size (item_kib: data per (batch, range) pair): `fold` when
+//                          every batch is folded (its best split of the budget), `free` when
+//                          batches may stay read sources, `this_split` the design's split (4
+//                          batches a fold, 4 pieces); at_10GiB_day_fold modelled at scale 1
 //   orphan_bytes_after_gc  after the last day, GC on the schedule until grace has passed since
 //                          the last unit: bytes under the pair no current manifest, base, L0
 //                          batch item or uncollected VERSION# record references
@@ -53,7 +64,9 @@
 //                          bench's own sampling not counted), DynamoDB in request units (a
 //                          strongly consistent read: 1 per 4 KB, items estimated at 250 bytes; a
 //                          write 1 per item, 2 in a transaction), priced with core/cost-model.ts
-//                          US_EAST_1 (S3 list counted as a PUT-class request)
+//                          US_EAST_1 (S3 list counted as a PUT-class request), and the compaction
+//                          workflow's Step Functions state transitions (2 a unit, 2 a run;
+//                          usd_sfn, in usd)
 //   compaction_mib_s       (bytes read + written by units) / wall seconds inside units
 //   uncompacted            the same workload without compaction: recovery day 1 / day N,
 //                          stored bytes and objects
@@ -61,18 +74,21 @@
 
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { MemoryHistory } from '../adapters/memory-history';
 import { MemoryIndex } from '../adapters/memory-index';
 import { MemoryObjectStore } from '../adapters/memory-object-store';
 import { MemoryRpChecks } from '../adapters/memory-rp-checks';
 import { BATCH_FLAGS, BLOCK_SIZE, encodeBatch } from '../core/batch-format';
 import { CHUNK_BYTES, encodeChunk } from '../core/chunk-format';
-import { compactionDue } from '../core/compaction-trigger';
+import { compactionDue, L0_TRIGGER } from '../core/compaction-trigger';
 import { crc32c } from '../core/crc32c';
-import { US_EAST_1 } from '../core/cost-model';
+import { SFN_STANDARD_TRANSITION_USD, US_EAST_1 } from '../core/cost-model';
 import { manifestRefs } from '../core/gc-plan';
 import { baseChunkKey, baseManifestKey, journalKey } from '../core/keys';
-import { parseRangeId, rangeId, RANGE_BLOCKS, type Manifest, type RangeId } from '../core/manifest';
+import { MAX_PIECES_PER_SPAN, parseRangeId, rangeId, RANGE_BLOCKS, type Manifest, type RangeId } from '../core/manifest';
+import { foldFloor, freeFloor, mergeCostTable, splitFloor } from '../core/merge-floor';
 import type { Pair } from '../core/model';
 import { readBound, type L0Batch } from '../core/read-sources';
 import { decodePiece } from '../core/run-format';
@@ -104,6 +120,8 @@ const REGION = { hot: { at: 100 * MiB, size: 2 * MiB }, warm: { at: 512 * MiB, s
 const BUSY_FROM_H = 9;
 /** Busy hours a day (BENCH_HISTORY_HOURS: fewer only while developing the bench). */
 const BUSY_HOURS = Number(process.env.BENCH_HISTORY_HOURS ?? 8);
+/** Recoveries (and plain downloads) of the newest RP at the end of the first and last day, alternated: medians (BENCH_HISTORY_RECOVERY_REPS). */
+const RECOVERY_REPS = Number(process.env.BENCH_HISTORY_RECOVERY_REPS ?? 3);
 const GRACE_MS = 60 * 60_000;
 const PAIR = 'bench';
 const DISK = 'disk0';
@@ -113,6 +131,7 @@ const START_MS = Date.UTC(2026, 0, 5);
 const log = (m: string): void => void process.stderr.write(`[bench:history] ${m}\n`);
 // The handlers log every unit with console.log (lambdas/config.ts jsonLogger): stdout is for the result line alone.
 console.log = () => {};
+if (!Number.isInteger(RECOVERY_REPS) || RECOVERY_REPS < 1) throw new Error(`BENCH_HISTORY_RECOVERY_REPS must be a positive integer, not '${process.env.BENCH_HISTORY_RECOVERY_REPS}'`);
 if (!Number.isInteger(DAYS) || DAYS < 1) throw new Error(`BENCH_HISTORY_DAYS must be a positive integer, not '${process.env.BENCH_HISTORY_DAYS}'`);
 if (!(BASE_BYTES >= 0 && BASE_BYTES % CHUNK_BYTES === 0 && BASE_BYTES <= REGION.uniform.size)) throw new Error(`BENCH_HISTORY_BASE_MIB must be a multiple of 4 up to 1024`);
 
@@ -261,6 +280,8 @@ const ZERO_BLOCK_CRC = crc32c(Buffer.alloc(BLOCK_SIZE));
 const batchRanges: Set<RangeId>[] = [];
 let batchBytes = 0;
 let extentBlocks = 0;
+/** (batch, range) pairs: the items a range's history is built from (core/merge-floor.ts). */
+let rangeTouches = 0;
 
 function extentFor(r: Rng): { block: number; count: number } {
   let count = 1;
@@ -292,6 +313,7 @@ function makeBatch(r: Rng, seq: number, cutMs: number, app: boolean): { key: str
   const ranges = new Set<RangeId>();
   for (let b = block; b < block + count; b += 1) ranges.add(rangeId(DISK, Math.floor(b / 1024)));
   batchRanges[seq] = ranges;
+  rangeTouches += ranges.size;
   extentBlocks += count;
   const body = encodeBatch(
     { pairId: PAIR, seq, prevSeq: seq - 1, firstWriteMs: cutMs - 1000, cutMs, flags: app ? BATCH_FLAGS.APP_CONSISTENT : 0, appTag: app ? 'hourly' : undefined, disks: [DISK] },
@@ -496,6 +518,74 @@ async function rawDownload(bytes: number): Promise<{ s: number; cpuS: number }> 
   return { s: round((performance.now() - t) / 1000, 2), cpuS: round(cpuS() - cpu, 2) };
 }
 
+/** Full collections on demand: the bench's heap (its model, both stores) grows with the days, and what a recovery finds left to collect should not. */
+const fullGc: () => void = (() => {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+})();
+
+/**
+ * The newest RP's recovery and the plain download of the same bytes, alternated
+ * RECOVERY_REPS times, each after a full collection: medians (the recovery's other fields from
+ * its median run). Both see the same process, so their ratio shows what the bench's growth does.
+ */
+async function recoverAndDownload(p: Peer): Promise<{ recovery: Recovery; raw: Recovery; samples: { recover: number[]; raw: number[] } }> {
+  const runs: Recovery[] = [];
+  const raws: { s: number; cpuS: number }[] = [];
+  for (let i = 0; i < RECOVERY_REPS; i++) {
+    fullGc();
+    runs.push(await recoverLatest(p, true));
+    fullGc();
+    raws.push(await rawDownload(runs[0].dataBytes));
+  }
+  const mid = <T extends { s: number }>(xs: T[]): T => [...xs].sort((a, b) => a.s - b.s)[(xs.length - 1) >> 1];
+  const raw = mid(raws);
+  return {
+    recovery: mid(runs),
+    raw: { ...raw, seq: 0, gets: 0, mib: round(runs[0].dataBytes / MiB, 1), sources: 0, segments: 0, dataBytes: runs[0].dataBytes },
+    samples: { recover: runs.map((r) => r.s), raw: raws.map((r) => r.s) },
+  };
+}
+
+/**
+ * What any compaction must PUT here (core/merge-floor.ts): merges and images per byte
+ * ingested for items of this run's size (data bytes per (batch, range) pair) under the
+ * design's read bound (1 image + MAX_PIECES_PER_SPAN pieces + 2 × L0_TRIGGER batches = 13),
+ * and modelled at 10 GiB a day, where a batch holds SCALE extents: a class of share w over r
+ * ranges gets λ = w·SCALE/r extents a batch in each range, λ/(1 − e^−λ) in a batch that
+ * touches one. Rewrites and manifests come on top.
+ */
+function putFloors(batches: number): Record<string, unknown> {
+  const budget = 1 + MAX_PIECES_PER_SPAN + 2 * L0_TRIGGER;
+  const table = mergeCostTable(1500, budget - 1);
+  const floors = (itemBytes: number) => {
+    const input = { itemBytes, imageBytes: CHUNK_BYTES, budget };
+    return { fold: foldFloor(input, table), free: freeFloor(input, table), ours: splitFloor({ itemBytes, imageBytes: CHUNK_BYTES, batchesPerFold: L0_TRIGGER, pieces: MAX_PIECES_PER_SPAN }, table) };
+  };
+  const item = (extentBlocks * BLOCK_SIZE) / rangeTouches;
+  const here = floors(item);
+  const extent = (extentBlocks * BLOCK_SIZE) / batches;
+  const classes: [number, number][] = [
+    [0.8, (REGION.hot.size * SCALE) / CHUNK_BYTES],
+    [0.15, (REGION.warm.size * SCALE) / CHUNK_BYTES],
+    [0.05, REGION.uniform.size / CHUNK_BYTES],
+  ];
+  let at10 = 0;
+  for (const [w, ranges] of classes) {
+    const lambda = (w * SCALE) / ranges;
+    at10 += w * foldFloor({ itemBytes: (extent * lambda) / (1 - Math.exp(-lambda)), imageBytes: CHUNK_BYTES, budget }, table).perByte;
+  }
+  return {
+    budget,
+    item_kib: round(item / 1024, 2),
+    fold: round(here.fold.perByte, 2),
+    fold_best_split: `${here.fold.batchesPerFold} batches + ${here.fold.pieces} pieces`,
+    free: round(here.free.perByte, 2),
+    this_split: round(here.ours.perByte, 2),
+    at_10GiB_day_fold: round(at10, 2),
+  };
+}
+
 // ---------------------------------------------------------------------------------------
 
 /** CPU seconds of this process so far (user + system): the machine is shared, wall time is noisy. */
@@ -621,6 +711,7 @@ async function main(): Promise<void> {
   const checked = { rps: 0 };
   let seq = 0;
   const recoveries: Record<string, Recovery> = {};
+  const recoverySamples: Record<string, { recover: number[]; raw: number[] }> = {};
   const storedAt: Record<string, unknown> = {};
   let nextQuarter = START_MS + QUARTER;
   let nextHour = START_MS + HOUR;
@@ -690,14 +781,17 @@ async function main(): Promise<void> {
         uncompacted_ratio_above_base: round(storedBytes(uObjects, (k) => !k.includes('/base/')).bytes / (neededBlocks(pts, false) * BLOCK_SIZE), 3),
         live_rps: pts.length,
       };
-      recoveries[`c_${tag}`] = await recoverLatest(comp, true);
+      const { recovery, raw, samples } = await recoverAndDownload(comp);
+      recoveries[`c_${tag}`] = recovery;
+      recoveries[`raw_${tag}`] = raw;
+      recoverySamples[tag] = samples;
       recoveries[`u_${tag}`] = await recoverLatest(plain, false);
-      if (tag === 'dayN') recoveries.raw = { ...(await rawDownload(recoveries.c_dayN.dataBytes)), seq: 0, gets: 0, mib: round(recoveries.c_dayN.dataBytes / MiB, 1), sources: 0, segments: 0, dataBytes: recoveries.c_dayN.dataBytes };
-      log(`recoveries ${tag}: ${JSON.stringify(Object.fromEntries(Object.entries(recoveries).filter(([k]) => k.endsWith(tag) || k === 'raw')))}`);
+      log(`recoveries ${tag}: ${JSON.stringify(Object.fromEntries(Object.entries(recoveries).filter(([k]) => k.endsWith(tag))))} samples ${JSON.stringify(samples)}`);
       if (DAYS === 1 && day === 0) {
         recoveries.c_dayN = recoveries.c_day1;
         recoveries.u_dayN = recoveries.u_day1;
-        recoveries.raw = { ...(await rawDownload(recoveries.c_day1.dataBytes)), seq: 0, gets: 0, mib: 0, sources: 0, segments: 0, dataBytes: 0 };
+        recoveries.raw_dayN = recoveries.raw_day1;
+        recoverySamples.dayN = recoverySamples.day1;
       }
     }
   }
@@ -769,7 +863,10 @@ async function main(): Promise<void> {
   const s3Put = (c['s3.put'] ?? 0) + (c['s3.list'] ?? 0);
   const s3Get = (c['s3.get'] ?? 0) + (c['s3.head'] ?? 0);
   const lambda = seq + comp.checks.scheduled.length + unitStats.units + unitStats.gcRuns;
-  const usd = s3Put * US_EAST_1.s3PutClass + s3Get * US_EAST_1.s3GetClass + (c['ddb.wru'] ?? 0) * US_EAST_1.ddbWriteUnits + (c['ddb.rru'] ?? 0) * US_EAST_1.ddbReadUnits + lambda * US_EAST_1.lambdaInvocations;
+  // The compaction workflow's state transitions: Unit and More per unit, Gc and Compacted per run (lib/compaction-workflow.ts).
+  const transitions = 2 * unitStats.units + 2 * unitStats.runs;
+  const sfnUsd = transitions * SFN_STANDARD_TRANSITION_USD;
+  const usd = sfnUsd + s3Put * US_EAST_1.s3PutClass + s3Get * US_EAST_1.s3GetClass + (c['ddb.wru'] ?? 0) * US_EAST_1.ddbWriteUnits + (c['ddb.rru'] ?? 0) * US_EAST_1.ddbReadUnits + lambda * US_EAST_1.lambdaInvocations;
   const putData = (c['s3.put_bytes.run'] ?? 0) + (c['s3.put_bytes.image'] ?? 0);
   const putManifest = c['s3.put_bytes.manifest'] ?? 0;
   const batchPut = c['s3.put_bytes.batch'] ?? 0;
@@ -799,12 +896,18 @@ async function main(): Promise<void> {
     recover_latest_s_day1: recoveries.c_day1.s,
     recover_latest_s_dayN: recoveries.c_dayN.s,
     recover_latest_s_day7_vs_day1: round(recoveries.c_dayN.s / recoveries.c_day1.s, 2),
+    // The same ratio against the plain download of the same bytes at the same moment: what the bench's own growth (its model and both stores are in this process) does to both.
+    recover_vs_raw_day7_vs_day1: round(recoveries.c_dayN.s / recoveries.raw_dayN.s / (recoveries.c_day1.s / recoveries.raw_day1.s), 2),
+    recover_gets_day7_vs_day1: round(recoveries.c_dayN.gets / recoveries.c_day1.gets, 2),
+    recover_mib_day7_vs_day1: round(recoveries.c_dayN.mib / recoveries.c_day1.mib, 2),
+    recover_samples_s: recoverySamples,
     recover_compacted: { day1: recoveries.c_day1, dayN: recoveries.c_dayN },
-    raw_download_s: recoveries.raw.s,
-    materialize_ratio_vs_raw: round(recoveries.raw.s / recoveries.c_dayN.s, 2),
+    raw_download_s: recoveries.raw_dayN.s,
+    raw_download_s_day1: recoveries.raw_day1.s,
+    materialize_ratio_vs_raw: round(recoveries.raw_dayN.s / recoveries.c_dayN.s, 2),
     // CPU seconds (all threads) of the last day's recovery and of the raw download: what the wall ratio is made of on a shared core.
     recover_cpu_s_dayN: recoveries.c_dayN.cpuS,
-    raw_download_cpu_s: recoveries.raw.cpuS,
+    raw_download_cpu_s: recoveries.raw_dayN.cpuS,
     put_bytes_ratio: round(putRatio, 2),
     put_by_decision_mib: Object.fromEntries(Object.entries(wrote).map(([k, v]) => [k, k.endsWith('.count') ? v : round(v / MiB, 1)])),
     stored_by_kind_mib: Object.fromEntries(Object.entries(storedBy).map(([k, v]) => [k, round(v / MiB, 1)])),
@@ -831,6 +934,8 @@ async function main(): Promise<void> {
       ddb_wru: perDay(c['ddb.wru']),
       rp_checks: perDay(comp.checks.scheduled.length),
       lambda: perDay(lambda),
+      sfn_transitions: perDay(transitions),
+      usd_sfn: round(sfnUsd / days, 4),
       usd: round(usd / days, 4),
     },
     at_10GiB_day: {
@@ -839,6 +944,7 @@ async function main(): Promise<void> {
       put_bytes_ratio: round((putData * SCALE + putManifest) / (batchPut * SCALE), 2),
       compaction_put_gib_day: round((putData * SCALE + putManifest) / days / GiB, 2),
     },
+    put_bytes_floor: putFloors(seq),
     uncompacted: {
       recover_latest_s_day1: recoveries.u_day1.s,
       recover_latest_s_dayN: recoveries.u_dayN.s,

@@ -33,6 +33,12 @@ export const US_EAST_1: UnitPrices = {
   lambdaInvocations: 0.2 / 1e6,
 };
 
+/**
+ * Step Functions Standard workflows: $0.025 per 1,000 state transitions (us-east-1; docs/cost.md).
+ * Not a rate of the write path: bench:history prices the compaction workflow's runs with it.
+ */
+export const SFN_STANDARD_TRANSITION_USD = 0.025 / 1000;
+
 /** AWS bills a month as 730 hours. */
 export const SECONDS_PER_MONTH = 730 * 3600;
 
