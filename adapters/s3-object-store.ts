@@ -2,8 +2,8 @@
 // AWS_ENDPOINT_URL locally / for LocalStack, then path-style; nothing in AWS) through
 // adapters/aws-clients.ts: never a hard-coded endpoint.
 
-import type { Readable } from 'node:stream';
-import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, UploadPartCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { Stream, type Readable } from 'node:stream';
+import { AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectsCommand, GetObjectCommand, type GetObjectCommandOutput, UploadPartCommand, HeadObjectCommand, ListObjectsV2Command, NoSuchKey, NotFound, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { s3Client } from './aws-clients';
 import { sleep } from '../replica/concurrency';
@@ -22,6 +22,36 @@ const unsignedPayload = <A extends { request: unknown }, R>(next: (args: A) => P
   if (headers) headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
   return next(args);
 };
+
+/**
+ * A GET's body in one buffer. With its length announced (S3 always sends it) the socket's
+ * chunks are copied straight into a buffer of that size: the SDK's transformToByteArray keeps
+ * every chunk and then joins them, a second copy of every byte and most of a recovery's
+ * garbage. More bytes than announced, or fewer, is an error naming the object.
+ */
+async function readBody(body: NonNullable<GetObjectCommandOutput['Body']>, length: number | undefined, key: string): Promise<Buffer> {
+  if (length === undefined || !(body instanceof Stream)) {
+    const bytes = await body.transformToByteArray();
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength); // a view: no copy
+  }
+  const stream = body as Readable;
+  const out = Buffer.allocUnsafe(length);
+  let at = 0;
+  await new Promise<void>((resolve, reject) => {
+    stream.on('data', (chunk: Buffer) => {
+      if (at + chunk.length > length) {
+        stream.destroy(new Error(`GET ${key}: more than the ${length} bytes announced`));
+        return;
+      }
+      chunk.copy(out, at);
+      at += chunk.length;
+    });
+    stream.once('end', resolve);
+    stream.once('error', reject);
+  });
+  if (at !== length) throw new Error(`short read of ${key}: ${at} of the ${length} bytes announced`);
+  return out;
+}
 
 /** S3 DeleteObjects takes at most this many keys a request. */
 export const DELETE_OBJECTS_MAX = 1000;
@@ -95,9 +125,7 @@ export class S3ObjectStore implements ObjectStore, KeyLister, ObjectDeleter, Par
         await out.Body!.transformToWebStream().cancel(); // do not read it into memory
         throw new ObjectTooLargeError(key, out.ContentLength!, maxBytes);
       }
-      const bytes = await out.Body!.transformToByteArray();
-      // A view, not a copy: chunks are megabytes and the copy was pure GC work.
-      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      const body = await readBody(out.Body!, out.ContentLength, key);
       if (range && body.length !== range.end - range.start) {
         throw new Error(`short read of ${key} ${range.start}-${range.end}: got ${body.length} bytes`);
       }

@@ -1,10 +1,11 @@
 // What a read of one range at seq k consults: the newest image at or below k (or the base
-// below a range's first image), the pieces above that image up to k, and the L0 batches in
+// below a range's first image), the pieces above that image up to k that newer ones do not
+// shadow, and the L0 batches in
 // (frontier, k] that touch the range. docs/design.md, "History", "Reading a range at seq k"
 // and "The read bound". Pure: the manifest and the L0's range sets in, sources out.
 
 import { countAtOrBelowBy } from './sorted';
-import { bitmapHas, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from './manifest';
+import { BITMAP_BYTES, bitmapHas, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from './manifest';
 
 /** One L0 batch above the frontier, as a read sees it: its seq and the ranges its extents touch. */
 export interface L0Batch {
@@ -18,7 +19,7 @@ export interface RangeSources {
   image?: ImageEntry;
   /** No image at or below k and the pair has a base: the range reads its base chunk (if the base stored one). */
   base: boolean;
-  /** Pieces with seqLo ≤ k and seqHi above the image's seq, ascending. */
+  /** Pieces with seqLo ≤ k and seqHi above the image's seq, ascending, less those a newer one shadows (withoutShadowed). */
   pieces: PieceEntry[];
   /** Seqs of the L0 batches in (frontier, k] that touch the range, ascending. */
   l0: number[];
@@ -68,13 +69,34 @@ export function rangeSources(m: Manifest, l0Seqs: readonly number[], range: Rang
   // Pieces ascend by seqLo with disjoint spans, so seqHi ascends too: [first with seqHi > floor, last with seqLo ≤ k].
   const from = lastAtOrBelow(all.length, (j) => all[j].seqHi, floor) + 1;
   const to = lastAtOrBelow(all.length, (j) => all[j].seqLo, k) + 1;
-  const pieces = all.slice(from, Math.max(from, to));
+  const pieces = withoutShadowed(all.slice(from, Math.max(from, to)), k);
   const lo = lastAtOrBelow(l0Seqs.length, (j) => l0Seqs[j], m.frontierSeq) + 1;
   const hi = lastAtOrBelow(l0Seqs.length, (j) => l0Seqs[j], k) + 1;
   const l0 = l0Seqs.slice(lo, Math.max(lo, hi));
   const base = !image && m.base !== undefined;
   const count = (image && !image.zero ? 1 : 0) + (base ? 1 : 0) + pieces.length + l0.length;
   return { range, image, base, pieces, l0, count };
+}
+
+/**
+ * The pieces less those every block of which a newer piece wholly at or below k also holds
+ * (its `blocks` bitmap): each such block has a newer version ≤ k above them, so a read at k
+ * takes nothing from them. Spans are disjoint and ascend, so a newer piece's versions are all
+ * newer; only the newest piece can reach above k, and it shadows nothing.
+ */
+function withoutShadowed(pieces: PieceEntry[], k: number): PieceEntry[] {
+  if (pieces.length < 2) return pieces;
+  const cover = Buffer.alloc(BITMAP_BYTES);
+  const kept: PieceEntry[] = [];
+  for (let i = pieces.length - 1; i >= 0; i--) {
+    const bits = Buffer.from(pieces[i].blocks, 'base64');
+    let shadowed = i < pieces.length - 1;
+    for (let b = 0; b < BITMAP_BYTES && shadowed; b++) if ((bits[b] & ~cover[b]) !== 0) shadowed = false;
+    if (shadowed) continue;
+    kept.push(pieces[i]);
+    if (pieces[i].seqHi <= k) for (let b = 0; b < BITMAP_BYTES; b++) cover[b] |= bits[b];
+  }
+  return kept.reverse();
 }
 
 /**

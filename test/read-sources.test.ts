@@ -121,6 +121,23 @@ describe('read sources', () => {
     expect(b.p50).toBe(counts[(counts.length - 1) >> 1]);
   });
 
+  test('a piece whose every block a newer piece at or below k holds is not read', () => {
+    const m = manifest();
+    // d:0 above the image at 20: [21,30] {2}, [31,40] {3,7}, [41,50] {7}, [51,60] {9}; add [61,70] {2,3} and [71,80] {7}.
+    const ranges = { ...m.ranges, 'd:0': { ...m.ranges['d:0'], pieces: [...m.ranges['d:0'].pieces, piece(61, 70, 2, 3), piece(71, 80, 7)] } };
+    const m2: Manifest = { ...m, frontierSeq: 80, retained: [...m.retained, 75, 80], ranges };
+    // At 80: [21,30] and [31,40] are shadowed by [61,70] and [71,80]; [41,50] by [71,80].
+    expect(spans(rangeSources(m2, [], 'd:0', 80).pieces)).toEqual([[51, 60], [61, 70], [71, 80]]);
+    expect(rangeSources(m2, [], 'd:0', 80).count).toBe(4);
+    // At 75 [71,80] reaches above k (its versions may all be newer than 75) and shadows nothing: [41,50] stays,
+    // and with it [31,40] goes ({3} in [61,70], {7} in [41,50]), as [21,30] does.
+    expect(spans(rangeSources(m2, [], 'd:0', 75).pieces)).toEqual([[41, 50], [51, 60], [61, 70], [71, 80]]);
+    // At 60 none of them is above the others' blocks.
+    expect(spans(rangeSources(m2, [], 'd:0', 60).pieces)).toEqual([[21, 30], [31, 40], [41, 50], [51, 60]]);
+    // A point read of block 7 at 80 goes to the newest that has it only.
+    expect(spans(pointSources(m2, 'd:0', 7, 80).pieces)).toEqual([[71, 80]]);
+  });
+
   test('read bound leaves out (and lists) points the manifest cannot read', () => {
     const b = readBound(manifest(), [], [4, 5, 21]);
     expect(b.unreadable).toEqual([4, 21]);
@@ -137,28 +154,32 @@ describe('read sources', () => {
       frontier: fc.integer({ min: 0, max: 60 }),
       k: fc.integer({ min: 0, max: 90 }),
       base: fc.boolean(),
+      blocks: fc.array(fc.uniqueArray(fc.integer({ min: 0, max: 3 }), { minLength: 1, maxLength: 4 }), { minLength: 21, maxLength: 21 }),
     });
     fc.assert(
-      fc.property(history, ({ cuts, images, l0, frontier, k, base }) => {
+      fc.property(history, ({ cuts, images, l0, frontier, k, base, blocks }) => {
         const imgs = images.filter((s) => s <= frontier).sort((a, b) => a - b);
         // Piece spans: consecutive cuts, split at every image so that none straddles one.
         const bounds = [...new Set([...cuts, ...imgs].filter((s) => s <= frontier))].sort((a, b) => a - b);
         const pieces: PieceEntry[] = [];
         let lo = 1;
         for (const b of bounds) {
-          if (b >= lo) pieces.push(piece(lo, b, 0));
+          if (b >= lo) pieces.push(piece(lo, b, ...blocks[pieces.length]));
           lo = b + 1;
         }
         const m: Manifest = { ...manifest(), frontierSeq: frontier, retained: [], base: base ? { key: 'pairs/p/base/s.json', seq: 0 } : undefined, ranges: { 'd:0': { images: imgs.map(image), pieces } } };
         expect(checkManifest(m).filter((v) => !v.includes('I1') && !v.includes('retained'))).toEqual([]);
         const seqs = [...l0].sort((a, b) => a - b);
         const got = rangeSources(m, seqs, 'd:0', k);
-        // The definition: newest image ≤ k; pieces with seqLo ≤ k and seqHi > its seq; L0 in (frontier, k].
+        // The definition: newest image ≤ k; pieces with seqLo ≤ k and seqHi > its seq, less those each of whose blocks a newer such piece wholly ≤ k holds; L0 in (frontier, k].
         const img = imgs.filter((s) => s <= k).pop();
+        const above = pieces.filter((p) => p.seqLo <= k && p.seqHi > (img ?? -1));
+        const holds = (p: PieceEntry, b: number): boolean => blocks[pieces.indexOf(p)].includes(b);
+        const shadowed = (p: PieceEntry): boolean => blocks[pieces.indexOf(p)].every((b) => above.some((q) => q.seqLo > p.seqHi && q.seqHi <= k && holds(q, b)));
         const want = {
           image: img,
           base: img === undefined && base,
-          pieces: pieces.filter((p) => p.seqLo <= k && p.seqHi > (img ?? -1)).map((p) => [p.seqLo, p.seqHi]),
+          pieces: above.filter((p) => !shadowed(p)).map((p) => [p.seqLo, p.seqHi]),
           l0: seqs.filter((s) => s > frontier && s <= k),
         };
         expect({ image: got.image?.seq, base: got.base, pieces: spans(got.pieces), l0: got.l0 }).toEqual(want);
