@@ -87,6 +87,13 @@ describe('floors', () => {
     expect(foldFloor({ ...bench, itemBytes: 22 * KiB }).perByte).toBeLessThan(foldFloor(bench).perByte);
   });
 
+  test('smaller ranges lower the floor: an image costs the range', () => {
+    const at = (kib: number) => foldFloor({ ...bench, imageBytes: kib * KiB }).perByte;
+    expect(at(1024)).toBeLessThan(at(2048));
+    expect(at(2048)).toBeLessThan(at(4096));
+    expect(at(1024)).toBeLessThan(2.6);
+  });
+
   test('refuses a budget that leaves no room', () => {
     expect(() => foldFloor({ ...bench, budget: 2 })).toThrow(/budget must be an integer of at least 3/);
   });
