@@ -15,9 +15,11 @@ export class SfnCompactionLauncher implements CompactionLauncher {
   async start(pairId: string, reason: CompactionReason, nowMs = Date.now()): Promise<string | undefined> {
     // One name per pair, reason and minute (≤ 80 chars): concurrent appliers, a retried
     // event or a retried schedule start one run, not several. An operator's, one per request.
+    // A run for the apply path's backlog does not end in GC (`gc` false): GC's grace is an hour,
+    // and the schedule's run every 15 minutes collects.
     const name = `${pairId}-${reason}-${reason === 'operator' ? nowMs : Math.floor(nowMs / 60_000)}`.slice(0, 80);
     try {
-      const out = await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.stateMachineArn, name, input: JSON.stringify({ pairId, units: 0 }) }));
+      const out = await this.sfn.send(new StartExecutionCommand({ stateMachineArn: this.stateMachineArn, name, input: JSON.stringify({ pairId, units: 0, gc: reason !== 'backlog' }) }));
       return out.executionArn;
     } catch (err) {
       if (!(err instanceof ExecutionAlreadyExists)) throw err;

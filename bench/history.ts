@@ -65,8 +65,8 @@
 //                          strongly consistent read: 1 per 4 KB, items estimated at 250 bytes; a
 //                          write 1 per item, 2 in a transaction), priced with core/cost-model.ts
 //                          US_EAST_1 (S3 list counted as a PUT-class request), and the compaction
-//                          workflow's Step Functions state transitions (2 a unit, 2 a run;
-//                          usd_sfn, in usd)
+//                          workflow's Step Functions state transitions (2 a unit, 1 a run, 1 more
+//                          for the schedule's runs' GC; usd_sfn, in usd)
 //   compaction_mib_s       (bytes read + written by units) / wall seconds inside units
 //   uncompacted            the same workload without compaction: recovery day 1 / day N,
 //                          stored bytes and objects
@@ -863,8 +863,8 @@ async function main(): Promise<void> {
   const s3Put = (c['s3.put'] ?? 0) + (c['s3.list'] ?? 0);
   const s3Get = (c['s3.get'] ?? 0) + (c['s3.head'] ?? 0);
   const lambda = seq + comp.checks.scheduled.length + unitStats.units + unitStats.gcRuns;
-  // The compaction workflow's state transitions: Unit and More per unit, Gc and Compacted per run (lib/compaction-workflow.ts).
-  const transitions = 2 * unitStats.units + 2 * unitStats.runs;
+  // The compaction workflow's state transitions (lib/compaction-workflow.ts): Unit and More per unit, Compacted per run, and Gc in the schedule's runs (one per GC pass here).
+  const transitions = 2 * unitStats.units + unitStats.runs + unitStats.gcRuns;
   const sfnUsd = transitions * SFN_STANDARD_TRANSITION_USD;
   const usd = sfnUsd + s3Put * US_EAST_1.s3PutClass + s3Get * US_EAST_1.s3GetClass + (c['ddb.wru'] ?? 0) * US_EAST_1.ddbWriteUnits + (c['ddb.rru'] ?? 0) * US_EAST_1.ddbReadUnits + lambda * US_EAST_1.lambdaInvocations;
   const putData = (c['s3.put_bytes.run'] ?? 0) + (c['s3.put_bytes.image'] ?? 0);

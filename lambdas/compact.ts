@@ -22,6 +22,8 @@ export interface RunState {
   pairId: string;
   /** Units done so far in this run. */
   units?: number;
+  /** Whether the run ends with a GC pass (absent: yes). The apply path's runs say false. */
+  gc?: boolean;
 }
 
 export interface CompactDeps {
@@ -38,7 +40,7 @@ export interface CompactDeps {
 /** The handlers over given ports (tests and the local runner bind other stores). */
 export function compactHandlers(deps: CompactDeps, now: () => number = Date.now) {
   return {
-    unit: async (state: RunState): Promise<RunState & { more: boolean; published: boolean; frontierSeq: number }> => {
+    unit: async (state: RunState): Promise<RunState & { gc: boolean; more: boolean; published: boolean; frontierSeq: number }> => {
       const units = (state.units ?? 0) + 1;
       let out: Awaited<ReturnType<typeof compactOnce>>;
       try {
@@ -53,9 +55,9 @@ export function compactHandlers(deps: CompactDeps, now: () => number = Date.now)
       // More to fold: an RP above the new frontier (a unit folds up to the newest RP).
       const more = out.published && units < MAX_UNITS_PER_RUN && (pair?.lastRpSeq ?? 0) > out.frontierSeq;
       jsonLogger.info('compaction unit done', { pairId: state.pairId, units, published: out.published, frontierSeq: out.frontierSeq, more });
-      return { pairId: state.pairId, units, more, published: out.published, frontierSeq: out.frontierSeq };
+      return { pairId: state.pairId, units, gc: state.gc !== false, more, published: out.published, frontierSeq: out.frontierSeq };
     },
-    gc: async (state: RunState): Promise<RunState & { gc: unknown }> => {
+    gc: async (state: RunState): Promise<{ pairId: string; units?: number; gc: unknown }> => {
       const out = await gcOnce({ ...deps, deleter: deps.store }, state.pairId, { nowMs: now(), graceMs: deps.gcGraceMs });
       jsonLogger.info('gc done', { pairId: state.pairId, out });
       return { pairId: state.pairId, units: state.units, gc: out };

@@ -72,10 +72,18 @@ export class CompactionWorkflow extends Construct {
     );
     const failed = new sfn.Fail(this, 'CompactionFailed', { error: 'CompactionFailed', causePath: '$.error.Cause' });
     for (const t of [unit, gc]) t.addCatch(failed, { errors: [sfn.Errors.ALL], resultPath: '$.error' });
-    // Unit ⟲ while it says there is more (a bounded number of units per run), then GC.
-    const definition = unit.next(new sfn.Choice(this, 'More').when(sfn.Condition.booleanEquals('$.more', true), unit).otherwise(gc.next(new sfn.Succeed(this, 'Compacted'))));
+    // Unit ⟲ while it says there is more (a bounded number of units per run), then GC unless the
+    // run is the apply path's (`gc` false: the schedule's runs collect, and a state transition
+    // is priced; docs/design.md, "The workflow").
+    const compacted = new sfn.Succeed(this, 'Compacted');
+    const definition = unit.next(
+      new sfn.Choice(this, 'More')
+        .when(sfn.Condition.booleanEquals('$.more', true), unit)
+        .when(sfn.Condition.booleanEquals('$.gc', true), gc.next(compacted))
+        .otherwise(compacted),
+    );
 
-    // A run does ≤ 32 units and one GC pass.
+    // A run does ≤ 32 units and at most one GC pass.
     this.stateMachine = workflowStateMachine(this, definition, Duration.hours(1));
     this.grantStart(this.sweepFunction);
     new events.Rule(this, 'Schedule', {

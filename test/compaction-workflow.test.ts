@@ -53,6 +53,13 @@ describe('compaction workflow (lib/compaction-workflow.ts) on the local Step Fun
     expect(await launcher!.start(pairId, 'backlog')).toBe(arn);
     const done = await untilDone(arn!);
     expect(done).toEqual(expect.objectContaining({ status: 'SUCCEEDED' }));
+    // The apply path's run ends after its units: no GC pass (the schedule's runs collect).
+    expect(JSON.parse(done.output!)).toEqual(expect.objectContaining({ pairId, gc: false, more: false, published: true }));
+    // The schedule's run ends with one.
+    const scheduled = await untilDone((await launcher!.start(pairId, 'schedule'))!);
+    expect(scheduled.status).toBe('SUCCEEDED');
+    expect(JSON.parse(scheduled.output!)).toEqual(expect.objectContaining({ pairId, gc: expect.objectContaining({}) }));
+    expect(typeof JSON.parse(scheduled.output!).gc).toBe('object');
 
     const head = await c.history.getHistory(pairId);
     expect(head.version).toBeGreaterThanOrEqual(1);
