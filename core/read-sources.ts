@@ -1,8 +1,8 @@
 // What a read of one range at seq k consults: the newest image at or below k (or the base
 // below a range's first image), the pieces above that image up to k that newer ones do not
-// shadow, and the L0 batches in
-// (frontier, k] that touch the range. docs/design.md, "History", "Reading a range at seq k"
-// and "The read bound". Pure: the manifest and the L0's range sets in, sources out.
+// shadow, and the L0 batches in (frontier, k] that touch the range. docs/design.md,
+// "History", "Reading a range at seq k" and "The read bound". Pure: the manifest and the
+// L0's range sets in, sources out.
 
 import { countAtOrBelowBy } from './sorted';
 import { BITMAP_BYTES, bitmapHas, type ImageEntry, type Manifest, type PieceEntry, type RangeId } from './manifest';
