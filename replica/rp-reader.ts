@@ -17,7 +17,7 @@ import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ByteRange, HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
-import { hashHeld, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome } from './chunk-verifier';
+import { hashHeld, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome, type PlaceItem } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
 import { checkAppliedSha256 } from './applied-batch';
 import { mapLimit } from './concurrency';
@@ -40,6 +40,9 @@ interface FetchedPiece {
   where: string;
   bytes: Buffer;
   entries: PieceVersionEntry[];
+  /** The whole GET body the piece was read with, and the piece's offset in it. */
+  body: Buffer;
+  at: number;
 }
 
 /** One version held in a fetched piece. */
@@ -473,7 +476,7 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
           stats.gets++;
           stats.bytesRead += bytes.length;
           for (const { p, range, floor } of rd.items) {
-            const piece = checkPiece(bytes.subarray(p.offset - rd.start, p.offset - rd.start + p.length), p, disk.name, range, disk.sizeBytes / BLOCK_SIZE);
+            const piece = checkPiece(bytes.subarray(p.offset - rd.start, p.offset - rd.start + p.length), p, disk.name, range, disk.sizeBytes / BLOCK_SIZE, bytes, p.offset - rd.start);
             for (const entry of piece.entries) {
               if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: range * RANGE_BLOCKS + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
             }
@@ -494,7 +497,7 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
 }
 
 /** A piece's exact bytes (from a ranged GET), checked whole against its manifest entry: CRC, disk, range, span, data bytes, bitmap, the disk's end. */
-function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, diskBlocks: number): FetchedPiece {
+function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, diskBlocks: number, body: Buffer, at: number): FetchedPiece {
   const where = `${p.key}@${p.offset}`;
   const decoded = decodePiece(bytes, where, p.crc32c);
   const bad = (what: string): CorruptHistoryError => new CorruptHistoryError(where, what);
@@ -504,7 +507,7 @@ function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, d
   if (pieceBlocksBitmap(decoded.entries) !== p.blocks) throw bad('holds other blocks than its bitmap in the manifest says');
   const past = decoded.entries.find((e) => range * RANGE_BLOCKS + e.blockIndex + e.blockCount > diskBlocks);
   if (past) throw bad(`entry (seq ${past.seq}, block ${past.blockIndex}) runs past the disk's end (${diskBlocks} blocks)`);
-  return { where, bytes, entries: decoded.entries };
+  return { where, bytes, entries: decoded.entries, body, at };
 }
 
 /**
@@ -659,11 +662,35 @@ async function fillWindow(
       !kept && store.freshReads === true, // read for these extents only
     );
   });
-  // Pieces: read whole when the window was planned; only their versions' data is left to check.
-  const pieceReads = [...byPiece.entries()].map(([piece, qs]) => async () => {
-    await placeEntries(piece.bytes, 0, qs, (e, outcome) => {
+  // Pieces: read whole when the window was planned; only their versions' data is left to
+  // check. All the pieces one GET brought go to a worker in one message, the body once
+  // (given away, uncopied, where it is the store's fresh memory: read for this window only).
+  const byBody = new Map<Buffer, { piece: FetchedPiece; qs: Piece<PieceVersionRef>[] }[]>();
+  for (const [piece, qs] of byPiece) {
+    const list = byBody.get(piece.body);
+    if (list) list.push({ piece, qs });
+    else byBody.set(piece.body, [{ piece, qs }]);
+  }
+  const pieceReads = [...byBody.entries()].map(([body, ps]) => async () => {
+    const judged: { piece: FetchedPiece; e: PieceVersionEntry }[] = [];
+    const items: PlaceItem[] = [];
+    for (const { piece, qs } of ps) {
+      const byEntry = new Map<PieceVersionEntry, Piece<unknown>[]>();
+      for (const q of qs) {
+        const list = byEntry.get(q.ref.entry);
+        if (list) list.push(q);
+        else byEntry.set(q.ref.entry, [q]);
+      }
+      for (const [e, eqs] of byEntry) {
+        judged.push({ piece, e });
+        const start = piece.at + e.payloadOffset;
+        items.push({ start, end: start + e.payloadLength, zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0, length: e.blockCount * BLOCK_SIZE, crc: e.dataCrc, places: places(eqs) });
+      }
+    }
+    const outcomes = await placeVerified(body, items, shared, store.freshReads === true);
+    judged.forEach(({ piece, e }, i) => {
       try {
-        checkExtentData({ disk: 0, ...e }, outcome, `${piece.where} entry (seq ${e.seq}, block ${e.blockIndex})`);
+        checkExtentData({ disk: 0, ...e }, outcomes[i], `${piece.where} entry (seq ${e.seq}, block ${e.blockIndex})`);
       } catch (err) {
         if (err instanceof BatchError) throw new CorruptHistoryError(err.where, err.reason);
         throw err;
