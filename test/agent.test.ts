@@ -37,6 +37,7 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
 
   afterAll(async () => {
     await agent?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true }); // the 64 MiB image and the spool
   });
 
   /** Recovers the latest state through the cloud side and compares it with the served image. */
@@ -148,6 +149,7 @@ if (!clients) console.warn('agent tests skipped: NBD clients missing (apt-get in
 
   afterAll(async () => {
     await agent?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   test('`livesync acrp` freezes, marks, thaws; the ACRP is listed with its tag and recovers the data', async () => {

@@ -4,7 +4,7 @@
 // ranges whose batches were let go.
 
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startAgent } from '../agent/agent';
@@ -225,6 +225,7 @@ describe('an agent whose uploads are behind', () => {
       open();
       await nbd.close();
       await agent.stop();
+      await rm(dir, { recursive: true, force: true });
     }
   }, 120_000);
 });
