@@ -17,7 +17,7 @@ import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ByteRange, HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
-import { hashHeld, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome, type PlaceItem } from './chunk-verifier';
+import { hashHeld, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
 import { checkAppliedSha256 } from './applied-batch';
 import { mapLimit } from './concurrency';
@@ -38,7 +38,6 @@ interface ChunkVersionRef {
 interface FetchedPiece {
   /** `key@offset`: how errors name it. */
   where: string;
-  bytes: Buffer;
   entries: PieceVersionEntry[];
   /** The whole GET body the piece was read with, and the piece's offset in it. */
   body: Buffer;
@@ -476,7 +475,7 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
           stats.gets++;
           stats.bytesRead += bytes.length;
           for (const { p, range, floor } of rd.items) {
-            const piece = checkPiece(bytes.subarray(p.offset - rd.start, p.offset - rd.start + p.length), p, disk.name, range, disk.sizeBytes / BLOCK_SIZE, bytes, p.offset - rd.start);
+            const piece = checkPiece(bytes, p.offset - rd.start, p, disk.name, range, disk.sizeBytes / BLOCK_SIZE);
             for (const entry of piece.entries) {
               if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: range * RANGE_BLOCKS + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
             }
@@ -496,10 +495,10 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
   };
 }
 
-/** A piece's exact bytes (from a ranged GET), checked whole against its manifest entry: CRC, disk, range, span, data bytes, bitmap, the disk's end. */
-function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, diskBlocks: number, body: Buffer, at: number): FetchedPiece {
+/** A piece (at byte `at` of a ranged GET's body), checked whole against its manifest entry: CRC, disk, range, span, data bytes, bitmap, the disk's end. */
+function checkPiece(body: Buffer, at: number, p: PieceEntry, disk: string, range: number, diskBlocks: number): FetchedPiece {
   const where = `${p.key}@${p.offset}`;
-  const decoded = decodePiece(bytes, where, p.crc32c);
+  const decoded = decodePiece(body.subarray(at, at + p.length), where, p.crc32c);
   const bad = (what: string): CorruptHistoryError => new CorruptHistoryError(where, what);
   if (decoded.disk !== disk || decoded.rangeIndex !== range) throw bad(`holds range ${decoded.disk}:${decoded.rangeIndex}, the manifest lists it under ${disk}:${range}`);
   if (decoded.seqLo !== p.seqLo || decoded.seqHi !== p.seqHi) throw bad(`spans seqs [${decoded.seqLo}, ${decoded.seqHi}], the manifest says [${p.seqLo}, ${p.seqHi}]`);
@@ -507,7 +506,7 @@ function checkPiece(bytes: Buffer, p: PieceEntry, disk: string, range: number, d
   if (pieceBlocksBitmap(decoded.entries) !== p.blocks) throw bad('holds other blocks than its bitmap in the manifest says');
   const past = decoded.entries.find((e) => range * RANGE_BLOCKS + e.blockIndex + e.blockCount > diskBlocks);
   if (past) throw bad(`entry (seq ${past.seq}, block ${past.blockIndex}) runs past the disk's end (${diskBlocks} blocks)`);
-  return { where, bytes, entries: decoded.entries, body, at };
+  return { where, entries: decoded.entries, body, at };
 }
 
 /**
@@ -594,27 +593,28 @@ async function fillWindow(
       return [q.offsetBlocks * BLOCK_SIZE, dst, Math.min(q.blockCount * BLOCK_SIZE, window.length - dst)];
     });
   /**
-   * The payloads of `qs`' entries, held in `bytes` (which start at byte `at` of their
-   * object): each entry decoded and checked once, with every piece the window takes from it.
+   * The payloads of each group's entries, held in `bytes` (which start at byte `at` of the
+   * group's entries' frame: their object, or their piece), in one message to a worker: each
+   * entry decoded and checked once, with every piece the window takes from it, and judged by
+   * its group.
    */
-  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer | HeldRange, at: number, qs: Piece<{ entry: E }>[], judge: (e: E, outcome: PayloadOutcome) => void, giveAway = false): Promise<void> => {
-    const byEntry = new Map<E, Piece<unknown>[]>();
-    for (const q of qs) {
-      const list = byEntry.get(q.ref.entry);
-      if (list) list.push(q);
-      else byEntry.set(q.ref.entry, [q]);
+  const placeEntries = async <E extends PayloadEntry>(bytes: Buffer | HeldRange, groups: { at: number; qs: Piece<{ entry: E }>[]; judge: (e: E, outcome: PayloadOutcome) => void }[], giveAway = false): Promise<void> => {
+    const judged: { e: E; judge: (e: E, outcome: PayloadOutcome) => void }[] = [];
+    const items = [];
+    for (const { at, qs, judge } of groups) {
+      const byEntry = new Map<E, Piece<unknown>[]>();
+      for (const q of qs) {
+        const list = byEntry.get(q.ref.entry);
+        if (list) list.push(q);
+        else byEntry.set(q.ref.entry, [q]);
+      }
+      for (const [e, eqs] of byEntry) {
+        judged.push({ e, judge });
+        items.push({ start: e.payloadOffset - at, end: e.payloadOffset - at + e.payloadLength, zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0, length: e.blockCount * BLOCK_SIZE, crc: e.dataCrc, places: places(eqs) });
+      }
     }
-    const entries = [...byEntry.keys()];
-    const items = entries.map((e) => ({
-      start: e.payloadOffset - at,
-      end: e.payloadOffset - at + e.payloadLength,
-      zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0,
-      length: e.blockCount * BLOCK_SIZE,
-      crc: e.dataCrc,
-      places: places(byEntry.get(e)!),
-    }));
     const outcomes = await placeVerified(bytes, items, shared, giveAway);
-    entries.forEach((e, i) => judge(e, outcomes[i]));
+    judged.forEach(({ e, judge }, i) => judge(e, outcomes[i]));
   };
   // Chunks: one whole-object GET each, verified end to end: the header here (magic, header
   // CRC, lengths, its name and CRC-32C equal to the manifest's), the data's SHA-256 (the
@@ -647,20 +647,15 @@ async function fillWindow(
       stats.bytesRead += got.length;
       bytes = got;
     }
-    await placeEntries(
-      bytes,
-      r.start,
-      r.items,
-      (e, outcome) => {
-        try {
-          checkExtentData(e, outcome, `${r.key} block ${e.blockIndex}`);
-        } catch (err) {
-          if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
-          throw err;
-        }
-      },
-      !kept && store.freshReads === true, // read for these extents only
-    );
+    const judge = (e: ExtentRef['entry'], outcome: PayloadOutcome): void => {
+      try {
+        checkExtentData(e, outcome, `${r.key} block ${e.blockIndex}`);
+      } catch (err) {
+        if (err instanceof BatchError) throw new CorruptExtentError(err.where, err.reason);
+        throw err;
+      }
+    };
+    await placeEntries(bytes, [{ at: r.start, qs: r.items, judge }], !kept && store.freshReads === true); // read for these extents only
   });
   // Pieces: read whole when the window was planned; only their versions' data is left to
   // check. All the pieces one GET brought go to a worker in one message, the body once
@@ -672,30 +667,20 @@ async function fillWindow(
     else byBody.set(piece.body, [{ piece, qs }]);
   }
   const pieceReads = [...byBody.entries()].map(([body, ps]) => async () => {
-    const judged: { piece: FetchedPiece; e: PieceVersionEntry }[] = [];
-    const items: PlaceItem[] = [];
-    for (const { piece, qs } of ps) {
-      const byEntry = new Map<PieceVersionEntry, Piece<unknown>[]>();
-      for (const q of qs) {
-        const list = byEntry.get(q.ref.entry);
-        if (list) list.push(q);
-        else byEntry.set(q.ref.entry, [q]);
-      }
-      for (const [e, eqs] of byEntry) {
-        judged.push({ piece, e });
-        const start = piece.at + e.payloadOffset;
-        items.push({ start, end: start + e.payloadLength, zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0, length: e.blockCount * BLOCK_SIZE, crc: e.dataCrc, places: places(eqs) });
-      }
-    }
-    const outcomes = await placeVerified(body, items, shared, store.freshReads === true);
-    judged.forEach(({ piece, e }, i) => {
-      try {
-        checkExtentData({ disk: 0, ...e }, outcomes[i], `${piece.where} entry (seq ${e.seq}, block ${e.blockIndex})`);
-      } catch (err) {
-        if (err instanceof BatchError) throw new CorruptHistoryError(err.where, err.reason);
-        throw err;
-      }
-    });
+    // A piece's entries count their payloads from the piece's start, `at` bytes into the body.
+    const groups = ps.map(({ piece, qs }) => ({
+      at: -piece.at,
+      qs,
+      judge: (e: PieceVersionEntry, outcome: PayloadOutcome): void => {
+        try {
+          checkExtentData({ disk: 0, ...e }, outcome, `${piece.where} entry (seq ${e.seq}, block ${e.blockIndex})`);
+        } catch (err) {
+          if (err instanceof BatchError) throw new CorruptHistoryError(err.where, err.reason);
+          throw err;
+        }
+      },
+    }));
+    await placeEntries(body, groups, store.freshReads === true);
   });
   await Promise.all([...chunkReads, ...extentReads, ...pieceReads].map(run));
 }

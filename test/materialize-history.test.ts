@@ -443,6 +443,28 @@ describe('materialize through the history', () => {
     await publish(m3, prefix3);
     await expect(recoverAt(4)).rejects.toThrow(new CorruptHistoryError(`${prefix3}run-0000.run@0`, "entry (seq 4, block 300) runs past the disk's end (256 blocks)"));
   });
+
+  test("a piece whose CRC was made to fit changed data fails its version's data check, in a GET that brought two pieces", async () => {
+    // The next version: e:0's pieces [1, 2] and [3, 4] back to back in one run object (both read
+    // at 4, in one GET); a payload byte of the second changed and its CRC rewritten to fit, in
+    // the piece and in the manifest: the piece checks whole, its version's data CRC does not.
+    const m4: Manifest = JSON.parse(JSON.stringify(manifest));
+    m4.version = (await c.history.getHistory(pairId)).version + 1;
+    const prefix4 = historyPrefix(pairId, m4.version);
+    const first = encodePiece({ disk: 'e', rangeIndex: 0, seqLo: 1, seqHi: 2, versions: versionsOf('e', 0, 1, 2) });
+    const forged = encodePiece({ disk: 'e', rangeIndex: 0, seqLo: 3, seqHi: 4, versions: versionsOf('e', 0, 3, 4) });
+    forged[forged.length - 100] ^= 0xff; // in its last payload
+    forged.writeUInt32LE(crc32c(forged.subarray(0, forged.length - 4)), forged.length - 4);
+    const key = `${prefix4}run-0000.run`;
+    await c.store.put(key, Buffer.concat([first, forged]));
+    const [p0, p1] = m4.ranges['e:0'].pieces;
+    m4.ranges['e:0'].pieces[0] = { ...p0, key, offset: 0, length: first.length, crc32c: first.readUInt32LE(first.length - 4) };
+    m4.ranges['e:0'].pieces[1] = { ...p1, key, offset: first.length, length: forged.length, crc32c: forged.readUInt32LE(forged.length - 4) };
+    await publish(m4, prefix4);
+    await expect(recoverAt(4)).rejects.toThrow(new RegExp(`${key.replace(/[.]/g, '\\.')}@${first.length} entry \\(seq 4, block \\d+\\)`));
+    await expect(recoverAt(4)).rejects.toThrow(CorruptHistoryError);
+    expect(await leases()).toEqual([]);
+  });
 });
 
 describe('materialize after real compaction', () => {
