@@ -10,6 +10,7 @@ import { startAgent, type AgentOptions, type RunningAgent } from '../agent/agent
 import { callAgent } from '../agent/control';
 import { NbdClient } from '../bench/nbd-client';
 import { BATCH_FLAGS } from '../core/batch-format';
+import { journalPrefix, parseJournalKey } from '../core/keys';
 import { rng } from '../source/workload';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { KeyLister, ObjectStore } from '../replica/ports';
@@ -270,6 +271,10 @@ function outage(store: ObjectStore & KeyLister): ObjectStore & KeyLister & { dow
     await waitForWatermark(c.index, pairId, last, 60_000);
     await agent.stop();
     agent = undefined;
+    // The clean stop uploads one more batch: wait until it is applied too, or the history may fold
+    // up to the watermark before it and leave it in the journal.
+    const uploaded = (await c.store.listKeys(journalPrefix(pairId))).map((k) => parseJournalKey(k)!.seq);
+    await waitForWatermark(c.index, pairId, Math.max(...uploaded), 60_000);
     // Every batch (the clean stop's last one too, an RP) folded into the history, by this unit
     // or by a run the apply path started meanwhile, and, grace 0, collected: the journal is empty.
     await eventually('the history folded up to the watermark', async () => {
