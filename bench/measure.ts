@@ -1,6 +1,9 @@
 // Benchmark plumbing: request counters on SDK clients, timing, medians.
 
+import { execFileSync } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 export type Counts = Record<string, number>;
 
@@ -78,3 +81,18 @@ export function partsFromEnv<P extends string>(variable: string, all: readonly P
   for (const p of parts) if (!(all as readonly string[]).includes(p)) throw new Error(`${variable}: unknown part '${p}' (parts: ${all.join(', ')})`);
   return new Set(parts as P[]);
 }
+
+/**
+ * Lets the machine settle before a timed run, the same for every peer: the page cache's dirty
+ * pages (the last run's image file) written back, and this process's garbage (the last check's
+ * buffers) collected, so that neither lands on the next run's cores.
+ */
+export function settle(): void {
+  execFileSync('sync');
+  collectGarbage();
+}
+
+const collectGarbage: () => void = (() => {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+})();

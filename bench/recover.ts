@@ -26,11 +26,16 @@
 //               BENCH_RECOVER_FIO_SECONDS, default 10 s); then the test is cleaned up
 //   qemu_nbd    the same fio job against qemu-nbd serving the source's image read-only
 // BENCH_RECOVER_PARTS (comma-separated kinds) runs some only; the others' figures are null.
+// Before each timed run the machine settles (bench/measure.ts settle(): dirty pages written
+// back, this process's garbage collected), the same for every kind.
 // Fields: rto_s (from the failover command to the first read's data), export_first_read_ms,
 // export_seq_mib_s, export_rand4k_iops and ratio_vs_qemu_nbd (reported, no target);
 // recover_mib_s (disk MiB / cloud_s3 s), ratio_vs_raw (raw s / cloud_s3 s, target
 // >= 0.8), ebs_blocks_per_s, ratio_vs_restic (restic s / file s, target >= 1.5), medians of
 // the rounds; every recovered image is compared with the source's bytes (a mismatch fails).
+// What file and restic cost, medians (`file_vs_restic`): cpu_s, the CPU time of the recovering
+// process (every thread; restic's through bash's `times`); stack_cpu_s, this process's in the
+// same span (the local S3 serving it, and the rest of the stack); s3_gets, the GETs S3 served.
 // Locally every part runs on this host's cores: the Lambdas, S3 and DynamoDB share them with
 // the peers, the same way for each.
 
@@ -51,13 +56,13 @@ import { DynamoOperations } from '../adapters/dynamo-operations';
 import { failoverCleanup, failoverToExport } from '../cli/failover';
 import { recoverInCloud } from '../cli/recover-cloud';
 import { snapshotRecordPrefix } from '../core/snapshot-record';
-import { freePort, startLocalStack, type LocalStack } from '../local/stack';
+import { freePort, requestsBetween, startLocalStack, type LocalStack } from '../local/stack';
 import { limiter } from '../replica/concurrency';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import type { RecoveryRun } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { rng } from '../source/workload';
-import { median, partsFromEnv, round, runBench, timed } from './measure';
+import { median, partsFromEnv, round, runBench, settle, timed } from './measure';
 import { NbdClient, waitForNbd } from './nbd-client';
 import { ensurePeers, JAVA_PEER } from './peers';
 
@@ -122,6 +127,16 @@ async function main(): Promise<void> {
       const qemuRand4k: number[] = [];
       const seconds = new Map<Kind, number[]>(KINDS.map((k) => [k, []]));
       let ebsBlocks = 0;
+      /** Per peer of the file recovery, per round: its CPU, the stack's CPU meanwhile, the GETs S3 served. */
+      const costs = { file: [] as PeerCost[], restic: [] as PeerCost[] };
+      const costOf = async (run: () => Promise<{ seconds: number; cpuS: number }>): Promise<{ seconds: number; cost: PeerCost }> => {
+        const before = stack!.requests()!;
+        const stackCpu = process.cpuUsage();
+        const out = await run();
+        const used = process.cpuUsage(stackCpu);
+        const gets = requestsBetween(before, stack!.requests()!).s3.GET ?? 0;
+        return { seconds: out.seconds, cost: { cpuS: out.cpuS, stackCpuS: (used.user + used.system) / 1e6, gets } };
+      };
       const check = (what: string, got: Buffer): void => {
         if (!got.equals(source)) throw new Error(`${what}: the recovered image differs from the source`);
       };
@@ -154,7 +169,9 @@ async function main(): Promise<void> {
         },
         file: async (r) => {
           const to = join(dir, `file-${r}`);
-          seconds.get('file')!.push(await recoverFileInChild(pairId, seq, to));
+          const { seconds: s, cost } = await costOf(() => recoverFileInChild(pairId, seq, to));
+          seconds.get('file')!.push(s);
+          costs.file.push(cost);
           check('file', await readFile(join(to, 'disk0.img')));
           await rm(to, { recursive: true });
         },
@@ -204,8 +221,9 @@ async function main(): Promise<void> {
       restic: async (r) => {
           const to = join(dir, `restic-${r}`);
           await mkdir(to);
-          const out = await timed(() => run('restic', ['restore', 'latest', '--target', to], restic));
-          seconds.get('restic')!.push(out.seconds);
+          const { seconds: s, cost } = await costOf(() => resticRestore(to, restic));
+          seconds.get('restic')!.push(s);
+          costs.restic.push(cost);
           check('restic', await readFile(join(to, srcFile)));
           await rm(to, { recursive: true });
         },
@@ -216,6 +234,7 @@ async function main(): Promise<void> {
         const order = chosen.map((_, i) => chosen[(i + r) % chosen.length]);
         for (const k of order) {
           await stack.workflowsIdle();
+          settle();
           await runs[k](r);
           log(`round ${r + 1}/${reps} ${k}: ${round(seconds.get(k)!.at(-1)!)} s`);
         }
@@ -233,6 +252,9 @@ async function main(): Promise<void> {
           ebs_blocks_per_s: figure(ebsBlocks / m('cloud_ebs'), 1),
           ebs_blocks: ebsBlocks,
           ratio_vs_restic: figure(m('restic') / m('file')),
+          file_vs_restic: Object.fromEntries(
+            (['file', 'restic'] as const).map((k) => [k, { cpu_s: figure(med(costs[k].map((c) => c.cpuS))), stack_cpu_s: figure(med(costs[k].map((c) => c.stackCpuS))), s3_gets: figure(med(costs[k].map((c) => c.gets)), 0) }]),
+          ),
           export_first_read_ms: figure(med(exportFigures.firstReadMs), 1),
           export_seq_mib_s: figure(diskBytes / MiB / med(exportFigures.seqS), 1),
           export_rand4k_iops: figure(med(exportFigures.rand4k), 0),
@@ -275,8 +297,25 @@ async function fioRandRead(port: number, dir: string): Promise<number> {
   return j.read.iops;
 }
 
-/** `livesync recover --to file:` in a process of its own (bench/recover-file.ts): the seconds of the recovery alone. */
-async function recoverFileInChild(pairId: string, seq: number, to: string): Promise<number> {
+/** What one recovery into a file cost: see the header. */
+interface PeerCost {
+  cpuS: number;
+  stackCpuS: number;
+  gets: number;
+}
+
+/** `restic restore latest --target DIR` under bash, whose `times` gives its children's CPU time: wall seconds and CPU seconds. */
+async function resticRestore(to: string, env: NodeJS.ProcessEnv): Promise<{ seconds: number; cpuS: number }> {
+  const out = await timed(() => promisify(execFile)('bash', ['-c', 'restic restore latest --target "$1" >/dev/null && times', 'restore', to], { env, maxBuffer: 64 * MiB }));
+  // `times`: the shell's user and system time, then its children's: "0m1.680s 0m0.280s".
+  const children = /(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(out.value.stdout.trim());
+  if (!children) throw new Error(`restic restore: no CPU times in ${JSON.stringify(out.value.stdout)}`);
+  const [, um, us, sm, ss] = children.map(Number);
+  return { seconds: out.seconds, cpuS: um * 60 + us + sm * 60 + ss };
+}
+
+/** `livesync recover --to file:` in a process of its own (bench/recover-file.ts): the seconds of the recovery alone, and its CPU seconds. */
+async function recoverFileInChild(pairId: string, seq: number, to: string): Promise<{ seconds: number; cpuS: number }> {
   const nodeArgs = (process.env.BENCH_RECOVER_NODE_ARGS ?? '').split(' ').filter(Boolean); // e.g. --cpu-prof --cpu-prof-dir=DIR
   const child = spawn(join(__dirname, '../node_modules/.bin/node'), [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, 'recover-file.ts'), pairId, String(seq), to], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! });
@@ -286,7 +325,7 @@ async function recoverFileInChild(pairId: string, seq: number, to: string): Prom
   });
   if ((await next()) !== 'ready') throw new Error('recover-file did not start');
   child.stdin!.write('go\n');
-  return (JSON.parse(await next()) as { seconds: number }).seconds;
+  return JSON.parse(await next()) as { seconds: number; cpuS: number };
 }
 
 async function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<void> {

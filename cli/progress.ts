@@ -36,6 +36,7 @@ export function recoveryProgress(what: string, print: (line: string) => void, ev
       total += sizeBytes;
       return {
         doneWithWindow: sink.doneWithWindow,
+        writesDataOnly: sink.writesDataOnly,
         async write(offset, window, ranges) {
           await sink.write(offset, window, ranges);
           done += window.length;

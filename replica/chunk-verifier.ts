@@ -14,7 +14,8 @@
 // - hashHeld (recovery): a whole batch object's SHA-256, taken in a worker, which can keep the
 //   body (a HeldBody) so that placeVerified takes payloads from it there: the bytes cross to
 //   the worker once, uncopied, and the event loop neither hashes them nor holds them (its
-//   heap's collector is not made to run by them).
+//   heap's collector is not made to run by them). keepBody: the same for bytes checked already
+//   (a stretch of pieces read ahead, which later windows take).
 //
 // The worker is inline source using only Node built-ins (and the CRC-32C binary by its
 // resolved path where that loads), so it needs no file of its own in a bundle. A worker
@@ -86,6 +87,10 @@ parentPort.on('message', (m) => {
       let bytes = 0;
       for (const b of held.values()) bytes += b.length;
       parentPort.postMessage({ id: m.id, bytes });
+      return;
+    }
+    if (m.type === 'keep') {
+      held.set(m.id, asBuffer(m.body));
       return;
     }
     if (m.type === 'chunk') {
@@ -288,6 +293,20 @@ export async function hashHeld(body: Buffer, o: { hold: boolean; tailFrom: numbe
   const answer = answered(await ask({ type: 'hash', body: sent, hold: o.hold, tailFrom: o.tailFrom }, [sent.buffer as ArrayBuffer], w, id), 'tail', 'hashing thread');
   const tail = Buffer.from(answer.tail.buffer, answer.tail.byteOffset, answer.tail.byteLength);
   return { sha256: answer.sha256, tail, held: o.hold ? { worker: w, id } : undefined };
+}
+
+/**
+ * Has a worker keep `body` (a HeldBody, until release()) for placeVerified to take payloads
+ * from there, checking nothing: for bytes the caller checked already. Copied to the worker
+ * unless `giveAway` (see placeVerified). Unanswered: a worker takes its messages in order, so
+ * a later placeVerified finds it there (or fails, if the worker died).
+ */
+export function keepBody(body: Buffer, giveAway: boolean): HeldBody {
+  const sent = sendable(body, giveAway);
+  const w = leastBusy();
+  const id = nextId++;
+  w.worker.postMessage({ type: 'keep', body: sent, id }, [sent.buffer as ArrayBuffer]);
+  return { worker: w, id };
 }
 
 /** Lets the workers drop these bodies (fire and forget: a dead worker held nothing). */

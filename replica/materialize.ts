@@ -124,7 +124,7 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
     for (let offset = span.start; offset < span.end; offset += windowBytes) {
       reader.check();
       const { window, stale } = newWindow(Math.min(windowBytes, span.end - offset));
-      const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run, stale);
+      const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run, { stale, dataOnly: sink.writesDataOnly, readAheadTo: Math.ceil(span.end / BLOCK_SIZE) });
       filled.catch(() => {}); // handled: awaited in order by writeOldest
       filling.push({ offset, window, filled });
       if (filling.length >= WINDOWS_AHEAD) await writeOldest();
@@ -144,6 +144,7 @@ export async function fileSink(path: string, sizeBytes: number): Promise<ImageSi
   await fh.truncate(sizeBytes);
   return {
     doneWithWindow: true,
+    writesDataOnly: true,
     async write(offset, window, ranges) {
       for (const r of ranges) {
         // fs may write less than asked (e.g. a full disk); go on until all is written or it throws.

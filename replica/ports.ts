@@ -409,6 +409,11 @@ export interface ImageSink {
    * 32 MiB, whose allocation each brought the process's full GC closer).
    */
   readonly doneWithWindow?: boolean;
+  /**
+   * write() reads only the window's data ranges (a sparse file): the other bytes of a window
+   * filled again are left as they were, not zeroed first.
+   */
+  readonly writesDataOnly?: boolean;
   close(): Promise<void>;
   /** Recovery failed: release resources and leave no partial image behind. */
   abort(err: Error): Promise<void>;

@@ -10,14 +10,14 @@ import { checkChunkData, checkChunkHeader, type ChunkRef } from '../core/chunk-f
 import { BackupError, BatchError, CorruptExtentError, CorruptHistoryError, HistoryPrunedError, InvalidArgumentError, ReaderLeaseLostError, UnknownPairError } from '../core/errors';
 import { baseChunkKey } from '../core/keys';
 import { RANGE_BLOCKS, rangeId, type Manifest, type PieceEntry } from '../core/manifest';
-import { rangeSources, readable } from '../core/read-sources';
+import { rangeSources, readable, type RangeSources } from '../core/read-sources';
 import { rpLives } from '../core/retention';
 import { decodePiece, pieceBlocksBitmap, type PieceVersionEntry } from '../core/run-format';
 import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ByteRange, HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
-import { hashHeld, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome } from './chunk-verifier';
+import { hashHeld, keepBody, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
 import { checkAppliedSha256 } from './applied-batch';
 import { mapLimit } from './concurrency';
@@ -39,9 +39,22 @@ interface FetchedPiece {
   /** `key@offset`: how errors name it. */
   where: string;
   entries: PieceVersionEntry[];
-  /** The whole GET body the piece was read with, and the piece's offset in it. */
-  body: Buffer;
+  /** The GET that brought it, and the piece's offset in its body. */
+  stretch: Stretch;
   at: number;
+}
+
+/** The bytes of one ranged GET of a run object, shared by the pieces it brought. */
+interface Stretch {
+  /** The GET's body, on this thread: its pieces are all one window's, which gives it away. */
+  body?: Buffer;
+  /**
+   * Or the worker that keeps it: some of its pieces are later windows' (read ahead). `left`
+   * counts those not yet placed (or passed over) by their windows; at 0 the worker drops it.
+   */
+  held?: HeldBody;
+  bytes: number;
+  left: number;
 }
 
 /** One version held in a fetched piece. */
@@ -181,9 +194,12 @@ export interface RpReader {
    * every payload verified; resolves with the byte ranges of the window that hold data. The
    * window is zeros, but for `stale` (sorted, disjoint byte ranges left from an earlier use):
    * the parts of those that this fill places no data over are zeroed by it, so the window
-   * is written once where data goes rather than zeroed and then written.
+   * is written once where data goes rather than zeroed and then written; with `dataOnly` (the
+   * caller reads only the data ranges it resolves with) only what of them zero versions cover.
+   * `readAheadTo`: the caller goes on to fill the windows after this one, in order, up to that
+   * block (or further), so the reads of this window may take along pieces those read.
    */
-  fill(disk: string, firstBlock: number, window: Buffer, run: Run, stale?: ByteRange[]): Promise<ByteRange[]>;
+  fill(disk: string, firstBlock: number, window: Buffer, run: Run, o?: { stale?: ByteRange[]; dataOnly?: boolean; readAheadTo?: number }): Promise<ByteRange[]>;
   /** Throws if the lease could not be renewed (the history it holds may be collected). */
   check(): void;
   close(): Promise<void>;
@@ -258,20 +274,26 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
       segments: segments.length,
       stats,
       alignBytes: m.version > 0 ? RANGE_BLOCKS * BLOCK_SIZE : BLOCK_SIZE,
-      async fill(disk, firstBlock, window, run, stale) {
+      async fill(disk, firstBlock, window, run, { stale, dataOnly, readAheadTo } = {}) {
         const d = resolved.get(disk);
         if (!d) throw new InvalidArgumentError(`disk '${disk}' is not one this read of pair '${o.pairId}' opened`);
         const last = firstBlock + Math.ceil(window.length / BLOCK_SIZE);
         if (firstBlock < 0 || last * BLOCK_SIZE > Math.ceil(d.spec.sizeBytes / BLOCK_SIZE) * BLOCK_SIZE) throw new RangeError(`blocks [${firstBlock}, ${last}) are not all within disk '${disk}' (${d.spec.sizeBytes} bytes)`);
-        const planned = await d.plan(firstBlock, last, l0Within(d.l0, firstBlock, last), run);
-        // Zero versions are not placed (the window's zeros are taken for them): zeroed here.
-        if (stale) for (const r of subtract(stale, dataRanges(planned.filter(placesData), firstBlock, window.length))) window.fill(0, r.start, r.end);
+        const planned = await d.plan.plan(firstBlock, last, l0Within(d.l0, firstBlock, last), run, Math.max(last, readAheadTo ?? 0));
+        const data = dataRanges(planned.pieces, firstBlock, window.length);
+        if (stale) {
+          // Zero versions are not placed (the window's zeros are taken for them): zeroed here.
+          const placed = dataRanges(planned.pieces.filter(placesData), firstBlock, window.length);
+          const unplaced = subtract(stale, placed);
+          for (const r of dataOnly ? subtract(unplaced, subtract(unplaced, data)) : unplaced) window.fill(0, r.start, r.end);
+        }
         await fillWindow(store, window, firstBlock, planned, run, stats, checked);
-        return dataRanges(planned, firstBlock, window.length);
+        return data;
       },
       check: () => reader.check(),
       close: () => {
         checked.clear();
+        for (const d of resolved.values()) d.plan.close();
         return reader.close();
       },
     };
@@ -436,21 +458,101 @@ function renewEvery(everyMs: number, renew: () => Promise<void>, expiresMs: () =
   };
 }
 
-/** Plans one window [first, last) of a disk: the L0's pieces in it over what the manifest holds there. */
-type WindowPlanner = (first: number, last: number, l0: Piece<Ref>[], run: Run) => Promise<Piece<Ref>[]>;
+/** A window's plan: what fills it, and the pieces (read whole) its ranges took. */
+interface WindowPlan {
+  pieces: Piece<Ref>[];
+  fetched: FetchedPiece[];
+}
+
+/** Plans one window [first, last) of a disk: the L0's pieces in it over what the manifest holds there. close() drops what was read ahead. */
+interface WindowPlanner {
+  plan(first: number, last: number, l0: Piece<Ref>[], run: Run, readAheadTo: number): Promise<WindowPlan>;
+  close(): void;
+}
+
+/** Read-ahead of pieces: ranges past a window whose pieces a run object's GET may take along, while reads go on in order. */
+const READ_AHEAD_RANGES = 64;
+/** The most one ranged GET of a run object's pieces spans. */
+const MAX_PIECE_READ = 8 * 1024 * 1024;
+/** The most bytes of pieces read ahead that no window has taken yet. */
+const READ_AHEAD_BUDGET = 128 * 1024 * 1024;
+
+/** A piece a window reads from a run object (a later window's, when `ahead`). */
+interface PieceWant {
+  p: PieceEntry;
+  range: number;
+  ahead?: true;
+}
 
 /**
  * For each range of the window: its image or base chunk and its pieces (each read whole with
  * one ranged GET and checked), resolved with the window's L0 pieces on top (every L0 batch
  * read is above the frontier, so newer than anything in the manifest).
+ *
+ * A run object holds its pieces in range order, about one per range a batch wrote, so one
+ * window finds only a few of them together. Where the caller reads on in order (up to block
+ * `readAheadTo`), a run object's GET stretches over the pieces of the next READ_AHEAD_RANGES
+ * ranges in it too (within MAX_PIECE_READ and READ_AHEAD_BUDGET): those are checked when they
+ * arrive and kept for the windows that take them, one GET where there were several.
  */
 function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: number, read: DiskRead, stats: Stats): WindowPlanner {
-  return async (first, last, l0, run) => {
+  const diskBlocks = disk.sizeBytes / BLOCK_SIZE;
+  /** Per range, its sources: worked out once, for the read-ahead or the range's window. */
+  const known = new Map<number, RangeSources>();
+  const sourcesOf = (r: number): RangeSources => {
+    let s = known.get(r);
+    if (!s) known.set(r, (s = rangeSources(m, read.l0Ranges.get(r) ?? [], rangeId(disk.name, r), seq)));
+    return s;
+  };
+  /** Pieces read ahead for later windows, by `key@offset`. */
+  const ahead = new Map<string, { piece: Promise<FetchedPiece>; bytes: number }>();
+  let aheadBytes = 0;
+  const idOf = (p: PieceEntry): string => `${p.key}@${p.offset}`;
+
+  /** Stretches workers keep for later windows, until those have taken every piece. */
+  const kept = new Set<Stretch>();
+  let closed = false;
+
+  /**
+   * One ranged GET of a stretch of a run object; each piece in it checked when it arrives.
+   * A stretch later windows read too goes to a worker to keep at once: held here across
+   * windows, bodies would outlive the young generation and bring on full collections.
+   */
+  const readStretch = (rd: RangeRead<PieceWant>, run: Run): Promise<FetchedPiece>[] => {
+    const read = run(async () => {
+      const bytes = await store.get(rd.key, { start: rd.start, end: rd.end });
+      stats.gets++;
+      stats.bytesRead += bytes.length;
+      const stretch: Stretch = { bytes: bytes.length, left: rd.items.length };
+      const pieces = rd.items.map(({ p, range }) => checkPiece(bytes, p.offset - rd.start, p, disk.name, range, diskBlocks, stretch));
+      if (closed) throw new Error(`the read of ${rd.key} ended while a GET of it was in flight`);
+      if (!rd.items.some((w) => w.ahead)) stretch.body = bytes;
+      else {
+        stretch.held = keepBody(bytes, store.freshReads === true);
+        kept.add(stretch);
+      }
+      return pieces;
+    });
+    return rd.items.map((_, i) => read.then((pieces) => pieces[i]));
+  };
+
+  const close = (): void => {
+    closed = true;
+    release([...kept].map((k) => k.held!));
+    kept.clear();
+    ahead.clear();
+  };
+
+  const plan = async (first: number, last: number, l0: Piece<Ref>[], run: Run, readAheadTo: number): Promise<WindowPlan> => {
     const versions: BlockVersion<Ref | { l0: Piece<Ref> }>[] = [];
-    /** Per run object, the pieces the window's ranges read from it, with the image seq each reads above. */
-    const wanted = new Map<string, { p: PieceEntry; range: number; floor: number }[]>();
-    for (let r = Math.floor(first / RANGE_BLOCKS); r * RANGE_BLOCKS < last; r++) {
-      const s = rangeSources(m, read.l0Ranges.get(r) ?? [], rangeId(disk.name, r), seq);
+    const taken: { piece: Promise<FetchedPiece>; range: number; floor: number }[] = [];
+    /** Per run object, the window's pieces not read ahead. */
+    const toRead = new Map<string, PieceWant[]>();
+    const floors = new Map<number, number>();
+    const lastRange = Math.ceil(last / RANGE_BLOCKS);
+    for (let r = Math.floor(first / RANGE_BLOCKS); r < lastRange; r++) {
+      const s = sourcesOf(r);
+      known.delete(r);
       const baseChunk = s.base ? read.baseChunks.get(r) : undefined;
       stats.sources = Math.max(stats.sources, s.count - (s.base && !baseChunk ? 1 : 0));
       const start = r * RANGE_BLOCKS;
@@ -460,30 +562,58 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
         versions.push({ blockIndex: start, blockCount: image.length / BLOCK_SIZE, seq: image.seq, ref: { chunk: { index: r, sha256: image.sha256, crc32c: image.crc32c, length: image.length }, key: image.key } });
       }
       const floor = image ? image.seq : -1;
+      floors.set(r, floor);
       for (const p of s.pieces) {
-        const list = wanted.get(p.key) ?? [];
-        list.push({ p, range: r, floor });
-        wanted.set(p.key, list);
+        const early = ahead.get(idOf(p));
+        if (early) {
+          ahead.delete(idOf(p));
+          aheadBytes -= early.bytes;
+          taken.push({ piece: early.piece, range: r, floor });
+          continue;
+        }
+        const list = toRead.get(p.key) ?? [];
+        list.push({ p, range: r });
+        toRead.set(p.key, list);
       }
     }
-    // The pieces, one ranged GET per run object and stretch of it (a unit writes a run's pieces in range order).
-    const reads = [...wanted].flatMap(([key, ws]) => mergeReads(key, ws, (w) => [w.p.offset, w.p.offset + w.p.length]));
-    await Promise.all(
-      reads.map((rd) =>
-        run(async () => {
-          const bytes = await store.get(rd.key, { start: rd.start, end: rd.end });
-          stats.gets++;
-          stats.bytesRead += bytes.length;
-          for (const { p, range, floor } of rd.items) {
-            const piece = checkPiece(bytes, p.offset - rd.start, p, disk.name, range, disk.sizeBytes / BLOCK_SIZE);
-            for (const entry of piece.entries) {
-              if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: range * RANGE_BLOCKS + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
-            }
-          }
-        }),
-      ),
-    );
-    if (versions.length === 0) return l0; // the L0 alone (a pair never compacted, without a base)
+    if (toRead.size > 0) {
+      // The later ranges' pieces in the same run objects, not read ahead yet.
+      const later = new Map<string, PieceWant[]>();
+      const aheadEnd = Math.min(Math.ceil(readAheadTo / RANGE_BLOCKS), lastRange + READ_AHEAD_RANGES);
+      for (let r = lastRange; r < aheadEnd; r++) {
+        for (const p of sourcesOf(r).pieces) {
+          if (!toRead.has(p.key) || ahead.has(idOf(p))) continue;
+          const list = later.get(p.key) ?? [];
+          list.push({ p, range: r, ahead: true });
+          later.set(p.key, list);
+        }
+      }
+      for (const [key, mine] of toRead) {
+        for (const rd of mergeReads(key, [...mine, ...(later.get(key) ?? [])], (w) => [w.p.offset, w.p.offset + w.p.length], MAX_PIECE_READ)) {
+          // A stretch of later pieces only is left to their windows; the budget trims a stretch's later tail.
+          let extra = rd.items.reduce((n, w) => n + (w.ahead ? w.p.length : 0), 0);
+          while (aheadBytes + extra > READ_AHEAD_BUDGET && rd.items[rd.items.length - 1].ahead) extra -= rd.items.pop()!.p.length;
+          if (!rd.items.some((w) => !w.ahead)) continue;
+          const lastItem = rd.items[rd.items.length - 1].p;
+          rd.end = lastItem.offset + lastItem.length;
+          const pieces = readStretch(rd, run);
+          rd.items.forEach((w, i) => {
+            if (!w.ahead) return void taken.push({ piece: pieces[i], range: w.range, floor: floors.get(w.range)! });
+            pieces[i].catch(() => {}); // handled: the window that takes it awaits it
+            ahead.set(idOf(w.p), { piece: pieces[i], bytes: w.p.length });
+            aheadBytes += w.p.length;
+          });
+        }
+      }
+    }
+    const fetched = await Promise.all(taken.map((t) => t.piece));
+    fetched.forEach((piece, i) => {
+      const { range, floor } = taken[i];
+      for (const entry of piece.entries) {
+        if (entry.seq > floor && entry.seq <= seq) versions.push({ blockIndex: range * RANGE_BLOCKS + entry.blockIndex, blockCount: entry.blockCount, seq: entry.seq, ref: { piece, entry } });
+      }
+    });
+    if (versions.length === 0) return { pieces: l0, fetched }; // the L0 alone (a pair never compacted, without a base)
     for (const q of l0) versions.push({ blockIndex: q.blockIndex, blockCount: q.blockCount, seq: (q.ref as ExtentRef).batch.seq, ref: { l0: q } });
     const out: Piece<Ref>[] = [];
     for (const q of resolvePieces(versions)) {
@@ -491,12 +621,13 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
       const under = 'l0' in c.ref ? c.ref.l0 : undefined;
       out.push(under ? { blockIndex: c.blockIndex, blockCount: c.blockCount, offsetBlocks: under.offsetBlocks + c.offsetBlocks, ref: under.ref } : (c as Piece<Ref>));
     }
-    return out;
+    return { pieces: out, fetched };
   };
+  return { plan, close };
 }
 
 /** A piece (at byte `at` of a ranged GET's body), checked whole against its manifest entry: CRC, disk, range, span, data bytes, bitmap, the disk's end. */
-function checkPiece(body: Buffer, at: number, p: PieceEntry, disk: string, range: number, diskBlocks: number): FetchedPiece {
+function checkPiece(body: Buffer, at: number, p: PieceEntry, disk: string, range: number, diskBlocks: number, stretch: Stretch): FetchedPiece {
   const where = `${p.key}@${p.offset}`;
   const decoded = decodePiece(body.subarray(at, at + p.length), where, p.crc32c);
   const bad = (what: string): CorruptHistoryError => new CorruptHistoryError(where, what);
@@ -506,7 +637,7 @@ function checkPiece(body: Buffer, at: number, p: PieceEntry, disk: string, range
   if (pieceBlocksBitmap(decoded.entries) !== p.blocks) throw bad('holds other blocks than its bitmap in the manifest says');
   const past = decoded.entries.find((e) => range * RANGE_BLOCKS + e.blockIndex + e.blockCount > diskBlocks);
   if (past) throw bad(`entry (seq ${past.seq}, block ${past.blockIndex}) runs past the disk's end (${diskBlocks} blocks)`);
-  return { where, entries: decoded.entries, body, at };
+  return { where, entries: decoded.entries, stretch, at };
 }
 
 /**
@@ -560,7 +691,7 @@ async function fillWindow(
   store: ObjectStore,
   window: Buffer,
   firstBlock: number,
-  pieces: Piece<Ref>[],
+  { pieces, fetched }: WindowPlan,
   run: Run,
   stats: Stats,
   checked: CheckedBatches,
@@ -657,16 +788,25 @@ async function fillWindow(
     };
     await placeEntries(bytes, [{ at: r.start, qs: r.items, judge }], !kept && store.freshReads === true); // read for these extents only
   });
-  // Pieces: read whole when the window was planned; only their versions' data is left to
-  // check. All the pieces one GET brought go to a worker in one message, the body once
-  // (given away, uncopied, where it is the store's fresh memory: read for this window only).
-  const byBody = new Map<Buffer, { piece: FetchedPiece; qs: Piece<PieceVersionRef>[] }[]>();
+  // Pieces: read whole and checked when the window was planned; only their versions' data is
+  // left to check. All the pieces one GET brought that this window reads go to a worker in one
+  // message: the body itself, given away (uncopied where it is the store's fresh memory), or,
+  // where a worker keeps it for later windows too, by reference.
+  const byStretch = new Map<Stretch, { piece: FetchedPiece; qs: Piece<PieceVersionRef>[] }[]>();
   for (const [piece, qs] of byPiece) {
-    const list = byBody.get(piece.body);
+    const list = byStretch.get(piece.stretch);
     if (list) list.push({ piece, qs });
-    else byBody.set(piece.body, [{ piece, qs }]);
+    else byStretch.set(piece.stretch, [{ piece, qs }]);
   }
-  const pieceReads = [...byBody.entries()].map(([body, ps]) => async () => {
+  const takenOf = new Map<Stretch, number>();
+  for (const piece of fetched) takenOf.set(piece.stretch, (takenOf.get(piece.stretch) ?? 0) + 1);
+  /** This window is done with its pieces of `stretch`: the last window to be lets the worker drop it. */
+  const done = (stretch: Stretch): void => {
+    stretch.left -= takenOf.get(stretch)!;
+    if (stretch.left === 0 && stretch.held) release([stretch.held]);
+  };
+  for (const stretch of takenOf.keys()) if (!byStretch.has(stretch)) done(stretch); // nothing of it placed here
+  const pieceReads = [...byStretch.entries()].map(([stretch, ps]) => async () => {
     // A piece's entries count their payloads from the piece's start, `at` bytes into the body.
     const groups = ps.map(({ piece, qs }) => ({
       at: -piece.at,
@@ -680,7 +820,12 @@ async function fillWindow(
         }
       },
     }));
-    await placeEntries(body, groups, store.freshReads === true);
+    if (!stretch.held) return placeEntries(stretch.body!, groups, store.freshReads === true);
+    try {
+      await placeEntries({ held: stretch.held, start: 0, end: stretch.bytes }, groups);
+    } finally {
+      done(stretch);
+    }
   });
   await Promise.all([...chunkReads, ...extentReads, ...pieceReads].map(run));
 }
@@ -696,13 +841,13 @@ interface RangeRead<T> {
   items: T[];
 }
 
-/** Items of one object, [start, end) each, merged into ranged GETs where less than MERGE_GAP lies between them. */
-function mergeReads<T>(key: string, items: T[], span: (t: T) => [number, number]): RangeRead<T>[] {
+/** Items of one object, [start, end) each, merged into ranged GETs where less than MERGE_GAP lies between them (and the GET would span at most `maxBytes`). */
+function mergeReads<T>(key: string, items: T[], span: (t: T) => [number, number], maxBytes = Infinity): RangeRead<T>[] {
   const sorted = items.map((t) => ({ t, at: span(t) })).sort((a, b) => a.at[0] - b.at[0]);
   const reads: RangeRead<T>[] = [];
   for (const { t, at: [start, end] } of sorted) {
     const last = reads[reads.length - 1];
-    if (last && start - last.end <= MERGE_GAP) {
+    if (last && start - last.end <= MERGE_GAP && Math.max(last.end, end) - last.start <= maxBytes) {
       last.end = Math.max(last.end, end);
       last.items.push(t);
     } else {

@@ -13,10 +13,13 @@ import { historyPrefix } from '../core/keys';
 import { encodeManifestV1, RANGE_BLOCKS, rangeId, type ImageEntry, type Manifest, type PieceEntry } from '../core/manifest';
 import { readBound } from '../core/read-sources';
 import { encodePiece, pieceBlocksBitmap, type PieceVersionInput } from '../core/run-format';
+import { heldBytes } from '../replica/chunk-verifier';
+import { limiter } from '../replica/concurrency';
 import { compactOnce, currentManifest } from '../replica/compactor';
 import { replicaDigests } from '../replica/digests';
 import { materialize, type ImageSink, type MaterializeOptions } from '../replica/materialize';
 import { createPair, waitForWatermark } from '../replica/pairs';
+import { openRp } from '../replica/rp-reader';
 import type { CompactorLease, HistoryIndex, ReaderLease } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { cloud, firstDifference, newPairId, pattern, SourceModel } from './helpers';
@@ -287,6 +290,36 @@ describe('materialize through the history', () => {
     const { res, out } = await recoverAt(6, { windowBytes: 12 * MiB });
     expectModelAt(6, out);
     expect(res.gets).toBe(5);
+  });
+
+  test("read-ahead: with a window per range, d:0's GET of run-0000 brings d:1's pieces too, kept by a worker for d:1's window; nothing is kept after", async () => {
+    // At 6 with 4 MiB windows: the same 5 GETs as with all of d in one window. What was kept
+    // is let go as its windows place it: none by e's window (d is done), none after.
+    const kept: number[] = [];
+    const { res, out } = await recoverAt(6, {}, async () => void kept.push(await heldBytes()));
+    expectModelAt(6, out);
+    expect(res.gets).toBe(5);
+    expect(kept.at(-1)).toBe(0);
+    expect(await heldBytes()).toBe(0);
+    // A reader closed before the windows that read ahead came lets go of what it kept for them.
+    const reader = await openRp(c.store, c.index, { pairId, seq: 6, history: c.history });
+    await reader.fill('d', 0, Buffer.from(new SharedArrayBuffer(RANGE)), limiter(4), { readAheadTo: 3 * RANGE_BLOCKS });
+    expect(await heldBytes()).toBeGreaterThan(0);
+    await reader.close();
+    expect(await heldBytes()).toBe(0);
+    // A corrupt piece read ahead fails the read, naming it, and nothing is left kept.
+    const d1 = manifest.ranges['d:1'].pieces[0]; // [1, 3], read at 4 with d:0's [3, 4]
+    const good = await c.store.get(d1.key);
+    const bad = Buffer.from(good);
+    bad[d1.offset + d1.length - 100] ^= 0xff;
+    await c.store.put(d1.key, bad);
+    try {
+      await expect(recoverAt(4)).rejects.toThrow(new RegExp(`${d1.key.replace(/[.]/g, '\\.')}@${d1.offset}: piece checksum`));
+      expect(await heldBytes()).toBe(0);
+      expect(await leases()).toEqual([]);
+    } finally {
+      await c.store.put(d1.key, good);
+    }
   });
 
   test('a live RP the manifest did not retain is pruned: HistoryPrunedError, no lease left', async () => {

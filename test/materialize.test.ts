@@ -137,7 +137,10 @@ describe('materialize', () => {
     expect(again.bytesRead).toBeGreaterThan(batchBytes);
   });
 
-  test('windows a sink gives back (doneWithWindow) are filled again and read as zeros wherever the RP has no data', async () => {
+  test.each([
+    ['whole windows', false],
+    ['only the data ranges (writesDataOnly: stale bytes elsewhere are not zeroed)', true],
+  ])('windows a sink gives back (doneWithWindow) are filled again and read as zeros wherever the RP has no data: a sink that writes %s', async (_, dataOnly) => {
     const disks = [{ name: 'd', sizeBytes: 48 * MiB }];
     const pairId = newPairId('reuse');
     // Data in different places of each 8 MiB window (windows 3 to 5 reuse earlier ones, whose
@@ -152,7 +155,8 @@ describe('materialize', () => {
       ...[0, 1, 2, 4, 5].map((k): [string, number, Buffer] => ['d', k * 8 * MiB + 2 * MiB, Buffer.alloc(MiB)]),
     ];
     const { c, model, seq } = await replicate(pairId, disks, writes);
-    const image = Buffer.alloc(48 * MiB, 0xee);
+    // A sparse file reads as zeros where nothing was written.
+    const image = Buffer.alloc(48 * MiB, dataOnly ? 0 : 0xee);
     const seen = new Set<ArrayBufferLike>();
     await materialize(c.store, c.index, {
       pairId,
@@ -160,9 +164,11 @@ describe('materialize', () => {
       windowBytes: 8 * MiB,
       sinkFor: async () => ({
         doneWithWindow: true,
-        async write(offset, window) {
+        writesDataOnly: dataOnly,
+        async write(offset, window, ranges) {
           seen.add(window.buffer);
-          window.copy(image, offset); // whole windows: the zeros count
+          if (!dataOnly) window.copy(image, offset); // whole windows: the zeros count
+          else for (const r of ranges) window.copy(image, offset + r.start, r.start, r.end); // zero versions are data ranges
         },
         close: async () => {},
         abort: async () => {},
