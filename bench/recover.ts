@@ -23,7 +23,9 @@
 //   export      a test failover onto an export (`failover test --listen`), as an operator starts
 //               one: an NBD client's first 4 KiB read of data, then the whole disk in 1 MiB reads
 //               (8 in flight, compared with the source), then fio random 4 KiB reads (iodepth 32,
-//               BENCH_RECOVER_FIO_SECONDS, default 10 s); then the test is cleaned up
+//               BENCH_RECOVER_FIO_SECONDS, default 10 s): after the sequential pass, so every
+//               window was read once and is in the export's local copy (docs/design.md,
+//               "Instant access"); then the test is cleaned up
 //   qemu_nbd    the same fio job against qemu-nbd serving the source's image read-only
 // BENCH_RECOVER_PARTS (comma-separated kinds) runs some only; the others' figures are null.
 // Before each timed run the machine settles (bench/measure.ts settle(): dirty pages written

@@ -20,6 +20,8 @@ export interface ExportCommandOptions {
   overlayDir?: string;
   /** The window cache's bound (default 256 MiB). */
   cacheBytes?: number;
+  /** The local copy's bound, bytes of data (default 2 GiB; 0: none). */
+  localCopyBytes?: number;
   log?: (m: string) => void;
 }
 
@@ -57,6 +59,7 @@ export async function startExport(rps: RpStore, pairId: string, choice: RpChoice
     seq,
     history,
     cacheBytes: o.cacheBytes,
+    localCopyBytes: o.localCopyBytes,
     writable: o.writable ? { dir: o.overlayDir } : undefined,
     log: o.log,
   });

@@ -76,11 +76,13 @@ const USAGE = `usage: livesync <command> [options]
         in the zone, and/or an AMI (first disk the root device /dev/xvda, then /dev/xvdb, …)
   export --pair P (--rp SEQ | --latest | --at TIME | --acrp TAG) --listen (unix:PATH | 127.0.0.1:PORT)
         [--tls-cert FILE --tls-key FILE [--tls-ca FILE]] (TLS only; then any --listen HOST:PORT)
-        [--writable [--overlay DIR]] [--cache 256M]
+        [--writable [--overlay DIR]] [--cache 256M] [--local-copy 2G]
         serve the RP's disks over NBD straight from the RP Store (one export per disk, named after
         it; one JSON line gives each disk's nbd URI) until SIGINT/SIGTERM, under a reader lease;
         read-only, or --writable into a local copy-on-write overlay (DIR kept; default a temporary
-        one, removed); never writes to the RP Store. A Unix socket (0600) or loopback only: no TLS yet
+        one, removed); never writes to the RP Store. Windows read are copied to local disk (up to
+        --local-copy bytes of data, 0 none; removed at the end) and served from there once the
+        memory cache (--cache) let them go. A Unix socket (0600) or loopback only: no TLS yet
   recover --pair P --resume ID [--no-wait]
         resume a failed recovery run: only the ranges not done are recovered
   recovery list --pair P | recovery show --pair P --id ID
@@ -386,6 +388,7 @@ async function main(argv: string[]): Promise<number> {
         writable: { type: 'boolean' },
         overlay: { type: 'string' },
         cache: { type: 'string' },
+        'local-copy': { type: 'string' },
         ...TLS_OPTIONS,
       });
       const pairId = required('pair', str(o, 'pair'));
@@ -395,6 +398,7 @@ async function main(argv: string[]): Promise<number> {
         writable: o.writable === true,
         overlayDir: str(o, 'overlay'),
         cacheBytes: o.cache ? parseSize('cache', str(o, 'cache')!) : undefined,
+        localCopyBytes: o['local-copy'] !== undefined ? parseSize('local-copy', str(o, 'local-copy')!) : undefined,
       });
       return 0;
     }

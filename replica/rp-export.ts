@@ -2,8 +2,10 @@
 // straight from the RP Store through the RP's reader (replica/rp-reader.ts, under an `export`
 // reader lease held until close). Reads go through a bounded cache of windows shared by the
 // disks; one fill serves every read of a window; sequential reads fill the next windows
-// ahead. Read-only, or writable into a copy-on-write overlay on local disk: nothing is ever
-// written to the RP Store (docs/design.md, "Instant access (export)").
+// ahead; every window filled is also copied to local disk (bounded), which serves it again
+// once the memory cache has let it go. Read-only, or writable into a copy-on-write overlay on
+// local disk: nothing is ever written to the RP Store (docs/design.md, "Instant access
+// (export)").
 
 import { mkdir, mkdtemp, open, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -11,7 +13,7 @@ import { join } from 'node:path';
 import type { BlockExport, Extent } from '../agent/nbd-server';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { InvalidArgumentError } from '../core/errors';
-import type { ObjectStore, ReplicaIndex } from './ports';
+import type { ByteRange, ObjectStore, ReplicaIndex } from './ports';
 import { limiter } from './concurrency';
 import { openRp, type RpReader, type RpReadOptions } from './rp-reader';
 
@@ -26,6 +28,11 @@ export interface RpExportOptions {
   readaheadWindows?: number;
   /** GETs in flight over all windows (default 16). */
   concurrency?: number;
+  /**
+   * Bytes of data the local copy of the windows read may hold (copy on read, in a temporary
+   * directory removed at close; default 2 GiB; 0: none).
+   */
+  localCopyBytes?: number;
   /**
    * Writable: each disk gets a copy-on-write overlay in `dir` (`DISK.overlay`, sparse, and
    * `DISK.map`), which must not hold one already. Without `dir` the overlays go to a
@@ -56,6 +63,10 @@ export interface ExportStats {
   bytesRead: number;
   /** 4 KiB blocks the overlays hold (written or zeroed). */
   overlayBlocks: number;
+  /** Window reads served by the local copy; the windows it holds, and their bytes of data (≤ localCopyBytes). */
+  localHits: number;
+  localWindows: number;
+  localBytes: number;
 }
 
 /** An RP's disks as block exports; close() ends them and gives up the lease. */
@@ -64,6 +75,8 @@ export interface RpExport {
   exports: BlockExport[];
   /** The overlays' directory (writable exports). */
   overlayDir?: string;
+  /** The local copy's directory (removed at close). */
+  localCopyDir?: string;
   stats(): ExportStats;
   close(): Promise<void>;
 }
@@ -91,6 +104,8 @@ export async function rpExport(reader: RpReader, o: RpExportOptions & { disks?: 
   let lostLogged = false;
   const cache = new WindowCache(cacheBytes, windowBytes);
   const disks = reader.pair.disks.filter((d) => !o.disks || o.disks.includes(d.name));
+  const localCopyBytes = o.localCopyBytes ?? 2 * 1024 * MiB;
+  if (!(Number.isSafeInteger(localCopyBytes) && localCopyBytes >= 0)) throw new InvalidArgumentError(`export local copy of ${o.localCopyBytes} bytes is not a size`);
   let overlayDir: string | undefined;
   let tempDir = false;
   if (o.writable) {
@@ -98,10 +113,12 @@ export async function rpExport(reader: RpReader, o: RpExportOptions & { disks?: 
     tempDir = o.writable.dir === undefined;
   }
   const overlays: Overlay[] = [];
+  const copy = localCopyBytes > 0 ? await LocalCopy.create(localCopyBytes, windowBytes, log) : undefined;
   try {
     const exports: BlockExport[] = [];
     for (const d of disks) {
-      const fill = (w: number, window: Buffer): Promise<unknown> => {
+      const local = await copy?.disk(d.name, d.sizeBytes);
+      const fill = async (w: number, window: Buffer): Promise<unknown> => {
         try {
           reader.check(); // a lost lease: what it held may be collected; the read fails (EIO)
         } catch (err) {
@@ -109,9 +126,11 @@ export async function rpExport(reader: RpReader, o: RpExportOptions & { disks?: 
           lostLogged = true;
           return Promise.reject(err);
         }
-        return reader.fill(d.name, (w * windowBytes) / BLOCK_SIZE, window, run);
+        const ranges = await reader.fill(d.name, (w * windowBytes) / BLOCK_SIZE, window, run);
+        local?.keep(w, window, ranges); // verified: copied to local disk, not waited for
+        return ranges;
       };
-      const base = diskReader(cache, d.name, d.sizeBytes, fill, readahead);
+      const base = diskReader(cache, d.name, d.sizeBytes, fill, readahead, local);
       if (!overlayDir) {
         exports.push(readOnlyExport(d.name, d.sizeBytes, base));
         continue;
@@ -125,20 +144,99 @@ export async function rpExport(reader: RpReader, o: RpExportOptions & { disks?: 
       reader,
       exports,
       overlayDir,
-      stats: () => ({ ...cache.stats(), gets: reader.stats.gets, bytesRead: reader.stats.bytesRead, overlayBlocks: overlays.reduce((n, ov) => n + ov.blocks(), 0) }),
+      localCopyDir: copy?.dir,
+      stats: () => ({ ...cache.stats(), gets: reader.stats.gets, bytesRead: reader.stats.bytesRead, overlayBlocks: overlays.reduce((n, ov) => n + ov.blocks(), 0), localHits: copy?.hits ?? 0, localWindows: copy?.windows ?? 0, localBytes: copy?.bytes ?? 0 }),
       close: () =>
         (closing ??= (async () => {
           run.stop(); // fills not started yet start no GETs
           await cache.settle();
           for (const ov of overlays) await ov.close();
+          await copy?.close();
           if (tempDir) await rm(overlayDir!, { recursive: true, force: true });
           await closeReader();
         })()),
     };
   } catch (err) {
     for (const ov of overlays) await ov.close().catch(() => {});
+    await copy?.close().catch(() => {});
     if (tempDir) await rm(overlayDir!, { recursive: true, force: true });
     throw err;
+  }
+}
+
+/** One disk's part of the local copy. */
+interface LocalDisk {
+  /** Whether window `w` is there, whole. */
+  has(w: number): boolean;
+  /** Reads `out.length` bytes at disk offset `offset`, within one window it has. */
+  read(offset: number, out: Buffer): Promise<void>;
+  /** Copies window `w` (filled and verified; `ranges` its data) there, unless that would pass the bound; not awaited. */
+  keep(w: number, window: Buffer, ranges: ByteRange[]): void;
+}
+
+/**
+ * Copy on read: the windows filled from the RP Store, each verified, written (their data
+ * ranges) into a sparse file per disk in a temporary directory (0700, files 0600) up to a
+ * bound of data bytes, and marked once written. A read of a window the memory cache no longer
+ * holds takes its bytes from there, as a local disk would serve them, rather than filling the
+ * window again: random reads over a disk larger than the memory cache stop going back to the
+ * RP Store once each window was read. A write that fails (the disk full) is said once and
+ * ends the copying; windows copied already still serve. Removed at close.
+ */
+class LocalCopy {
+  hits = 0;
+  windows = 0;
+  bytes = 0;
+  private readonly files: FileHandle[] = [];
+  private readonly writing = new Set<Promise<void>>();
+  private failed = false;
+
+  private constructor(
+    readonly dir: string,
+    private readonly limit: number,
+    private readonly windowBytes: number,
+    private readonly log: (m: string) => void,
+  ) {}
+
+  static async create(limit: number, windowBytes: number, log: (m: string) => void): Promise<LocalCopy> {
+    return new LocalCopy(await mkdtemp(join(tmpdir(), 'livesync-export-copy-')), limit, windowBytes, log);
+  }
+
+  async disk(name: string, size: number): Promise<LocalDisk> {
+    const fh = await open(join(this.dir, `${this.files.length}.img`), 'w+', 0o600);
+    this.files.push(fh);
+    await fh.truncate(size);
+    const present = new Uint8Array(Math.ceil(size / this.windowBytes));
+    return {
+      has: (w) => present[w] === 1,
+      read: async (offset, out) => {
+        this.hits++;
+        await readFully(fh, out, offset);
+      },
+      keep: (w, window, ranges) => {
+        const data = ranges.reduce((n, r) => n + r.end - r.start, 0);
+        if (this.failed || present[w] !== 0 || this.bytes + data > this.limit) return;
+        present[w] = 2; // being written
+        this.bytes += data;
+        const at = w * this.windowBytes;
+        const done = (async () => {
+          for (const r of ranges) await writeFully(fh, window.subarray(r.start, r.end), at + r.start);
+          present[w] = 1;
+          this.windows++;
+        })().catch((err: Error) => {
+          if (!this.failed) this.log(`export: the local copy of '${name}' stopped (${err.message}); reads of windows not copied go to the RP Store`);
+          this.failed = true;
+        });
+        this.writing.add(done);
+        void done.finally(() => this.writing.delete(done));
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.writing);
+    for (const fh of this.files) await fh.close().catch(() => {});
+    await rm(this.dir, { recursive: true, force: true });
   }
 }
 
@@ -189,6 +287,11 @@ class WindowCache {
       e.users--;
       this.wake();
     }
+  }
+
+  /** Whether window `key` is held (filled or filling). */
+  holds(key: string): boolean {
+    return this.entries.has(key);
   }
 
   /** Starts filling window `key` ahead of the reads, if it is not held and there is room without waiting. */
@@ -262,7 +365,7 @@ const SEQUENTIAL_SLACK = 256 * 1024;
  * continues the previous one (within SEQUENTIAL_SLACK) is sequential: the `readahead`
  * windows after its last start filling.
  */
-function diskReader(cache: WindowCache, disk: string, size: number, fill: (w: number, window: Buffer) => Promise<unknown>, readahead: number): DiskReader {
+function diskReader(cache: WindowCache, disk: string, size: number, fill: (w: number, window: Buffer) => Promise<unknown>, readahead: number, local?: LocalDisk): DiskReader {
   const windowBytes = cache.stats().windowBytes;
   const windows = Math.ceil(size / windowBytes);
   const key = (w: number): string => `${disk}\0${w}`;
@@ -278,9 +381,14 @@ function diskReader(cache: WindowCache, disk: string, size: number, fill: (w: nu
     const reads: Promise<void>[] = [];
     for (let w = first; w <= last; w++) {
       const at = w * windowBytes;
+      if (local?.has(w) && !cache.holds(key(w))) {
+        const from = Math.max(at, offset);
+        reads.push(local.read(from, out.subarray(from - offset, Math.min(at + windowBytes, end) - offset)));
+        continue;
+      }
       reads.push(cache.use(key(w), sizeOf(w), fillOf(w), (window) => void window.copy(out, Math.max(at, offset) - offset, Math.max(0, offset - at), Math.min(window.length, end - at))));
     }
-    if (sequential) for (let w = last + 1; w <= Math.min(windows - 1, last + readahead); w++) cache.prefetch(key(w), sizeOf(w), fillOf(w));
+    if (sequential) for (let w = last + 1; w <= Math.min(windows - 1, last + readahead); w++) if (!local?.has(w)) cache.prefetch(key(w), sizeOf(w), fillOf(w));
     await Promise.all(reads);
   };
 }

@@ -7,7 +7,7 @@
 
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -325,6 +325,35 @@ describe('export of an RP', () => {
       await x.close();
     }
     await expect(openRpExport(c.store, c.index, { pairId, seq: SEQ, history: c.history, cacheBytes: 4 * MiB })).rejects.toThrow('export cache of 4194304 bytes is less than two windows (8388608 bytes)');
+    expect(await leases()).toEqual([]);
+  });
+
+  test('copy on read: a window the memory cache let go is read again from the local copy, not the RP Store; with none, it is filled again', async () => {
+    const slice = (at: number) => atSeq(SEQ, 'd').subarray(at, at + 8192);
+    for (const localCopyBytes of [undefined, 0]) {
+      const x = await openRpExport(c.store, c.index, { pairId, seq: SEQ, history: c.history, cacheBytes: 8 * MiB, readaheadWindows: 0, localCopyBytes });
+      try {
+        const d = x.exports[0];
+        for (let w = 0; w < 4; w++) expect((await d.read(w * 4 * MiB + 4096, 8192)).equals(slice(w * 4 * MiB + 4096))).toBe(true);
+        for (let i = 0; localCopyBytes !== 0 && x.stats().localWindows < 4 && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
+        const gets = x.stats().gets;
+        // Windows 0 and 1 were let go (a cache of two windows): read again, across their boundary.
+        expect((await d.read(4 * MiB - 4096, 8192)).equals(atSeq(SEQ, 'd').subarray(4 * MiB - 4096, 4 * MiB + 4096))).toBe(true);
+        if (localCopyBytes === 0) {
+          expect(x.stats()).toMatchObject({ fills: 6, localHits: 0, localWindows: 0, localBytes: 0 });
+          expect(x.stats().gets).toBeGreaterThan(gets);
+          expect(x.localCopyDir).toBeUndefined();
+        } else {
+          expect(x.stats()).toMatchObject({ fills: 4, localHits: 2, localWindows: 4 });
+          expect(x.stats().localBytes).toBeGreaterThan(0);
+          expect(x.stats().gets).toBe(gets);
+          expect(statSync(x.localCopyDir!).mode & 0o777).toBe(0o700);
+        }
+      } finally {
+        await x.close();
+      }
+      if (x.localCopyDir) expect(existsSync(x.localCopyDir)).toBe(false); // removed at close
+    }
     expect(await leases()).toEqual([]);
   });
 
