@@ -194,8 +194,9 @@ export interface RpReader {
    * every payload verified; resolves with the byte ranges of the window that hold data. The
    * window is zeros, but for `stale` (sorted, disjoint byte ranges left from an earlier use):
    * the parts of those that this fill places no data over are zeroed by it, so the window
-   * is written once where data goes rather than zeroed and then written; with `dataOnly` (the
-   * caller reads only the data ranges it resolves with) only what of them zero versions cover.
+   * is written once where data goes rather than zeroed and then written. With `dataOnly` (the
+   * caller reads only the data ranges it resolves with, so the window may hold any earlier
+   * bytes elsewhere) only the ranges of zero versions are zeroed.
    * `readAheadTo`: the caller goes on to fill the windows after this one, in order, up to that
    * block (or further), so the reads of this window may take along pieces those read.
    */
@@ -283,9 +284,10 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
         const data = dataRanges(planned.pieces, firstBlock, window.length);
         if (stale) {
           // Zero versions are not placed (the window's zeros are taken for them): zeroed here.
+          // A caller reading only data ranges zeroes nothing else, so such a window may hold
+          // any earlier use's bytes outside `stale`: every zero version's range is zeroed.
           const placed = dataRanges(planned.pieces.filter(placesData), firstBlock, window.length);
-          const unplaced = subtract(stale, placed);
-          for (const r of dataOnly ? subtract(unplaced, subtract(unplaced, data)) : unplaced) window.fill(0, r.start, r.end);
+          for (const r of subtract(dataOnly ? data : stale, placed)) window.fill(0, r.start, r.end);
         }
         await fillWindow(store, window, firstBlock, planned, run, stats, checked);
         return data;
