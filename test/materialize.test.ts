@@ -4,6 +4,7 @@
 import { mkdtemp, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { CorruptExtentError } from '../core/errors';
 import { heldBytes } from '../replica/chunk-verifier';
@@ -182,6 +183,46 @@ describe('materialize', () => {
     });
     expect(seen.size).toBeLessThan(4); // windows were reused, most of them three times or more
     expect(firstDifference(image, model.disks.get('d')!)).toBeUndefined();
+  });
+
+  test('property: random data and zero writes, random window sizes: a sink of whole windows and a sink of data ranges only both read the model, windows reused', async () => {
+    const disks = [{ name: 'd', sizeBytes: 48 * MiB }];
+    const blocks = disks[0].sizeBytes / BLOCK_SIZE;
+    const extent = fc.record({ block: fc.integer({ min: 0, max: blocks - 1 }), count: fc.integer({ min: 1, max: 768 }), zero: fc.boolean(), seed: fc.integer({ min: 1, max: 1e6 }) });
+    await fc.assert(
+      fc.asyncProperty(fc.array(extent, { minLength: 8, maxLength: 40 }), fc.array(fc.integer({ min: 64, max: 2048 }), { minLength: 2, maxLength: 3 }), async (extents, windows) => {
+        const writes = extents.map(({ block, count, zero, seed }): [string, number, Buffer] => {
+          const n = Math.min(count, blocks - block) * BLOCK_SIZE;
+          return ['d', block * BLOCK_SIZE, zero ? Buffer.alloc(n) : pattern(n, seed)];
+        });
+        const pairId = newPairId('reuseprop');
+        const { c, model, seq } = await replicate(pairId, disks, writes);
+        for (const windowBlocks of windows) {
+          for (const dataOnly of [false, true]) {
+            const image = Buffer.alloc(disks[0].sizeBytes, dataOnly ? 0 : 0xee);
+            const seen = new Set<ArrayBufferLike>();
+            await materialize(c.store, c.index, {
+              pairId,
+              seq,
+              windowBytes: windowBlocks * BLOCK_SIZE,
+              sinkFor: async () => ({
+                doneWithWindow: true,
+                writesDataOnly: dataOnly,
+                async write(offset, window, ranges) {
+                  seen.add(window.buffer);
+                  if (!dataOnly) window.copy(image, offset);
+                  else for (const r of ranges) window.copy(image, offset + r.start, r.start, r.end);
+                },
+                close: async () => {},
+                abort: async () => {},
+              }),
+            });
+            expect({ windowBlocks, dataOnly, diff: firstDifference(image, model.disks.get('d')!) }).toEqual({ windowBlocks, dataOnly, diff: undefined });
+          }
+        }
+      }),
+      { numRuns: 4 },
+    );
   });
 
   test('subtract: the parts of sorted ranges outside others (what a reused window zeroes)', () => {
