@@ -124,7 +124,7 @@ export async function rpExport(reader: RpReader, o: RpExportOptions & { disks?: 
         } catch (err) {
           if (!lostLogged) log(`export of pair '${reader.pair.pairId}' RP ${reader.seq}: ${(err as Error).message}; reads fail from now on`);
           lostLogged = true;
-          return Promise.reject(err);
+          throw err;
         }
         const ranges = await reader.fill(d.name, (w * windowBytes) / BLOCK_SIZE, window, run);
         local?.keep(w, window, ranges); // verified: copied to local disk, not waited for
@@ -220,7 +220,7 @@ class LocalCopy {
         this.bytes += data;
         const at = w * this.windowBytes;
         const done = (async () => {
-          for (const r of ranges) await writeFully(fh, window.subarray(r.start, r.end), at + r.start);
+          for (const r of ranges) await writeFully(fh, window.subarray(r.start, r.end), at + r.start, `the local copy of '${name}'`);
           present[w] = 1;
           this.windows++;
         })().catch((err: Error) => {
@@ -525,7 +525,7 @@ class Overlay {
     if (head) await this.read(start, buf.subarray(0, Math.min(BLOCK_SIZE, buf.length)));
     if (tail && !(head && last - 1 === first)) await this.read((last - 1) * BLOCK_SIZE, buf.subarray((last - 1 - first) * BLOCK_SIZE));
     data.copy(buf, offset - start);
-    await writeFully(this.fh, buf, start);
+    await writeFully(this.fh, buf, start, `the overlay of '${this.name}'`);
     if (fua) await this.fh.datasync();
     this.map.fill(IN_OVERLAY, first, last);
   }
@@ -564,10 +564,10 @@ async function readFully(fh: FileHandle, into: Buffer, position: number): Promis
   }
 }
 
-async function writeFully(fh: FileHandle, data: Buffer, position: number): Promise<void> {
+async function writeFully(fh: FileHandle, data: Buffer, position: number, what: string): Promise<void> {
   for (let at = 0; at < data.length; ) {
     const { bytesWritten } = await fh.write(data, at, data.length - at, position + at);
-    if (bytesWritten === 0) throw new Error(`no progress writing an export overlay at byte ${position + at}`);
+    if (bytesWritten === 0) throw new Error(`no progress writing ${what} at byte ${position + at}`);
     at += bytesWritten;
   }
 }

@@ -479,12 +479,16 @@ const MAX_PIECE_READ = 8 * 1024 * 1024;
 /** The most bytes of pieces read ahead that no window has taken yet. */
 const READ_AHEAD_BUDGET = 128 * 1024 * 1024;
 
-/** A piece a window reads from a run object (a later window's, when `ahead`). */
+/**
+ * A piece a window reads from a run object, with the image seq its range reads above; no
+ * `floor`: a later window's piece, read ahead (that window has its own).
+ */
 interface PieceWant {
   p: PieceEntry;
   range: number;
-  ahead?: true;
+  floor?: number;
 }
+const readAhead = (w: PieceWant): boolean => w.floor === undefined;
 
 /**
  * For each range of the window: its image or base chunk and its pieces (each read whole with
@@ -528,7 +532,7 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
       const stretch: Stretch = { bytes: bytes.length, left: rd.items.length };
       const pieces = rd.items.map(({ p, range }) => checkPiece(bytes, p.offset - rd.start, p, disk.name, range, diskBlocks, stretch));
       if (closed) throw new Error(`the read of ${rd.key} ended while a GET of it was in flight`);
-      if (!rd.items.some((w) => w.ahead)) stretch.body = bytes;
+      if (!rd.items.some(readAhead)) stretch.body = bytes;
       else {
         stretch.held = keepBody(bytes, store.freshReads === true);
         kept.add(stretch);
@@ -550,7 +554,6 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
     const taken: { piece: Promise<FetchedPiece>; range: number; floor: number }[] = [];
     /** Per run object, the window's pieces not read ahead. */
     const toRead = new Map<string, PieceWant[]>();
-    const floors = new Map<number, number>();
     const lastRange = Math.ceil(last / RANGE_BLOCKS);
     for (let r = Math.floor(first / RANGE_BLOCKS); r < lastRange; r++) {
       const s = sourcesOf(r);
@@ -564,7 +567,6 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
         versions.push({ blockIndex: start, blockCount: image.length / BLOCK_SIZE, seq: image.seq, ref: { chunk: { index: r, sha256: image.sha256, crc32c: image.crc32c, length: image.length }, key: image.key } });
       }
       const floor = image ? image.seq : -1;
-      floors.set(r, floor);
       for (const p of s.pieces) {
         const early = ahead.get(idOf(p));
         if (early) {
@@ -574,7 +576,7 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
           continue;
         }
         const list = toRead.get(p.key) ?? [];
-        list.push({ p, range: r });
+        list.push({ p, range: r, floor });
         toRead.set(p.key, list);
       }
     }
@@ -586,21 +588,21 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
         for (const p of sourcesOf(r).pieces) {
           if (!toRead.has(p.key) || ahead.has(idOf(p))) continue;
           const list = later.get(p.key) ?? [];
-          list.push({ p, range: r, ahead: true });
+          list.push({ p, range: r });
           later.set(p.key, list);
         }
       }
       for (const [key, mine] of toRead) {
         for (const rd of mergeReads(key, [...mine, ...(later.get(key) ?? [])], (w) => [w.p.offset, w.p.offset + w.p.length], MAX_PIECE_READ)) {
           // A stretch of later pieces only is left to their windows; the budget trims a stretch's later tail.
-          let extra = rd.items.reduce((n, w) => n + (w.ahead ? w.p.length : 0), 0);
-          while (aheadBytes + extra > READ_AHEAD_BUDGET && rd.items[rd.items.length - 1].ahead) extra -= rd.items.pop()!.p.length;
-          if (!rd.items.some((w) => !w.ahead)) continue;
+          let extra = rd.items.reduce((n, w) => n + (readAhead(w) ? w.p.length : 0), 0);
+          while (aheadBytes + extra > READ_AHEAD_BUDGET && readAhead(rd.items[rd.items.length - 1])) extra -= rd.items.pop()!.p.length;
+          if (rd.items.every(readAhead)) continue;
           const lastItem = rd.items[rd.items.length - 1].p;
           rd.end = lastItem.offset + lastItem.length;
           const pieces = readStretch(rd, run);
           rd.items.forEach((w, i) => {
-            if (!w.ahead) return void taken.push({ piece: pieces[i], range: w.range, floor: floors.get(w.range)! });
+            if (!readAhead(w)) return void taken.push({ piece: pieces[i], range: w.range, floor: w.floor! });
             pieces[i].catch(() => {}); // handled: the window that takes it awaits it
             ahead.set(idOf(w.p), { piece: pieces[i], bytes: w.p.length });
             aheadBytes += w.p.length;
