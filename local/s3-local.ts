@@ -14,6 +14,7 @@ import S3rver from 's3rver';
 const S3Error = require('s3rver/lib/models/error') as new (code: string, message: string, detail?: Record<string, string>) => Error;
 import { AwsChunkedDecoder, isAwsChunked } from './aws-chunked';
 import { refuseRequest, type EdgeFaults } from './edge-faults';
+import { plainGet, serveGet, type ObjectFiles } from './s3-fast-get';
 
 /**
  * s3rver encrypts ListObjectsV2 continuation tokens with single DES, which OpenSSL 3 (Node 22)
@@ -71,20 +72,25 @@ export async function startS3Local(directory: string, bucket: string, faults?: E
   const counts: S3RequestCounts = {};
   const count = (name: string): void => void (counts[name] = (counts[name] ?? 0) + 1);
   const http = (server as unknown as { httpServer: Server }).httpServer;
-  http.on('request', (req: IncomingMessage) => {
+  // One handler in front of s3rver's: it counts every request; a refused one never reaches
+  // s3rver; a plain GET is served from the object's file (local/s3-fast-get.ts) unless that
+  // path hands it back.
+  const s3rverHandlers = http.listeners('request') as ((req: IncomingMessage, res: ServerResponse) => void)[];
+  http.removeAllListeners('request');
+  const toS3rver = (req: IncomingMessage, res: ServerResponse): void => {
+    for (const h of s3rverHandlers) h.call(http, req, res);
+  };
+  const buckets = new Set([bucket]);
+  const files = server.store as unknown as ObjectFiles;
+  http.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const { op, kind } = s3RequestClass(req.method ?? '', req.url ?? '/');
     count(op);
     if (kind) count(`${op} ${kind}`);
+    if (faults?.refuse('s3')) return refuseRequest('s3', req, res);
+    const want = process.env.LIVESYNC_S3_SLOW_GET ? undefined : plainGet(req, buckets);
+    if (!want) return toS3rver(req, res);
+    void serveGet(files, want, req, res).then((served) => served || toS3rver(req, res));
   });
-  if (faults) {
-    // In front of s3rver's own handler: a refused request never reaches it.
-    const handlers = http.listeners('request') as ((req: IncomingMessage, res: ServerResponse) => void)[];
-    http.removeAllListeners('request');
-    http.on('request', (req: IncomingMessage, res: ServerResponse) => {
-      if (faults.refuse('s3')) return refuseRequest('s3', req, res);
-      for (const h of handlers) h.call(http, req, res);
-    });
-  }
   return {
     endpoint: `http://127.0.0.1:${port}`,
     onEvent: (listener) => server.on('event', listener),
