@@ -96,3 +96,54 @@ const collectGarbage: () => void = (() => {
   setFlagsFromString('--expose-gc');
   return runInNewContext('gc') as () => void;
 })();
+
+/** The CPUs this process may run on (taskset's list, expanded): `0-2,5` is [0, 1, 2, 5]. */
+export function allowedCpus(pid = process.pid): number[] {
+  const out = execFileSync('taskset', ['-p', '-c', String(pid)], { encoding: 'utf8' });
+  const list = out.slice(out.lastIndexOf(':') + 1).trim();
+  return list.split(',').flatMap((part) => {
+    const [a, b] = part.split('-').map(Number);
+    return Array.from({ length: (b ?? a) - a + 1 }, (_, i) => a + i);
+  });
+}
+
+/** This process and every process it started (the local stack's: DynamoDB Local, Lambda processes), by pid. */
+function processTree(root = process.pid): number[] {
+  const children = new Map<number, number[]>();
+  for (const line of execFileSync('ps', ['-e', '-o', 'pid=,ppid='], { encoding: 'utf8' }).trim().split('\n')) {
+    const [pid, ppid] = line.trim().split(/\s+/).map(Number);
+    children.set(ppid, [...(children.get(ppid) ?? []), pid]);
+  }
+  const tree = [root];
+  for (let i = 0; i < tree.length; i++) tree.push(...(children.get(tree[i]) ?? []));
+  return tree;
+}
+
+/**
+ * Where the parts of a run go: `stack` (this process, with the local S3 in it, and the
+ * processes it started) and `peer` (each peer measured), as CPU lists for taskset. With two
+ * CPUs or more, the first is the stack's and the others the peers' (the standard's placement:
+ * what would not run on the measured host in AWS, S3 first, is kept off its cores, the same
+ * for every peer); with one, or `{variable}=shared`, nothing is pinned.
+ */
+export function placement(variable: string): { stack: string; peer: string; all: string } | undefined {
+  const cpus = allowedCpus();
+  const mode = process.env[variable] ?? 'pinned';
+  if (mode !== 'pinned' && mode !== 'shared') throw new Error(`${variable}: '${mode}' is neither 'pinned' nor 'shared'`);
+  if (mode === 'shared' || cpus.length < 2) return undefined;
+  return { stack: String(cpus[0]), peer: cpus.slice(1).join(','), all: cpus.join(',') };
+}
+
+/** Pins every thread of this process and of the processes it started to `cpus` (a taskset list); a process gone meanwhile is skipped. */
+export function pinTree(cpus: string): void {
+  for (const pid of processTree()) {
+    try {
+      execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
+    } catch {
+      // exited since ps listed it
+    }
+  }
+}
+
+/** `cmd args` run on `cpus` (a taskset list), or as it is when there is no placement. */
+export const onCpus = (cpus: string | undefined, cmd: string, args: string[]): [string, string[]] => (cpus ? ['taskset', ['-c', cpus, cmd, ...args]] : [cmd, args]);

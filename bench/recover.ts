@@ -38,8 +38,12 @@
 // What file and restic cost, medians (`file_vs_restic`): cpu_s, the CPU time of the recovering
 // process (every thread; restic's through bash's `times`); stack_cpu_s, this process's in the
 // same span (the local S3 serving it, and the rest of the stack); s3_gets, the GETs S3 served.
-// Locally every part runs on this host's cores: the Lambdas, S3 and DynamoDB share them with
-// the peers, the same way for each.
+// Placement (`file_placement`): while file or restic runs, the stack (this process, with the
+// local S3 in it, and the processes it started: DynamoDB Local, Lambda processes) is pinned to
+// the first CPU this process may use and the peer to the others (taskset), the same for both:
+// in AWS the S3 side is not on the recovering host. BENCH_RECOVER_PLACEMENT=shared (or a single
+// CPU) pins nothing. The other kinds run on every CPU: the cloud recovery's Lambdas and its raw
+// peer are the stack's own work, and the export is served from this process.
 
 import { execFile, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -64,7 +68,7 @@ import { createPair, waitForWatermark } from '../replica/pairs';
 import type { RecoveryRun } from '../replica/ports';
 import { BatchWriter } from '../source/batch-writer';
 import { rng } from '../source/workload';
-import { median, partsFromEnv, round, runBench, settle, timed } from './measure';
+import { median, onCpus, partsFromEnv, pinTree, placement, round, runBench, settle, timed } from './measure';
 import { NbdClient, waitForNbd } from './nbd-client';
 import { ensurePeers, JAVA_PEER } from './peers';
 
@@ -78,6 +82,7 @@ async function main(): Promise<void> {
   const diskBytes = Number(process.env.BENCH_RECOVER_MIB ?? 1024) * MiB;
   const reps = Number(process.env.BENCH_RECOVER_REPS ?? 3);
   const parts = partsFromEnv('BENCH_RECOVER_PARTS', KINDS);
+  const place = placement('BENCH_RECOVER_PLACEMENT');
   ensurePeers([JAVA_PEER, { command: 'restic', pkg: 'restic' }, { command: 'fio', pkg: 'fio' }, { command: 'qemu-nbd', pkg: 'qemu-utils' }], log);
   const dir = await mkdtemp(join(tmpdir(), 'bench-recover-'));
   let stack: LocalStack | undefined;
@@ -131,10 +136,11 @@ async function main(): Promise<void> {
       let ebsBlocks = 0;
       /** Per peer of the file recovery, per round: its CPU, the stack's CPU meanwhile, the GETs S3 served. */
       const costs = { file: [] as PeerCost[], restic: [] as PeerCost[] };
-      const costOf = async (run: () => Promise<{ seconds: number; cpuS: number }>): Promise<{ seconds: number; cost: PeerCost }> => {
+      const costOf = async (run: (cpus?: string) => Promise<{ seconds: number; cpuS: number }>): Promise<{ seconds: number; cost: PeerCost }> => {
         const before = stack!.requests()!;
+        if (place) pinTree(place.stack);
         const stackCpu = process.cpuUsage();
-        const out = await run();
+        const out = await run(place?.peer).finally(() => place && pinTree(place.all));
         const used = process.cpuUsage(stackCpu);
         const gets = requestsBetween(before, stack!.requests()!).s3.GET ?? 0;
         return { seconds: out.seconds, cost: { cpuS: out.cpuS, stackCpuS: (used.user + used.system) / 1e6, gets } };
@@ -171,7 +177,7 @@ async function main(): Promise<void> {
         },
         file: async (r) => {
           const to = join(dir, `file-${r}`);
-          const { seconds: s, cost } = await costOf(() => recoverFileInChild(pairId, seq, to));
+          const { seconds: s, cost } = await costOf((cpus) => recoverFileInChild(pairId, seq, to, cpus));
           seconds.get('file')!.push(s);
           costs.file.push(cost);
           check('file', await readFile(join(to, 'disk0.img')));
@@ -223,7 +229,7 @@ async function main(): Promise<void> {
       restic: async (r) => {
           const to = join(dir, `restic-${r}`);
           await mkdir(to);
-          const { seconds: s, cost } = await costOf(() => resticRestore(to, restic));
+          const { seconds: s, cost } = await costOf((cpus) => resticRestore(to, restic, cpus));
           seconds.get('restic')!.push(s);
           costs.restic.push(cost);
           check('restic', await readFile(join(to, srcFile)));
@@ -254,6 +260,7 @@ async function main(): Promise<void> {
           ebs_blocks_per_s: figure(ebsBlocks / m('cloud_ebs'), 1),
           ebs_blocks: ebsBlocks,
           ratio_vs_restic: figure(m('restic') / m('file')),
+          file_placement: place ? { stack_cpus: place.stack, peer_cpus: place.peer } : 'shared',
           file_vs_restic: Object.fromEntries(
             (['file', 'restic'] as const).map((k) => [k, { cpu_s: figure(med(costs[k].map((c) => c.cpuS))), stack_cpu_s: figure(med(costs[k].map((c) => c.stackCpuS))), s3_gets: figure(med(costs[k].map((c) => c.gets)), 0) }]),
           ),
@@ -307,8 +314,8 @@ interface PeerCost {
 }
 
 /** `restic restore latest --target DIR` under bash, whose `times` gives its children's CPU time: wall seconds and CPU seconds. */
-async function resticRestore(to: string, env: NodeJS.ProcessEnv): Promise<{ seconds: number; cpuS: number }> {
-  const out = await timed(() => promisify(execFile)('bash', ['-c', 'restic restore latest --target "$1" >/dev/null && times', 'restore', to], { env, maxBuffer: 64 * MiB }));
+async function resticRestore(to: string, env: NodeJS.ProcessEnv, cpus?: string): Promise<{ seconds: number; cpuS: number }> {
+  const out = await timed(() => promisify(execFile)(...onCpus(cpus, 'bash', ['-c', 'restic restore latest --target "$1" >/dev/null && times', 'restore', to]), { env, maxBuffer: 64 * MiB }));
   // `times`: the shell's user and system time, then its children's: "0m1.680s 0m0.280s".
   const children = /(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(out.value.stdout.trim());
   if (!children) throw new Error(`restic restore: no CPU times in ${JSON.stringify(out.value.stdout)}`);
@@ -317,9 +324,9 @@ async function resticRestore(to: string, env: NodeJS.ProcessEnv): Promise<{ seco
 }
 
 /** `livesync recover --to file:` in a process of its own (bench/recover-file.ts): the seconds of the recovery alone, and its CPU seconds. */
-async function recoverFileInChild(pairId: string, seq: number, to: string): Promise<{ seconds: number; cpuS: number }> {
+async function recoverFileInChild(pairId: string, seq: number, to: string, cpus?: string): Promise<{ seconds: number; cpuS: number }> {
   const nodeArgs = (process.env.BENCH_RECOVER_NODE_ARGS ?? '').split(' ').filter(Boolean); // e.g. --cpu-prof --cpu-prof-dir=DIR
-  const child = spawn(join(__dirname, '../node_modules/.bin/node'), [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, 'recover-file.ts'), pairId, String(seq), to], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(...onCpus(cpus, join(__dirname, '../node_modules/.bin/node'), [...nodeArgs, '--no-warnings=ExperimentalWarning', '--import', 'tsx', join(__dirname, 'recover-file.ts'), pairId, String(seq), to]), { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! });
   const next = (): Promise<string> => new Promise((resolve, reject) => {
     lines.once('line', resolve);

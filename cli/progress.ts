@@ -37,6 +37,13 @@ export function recoveryProgress(what: string, print: (line: string) => void, ev
       return {
         doneWithWindow: sink.doneWithWindow,
         writesDataOnly: sink.writesDataOnly,
+        direct: sink.direct && {
+          fd: sink.direct.fd,
+          async wrote(offset, length, ranges) {
+            await sink.direct!.wrote(offset, length, ranges);
+            done += length;
+          },
+        },
         async write(offset, window, ranges) {
           await sink.write(offset, window, ranges);
           done += window.length;

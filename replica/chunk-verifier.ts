@@ -8,7 +8,8 @@
 // - verifyChunk (seeding): a backup chunk checked end to end; the body stays ours to store.
 // - placeVerified (recovery): the objects' bytes read by one GET hold payloads (extents or a
 //   chunk); each is decompressed and checked in a worker, and only data that matches its
-//   checksum is copied into the window, a SharedArrayBuffer the workers write directly. What
+//   checksum is copied into the window, a SharedArrayBuffer the workers write directly (or,
+//   for an image file, written by the worker straight into the file). What
 //   each payload turned into (its length and checksum, or why it did not decompress) comes
 //   back, and the caller judges it: a mismatch fails recovery, naming the extent.
 // - hashHeld (recovery): a whole batch object's SHA-256, taken in a worker, which can keep the
@@ -30,6 +31,7 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { zstdDecompressSync } = require('node:zlib');
 const { createHash } = require('node:crypto');
+const { writeSync } = require('node:fs');
 // CRC-32C: slicing-by-16 over core/crc32c.ts's tables (its table code, the same as
 // crc32cPortable), or the CPU's instruction through the binary where that loads. Both are
 // checked at start against a sample the parent checksummed (aligned and not).
@@ -64,6 +66,14 @@ try {
   if (f && agrees(f)) crc32c = (b) => (b.length >= 256 ? f(b) : crc32cPortable(b));
 } catch {}
 const sha256 = (data) => createHash('sha256').update(data).digest('hex');
+// fs may write less than asked (e.g. a full disk): on until all is written, or it throws.
+const writeAll = (fd, data, src, len, at) => {
+  for (let done = 0; done < len; ) {
+    const n = writeSync(fd, data, src + done, len - done, at + done);
+    if (n === 0) throw new Error('no progress writing the image file at byte ' + (at + done));
+    done += n;
+  }
+};
 // The output in one buffer of its known size, not 16 KiB pieces joined (a copy of every byte).
 const decode = (payload, zstd, length) => (zstd ? zstdDecompressSync(payload, { maxOutputLength: length, chunkSize: Math.max(64, length) }) : payload);
 // An item's payload within body, decoded; or { error } saying why it did not decompress.
@@ -123,13 +133,15 @@ parentPort.on('message', (m) => {
       if (!whole) throw new Error('no body held as ' + m.held + ' (dropped, or another thread holds it)');
       body = whole.subarray(m.start, m.end);
     }
-    const win = Buffer.from(m.window);
+    // Into the window (shared memory), or straight into the image file at base + the window's byte.
+    const win = m.window && Buffer.from(m.window);
+    const put = win ? (data, src, dst, len) => data.copy(win, dst, src, src + len) : (data, src, dst, len) => writeAll(m.fd, data, src, len, m.base + dst);
     const results = m.items.map((it) => {
       const data = decodeItem(body, it);
       if (data.error !== undefined) return data;
       const out = it.sha256 !== undefined ? { length: data.length, sha256: sha256(data) } : { length: data.length, crc: crc32c(data) };
       if (data.length === it.length && (it.sha256 !== undefined ? out.sha256 === it.sha256 : out.crc === it.crc)) {
-        for (const [src, dst, len] of it.places) data.copy(win, dst, src, src + len);
+        for (const [src, dst, len] of it.places) put(data, src, dst, len);
       }
       return out;
     });
@@ -243,7 +255,7 @@ export interface PlaceItem {
   /** The data's CRC-32C (batch extents) or SHA-256 in hex (backup chunks). */
   crc?: number;
   sha256?: string;
-  /** [offset in the data, offset in the window, length] of each piece to copy. */
+  /** [offset in the data, offset in the window, length] of each piece to put. */
   places: [number, number, number][];
 }
 
@@ -337,23 +349,28 @@ function sendable(body: Buffer, giveAway: boolean): Uint8Array {
   return whole ? new Uint8Array(body.buffer, 0, body.byteLength) : new Uint8Array(body);
 }
 
+/** Where placeVerified puts verified data: a window's shared memory, or an image file (its descriptor) from byte `base` on. */
+export type PlaceTarget = SharedArrayBuffer | { fd: number; base: number };
+
 /**
- * Decodes and checks each item in a worker, copying the pieces of those that match into
- * `window` (a SharedArrayBuffer). The items' bytes are `body`, or a range of a body a worker
- * holds (then that worker does it). `body` is copied to the worker, unless `giveAway` says it
- * is the caller's alone (a store's `freshReads`) and it spans its whole ArrayBuffer: then
- * that is transferred, and `body` is empty afterwards (detached). Resolves with each item's
- * outcome, in order; the caller decides what a mismatch means. Rejects (plain Error) if the
- * worker failed.
+ * Decodes and checks each item in a worker, putting the pieces of those that match into
+ * `target`: copied into a window (a SharedArrayBuffer), or written by the worker straight into
+ * a file at `base` + their offset in the window (no window in between). The items' bytes are
+ * `body`, or a range of a body a worker holds (then that worker does it). `body` is copied to
+ * the worker, unless `giveAway` says it is the caller's alone (a store's `freshReads`) and it
+ * spans its whole ArrayBuffer: then that is transferred, and `body` is empty afterwards
+ * (detached). Resolves with each item's outcome, in order; the caller decides what a mismatch
+ * means. Rejects (plain Error) if the worker failed (a write that failed among them).
  */
-export async function placeVerified(body: Buffer | HeldRange, items: PlaceItem[], window: SharedArrayBuffer, giveAway = false): Promise<PayloadOutcome[]> {
+export async function placeVerified(body: Buffer | HeldRange, items: PlaceItem[], target: PlaceTarget, giveAway = false): Promise<PayloadOutcome[]> {
+  const into = target instanceof SharedArrayBuffer ? { window: target } : { fd: target.fd, base: target.base };
   let answer: Answer;
   if (Buffer.isBuffer(body)) {
     const sent = sendable(body, giveAway);
-    answer = await ask({ type: 'place', body: sent, items, window }, [sent.buffer as ArrayBuffer]);
+    answer = await ask({ type: 'place', body: sent, items, ...into }, [sent.buffer as ArrayBuffer]);
   } else {
     if (!pool?.includes(body.held.worker)) throw new Error('decoding thread died: the body it held is gone');
-    answer = await ask({ type: 'place', held: body.held.id, start: body.start, end: body.end, items, window }, [], body.held.worker);
+    answer = await ask({ type: 'place', held: body.held.id, start: body.start, end: body.end, items, ...into }, [], body.held.worker);
   }
   return answered(answer, 'results', 'decoding thread').results;
 }

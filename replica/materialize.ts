@@ -1,7 +1,7 @@
 // Recovery: reconstruct every disk of a pair at an RP (or one byte range of one disk, for a
 // range of the recovery workflow), streaming, in bounded memory, every payload verified as it
 // is read (replica/rp-reader.ts). Windows go to a sink in order: a file, an S3 object, an EBS
-// snapshot, a part of a multipart upload.
+// snapshot, a part of a multipart upload; into a file, the workers that check the data write it.
 
 import { open, rm } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
@@ -99,7 +99,7 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
   let writing: Promise<void> = Promise.resolve();
   const run = limiter(concurrency);
   type Ranges = ByteRange[];
-  const filling: { offset: number; window: Buffer; filled: Promise<Ranges> }[] = [];
+  const filling: { offset: number; length: number; window?: Buffer; filled: Promise<Ranges> }[] = [];
   /** Windows the sink is done with (doneWithWindow), to fill again, with their last data ranges. */
   const spare: { window: Buffer; ranges: Ranges }[] = [];
   /**
@@ -116,33 +116,53 @@ async function writeDisk(reader: RpReader, disk: string, sink: ImageSink, span: 
     const ranges = await w.filled;
     dataBytes += ranges.reduce((n, r) => n + r.end - r.start, 0);
     await writing;
-    writing = sink.write(w.offset, w.window, ranges);
-    if (sink.doneWithWindow) writing = writing.then(() => void spare.push({ window: w.window, ranges }));
+    if (!w.window) {
+      writing = sink.direct!.wrote(w.offset, w.length, ranges); // in the file already
+    } else {
+      const window = w.window;
+      writing = sink.write(w.offset, window, ranges);
+      if (sink.doneWithWindow) writing = writing.then(() => void spare.push({ window, ranges }));
+    }
     writing.catch(() => {}); // handled: the next `await writing` rethrows it
   };
   try {
+    const readAheadTo = Math.ceil(span.end / BLOCK_SIZE);
     for (let offset = span.start; offset < span.end; offset += windowBytes) {
       reader.check();
-      const { window, stale } = newWindow(Math.min(windowBytes, span.end - offset));
-      const filled = reader.fill(disk, offset / BLOCK_SIZE, window, run, { stale, dataOnly: sink.writesDataOnly, readAheadTo: Math.ceil(span.end / BLOCK_SIZE) });
+      const length = Math.min(windowBytes, span.end - offset);
+      let window: Buffer | undefined;
+      let filled: Promise<Ranges>;
+      if (sink.direct) {
+        filled = reader.fill(disk, offset / BLOCK_SIZE, { fd: sink.direct.fd, offset, length }, run, { readAheadTo });
+      } else {
+        const fresh = newWindow(length);
+        window = fresh.window;
+        filled = reader.fill(disk, offset / BLOCK_SIZE, window, run, { stale: fresh.stale, dataOnly: sink.writesDataOnly, readAheadTo });
+      }
       filled.catch(() => {}); // handled: awaited in order by writeOldest
-      filling.push({ offset, window, filled });
+      filling.push({ offset, length, window, filled });
       if (filling.length >= WINDOWS_AHEAD) await writeOldest();
     }
     while (filling.length > 0) await writeOldest();
     await writing;
   } catch (err) {
     run.stop(); // the windows still filling start no more GETs
+    // ... and are waited for: the sink's abort closes the file their workers may write into.
+    await Promise.allSettled(filling.map((w) => w.filled));
     throw err;
   }
   return dataBytes;
 }
 
-/** A local image file: sized up front (sparse), only data ranges written. */
+/**
+ * A local image file: sized up front (sparse), only data ranges written; the reader's workers
+ * write the verified data into it themselves (`direct`), or write() does from a window.
+ */
 export async function fileSink(path: string, sizeBytes: number): Promise<ImageSink> {
   const fh = await open(path, 'w');
   await fh.truncate(sizeBytes);
   return {
+    direct: { fd: fh.fd, wrote: async () => {} },
     doneWithWindow: true,
     writesDataOnly: true,
     async write(offset, window, ranges) {

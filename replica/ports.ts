@@ -414,6 +414,14 @@ export interface ImageSink {
    * filled again are left as they were, not zeroed first.
    */
   readonly writesDataOnly?: boolean;
+  /**
+   * The sink is an image file (sized sparse up front: zeros) that the reader writes into
+   * itself: each window's verified data goes from the bytes read straight into the file at
+   * its offset, with no window in between (one copy of every byte fewer), and `wrote` is told
+   * each window's span and data ranges, in order, instead of write(). A wrapper that does not
+   * pass this on gets the windows through write(), as any sink.
+   */
+  readonly direct?: { fd: number; wrote(offset: number, length: number, dataRanges: { start: number; end: number }[]): Promise<void> };
   close(): Promise<void>;
   /** Recovery failed: release resources and leave no partial image behind. */
   abort(err: Error): Promise<void>;

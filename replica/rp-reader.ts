@@ -17,7 +17,7 @@ import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ByteRange, HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
-import { hashHeld, keepBody, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome } from './chunk-verifier';
+import { hashHeld, keepBody, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome, type PlaceTarget } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
 import { checkAppliedSha256 } from './applied-batch';
 import { mapLimit } from './concurrency';
@@ -177,6 +177,13 @@ type Stats = ReadStats;
 /** Runs a read task under the caller's limit on GETs in flight. */
 export type Run = <T>(task: () => Promise<T>) => Promise<T>;
 
+/** A window of `length` bytes of an image file (its descriptor), from byte `offset` of the file on. */
+export interface FileWindow {
+  fd: number;
+  offset: number;
+  length: number;
+}
+
 /** An RP opened for reading: its windows are filled on demand; close() gives up its lease. */
 export interface RpReader {
   pair: Pair;
@@ -199,8 +206,11 @@ export interface RpReader {
    * bytes elsewhere) only the ranges of zero versions are zeroed.
    * `readAheadTo`: the caller goes on to fill the windows after this one, in order, up to that
    * block (or further), so the reads of this window may take along pieces those read.
+   * `window` may instead be a FileWindow: the verified data is written straight into that file
+   * (by the workers that check it), which must hold zeros there (a fresh sparse file): a zero
+   * version writes nothing.
    */
-  fill(disk: string, firstBlock: number, window: Buffer, run: Run, o?: { stale?: ByteRange[]; dataOnly?: boolean; readAheadTo?: number }): Promise<ByteRange[]>;
+  fill(disk: string, firstBlock: number, window: Buffer | FileWindow, run: Run, o?: { stale?: ByteRange[]; dataOnly?: boolean; readAheadTo?: number }): Promise<ByteRange[]>;
   /** Throws if the lease could not be renewed (the history it holds may be collected). */
   check(): void;
   close(): Promise<void>;
@@ -282,7 +292,7 @@ export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadO
         if (firstBlock < 0 || last * BLOCK_SIZE > Math.ceil(d.spec.sizeBytes / BLOCK_SIZE) * BLOCK_SIZE) throw new RangeError(`blocks [${firstBlock}, ${last}) are not all within disk '${disk}' (${d.spec.sizeBytes} bytes)`);
         const planned = await d.plan.plan(firstBlock, last, l0Within(d.l0, firstBlock, last), run, Math.max(last, readAheadTo ?? 0));
         const data = dataRanges(planned.pieces, firstBlock, window.length);
-        if (stale) {
+        if (stale && Buffer.isBuffer(window)) {
           // Zero versions are not placed (the window's zeros are taken for them): zeroed here.
           // A caller reading only data ranges zeroes nothing else, so such a window may hold
           // any earlier use's bytes outside `stale`: every zero version's range is zeroed.
@@ -689,18 +699,18 @@ async function readIndex(store: ObjectStore, b: BatchRecord, stats: Stats, check
  * Fetches what the window's pieces need: extents in merged ranged GETs per object, chunks
  * (base chunks, images) with one GET each; the pieces' versions are already in memory. A
  * worker decodes and checks each payload and copies its pieces into the window (shared
- * memory) while this thread goes on with the next GETs.
+ * memory), or writes them into the image file, while this thread goes on with the next GETs.
  */
 async function fillWindow(
   store: ObjectStore,
-  window: Buffer,
+  window: Buffer | FileWindow,
   firstBlock: number,
   { pieces, fetched }: WindowPlan,
   run: Run,
   stats: Stats,
   checked: CheckedBatches,
 ): Promise<void> {
-  const shared = window.buffer as SharedArrayBuffer;
+  const target: PlaceTarget = Buffer.isBuffer(window) ? (window.buffer as SharedArrayBuffer) : { fd: window.fd, base: window.offset };
   const byObject = new Map<string, Piece<ExtentRef>[]>();
   const byChunk = new Map<string, Piece<ChunkVersionRef>[]>();
   const byPiece = new Map<FetchedPiece, Piece<PieceVersionRef>[]>();
@@ -711,7 +721,7 @@ async function fillWindow(
       byChunk.set(q.ref.key, list);
       continue;
     }
-    if (q.ref.entry.payloadLength === 0) continue; // zero version: the window is already zeros
+    if (q.ref.entry.payloadLength === 0) continue; // zero version: the window (or file) is already zeros
     if (isPieceVersion(q.ref)) {
       const list = byPiece.get(q.ref.piece) ?? [];
       list.push(q as Piece<PieceVersionRef>);
@@ -748,7 +758,7 @@ async function fillWindow(
         items.push({ start: e.payloadOffset - at, end: e.payloadOffset - at + e.payloadLength, zstd: (e.flags & EXTENT_FLAGS.ZSTD) !== 0, length: e.blockCount * BLOCK_SIZE, crc: e.dataCrc, places: places(eqs) });
       }
     }
-    const outcomes = await placeVerified(bytes, items, shared, giveAway);
+    const outcomes = await placeVerified(bytes, items, target, giveAway);
     judged.forEach(({ e, judge }, i) => judge(e, outcomes[i]));
   };
   // Chunks: one whole-object GET each, verified end to end: the header here (magic, header
@@ -764,7 +774,7 @@ async function fillWindow(
       const checked = checkChunkHeader(body, chunk, key);
       const start = body.length - checked.payload.length;
       // The body is read for this chunk only: a store's fresh memory goes to the worker uncopied.
-      const [outcome] = await placeVerified(body, [{ start, end: body.length, zstd: checked.zstd, length: checked.length, sha256: chunk.sha256, places: places(qs) }], shared, store.freshReads === true);
+      const [outcome] = await placeVerified(body, [{ start, end: body.length, zstd: checked.zstd, length: checked.length, sha256: chunk.sha256, places: places(qs) }], target, store.freshReads === true);
       checkChunkData(checked, chunk, outcome as Parameters<typeof checkChunkData>[2], key);
     } catch (err) {
       if (err instanceof BackupError) throw new CorruptExtentError(err.where, err.reason);
@@ -831,7 +841,11 @@ async function fillWindow(
       done(stretch);
     }
   });
-  await Promise.all([...chunkReads, ...extentReads, ...pieceReads].map(run));
+  // Every task settles before the fill does, failed or not: once a caller sees a fill fail, no
+  // worker still puts data into its window or file (which the caller may close or reuse).
+  const settled = await Promise.allSettled([...chunkReads, ...extentReads, ...pieceReads].map(run));
+  const failed = settled.find((t): t is PromiseRejectedResult => t.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /** What placing a stored payload needs of its entry (a batch extent or a piece version). */

@@ -5,6 +5,9 @@
 // point and every RP above the frontier must read back bit for bit; anything else is pruned;
 // a corrupt piece or image is named; the reader lease lives exactly as long as the read.
 
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { BLOCK_SIZE } from '../core/batch-format';
 import { encodeChunk, isAllZero } from '../core/chunk-format';
 import { crc32c } from '../core/crc32c';
@@ -17,7 +20,7 @@ import { heldBytes } from '../replica/chunk-verifier';
 import { limiter } from '../replica/concurrency';
 import { compactOnce, currentManifest } from '../replica/compactor';
 import { replicaDigests } from '../replica/digests';
-import { materialize, type ImageSink, type MaterializeOptions } from '../replica/materialize';
+import { fileSink, materialize, type ImageSink, type MaterializeOptions } from '../replica/materialize';
 import { createPair, waitForWatermark } from '../replica/pairs';
 import { openRp } from '../replica/rp-reader';
 import type { CompactorLease, HistoryIndex, ReaderLease } from '../replica/ports';
@@ -274,6 +277,29 @@ describe('materialize through the history', () => {
     }
     // Windows smaller than a range are rounded up to it: the same bytes.
     expectModelAt(8, (await recoverAt(8, { windowBytes: 64 * 1024 })).out);
+  });
+
+  test('into an image file the workers write themselves (images, pieces with zero versions, L0 extents): every point bit for bit, write() never called', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-direct-'));
+    try {
+      for (const seq of [...RETAINED, 8]) {
+        const out = new Map<string, Buffer>();
+        await materialize(c.store, c.index, {
+          pairId,
+          seq,
+          history: c.history,
+          windowBytes: 4 * MiB,
+          sinkFor: async (disk, size) => {
+            const sink = await fileSink(join(dir, `${disk}-${seq}.img`), size);
+            return { ...sink, write: () => Promise.reject(new Error('a window was written: the direct path was not taken')) };
+          },
+        });
+        for (const d of DISKS) out.set(d.name, await readFile(join(dir, `${d.name}-${seq}.img`)));
+        expectModelAt(seq, out);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test('sources: the read bound observed, per range image + pieces + L0 batches touching it', async () => {

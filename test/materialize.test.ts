@@ -1,7 +1,7 @@
 // The read path: recovery into a raw image object in S3 (multipart), into a sparse local
 // file, and refusal of stored data that no longer matches its checksums.
 
-import { mkdtemp, readFile, stat } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -84,6 +84,45 @@ describe('materialize', () => {
     await expect(materialize(c.store, c.index, { pairId, seq, sinkFor: async (_d, size) => fileSink(out, size) })).rejects.toThrow(CorruptExtentError);
     await expect(stat(out)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(await heldBytes()).toBe(0); // a read that failed to open holds nothing
+  });
+
+  test('into a file the workers write: a failed recovery waits for the reads still placing data before the file is closed', async () => {
+    const disks = [{ name: 'd', sizeBytes: 16 * MiB }];
+    const pairId = newPairId('rotdirect');
+    const { c, seq, keys } = await replicate(pairId, disks, [['d', 0, pattern(MiB, 9)], ['d', 2 * MiB, pattern(2 * MiB, 10)], ['d', 5 * MiB, pattern(2 * MiB, 11)], ['d', 9 * MiB, pattern(3 * MiB, 12)]]);
+    // Once the read is open (the batches checked whole), the first batch's extents come back
+    // damaged at once, and every other GET answers late: still in flight when the first fails.
+    let opened = false;
+    const slow = new Proxy(c.store, {
+      get: (t, k) => (k === 'get' ? async (key: string, ...rest: unknown[]) => {
+        const got = await (t.get as (...a: unknown[]) => Promise<Buffer>)(key, ...rest);
+        if (!opened) return got;
+        if (key !== keys[0]) return new Promise((r) => setTimeout(() => r(got), 150));
+        const bad = Buffer.from(got);
+        bad[100] ^= 0xff;
+        return bad;
+      } : Reflect.get(t, k)),
+    });
+    const dir = await mkdtemp(join(tmpdir(), 'livesync-'));
+    const fh = await open(join(dir, 'd.img'), 'w');
+    await fh.truncate(disks[0].sizeBytes);
+    let next: Awaited<ReturnType<typeof open>> | undefined;
+    const sink = {
+      direct: { fd: fh.fd, wrote: async () => {} },
+      write: () => Promise.reject(new Error('not direct')),
+      close: () => fh.close(),
+      // Closed, and its descriptor number taken at once by another file: a worker writing late would write there.
+      abort: async () => {
+        await fh.close();
+        next = await open(join(dir, 'other'), 'w+');
+      },
+    };
+    // checkedBatchBytes 0: no batch is kept whole, the windows GET their extents.
+    await expect(materialize(slow, c.index, { pairId, seq, windowBytes: 4 * MiB, checkedBatchBytes: 0, sinkFor: async () => ((opened = true), sink) })).rejects.toThrow(CorruptExtentError);
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await next!.stat()).size).toBe(0);
+    await next!.close();
+    await rm(dir, { recursive: true });
   });
 
   test('a read that fails to open (one batch of several replaced) lets go of the batches it had checked', async () => {
@@ -185,7 +224,8 @@ describe('materialize', () => {
     expect(firstDifference(image, model.disks.get('d')!)).toBeUndefined();
   });
 
-  test('property: random data and zero writes, random window sizes: a sink of whole windows and a sink of data ranges only both read the model, windows reused', async () => {
+  test('property: random data and zero writes, random window sizes: a sink of whole windows, a sink of data ranges only and an image file (written by the workers, or from windows) all read the model, windows reused', async () => {
+    const fileDir = await mkdtemp(join(tmpdir(), 'livesync-prop-'));
     const disks = [{ name: 'd', sizeBytes: 48 * MiB }];
     const blocks = disks[0].sizeBytes / BLOCK_SIZE;
     const extent = fc.record({ block: fc.integer({ min: 0, max: blocks - 1 }), count: fc.integer({ min: 1, max: 768 }), zero: fc.boolean(), seed: fc.integer({ min: 1, max: 1e6 }) });
@@ -219,10 +259,27 @@ describe('materialize', () => {
             });
             expect({ windowBlocks, dataOnly, diff: firstDifference(image, model.disks.get('d')!) }).toEqual({ windowBlocks, dataOnly, diff: undefined });
           }
+          // An image file: the workers write it themselves (`direct`), or, from a wrapper that
+          // does not pass that on, through write() with windows reused.
+          for (const direct of [true, false]) {
+            const path = join(fileDir, `${pairId}-${windowBlocks}-${direct}.img`);
+            await materialize(c.store, c.index, {
+              pairId,
+              seq,
+              windowBytes: windowBlocks * BLOCK_SIZE,
+              sinkFor: async (_d, size) => {
+                const sink = await fileSink(path, size);
+                return direct ? { ...sink, write: () => Promise.reject(new Error('not direct')) } : { ...sink, direct: undefined };
+              },
+            });
+            expect({ windowBlocks, direct, diff: firstDifference(await readFile(path), model.disks.get('d')!) }).toEqual({ windowBlocks, direct, diff: undefined });
+            await rm(path);
+          }
         }
       }),
       { numRuns: 4 },
     );
+    await rm(fileDir, { recursive: true, force: true });
   });
 
   test('subtract: the parts of sorted ranges outside others (what a reused window zeroes)', () => {

@@ -32,3 +32,20 @@ test('the wrapper counts what each disk\'s sink took and passes everything throu
   expect(lines.length).toBeGreaterThan(0);
   expect(lines[lines.length - 1]).toMatch(/^r: 0\.0 of 0\.0 GiB \(50 %\), 0\.0 MiB\/s, about 1 s left$/); // 4 KiB of 8 KiB in 1 s
 });
+
+test('a sink the reader writes into directly (an image file) is passed on as one, and counted by what it wrote', async () => {
+  let t = 0;
+  const lines: string[] = [];
+  const p = recoveryProgress('r', (l) => lines.push(l), 10, () => t);
+  const wrote: number[] = [];
+  const inner = { direct: { fd: 7, wrote: async (o: number) => void wrote.push(o) }, write: async () => {}, close: async () => {}, abort: async () => {} };
+  const a = p.wrap(8192, inner);
+  expect(a.direct?.fd).toBe(7);
+  await a.direct!.wrote(0, 2048, []);
+  expect(wrote).toEqual([0]);
+  expect(p.wrap(4096, { write: async () => {}, close: async () => {}, abort: async () => {} }).direct).toBeUndefined();
+  t = 1000;
+  await new Promise((r) => setTimeout(r, 30));
+  p.stop();
+  expect(lines[lines.length - 1]).toMatch(/\(16 %\)/); // 2 KiB of 12 KiB
+});
