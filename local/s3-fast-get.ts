@@ -65,18 +65,31 @@ export function plainGet(req: IncomingMessage, buckets: ReadonlySet<string>): { 
  * connection, as a broken S3 response does.
  */
 export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<typeof plainGet>>, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-  let metadata: Record<string, string | number>;
+  // The file first, its size from the open file: a PUT renamed over the key meanwhile cannot
+  // make the length sent differ from the bytes read.
+  let file;
   try {
-    metadata = await files.getMetadata(want.bucket, want.key);
+    file = await open(files.getResourcePath(want.bucket, want.key, 'object'), 'r');
   } catch {
     return false;
   }
-  const size = Number(metadata['content-length']);
+  let metadata: Record<string, string | number>;
+  let size: number;
+  try {
+    metadata = await files.getMetadata(want.bucket, want.key);
+    size = (await file.stat()).size;
+  } catch {
+    await file.close();
+    return false;
+  }
   const last = size - 1;
   const ranged = want.start !== undefined;
   const start = want.start ?? 0;
   const end = Math.min(want.end ?? last, last);
-  if (ranged && (start > end || start < 0)) return false;
+  if (ranged && (start > end || start < 0)) {
+    await file.close();
+    return false;
+  }
   const headers: Record<string, string> = { 'Accept-Ranges': 'bytes', 'Content-Type': 'binary/octet-stream' };
   for (const [name, value] of Object.entries(metadata)) {
     if (HEADERS.has(name) || name.startsWith('x-amz-meta-')) headers[capitalize(name)] = String(value);
@@ -84,12 +97,6 @@ export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<
   const length = size === 0 ? 0 : end + 1 - start;
   headers['Content-Length'] = String(length);
   if (ranged) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
-  let file;
-  try {
-    file = await open(files.getResourcePath(want.bucket, want.key, 'object'), 'r');
-  } catch {
-    return false;
-  }
   try {
     res.writeHead(ranged ? 206 : 200, headers);
     fastGetsServed++;

@@ -1,6 +1,7 @@
 // An S3-compatible server (s3rver, disk-backed) on 127.0.0.1, with its ObjectCreated
 // notifications exposed so the local event source can forward them like S3 does, and its
-// requests counted (by S3's request classes) so a benchmark can say how many were made.
+// requests counted (by S3's request classes) so a benchmark can say how many were made. Plain
+// object GETs are served from the object's file by local/s3-fast-get.ts, not by s3rver.
 
 import crypto, { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
@@ -89,7 +90,10 @@ export async function startS3Local(directory: string, bucket: string, faults?: E
     if (faults?.refuse('s3')) return refuseRequest('s3', req, res);
     const want = process.env.LIVESYNC_S3_SLOW_GET ? undefined : plainGet(req, buckets);
     if (!want) return toS3rver(req, res);
-    void serveGet(files, want, req, res).then((served) => served || toS3rver(req, res));
+    serveGet(files, want, req, res).then(
+      (served) => served || toS3rver(req, res),
+      () => res.destroy(), // the connection ends, as a broken S3 response does
+    );
   });
   return {
     endpoint: `http://127.0.0.1:${port}`,

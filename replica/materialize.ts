@@ -12,6 +12,7 @@ import type { RecoveryPoint } from '../core/model';
 import type { ByteRange, ImageSink, ObjectStore, ReplicaIndex } from './ports';
 import { limiter } from './concurrency';
 import { openRp, type RpReader, type RpReadOptions } from './rp-reader';
+import { writeFully } from './write-fully';
 
 export { LEASELESS_READ_MS } from './rp-reader';
 
@@ -166,14 +167,7 @@ export async function fileSink(path: string, sizeBytes: number): Promise<ImageSi
     doneWithWindow: true,
     writesDataOnly: true,
     async write(offset, window, ranges) {
-      for (const r of ranges) {
-        // fs may write less than asked (e.g. a full disk); go on until all is written or it throws.
-        for (let at = r.start; at < r.end; ) {
-          const { bytesWritten } = await fh.write(window, at, r.end - at, offset + at);
-          if (bytesWritten === 0) throw new Error(`no progress writing ${path} at byte ${offset + at}`);
-          at += bytesWritten;
-        }
-      }
+      for (const r of ranges) await writeFully(fh, window.subarray(r.start, r.end), offset + r.start, path);
     },
     close: () => fh.close(),
     async abort() {

@@ -16,6 +16,7 @@ import { InvalidArgumentError } from '../core/errors';
 import type { ByteRange, ObjectStore, ReplicaIndex } from './ports';
 import { limiter } from './concurrency';
 import { openRp, type RpReader, type RpReadOptions } from './rp-reader';
+import { writeFully } from './write-fully';
 
 const MiB = 1024 * 1024;
 
@@ -561,13 +562,5 @@ async function readFully(fh: FileHandle, into: Buffer, position: number): Promis
       return;
     }
     at += bytesRead;
-  }
-}
-
-async function writeFully(fh: FileHandle, data: Buffer, position: number, what: string): Promise<void> {
-  for (let at = 0; at < data.length; ) {
-    const { bytesWritten } = await fh.write(data, at, data.length - at, position + at);
-    if (bytesWritten === 0) throw new Error(`no progress writing ${what} at byte ${position + at}`);
-    at += bytesWritten;
   }
 }
