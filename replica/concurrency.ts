@@ -1,11 +1,20 @@
-/** Runs `fn` over `items` with at most `limit` in flight; rejects on the first failure. */
+/**
+ * Runs `fn` over `items` with at most `limit` in flight; rejects on the first failure, and
+ * starts no item after it (those in flight run on to their end).
+ */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
+  let failed = false;
   const worker = async (): Promise<void> => {
-    while (next < items.length) {
+    while (next < items.length && !failed) {
       const i = next++;
-      out[i] = await fn(items[i], i);
+      try {
+        out[i] = await fn(items[i], i);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));

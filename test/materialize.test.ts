@@ -137,7 +137,7 @@ describe('materialize', () => {
     await c.store.put(key, body);
     await expect(recover(c, pairId, seq)).rejects.toThrow(key);
     // The others' reads may still be ending: each lets its body go as it does.
-    for (let t = 0; t < 50 && (await heldBytes()) > 0; t++) await new Promise((r) => setTimeout(r, 20));
+    for (let t = 0; t < 100 && (await heldBytes()) > 0; t++) await new Promise((r) => setTimeout(r, 50));
     expect(await heldBytes()).toBe(0);
   });
 
