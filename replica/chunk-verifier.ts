@@ -74,6 +74,22 @@ const writeAll = (fd, data, src, len, at) => {
     done += n;
   }
 };
+// Into a fresh sparse file: only the runs of 4 KiB blocks that are not all zeros are written (an
+// image's zeros stay holes; the file reads zeros there anyway).
+const ZERO_BLOCK = Buffer.alloc(4096);
+const writeData = (fd, data, src, len, at) => {
+  let run = -1;
+  for (let i = 0; i < len; i += 4096) {
+    const n = Math.min(4096, len - i);
+    const zero = data.compare(ZERO_BLOCK, 0, n, src + i, src + i + n) === 0;
+    if (!zero && run < 0) run = i;
+    if (zero && run >= 0) {
+      writeAll(fd, data, src + run, i - run, at + run);
+      run = -1;
+    }
+  }
+  if (run >= 0) writeAll(fd, data, src + run, len - run, at + run);
+};
 // The output in one buffer of its known size, not 16 KiB pieces joined (a copy of every byte).
 const decode = (payload, zstd, length) => (zstd ? zstdDecompressSync(payload, { maxOutputLength: length, chunkSize: Math.max(64, length) }) : payload);
 // An item's payload within body, decoded; or { error } saying why it did not decompress.
@@ -133,9 +149,10 @@ parentPort.on('message', (m) => {
       if (!whole) throw new Error('no body held as ' + m.held + ' (dropped, or another thread holds it)');
       body = whole.subarray(m.start, m.end);
     }
-    // Into the window (shared memory), or straight into the image file at base + the window's byte.
+    // Into the window (shared memory), or straight into the image file at base + the window's byte
+    // (a fresh sparse file: its zero blocks are left as holes).
     const win = m.window && Buffer.from(m.window);
-    const put = win ? (data, src, dst, len) => data.copy(win, dst, src, src + len) : (data, src, dst, len) => writeAll(m.fd, data, src, len, m.base + dst);
+    const put = win ? (data, src, dst, len) => data.copy(win, dst, src, src + len) : (data, src, dst, len) => writeData(m.fd, data, src, len, m.base + dst);
     const results = m.items.map((it) => {
       const data = decodeItem(body, it);
       if (data.error !== undefined) return data;

@@ -5,7 +5,7 @@
 // point and every RP above the frontier must read back bit for bit; anything else is pruned;
 // a corrupt piece or image is named; the reader lease lives exactly as long as the read.
 
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BLOCK_SIZE } from '../core/batch-format';
@@ -296,6 +296,13 @@ describe('materialize through the history', () => {
         });
         for (const d of DISKS) out.set(d.name, await readFile(join(dir, `${d.name}-${seq}.img`)));
         expectModelAt(seq, out);
+        // Zero blocks (an image's among them) are left as holes: no more allocated than the data's blocks.
+        for (const d of DISKS) {
+          const img = out.get(d.name)!;
+          let dataBlocks = 0;
+          for (let b = 0; b < img.length; b += BLOCK_SIZE) if (!isAllZero(img.subarray(b, b + BLOCK_SIZE))) dataBlocks++;
+          expect({ seq, disk: d.name, allocated: (await stat(join(dir, `${d.name}-${seq}.img`))).blocks * 512 <= dataBlocks * BLOCK_SIZE }).toEqual({ seq, disk: d.name, allocated: true });
+        }
       }
     } finally {
       await rm(dir, { recursive: true, force: true });
