@@ -9,10 +9,11 @@
 // The local S3 shares this machine's cores with whatever is measured against it.
 //
 // Only the common case takes this path: a signed, path-style GET or HEAD of an existing key of
-// a configured bucket, with no query string but the SDK's `x-id`, no conditional header, and no Range or a
-// `bytes=START-[END]` one. Anything else (and any error) is left to s3rver, which answers it
-// as before. The answer carries the headers s3rver's would (its metadata, ETag,
-// Last-Modified, Accept-Ranges, Content-Range), as S3 does.
+// a configured bucket, with no query string but the SDK's `x-id` (a `versionId` goes to
+// s3rver), no conditional header, and no Range or a `bytes=START-[END]` one. Anything else (and
+// any error before the answer starts) is left to s3rver, which answers it as before. The
+// answer carries the headers s3rver's would (its metadata, ETag, Last-Modified,
+// Accept-Ranges, Content-Range), as S3 does.
 
 import { open } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
