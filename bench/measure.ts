@@ -127,10 +127,11 @@ function processTree(root = process.pid): number[] {
  * for every peer); with one, or `{variable}=shared`, nothing is pinned.
  */
 export function placement(variable: string): { stack: string; peer: string; all: string } | undefined {
-  const cpus = allowedCpus();
   const mode = process.env[variable] ?? 'pinned';
   if (mode !== 'pinned' && mode !== 'shared') throw new Error(`${variable}: '${mode}' is neither 'pinned' nor 'shared'`);
-  if (mode === 'shared' || cpus.length < 2) return undefined;
+  if (mode === 'shared') return undefined;
+  const cpus = allowedCpus();
+  if (cpus.length < 2) return undefined;
   return { stack: String(cpus[0]), peer: cpus.slice(1).join(','), all: cpus.join(',') };
 }
 

@@ -35,6 +35,10 @@
 // recover_mib_s (disk MiB / cloud_s3 s), ratio_vs_raw (raw s / cloud_s3 s, target
 // >= 0.8), ebs_blocks_per_s, ratio_vs_restic (restic s / file s, target >= 1.5), medians of
 // the rounds; every recovered image is compared with the source's bytes (a mismatch fails).
+// restic_open_s: what restic spends opening its repository (keys, scrypt, config: `restic cat
+// config`, timed after each restore), which its restore time includes and the file recovery's
+// does not (its clock starts with the process loaded and connected); ratio_vs_restic_opened:
+// (restic s - restic_open_s) / file s, the two compared from the same point.
 // What file and restic cost, medians (`file_vs_restic`): cpu_s, the CPU time of the recovering
 // process (every thread; restic's through bash's `times`); stack_cpu_s, this process's in the
 // same span (the local S3 serving it, and the rest of the stack); s3_gets, the GETs S3 served.
@@ -136,12 +140,16 @@ async function main(): Promise<void> {
       let ebsBlocks = 0;
       /** Per peer of the file recovery, per round: its CPU, the stack's CPU meanwhile, the GETs S3 served. */
       const costs = { file: [] as PeerCost[], restic: [] as PeerCost[] };
+      const resticOpenS: number[] = [];
       const costOf = async (run: (cpus?: string) => Promise<{ seconds: number; cpuS: number }>): Promise<{ seconds: number; cost: PeerCost }> => {
         const before = stack!.requests()!;
         if (place) pinTree(place.stack);
         const stackCpu = process.cpuUsage();
-        const out = await run(place?.peer).finally(() => place && pinTree(place.all));
-        const used = process.cpuUsage(stackCpu);
+        let used = process.cpuUsage(stackCpu);
+        const out = await run(place?.peer).finally(() => {
+          used = process.cpuUsage(stackCpu); // before the pins are undone (their ps and taskset run here)
+          if (place) pinTree(place.all);
+        });
         const gets = requestsBetween(before, stack!.requests()!).s3.GET ?? 0;
         return { seconds: out.seconds, cost: { cpuS: out.cpuS, stackCpuS: (used.user + used.system) / 1e6, gets } };
       };
@@ -234,6 +242,12 @@ async function main(): Promise<void> {
           costs.restic.push(cost);
           check('restic', await readFile(join(to, srcFile)));
           await rm(to, { recursive: true });
+          // What restic's restore spends before it reads anything: opening the repository (its
+          // keys, the scrypt key derivation, the config), which `restic cat config` does alone.
+          // The file recovery's clock starts with its process loaded and connected.
+          if (place) pinTree(place.stack);
+          const open = await timed(() => promisify(execFile)(...onCpus(place?.peer, 'restic', ['cat', 'config']), { env: restic })).finally(() => place && pinTree(place.all));
+          resticOpenS.push(open.seconds);
         },
       };
       // Rotated among the kinds run, so that each goes first in turn however few are chosen.
@@ -260,6 +274,8 @@ async function main(): Promise<void> {
           ebs_blocks_per_s: figure(ebsBlocks / m('cloud_ebs'), 1),
           ebs_blocks: ebsBlocks,
           ratio_vs_restic: figure(m('restic') / m('file')),
+          restic_open_s: figure(med(resticOpenS)),
+          ratio_vs_restic_opened: figure((m('restic') - med(resticOpenS)) / m('file')),
           file_placement: place ? { stack_cpus: place.stack, peer_cpus: place.peer } : 'shared',
           file_vs_restic: Object.fromEntries(
             (['file', 'restic'] as const).map((k) => [k, { cpu_s: figure(med(costs[k].map((c) => c.cpuS))), stack_cpu_s: figure(med(costs[k].map((c) => c.stackCpuS))), s3_gets: figure(med(costs[k].map((c) => c.gets)), 0) }]),

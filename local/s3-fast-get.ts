@@ -35,12 +35,13 @@ const giveBack = (b: Buffer): void => void (pool.length < POOL_SIZE && pool.push
 
 /** Metadata s3rver sends as headers (S3Object's allowed metadata, the intrinsic ones, x-amz-meta-*). */
 const HEADERS = new Set(['cache-control', 'content-disposition', 'content-encoding', 'content-language', 'content-type', 'expires', 'x-amz-storage-class', 'x-amz-website-redirect-location', 'last-modified', 'etag']);
-const CONDITIONAL = ['if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since'];
+const CONDITIONAL = ['if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since', 'if-range'];
 
 /** The bucket, key and range of a request this path serves, or undefined to leave it to s3rver. */
 export function plainGet(req: IncomingMessage, buckets: ReadonlySet<string>): { bucket: string; key: string; start?: number; end?: number } | undefined {
   if ((req.method !== 'GET' && req.method !== 'HEAD') || !req.url || !req.headers.authorization) return undefined;
-  if (CONDITIONAL.some((h) => req.headers[h] !== undefined)) return undefined;
+  // A conditional request, or a browser's (CORS), is s3rver's to answer.
+  if (CONDITIONAL.some((h) => req.headers[h] !== undefined) || req.headers.origin !== undefined) return undefined;
   const [path, query] = req.url.split('?', 2);
   if (query !== undefined && !/^x-id=(GetObject|HeadObject)$/.test(query)) return undefined;
   const slash = path.indexOf('/', 1);
@@ -66,6 +67,13 @@ export function plainGet(req: IncomingMessage, buckets: ReadonlySet<string>): { 
  * connection, as a broken S3 response does.
  */
 export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<typeof plainGet>>, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+  // The connection closing ends the answer: the response's 'close', or the socket's (a pipelined
+  // response still queued behind another gets no 'close' of its own, and its writes no callback).
+  const closed = new Promise<void>((resolve) => {
+    res.once('close', resolve);
+    req.socket.once('close', resolve);
+    if (req.socket.destroyed) resolve();
+  });
   // The file first, its size from the open file: a PUT renamed over the key meanwhile cannot
   // make the length sent differ from the bytes read.
   let file;
@@ -109,14 +117,13 @@ export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<
     // One buffer being sent while the next is read. A buffer goes back to the pool only when its
     // write's callback says the socket is done with it; a connection closed meanwhile drops it.
     let sending: Promise<void> = Promise.resolve();
-    const closed = new Promise<void>((resolve) => res.once('close', resolve));
     while (at <= end) {
       const buf = take();
       const { bytesRead } = await file.read(buf, 0, Math.min(READ_BYTES, end + 1 - at), at);
       if (bytesRead === 0) throw new Error(`${want.key}: the object's file ended at ${at}, before ${end + 1}`);
       at += bytesRead;
       await Promise.race([sending, closed]);
-      if (res.destroyed) return true;
+      if (res.destroyed || req.socket.destroyed) return true;
       sending = new Promise<void>((resolve, reject) => {
         res.write(buf.subarray(0, bytesRead), (err) => {
           if (err) return reject(err);
