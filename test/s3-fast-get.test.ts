@@ -89,3 +89,25 @@ test('many GETs at once, and GETs abandoned mid-body, never get another answer\'
     got.forEach((g, i) => expect(g.body.equals(data.subarray(i * 1000))).toBe(true));
   }
 });
+
+test('two GETs pipelined on one connection, the connection dropped mid-body: neither answer is left holding its file', async () => {
+  const { connect } = await import('node:net');
+  const { readdirSync } = await import('node:fs');
+  const openFds = (): number => readdirSync('/proc/self/fd').length;
+  const before = openFds();
+  const url = new URL(s3.endpoint);
+  const request = `GET /b/plain HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=S3RVER/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\r\n`;
+  for (let round = 0; round < 3; round++) {
+    const socket = connect(Number(url.port), url.hostname);
+    await new Promise((r) => socket.once('connect', r));
+    const served = fast.fastGetsServed;
+    socket.write(request + request);
+    await new Promise((r) => socket.once('data', r)); // the first answer has begun
+    socket.destroy();
+    for (let t = 0; t < 50 && fast.fastGetsServed < served + 1; t++) await new Promise((r) => setTimeout(r, 10));
+  }
+  for (let t = 0; t < 100 && openFds() > before; t++) await new Promise((r) => setTimeout(r, 20));
+  expect(openFds()).toBeLessThanOrEqual(before);
+  // And the server goes on answering.
+  expect((await get('plain', 'bytes=0-9')).body.equals(objects.get('plain')!.subarray(0, 10))).toBe(true);
+});
