@@ -141,17 +141,28 @@ async function main(): Promise<void> {
       /** Per peer of the file recovery, per round: its CPU, the stack's CPU meanwhile, the GETs S3 served. */
       const costs = { file: [] as PeerCost[], restic: [] as PeerCost[] };
       const resticOpenS: number[] = [];
+      /** Runs `run` with the stack on its CPUs and `run`'s peer on the others (the placement), then gives the stack every CPU again. */
+      const onPeerCpus = async <T>(run: (cpus?: string) => Promise<T>): Promise<T> => {
+        if (place) pinTree(place.stack);
+        try {
+          return await run(place?.peer);
+        } finally {
+          if (place) pinTree(place.all);
+        }
+      };
       const costOf = async (run: (cpus?: string) => Promise<{ seconds: number; cpuS: number }>): Promise<{ seconds: number; cost: PeerCost }> => {
         const before = stack!.requests()!;
-        if (place) pinTree(place.stack);
-        const stackCpu = process.cpuUsage();
-        let used = process.cpuUsage(stackCpu);
-        const out = await run(place?.peer).finally(() => {
-          used = process.cpuUsage(stackCpu); // before the pins are undone (their ps and taskset run here)
-          if (place) pinTree(place.all);
+        let used: NodeJS.CpuUsage | undefined;
+        const out = await onPeerCpus(async (cpus) => {
+          const stackCpu = process.cpuUsage();
+          try {
+            return await run(cpus);
+          } finally {
+            used = process.cpuUsage(stackCpu); // before the pins are undone (their ps and taskset are not the stack's work)
+          }
         });
         const gets = requestsBetween(before, stack!.requests()!).s3.GET ?? 0;
-        return { seconds: out.seconds, cost: { cpuS: out.cpuS, stackCpuS: (used.user + used.system) / 1e6, gets } };
+        return { seconds: out.seconds, cost: { cpuS: out.cpuS, stackCpuS: (used!.user + used!.system) / 1e6, gets } };
       };
       const check = (what: string, got: Buffer): void => {
         if (!got.equals(source)) throw new Error(`${what}: the recovered image differs from the source`);
@@ -245,8 +256,7 @@ async function main(): Promise<void> {
           // What restic's restore spends before it reads anything: opening the repository (its
           // keys, the scrypt key derivation, the config), which `restic cat config` does alone.
           // The file recovery's clock starts with its process loaded and connected.
-          if (place) pinTree(place.stack);
-          const open = await timed(() => promisify(execFile)(...onCpus(place?.peer, 'restic', ['cat', 'config']), { env: restic })).finally(() => place && pinTree(place.all));
+          const open = await onPeerCpus((cpus) => timed(() => promisify(execFile)(...onCpus(cpus, 'restic', ['cat', 'config']), { env: restic })));
           resticOpenS.push(open.seconds);
         },
       };

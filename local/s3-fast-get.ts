@@ -17,6 +17,12 @@
 
 import { open } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+// s3rver's own model of an object's headers (which metadata it sends, the default content
+// type) and its header capitalization, so that this path answers with exactly its headers.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const S3Object = require('s3rver/lib/models/object') as new (bucket: string, key: string, content: null, metadata: Record<string, string | number>) => { metadata: Record<string, string | number> };
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { capitalizeHeader } = require('s3rver/lib/utils') as { capitalizeHeader: (header: string) => string };
 
 /** What the fast path needs of s3rver's filesystem store. */
 export interface ObjectFiles {
@@ -33,8 +39,6 @@ const pool: Buffer[] = [];
 const take = (): Buffer => pool.pop() ?? Buffer.allocUnsafeSlow(READ_BYTES);
 const giveBack = (b: Buffer): void => void (pool.length < POOL_SIZE && pool.push(b));
 
-/** Metadata s3rver sends as headers (S3Object's allowed metadata, the intrinsic ones, x-amz-meta-*). */
-const HEADERS = new Set(['cache-control', 'content-disposition', 'content-encoding', 'content-language', 'content-type', 'expires', 'x-amz-storage-class', 'x-amz-website-redirect-location', 'last-modified', 'etag']);
 const CONDITIONAL = ['if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since', 'if-range'];
 
 /** The bucket, key and range of a request this path serves, or undefined to leave it to s3rver. */
@@ -85,7 +89,7 @@ export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<
   let metadata: Record<string, string | number>;
   let size: number;
   try {
-    metadata = await files.getMetadata(want.bucket, want.key);
+    metadata = new S3Object(want.bucket, want.key, null, await files.getMetadata(want.bucket, want.key)).metadata;
     size = (await file.stat()).size;
   } catch {
     await file.close();
@@ -99,10 +103,8 @@ export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<
     await file.close();
     return false;
   }
-  const headers: Record<string, string> = { 'Accept-Ranges': 'bytes', 'Content-Type': 'binary/octet-stream' };
-  for (const [name, value] of Object.entries(metadata)) {
-    if (HEADERS.has(name) || name.startsWith('x-amz-meta-')) headers[capitalize(name)] = String(value);
-  }
+  const headers: Record<string, string> = { 'Accept-Ranges': 'bytes' };
+  for (const [name, value] of Object.entries(metadata)) headers[capitalizeHeader(name)] = String(value);
   const length = size === 0 ? 0 : end + 1 - start;
   headers['Content-Length'] = String(length);
   if (ranged) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
@@ -141,8 +143,4 @@ export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<
     await file.close();
   }
   return true;
-}
-
-function capitalize(header: string): string {
-  return header.split('-').map((w) => (w === 'etag' ? 'ETag' : w.charAt(0).toUpperCase() + w.slice(1))).join('-');
 }

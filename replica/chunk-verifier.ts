@@ -380,7 +380,7 @@ export type PlaceTarget = SharedArrayBuffer | { fd: number; base: number };
  * means. Rejects (plain Error) if the worker failed (a write that failed among them).
  */
 export async function placeVerified(body: Buffer | HeldRange, items: PlaceItem[], target: PlaceTarget, giveAway = false): Promise<PayloadOutcome[]> {
-  const into = target instanceof SharedArrayBuffer ? { window: target } : { fd: target.fd, base: target.base };
+  const into = target instanceof SharedArrayBuffer ? { window: target } : target;
   let answer: Answer;
   if (Buffer.isBuffer(body)) {
     const sent = sendable(body, giveAway);
