@@ -13,10 +13,16 @@ import { EBSClient, type EBSClientConfig } from '@aws-sdk/client-ebs';
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import { SFNClient, type SFNClientConfig } from '@aws-sdk/client-sfn';
 import { SQSClient, type SQSClientConfig } from '@aws-sdk/client-sqs';
+import { S3GetHandler } from './s3-get-handler';
 
-/** An S3 client; path-style whenever an endpoint is configured (unless `forcePathStyle` says otherwise). */
+/**
+ * An S3 client; path-style whenever an endpoint is configured (unless `forcePathStyle` says
+ * otherwise). Its GETs read their bodies straight into their buffers (S3GetHandler), unless
+ * `config` brings a handler of its own or LIVESYNC_S3_NODE_HTTP=1 keeps the SDK's.
+ */
 export function s3Client(config: S3ClientConfig = {}, env: NodeJS.ProcessEnv = process.env): S3Client {
-  return new S3Client({ ...config, forcePathStyle: config.forcePathStyle ?? Boolean(config.endpoint || endpointFor('S3', env)) });
+  const requestHandler = config.requestHandler ?? (env.LIVESYNC_S3_NODE_HTTP === '1' ? undefined : new S3GetHandler());
+  return new S3Client({ ...config, requestHandler, forcePathStyle: config.forcePathStyle ?? Boolean(config.endpoint || endpointFor('S3', env)) });
 }
 
 export function dynamoClient(config: DynamoDBClientConfig = {}): DynamoDBClient {

@@ -35,10 +35,16 @@ async function readBody(body: NonNullable<GetObjectCommandOutput['Body']>, lengt
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength); // a view: no copy
   }
   const stream = body as Readable;
-  const out = Buffer.allocUnsafe(length);
+  let out: Buffer | undefined;
   let at = 0;
   await new Promise<void>((resolve, reject) => {
     stream.on('data', (chunk: Buffer) => {
+      if (out === undefined && chunk.length === length) {
+        out = chunk; // the whole body in one buffer (S3GetHandler's): taken as it is
+        at = length;
+        return;
+      }
+      out ??= Buffer.allocUnsafe(length);
       if (at + chunk.length > length) {
         stream.destroy(new Error(`GET ${key}: more than the ${length} bytes announced`));
         return;
@@ -48,9 +54,12 @@ async function readBody(body: NonNullable<GetObjectCommandOutput['Body']>, lengt
     });
     stream.once('end', resolve);
     stream.once('error', reject);
+    // Closed without its end (destroyed before this read began, or without an error to say why).
+    stream.once('close', () => reject(stream.errored ?? new Error(`GET ${key}: the body closed after ${at} of its ${length} bytes`)));
+    if (stream.destroyed) reject(stream.errored ?? new Error(`GET ${key}: the body was closed before it was read`));
   });
   if (at !== length) throw new Error(`short read of ${key}: ${at} of the ${length} bytes announced`);
-  return out;
+  return out ?? Buffer.alloc(0);
 }
 
 /** S3 DeleteObjects takes at most this many keys a request. */

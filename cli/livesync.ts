@@ -1,4 +1,4 @@
-#!/usr/bin/env -S MALLOC_MMAP_THRESHOLD_=131072 npx tsx --max-semi-space-size=4 --initial-old-space-size=64
+#!/usr/bin/env -S npx tsx
 // livesync command line. `livesync help` lists the commands; README.md describes them.
 // The local stack and the demo (which pull in the CDK app, for the table schema) load only
 // when asked for: the agent stays small.

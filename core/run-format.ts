@@ -5,7 +5,7 @@
 
 import { zstdCompressSync, constants as zlibConstants } from 'node:zlib';
 import { BLOCK_SIZE, EXTENT_FLAGS, MIN_COMPRESS_BYTES, decodeExtent, type ExtentEntry } from './batch-format';
-import { crc32c } from './crc32c';
+import { crc32c, crc32cCombine } from './crc32c';
 import { BatchError, CorruptHistoryError } from './errors';
 import { RANGE_BLOCKS } from './manifest';
 
@@ -124,8 +124,15 @@ export function encodePiece(p: PieceInput): Buffer {
  * Decodes and checks one piece (its exact bytes, e.g. from a ranged GET): magic, version,
  * header CRC, whole-piece CRC (and `expectedCrc`, the manifest's PieceEntry.crc32c, when given), the entries'
  * order, bounds and seqs, payloads laid out without gaps. Payload data is checked by pieceVersionData.
+ *
+ * `rawByEntry` (a reader that checks the data of every version it uses against its entry's
+ * data CRC before using it): the whole-piece CRC is checked without reading the raw payloads.
+ * A raw payload's bytes are its version's data, so their CRC is the entry's data CRC: the
+ * piece's CRC is combined from the CRC of its header and entries, those data CRCs, and the
+ * CRCs of the compressed payloads (read). Header and entries are then as checked as before;
+ * a damaged raw payload is found when its version is used, and only then does it matter.
  */
-export function decodePiece(buf: Buffer, where: string, expectedCrc?: number): DecodedPiece {
+export function decodePiece(buf: Buffer, where: string, expectedCrc?: number, o: { rawByEntry?: boolean } = {}): DecodedPiece {
   const bad = (reason: string): CorruptHistoryError => new CorruptHistoryError(where, reason);
   if (buf.length < FIXED_HEADER + 8 + TRAILER) throw bad(`${buf.length} bytes is shorter than an empty piece`);
   if (!buf.subarray(0, 4).equals(MAGIC)) throw bad(`magic ${buf.subarray(0, 4).toString('hex')} is not ${MAGIC.toString('hex')}`);
@@ -139,8 +146,10 @@ export function decodePiece(buf: Buffer, where: string, expectedCrc?: number): D
   const total = buf.readUInt32LE(32);
   if (total !== buf.length) throw bad(`piece length ${total} in the header, ${buf.length} bytes read`);
   const storedCrc = buf.readUInt32LE(total - TRAILER);
-  const gotCrc = crc32c(buf.subarray(0, total - TRAILER));
-  if (gotCrc !== storedCrc) throw bad(`piece checksum ${hex(gotCrc)} != stored ${hex(storedCrc)}`);
+  if (!o.rawByEntry) {
+    const gotCrc = crc32c(buf.subarray(0, total - TRAILER));
+    if (gotCrc !== storedCrc) throw bad(`piece checksum ${hex(gotCrc)} != stored ${hex(storedCrc)}`);
+  }
   if (expectedCrc !== undefined && storedCrc !== expectedCrc) throw bad(`piece checksum ${hex(storedCrc)} != the manifest's ${hex(expectedCrc)}`);
   const seqLo = readU64(buf, 8, bad);
   const seqHi = readU64(buf, 16, bad);
@@ -189,6 +198,15 @@ export function decodePiece(buf: Buffer, where: string, expectedCrc?: number): D
   }
   if (expectedOffset !== total - TRAILER) throw bad(`${total - TRAILER - expectedOffset} stray bytes after the payloads`);
   if (expectedOffset - payloadStart > MAX_PIECE_PAYLOAD) throw bad(`${expectedOffset - payloadStart} payload bytes, over ${MAX_PIECE_PAYLOAD}`);
+  if (o.rawByEntry) {
+    let gotCrc = crc32c(buf.subarray(0, payloadStart));
+    for (const e of entries) {
+      if (e.payloadLength === 0) continue;
+      const payloadCrc = e.flags & EXTENT_FLAGS.ZSTD ? crc32c(buf.subarray(e.payloadOffset, e.payloadOffset + e.payloadLength)) : e.dataCrc;
+      gotCrc = crc32cCombine(gotCrc, payloadCrc, e.payloadLength);
+    }
+    if (gotCrc !== storedCrc) throw bad(`piece checksum ${hex(gotCrc)} != stored ${hex(storedCrc)} (raw payloads taken by their entries' data checksums)`);
+  }
   return { disk, rangeIndex, seqLo, seqHi, entries, dataBytes, crc32c: storedCrc };
 }
 

@@ -73,11 +73,22 @@ export function plainGet(req: IncomingMessage, buckets: ReadonlySet<string>): { 
 export async function serveGet(files: ObjectFiles, want: NonNullable<ReturnType<typeof plainGet>>, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
   // The connection closing ends the answer: the response's 'close', or the socket's (a pipelined
   // response still queued behind another gets no 'close' of its own, and its writes no callback).
+  let onClose = (): void => {};
   const closed = new Promise<void>((resolve) => {
+    onClose = resolve;
     res.once('close', resolve);
     req.socket.once('close', resolve);
     if (req.socket.destroyed) resolve();
   });
+  try {
+    return await answer(files, want, req, res, closed);
+  } finally {
+    req.socket.removeListener('close', onClose); // a keep-alive connection carries many answers
+  }
+}
+
+/** serveGet's answer, `closed` resolving when the connection does. */
+async function answer(files: ObjectFiles, want: NonNullable<ReturnType<typeof plainGet>>, req: IncomingMessage, res: ServerResponse, closed: Promise<void>): Promise<boolean> {
   // The file first, its size from the open file: a PUT renamed over the key meanwhile cannot
   // make the length sent differ from the bytes read.
   let file;

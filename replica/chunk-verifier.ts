@@ -209,7 +209,8 @@ function workers(): PoolWorker[] {
   if (!pool) {
     const n = Math.max(1, Math.min(4, availableParallelism() - 1));
     pool = Array.from({ length: n }, () => {
-      const w: PoolWorker = { worker: new Worker(WORKER_SOURCE, { eval: true, workerData: { crcModule, crcTables: CRC32C_TABLES, ...CRC_SAMPLE } }), pending: new Map() };
+      // execArgv []: the inline source needs none of the parent's flags (under tsx, its loader would load in each worker).
+      const w: PoolWorker = { worker: new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { crcModule, crcTables: CRC32C_TABLES, ...CRC_SAMPLE } }), pending: new Map() };
       w.worker.on('message', (a: Answer) => {
         const done = w.pending.get(a.id);
         w.pending.delete(a.id);
@@ -227,6 +228,14 @@ function workers(): PoolWorker[] {
     });
   }
   return pool;
+}
+
+/**
+ * Starts the workers now, if they are not running: a reader that will need them calls this
+ * before it waits on the index, so that their start-up (tens of ms each) overlaps that wait.
+ */
+export function warmDecoders(): void {
+  workers();
 }
 
 /** The worker with the fewest tasks in flight. */

@@ -17,7 +17,7 @@ import { parseBaseManifest } from '../core/seed-manifests';
 import type { BatchRecord, DiskSpec, Pair, RecoveryPoint } from '../core/model';
 import { resolvePieces, type BlockVersion, type Piece } from '../core/recovery-plan';
 import type { ByteRange, HistoryHead, HistoryIndex, ObjectStore, ReaderLease, ReplicaIndex } from './ports';
-import { hashHeld, keepBody, placeVerified, release, type HeldBody, type HeldRange, type PayloadOutcome, type PlaceTarget } from './chunk-verifier';
+import { hashHeld, keepBody, placeVerified, release, warmDecoders, type HeldBody, type HeldRange, type PayloadOutcome, type PlaceTarget } from './chunk-verifier';
 import { manifestOf, pairInitialManifest } from './history-manifest';
 import { checkAppliedSha256 } from './applied-batch';
 import { mapLimit } from './concurrency';
@@ -219,6 +219,7 @@ export interface RpReader {
 /** Opens RP `o.seq` of `o.pairId`: its item and pair, the history under a lease, the L0 batches' indexes. */
 export async function openRp(store: ObjectStore, index: ReplicaIndex, o: RpReadOptions): Promise<RpReader> {
   const concurrency = o.concurrency ?? 16;
+  warmDecoders(); // their start overlaps the index reads below
   const started = Date.now();
   const clock = (): number => (o.nowMs ?? started) + (Date.now() - started);
   // The RP first (one GetItem), then the pair: an RP is written with (or after) the watermark covering it.
@@ -643,7 +644,8 @@ function windowPlanner(store: ObjectStore, m: Manifest, disk: DiskSpec, seq: num
 /** A piece (at byte `at` of a ranged GET's body), checked whole against its manifest entry: CRC, disk, range, span, data bytes, bitmap, the disk's end. */
 function checkPiece(body: Buffer, at: number, p: PieceEntry, disk: string, range: number, diskBlocks: number, stretch: Stretch): FetchedPiece {
   const where = `${p.key}@${p.offset}`;
-  const decoded = decodePiece(body.subarray(at, at + p.length), where, p.crc32c);
+  // Raw payloads by their entries' data CRCs: fillWindow checks each version's data before placing it.
+  const decoded = decodePiece(body.subarray(at, at + p.length), where, p.crc32c, { rawByEntry: true });
   const bad = (what: string): CorruptHistoryError => new CorruptHistoryError(where, what);
   if (decoded.disk !== disk || decoded.rangeIndex !== range) throw bad(`holds range ${decoded.disk}:${decoded.rangeIndex}, the manifest lists it under ${disk}:${range}`);
   if (decoded.seqLo !== p.seqLo || decoded.seqHi !== p.seqHi) throw bad(`spans seqs [${decoded.seqLo}, ${decoded.seqHi}], the manifest says [${p.seqLo}, ${p.seqHi}]`);

@@ -9,12 +9,13 @@ import { BatchWriter } from '../source/batch-writer';
 import { cloud, newPairId, runCli, runCliWithEnv } from './helpers';
 
 describe('livesync CLI', () => {
-  test("the agent's runtime (agent/runtime.ts) is in the npm script and the shebang", async () => {
+  test("the npm script and the shebang start every command with Node's defaults: the agent's runtime is the agent's alone", async () => {
+    // Its settings (agent/runtime.ts) made a recovery into a file ~28 % slower (docs/design.md, "Against restic, measured").
     const script = (JSON.parse(await readFile(join(__dirname, '../package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.livesync;
     const shebang = (await readFile(join(__dirname, '../cli/livesync.ts'), 'utf8')).split('\n')[0];
     for (const word of AGENT_RUNTIME_WORDS) {
-      expect(script.split(' ')).toContain(word);
-      expect(shebang.split(' ')).toContain(word);
+      expect(script.split(' ')).not.toContain(word);
+      expect(shebang.split(' ')).not.toContain(word);
     }
   });
 

@@ -340,14 +340,16 @@ describe('materialize through the history', () => {
     expect(await heldBytes()).toBeGreaterThan(0);
     await reader.close();
     expect(await heldBytes()).toBe(0);
-    // A corrupt piece read ahead fails the read, naming it, and nothing is left kept.
+    // A corrupt piece read ahead fails the read, naming it, and nothing is left kept. The byte
+    // is in a raw payload: its version's data check finds it (the piece's CRC takes raw payloads
+    // by their entries' data CRCs).
     const d1 = manifest.ranges['d:1'].pieces[0]; // [1, 3], read at 4 with d:0's [3, 4]
     const good = await c.store.get(d1.key);
     const bad = Buffer.from(good);
     bad[d1.offset + d1.length - 100] ^= 0xff;
     await c.store.put(d1.key, bad);
     try {
-      await expect(recoverAt(4)).rejects.toThrow(new RegExp(`${d1.key.replace(/[.]/g, '\\.')}@${d1.offset}: piece checksum`));
+      await expect(recoverAt(4)).rejects.toThrow(new RegExp(`${d1.key.replace(/[.]/g, '\\.')}@${d1.offset} entry \\(seq \\d+, block \\d+\\): data checksum`));
       expect(await heldBytes()).toBe(0);
       expect(await leases()).toEqual([]);
     } finally {
@@ -510,25 +512,38 @@ describe('materialize through the history', () => {
     await expect(recoverAt(4)).rejects.toThrow(new CorruptHistoryError(`${prefix3}run-0000.run@0`, "entry (seq 4, block 300) runs past the disk's end (256 blocks)"));
   });
 
-  test("a piece whose CRC was made to fit changed data fails its version's data check, in a GET that brought two pieces", async () => {
+  test("a piece whose raw payload changed fails its version's data check, and with its CRC made to fit, the piece's check; in a GET that brought two pieces", async () => {
     // The next version: e:0's pieces [1, 2] and [3, 4] back to back in one run object (both read
-    // at 4, in one GET); a payload byte of the second changed and its CRC rewritten to fit, in
-    // the piece and in the manifest: the piece checks whole, its version's data CRC does not.
+    // at 4, in one GET); a raw payload byte of the second changed. The piece's CRC takes a raw
+    // payload by its entry's data CRC, so the piece checks, and its version's data CRC does not.
+    // With the piece's CRC rewritten to fit the changed bytes (in the piece and the manifest),
+    // the piece's own check fails instead.
     const m4: Manifest = JSON.parse(JSON.stringify(manifest));
     m4.version = (await c.history.getHistory(pairId)).version + 1;
     const prefix4 = historyPrefix(pairId, m4.version);
     const first = encodePiece({ disk: 'e', rangeIndex: 0, seqLo: 1, seqHi: 2, versions: versionsOf('e', 0, 1, 2) });
     const forged = encodePiece({ disk: 'e', rangeIndex: 0, seqLo: 3, seqHi: 4, versions: versionsOf('e', 0, 3, 4) });
-    forged[forged.length - 100] ^= 0xff; // in its last payload
-    forged.writeUInt32LE(crc32c(forged.subarray(0, forged.length - 4)), forged.length - 4);
+    forged[forged.length - 100] ^= 0xff; // in its last payload, a raw one
     const key = `${prefix4}run-0000.run`;
     await c.store.put(key, Buffer.concat([first, forged]));
     const [p0, p1] = m4.ranges['e:0'].pieces;
     m4.ranges['e:0'].pieces[0] = { ...p0, key, offset: 0, length: first.length, crc32c: first.readUInt32LE(first.length - 4) };
     m4.ranges['e:0'].pieces[1] = { ...p1, key, offset: first.length, length: forged.length, crc32c: forged.readUInt32LE(forged.length - 4) };
     await publish(m4, prefix4);
-    await expect(recoverAt(4)).rejects.toThrow(new RegExp(`${key.replace(/[.]/g, '\\.')}@${first.length} entry \\(seq 4, block \\d+\\)`));
+    await expect(recoverAt(4)).rejects.toThrow(new RegExp(`${key.replace(/[.]/g, '\\.')}@${first.length} entry \\(seq 4, block \\d+\\): data checksum`));
     await expect(recoverAt(4)).rejects.toThrow(CorruptHistoryError);
+    expect(await leases()).toEqual([]);
+    // Its CRC made to fit the changed bytes: the piece's check, combined from the entries' data CRCs, fails.
+    const m5: Manifest = JSON.parse(JSON.stringify(m4));
+    m5.version = m4.version + 1;
+    const prefix5 = historyPrefix(pairId, m5.version);
+    forged.writeUInt32LE(crc32c(forged.subarray(0, forged.length - 4)), forged.length - 4);
+    const key5 = `${prefix5}run-0000.run`;
+    await c.store.put(key5, Buffer.concat([first, forged]));
+    m5.ranges['e:0'].pieces[0] = { ...m4.ranges['e:0'].pieces[0], key: key5 };
+    m5.ranges['e:0'].pieces[1] = { ...m4.ranges['e:0'].pieces[1], key: key5, crc32c: forged.readUInt32LE(forged.length - 4) };
+    await publish(m5, prefix5);
+    await expect(recoverAt(4)).rejects.toThrow(new RegExp(`${key5.replace(/[.]/g, '\\.')}@${first.length}: piece checksum`));
     expect(await leases()).toEqual([]);
   });
 });

@@ -71,6 +71,7 @@ describe('piece codec', () => {
         }
         const buf = encodePiece({ disk: 'vda', rangeIndex: 3, seqLo: 10, seqHi: 30, versions: kept });
         const d = decodePiece(buf, WHERE, crc32c(buf.subarray(0, buf.length - 4)));
+        expect(decodePiece(buf, WHERE, d.crc32c, { rawByEntry: true })).toEqual(d);
         expect(d.entries).toHaveLength(kept.length);
         const want = [...kept].sort((a, b) => a.blockIndex - b.blockIndex || a.seq - b.seq);
         d.entries.forEach((e, i) => {
@@ -95,6 +96,27 @@ describe('piece codec', () => {
     buf[i] ^= 0x10;
     expect(() => decodePiece(buf, WHERE)).toThrow(CorruptHistoryError);
     expect(() => decodePiece(buf, WHERE)).toThrow(WHERE);
+  });
+
+  test('rawByEntry: every byte of the header, the entries and the compressed payloads is still checked; a raw payload is left to its data CRC', () => {
+    const clean = encodePiece(sample());
+    const d = decodePiece(clean, WHERE);
+    const raw = new Set<number>();
+    for (const e of d.entries) if (e.payloadLength > 0 && !(e.flags & 2)) for (let b = e.payloadOffset; b < e.payloadOffset + e.payloadLength; b++) raw.add(b);
+    expect(raw.size).toBeGreaterThan(0);
+    expect(d.entries.some((e) => e.flags & 2)).toBe(true); // a compressed payload too
+    for (let i = 0; i < clean.length; i += i < 2048 ? 1 : 97) {
+      const buf = Buffer.from(clean);
+      buf[i] ^= 0x04;
+      if (!raw.has(i)) {
+        expect(() => decodePiece(buf, WHERE, undefined, { rawByEntry: true })).toThrow(CorruptHistoryError);
+        continue;
+      }
+      // Decodes; the damaged version's data does not match its CRC when it is used.
+      const lazy = decodePiece(buf, WHERE, undefined, { rawByEntry: true });
+      const hit = lazy.entries.find((e) => i >= e.payloadOffset && i < e.payloadOffset + e.payloadLength)!;
+      expect(() => pieceVersionData(buf, hit, WHERE)).toThrow(/data checksum/);
+    }
   });
 
   test('a payload changed under a resealed piece is caught by its data CRC, naming the entry', () => {
