@@ -18,7 +18,8 @@
 //               recovery would cost if the image were stored whole)
 //   cloud_ebs   the same RP into an EBS snapshot (full: the earlier records are removed first)
 //   file        `livesync recover --to file:DIR` of the same RP, in a process of its own as an
-//               operator runs it (bench/recover-file.ts; its start-up not timed), like restic
+//               operator runs it (bench/recover-file.ts; its start-up not timed), like restic:
+//               with Node's defaults, as the CLI runs every command but the agent
 //   restic      `restic restore latest --target DIR` of the same image from its repository
 //   export      a test failover onto an export (`failover test --listen`), as an operator starts
 //               one: an NBD client's first 4 KiB read of data, then the whole disk in 1 MiB reads
@@ -28,6 +29,10 @@
 //               "Instant access"); then the test is cleaned up
 //   qemu_nbd    the same fio job against qemu-nbd serving the source's image read-only
 // BENCH_RECOVER_PARTS (comma-separated kinds) runs some only; the others' figures are null.
+// file and restic, each a few seconds, run BENCH_RECOVER_PAIR_REPS (default 3) times a round,
+// as one block of pairs where the first of them comes, the order in a pair alternating
+// (file, restic; restic, file; …): a run right after a heavy kind can be up to ~0.9 s slower
+// for either (the written file's page-cache copy, perf), so the medians need more runs.
 // Before each timed run the machine settles (bench/measure.ts settle(): dirty pages written
 // back, this process's garbage collected), the same for every kind.
 // Fields: rto_s (from the failover command to the first read's data), export_first_read_ms,
@@ -78,6 +83,8 @@ import { ensurePeers, JAVA_PEER } from './peers';
 
 const MiB = 2 ** 20;
 const FIO_SECONDS = Number(process.env.BENCH_RECOVER_FIO_SECONDS ?? 10);
+/** file and restic runs a round, each (their medians are over reps × PAIR_REPS runs). */
+const PAIR_REPS = Number(process.env.BENCH_RECOVER_PAIR_REPS ?? 3);
 const log = (m: string): void => console.error(`bench:recover: ${m}`);
 const KINDS = ['cloud_s3', 'raw', 'cloud_ebs', 'file', 'restic', 'export', 'qemu_nbd'] as const;
 type Kind = (typeof KINDS)[number];
@@ -262,13 +269,26 @@ async function main(): Promise<void> {
       };
       // Rotated among the kinds run, so that each goes first in turn however few are chosen.
       const chosen = KINDS.filter((k) => parts.has(k));
+      const timedRun = async (k: Kind, r: number, n: number): Promise<void> => {
+        await stack!.workflowsIdle();
+        settle();
+        await runs[k](n);
+        log(`round ${r + 1}/${reps} ${k}: ${round(seconds.get(k)!.at(-1)!)} s`);
+      };
+      const headToHead = parts.has('file') && parts.has('restic');
+      let n = 0;
       for (let r = 0; r < reps; r++) {
         const order = chosen.map((_, i) => chosen[(i + r) % chosen.length]);
         for (const k of order) {
-          await stack.workflowsIdle();
-          settle();
-          await runs[k](r);
-          log(`round ${r + 1}/${reps} ${k}: ${round(seconds.get(k)!.at(-1)!)} s`);
+          if (!headToHead || (k !== 'file' && k !== 'restic')) {
+            await timedRun(k, r, n++);
+            continue;
+          }
+          // file and restic as one block, where the first of them comes: PAIR_REPS pairs, the
+          // order within a pair alternating, so each as often follows the kind before.
+          if (k === 'restic' && order.indexOf('file') < order.indexOf('restic')) continue;
+          if (k === 'file' && order.indexOf('restic') < order.indexOf('file')) continue;
+          for (let i = 0; i < PAIR_REPS; i++) for (const p of (i + r) % 2 === 0 ? (['file', 'restic'] as const) : (['restic', 'file'] as const)) await timedRun(p, r, n++);
         }
       }
       launcher.destroy();
@@ -279,6 +299,7 @@ async function main(): Promise<void> {
           disk_mib: diskBytes / MiB,
           data_mib: round(new Set(extents).size, 0),
           reps,
+          pair_reps: headToHead ? PAIR_REPS : null,
           recover_mib_s: figure(diskBytes / MiB / m('cloud_s3'), 1),
           ratio_vs_raw: figure(m('raw') / m('cloud_s3')),
           ebs_blocks_per_s: figure(ebsBlocks / m('cloud_ebs'), 1),
