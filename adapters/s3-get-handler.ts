@@ -14,9 +14,14 @@
 //
 // Faults: an idle connection the server closed fails the next request on it before any byte
 // of the answer; that request is sent once more on a new connection (a GET is idempotent).
-// A connection or socket timeout destroys the connection with a TimeoutError, an abort with
-// an AbortError; a connection that breaks mid-body errors the body stream. A connection is
-// reused only after a complete, well-framed answer without `Connection: close`.
+// A connection closed before or during an answer fails with ECONNRESET (as Node's client
+// does: the SDK retries it), a connection or socket timeout with a TimeoutError, an abort
+// (also while waiting for a connection) with an AbortError; a connection that breaks mid-body
+// errors the body stream. A connection is reused only after a complete, well-framed answer
+// without `Connection: close`, and closed otherwise. A body's reader that wants no more stops
+// the socket's reads; over TLS what was decrypted is still delivered after that, so reads are
+// resumed when the reader wants more or the exchange ends, never left stopped on a pooled
+// connection.
 
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
@@ -51,8 +56,13 @@ function named(name: 'TimeoutError' | 'AbortError', message: string): Error {
   return err;
 }
 
-/** The connection ended (the server closed it, or it closed): the end of a body framed by it. */
-class Closed extends Error {}
+/**
+ * The connection ended (the server closed it, or it closed): the end of a body framed by it,
+ * else a failure, with the code Node's own client gives it (ECONNRESET: the SDK retries it).
+ */
+class Closed extends Error {
+  readonly code = 'ECONNRESET';
+}
 
 /**
  * A response body. As Node's own response does, an error is emitted only to a listener: one
@@ -164,6 +174,11 @@ class Connection {
   private readonly scratch = Buffer.allocUnsafe(HEAD_MAX);
   private onRead: (n: number, buf: Buffer) => boolean = () => this.fail(new Error(`${this.origin}: bytes from the server while no request was open`));
   private onGone: (err: Error) => void = () => {};
+  /**
+   * A read callback returned false, so Node stopped reading (over TLS, callbacks for what was
+   * already decrypted may still follow): reading resumes only through resumeReading().
+   */
+  private stopped = false;
   /** Requests it has answered. */
   answered = 0;
   idleTimer?: NodeJS.Timeout;
@@ -173,7 +188,14 @@ class Connection {
     this.into = this.scratch;
     const host = request.hostname;
     const port = Number(request.port) || (request.protocol === 'https:' ? 443 : 80);
-    const onread = { buffer: () => this.into, callback: (n: number, buf: Buffer) => this.onRead(n, buf) };
+    const onread = {
+      buffer: () => this.into,
+      callback: (n: number, buf: Buffer): boolean => {
+        const more = this.onRead(n, buf);
+        if (!more) this.stopped = true;
+        return more;
+      },
+    };
     this.socket =
       request.protocol === 'https:'
         ? tlsConnect({ host, port, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'], ...(o.ca ? { ca: o.ca } : {}), onread } as unknown as ConnectionOptions)
@@ -189,6 +211,13 @@ class Connection {
     this.socket.on('error', (err) => this.fail(err));
     this.socket.on('end', () => this.fail(new Closed(`${this.origin}: the server closed the connection`)));
     this.socket.on('close', () => this.fail(new Closed(`${this.origin}: the connection closed`)));
+  }
+
+  /** Reads again if a callback stopped them (a body's reader wants more; an exchange ended). */
+  resumeReading(): void {
+    if (!this.stopped || this.dead) return;
+    this.stopped = false;
+    this.socket.resume();
   }
 
   /** Destroys the connection; the exchange on it (if any) fails with `err`. false: for a read callback (no more reads). */
@@ -221,6 +250,12 @@ class Connection {
       this.onRead = () => this.fail(new Error(`${this.origin}: bytes from the server while no request was open`));
       this.onGone = () => {};
       this.answered++;
+      if (!reusable && !this.dead) {
+        // Complete but not to be reused (Connection: close, HTTP/1.0): closed now, as Node's client does.
+        this.dead = true;
+        this.socket.destroy();
+      }
+      this.resumeReading(); // a reused connection must read its next answer
       done(reusable && !this.dead);
     };
     const response = new Promise<HttpResponse>((resolve, reject) => {
@@ -234,13 +269,10 @@ class Connection {
         else reject(err);
         finish(false);
       };
-      const startBody = (h: Head, rest: Buffer): void => {
-        let paused = false;
+      /** Hands the response on; false if its body's reader wants no more for now. */
+      const startBody = (h: Head, rest: Buffer): boolean => {
         body = new BodyStream(() => {
-          if (paused) {
-            paused = false;
-            this.socket.resume();
-          }
+          if (!finished) this.resumeReading(); // not once the connection carries another answer
         });
         body.once('close', () => {
           if (!finished) this.fail(new Error(`${this.origin}: the body was abandoned before its end`));
@@ -251,7 +283,10 @@ class Connection {
           push(null);
           finish(h.keepAlive);
         };
-        if (h.framing === 0) return end();
+        if (h.framing === 0) {
+          end();
+          return true;
+        }
         if (typeof h.framing === 'number') {
           // Straight into pieces of the body: the head's read may hold its first bytes.
           let left = h.framing;
@@ -269,12 +304,11 @@ class Connection {
             piece = Buffer.allocUnsafe(Math.min(left, BODY_PIECE_BYTES));
             at = 0;
             this.into = piece;
-            paused = !more;
             return more;
           };
           rest.copy(piece);
-          if (rest.length > 0 && !took(rest.length)) this.socket.pause();
-          if (left === 0) return;
+          const more = rest.length > 0 ? took(rest.length) : true;
+          if (left === 0) return true;
           this.into = piece.subarray(at);
           this.onRead = (n, buf) => {
             if (buf !== this.into) return this.fail(new Error(`${this.origin}: a read went to the wrong buffer`));
@@ -282,7 +316,7 @@ class Connection {
             if (left > 0) this.into = piece.subarray(at);
             return go;
           };
-          return;
+          return more;
         }
         // Chunked, or until the server closes: through the scratch buffer, copied out.
         const chunked = h.framing === 'chunked' ? new ChunkedDecoder(this.origin) : undefined;
@@ -297,7 +331,6 @@ class Connection {
               return true;
             }
           }
-          paused = !more;
           return more;
         };
         if (!chunked) {
@@ -315,8 +348,9 @@ class Connection {
             return this.fail(err as Error);
           }
         };
-        if (rest.length > 0 && !feed(rest)) this.socket.pause();
-        this.onRead = (n, buf) => feed(buf.subarray(0, n));
+        const more = rest.length > 0 ? feed(rest) : true;
+        if (!finished) this.onRead = (n, buf) => feed(buf.subarray(0, n));
+        return more;
       };
       this.onRead = (n) => {
         heard = true;
@@ -343,8 +377,7 @@ class Connection {
           }
           if (typeof h.framing === 'number' && rest.length > h.framing) return this.fail(new Error(`${this.origin}: ${rest.length - h.framing} bytes past the body's ${h.framing}`));
           this.into = this.scratch;
-          startBody(h, rest);
-          return !this.dead;
+          return startBody(h, rest) && !this.dead;
         }
       };
     });
@@ -378,11 +411,7 @@ export class S3GetHandler implements HttpHandler<S3GetHandlerOptions> {
     const origin = `${request.protocol}//${request.hostname}${request.port ? `:${request.port}` : ''}`;
     if (signal?.aborted) throw named('AbortError', `GET ${origin}${request.path}: aborted`);
     const head = requestHead(request);
-    await this.slot(origin);
-    if (signal?.aborted) {
-      this.release(origin, undefined);
-      throw named('AbortError', `GET ${origin}${request.path}: aborted`);
-    }
+    await this.slot(origin, signal as EventTarget & { aborted?: boolean }, () => named('AbortError', `GET ${origin}${request.path}: aborted`));
     this.gets++;
     let conn: Connection | undefined;
     let settled = false;
@@ -419,10 +448,27 @@ export class S3GetHandler implements HttpHandler<S3GetHandlerOptions> {
     }
   }
 
-  /** Waits for a connection slot of `origin` (at most maxSockets in use). */
-  private async slot(origin: string): Promise<void> {
+  /** Waits for a connection slot of `origin` (at most maxSockets in use); an abort meanwhile rejects with `aborted()`. */
+  private async slot(origin: string, signal: (EventTarget & { aborted?: boolean }) | undefined, aborted: () => Error): Promise<void> {
     const max = this.options.maxSockets ?? DEFAULT_MAX_SOCKETS;
-    while ((this.active.get(origin) ?? 0) >= max) await new Promise<void>((r) => this.waiting.set(origin, [...(this.waiting.get(origin) ?? []), r]));
+    while ((this.active.get(origin) ?? 0) >= max) {
+      await new Promise<void>((resolve, reject) => {
+        const queue = this.waiting.get(origin) ?? [];
+        this.waiting.set(origin, queue);
+        const onAbort = (): void => {
+          const at = queue.indexOf(wake);
+          if (at >= 0) queue.splice(at, 1);
+          reject(aborted());
+        };
+        const wake = (): void => {
+          signal?.removeEventListener?.('abort', onAbort);
+          resolve();
+        };
+        queue.push(wake);
+        signal?.addEventListener?.('abort', onAbort, { once: true });
+      });
+    }
+    if (signal?.aborted) throw aborted();
     this.active.set(origin, (this.active.get(origin) ?? 0) + 1);
   }
 

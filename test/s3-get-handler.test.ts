@@ -11,6 +11,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { HttpRequest } from '@smithy/core/protocols';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import fc from 'fast-check';
@@ -273,10 +274,20 @@ test('at most maxSockets connections to an endpoint; the requests beyond wait th
   }
 });
 
-test('https: the body is read through TLS the same way, and an untrusted certificate is refused', async () => {
+/** A self-signed key and certificate for 127.0.0.1. */
+async function selfSigned(): Promise<{ key: Buffer; cert: Buffer }> {
   const dir = await mkdtemp(join(tmpdir(), 'get-tls-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
-  const [key, cert] = await Promise.all([readFile(join(dir, 'k.pem')), readFile(join(dir, 'c.pem'))]);
+  try {
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const [key, cert] = await Promise.all([readFile(join(dir, 'k.pem')), readFile(join(dir, 'c.pem'))]);
+    return { key, cert };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('https: the body is read through TLS the same way, and an untrusted certificate is refused', async () => {
+  const { key, cert } = await selfSigned();
   const body = randomBytes(3 * 1024 * 1024 + 7);
   const server = await scripted((socket) => void socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`), body])), { key, cert });
   const trusting = new S3GetHandler({ ca: cert });
@@ -288,7 +299,86 @@ test('https: the body is read through TLS the same way, and an untrusted certifi
   } finally {
     trusting.destroy();
     await server.close();
-    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('https: a reader that comes late gets the whole body (over 16 MiB, or chunked), and the connection then reads the next answer', async () => {
+  // Over TLS, reads go on after a read callback said "enough" (what was decrypted is delivered):
+  // the body may end while reading is stopped, and the connection must read again when reused.
+  const { key, cert } = await selfSigned();
+  const big = randomBytes(BODY_PIECE_BYTES + 100);
+  const small = randomBytes(100_000);
+  const server = await scripted((socket, request) => {
+    const path = request.split(' ')[1];
+    if (path === '/big') socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n`), big]));
+    else if (path === '/chunked') socket.write(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'), chunkedOf(small, [8000])]));
+    else if (path === '/split') {
+      // The chunk's CRLF in a TLS record of its own, the rest later.
+      socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${small.length.toString(16)}\r\n`);
+      socket.write(small, () => socket.write('\r\n'));
+      setTimeout(() => socket.write('3\r\nxyz\r\n0\r\n\r\n'), 300);
+    } else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+  }, { key, cert });
+  const h = new S3GetHandler({ ca: cert, requestTimeout: 3000 }); // a connection left not reading fails, not hangs
+  const late = async (path: string): Promise<Buffer> => {
+    const { response } = await h.handle(get(server.port, path, {}, 'https:'));
+    await new Promise((r) => setTimeout(r, 300)); // the reader comes late
+    return Buffer.concat(await chunks(response.body));
+  };
+  try {
+    expect((await late('/big')).equals(big)).toBe(true);
+    expect(Buffer.concat(await chunks((await h.handle(get(server.port, '/ok', {}, 'https:'))).response.body)).toString()).toBe('ok');
+    expect((await late('/chunked')).equals(small)).toBe(true);
+    expect(Buffer.concat(await chunks((await h.handle(get(server.port, '/ok', {}, 'https:'))).response.body)).toString()).toBe('ok');
+    expect((await late('/split')).equals(Buffer.concat([small, Buffer.from('xyz')]))).toBe(true);
+    expect(server.connections).toBe(1);
+  } finally {
+    h.destroy();
+    await server.close();
+  }
+}, 20_000);
+
+test("a fresh connection closed before any answer fails with ECONNRESET, which the SDK retries", async () => {
+  const server = await scripted((socket, _r, n) => {
+    if (n === 1) socket.end(); // no answer
+    else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/octet-stream\r\n\r\nok');
+  });
+  const h = new S3GetHandler();
+  await expect(h.handle(get(server.port))).rejects.toMatchObject({ code: 'ECONNRESET' });
+  const client = new S3Client({ endpoint: `http://127.0.0.1:${server.port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'a', secretAccessKey: 'b' }, requestHandler: h });
+  try {
+    server.requests.length = 0;
+    const out = await client.send(new GetObjectCommand({ Bucket: 'b', Key: 'k' }));
+    expect(await out.Body!.transformToString()).toBe('ok');
+  } finally {
+    client.destroy();
+    await server.close();
+  }
+});
+
+test('an answer not to be reused leaves its connection closed; an abort while waiting for a connection rejects at once', async () => {
+  const server = await scripted((socket, request) => {
+    if (request.startsWith('GET /hang')) return; // holds its connection
+    socket.write('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx');
+  });
+  const h = new S3GetHandler({ maxSockets: 1 });
+  try {
+    for (let i = 0; i < 3; i++) expect(Buffer.concat(await chunks((await h.handle(get(server.port))).response.body)).toString()).toBe('x');
+    await new Promise((r) => setTimeout(r, 50));
+    expect([server.connections, server.open]).toEqual([3, 0]);
+    const holder = new AbortController();
+    const hanging = h.handle(get(server.port, '/hang'), { abortSignal: holder.signal });
+    const waiter = new AbortController();
+    const waiting = h.handle(get(server.port), { abortSignal: waiter.signal });
+    const t = Date.now();
+    setTimeout(() => waiter.abort(), 50);
+    await expect(waiting).rejects.toMatchObject({ name: 'AbortError' });
+    expect(Date.now() - t).toBeLessThan(1000);
+    holder.abort();
+    await expect(hanging).rejects.toMatchObject({ name: 'AbortError' });
+  } finally {
+    h.destroy();
+    await server.close();
   }
 });
 
