@@ -220,13 +220,17 @@ class Connection {
     this.socket.resume();
   }
 
+  /** Destroys the socket, once. */
+  private close(): void {
+    if (this.dead) return;
+    this.dead = true;
+    clearTimeout(this.idleTimer);
+    this.socket.destroy();
+  }
+
   /** Destroys the connection; the exchange on it (if any) fails with `err`. false: for a read callback (no more reads). */
   fail(err: Error): false {
-    if (!this.dead) {
-      this.dead = true;
-      clearTimeout(this.idleTimer);
-      this.socket.destroy();
-    }
+    this.close();
     const gone = this.onGone;
     this.onGone = () => {};
     gone(err);
@@ -250,11 +254,8 @@ class Connection {
       this.onRead = () => this.fail(new Error(`${this.origin}: bytes from the server while no request was open`));
       this.onGone = () => {};
       this.answered++;
-      if (!reusable && !this.dead) {
-        // Complete but not to be reused (Connection: close, HTTP/1.0): closed now, as Node's client does.
-        this.dead = true;
-        this.socket.destroy();
-      }
+      // Complete but not to be reused (Connection: close, HTTP/1.0): closed now, as Node's client does.
+      if (!reusable) this.close();
       this.resumeReading(); // a reused connection must read its next answer
       done(reusable && !this.dead);
     };
@@ -409,13 +410,14 @@ export class S3GetHandler implements HttpHandler<S3GetHandlerOptions> {
     if (request.method !== 'GET' || request.body !== undefined || (request.protocol !== 'http:' && request.protocol !== 'https:')) return this.fallback.handle(request, options);
     const signal = options.abortSignal;
     const origin = `${request.protocol}//${request.hostname}${request.port ? `:${request.port}` : ''}`;
-    if (signal?.aborted) throw named('AbortError', `GET ${origin}${request.path}: aborted`);
+    const aborted = (): Error => named('AbortError', `GET ${origin}${request.path}: aborted`);
+    if (signal?.aborted) throw aborted();
     const head = requestHead(request);
-    await this.slot(origin, signal as EventTarget & { aborted?: boolean }, () => named('AbortError', `GET ${origin}${request.path}: aborted`));
+    await this.slot(origin, signal as EventTarget & { aborted?: boolean }, aborted);
     this.gets++;
     let conn: Connection | undefined;
     let settled = false;
-    const onAbort = (): void => void conn?.fail(named('AbortError', `GET ${origin}${request.path}: aborted`));
+    const onAbort = (): void => void conn?.fail(aborted());
     /** The exchange is over: the slot back, and the connection idle if `reusable`. */
     const settle = (reusable: Connection | undefined): void => {
       if (settled) return;
